@@ -1,0 +1,460 @@
+//! `drover.toml`: the app's own description of how to build and run it.
+//! Parsing is strict (unknown keys are errors) and every error names the file, line and key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+mod template;
+pub use template::init_template;
+
+/// The file name drover looks for in an app directory.
+pub const FILE_NAME: &str = "drover.toml";
+
+/// A parsed `drover.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub app: AppSection,
+    #[serde(default)]
+    pub build: BuildSection,
+    #[serde(default)]
+    pub process: BTreeMap<String, Process>,
+    #[serde(default)]
+    pub health: Option<Health>,
+    #[serde(default)]
+    pub proxy: Option<Proxy>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub environments: BTreeMap<String, Environment>,
+}
+
+/// The part of `drover.toml` a release carries: how to run the app, not where.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    pub process: BTreeMap<String, Process>,
+    pub health: Option<Health>,
+    pub proxy: Option<Proxy>,
+    pub env: BTreeMap<String, String>,
+    pub hooks: Hooks,
+}
+
+impl Config {
+    pub fn runtime(&self) -> Runtime {
+        Runtime {
+            process: self.process.clone(),
+            health: self.health.clone(),
+            proxy: self.proxy.clone(),
+            env: self.env.clone(),
+            hooks: self.hooks.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    /// Shell command run (with `sh -c`) in a scratch copy of the app directory.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Directory, relative to the app directory, that becomes the release.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Top-level names left out of the release (besides `.git`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    pub command: String,
+    #[serde(default)]
+    pub http: bool,
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// How long a graceful stop waits after SIGTERM before SIGKILL.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Seconds,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_stop_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// HTTP path probed with GET on each instance's `$PORT`; must answer 2xx.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A command run in the release directory; exit 0 means healthy.
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Seconds,
+}
+
+fn default_health_timeout() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Runs once per deploy, before any switch (migrations).
+    #[serde(default)]
+    pub release: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A duration written as `"30s"`, `"500ms"`, `"2m"`, `"1h"` or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl Seconds {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (try \"30s\", \"500ms\", \"2m\")"))?;
+        let d = match unit.trim() {
+            "" | "s" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            other => {
+                return Err(format!(
+                    "`{other}` is not a duration unit in `{s}` (use ms, s, m or h)"
+                ));
+            }
+        };
+        Ok(Seconds(d))
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Seconds(Duration::from_secs(n))),
+            Raw::Str(s) => Seconds::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Why a `drover.toml` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}{}", path.display(), hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+impl Config {
+    /// Reads `drover.toml` from an app directory.
+    pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
+        Self::load(&dir.join(FILE_NAME))
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses the text of a `drover.toml`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.to_string().trim_end().to_string();
+            let hint = did_you_mean(&message);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!("invalid drover.toml\n{message}"),
+                hint,
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|(message, hint)| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+                hint,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, Option<String>)> {
+        if !valid_name(&self.app.name) {
+            return Err((
+                format!(
+                    "key `app.name`: `{}` is not a valid app name",
+                    self.app.name
+                ),
+                Some("use letters, digits, `-` and `_`, starting with a letter or digit".into()),
+            ));
+        }
+        if let Some(v) = &self.app.version {
+            if !valid_version(v) {
+                return Err((
+                    format!("key `app.version`: `{v}` is not a valid version"),
+                    Some("use letters, digits and `.-_+`, at most 64 characters".into()),
+                ));
+            }
+        }
+        if let Some(out) = &self.build.output {
+            let p = Path::new(out);
+            if p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err((
+                    format!("key `build.output`: `{out}` must be a path inside the app directory"),
+                    None,
+                ));
+            }
+        }
+        for (name, p) in &self.process {
+            if !valid_name(name) {
+                return Err((
+                    format!("key `process.{name}`: `{name}` is not a valid process name"),
+                    None,
+                ));
+            }
+            if p.command.trim().is_empty() {
+                return Err((format!("key `process.{name}.command` is empty"), None));
+            }
+            if p.instances == 0 {
+                return Err((
+                    format!("key `process.{name}.instances` must be at least 1"),
+                    Some(format!(
+                        "use `drover stop {}` to stop an app",
+                        self.app.name
+                    )),
+                ));
+            }
+        }
+        if let Some(h) = &self.health {
+            match (&h.path, &h.command) {
+                (None, None) => {
+                    return Err((
+                        "key `health`: set either `path` (HTTP GET) or `command`".into(),
+                        None,
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err((
+                        "key `health`: set only one of `path` and `command`".into(),
+                        None,
+                    ));
+                }
+                (Some(p), None) if !p.starts_with('/') => {
+                    return Err((
+                        format!("key `health.path`: `{p}` must start with `/`"),
+                        Some(format!("write \"/{p}\"")),
+                    ));
+                }
+                _ => {}
+            }
+            if h.path.is_some() && !self.process.values().any(|p| p.http) {
+                return Err((
+                    "key `health.path` needs a process with `http = true` to probe".into(),
+                    Some("add `http = true` to the web process, or use `health.command`".into()),
+                ));
+            }
+        }
+        for key in self.env.keys() {
+            if !valid_env_key(key) {
+                return Err((
+                    format!("key `env.{key}` is not a valid environment variable name"),
+                    None,
+                ));
+            }
+        }
+        for (name, e) in &self.environments {
+            for key in e.env.keys() {
+                if !valid_env_key(key) {
+                    return Err((
+                        format!(
+                            "key `environments.{name}.env.{key}` is not a valid environment variable name"
+                        ),
+                        None,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// App and process names: used in paths and on the command line.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+pub fn valid_version(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+}
+
+fn valid_env_key(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Turns toml's "unknown field `x`, expected one of `a`, `b`" into a "did you mean" hint.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let best = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(unknown, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))?;
+    Some(format!("did you mean `{}`?", best.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        Config::parse(s, Path::new("app/drover.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal() {
+        let c = parse("[app]\nname = \"hello\"\n").unwrap();
+        assert_eq!(c.app.name, "hello");
+        assert!(c.process.is_empty());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(&init_template("hello")).unwrap();
+        assert_eq!(c.app.name, "hello");
+        let web = &c.process["web"];
+        assert!(web.http);
+        assert_eq!(web.instances, 1);
+        assert_eq!(c.health.unwrap().timeout, Seconds(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_suggests() {
+        let err = parse("[app]\nname = \"x\"\nverison = \"1\"\n").unwrap_err();
+        assert!(err.contains("app/drover.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("verison"), "{err}");
+        assert!(err.contains("did you mean `version`?"), "{err}");
+    }
+
+    #[test]
+    fn unknown_section_suggests() {
+        let err = parse("[app]\nname = \"x\"\n[proces.web]\ncommand = \"x\"\n").unwrap_err();
+        assert!(err.contains("did you mean `process`?"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse("[app]\nname = \"../x\"\n").unwrap_err();
+        assert!(err.contains("app.name"), "{err}");
+        let err = parse("[app]\nname = \"x\"\n[process.web]\ncommand = \"a\"\ninstances = 0\n")
+            .unwrap_err();
+        assert!(err.contains("process.web.instances"), "{err}");
+        let err = parse(
+            "[app]\nname = \"x\"\n[process.web]\ncommand = \"a\"\nhttp = true\n[health]\npath = \"up\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("health.path"), "{err}");
+        let err = parse("[app]\nname = \"x\"\n[health]\ntimeout = \"3 weeks\"\npath = \"/\"\n")
+            .unwrap_err();
+        assert!(err.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Seconds::parse("30s").unwrap().0, Duration::from_secs(30));
+        assert_eq!(
+            Seconds::parse("250ms").unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(Seconds::parse("2m").unwrap().0, Duration::from_secs(120));
+        assert!(Seconds::parse("x").is_err());
+        assert_eq!(Seconds(Duration::from_millis(1500)).to_string(), "1500ms");
+    }
+}

@@ -1,0 +1,243 @@
+//! Turning a directory into a release: walk it in a fixed order, chunk and store every file
+//! in parallel, write the manifest, sign it, and commit it to the store.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::chunk;
+use crate::error::{Error, IoContext, Result};
+use crate::hash::Hash;
+use crate::manifest::{ChunkRef, Entry, FORMAT, Manifest};
+use crate::store::Store;
+
+/// What to build: a directory and the facts from `drover.toml`.
+pub struct BuildInput<'a> {
+    pub dir: &'a Path,
+    pub app: &'a str,
+    /// `None` derives a version from the content, so the same tree keeps the same id.
+    pub version: Option<&'a str>,
+    pub runtime: drover_config::Runtime,
+    /// Top-level names to leave out (besides `.git`, always left out).
+    pub exclude: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+pub struct Built {
+    pub app: String,
+    pub version: String,
+    pub release: Hash,
+    pub files: usize,
+    /// Logical size: the sum of file sizes.
+    pub bytes: u64,
+    /// Bytes newly written to the store by this build.
+    pub stored_bytes: u64,
+    pub chunks: usize,
+    pub new_chunks: usize,
+}
+
+enum Walked {
+    Entry(Entry),
+    File { path: String, mode: u32, size: u64 },
+}
+
+pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
+    let _lock = store.lock_shared()?;
+    let mut walked = Vec::new();
+    walk(input.dir, input.dir, "", input.exclude, &mut walked)?;
+    walked.sort_by(|a, b| walked_path(a).as_bytes().cmp(walked_path(b).as_bytes()));
+
+    // Files, biggest first, spread over all cores.
+    let mut files: Vec<(usize, &str, u64)> = walked
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Walked::File { path, size, .. } => Some((i, path.as_str(), *size)),
+            Walked::Entry(_) => None,
+        })
+        .collect();
+    files.sort_by(|a, b| b.2.cmp(&a.2));
+    let seen: Mutex<HashSet<Hash>> = Mutex::new(HashSet::new());
+    let stored = AtomicU64::new(0);
+    let new_chunks = AtomicU64::new(0);
+    let results = crate::par::map(&files, |(_, rel, size)| {
+        let path = input.dir.join(rel);
+        let f = File::open(&path).at(&path)?;
+        let mut chunks = Vec::new();
+        let mut hasher = blake3::Hasher::new();
+        let mut stored_err = None;
+        let mut total = 0u64;
+        chunk::for_each_chunk(f, *size, |data| {
+            let h = Hash::of(data);
+            hasher.update(data);
+            total += data.len() as u64;
+            chunks.push(ChunkRef(h, data.len() as u32));
+            let claimed = seen.lock().unwrap_or_else(|e| e.into_inner()).insert(h);
+            if claimed {
+                match store.put_chunk(&h, data) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        stored.fetch_add(n, Ordering::Relaxed);
+                        new_chunks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stored_err = Some(e);
+                        return Err(std::io::Error::other("store write failed"));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| {
+            stored_err.take().unwrap_or(Error::Io {
+                path: path.clone(),
+                source: e,
+            })
+        })?;
+        if total != *size {
+            return Err(Error::invalid(
+                path.display().to_string(),
+                "the file changed size while it was being read",
+            ));
+        }
+        Ok((Hash::from(hasher.finalize()), chunks, total))
+    });
+
+    let mut entries: Vec<Option<Entry>> = Vec::with_capacity(walked.len());
+    let mut file_results = vec![None; walked.len()];
+    for ((i, _, _), r) in files.iter().zip(results) {
+        file_results[*i] = Some(r?);
+    }
+    for (i, w) in walked.into_iter().enumerate() {
+        entries.push(Some(match w {
+            Walked::Entry(e) => e,
+            Walked::File { path, mode, .. } => {
+                let (hash, chunks, size) = file_results[i].take().expect("every file was chunked");
+                Entry::File {
+                    path,
+                    mode,
+                    size,
+                    hash,
+                    chunks,
+                }
+            }
+        }));
+    }
+    let entries: Vec<Entry> = entries.into_iter().flatten().collect();
+
+    let version = match input.version {
+        Some(v) => v.to_string(),
+        None => {
+            let digest = Hash::of(&serde_json::to_vec(&entries).expect("entries serialise"));
+            format!("0+{}", &digest.to_hex()[..10])
+        }
+    };
+    let manifest = Manifest {
+        format: FORMAT,
+        app: input.app.to_string(),
+        version,
+        runtime: input.runtime,
+        entries,
+    };
+    let what = format!("release of {}", input.dir.display());
+    manifest.validate(&what)?;
+    let id = manifest.id();
+    let sig = store.keys().sign(&id)?;
+    let committed = store.commit_release(&manifest, &sig)?;
+    let chunk_count = manifest.chunk_set().len();
+    Ok(Built {
+        app: manifest.app.clone(),
+        version: manifest.version.clone(),
+        release: id,
+        files: manifest.file_count(),
+        bytes: manifest.bytes(),
+        stored_bytes: if committed == 0 {
+            0
+        } else {
+            stored.load(Ordering::Relaxed) + committed
+        },
+        chunks: chunk_count,
+        new_chunks: new_chunks.load(Ordering::Relaxed) as usize,
+    })
+}
+
+fn walked_path(w: &Walked) -> &str {
+    match w {
+        Walked::Entry(e) => e.path(),
+        Walked::File { path, .. } => path,
+    }
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    prefix: &str,
+    exclude: &[String],
+    out: &mut Vec<Walked>,
+) -> Result<()> {
+    for e in fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        let path = e.path();
+        let name = e.file_name();
+        let name = name.to_str().ok_or_else(|| {
+            Error::invalid(path.display().to_string(), "file name is not valid UTF-8")
+        })?;
+        if prefix.is_empty() && (name == ".git" || exclude.iter().any(|x| x == name)) {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = fs::symlink_metadata(&path).at(&path)?;
+        let ft = meta.file_type();
+        let mode = meta.permissions().mode() & 0o777;
+        if ft.is_dir() {
+            out.push(Walked::Entry(Entry::Dir {
+                path: rel.clone(),
+                mode,
+            }));
+            walk(root, &path, &rel, exclude, out)?;
+        } else if ft.is_file() {
+            out.push(Walked::File {
+                path: rel,
+                mode,
+                size: meta.len(),
+            });
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).at(&path)?;
+            let target = target.to_str().ok_or_else(|| {
+                Error::invalid(
+                    path.display().to_string(),
+                    "symlink target is not valid UTF-8",
+                )
+            })?;
+            out.push(Walked::Entry(Entry::Symlink {
+                path: rel,
+                target: target.to_string(),
+            }));
+        } else {
+            let kind = if ft.is_block_device() || ft.is_char_device() {
+                "a device file"
+            } else if ft.is_fifo() {
+                "a named pipe"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(Error::invalid(
+                path.display().to_string(),
+                format!("{kind}; a release holds only files, directories and symlinks"),
+            ));
+        }
+    }
+    let _ = root;
+    Ok(())
+}

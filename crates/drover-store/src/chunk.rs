@@ -1,0 +1,115 @@
+//! Content-defined chunking (FastCDC) and the chunk object encoding (raw or zstd).
+//! A chunk object is one tag byte then the payload; its name is the BLAKE3 of the raw data.
+
+use std::io::Read;
+
+use crate::hash::Hash;
+
+pub const MIN_CHUNK: usize = 16 << 10;
+pub const AVG_CHUNK: usize = 64 << 10;
+pub const MAX_CHUNK: usize = 256 << 10;
+
+const TAG_RAW: u8 = 0;
+const TAG_ZSTD: u8 = 1;
+const ZSTD_LEVEL: i32 = 3;
+
+/// Files up to this size are read whole; larger ones are streamed.
+const SLURP_LIMIT: u64 = 8 << 20;
+
+/// Encodes raw chunk data as a store object: zstd when that is smaller, else raw.
+pub fn encode(data: &[u8]) -> Vec<u8> {
+    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL) {
+        if compressed.len() + 1 < data.len() {
+            let mut out = Vec::with_capacity(compressed.len() + 1);
+            out.push(TAG_ZSTD);
+            out.extend_from_slice(&compressed);
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(TAG_RAW);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Decodes a store object and checks it against its name. Never returns unverified data.
+pub fn decode(object: &[u8], expected: &Hash) -> Result<Vec<u8>, String> {
+    let data = match object.split_first() {
+        Some((&TAG_RAW, rest)) => rest.to_vec(),
+        Some((&TAG_ZSTD, rest)) => zstd::bulk::decompress(rest, MAX_CHUNK)
+            .map_err(|e| format!("cannot decompress: {e}"))?,
+        Some((tag, _)) => return Err(format!("unknown encoding tag {tag}")),
+        None => return Err("empty object".into()),
+    };
+    if data.len() > MAX_CHUNK {
+        return Err(format!("{} bytes is over the chunk limit", data.len()));
+    }
+    let actual = Hash::of(&data);
+    if actual != *expected {
+        return Err(format!("content hashes to {}", actual.short()));
+    }
+    Ok(data)
+}
+
+/// Splits a reader into content-defined chunks, calling `f` with each one in order.
+pub fn for_each_chunk(
+    mut reader: impl Read,
+    size_hint: u64,
+    mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if size_hint <= SLURP_LIMIT {
+        let mut buf = Vec::with_capacity(size_hint as usize);
+        reader.read_to_end(&mut buf)?;
+        for c in fastcdc::v2020::FastCDC::new(&buf, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+            f(&buf[c.offset..c.offset + c.length])?;
+        }
+        return Ok(());
+    }
+    for c in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+        let c = c.map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        f(&c.data)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode() {
+        let text = b"hello hello hello hello hello hello hello hello".repeat(100);
+        let obj = encode(&text);
+        assert_eq!(obj[0], TAG_ZSTD);
+        assert_eq!(decode(&obj, &Hash::of(&text)).unwrap(), text);
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let obj = encode(&noise);
+        assert_eq!(decode(&obj, &Hash::of(&noise)).unwrap(), noise);
+        let mut bad = encode(&text);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(decode(&bad, &Hash::of(&text)).is_err());
+    }
+
+    #[test]
+    fn chunks_cover_the_input() {
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
+        for hint in [data.len() as u64, u64::MAX] {
+            let mut joined = Vec::new();
+            for_each_chunk(&data[..], hint, |c| {
+                assert!(c.len() <= MAX_CHUNK);
+                joined.extend_from_slice(c);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(joined, data);
+        }
+    }
+}

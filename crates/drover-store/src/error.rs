@@ -1,0 +1,70 @@
+//! The store's error type: every variant names the file, object or key at fault,
+//! and `hint()` adds the likely fix where there is one.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Bad input: a file, archive, manifest or key that cannot be accepted.
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+    #[error("no release matches `{0}`")]
+    NotFound(String),
+    #[error("`{query}` is ambiguous: it matches {}", matches.join(", "))]
+    Ambiguous { query: String, matches: Vec<String> },
+    #[error("{what} is signed by {key}, which this store does not trust")]
+    Untrusted { what: String, key: String },
+    #[error("{kind} {id} is corrupt: {reason}")]
+    Corrupt {
+        kind: &'static str,
+        id: String,
+        reason: String,
+    },
+    #[error("{kind} {id} is missing from the store")]
+    Missing { kind: &'static str, id: String },
+}
+
+impl Error {
+    pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A likely fix, shown as a `hint:` line under the error.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::NotFound(_) => Some("`drover releases` lists what the store holds".into()),
+            Error::Ambiguous { .. } => Some("give more digits of the release id".into()),
+            Error::Untrusted { key, .. } => Some(format!(
+                "if you trust this signer, run `drover keys trust {key}`"
+            )),
+            Error::Corrupt { .. } | Error::Missing { .. } => Some(
+                "run `drover verify` to list every bad object; re-import the release with `drover unpack`".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches the path to an I/O error.
+pub trait IoContext<T> {
+    fn at(self, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}

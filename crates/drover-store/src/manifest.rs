@@ -1,0 +1,296 @@
+//! The release manifest: every directory, file and symlink of a release plus how to run it.
+//! Its canonical JSON bytes are hashed into the release id; `validate` refuses escaping paths.
+
+use std::collections::HashSet;
+use std::path::{Component, Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+
+pub const FORMAT: u32 = 1;
+
+/// The largest manifest accepted (from an archive or the store).
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub app: String,
+    pub version: String,
+    pub runtime: drover_config::Runtime,
+    /// Sorted by path (bytewise); a directory comes before what it holds.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Entry {
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        size: u64,
+        hash: Hash,
+        chunks: Vec<ChunkRef>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+}
+
+/// One content-defined chunk of a file: its hash and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef(pub Hash, pub u32);
+
+impl Entry {
+    pub fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path, .. } | Entry::File { path, .. } | Entry::Symlink { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
+impl Manifest {
+    /// The canonical bytes: compact JSON, fields in declaration order, maps sorted.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serialises")
+    }
+
+    pub fn id(&self) -> Hash {
+        Hash::of(&self.to_bytes())
+    }
+
+    /// Parses and validates manifest bytes; `what` names their source in errors.
+    /// Only canonical bytes are accepted, so one release has exactly one id.
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::invalid(what, format!("bad release manifest: {e}")))?;
+        m.validate(what)?;
+        if m.to_bytes() != bytes {
+            return Err(Error::invalid(
+                what,
+                "release manifest is not in canonical form",
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Sum of file sizes: the logical size of the release.
+    pub fn bytes(&self) -> u64 {
+        self.files().map(|(_, _, size, _, _)| size).sum()
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files().count()
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&str, u32, u64, &Hash, &[ChunkRef])> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::File {
+                path,
+                mode,
+                size,
+                hash,
+                chunks,
+            } => Some((path.as_str(), *mode, *size, hash, chunks.as_slice())),
+            _ => None,
+        })
+    }
+
+    /// Every distinct chunk the release needs.
+    pub fn chunk_set(&self) -> HashSet<Hash> {
+        self.files()
+            .flat_map(|(_, _, _, _, chunks)| chunks.iter().map(|c| c.0))
+            .collect()
+    }
+
+    /// Refuses anything that could escape or confuse a materialised tree.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let bad = |msg: String| Err(Error::invalid(what, msg));
+        if self.format != FORMAT {
+            return bad(format!("unsupported manifest format {}", self.format));
+        }
+        if !drover_config::valid_name(&self.app) {
+            return bad(format!("`{}` is not a valid app name", self.app));
+        }
+        if !drover_config::valid_version(&self.version) {
+            return bad(format!("`{}` is not a valid version", self.version));
+        }
+        let mut dirs: HashSet<&str> = HashSet::new();
+        let mut prev: Option<&str> = None;
+        for entry in &self.entries {
+            let path = entry.path();
+            check_path(path).or_else(|m| bad(format!("entry `{path}`: {m}")))?;
+            if let Some(p) = prev {
+                if p.as_bytes() >= path.as_bytes() {
+                    return bad(format!("entry `{path}` is duplicated or out of order"));
+                }
+            }
+            prev = Some(path);
+            if let Some((parent, _)) = path.rsplit_once('/') {
+                if !dirs.contains(parent) {
+                    return bad(format!(
+                        "entry `{path}`: its parent `{parent}` is not a directory of the release"
+                    ));
+                }
+            }
+            match entry {
+                Entry::Dir { mode, .. } => {
+                    if mode & !0o7777 != 0 {
+                        return bad(format!("entry `{path}`: bad mode {mode:o}"));
+                    }
+                    dirs.insert(path);
+                }
+                Entry::File {
+                    mode, size, chunks, ..
+                } => {
+                    if mode & !0o7777 != 0 {
+                        return bad(format!("entry `{path}`: bad mode {mode:o}"));
+                    }
+                    let sum: u64 = chunks.iter().map(|c| u64::from(c.1)).sum();
+                    if sum != *size {
+                        return bad(format!(
+                            "entry `{path}`: chunks add up to {sum} bytes, not {size}"
+                        ));
+                    }
+                    if chunks
+                        .iter()
+                        .any(|c| c.1 == 0 || c.1 as usize > crate::chunk::MAX_CHUNK)
+                    {
+                        return bad(format!("entry `{path}`: a chunk has an impossible length"));
+                    }
+                }
+                Entry::Symlink { target, .. } => {
+                    check_symlink(path, target)
+                        .or_else(|m| bad(format!("symlink `{path}` -> `{target}`: {m}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A release path: relative, `/`-separated, normal components only.
+fn check_path(path: &str) -> std::result::Result<(), String> {
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return Err("path holds a NUL or backslash".into());
+    }
+    if path.starts_with('/') {
+        return Err("absolute path".into());
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return Err("empty path component".into()),
+            "." | ".." => return Err("path escapes with `.` or `..`".into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A symlink must point inside the release: relative, and never climbing above the root.
+fn check_symlink(path: &str, target: &str) -> std::result::Result<(), String> {
+    if target.is_empty() || target.contains('\0') {
+        return Err("empty target".into());
+    }
+    if Path::new(target).is_absolute() {
+        return Err("absolute target points out of the release".into());
+    }
+    // Depth of the link's directory below the release root.
+    let mut depth = path.matches('/').count() as i64;
+    for c in Path::new(target).components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("absolute target points out of the release".into());
+            }
+        }
+        if depth < 0 {
+            return Err("target points out of the release".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(entries: Vec<Entry>) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            app: "hello".into(),
+            version: "1".into(),
+            runtime: Default::default(),
+            entries,
+        }
+    }
+
+    fn dir(p: &str) -> Entry {
+        Entry::Dir {
+            path: p.into(),
+            mode: 0o755,
+        }
+    }
+
+    fn link(p: &str, t: &str) -> Entry {
+        Entry::Symlink {
+            path: p.into(),
+            target: t.into(),
+        }
+    }
+
+    #[test]
+    fn canonical_round_trip() {
+        let m = manifest(vec![dir("a"), link("a/l", "../b")]);
+        let bytes = m.to_bytes();
+        assert_eq!(Manifest::from_bytes(&bytes, "t").unwrap(), m);
+        let pretty = serde_json::to_vec_pretty(&m).unwrap();
+        let err = Manifest::from_bytes(&pretty, "t").unwrap_err().to_string();
+        assert!(err.contains("canonical"), "{err}");
+    }
+
+    #[test]
+    fn refuses_escapes() {
+        for (entries, needle) in [
+            (vec![dir("../x")], "escapes"),
+            (vec![dir("/etc")], "absolute"),
+            (vec![dir("a//b")], "empty path component"),
+            (vec![dir("a/b")], "parent `a`"),
+            (vec![link("l", "/etc/passwd")], "absolute target"),
+            (vec![link("l", "../x")], "out of the release"),
+            (vec![dir("a"), link("a/l", "../../x")], "out of the release"),
+            (vec![dir("b"), dir("a")], "out of order"),
+            (vec![dir("a"), dir("a")], "duplicated"),
+        ] {
+            let err = manifest(entries).validate("m").unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} should contain {needle}");
+        }
+        manifest(vec![dir("a"), link("a/l", "../x"), link("b", "a/./l")])
+            .validate("m")
+            .unwrap();
+    }
+
+    #[test]
+    fn refuses_unknown_entry_types() {
+        let json = r#"{"format":1,"app":"x","version":"1","runtime":{"process":{},"health":null,"proxy":null,"env":{},"hooks":{"release":null}},"entries":[{"type":"chardev","path":"null","mode":438}]}"#;
+        let err = Manifest::from_bytes(json.as_bytes(), "m")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chardev"), "{err}");
+    }
+}

@@ -1,0 +1,335 @@
+//! One-file release archives for `drover pack` / `drover unpack`.
+//!
+//! Format: the magic `DRVPACK1`, then records `[tag u8][len u64 LE][payload]`: the manifest,
+//! its signature, one record per chunk (32-byte hash + stored object), and an end record
+//! holding the chunk count and the BLAKE3 of every byte before it. Unpacking checks all of it
+//! in a staging directory and adds nothing to the store unless the whole archive is good.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use crate::chunk;
+use crate::error::{Error, IoContext, Result};
+use crate::hash::Hash;
+use crate::keys::ReleaseSignature;
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::store::{Store, remove_tree};
+
+pub const MAGIC: &[u8; 8] = b"DRVPACK1";
+pub const TAG_END: u8 = 0;
+pub const TAG_MANIFEST: u8 = 1;
+pub const TAG_SIGNATURE: u8 = 2;
+pub const TAG_CHUNK: u8 = 3;
+
+const MAX_SIG_BYTES: u64 = 64 << 10;
+const MAX_CHUNK_RECORD: u64 = 32 + 1 + (chunk::MAX_CHUNK as u64) * 2;
+
+/// Writes archive records, hashing everything written (used by `pack`, and by tests that
+/// need to craft hostile archives).
+pub struct PackWriter<W: Write> {
+    out: W,
+    hasher: blake3::Hasher,
+    chunks: u64,
+}
+
+impl<W: Write> PackWriter<W> {
+    pub fn new(mut out: W) -> std::io::Result<Self> {
+        out.write_all(MAGIC)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(MAGIC);
+        Ok(PackWriter {
+            out,
+            hasher,
+            chunks: 0,
+        })
+    }
+
+    pub fn record(&mut self, tag: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mut head = [0u8; 9];
+        head[0] = tag;
+        head[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        self.out.write_all(&head)?;
+        self.out.write_all(payload)?;
+        self.hasher.update(&head);
+        self.hasher.update(payload);
+        if tag == TAG_CHUNK {
+            self.chunks += 1;
+        }
+        Ok(())
+    }
+
+    pub fn chunk(&mut self, h: &Hash, object: &[u8]) -> std::io::Result<()> {
+        let mut payload = Vec::with_capacity(32 + object.len());
+        payload.extend_from_slice(&h.0);
+        payload.extend_from_slice(object);
+        self.record(TAG_CHUNK, &payload)
+    }
+
+    pub fn finish(mut self) -> std::io::Result<W> {
+        let mut payload = Vec::with_capacity(40);
+        payload.extend_from_slice(&self.chunks.to_le_bytes());
+        payload.extend_from_slice(self.hasher.finalize().as_bytes());
+        self.record(TAG_END, &payload)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Writes a release, its signature and every chunk it needs (each verified) to `out`.
+pub fn pack(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
+    let manifest_bytes = store.manifest_bytes(id)?;
+    let manifest = store.manifest(id)?;
+    let sig = store.signature(id)?;
+    let io = |e| Error::Io {
+        path: PathBuf::from("<archive>"),
+        source: e,
+    };
+    let mut w = PackWriter::new(out).map_err(io)?;
+    w.record(TAG_MANIFEST, &manifest_bytes).map_err(io)?;
+    w.record(TAG_SIGNATURE, &sig.to_bytes()).map_err(io)?;
+    let mut chunks: Vec<Hash> = manifest.chunk_set().into_iter().collect();
+    chunks.sort();
+    let mut bytes = 0;
+    for h in &chunks {
+        let object = store.chunk_object(h)?;
+        chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
+            kind: "chunk",
+            id: h.to_hex(),
+            reason,
+        })?;
+        bytes += object.len() as u64;
+        w.chunk(h, &object).map_err(io)?;
+    }
+    w.finish().map_err(io)?;
+    Ok(PackStats {
+        release: *id,
+        chunks: chunks.len(),
+        chunk_bytes: bytes,
+    })
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PackStats {
+    pub release: Hash,
+    pub chunks: usize,
+    pub chunk_bytes: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Unpacked {
+    pub release: Hash,
+    pub app: String,
+    pub version: String,
+    /// False when the store already had this release.
+    pub added: bool,
+    pub new_chunks: usize,
+}
+
+/// Options for `unpack`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnpackOptions {
+    /// Accept a release whose signer is not trusted (the signature must still be valid).
+    pub allow_untrusted: bool,
+}
+
+/// Reads an archive, checks everything, then adds it to the store; on any error the store
+/// is left exactly as it was. `what` names the archive in errors.
+pub fn unpack(
+    store: &Store,
+    input: impl Read,
+    what: &str,
+    opts: UnpackOptions,
+) -> Result<Unpacked> {
+    let _lock = store.lock_shared()?;
+    let staging = store.tmp_path("unpack");
+    fs::create_dir(&staging).at(&staging)?;
+    let result = unpack_staged(store, input, what, opts, &staging);
+    remove_tree(&staging);
+    result
+}
+
+struct Reader<R: Read> {
+    input: R,
+    hasher: blake3::Hasher,
+    what: String,
+}
+
+impl<R: Read> Reader<R> {
+    fn exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.input.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::invalid(
+                    &self.what,
+                    "truncated archive (it ends before its end record)",
+                )
+            } else {
+                Error::Io {
+                    path: PathBuf::from(&self.what),
+                    source: e,
+                }
+            }
+        })?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
+    /// Reads one record, refusing lengths over `max` for its tag.
+    fn record(&mut self) -> Result<(u8, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        self.exact(&mut head)?;
+        let tag = head[0];
+        let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
+        let max = match tag {
+            TAG_END => 40,
+            TAG_MANIFEST => MAX_MANIFEST_BYTES,
+            TAG_SIGNATURE => MAX_SIG_BYTES,
+            TAG_CHUNK => MAX_CHUNK_RECORD,
+            other => {
+                return Err(Error::invalid(
+                    &self.what,
+                    format!("unknown record type {other}"),
+                ));
+            }
+        };
+        if len > max {
+            return Err(Error::invalid(
+                &self.what,
+                format!("oversized record: {len} bytes where at most {max} are allowed"),
+            ));
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.exact(&mut payload)?;
+        Ok((tag, payload))
+    }
+}
+
+fn unpack_staged(
+    store: &Store,
+    input: impl Read,
+    what: &str,
+    opts: UnpackOptions,
+    staging: &std::path::Path,
+) -> Result<Unpacked> {
+    let mut r = Reader {
+        input,
+        hasher: blake3::Hasher::new(),
+        what: what.to_string(),
+    };
+    let mut magic = [0u8; 8];
+    r.exact(&mut magic)
+        .map_err(|_| Error::invalid(what, "not a drover archive (too short)"))?;
+    if &magic != MAGIC {
+        return Err(Error::invalid(what, "not a drover archive (bad magic)"));
+    }
+    let (tag, manifest_bytes) = r.record()?;
+    if tag != TAG_MANIFEST {
+        return Err(Error::invalid(what, "the first record is not a manifest"));
+    }
+    let id = Hash::of(&manifest_bytes);
+    let manifest =
+        Manifest::from_bytes(&manifest_bytes, &format!("{what}: release {}", id.short()))?;
+    let (tag, sig_bytes) = r.record()?;
+    if tag != TAG_SIGNATURE {
+        return Err(Error::invalid(what, "the second record is not a signature"));
+    }
+    let sig = ReleaseSignature::from_bytes(&sig_bytes, what)?;
+    let sig_what = format!(
+        "{what}: release {} ({}@{})",
+        id.short(),
+        manifest.app,
+        manifest.version
+    );
+    if opts.allow_untrusted {
+        sig.check(&id, &sig_what)?;
+    } else {
+        store.keys().check_trusted(&id, &sig, &sig_what)?;
+    }
+
+    let needed = manifest.chunk_set();
+    let mut staged: HashSet<Hash> = HashSet::new();
+    let mut count = 0u64;
+    loop {
+        let before_end = r.hasher.clone();
+        let (tag, payload) = r.record()?;
+        match tag {
+            TAG_CHUNK => {
+                count += 1;
+                if payload.len() < 33 {
+                    return Err(Error::invalid(what, "chunk record too short"));
+                }
+                let h = Hash(payload[..32].try_into().expect("32 bytes"));
+                if !needed.contains(&h) {
+                    return Err(Error::invalid(
+                        what,
+                        format!("chunk {h} is not part of release {}", id.short()),
+                    ));
+                }
+                let object = &payload[32..];
+                chunk::decode(object, &h).map_err(|reason| {
+                    Error::invalid(what, format!("chunk {h} is corrupt: {reason}"))
+                })?;
+                if !store.has_chunk(&h) && staged.insert(h) {
+                    let p = staging.join(h.to_hex());
+                    fs::write(&p, object).at(&p)?;
+                }
+            }
+            TAG_END => {
+                let n = u64::from_le_bytes(
+                    payload[..8]
+                        .try_into()
+                        .map_err(|_| Error::invalid(what, "short end record"))?,
+                );
+                let digest = payload
+                    .get(8..40)
+                    .ok_or_else(|| Error::invalid(what, "short end record"))?;
+                if n != count || digest != before_end.finalize().as_bytes() {
+                    return Err(Error::invalid(
+                        what,
+                        "end record does not match the archive's content",
+                    ));
+                }
+                break;
+            }
+            _ => {
+                return Err(Error::invalid(
+                    what,
+                    "unexpected record after the signature",
+                ));
+            }
+        }
+    }
+    let mut rest = [0u8; 1];
+    if r.input.read(&mut rest).at(std::path::Path::new(what))? != 0 {
+        return Err(Error::invalid(what, "trailing data after the end record"));
+    }
+    for h in &needed {
+        if !staged.contains(h) && !store.has_chunk(h) {
+            return Err(Error::invalid(
+                what,
+                format!("chunk {h} is missing from the archive"),
+            ));
+        }
+    }
+    if store.has_release(&id) {
+        return Ok(Unpacked {
+            release: id,
+            app: manifest.app,
+            version: manifest.version,
+            added: false,
+            new_chunks: 0,
+        });
+    }
+    for h in &staged {
+        store.adopt_chunk_file(h, &staging.join(h.to_hex()))?;
+    }
+    store.commit_release_with(&manifest, &sig, opts.allow_untrusted)?;
+    Ok(Unpacked {
+        release: id,
+        app: manifest.app,
+        version: manifest.version,
+        added: true,
+        new_chunks: staged.len(),
+    })
+}

@@ -1,0 +1,795 @@
+//! The content-addressed store under `ROOT/store`: chunk objects, manifests, signatures,
+//! release metadata, the verified file cache and the materialised read-only release trees.
+//!
+//! Every object is written to `tmp/` and renamed into place; a release becomes visible only
+//! when its manifest is renamed in, after everything it needs is durable (`syncfs`).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk;
+use crate::error::{Error, IoContext, Result};
+use crate::hash::Hash;
+use crate::keys::{Keyring, ReleaseSignature};
+use crate::manifest::{Entry, MAX_MANIFEST_BYTES, Manifest};
+
+/// Local facts about a stored release (not part of its identity).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseMeta {
+    pub release: Hash,
+    pub app: String,
+    pub version: String,
+    /// Unix seconds when this store received the release.
+    pub stored_at: u64,
+    pub signer: String,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// A held store lock: shared for writers (build, unpack), exclusive for `gc`.
+pub struct StoreLock(#[allow(dead_code)] File);
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    keys: Keyring,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) the store of a drover root.
+    pub fn open(root: &Path) -> Result<Store> {
+        let dir = root.join("store");
+        for sub in [
+            "objects/chunks",
+            "objects/manifests",
+            "objects/sigs",
+            "meta",
+            "files",
+            "trees",
+            "tmp",
+        ] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).at(&p)?;
+        }
+        Ok(Store {
+            dir,
+            keys: Keyring::new(root),
+        })
+    }
+
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        let path = self.dir.join("lock");
+        let f = File::create(&path).at(&path)?;
+        f.lock_shared().at(&path)?;
+        Ok(StoreLock(f))
+    }
+
+    pub fn lock_exclusive(&self) -> Result<StoreLock> {
+        let path = self.dir.join("lock");
+        let f = File::create(&path).at(&path)?;
+        f.lock().at(&path)?;
+        Ok(StoreLock(f))
+    }
+
+    // ---- paths -------------------------------------------------------------
+
+    fn chunk_path(&self, h: &Hash) -> PathBuf {
+        let hex = h.to_hex();
+        self.dir.join("objects/chunks").join(&hex[..2]).join(hex)
+    }
+
+    fn manifest_path(&self, id: &Hash) -> PathBuf {
+        self.dir.join("objects/manifests").join(id.to_hex())
+    }
+
+    fn sig_path(&self, id: &Hash) -> PathBuf {
+        self.dir.join("objects/sigs").join(id.to_hex())
+    }
+
+    fn meta_path(&self, id: &Hash) -> PathBuf {
+        self.dir.join("meta").join(format!("{id}.json"))
+    }
+
+    fn file_path(&self, h: &Hash, mode: u32) -> PathBuf {
+        let kind = if mode & 0o111 != 0 { "x" } else { "r" };
+        self.dir.join("files").join(format!("{h}.{kind}"))
+    }
+
+    /// Where a release is materialised: a stable, read-only path.
+    pub fn tree_path(&self, id: &Hash) -> PathBuf {
+        self.dir.join("trees").join(id.to_hex())
+    }
+
+    /// A fresh path under `tmp/` (same filesystem as the objects, so renames are atomic).
+    pub fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
+    // ---- chunks ------------------------------------------------------------
+
+    pub fn has_chunk(&self, h: &Hash) -> bool {
+        self.chunk_path(h).exists()
+    }
+
+    /// Stores raw chunk data; returns the bytes written (0 if it was already there).
+    pub fn put_chunk(&self, h: &Hash, data: &[u8]) -> Result<u64> {
+        if self.has_chunk(h) {
+            return Ok(0);
+        }
+        let object = chunk::encode(data);
+        self.put_chunk_object(h, &object)?;
+        Ok(object.len() as u64)
+    }
+
+    /// Stores an already-encoded chunk object (from an archive) after checking it.
+    pub fn put_chunk_object(&self, h: &Hash, object: &[u8]) -> Result<()> {
+        let path = self.chunk_path(h);
+        let parent = path.parent().expect("chunk paths have a parent");
+        fs::create_dir_all(parent).at(parent)?;
+        self.write_atomic(&path, object, false)
+    }
+
+    /// Moves a checked chunk object file (staged under `tmp/`) into place.
+    pub fn adopt_chunk_file(&self, h: &Hash, staged: &Path) -> Result<()> {
+        let path = self.chunk_path(h);
+        let parent = path.parent().expect("chunk paths have a parent");
+        fs::create_dir_all(parent).at(parent)?;
+        fs::rename(staged, &path).at(&path)
+    }
+
+    /// The encoded object as stored (unverified: callers decode it).
+    pub fn chunk_object(&self, h: &Hash) -> Result<Vec<u8>> {
+        let path = self.chunk_path(h);
+        fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Missing {
+                    kind: "chunk",
+                    id: h.to_hex(),
+                }
+            } else {
+                Error::Io { path, source: e }
+            }
+        })
+    }
+
+    /// Reads and verifies a chunk: corrupt data is never returned.
+    pub fn read_chunk(&self, h: &Hash) -> Result<Vec<u8>> {
+        let object = self.chunk_object(h)?;
+        chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
+            kind: "chunk",
+            id: h.to_hex(),
+            reason,
+        })
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> Result<()> {
+        let tmp = self.tmp_path("obj");
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(data).at(&tmp)?;
+        if durable {
+            f.sync_all().at(&tmp)?;
+        }
+        drop(f);
+        fs::rename(&tmp, path).at(path)
+    }
+
+    /// Makes everything written so far durable (one `syncfs` instead of an fsync per object).
+    pub fn sync(&self) -> Result<()> {
+        let f = File::open(&self.dir).at(&self.dir)?;
+        rustix::fs::syncfs(&f)
+            .map_err(std::io::Error::from)
+            .at(&self.dir)
+    }
+
+    // ---- releases ----------------------------------------------------------
+
+    /// Commits a release whose chunks are all stored. The manifest rename is the commit point.
+    /// Returns the bytes newly written (0 when the release was already there).
+    pub fn commit_release(&self, manifest: &Manifest, sig: &ReleaseSignature) -> Result<u64> {
+        self.commit_release_with(manifest, sig, false)
+    }
+
+    /// As `commit_release`; `allow_untrusted` accepts a valid signature by any key.
+    pub fn commit_release_with(
+        &self,
+        manifest: &Manifest,
+        sig: &ReleaseSignature,
+        allow_untrusted: bool,
+    ) -> Result<u64> {
+        let bytes = manifest.to_bytes();
+        let id = Hash::of(&bytes);
+        if self.manifest_path(&id).exists() {
+            return Ok(0);
+        }
+        for h in manifest.chunk_set() {
+            if !self.has_chunk(&h) {
+                return Err(Error::Missing {
+                    kind: "chunk",
+                    id: h.to_hex(),
+                });
+            }
+        }
+        let what = format!("release {}", id.short());
+        let signer = if allow_untrusted {
+            sig.check(&id, &what)?
+        } else {
+            self.keys.check_trusted(&id, sig, &what)?
+        };
+        let meta = ReleaseMeta {
+            release: id,
+            app: manifest.app.clone(),
+            version: manifest.version.clone(),
+            stored_at: now(),
+            signer: signer.to_string(),
+            files: manifest.file_count(),
+            bytes: manifest.bytes(),
+        };
+        let sig_bytes = sig.to_bytes();
+        let meta_bytes = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+        self.sync()?;
+        self.write_atomic(&self.sig_path(&id), &sig_bytes, true)?;
+        self.write_atomic(&self.meta_path(&id), &meta_bytes, true)?;
+        self.write_atomic(&self.manifest_path(&id), &bytes, true)?;
+        self.sync()?;
+        Ok((bytes.len() + sig_bytes.len() + meta_bytes.len()) as u64)
+    }
+
+    pub fn has_release(&self, id: &Hash) -> bool {
+        self.manifest_path(id).exists()
+    }
+
+    pub fn manifest_bytes(&self, id: &Hash) -> Result<Vec<u8>> {
+        let path = self.manifest_path(id);
+        match fs::metadata(&path) {
+            Ok(m) if m.len() > MAX_MANIFEST_BYTES => {
+                return Err(Error::Corrupt {
+                    kind: "manifest",
+                    id: id.to_hex(),
+                    reason: "oversized".into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(id.to_hex()));
+            }
+            _ => {}
+        }
+        fs::read(&path).at(&path)
+    }
+
+    /// Reads a manifest and checks it against its id.
+    pub fn manifest(&self, id: &Hash) -> Result<Manifest> {
+        let bytes = self.manifest_bytes(id)?;
+        let corrupt = |reason: String| Error::Corrupt {
+            kind: "manifest",
+            id: id.to_hex(),
+            reason,
+        };
+        if Hash::of(&bytes) != *id {
+            return Err(corrupt("content does not match its id".into()));
+        }
+        Manifest::from_bytes(&bytes, &format!("manifest {}", id.short()))
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    pub fn signature(&self, id: &Hash) -> Result<ReleaseSignature> {
+        let path = self.sig_path(id);
+        let bytes = fs::read(&path).at(&path)?;
+        ReleaseSignature::from_bytes(&bytes, &format!("signature of release {}", id.short()))
+    }
+
+    pub fn meta(&self, id: &Hash) -> Result<ReleaseMeta> {
+        let path = self.meta_path(id);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::invalid(path.display().to_string(), e.to_string())),
+            Err(_) => {
+                // Rebuild what we can from the manifest itself.
+                let m = self.manifest(id)?;
+                Ok(ReleaseMeta {
+                    release: *id,
+                    app: m.app.clone(),
+                    version: m.version.clone(),
+                    stored_at: 0,
+                    signer: String::new(),
+                    files: m.file_count(),
+                    bytes: m.bytes(),
+                })
+            }
+        }
+    }
+
+    pub fn release_ids(&self) -> Result<Vec<Hash>> {
+        let dir = self.dir.join("objects/manifests");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            if let Some(h) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every release, newest first.
+    pub fn releases(&self) -> Result<Vec<ReleaseMeta>> {
+        let mut out = Vec::new();
+        for id in self.release_ids()? {
+            out.push(self.meta(&id)?);
+        }
+        out.sort_by(|a, b| {
+            b.stored_at
+                .cmp(&a.stored_at)
+                .then_with(|| a.app.cmp(&b.app))
+                .then_with(|| b.version.cmp(&a.version))
+        });
+        Ok(out)
+    }
+
+    /// Resolves a release name: a full id, an id prefix (4+ digits), `app@version`, or `app`
+    /// (its newest release).
+    pub fn resolve(&self, query: &str) -> Result<Hash> {
+        if let Ok(h) = query.parse::<Hash>() {
+            return if self.has_release(&h) {
+                Ok(h)
+            } else {
+                Err(Error::NotFound(query.into()))
+            };
+        }
+        let releases = self.releases()?;
+        let matches: Vec<&ReleaseMeta> = if let Some((app, version)) = query.split_once('@') {
+            releases
+                .iter()
+                .filter(|r| r.app == app && r.version == version)
+                .collect()
+        } else if releases.iter().any(|r| r.app == query) {
+            return Ok(releases
+                .iter()
+                .find(|r| r.app == query)
+                .expect("checked above")
+                .release);
+        } else if query.len() >= 4 && query.bytes().all(|b| b.is_ascii_hexdigit()) {
+            releases
+                .iter()
+                .filter(|r| r.release.to_hex().starts_with(query))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match matches.as_slice() {
+            [] => Err(Error::NotFound(query.into())),
+            [one] => Ok(one.release),
+            many => {
+                // The same version built twice with different content: newest wins for app@version.
+                if query.contains('@') {
+                    return Ok(many[0].release);
+                }
+                Err(Error::Ambiguous {
+                    query: query.into(),
+                    matches: many.iter().map(|r| r.release.short()).collect(),
+                })
+            }
+        }
+    }
+
+    // ---- materialising ------------------------------------------------------
+
+    /// Assembles (once) the verified, read-only cache file for a file entry.
+    fn cached_file(
+        &self,
+        hash: &Hash,
+        mode: u32,
+        chunks: &[crate::manifest::ChunkRef],
+    ) -> Result<PathBuf> {
+        let path = self.file_path(hash, mode);
+        if path.exists() {
+            return Ok(path);
+        }
+        let tmp = self.tmp_path("file");
+        let result = (|| {
+            let mut f = File::create(&tmp).at(&tmp)?;
+            let mut hasher = blake3::Hasher::new();
+            for c in chunks {
+                let data = self.read_chunk(&c.0)?;
+                hasher.update(&data);
+                f.write_all(&data).at(&tmp)?;
+            }
+            if Hash::from(hasher.finalize()) != *hash {
+                return Err(Error::Corrupt {
+                    kind: "file",
+                    id: hash.to_hex(),
+                    reason: "its chunks do not add up to its hash".into(),
+                });
+            }
+            f.sync_all().at(&tmp)?;
+            let ro = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(ro)).at(&tmp)?;
+            fs::rename(&tmp, &path).at(&path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+
+    /// Materialises a release at its stable read-only path (idempotent) and returns it.
+    pub fn materialise(&self, id: &Hash) -> Result<PathBuf> {
+        let dest = self.tree_path(id);
+        if dest.exists() {
+            return Ok(dest);
+        }
+        let manifest = self.manifest(id)?;
+        let tmp = self.tmp_path("tree");
+        let result = self.write_tree(&manifest, &tmp, true).and_then(|()| {
+            fs::rename(&tmp, &dest)
+                .or_else(|e| {
+                    // Someone else materialised it first: theirs is as good as ours.
+                    if dest.exists() { Ok(()) } else { Err(e) }
+                })
+                .at(&dest)
+        });
+        if tmp.exists() {
+            remove_tree(&tmp);
+        }
+        result.map(|()| dest)
+    }
+
+    /// Writes a release's files into `dest` (which must not exist). Files are hard links to
+    /// the verified cache where possible, copies otherwise.
+    pub fn checkout(&self, id: &Hash, dest: &Path) -> Result<()> {
+        let manifest = self.manifest(id)?;
+        if dest.exists() {
+            return Err(Error::invalid(
+                dest.display().to_string(),
+                "already exists; checkout writes a new directory",
+            ));
+        }
+        self.write_tree(&manifest, dest, true)
+    }
+
+    fn write_tree(&self, manifest: &Manifest, dest: &Path, read_only: bool) -> Result<()> {
+        fs::create_dir(dest).at(dest)?;
+        let mut dirs = Vec::new();
+        for entry in &manifest.entries {
+            let path = dest.join(entry.path());
+            match entry {
+                Entry::Dir { .. } => {
+                    fs::create_dir(&path).at(&path)?;
+                    dirs.push(path);
+                }
+                Entry::Symlink { target, .. } => {
+                    std::os::unix::fs::symlink(target, &path).at(&path)?;
+                }
+                Entry::File {
+                    mode, hash, chunks, ..
+                } => {
+                    let cached = self.cached_file(hash, *mode, chunks)?;
+                    if fs::hard_link(&cached, &path).is_err() {
+                        fs::copy(&cached, &path).at(&path)?;
+                    }
+                }
+            }
+        }
+        if read_only {
+            for d in dirs
+                .iter()
+                .rev()
+                .chain(std::iter::once(&dest.to_path_buf()))
+            {
+                fs::set_permissions(d, fs::Permissions::from_mode(0o555)).at(d)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- verify ---------------------------------------------------------------
+
+    /// Re-hashes objects; returns every problem found. `only` limits it to one release.
+    pub fn verify(&self, only: Option<&Hash>) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let ids = match only {
+            Some(id) => vec![*id],
+            None => self.release_ids()?,
+        };
+        let mut chunks_needed: HashMap<Hash, Hash> = HashMap::new();
+        let mut files_needed: HashMap<PathBuf, (Hash, Hash)> = HashMap::new();
+        for id in &ids {
+            report.releases += 1;
+            let manifest = match self.manifest(id) {
+                Ok(m) => m,
+                Err(e) => {
+                    report
+                        .problems
+                        .push(Problem::new(&format!("manifest {id}"), e.to_string()));
+                    continue;
+                }
+            };
+            match self.signature(id).and_then(|s| s.check(id, "signature")) {
+                Ok(_) => {}
+                Err(e) => report
+                    .problems
+                    .push(Problem::new(&format!("signature {id}"), e.to_string())),
+            }
+            for (_, mode, _, hash, chunks) in manifest.files() {
+                for c in chunks {
+                    chunks_needed.entry(c.0).or_insert(*id);
+                }
+                files_needed.insert(self.file_path(hash, mode), (*hash, *id));
+            }
+            let tree = self.tree_path(id);
+            if tree.exists() {
+                for p in self.check_tree(&manifest, &tree) {
+                    report.problems.push(p);
+                }
+            }
+        }
+
+        let all_chunks: Vec<Hash> = if only.is_some() {
+            chunks_needed.keys().copied().collect()
+        } else {
+            self.all_chunks()?
+        };
+        report.chunks = all_chunks.len();
+        let chunk_problems = crate::par::map(&all_chunks, |h| match self.read_chunk(h) {
+            Ok(_) => None,
+            Err(e) => Some(Problem::new(&format!("chunk {h}"), e.to_string())),
+        });
+        report.problems.extend(chunk_problems.into_iter().flatten());
+        if only.is_none() {
+            let present: HashSet<Hash> = all_chunks.iter().copied().collect();
+            for (h, rel) in &chunks_needed {
+                if !present.contains(h) {
+                    report.problems.push(Problem::new(
+                        &format!("chunk {h}"),
+                        format!("missing (needed by release {})", rel.short()),
+                    ));
+                }
+            }
+        }
+
+        let files: Vec<(PathBuf, Hash)> = if only.is_some() {
+            files_needed
+                .iter()
+                .filter(|(p, _)| p.exists())
+                .map(|(p, (h, _))| (p.clone(), *h))
+                .collect()
+        } else {
+            self.cache_files()?
+        };
+        report.files = files.len();
+        let file_problems = crate::par::map(&files, |(path, h)| match hash_file(path) {
+            Ok(actual) if actual == *h => None,
+            Ok(actual) => Some(Problem::new(
+                &format!("file {}", path.display()),
+                format!("content hashes to {}, not {}", actual.short(), h.short()),
+            )),
+            Err(e) => Some(Problem::new(
+                &format!("file {}", path.display()),
+                e.to_string(),
+            )),
+        });
+        report.problems.extend(file_problems.into_iter().flatten());
+        report.problems.sort_by(|a, b| a.object.cmp(&b.object));
+        Ok(report)
+    }
+
+    /// Checks a materialised tree against its manifest. Files that are hard links to the
+    /// cache are covered by the cache check; any other file is re-hashed.
+    fn check_tree(&self, manifest: &Manifest, tree: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let name = |p: &str| format!("tree {}/{p}", tree.display());
+        for entry in &manifest.entries {
+            let path = tree.join(entry.path());
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(Problem::new(&name(entry.path()), e.to_string()));
+                    continue;
+                }
+            };
+            match entry {
+                Entry::Dir { .. } if !meta.is_dir() => problems.push(Problem::new(
+                    &name(entry.path()),
+                    "is not a directory".into(),
+                )),
+                Entry::Symlink { target, .. } => {
+                    if fs::read_link(&path).ok().as_deref() != Some(Path::new(target)) {
+                        problems.push(Problem::new(
+                            &name(entry.path()),
+                            "symlink target changed".into(),
+                        ))
+                    }
+                }
+                Entry::File {
+                    mode, hash, size, ..
+                } => {
+                    let cached = fs::metadata(self.file_path(hash, *mode)).ok();
+                    let linked =
+                        cached.is_some_and(|c| c.ino() == meta.ino() && c.dev() == meta.dev());
+                    if !meta.is_file() || meta.len() != *size {
+                        problems.push(Problem::new(
+                            &name(entry.path()),
+                            "wrong type or size".into(),
+                        ));
+                    } else if !linked && hash_file(&path).ok() != Some(*hash) {
+                        problems.push(Problem::new(&name(entry.path()), "content changed".into()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        problems
+    }
+
+    fn all_chunks(&self) -> Result<Vec<Hash>> {
+        let dir = self.dir.join("objects/chunks");
+        let mut out = Vec::new();
+        for sub in fs::read_dir(&dir).at(&dir)? {
+            let sub = sub.at(&dir)?.path();
+            for e in fs::read_dir(&sub).at(&sub)? {
+                let e = e.at(&sub)?;
+                if let Some(h) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    out.push(h);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn cache_files(&self) -> Result<Vec<(PathBuf, Hash)>> {
+        let dir = self.dir.join("files");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let path = e.at(&dir)?.path();
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if let Ok(h) = stem.parse() {
+                out.push((path, h));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- gc ---------------------------------------------------------------------
+
+    /// Removes every release that is neither among the newest `keep` of its app nor in
+    /// `roots`, then every chunk, cache file and tree no kept release needs.
+    pub fn gc(&self, keep: usize, roots: &HashSet<Hash>) -> Result<GcReport> {
+        let _lock = self.lock_exclusive()?;
+        let mut report = GcReport::default();
+        let mut per_app: HashMap<String, usize> = HashMap::new();
+        let mut kept = Vec::new();
+        for r in self.releases()? {
+            let n = per_app.entry(r.app.clone()).or_default();
+            *n += 1;
+            if *n <= keep || roots.contains(&r.release) {
+                kept.push(r.release);
+            } else {
+                // The manifest goes first: once it is gone the release no longer exists.
+                let _ = fs::remove_file(self.manifest_path(&r.release));
+                let _ = fs::remove_file(self.sig_path(&r.release));
+                let _ = fs::remove_file(self.meta_path(&r.release));
+                report.releases_removed.push(r);
+            }
+        }
+        let mut live_chunks = HashSet::new();
+        let mut live_files = HashSet::new();
+        let live_trees: HashSet<String> = kept.iter().map(|h| h.to_hex()).collect();
+        for id in &kept {
+            let m = self.manifest(id)?;
+            for (_, mode, _, hash, chunks) in m.files() {
+                live_chunks.extend(chunks.iter().map(|c| c.0));
+                live_files.insert(self.file_path(hash, mode));
+            }
+        }
+        for h in self.all_chunks()? {
+            if !live_chunks.contains(&h) {
+                let p = self.chunk_path(&h);
+                report.bytes_freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&p).at(&p)?;
+                report.chunks_removed += 1;
+            }
+        }
+        for (p, _) in self.cache_files()? {
+            if !live_files.contains(&p) {
+                report.bytes_freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&p).at(&p)?;
+                report.files_removed += 1;
+            }
+        }
+        let trees = self.dir.join("trees");
+        for e in fs::read_dir(&trees).at(&trees)? {
+            let p = e.at(&trees)?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !live_trees.contains(name) {
+                remove_tree(&p);
+            }
+        }
+        // No writer holds the shared lock now, so anything in tmp/ is left over from a crash.
+        let tmp = self.dir.join("tmp");
+        for e in fs::read_dir(&tmp).at(&tmp)? {
+            remove_tree(&e.at(&tmp)?.path());
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub releases: usize,
+    pub chunks: usize,
+    pub files: usize,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    pub object: String,
+    pub reason: String,
+}
+
+impl Problem {
+    fn new(object: &str, reason: String) -> Problem {
+        Problem {
+            object: object.to_string(),
+            reason,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub releases_removed: Vec<ReleaseMeta>,
+    pub chunks_removed: usize,
+    pub files_removed: usize,
+    pub bytes_freed: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn hash_file(path: &Path) -> Result<Hash> {
+    let mut f = File::open(path).at(path)?;
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut f, &mut hasher).at(path)?;
+    Ok(hasher.finalize().into())
+}
+
+/// Removes a tree even where it was made read-only.
+pub fn remove_tree(path: &Path) {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.is_dir() {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o755));
+            if let Ok(rd) = fs::read_dir(path) {
+                for e in rd.flatten() {
+                    remove_tree(&e.path());
+                }
+            }
+            let _ = fs::remove_dir(path);
+        } else {
+            let _ = fs::remove_file(path);
+        }
+    }
+}

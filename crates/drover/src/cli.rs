@@ -1,0 +1,48 @@
+//! The command line: global flags and one `XxxArgs` per command.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// drover delivers apps to Linux servers as immutable, signed, content-addressed releases.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about, long_about = None)]
+pub struct Cli {
+    /// Directory holding this host's drover state (store, keys).
+    /// Default: /var/lib/drover as root, else $XDG_DATA_HOME/drover.
+    #[arg(long, global = true, env = "DROVER_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented drover.toml into DIR (default: the current directory).
+    Init(crate::commands::init::InitArgs),
+    /// Build the app in DIR into a signed release in the local store.
+    Build(crate::commands::build::BuildArgs),
+    /// List stored releases.
+    Releases(crate::commands::releases::ReleasesArgs),
+    /// Re-hash every object (or one release's) and name any that is bad.
+    Verify(crate::commands::verify::VerifyArgs),
+    /// Write a release's files into a new directory.
+    Checkout(crate::commands::checkout::CheckoutArgs),
+    /// Export a release (manifest, signature, chunks) as one file.
+    Pack(crate::commands::pack::PackArgs),
+    /// Import a release from a file made by `drover pack`, verifying everything first.
+    Unpack(crate::commands::pack::UnpackArgs),
+    /// Remove releases, chunks and trees that nothing kept needs.
+    Gc(crate::commands::gc::GcArgs),
+    /// Show or manage signing keys (the local key and the trusted ones).
+    Keys(crate::commands::keys::KeysArgs),
+}
+
+/// Shared by read commands.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print machine-readable JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,35 @@
+//! One module per command: `XxxArgs` + `run`.
+
+pub mod build;
+pub mod checkout;
+pub mod gc;
+pub mod init;
+pub mod keys;
+pub mod pack;
+pub mod releases;
+pub mod verify;
+
+use crate::cli::{Cli, Command};
+use crate::settings::resolve_root;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = resolve_root(cli.root);
+    match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Build(a) => build::run(&root, a),
+        Command::Releases(a) => releases::run(&root, a),
+        Command::Verify(a) => verify::run(&root, a),
+        Command::Checkout(a) => checkout::run(&root, a),
+        Command::Pack(a) => pack::run_pack(&root, a),
+        Command::Unpack(a) => pack::run_unpack(&root, a),
+        Command::Gc(a) => gc::run(&root, a),
+        Command::Keys(a) => keys::run(&root, a),
+    }
+}
+
+/// Opens the store of a root, naming the root on failure.
+pub fn open_store(root: &std::path::Path) -> anyhow::Result<drover_store::Store> {
+    use anyhow::Context;
+    drover_store::Store::open(root)
+        .with_context(|| format!("cannot open the drover store under {}", root.display()))
+}

@@ -1,0 +1,95 @@
+//! How results and errors reach the user: data on stdout, messages on stderr,
+//! `error:` and `hint:` lines, and the one mapping from errors to exit codes.
+
+use std::io::IsTerminal;
+
+/// An error that has already explained itself (e.g. `verify` listed every bad object).
+#[derive(Debug)]
+pub struct Failed(pub String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// A hint attached at the binary edge.
+#[derive(Debug)]
+pub struct Hinted {
+    pub message: String,
+    pub hint: String,
+}
+
+impl std::fmt::Display for Hinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+pub fn hinted(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    Hinted {
+        message: message.into(),
+        hint: hint.into(),
+    }
+    .into()
+}
+
+fn color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// `text` in bold red when stderr is a terminal and NO_COLOR is unset.
+pub fn red(text: &str) -> String {
+    if color() {
+        format!("\x1b[1;31m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+pub fn report_error(err: &anyhow::Error) {
+    eprintln!("{} {err:#}", red("error:"));
+    for cause in err.chain() {
+        let hint = if let Some(e) = cause.downcast_ref::<drover_store::Error>() {
+            e.hint()
+        } else if let Some(h) = cause.downcast_ref::<Hinted>() {
+            Some(h.hint.clone())
+        } else {
+            None
+        };
+        if let Some(h) = hint {
+            eprintln!("hint: {h}");
+            break;
+        }
+    }
+}
+
+pub fn exit_code(_err: &anyhow::Error) -> u8 {
+    1
+}
+
+/// Prints one JSON value on stdout.
+pub fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Human-readable byte counts.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
