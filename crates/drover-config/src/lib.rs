@@ -171,7 +171,7 @@ impl Seconds {
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -203,11 +203,8 @@ impl<'de> Deserialize<'de> for Seconds {
 /// Why a `drover.toml` could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read {}: {err}", path.display())]
+    Read { path: PathBuf, err: std::io::Error },
     #[error("{}: {message}{}", path.display(), hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
@@ -223,9 +220,9 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            err,
         })?;
         Self::parse(&text, path)
     }
@@ -261,14 +258,13 @@ impl Config {
                 Some("use letters, digits, `-` and `_`, starting with a letter or digit".into()),
             ));
         }
-        if let Some(v) = &self.app.version {
-            if !valid_version(v) {
+        if let Some(v) = &self.app.version
+            && !valid_version(v) {
                 return Err((
                     format!("key `app.version`: `{v}` is not a valid version"),
                     Some("use letters, digits and `.-_+`, at most 64 characters".into()),
                 ));
             }
-        }
         if let Some(out) = &self.build.output {
             let p = Path::new(out);
             if p.is_absolute()

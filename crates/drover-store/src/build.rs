@@ -61,7 +61,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
             Walked::Entry(_) => None,
         })
         .collect();
-    files.sort_by(|a, b| b.2.cmp(&a.2));
+    files.sort_by_key(|f| std::cmp::Reverse(f.2));
     let seen: Mutex<HashSet<Hash>> = Mutex::new(HashSet::new());
     let stored = AtomicU64::new(0);
     let new_chunks = AtomicU64::new(0);
@@ -96,7 +96,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
         .map_err(|e| {
             stored_err.take().unwrap_or(Error::Io {
                 path: path.clone(),
-                source: e,
+                err: e,
             })
         })?;
         if total != *size {
@@ -195,6 +195,9 @@ fn walk(
         } else {
             format!("{prefix}/{name}")
         };
+        // Refuse what the manifest would refuse before any chunk is written.
+        crate::manifest::check_path(&rel)
+            .map_err(|m| Error::invalid(path.display().to_string(), m))?;
         let meta = fs::symlink_metadata(&path).at(&path)?;
         let ft = meta.file_type();
         let mode = meta.permissions().mode() & 0o777;
@@ -218,6 +221,12 @@ fn walk(
                     "symlink target is not valid UTF-8",
                 )
             })?;
+            crate::manifest::check_symlink(&rel, target).map_err(|m| {
+                Error::invalid(
+                    format!("{}: symlink `{rel}` -> `{target}`", root.display()),
+                    m,
+                )
+            })?;
             out.push(Walked::Entry(Entry::Symlink {
                 path: rel,
                 target: target.to_string(),
@@ -238,6 +247,5 @@ fn walk(
             ));
         }
     }
-    let _ = root;
     Ok(())
 }

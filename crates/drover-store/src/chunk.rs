@@ -18,14 +18,13 @@ const SLURP_LIMIT: u64 = 8 << 20;
 
 /// Encodes raw chunk data as a store object: zstd when that is smaller, else raw.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL) {
-        if compressed.len() + 1 < data.len() {
+    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL)
+        && compressed.len() + 1 < data.len() {
             let mut out = Vec::with_capacity(compressed.len() + 1);
             out.push(TAG_ZSTD);
             out.extend_from_slice(&compressed);
             return out;
         }
-    }
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(TAG_RAW);
     out.extend_from_slice(data);

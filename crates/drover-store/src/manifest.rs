@@ -130,19 +130,17 @@ impl Manifest {
         for entry in &self.entries {
             let path = entry.path();
             check_path(path).or_else(|m| bad(format!("entry `{path}`: {m}")))?;
-            if let Some(p) = prev {
-                if p.as_bytes() >= path.as_bytes() {
+            if let Some(p) = prev
+                && p.as_bytes() >= path.as_bytes() {
                     return bad(format!("entry `{path}` is duplicated or out of order"));
                 }
-            }
             prev = Some(path);
-            if let Some((parent, _)) = path.rsplit_once('/') {
-                if !dirs.contains(parent) {
+            if let Some((parent, _)) = path.rsplit_once('/')
+                && !dirs.contains(parent) {
                     return bad(format!(
                         "entry `{path}`: its parent `{parent}` is not a directory of the release"
                     ));
                 }
-            }
             match entry {
                 Entry::Dir { mode, .. } => {
                     if mode & !0o7777 != 0 {
@@ -180,7 +178,7 @@ impl Manifest {
 }
 
 /// A release path: relative, `/`-separated, normal components only.
-fn check_path(path: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_path(path: &str) -> std::result::Result<(), String> {
     if path.is_empty() {
         return Err("empty path".into());
     }
@@ -201,7 +199,7 @@ fn check_path(path: &str) -> std::result::Result<(), String> {
 }
 
 /// A symlink must point inside the release: relative, and never climbing above the root.
-fn check_symlink(path: &str, target: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_symlink(path: &str, target: &str) -> std::result::Result<(), String> {
     if target.is_empty() || target.contains('\0') {
         return Err("empty target".into());
     }

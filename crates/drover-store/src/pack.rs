@@ -84,7 +84,7 @@ pub fn pack(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
     let sig = store.signature(id)?;
     let io = |e| Error::Io {
         path: PathBuf::from("<archive>"),
-        source: e,
+        err: e,
     };
     let mut w = PackWriter::new(out).map_err(io)?;
     w.record(TAG_MANIFEST, &manifest_bytes).map_err(io)?;
@@ -167,7 +167,7 @@ impl<R: Read> Reader<R> {
             } else {
                 Error::Io {
                     path: PathBuf::from(&self.what),
-                    source: e,
+                    err: e,
                 }
             }
         })?;

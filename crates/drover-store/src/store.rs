@@ -167,7 +167,7 @@ impl Store {
                     id: h.to_hex(),
                 }
             } else {
-                Error::Io { path, source: e }
+                Error::Io { path, err: e }
             }
         })
     }
@@ -402,7 +402,11 @@ impl Store {
     ) -> Result<PathBuf> {
         let path = self.file_path(hash, mode);
         if path.exists() {
-            return Ok(path);
+            // Re-check before sharing it into another tree; a damaged copy is rebuilt.
+            if hash_file(&path).ok() == Some(*hash) {
+                return Ok(path);
+            }
+            fs::remove_file(&path).at(&path)?;
         }
         let tmp = self.tmp_path("file");
         let result = (|| {
@@ -611,13 +615,13 @@ impl Store {
                     &name(entry.path()),
                     "is not a directory".into(),
                 )),
-                Entry::Symlink { target, .. } => {
-                    if fs::read_link(&path).ok().as_deref() != Some(Path::new(target)) {
-                        problems.push(Problem::new(
-                            &name(entry.path()),
-                            "symlink target changed".into(),
-                        ))
-                    }
+                Entry::Symlink { target, .. }
+                    if fs::read_link(&path).ok().as_deref() != Some(Path::new(target)) =>
+                {
+                    problems.push(Problem::new(
+                        &name(entry.path()),
+                        "symlink target changed".into(),
+                    ))
                 }
                 Entry::File {
                     mode, hash, size, ..

@@ -56,11 +56,7 @@ pub fn report_error(err: &anyhow::Error) {
     for cause in err.chain() {
         let hint = if let Some(e) = cause.downcast_ref::<drover_store::Error>() {
             e.hint()
-        } else if let Some(h) = cause.downcast_ref::<Hinted>() {
-            Some(h.hint.clone())
-        } else {
-            None
-        };
+        } else { cause.downcast_ref::<Hinted>().map(|h| h.hint.clone()) };
         if let Some(h) = hint {
             eprintln!("hint: {h}");
             break;

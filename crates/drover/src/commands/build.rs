@@ -46,15 +46,14 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
 
 /// Builds the app in `dir` into `store` (shared by `build`, `deploy` and `up`).
 pub fn build_app(store: &Store, dir: &Path, version: Option<&str>) -> anyhow::Result<Built> {
-    let config = Config::load_dir(dir)?;
-    if let Some(v) = version {
-        if !drover_config::valid_version(v) {
+    if let Some(v) = version
+        && !drover_config::valid_version(v) {
             return Err(hinted(
                 format!("--version `{v}` is not a valid version"),
                 "use letters, digits and `.-_+`, at most 64 characters",
             ));
         }
-    }
+    let config = Config::load_dir(dir)?;
     let version = version
         .map(str::to_string)
         .or_else(|| config.app.version.clone())
@@ -137,6 +136,9 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     fs::create_dir_all(dst)?;
     for e in fs::read_dir(src)? {
         let e = e?;
+        if e.file_name() == ".git" {
+            continue;
+        }
         let from = e.path();
         let to = dst.join(e.file_name());
         let ft = e.file_type()?;

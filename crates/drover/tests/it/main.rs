@@ -1,0 +1,4 @@
+//! End-to-end tests: the real `drover` binary against real files, processes and archives.
+
+mod common;
+mod store;

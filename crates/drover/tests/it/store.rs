@@ -1,0 +1,770 @@
+//! The release store end to end: build, verify, checkout, pack/unpack, gc, keys, crashes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use drover_store::pack::{PackWriter, TAG_MANIFEST, TAG_SIGNATURE};
+use drover_store::{ChunkRef, Entry, Hash, Keyring, Manifest};
+
+use crate::common::{TestContext, make_writable, noise, to_run, wait_for};
+
+const HELLO: &str = "[app]\nname = \"hello\"\nversion = \"1.0.0\"\n\n[process.web]\ncommand = \"./run\"\nhttp = true\n\n[health]\npath = \"/up\"\n";
+
+#[test]
+fn same_tree_gives_same_id_and_stores_nothing_twice() {
+    let cx = TestContext::new();
+    let files = [
+        ("run", "#!/bin/sh\necho hi\n"),
+        ("lib/a.txt", "alpha"),
+        ("lib/b.txt", "beta"),
+    ];
+    let a = cx.app("a", HELLO, &files);
+    let first = cx.build(&a, &[]);
+    assert_eq!(first["app"], "hello");
+    assert_eq!(first["version"], "1.0.0");
+    assert_eq!(first["files"], 4);
+    assert!(first["stored_bytes"].as_u64().unwrap() > 0);
+    let second = cx.build(&a, &[]);
+    assert_eq!(second["release"], first["release"]);
+    assert_eq!(second["stored_bytes"], 0);
+
+    // The same content elsewhere, created in another order with other times: same id.
+    let b = cx.app(
+        "b",
+        HELLO,
+        &[
+            ("lib/b.txt", "beta"),
+            ("lib/a.txt", "alpha"),
+            ("run", "#!/bin/sh\necho hi\n"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(b.join("lib/a.txt"), "alpha").unwrap();
+    let third = cx.build(&b, &[]);
+    assert_eq!(third["release"], first["release"]);
+    assert_eq!(third["stored_bytes"], 0);
+
+    // A different mode is a different release.
+    fs::set_permissions(b.join("run"), fs::Permissions::from_mode(0o755)).unwrap();
+    let fourth = cx.build(&b, &[]);
+    assert_ne!(fourth["release"], first["release"]);
+
+    let list = cx.drover(&["releases", "hello", "--json"]).success().json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    cx.drover(&["verify"]).success();
+}
+
+#[test]
+fn one_changed_region_of_a_big_file_stores_only_a_little() {
+    let cx = TestContext::new();
+    let app = cx.app("big", "[app]\nname = \"big\"\n", &[]);
+    let mut data = noise(7, 200 << 20);
+    fs::write(app.join("blob.bin"), &data).unwrap();
+    let v1 = cx.build(&app, &["--version", "1"]);
+    assert!(v1["stored_bytes"].as_u64().unwrap() > 190 << 20);
+
+    // Change one 1 MB region in the middle.
+    let start = 97 << 20;
+    data[start..start + (1 << 20)].copy_from_slice(&noise(8, 1 << 20));
+    fs::write(app.join("blob.bin"), &data).unwrap();
+    let v2 = cx.build(&app, &["--version", "2"]);
+    let stored = v2["stored_bytes"].as_u64().unwrap();
+    assert_ne!(v1["release"], v2["release"]);
+    assert!(stored < 3 << 20, "second build stored {stored} bytes");
+    assert!(stored > 1 << 20, "the changed MB must be stored ({stored})");
+}
+
+fn objects(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for sub in [
+        "store/objects/manifests",
+        "store/objects/sigs",
+        "store/files",
+    ] {
+        for e in fs::read_dir(root.join(sub)).unwrap() {
+            out.push(e.unwrap().path());
+        }
+    }
+    for d in fs::read_dir(root.join("store/objects/chunks")).unwrap() {
+        for e in fs::read_dir(d.unwrap().path()).unwrap() {
+            out.push(e.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn any_corrupted_byte_is_found_and_never_materialised() {
+    let cx = TestContext::new();
+    let mut files: Vec<(String, String)> = (0..5)
+        .map(|i| {
+            (
+                format!("f{i}.txt"),
+                format!("file {i}\n").repeat(3000 * (i + 1)),
+            )
+        })
+        .collect();
+    files.push(("run".into(), "#!/bin/sh\n".into()));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let app = cx.app("app", HELLO, &refs);
+    let built = cx.build(&app, &[]);
+    let id = built["release"].as_str().unwrap().to_string();
+    // Materialise once so the file cache exists and is checked too.
+    cx.drover(&["checkout", &id, cx.path("co").to_str().unwrap()])
+        .success();
+    cx.drover(&["verify"]).success();
+
+    let all = objects(&cx.root);
+    assert!(all.len() >= 10, "{all:?}");
+    for (n, obj) in all.iter().enumerate() {
+        make_writable(obj);
+        let original = fs::read(obj).unwrap();
+        let mut bad = original.clone();
+        let at = (n * 7919) % bad.len();
+        bad[at] ^= 0x40;
+        fs::write(obj, &bad).unwrap();
+
+        let run = cx.drover(&["verify"]).failure();
+        let name = obj.file_name().unwrap().to_str().unwrap();
+        let hash = name.split('.').next().unwrap();
+        assert!(
+            run.stderr.contains(hash),
+            "verify did not name {name}:\n{}",
+            run.stderr
+        );
+
+        if obj.to_str().unwrap().contains("/chunks/") {
+            // A corrupted chunk is never written into a tree (with no cached copy to use).
+            for e in fs::read_dir(cx.root.join("store/files")).unwrap() {
+                fs::remove_file(e.unwrap().path()).unwrap();
+            }
+            let dest = cx.path(&format!("co-{n}"));
+            let run = cx
+                .drover(&["checkout", &id, dest.to_str().unwrap()])
+                .failure();
+            assert!(run.stderr.contains(hash), "{}", run.stderr);
+            assert!(run.stderr.contains("corrupt"), "{}", run.stderr);
+            if dest.exists() {
+                drover_store::remove_tree(&dest);
+            }
+        }
+        fs::write(obj, &original).unwrap();
+    }
+    cx.drover(&["verify"]).success();
+
+    // A missing chunk is named too.
+    let chunk = all
+        .iter()
+        .find(|p| p.to_str().unwrap().contains("/chunks/"))
+        .unwrap();
+    fs::remove_file(chunk).unwrap();
+    let run = cx.drover(&["verify"]).failure();
+    assert!(run.stderr.contains("missing"), "{}", run.stderr);
+}
+
+#[test]
+fn checkout_is_read_only_and_shares_disk() {
+    use std::os::unix::fs::MetadataExt;
+    let cx = TestContext::new();
+    let app = cx.app(
+        "app",
+        HELLO,
+        &[("run", "x"), ("data/shared.txt", "same content")],
+    );
+    fs::set_permissions(app.join("run"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("data/shared.txt", app.join("link")).unwrap();
+    let v1 = cx.build(&app, &["--version", "1"]);
+    fs::write(app.join("new.txt"), "new").unwrap();
+    let v2 = cx.build(&app, &["--version", "2"]);
+    let (a, b) = (cx.path("a"), cx.path("b"));
+    cx.drover(&[
+        "checkout",
+        v1["release"].as_str().unwrap(),
+        a.to_str().unwrap(),
+    ])
+    .success();
+    cx.drover(&["checkout", "hello@2", b.to_str().unwrap()])
+        .success();
+    let ma = fs::metadata(a.join("data/shared.txt")).unwrap();
+    let mb = fs::metadata(b.join("data/shared.txt")).unwrap();
+    assert_eq!(ma.ino(), mb.ino(), "identical files share one inode");
+    assert_eq!(ma.mode() & 0o777, 0o444);
+    assert_eq!(fs::metadata(a.join("run")).unwrap().mode() & 0o777, 0o555);
+    assert_eq!(
+        fs::read_link(a.join("link")).unwrap(),
+        Path::new("data/shared.txt")
+    );
+    assert_eq!(fs::metadata(a.join("data")).unwrap().mode() & 0o777, 0o555);
+    assert!(b.join("new.txt").exists() && !a.join("new.txt").exists());
+    assert_ne!(v1["release"], v2["release"]);
+
+    // An existing directory is never overwritten.
+    let run = cx
+        .drover(&["checkout", "hello@1", a.to_str().unwrap()])
+        .failure();
+    assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+}
+
+#[test]
+fn build_runs_in_a_scratch_copy() {
+    let cx = TestContext::new();
+    let toml = "[app]\nname = \"built\"\nversion = \"1\"\n[build]\ncommand = \"mkdir -p out && echo generated > out/gen.txt && touch dirty-marker && echo to-stdout\"\noutput = \"out\"\n";
+    let app = cx.app("src", toml, &[("input.txt", "source")]);
+    let run = cx
+        .drover(&["build", app.to_str().unwrap(), "--json"])
+        .success();
+    let built = run.json();
+    assert_eq!(built["files"], 1);
+    assert!(
+        !app.join("dirty-marker").exists(),
+        "the build touched the user's tree"
+    );
+    assert!(!app.join("out").exists());
+    assert!(
+        run.stderr.contains("to-stdout"),
+        "build output goes to stderr"
+    );
+    let co = cx.path("co");
+    cx.drover(&["checkout", "built", co.to_str().unwrap()])
+        .success();
+    assert_eq!(
+        fs::read_to_string(co.join("gen.txt")).unwrap(),
+        "generated\n"
+    );
+
+    // A failing build command fails the build and stores nothing.
+    let bad = cx.app(
+        "bad",
+        "[app]\nname = \"bad\"\n[build]\ncommand = \"exit 3\"\n",
+        &[],
+    );
+    let before = cx.snapshot_root();
+    let run = cx.drover(&["build", bad.to_str().unwrap()]).failure();
+    assert!(run.stderr.contains("exit 3"), "{}", run.stderr);
+    assert_eq!(cx.snapshot_root(), before);
+}
+
+#[test]
+fn bad_input_is_named_and_changes_nothing() {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let before = cx.snapshot_root();
+
+    let typo = cx.app(
+        "typo",
+        "[app]\nname = \"x\"\n\n[process.web]\ncomand = \"./run\"\n",
+        &[],
+    );
+    let run = cx.drover(&["build", typo.to_str().unwrap()]).failure();
+    assert!(run.stderr.contains("typo/drover.toml"), "{}", run.stderr);
+    assert!(run.stderr.contains("line 5"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("did you mean `command`?"),
+        "{}",
+        run.stderr
+    );
+
+    let missing = cx.path("nothing-here");
+    let run = cx.drover(&["build", missing.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("nothing-here/drover.toml"),
+        "{}",
+        run.stderr
+    );
+
+    let escape = cx.app("escape", "[app]\nname = \"x\"\n", &[]);
+    std::os::unix::fs::symlink("../../etc/passwd", escape.join("pw")).unwrap();
+    let run = cx.drover(&["build", escape.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("`pw`") && run.stderr.contains("out of the release"),
+        "{}",
+        run.stderr
+    );
+
+    let fifo = cx.app("fifo", "[app]\nname = \"x\"\n", &[]);
+    let status = std::process::Command::new("mkfifo")
+        .arg(fifo.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = cx.drover(&["build", fifo.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("pipe") && run.stderr.contains("named pipe"),
+        "{}",
+        run.stderr
+    );
+
+    let run = cx
+        .drover(&["build", typo.to_str().unwrap(), "--version", "a/b"])
+        .failure();
+    assert!(run.stderr.contains("--version"), "{}", run.stderr);
+
+    let run = cx.drover(&["verify", "nosuchapp"]).failure();
+    assert!(
+        run.stderr.contains("nosuchapp") && run.stderr.contains("hint:"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(cx.snapshot_root(), before);
+}
+
+#[test]
+fn init_writes_a_config_that_builds() {
+    let cx = TestContext::new();
+    let dir = cx.path("my-app");
+    cx.drover(&["init", dir.to_str().unwrap()]).success();
+    let text = fs::read_to_string(dir.join("drover.toml")).unwrap();
+    assert!(
+        text.contains("name = \"my-app\"") && text.contains("# "),
+        "{text}"
+    );
+    fs::write(dir.join("server"), "#!/bin/sh\n").unwrap();
+    let built = cx.build(&dir, &[]);
+    assert_eq!(built["app"], "my-app");
+    let run = cx.drover(&["init", dir.to_str().unwrap()]).failure();
+    assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+}
+
+#[test]
+fn gc_keeps_the_newest_releases() {
+    let cx = TestContext::new();
+    let app = cx.app(
+        "app",
+        "[app]\nname = \"app\"\n",
+        &[("common.txt", "shared by all")],
+    );
+    let mut ids = Vec::new();
+    for v in 1..=4 {
+        fs::write(app.join("v.txt"), format!("version {v}").repeat(10_000)).unwrap();
+        ids.push(
+            cx.build(&app, &["--version", &v.to_string()])["release"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        // Releases are ordered by when the store received them (whole seconds).
+        std::thread::sleep(Duration::from_millis(1050));
+    }
+    cx.drover(&["checkout", &ids[0], cx.path("old").to_str().unwrap()])
+        .success();
+    let report = cx.drover(&["gc", "--keep", "2", "--json"]).success().json();
+    assert_eq!(report["releases_removed"].as_array().unwrap().len(), 2);
+    assert!(report["chunks_removed"].as_u64().unwrap() >= 2);
+    let left: Vec<String> = cx
+        .drover(&["releases", "--json"])
+        .success()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["release"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec![ids[3].clone(), ids[2].clone()]);
+    cx.drover(&["verify"]).success();
+    let co = cx.path("co");
+    cx.drover(&["checkout", &ids[2], co.to_str().unwrap()])
+        .success();
+    assert_eq!(
+        fs::read_to_string(co.join("common.txt")).unwrap(),
+        "shared by all"
+    );
+    let run = cx
+        .drover(&["checkout", &ids[0], cx.path("gone").to_str().unwrap()])
+        .failure();
+    assert!(run.stderr.contains("no release matches"), "{}", run.stderr);
+}
+
+#[test]
+fn pack_and_unpack_move_a_release_between_stores() {
+    let src = TestContext::new();
+    let app = src.app("app", HELLO, &[("run", "x"), ("big.bin", "")]);
+    fs::write(app.join("big.bin"), noise(3, 3 << 20)).unwrap();
+    let id = src.build(&app, &[])["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let archive = src.path("hello.pack");
+    src.drover(&["pack", "hello", "-o", archive.to_str().unwrap()])
+        .success();
+
+    let dst = TestContext::new();
+    // Untrusted until the signer's key is trusted.
+    let run = dst.drover(&["unpack", archive.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("does not trust") && run.stderr.contains("drover keys trust"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        dst.drover(&["releases", "--json"])
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let key = src.drover(&["keys"]).success().stdout.trim().to_string();
+    dst.drover(&["keys", "trust", &key, "--name", "builder"])
+        .success();
+    let out = dst
+        .drover(&["unpack", archive.to_str().unwrap(), "--json"])
+        .success()
+        .json();
+    assert_eq!(out["release"], id.as_str());
+    assert_eq!(out["added"], true);
+    dst.drover(&["verify", &id]).success();
+    let co = dst.path("co");
+    dst.drover(&["checkout", &id, co.to_str().unwrap()])
+        .success();
+    assert_eq!(fs::read(co.join("big.bin")).unwrap(), noise(3, 3 << 20));
+    // Importing again adds nothing.
+    let again = dst
+        .drover(&["unpack", archive.to_str().unwrap(), "--json"])
+        .success()
+        .json();
+    assert_eq!(again["added"], false);
+
+    // --allow-untrusted takes a validly signed release from an unknown key.
+    let third = TestContext::new();
+    third
+        .drover(&["unpack", archive.to_str().unwrap(), "--allow-untrusted"])
+        .success();
+    third.drover(&["verify"]).success();
+}
+
+/// Builds a manifest with the given entries, signs it with `ring`, writes an archive.
+fn hostile_archive(path: &Path, ring: &Keyring, entries: Vec<Entry>, chunks: &[(Hash, Vec<u8>)]) {
+    let m = Manifest {
+        format: 1,
+        app: "evil".into(),
+        version: "1".into(),
+        runtime: Default::default(),
+        entries,
+    };
+    let bytes = m.to_bytes();
+    let sig = ring.sign(&Hash::of(&bytes)).unwrap();
+    let mut w = PackWriter::new(fs::File::create(path).unwrap()).unwrap();
+    w.record(TAG_MANIFEST, &bytes).unwrap();
+    w.record(TAG_SIGNATURE, &sig.to_bytes()).unwrap();
+    for (h, data) in chunks {
+        w.chunk(h, &drover_store::chunk::encode(data)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn file_entry(path: &str, data: &[u8]) -> Entry {
+    Entry::File {
+        path: path.into(),
+        mode: 0o644,
+        size: data.len() as u64,
+        hash: Hash::of(data),
+        chunks: vec![ChunkRef(Hash::of(data), data.len() as u32)],
+    }
+}
+
+#[test]
+fn unpack_refuses_hostile_archives_and_adds_nothing() {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let ring = Keyring::new(&cx.root);
+    let data = b"payload".to_vec();
+    let chunk = vec![(Hash::of(&data), data.clone())];
+    let dir = |p: &str| Entry::Dir {
+        path: p.into(),
+        mode: 0o755,
+    };
+    let link = |p: &str, t: &str| Entry::Symlink {
+        path: p.into(),
+        target: t.into(),
+    };
+
+    let cases: Vec<(&str, Vec<Entry>, &str)> = vec![
+        (
+            "dotdot",
+            vec![file_entry("../escape.txt", &data)],
+            "escapes",
+        ),
+        (
+            "nested-dotdot",
+            vec![dir("a"), file_entry("a/../../x", &data)],
+            "escapes",
+        ),
+        (
+            "absolute",
+            vec![file_entry("/etc/cron.d/evil", &data)],
+            "absolute path",
+        ),
+        (
+            "symlink-out",
+            vec![link("l", "../../../etc/passwd")],
+            "out of the release",
+        ),
+        (
+            "symlink-abs",
+            vec![link("l", "/etc/passwd")],
+            "absolute target",
+        ),
+        (
+            "through-symlink",
+            vec![link("l", "."), file_entry("l/x", &data)],
+            "not a directory",
+        ),
+    ];
+    let before = cx.snapshot_root();
+    for (name, entries, needle) in cases {
+        let path = cx.path(&format!("{name}.pack"));
+        hostile_archive(&path, &ring, entries, &chunk);
+        let run = cx.drover(&["unpack", path.to_str().unwrap()]).failure();
+        assert!(run.stderr.contains(needle), "{name}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("{name}.pack")),
+            "{name}: error must name the file: {}",
+            run.stderr
+        );
+        assert_eq!(cx.snapshot_root(), before, "{name} changed the store");
+    }
+
+    // A device file: the manifest's entry type is not one a release can hold.
+    let good = cx.path("good.pack");
+    hostile_archive(&good, &ring, vec![file_entry("ok.txt", &data)], &chunk);
+    let bytes = fs::read(&good).unwrap();
+    let manifest_start = 8 + 9;
+    let len = u64::from_le_bytes(bytes[9..17].try_into().unwrap()) as usize;
+    let text = String::from_utf8(bytes[manifest_start..manifest_start + len].to_vec()).unwrap();
+    let device = text.replacen("\"type\":\"file\"", "\"type\":\"chardev\"", 1);
+    let mut w = PackWriter::new(fs::File::create(cx.path("device.pack")).unwrap()).unwrap();
+    w.record(TAG_MANIFEST, device.as_bytes()).unwrap();
+    w.finish().unwrap();
+    let run = cx
+        .drover(&["unpack", cx.path("device.pack").to_str().unwrap()])
+        .failure();
+    assert!(run.stderr.contains("chardev"), "{}", run.stderr);
+
+    // Truncated at every length: always refused, never a partial import.
+    for cut in [0, 5, 8, 12, 17, bytes.len() / 2, bytes.len() - 1] {
+        let p = cx.path("cut.pack");
+        fs::write(&p, &bytes[..cut]).unwrap();
+        let run = cx.drover(&["unpack", p.to_str().unwrap()]).failure();
+        assert!(run.stderr.contains("cut.pack"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("truncated") || run.stderr.contains("too short"),
+            "cut at {cut}: {}",
+            run.stderr
+        );
+    }
+    // Trailing garbage.
+    let mut trailing = bytes.clone();
+    trailing.extend_from_slice(b"junk");
+    fs::write(cx.path("trailing.pack"), &trailing).unwrap();
+    let run = cx
+        .drover(&["unpack", cx.path("trailing.pack").to_str().unwrap()])
+        .failure();
+    assert!(run.stderr.contains("trailing"), "{}", run.stderr);
+
+    // Oversized: a record that claims more than any manifest may hold.
+    let mut huge = b"DRVPACK1".to_vec();
+    huge.push(TAG_MANIFEST);
+    huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    fs::write(cx.path("huge.pack"), &huge).unwrap();
+    let run = cx
+        .drover(&["unpack", cx.path("huge.pack").to_str().unwrap()])
+        .failure();
+    assert!(run.stderr.contains("oversized"), "{}", run.stderr);
+
+    // A chunk whose bytes do not match its name.
+    let mut w = PackWriter::new(fs::File::create(cx.path("badchunk.pack")).unwrap()).unwrap();
+    let m = Manifest {
+        format: 1,
+        app: "evil".into(),
+        version: "1".into(),
+        runtime: Default::default(),
+        entries: vec![file_entry("ok.txt", &data)],
+    };
+    w.record(TAG_MANIFEST, &m.to_bytes()).unwrap();
+    w.record(TAG_SIGNATURE, &ring.sign(&m.id()).unwrap().to_bytes())
+        .unwrap();
+    w.chunk(&Hash::of(&data), &drover_store::chunk::encode(b"different"))
+        .unwrap();
+    w.finish().unwrap();
+    let run = cx
+        .drover(&["unpack", cx.path("badchunk.pack").to_str().unwrap()])
+        .failure();
+    assert!(run.stderr.contains("corrupt"), "{}", run.stderr);
+
+    // A bad signature: valid key, signature over something else.
+    let mut w = PackWriter::new(fs::File::create(cx.path("badsig.pack")).unwrap()).unwrap();
+    w.record(TAG_MANIFEST, &m.to_bytes()).unwrap();
+    w.record(
+        TAG_SIGNATURE,
+        &ring.sign(&Hash::of(b"another release")).unwrap().to_bytes(),
+    )
+    .unwrap();
+    w.chunk(&Hash::of(&data), &drover_store::chunk::encode(&data))
+        .unwrap();
+    w.finish().unwrap();
+    let run = cx
+        .drover(&["unpack", cx.path("badsig.pack").to_str().unwrap()])
+        .failure();
+    assert!(run.stderr.contains("bad signature"), "{}", run.stderr);
+    let run = cx
+        .drover(&[
+            "unpack",
+            cx.path("badsig.pack").to_str().unwrap(),
+            "--allow-untrusted",
+        ])
+        .failure();
+    assert!(run.stderr.contains("bad signature"), "{}", run.stderr);
+
+    // An untrusted key.
+    let stranger = tempfile::tempdir().unwrap();
+    let path = cx.path("stranger.pack");
+    hostile_archive(
+        &path,
+        &Keyring::new(stranger.path()),
+        vec![file_entry("ok.txt", &data)],
+        &chunk,
+    );
+    let run = cx.drover(&["unpack", path.to_str().unwrap()]).failure();
+    assert!(run.stderr.contains("does not trust"), "{}", run.stderr);
+
+    // Not an archive at all.
+    fs::write(cx.path("text.pack"), "hello, this is not an archive").unwrap();
+    let run = cx
+        .drover(&["unpack", cx.path("text.pack").to_str().unwrap()])
+        .failure();
+    assert!(
+        run.stderr.contains("not a drover archive"),
+        "{}",
+        run.stderr
+    );
+
+    assert_eq!(
+        cx.snapshot_root(),
+        before,
+        "a refused archive changed the store"
+    );
+    // And the good one goes in.
+    cx.drover(&["unpack", good.to_str().unwrap()]).success();
+}
+
+#[test]
+fn kill_9_during_build_or_unpack_leaves_a_store_that_verifies() {
+    let cx = TestContext::new();
+    let app = cx.app("app", "[app]\nname = \"app\"\n", &[]);
+    for i in 0..8 {
+        fs::write(app.join(format!("part{i}.bin")), noise(100 + i, 12 << 20)).unwrap();
+    }
+    let chunks_dir = cx.root.join("store/objects/chunks");
+    let count_chunks = || -> usize {
+        fs::read_dir(&chunks_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|d| fs::read_dir(d.path()).map(|r| r.count()).unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    // Kill builds at several points: after a few new chunks, after many.
+    let mut killed_midway = 0;
+    for (round, threshold) in [5usize, 200, 800].into_iter().enumerate() {
+        fs::write(app.join("round.txt"), format!("{round}")).unwrap();
+        let base = count_chunks();
+        let mut child = cx
+            .command()
+            .args([
+                "build",
+                app.to_str().unwrap(),
+                "--version",
+                &format!("r{round}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut finished = false;
+        wait_for("chunks to appear", Duration::from_secs(60), || {
+            if let Ok(Some(_)) = child.try_wait() {
+                finished = true;
+                return true;
+            }
+            count_chunks() >= base + threshold
+        });
+        child.kill().ok();
+        child.wait().unwrap();
+        if !finished {
+            killed_midway += 1;
+        }
+        let run = cx.drover(&["verify"]);
+        assert!(
+            run.status.success(),
+            "round {round} (finished: {finished}): {}",
+            run.stderr
+        );
+        // Change the data so the next round writes new chunks.
+        for i in 0..8 {
+            fs::write(
+                app.join(format!("part{i}.bin")),
+                noise(1000 * (round as u64 + 1) + i, 12 << 20),
+            )
+            .unwrap();
+        }
+    }
+    assert!(
+        killed_midway >= 2,
+        "builds finished before they could be killed"
+    );
+    // A full build afterwards works and verifies.
+    let built = cx.build(&app, &["--version", "final"]);
+    cx.drover(&["verify", built["release"].as_str().unwrap()])
+        .success();
+
+    // Now unpack into a fresh store and kill it midway.
+    let archive = cx.path("a.pack");
+    cx.drover(&["pack", "app@final", "-o", archive.to_str().unwrap()])
+        .success();
+    let dst = TestContext::new();
+    let key = cx.drover(&["keys"]).success().stdout.trim().to_string();
+    dst.drover(&["keys", "trust", &key]).success();
+    let tmp = dst.root.join("store/tmp");
+    let mut child = dst
+        .command()
+        .args(["unpack", archive.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("unpack to start staging", Duration::from_secs(60), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+            || fs::read_dir(&tmp)
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        fs::read_dir(e.path())
+                            .map(|r| r.count() > 50)
+                            .unwrap_or(false)
+                    })
+                })
+                .unwrap_or(false)
+    });
+    let finished = matches!(child.try_wait(), Ok(Some(_)));
+    child.kill().ok();
+    let status = child.wait().unwrap();
+    assert!(!finished, "unpack finished before it could be killed");
+    let run = dst.drover(&["verify"]);
+    assert!(
+        run.status.success(),
+        "after killed unpack ({status}): {}",
+        run.stderr
+    );
+    // The interrupted import never shows as a release, and a retry completes it.
+    let listed = to_run(dst.command().args(["releases", "--json"]).output().unwrap()).json();
+    assert!(listed.as_array().unwrap().len() <= 1);
+    dst.drover(&["unpack", archive.to_str().unwrap()]).success();
+    dst.drover(&["verify"]).success();
+}

@@ -1,0 +1,67 @@
+//! drover's example app: answers `/up` for health checks and `/` with a greeting that names
+//! its version, listening on `$PORT`. SIGTERM's default action ends it at once; it holds no
+//! state, so that is a clean stop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+
+fn main() {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
+    let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("PORT is a number")))
+        .expect("cannot bind $PORT");
+    eprintln!("hello: listening on 127.0.0.1:{port}");
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || serve(stream));
+    }
+}
+
+fn serve(stream: TcpStream) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut out = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut content_length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = header.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+            return;
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let version = std::env::var("DROVER_VERSION").unwrap_or_else(|_| "dev".into());
+        let (status, text) = match path {
+            "/up" => ("200 OK", "ok\n".to_string()),
+            "/" => {
+                let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
+                ("200 OK", format!("{greeting} (version {version}, pid {})\n", std::process::id()))
+            }
+            _ => ("404 Not Found", "not found\n".to_string()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-app-version: {version}\r\n\r\n{text}",
+            text.len()
+        );
+        if out.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

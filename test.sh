@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, and every unit and end-to-end test.
+# Installs what the tests need on a fresh Debian machine (as root).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_pkgs=()
+command -v mkfifo >/dev/null || need_pkgs+=(coreutils)
+command -v git >/dev/null || need_pkgs+=(git)
+if ((${#need_pkgs[@]})); then
+    apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
+fi
+
+cargo fmt --all --check
+cargo clippy --all-targets --locked -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
