@@ -259,12 +259,13 @@ impl Config {
             ));
         }
         if let Some(v) = &self.app.version
-            && !valid_version(v) {
-                return Err((
-                    format!("key `app.version`: `{v}` is not a valid version"),
-                    Some("use letters, digits and `.-_+`, at most 64 characters".into()),
-                ));
-            }
+            && !valid_version(v)
+        {
+            return Err((
+                format!("key `app.version`: `{v}` is not a valid version"),
+                Some("use letters, digits and `.-_+`, at most 64 characters".into()),
+            ));
+        }
         if let Some(out) = &self.build.output {
             let p = Path::new(out);
             if p.is_absolute()

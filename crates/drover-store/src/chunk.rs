@@ -1,6 +1,7 @@
 //! Content-defined chunking (FastCDC) and the chunk object encoding (raw or zstd).
 //! A chunk object is one tag byte then the payload; its name is the BLAKE3 of the raw data.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use crate::hash::Hash;
@@ -16,15 +17,42 @@ const ZSTD_LEVEL: i32 = 3;
 /// Files up to this size are read whole; larger ones are streamed.
 const SLURP_LIMIT: u64 = 8 << 20;
 
+thread_local! {
+    // One zstd context per thread: creating one per chunk costs more than compressing it.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        c.as_mut()?.compress(data).ok()
+    })
+}
+
+fn decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("just set").decompress(data, MAX_CHUNK)
+    })
+}
+
 /// Encodes raw chunk data as a store object: zstd when that is smaller, else raw.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL)
-        && compressed.len() + 1 < data.len() {
+    if let Some(compressed) = compress(data) {
+        if compressed.len() + 1 < data.len() {
             let mut out = Vec::with_capacity(compressed.len() + 1);
             out.push(TAG_ZSTD);
             out.extend_from_slice(&compressed);
             return out;
         }
+    }
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(TAG_RAW);
     out.extend_from_slice(data);
@@ -35,8 +63,9 @@ pub fn encode(data: &[u8]) -> Vec<u8> {
 pub fn decode(object: &[u8], expected: &Hash) -> Result<Vec<u8>, String> {
     let data = match object.split_first() {
         Some((&TAG_RAW, rest)) => rest.to_vec(),
-        Some((&TAG_ZSTD, rest)) => zstd::bulk::decompress(rest, MAX_CHUNK)
-            .map_err(|e| format!("cannot decompress: {e}"))?,
+        Some((&TAG_ZSTD, rest)) => {
+            decompress(rest).map_err(|e| format!("cannot decompress: {e}"))?
+        }
         Some((tag, _)) => return Err(format!("unknown encoding tag {tag}")),
         None => return Err("empty object".into()),
     };

@@ -131,16 +131,18 @@ impl Manifest {
             let path = entry.path();
             check_path(path).or_else(|m| bad(format!("entry `{path}`: {m}")))?;
             if let Some(p) = prev
-                && p.as_bytes() >= path.as_bytes() {
-                    return bad(format!("entry `{path}` is duplicated or out of order"));
-                }
+                && p.as_bytes() >= path.as_bytes()
+            {
+                return bad(format!("entry `{path}` is duplicated or out of order"));
+            }
             prev = Some(path);
             if let Some((parent, _)) = path.rsplit_once('/')
-                && !dirs.contains(parent) {
-                    return bad(format!(
-                        "entry `{path}`: its parent `{parent}` is not a directory of the release"
-                    ));
-                }
+                && !dirs.contains(parent)
+            {
+                return bad(format!(
+                    "entry `{path}`: its parent `{parent}` is not a directory of the release"
+                ));
+            }
             match entry {
                 Entry::Dir { mode, .. } => {
                     if mode & !0o7777 != 0 {

@@ -60,6 +60,14 @@ impl Store {
             let p = dir.join(sub);
             fs::create_dir_all(&p).at(&p)?;
         }
+        // The 256 chunk fan-out directories exist up front: no mkdir per chunk write.
+        let chunks = dir.join("objects/chunks");
+        if !chunks.join("ff").exists() {
+            for i in 0..=255u8 {
+                let p = chunks.join(format!("{i:02x}"));
+                fs::create_dir_all(&p).at(&p)?;
+            }
+        }
         Ok(Store {
             dir,
             keys: Keyring::new(root),
@@ -143,17 +151,12 @@ impl Store {
 
     /// Stores an already-encoded chunk object (from an archive) after checking it.
     pub fn put_chunk_object(&self, h: &Hash, object: &[u8]) -> Result<()> {
-        let path = self.chunk_path(h);
-        let parent = path.parent().expect("chunk paths have a parent");
-        fs::create_dir_all(parent).at(parent)?;
-        self.write_atomic(&path, object, false)
+        self.write_atomic(&self.chunk_path(h), object, false)
     }
 
     /// Moves a checked chunk object file (staged under `tmp/`) into place.
     pub fn adopt_chunk_file(&self, h: &Hash, staged: &Path) -> Result<()> {
         let path = self.chunk_path(h);
-        let parent = path.parent().expect("chunk paths have a parent");
-        fs::create_dir_all(parent).at(parent)?;
         fs::rename(staged, &path).at(&path)
     }
 

@@ -56,7 +56,9 @@ pub fn report_error(err: &anyhow::Error) {
     for cause in err.chain() {
         let hint = if let Some(e) = cause.downcast_ref::<drover_store::Error>() {
             e.hint()
-        } else { cause.downcast_ref::<Hinted>().map(|h| h.hint.clone()) };
+        } else {
+            cause.downcast_ref::<Hinted>().map(|h| h.hint.clone())
+        };
         if let Some(h) = hint {
             eprintln!("hint: {h}");
             break;

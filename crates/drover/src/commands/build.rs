@@ -47,12 +47,13 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
 /// Builds the app in `dir` into `store` (shared by `build`, `deploy` and `up`).
 pub fn build_app(store: &Store, dir: &Path, version: Option<&str>) -> anyhow::Result<Built> {
     if let Some(v) = version
-        && !drover_config::valid_version(v) {
-            return Err(hinted(
-                format!("--version `{v}` is not a valid version"),
-                "use letters, digits and `.-_+`, at most 64 characters",
-            ));
-        }
+        && !drover_config::valid_version(v)
+    {
+        return Err(hinted(
+            format!("--version `{v}` is not a valid version"),
+            "use letters, digits and `.-_+`, at most 64 characters",
+        ));
+    }
     let config = Config::load_dir(dir)?;
     let version = version
         .map(str::to_string)
