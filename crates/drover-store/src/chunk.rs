@@ -45,13 +45,13 @@ fn decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// Encodes raw chunk data as a store object: zstd when that is smaller, else raw.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    if let Some(compressed) = compress(data) {
-        if compressed.len() + 1 < data.len() {
-            let mut out = Vec::with_capacity(compressed.len() + 1);
-            out.push(TAG_ZSTD);
-            out.extend_from_slice(&compressed);
-            return out;
-        }
+    if let Some(compressed) = compress(data)
+        && compressed.len() + 1 < data.len()
+    {
+        let mut out = Vec::with_capacity(compressed.len() + 1);
+        out.push(TAG_ZSTD);
+        out.extend_from_slice(&compressed);
+        return out;
     }
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(TAG_RAW);
