@@ -37,6 +37,28 @@ pub enum Command {
     Gc(crate::commands::gc::GcArgs),
     /// Show or manage signing keys (the local key and the trusted ones).
     Keys(crate::commands::keys::KeysArgs),
+    /// Run the host agent in the foreground (it owns the apps' processes).
+    Agent(crate::commands::agent::AgentArgs),
+    /// Build DIR, start the local agent if needed, deploy, and print the URL.
+    Up(crate::commands::up::UpArgs),
+    /// Deploy an app directory or a stored release; exits 0 only when it is live and healthy.
+    Deploy(crate::commands::deploy::DeployArgs),
+    /// Switch an app back to an earlier generation.
+    Rollback(crate::commands::deploy::RollbackArgs),
+    /// Show apps, their live generation and instances.
+    Status(crate::commands::status::StatusArgs),
+    /// Show an app's generations, newest first.
+    History(crate::commands::status::HistoryArgs),
+    /// Show an app's process output.
+    Logs(crate::commands::logs::LogsArgs),
+    /// Stop an app's processes (its generation stays; `drover start` brings it back).
+    Stop(crate::commands::deploy::AppArg),
+    /// Start a stopped app's live generation again.
+    Start(crate::commands::deploy::AppArg),
+    /// Run a one-off command in the live generation's environment: `drover run APP -- CMD`.
+    Run(crate::commands::run::RunArgs),
+    /// Show the files and config keys changed between two generations of an app.
+    Diff(crate::commands::diff::DiffArgs),
 }
 
 /// Shared by read commands.

@@ -1,6 +1,7 @@
 //! The `drover` binary: parse, run, map the result to an exit code — in one place.
 
 mod cli;
+mod client;
 mod commands;
 mod output;
 mod settings;

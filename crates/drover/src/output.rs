@@ -51,8 +51,44 @@ pub fn red(text: &str) -> String {
     }
 }
 
+/// An error answered by the agent, with its hint and detail lines.
+#[derive(Debug)]
+pub struct AgentError(pub drover_wire::WireError);
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+/// Exit with this code, having said nothing more (e.g. `drover run`'s command failed).
+#[derive(Debug)]
+pub struct ExitWith(pub u8);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
 pub fn report_error(err: &anyhow::Error) {
+    if err.downcast_ref::<ExitWith>().is_some() {
+        return;
+    }
     eprintln!("{} {err:#}", red("error:"));
+    if let Some(AgentError(e)) = err.downcast_ref::<AgentError>() {
+        for d in &e.details {
+            eprintln!("{d}");
+        }
+        if let Some(h) = &e.hint {
+            eprintln!("hint: {h}");
+        }
+        return;
+    }
     for cause in err.chain() {
         let hint = if let Some(e) = cause.downcast_ref::<drover_store::Error>() {
             e.hint()
@@ -66,8 +102,11 @@ pub fn report_error(err: &anyhow::Error) {
     }
 }
 
-pub fn exit_code(_err: &anyhow::Error) -> u8 {
-    1
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<ExitWith>() {
+        Some(ExitWith(code)) => *code,
+        None => 1,
+    }
 }
 
 /// Prints one JSON value on stdout.

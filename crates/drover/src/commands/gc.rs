@@ -19,7 +19,22 @@ pub struct GcArgs {
 
 pub fn run(root: &Path, args: GcArgs) -> anyhow::Result<()> {
     let store = super::open_store(root)?;
-    let roots = HashSet::new();
+    // Every release a kept generation points to is a root: the newest `keep` generations
+    // of each app and its live one.
+    let mut roots = HashSet::new();
+    for app in drover_agent::apps(root) {
+        let dir = drover_agent::AppDir::new(root, &app);
+        let current = dir.current();
+        let gens = dir.generations();
+        let n = gens.len();
+        for (k, g) in gens.into_iter().enumerate() {
+            if k + args.keep >= n || Some(g.generation) == current {
+                if let Ok(id) = g.release.parse() {
+                    roots.insert(id);
+                }
+            }
+        }
+    }
     let report = store.gc(args.keep, &roots)?;
     if args.json.json {
         return output::json(&report);

@@ -1,12 +1,19 @@
 //! One module per command: `XxxArgs` + `run`.
 
+pub mod agent;
 pub mod build;
 pub mod checkout;
+pub mod deploy;
+pub mod diff;
 pub mod gc;
 pub mod init;
 pub mod keys;
+pub mod logs;
 pub mod pack;
 pub mod releases;
+pub mod run;
+pub mod status;
+pub mod up;
 pub mod verify;
 
 use crate::cli::{Cli, Command};
@@ -24,6 +31,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unpack(a) => pack::run_unpack(&root, a),
         Command::Gc(a) => gc::run(&root, a),
         Command::Keys(a) => keys::run(&root, a),
+        Command::Agent(a) => agent::run(&root, a),
+        Command::Up(a) => up::run(&root, a),
+        Command::Deploy(a) => deploy::run_deploy(&root, a),
+        Command::Rollback(a) => deploy::run_rollback(&root, a),
+        Command::Status(a) => status::run_status(&root, a),
+        Command::History(a) => status::run_history(&root, a),
+        Command::Logs(a) => logs::run(&root, a),
+        Command::Stop(a) => deploy::run_stop(&root, a),
+        Command::Start(a) => deploy::run_start(&root, a),
+        Command::Run(a) => run::run(&root, a),
+        Command::Diff(a) => diff::run(&root, a),
     }
 }
 

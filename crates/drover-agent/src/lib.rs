@@ -1,0 +1,1231 @@
+//! The host agent: owns the store, the generations and the app processes of one drover root,
+//! and serves the CLI over `ROOT/agent.sock` (JSON lines, see `drover-wire`).
+//!
+//! Apps run in their own process groups with output going straight to log files, so they
+//! outlive the agent; a restarted agent finds them again through their environment tag.
+
+mod proc;
+mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::BufReader;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use drover_store::{Manifest, Store};
+use drover_wire::{AppStatus, Event, InstanceStatus, Line, Reply, Request, RunSpec, WireError};
+use rustix::process::Signal;
+
+pub use state::{AppDir, apps};
+
+const LOG_ROTATE_BYTES: u64 = 16 << 20;
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// An error answered to the client: a message, a hint, and extra lines.
+#[derive(Debug)]
+pub struct Failure(WireError);
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Failure {
+        Failure(WireError {
+            message: message.into(),
+            hint: None,
+            details: Vec::new(),
+        })
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Failure {
+        self.0.hint = Some(hint.into());
+        self
+    }
+
+    fn details(mut self, details: Vec<String>) -> Failure {
+        self.0.details = details;
+        self
+    }
+}
+
+impl From<drover_store::Error> for Failure {
+    fn from(e: drover_store::Error) -> Failure {
+        let hint = e.hint();
+        let mut f = Failure::new(e.to_string());
+        f.0.hint = hint;
+        f
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::new(format!("agent I/O error: {e}"))
+    }
+}
+
+type Result<T, E = Failure> = std::result::Result<T, E>;
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    Running,
+    Backoff(Instant),
+    Stopping,
+}
+
+struct Instance {
+    process: String,
+    index: u32,
+    generation: u64,
+    pid: u32,
+    started: u64,
+    port: Option<u16>,
+    child: Option<Child>,
+    restarts: u32,
+    healthy: bool,
+    /// Restarted when it dies (the live generation's instances).
+    supervised: bool,
+    phase: Phase,
+    backoff: Duration,
+    last_start: Instant,
+    spec: Arc<InstanceSpec>,
+}
+
+/// Everything needed to (re)start one instance.
+struct InstanceSpec {
+    app: String,
+    command: String,
+    dir: PathBuf,
+    env: BTreeMap<String, String>,
+    http: bool,
+    /// The HTTP path the monitor keeps probing (None: a TCP connect).
+    health_path: Option<String>,
+    log: PathBuf,
+    stop_timeout: Duration,
+}
+
+#[derive(Default)]
+struct AppRt {
+    instances: Vec<Instance>,
+    deploying: Option<(String, u64)>,
+}
+
+pub struct Agent {
+    root: PathBuf,
+    tag: String,
+    store: Store,
+    apps: Mutex<HashMap<String, AppRt>>,
+}
+
+/// Streams progress lines to the client while a request runs.
+struct Out<'a> {
+    stream: &'a mut UnixStream,
+}
+
+impl Out<'_> {
+    fn event(&mut self, msg: impl Into<String>) {
+        let _ = drover_wire::write_line(self.stream, &Line::Event(Event { event: msg.into() }));
+    }
+}
+
+impl Agent {
+    /// Runs the agent in the foreground until killed.
+    pub fn run(root: &Path) -> std::io::Result<()> {
+        fs::create_dir_all(root)?;
+        let root = fs::canonicalize(root)?;
+        let lock_path = root.join("agent.lock");
+        let lock = File::create(&lock_path)?;
+        if lock.try_lock().is_err() {
+            let pid = fs::read_to_string(root.join("agent.pid")).unwrap_or_default();
+            return Err(std::io::Error::other(format!(
+                "an agent is already running for {} (pid {})",
+                root.display(),
+                pid.trim()
+            )));
+        }
+        fs::write(root.join("agent.pid"), std::process::id().to_string())?;
+        let store = Store::open(&root).map_err(std::io::Error::other)?;
+        let agent = Arc::new(Agent {
+            tag: root.display().to_string(),
+            root: root.clone(),
+            store,
+            apps: Mutex::new(HashMap::new()),
+        });
+        agent.recover();
+
+        let sock = root.join("agent.sock");
+        let _ = fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock)?;
+        fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))?;
+        eprintln!(
+            "drover agent: serving {} (pid {})",
+            sock.display(),
+            std::process::id()
+        );
+
+        let monitor = Arc::clone(&agent);
+        std::thread::spawn(move || monitor.monitor());
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let agent = Arc::clone(&agent);
+            std::thread::spawn(move || agent.serve(conn));
+        }
+        drop(lock);
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, AppRt>> {
+        self.apps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn serve(&self, mut stream: UnixStream) {
+        let mut reader = BufReader::new(match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        });
+        let line = match drover_wire::read_line(&mut reader) {
+            Ok(Some(l)) => l,
+            _ => return,
+        };
+        let result = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => self.handle(req, &mut stream),
+            Err(e) => Err(Failure::new(format!("bad request: {e}"))
+                .hint("the CLI and the agent may be different drover versions")),
+        };
+        let reply = match result {
+            Ok(v) => Reply::Ok(v),
+            Err(Failure(e)) => Reply::Error(e),
+        };
+        let _ = drover_wire::write_line(&mut stream, &Line::Reply(reply));
+    }
+
+    fn handle(&self, req: Request, stream: &mut UnixStream) -> Result<serde_json::Value> {
+        let mut out = Out { stream };
+        match req {
+            Request::Ping => Ok(
+                serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
+            ),
+            Request::Deploy { release, who } => {
+                let app = self.deploy(&release, &who, &mut out)?;
+                self.status_of(&app).map(to_json)
+            }
+            Request::Rollback { app, to, who } => {
+                self.rollback(&app, to, &who, &mut out)?;
+                self.status_of(&app).map(to_json)
+            }
+            Request::Status { app } => self.status(app.as_deref()).map(to_json),
+            Request::History { app } => {
+                let dir = self.app_dir(&app)?;
+                Ok(to_json(dir.history()))
+            }
+            Request::Stop { app, who } => {
+                self.stop_app(&app, &who)?;
+                self.status_of(&app).map(to_json)
+            }
+            Request::Start { app, who } => {
+                self.start_app(&app, &who, &mut out)?;
+                self.status_of(&app).map(to_json)
+            }
+            Request::Logs { app, lines, follow } => self.logs(&app, lines, follow, out.stream),
+            Request::RunSpec { app } => self.run_spec(&app).map(to_json),
+        }
+    }
+
+    fn app_dir(&self, app: &str) -> Result<AppDir> {
+        let dir = AppDir::new(&self.root, app);
+        if !drover_config::valid_name(app) || !dir.exists() {
+            return Err(Failure::new(format!("no app named `{app}` on this host"))
+                .hint("`drover status` lists the apps this host runs"));
+        }
+        Ok(dir)
+    }
+
+    // ---- deploys ----------------------------------------------------------------
+
+    fn deploy(&self, query: &str, who: &str, out: &mut Out) -> Result<String> {
+        let id = self.store.resolve(query)?;
+        let manifest = self.store.manifest(&id)?;
+        let app = manifest.app.clone();
+        let _guard = self.claim(&app, who)?;
+        out.event(format!(
+            "deploying {}@{} ({})",
+            app,
+            manifest.version,
+            id.short()
+        ));
+        let dir = AppDir::new(&self.root, &app);
+        dir.create()?;
+        let generation = dir.next_number();
+        let g = state::Generation {
+            generation,
+            release: id.to_hex(),
+            version: manifest.version.clone(),
+            who: who.to_string(),
+            created: state::now(),
+            from: dir.current(),
+            kind: "deploy".into(),
+            env: manifest.runtime.env.clone(),
+        };
+        dir.write_generation(&g)?;
+        self.switch(&dir, &g, &manifest, true, out)?;
+        Ok(app)
+    }
+
+    fn rollback(&self, app: &str, to: Option<u64>, who: &str, out: &mut Out) -> Result<()> {
+        let dir = self.app_dir(app)?;
+        let _guard = self.claim(app, who)?;
+        let current = dir.current();
+        let history = dir.history();
+        let target = match to {
+            Some(n) => history.iter().find(|g| g.generation == n).ok_or_else(|| {
+                Failure::new(format!("app `{app}` has no generation {n}"))
+                    .hint(format!("`drover history {app}` lists its generations"))
+            })?,
+            None => {
+                let cur_release = current
+                    .and_then(|c| history.iter().find(|g| g.generation == c))
+                    .map(|g| g.release.clone());
+                history
+                    .iter()
+                    .rev()
+                    .filter(|g| Some(g.generation) < current.or(Some(u64::MAX)))
+                    .find(|g| {
+                        matches!(g.outcome.as_str(), "live" | "superseded")
+                            && Some(&g.release) != cur_release.as_ref()
+                    })
+                    .ok_or_else(|| {
+                        Failure::new(format!(
+                            "app `{app}` has no earlier live generation to roll back to"
+                        ))
+                        .hint(format!("`drover history {app}` lists its generations"))
+                    })?
+            }
+        };
+        if Some(target.generation) == current {
+            return Err(Failure::new(format!(
+                "generation {} is already the live generation of `{app}`",
+                target.generation
+            )));
+        }
+        let id: drover_store::Hash = target
+            .release
+            .parse()
+            .map_err(|e: String| Failure::new(e))?;
+        let manifest = self.store.manifest(&id)?;
+        out.event(format!(
+            "rolling back {app} to generation {} ({}@{})",
+            target.generation, app, target.version
+        ));
+        let g = state::Generation {
+            generation: dir.next_number(),
+            release: target.release.clone(),
+            version: target.version.clone(),
+            who: who.to_string(),
+            created: state::now(),
+            from: Some(target.generation),
+            kind: "rollback".into(),
+            env: target.env.clone(),
+        };
+        dir.write_generation(&g)?;
+        self.switch(&dir, &g, &manifest, false, out)
+    }
+
+    /// Takes the app's deploy lock, or fails fast naming who holds it.
+    fn claim(&self, app: &str, who: &str) -> Result<ClaimGuard<'_>> {
+        let mut apps = self.lock();
+        let rt = apps.entry(app.to_string()).or_default();
+        if let Some((holder, since)) = &rt.deploying {
+            return Err(Failure::new(format!(
+                "app `{app}` is locked: a deploy by {holder} has been running since {}",
+                fmt_time(*since)
+            ))
+            .hint("wait for it to finish, then try again"));
+        }
+        rt.deploying = Some((who.to_string(), state::now()));
+        Ok(ClaimGuard {
+            agent: self,
+            app: app.to_string(),
+        })
+    }
+
+    /// Starts generation `g`'s instances beside the old ones, waits for health, switches,
+    /// then stops the old ones. On failure the old ones are never touched.
+    fn switch(
+        &self,
+        dir: &AppDir,
+        g: &state::Generation,
+        manifest: &Manifest,
+        run_hook: bool,
+        out: &mut Out,
+    ) -> Result<()> {
+        let app = manifest.app.clone();
+        let fail = |reason: String, details: Vec<String>| -> Failure {
+            let _ = dir.record(g.generation, "failed", Some(reason.clone()));
+            Failure::new(format!(
+                "deploy of {}@{} (generation {}) failed: {reason}",
+                app, g.version, g.generation
+            ))
+            .details(details)
+        };
+        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let tree = self
+            .store
+            .materialise(&id)
+            .map_err(|e| fail(e.to_string(), vec![]))?;
+
+        if run_hook {
+            if let Some(hook) = &manifest.runtime.hooks.release {
+                out.event(format!("running release hook `{hook}`"));
+                let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
+                let env = base_env(&self.tag, &app, g, manifest);
+                match run_to_end(hook, &tree, &env, &log) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(fail(
+                            format!("release hook `{hook}` failed"),
+                            last_lines("release", &log),
+                        ));
+                    }
+                    Err(e) => return Err(fail(format!("cannot run release hook: {e}"), vec![])),
+                }
+            }
+        }
+
+        let specs = self.specs(dir, g, manifest, &tree);
+        out.event(format!("starting {} instances", specs.len()));
+        let mut started = Vec::new();
+        for (process, index, spec) in specs {
+            match self.spawn_instance(&app, &process, index, g.generation, spec, false) {
+                Ok(pid) => started.push(pid),
+                Err(e) => {
+                    self.stop_pids(&app, &started, true);
+                    return Err(fail(format!("cannot start {process}.{index}: {e}"), vec![]));
+                }
+            }
+        }
+        if let Err((reason, details)) = self.wait_healthy(&app, &started, manifest, out) {
+            self.stop_pids(&app, &started, true);
+            return Err(fail(reason, details));
+        }
+
+        // The switch: one atomic rename.
+        let previous = dir.current();
+        dir.set_current(g.generation)?;
+        dir.record(g.generation, "live", None)?;
+        dir.set_stopped(false)?;
+        if let Some(p) = previous.filter(|p| *p != g.generation) {
+            let _ = dir.record(p, "superseded", None);
+        }
+        let old: Vec<u32> = {
+            let mut apps = self.lock();
+            let rt = apps.entry(app.clone()).or_default();
+            for i in rt.instances.iter_mut() {
+                if started.contains(&i.pid) {
+                    i.supervised = true;
+                }
+            }
+            rt.instances
+                .iter()
+                .filter(|i| !started.contains(&i.pid) && i.phase != Phase::Stopping)
+                .map(|i| i.pid)
+                .collect()
+        };
+        out.event(format!(
+            "generation {} is live; stopping {} old instances",
+            g.generation,
+            old.len()
+        ));
+        self.stop_pids(&app, &old, false);
+        Ok(())
+    }
+
+    fn specs(
+        &self,
+        dir: &AppDir,
+        g: &state::Generation,
+        manifest: &Manifest,
+        tree: &Path,
+    ) -> Vec<(String, u32, Arc<InstanceSpec>)> {
+        let mut out = Vec::new();
+        for (name, p) in &manifest.runtime.process {
+            for index in 0..p.instances {
+                let mut env = base_env(&self.tag, &manifest.app, g, manifest);
+                env.insert(
+                    proc::ENV_INSTANCE.into(),
+                    format!("{}/{}/{name}/{index}", manifest.app, g.generation),
+                );
+                env.insert("DROVER_PROCESS".into(), format!("{name}.{index}"));
+                out.push((
+                    name.clone(),
+                    index,
+                    Arc::new(InstanceSpec {
+                        app: manifest.app.clone(),
+                        command: p.command.clone(),
+                        dir: tree.to_path_buf(),
+                        env,
+                        http: p.http,
+                        health_path: manifest
+                            .runtime
+                            .health
+                            .as_ref()
+                            .and_then(|h| h.path.clone()),
+                        log: dir
+                            .logs_dir()
+                            .join(format!("{}-{name}-{index}.log", g.generation)),
+                        stop_timeout: p.stop_timeout.0,
+                    }),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Spawns one instance and registers it; returns its pid.
+    fn spawn_instance(
+        &self,
+        app: &str,
+        process: &str,
+        index: u32,
+        generation: u64,
+        spec: Arc<InstanceSpec>,
+        supervised: bool,
+    ) -> std::io::Result<u32> {
+        let mut env = spec.env.clone();
+        let port = if spec.http {
+            let port = proc::free_port()?;
+            env.insert("PORT".into(), port.to_string());
+            Some(port)
+        } else {
+            None
+        };
+        let child = proc::spawn(&spec.command, &spec.dir, &env, &spec.log)?;
+        let pid = child.id();
+        let started = proc::start_time(pid).unwrap_or(0);
+        let mut apps = self.lock();
+        apps.entry(app.to_string())
+            .or_default()
+            .instances
+            .push(Instance {
+                process: process.to_string(),
+                index,
+                generation,
+                pid,
+                started,
+                port,
+                child: Some(child),
+                restarts: 0,
+                healthy: false,
+                supervised,
+                phase: Phase::Running,
+                backoff: FIRST_BACKOFF,
+                last_start: Instant::now(),
+                spec,
+            });
+        Ok(pid)
+    }
+
+    /// Waits until every instance in `pids` passes the health check, or explains why not.
+    fn wait_healthy(
+        &self,
+        app: &str,
+        pids: &[u32],
+        manifest: &Manifest,
+        out: &mut Out,
+    ) -> std::result::Result<(), (String, Vec<String>)> {
+        let health = manifest.runtime.health.as_ref();
+        let timeout = health
+            .map(|h| h.timeout.0)
+            .unwrap_or(Duration::from_secs(30));
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<u32> = pids.to_vec();
+        let mut last_answer: HashMap<u32, String> = HashMap::new();
+        let settle = Instant::now() + Duration::from_millis(300);
+        loop {
+            let snapshot: Vec<(u32, String, Option<u16>, Option<String>, Arc<InstanceSpec>)> = {
+                let mut apps = self.lock();
+                let rt = apps.entry(app.to_string()).or_default();
+                let mut snap = Vec::new();
+                for i in rt.instances.iter_mut().filter(|i| pending.contains(&i.pid)) {
+                    let exited = match i.child.as_mut().map(|c| c.try_wait()) {
+                        Some(Ok(Some(status))) => Some(status.to_string()),
+                        _ => None,
+                    };
+                    snap.push((
+                        i.pid,
+                        format!("{}.{}", i.process, i.index),
+                        i.port,
+                        exited,
+                        i.spec.clone(),
+                    ));
+                }
+                snap
+            };
+            for (pid, name, port, exited, spec) in snapshot {
+                if let Some(status) = exited {
+                    let mut details = vec![format!("last lines of {name}:")];
+                    details.extend(last_lines(&name, &spec.log));
+                    return Err((format!("{name} exited during start-up ({status})"), details));
+                }
+                let result = match (health, port) {
+                    (Some(h), Some(port)) if h.path.is_some() => proc::probe_http(
+                        port,
+                        h.path.as_deref().unwrap_or("/"),
+                        Duration::from_millis(500),
+                    )
+                    .map(|_| ()),
+                    (Some(h), _) if h.command.is_some() => {
+                        let mut env = spec.env.clone();
+                        if let Some(p) = port {
+                            env.insert("PORT".into(), p.to_string());
+                        }
+                        let cmd = h.command.as_deref().unwrap_or("true");
+                        match run_to_end(cmd, &spec.dir, &env, &spec.log) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err(format!("health command `{cmd}` failed")),
+                            Err(e) => Err(format!("health command `{cmd}`: {e}")),
+                        }
+                    }
+                    (_, Some(port)) => proc::probe_tcp(port, Duration::from_millis(500)),
+                    (_, None) => {
+                        if Instant::now() >= settle {
+                            Ok(())
+                        } else {
+                            Err("starting".into())
+                        }
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        pending.retain(|p| *p != pid);
+                        out.event(format!("{name} is healthy"));
+                        let mut apps = self.lock();
+                        if let Some(i) = apps
+                            .get_mut(app)
+                            .and_then(|rt| rt.instances.iter_mut().find(|i| i.pid == pid))
+                        {
+                            i.healthy = true;
+                        }
+                    }
+                    Err(answer) => {
+                        last_answer.insert(pid, format!("{name}: {answer}"));
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let mut details = Vec::new();
+                let apps = self.lock();
+                for pid in &pending {
+                    if let Some(a) = last_answer.get(pid) {
+                        details.push(format!("last health answer: {a}"));
+                    }
+                    if let Some(i) = apps
+                        .get(app)
+                        .and_then(|rt| rt.instances.iter().find(|i| i.pid == *pid))
+                    {
+                        details.push(format!("last lines of {}.{}:", i.process, i.index));
+                        details.extend(last_lines(&i.process, &i.spec.log));
+                    }
+                }
+                return Err((
+                    format!(
+                        "health check did not pass within {}",
+                        drover_config::Seconds(timeout)
+                    ),
+                    details,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops instances: SIGTERM to each process group, SIGKILL after the stop timeout.
+    /// `wait` blocks until they are gone; otherwise they drain in the background.
+    fn stop_pids(&self, app: &str, pids: &[u32], wait: bool) {
+        let targets: Vec<(u32, Duration)> = {
+            let mut apps = self.lock();
+            let Some(rt) = apps.get_mut(app) else { return };
+            rt.instances
+                .iter_mut()
+                .filter(|i| pids.contains(&i.pid))
+                .map(|i| {
+                    i.supervised = false;
+                    i.phase = Phase::Stopping;
+                    (i.pid, i.spec.stop_timeout)
+                })
+                .collect()
+        };
+        let handle = std::thread::spawn(move || stop_groups(&targets));
+        if wait {
+            let _ = handle.join();
+            self.reap(app);
+        }
+    }
+
+    /// Drops stopped instances that are gone (reaping our own children).
+    fn reap(&self, app: &str) {
+        let mut apps = self.lock();
+        if let Some(rt) = apps.get_mut(app) {
+            rt.instances.retain_mut(|i| {
+                let gone = match i.child.as_mut() {
+                    Some(c) => !matches!(c.try_wait(), Ok(None)),
+                    None => !proc::alive(i.pid, i.started),
+                };
+                !(gone && i.phase == Phase::Stopping)
+            });
+        }
+    }
+
+    fn stop_app(&self, app: &str, who: &str) -> Result<()> {
+        let dir = self.app_dir(app)?;
+        let _guard = self.claim(app, who)?;
+        dir.set_stopped(true)?;
+        let pids: Vec<u32> = self
+            .lock()
+            .get(app)
+            .map(|rt| rt.instances.iter().map(|i| i.pid).collect())
+            .unwrap_or_default();
+        self.stop_pids(app, &pids, true);
+        Ok(())
+    }
+
+    fn start_app(&self, app: &str, who: &str, out: &mut Out) -> Result<()> {
+        let dir = self.app_dir(app)?;
+        let _guard = self.claim(app, who)?;
+        let Some(current) = dir.current() else {
+            return Err(
+                Failure::new(format!("app `{app}` has no live generation to start"))
+                    .hint(format!("deploy it first: `drover deploy DIR`")),
+            );
+        };
+        let running = self.lock().get(app).is_some_and(|rt| {
+            rt.instances
+                .iter()
+                .any(|i| i.generation == current && i.phase != Phase::Stopping)
+        });
+        if running && !dir.stopped() {
+            return Ok(());
+        }
+        let g = dir.generation(current).ok_or_else(|| {
+            Failure::new(format!("generation {current} of `{app}` is unreadable"))
+        })?;
+        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let manifest = self.store.manifest(&id)?;
+        let tree = self.store.materialise(&id)?;
+        let mut started = Vec::new();
+        for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree) {
+            started.push(self.spawn_instance(app, &process, index, current, spec, false)?);
+        }
+        if let Err((reason, details)) = self.wait_healthy(app, &started, &manifest, out) {
+            self.stop_pids(app, &started, true);
+            return Err(Failure::new(format!("start of `{app}` failed: {reason}")).details(details));
+        }
+        dir.set_stopped(false)?;
+        let mut apps = self.lock();
+        for i in apps
+            .entry(app.to_string())
+            .or_default()
+            .instances
+            .iter_mut()
+        {
+            if started.contains(&i.pid) {
+                i.supervised = true;
+            }
+        }
+        drop(apps);
+        let _ = who;
+        Ok(())
+    }
+
+    // ---- reads ---------------------------------------------------------------------
+
+    fn status(&self, app: Option<&str>) -> Result<Vec<AppStatus>> {
+        match app {
+            Some(a) => {
+                self.app_dir(a)?;
+                Ok(vec![self.status_of(a)?])
+            }
+            None => apps(&self.root).iter().map(|a| self.status_of(a)).collect(),
+        }
+    }
+
+    fn status_of(&self, app: &str) -> Result<AppStatus> {
+        let dir = AppDir::new(&self.root, app);
+        let current = dir.current();
+        let g = current.and_then(|c| dir.generation(c));
+        let apps = self.lock();
+        let rt = apps.get(app);
+        let mut instances: Vec<InstanceStatus> = rt
+            .map(|rt| {
+                rt.instances
+                    .iter()
+                    .filter(|i| i.phase != Phase::Stopping || proc::alive(i.pid, i.started))
+                    .map(|i| InstanceStatus {
+                        process: i.process.clone(),
+                        index: i.index,
+                        generation: i.generation,
+                        pid: (i.phase != Phase::Stopping || proc::alive(i.pid, i.started))
+                            .then_some(i.pid),
+                        port: i.port,
+                        healthy: i.healthy && i.phase == Phase::Running,
+                        restarts: i.restarts,
+                        state: match i.phase {
+                            Phase::Running => "running".into(),
+                            Phase::Backoff(_) => "restarting".into(),
+                            Phase::Stopping => "stopping".into(),
+                        },
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        instances.sort_by(|a, b| {
+            (a.generation, &a.process, a.index).cmp(&(b.generation, &b.process, b.index))
+        });
+        let state = if rt.is_some_and(|rt| rt.deploying.is_some()) {
+            "deploying"
+        } else if dir.stopped() {
+            "stopped"
+        } else if current.is_none() {
+            "not deployed"
+        } else {
+            "running"
+        };
+        Ok(AppStatus {
+            app: app.to_string(),
+            generation: current,
+            version: g.as_ref().map(|g| g.version.clone()),
+            release: g.as_ref().map(|g| g.release.clone()),
+            state: state.into(),
+            instances,
+        })
+    }
+
+    fn logs(
+        &self,
+        app: &str,
+        lines: usize,
+        follow: bool,
+        stream: &mut UnixStream,
+    ) -> Result<serde_json::Value> {
+        let dir = self.app_dir(app)?;
+        let current = dir.current();
+        let files: Vec<(String, PathBuf)> = match current.and_then(|c| dir.generation(c)) {
+            Some(g) => {
+                let id: drover_store::Hash =
+                    g.release.parse().map_err(|e: String| Failure::new(e))?;
+                let manifest = self.store.manifest(&id)?;
+                let mut v = Vec::new();
+                let hook = dir.logs_dir().join(format!("{}-release.log", g.generation));
+                if hook.exists() {
+                    v.push(("release".to_string(), hook));
+                }
+                for (name, p) in &manifest.runtime.process {
+                    for i in 0..p.instances {
+                        v.push((
+                            format!("{name}.{i}"),
+                            dir.logs_dir()
+                                .join(format!("{}-{name}-{i}.log", g.generation)),
+                        ));
+                    }
+                }
+                v
+            }
+            None => Vec::new(),
+        };
+        let mut offsets = Vec::new();
+        for (name, path) in &files {
+            for l in proc::tail(path, lines) {
+                let _ = drover_wire::write_line(
+                    stream,
+                    &Line::Log {
+                        log: format!("{name} | {l}"),
+                    },
+                );
+            }
+            offsets.push(fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+        }
+        if !follow {
+            return Ok(serde_json::json!({"files": files.len()}));
+        }
+        stream.set_nonblocking(true).ok();
+        let mut partial: Vec<String> = vec![String::new(); files.len()];
+        loop {
+            // The client closing its end is the only way out of a follow.
+            let mut probe = [0u8; 1];
+            match std::io::Read::read(stream, &mut probe) {
+                Ok(0) => return Ok(serde_json::Value::Null),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    return Ok(serde_json::Value::Null);
+                }
+                _ => {}
+            }
+            for (k, (name, path)) in files.iter().enumerate() {
+                let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                if len < offsets[k] {
+                    offsets[k] = 0; // rotated
+                }
+                if len > offsets[k] {
+                    if let Ok(mut f) = File::open(path) {
+                        use std::io::{Read, Seek};
+                        let _ = f.seek(std::io::SeekFrom::Start(offsets[k]));
+                        let mut buf = Vec::new();
+                        let _ = f.take(len - offsets[k]).read_to_end(&mut buf);
+                        offsets[k] = len;
+                        partial[k].push_str(&String::from_utf8_lossy(&buf));
+                        while let Some(pos) = partial[k].find('\n') {
+                            let l: String = partial[k].drain(..=pos).collect();
+                            stream.set_nonblocking(false).ok();
+                            if drover_wire::write_line(
+                                stream,
+                                &Line::Log {
+                                    log: format!("{name} | {}", l.trim_end()),
+                                },
+                            )
+                            .is_err()
+                            {
+                                return Ok(serde_json::Value::Null);
+                            }
+                            stream.set_nonblocking(true).ok();
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn run_spec(&self, app: &str) -> Result<RunSpec> {
+        let dir = self.app_dir(app)?;
+        let g = dir
+            .current()
+            .and_then(|c| dir.generation(c))
+            .ok_or_else(|| Failure::new(format!("app `{app}` has no live generation")))?;
+        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let manifest = self.store.manifest(&id)?;
+        let tree = self.store.materialise(&id)?;
+        let mut env = base_env(&self.tag, app, &g, &manifest);
+        env.remove(proc::ENV_ROOT);
+        Ok(RunSpec {
+            dir: tree.display().to_string(),
+            env,
+            generation: g.generation,
+        })
+    }
+
+    // ---- supervision ------------------------------------------------------------------
+
+    /// Finds the apps' processes after an agent restart: adopts the live generation's,
+    /// stops any other (an interrupted deploy's), and restarts what is missing.
+    fn recover(&self) {
+        let found = proc::scan(&self.tag);
+        let mut by_app: HashMap<String, Vec<proc::Found>> = HashMap::new();
+        for f in found {
+            let app = f.instance.split('/').next().unwrap_or("").to_string();
+            by_app.entry(app).or_default().push(f);
+        }
+        let mut strays: Vec<(u32, Duration)> = Vec::new();
+        for app in apps(&self.root) {
+            let dir = AppDir::new(&self.root, &app);
+            let current = dir.current();
+            for h in dir.history() {
+                if h.outcome == "pending" {
+                    if Some(h.generation) == current {
+                        let _ = dir.record(h.generation, "live", None);
+                    } else {
+                        let _ = dir.record(
+                            h.generation,
+                            "failed",
+                            Some(
+                                "interrupted: the agent stopped before this deploy finished".into(),
+                            ),
+                        );
+                    }
+                }
+            }
+            let mut procs = by_app.remove(&app).unwrap_or_default();
+            let Some(g) = current.and_then(|c| dir.generation(c)) else {
+                strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+                continue;
+            };
+            let manifest = g
+                .release
+                .parse()
+                .ok()
+                .and_then(|id: drover_store::Hash| self.store.manifest(&id).ok());
+            let tree = g
+                .release
+                .parse()
+                .ok()
+                .and_then(|id: drover_store::Hash| self.store.materialise(&id).ok());
+            let (Some(manifest), Some(tree)) = (manifest, tree) else {
+                eprintln!(
+                    "drover agent: generation {} of {app} cannot be read; leaving it stopped",
+                    g.generation
+                );
+                continue;
+            };
+            let specs = self.specs(&dir, &g, &manifest, &tree);
+            let stopped = dir.stopped();
+            for (process, index, spec) in specs {
+                let tag = format!("{app}/{}/{process}/{index}", g.generation);
+                let pos = procs.iter().position(|f| f.instance == tag);
+                match (pos, stopped) {
+                    (Some(p), false) => {
+                        let f = procs.remove(p);
+                        let mut apps = self.lock();
+                        apps.entry(app.clone())
+                            .or_default()
+                            .instances
+                            .push(Instance {
+                                process,
+                                index,
+                                generation: g.generation,
+                                pid: f.pid,
+                                started: f.started,
+                                port: f.port,
+                                child: None,
+                                restarts: 0,
+                                healthy: true,
+                                supervised: true,
+                                phase: Phase::Running,
+                                backoff: FIRST_BACKOFF,
+                                last_start: Instant::now(),
+                                spec,
+                            });
+                    }
+                    (None, false) => {
+                        if let Err(e) =
+                            self.spawn_instance(&app, &process, index, g.generation, spec, true)
+                        {
+                            eprintln!("drover agent: cannot start {app} {process}.{index}: {e}");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+        }
+        for (app, procs) in by_app {
+            eprintln!(
+                "drover agent: stopping {} processes of unknown app {app}",
+                procs.len()
+            );
+            strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+        }
+        if !strays.is_empty() {
+            eprintln!(
+                "drover agent: stopping {} processes left by an interrupted deploy",
+                strays.len()
+            );
+            stop_groups(&strays);
+        }
+    }
+
+    fn monitor(&self) {
+        let mut last_probe = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut respawn: Vec<(String, usize)> = Vec::new();
+            {
+                let mut apps = self.lock();
+                for (app, rt) in apps.iter_mut() {
+                    rt.instances.retain_mut(|i| {
+                        let dead = match i.child.as_mut() {
+                            Some(c) => !matches!(c.try_wait(), Ok(None)),
+                            None => !proc::alive(i.pid, i.started),
+                        };
+                        if i.phase == Phase::Stopping {
+                            return !dead;
+                        }
+                        if !i.supervised {
+                            return true;
+                        }
+                        match i.phase {
+                            Phase::Running if dead => {
+                                i.healthy = false;
+                                if i.last_start.elapsed() > Duration::from_secs(30) {
+                                    i.backoff = FIRST_BACKOFF;
+                                }
+                                eprintln!(
+                                    "drover agent: {app} {}.{} exited; restarting in {:?}",
+                                    i.process, i.index, i.backoff
+                                );
+                                i.phase = Phase::Backoff(Instant::now() + i.backoff);
+                                i.backoff = (i.backoff * 2).min(MAX_BACKOFF);
+                            }
+                            _ => {}
+                        }
+                        true
+                    });
+                    for (k, i) in rt.instances.iter().enumerate() {
+                        if let Phase::Backoff(at) = i.phase {
+                            if Instant::now() >= at {
+                                respawn.push((app.clone(), k));
+                            }
+                        }
+                    }
+                    for i in &rt.instances {
+                        if let Ok(m) = fs::metadata(&i.spec.log) {
+                            if m.len() > LOG_ROTATE_BYTES {
+                                rotate(&i.spec.log);
+                            }
+                        }
+                    }
+                }
+                for (app, k) in respawn.iter().rev() {
+                    let Some(rt) = apps.get_mut(app) else {
+                        continue;
+                    };
+                    let i = &mut rt.instances[*k];
+                    let mut env = i.spec.env.clone();
+                    if i.spec.http {
+                        if let Ok(p) = proc::free_port() {
+                            env.insert("PORT".into(), p.to_string());
+                            i.port = Some(p);
+                        }
+                    }
+                    match proc::spawn(&i.spec.command, &i.spec.dir, &env, &i.spec.log) {
+                        Ok(child) => {
+                            i.pid = child.id();
+                            i.started = proc::start_time(i.pid).unwrap_or(0);
+                            i.child = Some(child);
+                            i.restarts += 1;
+                            i.phase = Phase::Running;
+                            i.last_start = Instant::now();
+                        }
+                        Err(e) => {
+                            eprintln!("drover agent: cannot restart {}: {e}", i.spec.app);
+                            i.phase = Phase::Backoff(Instant::now() + i.backoff);
+                        }
+                    }
+                }
+            }
+            if last_probe.elapsed() >= Duration::from_millis(500) {
+                last_probe = Instant::now();
+                self.probe_all();
+            }
+        }
+    }
+
+    /// Refreshes `healthy` of the live instances.
+    fn probe_all(&self) {
+        let targets: Vec<(String, u32, Option<u16>, Option<String>)> = {
+            let apps = self.lock();
+            apps.iter()
+                .flat_map(|(app, rt)| {
+                    rt.instances
+                        .iter()
+                        .filter(|i| i.supervised && i.phase == Phase::Running)
+                        .map(|i| (app.clone(), i.pid, i.port, i.spec.health_path.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for (app, pid, port, path) in targets {
+            let healthy = match (port, path) {
+                (Some(port), Some(p)) => {
+                    proc::probe_http(port, &p, Duration::from_millis(300)).is_ok()
+                }
+                (Some(port), None) => proc::probe_tcp(port, Duration::from_millis(300)).is_ok(),
+                (None, _) => true,
+            };
+            let mut apps = self.lock();
+            if let Some(i) = apps
+                .get_mut(&app)
+                .and_then(|rt| rt.instances.iter_mut().find(|i| i.pid == pid))
+            {
+                i.healthy = healthy;
+            }
+        }
+    }
+}
+
+struct ClaimGuard<'a> {
+    agent: &'a Agent,
+    app: String,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(rt) = self.agent.lock().get_mut(&self.app) {
+            rt.deploying = None;
+        }
+    }
+}
+
+/// The environment every process of a generation sees (before `PORT` and instance tags).
+fn base_env(
+    tag: &str,
+    app: &str,
+    g: &state::Generation,
+    manifest: &Manifest,
+) -> BTreeMap<String, String> {
+    let mut env = g.env.clone();
+    env.insert(proc::ENV_ROOT.into(), tag.to_string());
+    env.insert("DROVER_APP".into(), app.to_string());
+    env.insert("DROVER_VERSION".into(), g.version.clone());
+    env.insert("DROVER_RELEASE".into(), g.release.clone());
+    env.insert("DROVER_GENERATION".into(), g.generation.to_string());
+    let _ = manifest;
+    env
+}
+
+/// Runs a command to completion with output appended to `log`; true when it exits 0.
+fn run_to_end(
+    cmd: &str,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Path,
+) -> std::io::Result<bool> {
+    let mut env = env.clone();
+    env.remove(proc::ENV_ROOT);
+    env.remove(proc::ENV_INSTANCE);
+    let mut child = proc::spawn(cmd, dir, &env, log)?;
+    Ok(child.wait()?.success())
+}
+
+fn last_lines(name: &str, log: &Path) -> Vec<String> {
+    proc::tail(log, 10)
+        .into_iter()
+        .map(|l| format!("  {name} | {l}"))
+        .collect()
+}
+
+/// SIGTERM each group, wait up to its timeout, then SIGKILL what is left.
+fn stop_groups(targets: &[(u32, Duration)]) {
+    for (pgid, _) in targets {
+        proc::signal_group(*pgid, Signal::TERM);
+    }
+    let start = Instant::now();
+    for (pgid, timeout) in targets {
+        while proc::group_alive(*pgid) && start.elapsed() < *timeout {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if proc::group_alive(*pgid) {
+            proc::signal_group(*pgid, Signal::KILL);
+        }
+    }
+}
+
+/// Copy-truncate: the process keeps writing (O_APPEND) into the emptied file.
+fn rotate(log: &Path) {
+    let old = log.with_extension("log.1");
+    if fs::copy(log, &old).is_ok() {
+        if let Ok(f) = fs::OpenOptions::new().write(true).open(log) {
+            let _ = f.set_len(0);
+        }
+    }
+}
+
+fn to_json(v: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn fmt_time(secs: u64) -> String {
+    let ago = state::now().saturating_sub(secs);
+    format!("{ago}s ago (unix time {secs})")
+}

@@ -1,0 +1,227 @@
+//! App processes at the OS level: spawn in their own process group, find them again in
+//! `/proc` after an agent restart, signal whole groups, and probe health.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal};
+
+/// Environment variables that tag every instance so a restarted agent can find it.
+pub const ENV_ROOT: &str = "DROVER_AGENT_ROOT";
+pub const ENV_INSTANCE: &str = "DROVER_INSTANCE";
+
+/// Spawns `sh -c command` in `dir` as the leader of a new process group, with exactly
+/// `env` (plus PATH/HOME/LANG from the agent) and output appended to `log`.
+pub fn spawn(
+    command: &str,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Path,
+) -> std::io::Result<Child> {
+    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    for key in ["PATH", "HOME", "LANG", "TZ"] {
+        if let Some(v) = std::env::var_os(key) {
+            c.env(key, v);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        c.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    }
+    c.envs(env);
+    c.spawn()
+}
+
+/// A free TCP port on loopback (bound and released; the app binds it right after).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// The kernel's start time of a process (clock ticks since boot): with the pid, it names one
+/// process for ever, whatever pid reuse happens.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields after the command: state is field 3 overall, starttime field 22.
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn pgid_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Is `pid` still the process that started at `started` (and not a zombie)?
+pub fn alive(pid: u32, started: u64) -> bool {
+    start_time(pid) == Some(started)
+}
+
+/// Sends a signal to a whole process group.
+pub fn signal_group(pgid: u32, sig: Signal) {
+    if let Some(pid) = Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+/// Is any process of the group still running?
+pub fn group_alive(pgid: u32) -> bool {
+    match Pid::from_raw(pgid as i32) {
+        Some(pid) => rustix::process::test_kill_process_group(pid).is_ok() && any_live_member(pgid),
+        None => false,
+    }
+}
+
+fn any_live_member(pgid: u32) -> bool {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return true;
+    };
+    rd.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| pgid_of(pid) == Some(pgid) && start_time(pid).is_some())
+    })
+}
+
+/// A process group left by an earlier agent, found through its environment tag.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub pid: u32,
+    pub started: u64,
+    pub instance: String,
+    pub port: Option<u16>,
+}
+
+/// Every live process-group leader tagged with this agent's root.
+pub fn scan(root: &str) -> Vec<Found> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pgid_of(pid) != Some(pid) {
+            continue;
+        }
+        let Some(started) = start_time(pid) else {
+            continue;
+        };
+        let Ok(mut f) = File::open(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        let mut tagged_root = None;
+        let mut instance = None;
+        let mut port = None;
+        for kv in buf.split(|b| *b == 0) {
+            let kv = String::from_utf8_lossy(kv);
+            if let Some((k, v)) = kv.split_once('=') {
+                match k {
+                    ENV_ROOT => tagged_root = Some(v.to_string()),
+                    ENV_INSTANCE => instance = Some(v.to_string()),
+                    "PORT" => port = v.parse().ok(),
+                    _ => {}
+                }
+            }
+        }
+        if tagged_root.as_deref() == Some(root) {
+            if let Some(instance) = instance {
+                out.push(Found {
+                    pid,
+                    started,
+                    instance,
+                    port,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The outcome of one HTTP health probe.
+pub fn probe_http(port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: drover-health\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; 512];
+    let mut got = Vec::new();
+    while !got.contains(&b'\n') && got.len() < 512 {
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&got);
+    let line = line.lines().next().unwrap_or("").to_string();
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+    if (200..300).contains(&code) {
+        Ok(code)
+    } else {
+        Err(format!("GET {path} answered {line}"))
+    }
+}
+
+/// Can something connect to the port?
+pub fn probe_tcp(port: u16, timeout: Duration) -> Result<(), String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, timeout)
+        .map(|_| ())
+        .map_err(|e| format!("connect to port {port}: {e}"))
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(64 * 1024);
+    use std::io::Seek;
+    if f.seek(std::io::SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}

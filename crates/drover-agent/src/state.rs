@@ -1,0 +1,212 @@
+//! Generations on disk, per app under `ROOT/apps/APP/`: `gens/N.json` written once per
+//! generation, `events.jsonl` appended with every outcome, and `current`, the live
+//! generation, replaced atomically: the switch is one rename.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use drover_wire::GenerationInfo;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generation {
+    pub generation: u64,
+    pub release: String,
+    pub version: String,
+    pub who: String,
+    pub created: u64,
+    pub from: Option<u64>,
+    /// deploy, rollback.
+    pub kind: String,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutcomeEvent {
+    pub generation: u64,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub at: u64,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+pub struct AppDir {
+    pub dir: PathBuf,
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl AppDir {
+    pub fn new(root: &Path, app: &str) -> AppDir {
+        AppDir {
+            dir: root.join("apps").join(app),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.join("gens").exists()
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    pub fn create(&self) -> std::io::Result<()> {
+        fs::create_dir_all(self.dir.join("gens"))?;
+        fs::create_dir_all(self.logs_dir())
+    }
+
+    pub fn current(&self) -> Option<u64> {
+        fs::read_to_string(self.dir.join("current"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The atomic switch.
+    pub fn set_current(&self, generation: u64) -> std::io::Result<()> {
+        write_atomic(&self.dir.join("current"), generation.to_string().as_bytes())
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.dir.join("stopped").exists()
+    }
+
+    pub fn set_stopped(&self, stopped: bool) -> std::io::Result<()> {
+        let p = self.dir.join("stopped");
+        if stopped {
+            write_atomic(&p, b"stopped\n")
+        } else {
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    pub fn generations(&self) -> Vec<Generation> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.dir.join("gens")) {
+            for e in rd.flatten() {
+                if let Ok(bytes) = fs::read(e.path()) {
+                    if let Ok(g) = serde_json::from_slice::<Generation>(&bytes) {
+                        out.push(g);
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|g| g.generation);
+        out
+    }
+
+    pub fn generation(&self, n: u64) -> Option<Generation> {
+        let bytes = fs::read(self.dir.join("gens").join(format!("{n}.json"))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn next_number(&self) -> u64 {
+        self.generations()
+            .last()
+            .map(|g| g.generation + 1)
+            .unwrap_or(1)
+    }
+
+    /// Records a new generation (once; never rewritten).
+    pub fn write_generation(&self, g: &Generation) -> std::io::Result<()> {
+        let path = self.dir.join("gens").join(format!("{}.json", g.generation));
+        write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(g).map_err(std::io::Error::other)?,
+        )
+    }
+
+    pub fn record(
+        &self,
+        generation: u64,
+        outcome: &str,
+        reason: Option<String>,
+    ) -> std::io::Result<()> {
+        let ev = OutcomeEvent {
+            generation,
+            outcome: outcome.to_string(),
+            reason,
+            at: now(),
+        };
+        let mut line = serde_json::to_string(&ev).map_err(std::io::Error::other)?;
+        line.push('\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("events.jsonl"))?;
+        f.write_all(line.as_bytes())?;
+        f.sync_all()
+    }
+
+    pub fn events(&self) -> Vec<OutcomeEvent> {
+        fs::read_to_string(self.dir.join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Every generation with its latest outcome, oldest first.
+    pub fn history(&self) -> Vec<GenerationInfo> {
+        let events = self.events();
+        self.generations()
+            .into_iter()
+            .map(|g| {
+                let last = events.iter().rev().find(|e| e.generation == g.generation);
+                GenerationInfo {
+                    generation: g.generation,
+                    release: g.release,
+                    version: g.version,
+                    who: g.who,
+                    created: g.created,
+                    from: g.from,
+                    kind: g.kind,
+                    outcome: last
+                        .map(|e| e.outcome.clone())
+                        .unwrap_or_else(|| "pending".into()),
+                    reason: last.and_then(|e| e.reason.clone()),
+                    env: g.env,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Every app that has state under the root.
+pub fn apps(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(root.join("apps"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}

@@ -1,0 +1,184 @@
+//! The agent protocol: what the CLI sends and what the agent answers, as JSON lines.
+//! One request line; then zero or more `Event` lines; then one final `Reply` line.
+//! The same bytes travel over the local unix socket and (later) over an ssh channel.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The largest line either side accepts.
+pub const MAX_LINE: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Ping,
+    /// Deploy a stored release as the app's next generation.
+    Deploy {
+        release: String,
+        who: String,
+    },
+    /// Switch back to an earlier generation (default: the one before the current).
+    Rollback {
+        app: String,
+        to: Option<u64>,
+        who: String,
+    },
+    Status {
+        app: Option<String>,
+    },
+    History {
+        app: String,
+    },
+    Stop {
+        app: String,
+        who: String,
+    },
+    Start {
+        app: String,
+        who: String,
+    },
+    /// The last `lines` lines of the app's current instances; `follow` keeps streaming.
+    Logs {
+        app: String,
+        lines: usize,
+        follow: bool,
+    },
+    /// Where and how to run a one-off task in the current generation's environment.
+    RunSpec {
+        app: String,
+    },
+}
+
+/// A progress line sent before the final reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub event: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    Ok(serde_json::Value),
+    Error(WireError),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireError {
+    pub message: String,
+    pub hint: Option<String>,
+    /// Extra lines (the health check's last answer, the process's last log lines).
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+/// One line from the agent: a progress event, a log line, or the final reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Line {
+    Event(Event),
+    Log { log: String },
+    Reply(Reply),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub app: String,
+    pub generation: Option<u64>,
+    pub version: Option<String>,
+    pub release: Option<String>,
+    pub state: String,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub process: String,
+    pub index: u32,
+    pub generation: u64,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub healthy: bool,
+    pub restarts: u32,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    pub generation: u64,
+    pub release: String,
+    pub version: String,
+    pub who: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub from: Option<u64>,
+    pub kind: String,
+    /// pending, live, failed, superseded, stopped.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub dir: String,
+    pub env: BTreeMap<String, String>,
+    pub generation: u64,
+}
+
+/// Reads one line (at most `MAX_LINE` bytes); `None` at end of stream.
+pub fn read_line<R: BufRead>(r: &mut R) -> std::io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = <&mut R as std::io::Read>::take(r, MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.len() > MAX_LINE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "line longer than the protocol allows",
+        ));
+    }
+    String::from_utf8(buf)
+        .map(|s| Some(s.trim_end_matches('\n').to_string()))
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "line is not UTF-8"))
+}
+
+pub fn write_line(w: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    let mut s = serde_json::to_string(value).map_err(std::io::Error::other)?;
+    s.push('\n');
+    w.write_all(s.as_bytes())?;
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let r = Request::Deploy {
+            release: "abc".into(),
+            who: "me".into(),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let l: Line = serde_json::from_str(r#"{"event":"starting"}"#).unwrap();
+        assert!(matches!(l, Line::Event(_)));
+        let l: Line = serde_json::from_str(r#"{"ok":{"a":1}}"#).unwrap();
+        assert!(matches!(l, Line::Reply(Reply::Ok(_))));
+        let l: Line = serde_json::from_str(r#"{"log":"x"}"#).unwrap();
+        assert!(matches!(l, Line::Log { .. }));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"nuke"}"#).is_err());
+    }
+
+    #[test]
+    fn long_lines_are_refused() {
+        let data = vec![b'a'; MAX_LINE + 10];
+        let mut r = std::io::Cursor::new(data);
+        assert!(read_line(&mut r).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Talking to the host agent over `ROOT/agent.sock`, and starting one when needed.
+
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drover_wire::{Line, Reply, Request};
+
+use crate::output::{AgentError, hinted};
+
+pub fn socket(root: &Path) -> PathBuf {
+    root.join("agent.sock")
+}
+
+fn connect(root: &Path) -> anyhow::Result<UnixStream> {
+    UnixStream::connect(socket(root)).map_err(|e| {
+        hinted(
+            format!("no drover agent is running for {} ({e})", root.display()),
+            "start one with `drover agent` (or `drover up`, which starts it for you)",
+        )
+    })
+}
+
+/// Sends a request; `on_line` sees every progress event and log line; returns the reply.
+pub fn call(
+    root: &Path,
+    req: &Request,
+    mut on_line: impl FnMut(&Line),
+) -> anyhow::Result<serde_json::Value> {
+    let mut stream = connect(root)?;
+    drover_wire::write_line(&mut stream, req)?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(line) = drover_wire::read_line(&mut reader)? else {
+            anyhow::bail!(
+                "the agent closed the connection without an answer (did it crash? see {})",
+                root.join("agent.log").display()
+            );
+        };
+        let line: Line = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("bad line from the agent: {e}: {line}"))?;
+        match line {
+            Line::Reply(Reply::Ok(v)) => return Ok(v),
+            Line::Reply(Reply::Error(e)) => return Err(AgentError(e).into()),
+            other => on_line(&other),
+        }
+    }
+}
+
+/// Prints progress events on stderr.
+pub fn print_events(line: &Line) {
+    match line {
+        Line::Event(e) => eprintln!("  {}", e.event),
+        Line::Log { log } => println!("{log}"),
+        Line::Reply(_) => {}
+    }
+}
+
+pub fn is_running(root: &Path) -> bool {
+    call(root, &Request::Ping, |_| {}).is_ok()
+}
+
+/// Starts `drover agent` in the background (its own session, output to ROOT/agent.log)
+/// unless one answers already; waits until it does.
+pub fn ensure_agent(root: &Path) -> anyhow::Result<()> {
+    if is_running(root) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root)?;
+    let log_path = root.join("agent.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .arg("--root")
+        .arg(root)
+        .arg("agent")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    eprintln!(
+        "started the drover agent (pid {}, log {})",
+        child.id(),
+        log_path.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if is_running(root) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last: Vec<&str> = tail.lines().rev().take(5).collect();
+            anyhow::bail!(
+                "the agent exited at start ({status}); last lines of {}:\n{}",
+                log_path.display(),
+                last.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!(
+        "the agent did not answer within 15s; see {}",
+        log_path.display()
+    )
+}
+
+/// Who is acting: `user@host`.
+pub fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid{}", rustix::process::getuid().as_raw()));
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    format!("{user}@{host}")
+}

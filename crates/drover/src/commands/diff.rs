@@ -1,0 +1,107 @@
+//! `drover diff APP GEN_A GEN_B`: the files and config keys that changed between generations.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use clap::Args;
+use drover_store::Entry;
+use serde::Serialize;
+
+use crate::cli::JsonFlag;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub app: String,
+    pub from: u64,
+    pub to: u64,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct Diff {
+    files_added: Vec<String>,
+    files_removed: Vec<String>,
+    files_changed: Vec<String>,
+    env_added: Vec<String>,
+    env_removed: Vec<String>,
+    env_changed: Vec<String>,
+}
+
+pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
+    let dir = drover_agent::AppDir::new(root, &args.app);
+    if !dir.exists() {
+        return Err(output::hinted(
+            format!("no app named `{}` on this host", args.app),
+            "`drover status` lists the apps",
+        ));
+    }
+    let store = super::open_store(root)?;
+    let load = |n: u64| -> anyhow::Result<(BTreeMap<String, Entry>, BTreeMap<String, String>)> {
+        let g = dir.generation(n).ok_or_else(|| {
+            output::hinted(
+                format!("app `{}` has no generation {n}", args.app),
+                format!("`drover history {}` lists them", args.app),
+            )
+        })?;
+        let id: drover_store::Hash = g.release.parse().map_err(anyhow::Error::msg)?;
+        let m = store.manifest(&id)?;
+        Ok((
+            m.entries
+                .into_iter()
+                .map(|e| (e.path().to_string(), e))
+                .collect(),
+            g.env,
+        ))
+    };
+    let (fa, ea) = load(args.from)?;
+    let (fb, eb) = load(args.to)?;
+    let mut d = Diff::default();
+    for (p, e) in &fb {
+        match fa.get(p) {
+            None => d.files_added.push(p.clone()),
+            Some(old) if old != e => d.files_changed.push(p.clone()),
+            _ => {}
+        }
+    }
+    d.files_removed = fa
+        .keys()
+        .filter(|p| !fb.contains_key(*p))
+        .cloned()
+        .collect();
+    for (k, v) in &eb {
+        match ea.get(k) {
+            None => d.env_added.push(k.clone()),
+            Some(old) if old != v => d.env_changed.push(k.clone()),
+            _ => {}
+        }
+    }
+    d.env_removed = ea
+        .keys()
+        .filter(|k| !eb.contains_key(*k))
+        .cloned()
+        .collect();
+    if args.json.json {
+        return output::json(&d);
+    }
+    for (mark, list) in [
+        ("+", &d.files_added),
+        ("-", &d.files_removed),
+        ("~", &d.files_changed),
+    ] {
+        for p in list {
+            println!("{mark} {p}");
+        }
+    }
+    for (mark, list) in [
+        ("+", &d.env_added),
+        ("-", &d.env_removed),
+        ("~", &d.env_changed),
+    ] {
+        for k in list {
+            println!("{mark} env {k}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `drover run APP -- CMD`: a one-off task in the live generation's exact environment.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+use clap::Args;
+use drover_wire::{Request, RunSpec};
+
+use crate::output::ExitWith;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    pub app: String,
+    /// The command and its arguments (run directly, not through a shell).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
+    let v = crate::client::call(
+        root,
+        &Request::RunSpec {
+            app: args.app.clone(),
+        },
+        |_| {},
+    )?;
+    let spec: RunSpec = serde_json::from_value(v)?;
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .current_dir(&spec.dir)
+        .env_clear();
+    for key in ["PATH", "HOME", "LANG", "TERM", "TZ"] {
+        if let Some(v) = std::env::var_os(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.envs(&spec.env);
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run `{}` for {}", args.command[0], args.app))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(c) => Err(ExitWith(c.clamp(1, 255) as u8).into()),
+        None => Err(ExitWith(128).into()),
+    }
+}

@@ -1,0 +1,99 @@
+//! `drover status` and `drover history`: what runs, and what ran.
+
+use std::path::Path;
+
+use clap::Args;
+use drover_wire::{AppStatus, GenerationInfo, Request};
+
+use crate::cli::JsonFlag;
+use crate::client;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this app.
+    pub app: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The app (default: the only app on this host).
+    pub app: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+pub fn run_status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
+    let v = client::call(root, &Request::Status { app: args.app }, |_| {})?;
+    let apps: Vec<AppStatus> = serde_json::from_value(v)?;
+    if args.json.json {
+        return output::json(&apps);
+    }
+    if apps.is_empty() {
+        eprintln!("no apps on this host yet: `drover deploy DIR` or `drover up DIR`");
+    }
+    for a in &apps {
+        print_status(a);
+    }
+    Ok(())
+}
+
+pub fn print_status(a: &AppStatus) {
+    let version = a.version.as_deref().unwrap_or("-");
+    let release = a
+        .release
+        .as_deref()
+        .map(|r| &r[..12.min(r.len())])
+        .unwrap_or("-");
+    let generation = a
+        .generation
+        .map(|g| g.to_string())
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "{}  generation {generation}  {version} ({release})  {}",
+        a.app, a.state
+    );
+    for i in &a.instances {
+        let pid = i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let port = i.port.map(|p| format!("port {p}")).unwrap_or_default();
+        let health = if i.healthy { "healthy" } else { "unhealthy" };
+        println!(
+            "  {}.{}  gen {}  pid {pid}  {port}  {}  {health}  restarts {}",
+            i.process, i.index, i.generation, i.state, i.restarts
+        );
+    }
+}
+
+pub fn run_history(root: &Path, args: HistoryArgs) -> anyhow::Result<()> {
+    let app = match args.app {
+        Some(a) => a,
+        None => super::deploy::only_app(root)?,
+    };
+    let v = client::call(root, &Request::History { app }, |_| {})?;
+    let gens: Vec<GenerationInfo> = serde_json::from_value(v)?;
+    if args.json.json {
+        return output::json(&gens);
+    }
+    println!(
+        "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} {}",
+        "GEN", "OUTCOME", "VERSION", "RELEASE", "KIND", "WHO", "REASON"
+    );
+    for g in gens.iter().rev() {
+        println!(
+            "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} {}",
+            g.generation,
+            g.outcome,
+            g.version,
+            &g.release[..12.min(g.release.len())],
+            match g.from {
+                Some(f) if g.kind == "rollback" => format!("rollback:{f}"),
+                _ => g.kind.clone(),
+            },
+            g.who,
+            g.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
