@@ -375,21 +375,19 @@ impl Agent {
             .materialise(&id)
             .map_err(|e| fail(e.to_string(), vec![]))?;
 
-        if run_hook {
-            if let Some(hook) = &manifest.runtime.hooks.release {
-                out.event(format!("running release hook `{hook}`"));
-                let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
-                let env = base_env(&self.tag, &app, g, manifest);
-                match run_to_end(hook, &tree, &env, &log) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(fail(
-                            format!("release hook `{hook}` failed"),
-                            last_lines("release", &log),
-                        ));
-                    }
-                    Err(e) => return Err(fail(format!("cannot run release hook: {e}"), vec![])),
+        if run_hook && let Some(hook) = &manifest.runtime.hooks.release {
+            out.event(format!("running release hook `{hook}`"));
+            let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
+            let env = base_env(&self.tag, &app, g, manifest);
+            match run_to_end(hook, &tree, &env, &log) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(fail(
+                        format!("release hook `{hook}` failed"),
+                        last_lines("release", &log),
+                    ));
                 }
+                Err(e) => return Err(fail(format!("cannot run release hook: {e}"), vec![])),
             }
         }
 
@@ -543,7 +541,7 @@ impl Agent {
         let mut last_answer: HashMap<u32, String> = HashMap::new();
         let settle = Instant::now() + Duration::from_millis(300);
         loop {
-            let snapshot: Vec<(u32, String, Option<u16>, Option<String>, Arc<InstanceSpec>)> = {
+            let snapshot: Vec<Probe> = {
                 let mut apps = self.lock();
                 let rt = apps.entry(app.to_string()).or_default();
                 let mut snap = Vec::new();
@@ -699,7 +697,7 @@ impl Agent {
         let Some(current) = dir.current() else {
             return Err(
                 Failure::new(format!("app `{app}` has no live generation to start"))
-                    .hint(format!("deploy it first: `drover deploy DIR`")),
+                    .hint("deploy it first: `drover deploy DIR`".to_string()),
             );
         };
         let running = self.lock().get(app).is_some_and(|rt| {
@@ -868,29 +866,29 @@ impl Agent {
                 if len < offsets[k] {
                     offsets[k] = 0; // rotated
                 }
-                if len > offsets[k] {
-                    if let Ok(mut f) = File::open(path) {
-                        use std::io::{Read, Seek};
-                        let _ = f.seek(std::io::SeekFrom::Start(offsets[k]));
-                        let mut buf = Vec::new();
-                        let _ = f.take(len - offsets[k]).read_to_end(&mut buf);
-                        offsets[k] = len;
-                        partial[k].push_str(&String::from_utf8_lossy(&buf));
-                        while let Some(pos) = partial[k].find('\n') {
-                            let l: String = partial[k].drain(..=pos).collect();
-                            stream.set_nonblocking(false).ok();
-                            if drover_wire::write_line(
-                                stream,
-                                &Line::Log {
-                                    log: format!("{name} | {}", l.trim_end()),
-                                },
-                            )
-                            .is_err()
-                            {
-                                return Ok(serde_json::Value::Null);
-                            }
-                            stream.set_nonblocking(true).ok();
+                if len > offsets[k]
+                    && let Ok(mut f) = File::open(path)
+                {
+                    use std::io::{Read, Seek};
+                    let _ = f.seek(std::io::SeekFrom::Start(offsets[k]));
+                    let mut buf = Vec::new();
+                    let _ = f.take(len - offsets[k]).read_to_end(&mut buf);
+                    offsets[k] = len;
+                    partial[k].push_str(&String::from_utf8_lossy(&buf));
+                    while let Some(pos) = partial[k].find('\n') {
+                        let l: String = partial[k].drain(..=pos).collect();
+                        stream.set_nonblocking(false).ok();
+                        if drover_wire::write_line(
+                            stream,
+                            &Line::Log {
+                                log: format!("{name} | {}", l.trim_end()),
+                            },
+                        )
+                        .is_err()
+                        {
+                            return Ok(serde_json::Value::Null);
                         }
+                        stream.set_nonblocking(true).ok();
                     }
                 }
             }
@@ -1062,17 +1060,17 @@ impl Agent {
                         true
                     });
                     for (k, i) in rt.instances.iter().enumerate() {
-                        if let Phase::Backoff(at) = i.phase {
-                            if Instant::now() >= at {
-                                respawn.push((app.clone(), k));
-                            }
+                        if let Phase::Backoff(at) = i.phase
+                            && Instant::now() >= at
+                        {
+                            respawn.push((app.clone(), k));
                         }
                     }
                     for i in &rt.instances {
-                        if let Ok(m) = fs::metadata(&i.spec.log) {
-                            if m.len() > LOG_ROTATE_BYTES {
-                                rotate(&i.spec.log);
-                            }
+                        if let Ok(m) = fs::metadata(&i.spec.log)
+                            && m.len() > LOG_ROTATE_BYTES
+                        {
+                            rotate(&i.spec.log);
                         }
                     }
                 }
@@ -1082,11 +1080,11 @@ impl Agent {
                     };
                     let i = &mut rt.instances[*k];
                     let mut env = i.spec.env.clone();
-                    if i.spec.http {
-                        if let Ok(p) = proc::free_port() {
-                            env.insert("PORT".into(), p.to_string());
-                            i.port = Some(p);
-                        }
+                    if i.spec.http
+                        && let Ok(p) = proc::free_port()
+                    {
+                        env.insert("PORT".into(), p.to_string());
+                        i.port = Some(p);
                     }
                     match proc::spawn(&i.spec.command, &i.spec.dir, &env, &i.spec.log) {
                         Ok(child) => {
@@ -1143,6 +1141,9 @@ impl Agent {
         }
     }
 }
+
+/// One new instance as seen by a health-wait round: pid, name, port, exit status, spec.
+type Probe = (u32, String, Option<u16>, Option<String>, Arc<InstanceSpec>);
 
 struct ClaimGuard<'a> {
     agent: &'a Agent,
@@ -1214,10 +1215,10 @@ fn stop_groups(targets: &[(u32, Duration)]) {
 /// Copy-truncate: the process keeps writing (O_APPEND) into the emptied file.
 fn rotate(log: &Path) {
     let old = log.with_extension("log.1");
-    if fs::copy(log, &old).is_ok() {
-        if let Ok(f) = fs::OpenOptions::new().write(true).open(log) {
-            let _ = f.set_len(0);
-        }
+    if fs::copy(log, &old).is_ok()
+        && let Ok(f) = fs::OpenOptions::new().write(true).open(log)
+    {
+        let _ = f.set_len(0);
     }
 }
 

@@ -149,15 +149,15 @@ pub fn scan(root: &str) -> Vec<Found> {
                 }
             }
         }
-        if tagged_root.as_deref() == Some(root) {
-            if let Some(instance) = instance {
-                out.push(Found {
-                    pid,
-                    started,
-                    instance,
-                    port,
-                });
-            }
+        if tagged_root.as_deref() == Some(root)
+            && let Some(instance) = instance
+        {
+            out.push(Found {
+                pid,
+                started,
+                instance,
+                port,
+            });
         }
     }
     out

@@ -110,10 +110,10 @@ impl AppDir {
         let mut out = Vec::new();
         if let Ok(rd) = fs::read_dir(self.dir.join("gens")) {
             for e in rd.flatten() {
-                if let Ok(bytes) = fs::read(e.path()) {
-                    if let Ok(g) = serde_json::from_slice::<Generation>(&bytes) {
-                        out.push(g);
-                    }
+                if let Ok(bytes) = fs::read(e.path())
+                    && let Ok(g) = serde_json::from_slice::<Generation>(&bytes)
+                {
+                    out.push(g);
                 }
             }
         }

@@ -28,10 +28,10 @@ pub fn run(root: &Path, args: GcArgs) -> anyhow::Result<()> {
         let gens = dir.generations();
         let n = gens.len();
         for (k, g) in gens.into_iter().enumerate() {
-            if k + args.keep >= n || Some(g.generation) == current {
-                if let Ok(id) = g.release.parse() {
-                    roots.insert(id);
-                }
+            if (k + args.keep >= n || Some(g.generation) == current)
+                && let Ok(id) = g.release.parse()
+            {
+                roots.insert(id);
             }
         }
     }

@@ -77,8 +77,8 @@ pub fn run_history(root: &Path, args: HistoryArgs) -> anyhow::Result<()> {
         return output::json(&gens);
     }
     println!(
-        "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} {}",
-        "GEN", "OUTCOME", "VERSION", "RELEASE", "KIND", "WHO", "REASON"
+        "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} REASON",
+        "GEN", "OUTCOME", "VERSION", "RELEASE", "KIND", "WHO"
     );
     for g in gens.iter().rev() {
         println!(

@@ -163,3 +163,213 @@ pub fn make_writable(path: &Path) {
     p.set_mode(p.mode() | 0o200);
     fs::set_permissions(path, p).unwrap();
 }
+
+/// The example app's binary (a std-only HTTP server), built once per test run.
+pub fn hello_bin() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hello");
+    let bin = target.join("release/hello");
+    fs::create_dir_all(&target).unwrap();
+    let lock = fs::File::create(target.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    if !bin.exists() {
+        let manifest =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/Cargo.toml");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("cargo build of the example app");
+        assert!(status.success(), "building the example app failed");
+    }
+    bin
+}
+
+/// A running `drover agent` for a test's root; on drop it and every app process go away.
+pub struct AgentHandle {
+    pub child: std::process::Child,
+    root: PathBuf,
+}
+
+impl TestContext {
+    pub fn start_agent(&self) -> AgentHandle {
+        fs::create_dir_all(&self.root).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = self
+            .command()
+            .arg("agent")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        wait_for("the agent to answer", Duration::from_secs(20), || {
+            self.command()
+                .args(["status", "--json"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        AgentHandle {
+            child,
+            root: self.root.clone(),
+        }
+    }
+
+    /// An app directory running the example server, at `version`, with extra toml.
+    pub fn hello_app(&self, dir: &str, version: &str, extra: &str) -> PathBuf {
+        let d = self.path(dir);
+        fs::create_dir_all(&d).unwrap();
+        let bin = d.join("hello");
+        if !bin.exists() {
+            fs::copy(hello_bin(), &bin).unwrap();
+        }
+        let health = if extra.contains("[health]") {
+            ""
+        } else {
+            "[health]\npath = \"/up\"\ntimeout = \"10s\"\n"
+        };
+        fs::write(
+            d.join("drover.toml"),
+            format!(
+                "[app]\nname = \"hello\"\nversion = \"{version}\"\n\n[process.web]\ncommand = \"./hello\"\nhttp = true\n\n{health}{extra}"
+            ),
+        )
+        .unwrap();
+        d
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.drover(&["status", "--json"]).success().json()
+    }
+
+    pub fn app_status(&self, app: &str) -> serde_json::Value {
+        let all = self.status();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["app"] == app)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {app} in {all}"))
+    }
+
+    /// Ports of the live generation's running http instances.
+    pub fn live_ports(&self, app: &str) -> Vec<u16> {
+        let a = self.app_status(app);
+        a["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["generation"] == a["generation"] && i["state"] == "running")
+            .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
+            .collect()
+    }
+}
+
+impl AgentHandle {
+    /// kill -9 of the agent alone (its apps keep running).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.kill9();
+        kill_tagged(&self.root);
+    }
+}
+
+/// Every live process tagged with this root: (pid, instance tag).
+pub fn tagged_processes(root: &Path) -> Vec<(u32, String)> {
+    let root = fs::canonicalize(root).unwrap_or(root.to_path_buf());
+    let want = format!("DROVER_AGENT_ROOT={}", root.display());
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if state == "Z" {
+            continue;
+        }
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = env
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        if vars.contains(&want) {
+            let tag = vars
+                .iter()
+                .find_map(|v| v.strip_prefix("DROVER_INSTANCE="))
+                .unwrap_or("")
+                .to_string();
+            out.push((pid, tag));
+        }
+    }
+    out
+}
+
+pub fn kill_tagged(root: &Path) {
+    for (pid, _) in tagged_processes(root) {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+}
+
+/// GET a path on a loopback port; (status, body).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    // The example server keeps the connection open: read until the body is complete.
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        if let Some((head, body)) = buf.split_once("\r\n\r\n") {
+            let len = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            });
+            if len.is_some_and(|l| body.len() >= l) {
+                break;
+            }
+        }
+    }
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status")?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}

@@ -1,4 +1,5 @@
 //! End-to-end tests: the real `drover` binary against real files, processes and archives.
 
+mod agent;
 mod common;
 mod store;

@@ -1,0 +1,447 @@
+//! The host agent end to end: real agent, real app processes, real HTTP.
+
+use std::fs;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::common::{TestContext, http_get, tagged_processes, wait_for};
+
+fn serves(cx: &TestContext, version: &str) {
+    let ports = cx.live_ports("hello");
+    assert!(!ports.is_empty(), "no live instances: {}", cx.status());
+    for port in ports {
+        let (code, body) = http_get(port, "/").unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            body.contains(&format!("version {version}")),
+            "port {port} answered {body}"
+        );
+    }
+}
+
+#[test]
+fn deploy_rollback_and_a_failed_deploy_that_keeps_the_old_version() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1.0.0", "[env]\nGREETING = \"one\"\n");
+    let out = cx
+        .drover(&["deploy", v1.to_str().unwrap(), "--json"])
+        .success()
+        .json();
+    assert_eq!(out["generation"], 1);
+    assert_eq!(out["version"], "1.0.0");
+    serves(&cx, "1.0.0");
+
+    let v2 = cx.hello_app("v2", "2.0.0", "[env]\nGREETING = \"two\"\n");
+    cx.drover(&["deploy", v2.to_str().unwrap()]).success();
+    serves(&cx, "2.0.0");
+    let status = cx.app_status("hello");
+    assert_eq!(status["generation"], 2);
+    let inst = &status["instances"].as_array().unwrap()[0];
+    assert!(inst["pid"].as_u64().is_some() && inst["port"].as_u64().is_some());
+    assert_eq!(inst["healthy"], true);
+
+    cx.drover(&["rollback", "hello"]).success();
+    serves(&cx, "1.0.0");
+    assert_eq!(cx.app_status("hello")["generation"], 3);
+
+    // v3's health check fails: v1 keeps serving, exit non-zero with the last answer.
+    let before = cx.live_ports("hello");
+    let v3 = cx.hello_app(
+        "v3",
+        "3.0.0",
+        "[health]\npath = \"/broken\"\ntimeout = \"2s\"\n",
+    );
+    let run = cx.drover(&["deploy", v3.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("health check did not pass"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("404"),
+        "the last health answer is shown: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("listening on"),
+        "the last log lines are shown: {}",
+        run.stderr
+    );
+    assert_eq!(cx.live_ports("hello"), before);
+    serves(&cx, "1.0.0");
+    let history = cx.drover(&["history", "hello", "--json"]).success().json();
+    let gens = history.as_array().unwrap();
+    assert_eq!(gens.len(), 4);
+    assert_eq!(gens[3]["outcome"], "failed");
+    assert_eq!(gens[3]["version"], "3.0.0");
+    assert_eq!(gens[2]["outcome"], "live");
+    assert_eq!(gens[2]["kind"], "rollback");
+    // No v3 process survives.
+    wait_for("v3 instances to stop", Duration::from_secs(10), || {
+        tagged_processes(&cx.root)
+            .iter()
+            .all(|(_, tag)| !tag.starts_with("hello/4/"))
+    });
+
+    // Rollback to an explicit generation, and diff between generations.
+    cx.drover(&["rollback", "hello", "--to", "2"]).success();
+    serves(&cx, "2.0.0");
+    let diff = cx
+        .drover(&["diff", "hello", "1", "2", "--json"])
+        .success()
+        .json();
+    assert_eq!(diff["env_changed"], serde_json::json!(["GREETING"]));
+    assert_eq!(diff["files_changed"], serde_json::json!(["drover.toml"]));
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let history = cx.drover(&["history", "hello", "--json"]).success().stdout;
+
+    let bad = cx.app(
+        "bad",
+        "[app]\nname = \"hello\"\n[process.web]\ncommand = \"./hello\"\nhttp = yes\n",
+        &[],
+    );
+    let run = cx.drover(&["deploy", bad.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("bad/drover.toml") && run.stderr.contains("line 5"),
+        "{}",
+        run.stderr
+    );
+
+    let run = cx.drover(&["rollback", "nosuch"]).failure();
+    assert!(
+        run.stderr.contains("no app named `nosuch`"),
+        "{}",
+        run.stderr
+    );
+    let run = cx.drover(&["status", "nosuch"]).failure();
+    assert!(
+        run.stderr.contains("nosuch") && run.stderr.contains("hint:"),
+        "{}",
+        run.stderr
+    );
+    let run = cx.drover(&["rollback", "hello", "--to", "99"]).failure();
+    assert!(run.stderr.contains("no generation 99"), "{}", run.stderr);
+    let run = cx.drover(&["rollback", "hello"]).failure();
+    assert!(
+        run.stderr.contains("no earlier live generation"),
+        "{}",
+        run.stderr
+    );
+    let run = cx.drover(&["deploy", "no-such-release"]).failure();
+    assert!(run.stderr.contains("no release matches"), "{}", run.stderr);
+
+    assert_eq!(
+        cx.drover(&["history", "hello", "--json"]).success().stdout,
+        history
+    );
+    serves(&cx, "1");
+}
+
+#[test]
+fn crashing_processes_restart_with_backoff() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let app = cx.app(
+        "crashy",
+        "[app]\nname = \"crashy\"\nversion = \"1\"\n[process.worker]\ncommand = \"echo started; sleep 1; exit 3\"\n",
+        &[],
+    );
+    cx.drover(&["deploy", app.to_str().unwrap()]).success();
+    wait_for("two restarts", Duration::from_secs(20), || {
+        cx.app_status("crashy")["instances"][0]["restarts"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    });
+    let logs = cx.drover(&["logs", "crashy", "-n", "10"]).success().stdout;
+    assert!(logs.matches("worker.0 | started").count() >= 2, "{logs}");
+    let text = cx.drover(&["status", "crashy"]).success().stdout;
+    assert!(text.contains("restarts"), "{text}");
+}
+
+#[test]
+fn two_deploys_at_once_one_fails_fast_naming_the_holder() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let slow = cx.hello_app("slow", "1", "[health]\npath = \"/up\"\ntimeout = \"20s\"\n");
+    fs::write(
+        slow.join("drover.toml"),
+        fs::read_to_string(slow.join("drover.toml"))
+            .unwrap()
+            .replace(
+                "command = \"./hello\"",
+                "command = \"sleep 3; exec ./hello\"",
+            ),
+    )
+    .unwrap();
+    let first = cx
+        .command()
+        .args(["deploy", slow.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the first deploy to hold the lock",
+        Duration::from_secs(20),
+        || {
+            cx.drover(&["status", "--json"])
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["state"] == "deploying")
+        },
+    );
+    let started = std::time::Instant::now();
+    let run = cx.drover(&["deploy", slow.to_str().unwrap()]).failure();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the second deploy did not fail fast"
+    );
+    assert!(
+        run.stderr.contains("locked") && run.stderr.contains("since"),
+        "{}",
+        run.stderr
+    );
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serves(&cx, "1");
+}
+
+#[test]
+fn the_agent_restarting_does_not_stop_the_apps() {
+    let cx = TestContext::new();
+    let mut agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let pids: Vec<u64> = cx.app_status("hello")["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    agent.kill9();
+    serves_without_agent(&cx);
+    let _agent2 = cx.start_agent();
+    let after: Vec<u64> = cx.app_status("hello")["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pids, after,
+        "the restarted agent adopted the running instances"
+    );
+    serves(&cx, "1");
+}
+
+fn serves_without_agent(cx: &TestContext) {
+    // Instances are found through /proc: they are still there and answering.
+    let procs = tagged_processes(&cx.root);
+    assert!(!procs.is_empty());
+}
+
+#[test]
+fn kill_9_of_the_agent_during_a_deploy_leaves_exactly_one_generation() {
+    let cx = TestContext::new();
+    let v1 = cx.hello_app("v1", "1", "");
+    let v2 = cx.hello_app("v2", "2", "[health]\npath = \"/up\"\ntimeout = \"20s\"\n");
+    // v2 starts slowly, so the deploy has phases to interrupt.
+    fs::write(
+        v2.join("drover.toml"),
+        fs::read_to_string(v2.join("drover.toml")).unwrap().replace(
+            "command = \"./hello\"",
+            "command = \"sleep 0.6; exec ./hello\"",
+        ),
+    )
+    .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for (round, delay_ms) in [50u64, 400, 900, 1500, 3000].into_iter().enumerate() {
+        let mut agent = cx.start_agent();
+        if round == 0 {
+            cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+        }
+        let target = if cx.app_status("hello")["version"] == "2" {
+            &v1
+        } else {
+            &v2
+        };
+        let mut deploy = cx
+            .command()
+            .args(["deploy", target.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        agent.kill9();
+        let _ = deploy.wait();
+        let _agent = cx.start_agent();
+        let status = cx.app_status("hello");
+        let generation = status["generation"].as_u64().unwrap();
+        let version = status["version"].as_str().unwrap().to_string();
+        seen.insert(version.clone());
+        // Every app process belongs to the live generation, and they all serve it.
+        wait_for("stray instances to stop", Duration::from_secs(15), || {
+            tagged_processes(&cx.root)
+                .iter()
+                .all(|(_, tag)| tag.starts_with(&format!("hello/{generation}/")))
+        });
+        wait_for(
+            "the live instances to answer",
+            Duration::from_secs(15),
+            || {
+                let ports = cx.live_ports("hello");
+                !ports.is_empty()
+                    && ports.iter().all(|p| {
+                        http_get(*p, "/")
+                            .is_ok_and(|(_, b)| b.contains(&format!("version {version}")))
+                    })
+            },
+        );
+        let history = cx.drover(&["history", "hello", "--json"]).success().json();
+        assert!(
+            history
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| g["outcome"] != "pending"),
+            "{history}"
+        );
+        drop(_agent);
+    }
+    // The kills landed both before and after the switch.
+    assert!(seen.len() == 2, "only ever saw {seen:?}");
+}
+
+#[test]
+fn release_hook_runs_once_before_the_switch_and_its_failure_aborts() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let marker = cx.path("migrations.log");
+    let hook = |cmd: &str| {
+        format!(
+            "[hooks]\nrelease = \"{cmd}\"\n[env]\nMARKER = \"{}\"\n",
+            marker.display()
+        )
+    };
+    let v1 = cx.hello_app("v1", "1", &hook("echo migrated-$DROVER_VERSION >> $MARKER"));
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "migrated-1\n");
+    let v2 = cx.hello_app("v2", "2", &hook("echo failing; exit 1"));
+    let run = cx.drover(&["deploy", v2.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("release hook") && run.stderr.contains("failing"),
+        "{}",
+        run.stderr
+    );
+    serves(&cx, "1");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "migrated-1\n");
+}
+
+#[test]
+fn run_logs_stop_start_and_up() {
+    let cx = TestContext::new();
+    let v1 = cx.hello_app("v1", "1", "[env]\nGREETING = \"hi there\"\n");
+    // `up` starts the agent itself and prints the URL.
+    let run = cx.drover(&["up", v1.to_str().unwrap()]).success();
+    let url = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("http://"))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    let port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, body) = http_get(port, "/").unwrap();
+    assert!(
+        body.contains("hi there") && body.contains("version 1"),
+        "{body}"
+    );
+    let agent_pid = fs::read_to_string(cx.root.join("agent.pid")).unwrap();
+
+    let out = cx
+        .drover(&[
+            "run",
+            "hello",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING/$DROVER_VERSION/$(ls hello)",
+        ])
+        .success();
+    assert_eq!(out.stdout.trim(), "hi there/1/hello");
+    let out = cx.drover(&["run", "hello", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+
+    let logs = cx.drover(&["logs", "hello"]).success().stdout;
+    assert!(logs.contains("web.0 | hello: listening on"), "{logs}");
+
+    cx.drover(&["stop", "hello"]).success();
+    assert_eq!(cx.app_status("hello")["state"], "stopped");
+    wait_for("instances to stop", Duration::from_secs(10), || {
+        tagged_processes(&cx.root).is_empty()
+    });
+    assert!(http_get(port, "/").is_err());
+    cx.drover(&["start", "hello"]).success();
+    serves(&cx, "1");
+
+    // `up` again reuses the running agent.
+    let v2 = cx.hello_app("v2", "2", "");
+    cx.drover(&["up", v2.to_str().unwrap()]).success();
+    serves(&cx, "2");
+    assert_eq!(
+        fs::read_to_string(cx.root.join("agent.pid")).unwrap(),
+        agent_pid
+    );
+    let pid = agent_pid.trim().parse::<u32>().unwrap();
+    let _ = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status();
+    crate::common::kill_tagged(&cx.root);
+}
+
+#[test]
+fn gc_keeps_what_generations_point_to() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let mut ids = Vec::new();
+    for v in ["1", "2", "3"] {
+        let d = cx.hello_app(&format!("v{v}"), v, "");
+        ids.push(cx.build(&d, &[])["release"].as_str().unwrap().to_string());
+        std::thread::sleep(Duration::from_millis(1050));
+    }
+    cx.drover(&["deploy", &ids[0]]).success();
+    let report = cx.drover(&["gc", "--keep", "1", "--json"]).success().json();
+    let removed: Vec<&str> = report["releases_removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["release"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, vec![ids[1].as_str()]);
+    cx.drover(&["verify"]).success();
+    serves(&cx, "1");
+    cx.drover(&["deploy", &ids[2]]).success();
+    cx.drover(&["rollback", "hello"]).success();
+    serves(&cx, "1");
+}
