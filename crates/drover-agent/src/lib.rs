@@ -637,7 +637,7 @@ impl Agent {
                     details,
                 ));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -12,9 +12,9 @@ use crate::output;
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    pub app: String,
-    pub from: u64,
-    pub to: u64,
+    /// `[APP] GEN_A GEN_B` (APP may be left out when the host runs one app).
+    #[arg(num_args = 2..=3, required = true, value_name = "[APP] GEN")]
+    pub args: Vec<String>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -29,7 +29,37 @@ struct Diff {
     env_changed: Vec<String>,
 }
 
+struct Resolved {
+    app: String,
+    from: u64,
+    to: u64,
+    json: bool,
+}
+
+fn resolve(root: &Path, args: DiffArgs) -> anyhow::Result<Resolved> {
+    let (app, gens) = match args.args.as_slice() {
+        [a, b] => (super::deploy::only_app(root)?, [a, b]),
+        [app, a, b] => (app.clone(), [a, b]),
+        _ => unreachable!("clap checks the count"),
+    };
+    let num = |s: &String| {
+        s.parse::<u64>().map_err(|_| {
+            output::hinted(
+                format!("`{s}` is not a generation number"),
+                format!("`drover history {app}` lists them"),
+            )
+        })
+    };
+    Ok(Resolved {
+        from: num(gens[0])?,
+        to: num(gens[1])?,
+        app,
+        json: args.json.json,
+    })
+}
+
 pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
+    let args = resolve(root, args)?;
     let dir = drover_agent::AppDir::new(root, &args.app);
     if !dir.exists() {
         return Err(output::hinted(
@@ -82,7 +112,7 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         .filter(|k| !eb.contains_key(*k))
         .cloned()
         .collect();
-    if args.json.json {
+    if args.json {
         return output::json(&d);
     }
     for (mark, list) in [

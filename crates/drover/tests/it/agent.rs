@@ -445,3 +445,94 @@ fn gc_keeps_what_generations_point_to() {
     cx.drover(&["rollback", "hello"]).success();
     serves(&cx, "1");
 }
+
+#[test]
+fn a_process_that_exits_at_start_up_fails_the_deploy_at_once() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let bad = cx.hello_app("bad", "2", "[health]\npath = \"/up\"\ntimeout = \"30s\"\n");
+    fs::write(
+        bad.join("drover.toml"),
+        fs::read_to_string(bad.join("drover.toml"))
+            .unwrap()
+            .replace(
+                "command = \"./hello\"",
+                "command = \"echo cannot open database >&2; exit 2\"",
+            ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let run = cx.drover(&["deploy", bad.to_str().unwrap()]).failure();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it waited for the health timeout"
+    );
+    assert!(
+        run.stderr.contains("exited during start-up"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("cannot open database"),
+        "{}",
+        run.stderr
+    );
+    serves(&cx, "1");
+}
+
+#[test]
+fn many_apps_side_by_side_and_logs_follow() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    for name in ["alpha", "beta", "gamma"] {
+        let d = cx.hello_app(name, "1", "");
+        let toml = fs::read_to_string(d.join("drover.toml"))
+            .unwrap()
+            .replace("name = \"hello\"", &format!("name = \"{name}\""));
+        fs::write(d.join("drover.toml"), toml).unwrap();
+        cx.drover(&["deploy", d.to_str().unwrap()]).success();
+    }
+    let all = cx.status();
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    for name in ["alpha", "beta", "gamma"] {
+        for port in cx.live_ports(name) {
+            let (_, body) = http_get(port, "/").unwrap();
+            assert!(body.contains("version 1"));
+        }
+    }
+    // `logs -f` streams new lines as they come.
+    let mut child = cx
+        .command()
+        .args(["logs", "beta", "-f", "-n", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Make new output: kill an instance; the agent restarts it and it logs "listening".
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = cx.app_status("beta")["instances"][0]["pid"]
+        .as_u64()
+        .unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", "--", &format!("-{pid}")])
+        .status();
+    let line = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("a followed log line");
+    assert!(line.starts_with("web.0 | "), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
