@@ -6,9 +6,9 @@ use std::io::Read;
 
 use crate::hash::Hash;
 
-pub const MIN_CHUNK: usize = 16 << 10;
-pub const AVG_CHUNK: usize = 64 << 10;
-pub const MAX_CHUNK: usize = 256 << 10;
+pub const MIN_CHUNK: usize = 64 << 10;
+pub const AVG_CHUNK: usize = 256 << 10;
+pub const MAX_CHUNK: usize = 1 << 20;
 
 const TAG_RAW: u8 = 0;
 const TAG_ZSTD: u8 = 1;
