@@ -1,0 +1,515 @@
+//! The built-in HTTP reverse proxy: one listener per app on its public port, routing to the
+//! app's healthy instances, with switches that never refuse or fail a request, canary
+//! splits sticky per client, pause/resume, and per-release metrics.
+//!
+//! The agent (sync, threads) drives it through `ProxyHandle`, whose methods never block on
+//! I/O: they swap the route table and read counters. The proxy runs on its own tokio runtime.
+
+mod metrics;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+pub use metrics::{ReleaseMetrics, Snapshot};
+
+type PBody = BoxBody<Bytes, hyper::Error>;
+
+const SPLIT_COOKIE: &str = "drover-split";
+
+/// Limits and timeouts of one app's proxy.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_body: u64,
+    pub request_timeout: Duration,
+    pub header_timeout: Duration,
+    /// Requests queued while paused, at most.
+    pub max_queued: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_body: 16 << 20,
+            request_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_queued: 1024,
+        }
+    }
+}
+
+/// One app instance the proxy can send requests to.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The release short id: the key of the metrics.
+    pub release: String,
+    inflight: AtomicUsize,
+}
+
+impl Backend {
+    pub fn new(addr: SocketAddr, release: &str) -> Arc<Backend> {
+        Arc::new(Backend {
+            addr,
+            release: release.to_string(),
+            inflight: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
+/// Where requests go: the stable set, and optionally a canary set taking `weight`% of clients.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    pub stable: Vec<Arc<Backend>>,
+    pub canary: Vec<Arc<Backend>>,
+    pub canary_weight: u8,
+}
+
+struct Shared {
+    app: String,
+    routes: RwLock<Arc<Routes>>,
+    paused: AtomicBool,
+    resume: tokio::sync::Notify,
+    queued: AtomicUsize,
+    rr: AtomicUsize,
+    split_counter: AtomicU64,
+    metrics: metrics::Registry,
+    settings: Settings,
+    client: Client<HttpConnector, PBody>,
+}
+
+/// The agent's side of one app's proxy.
+#[derive(Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    pub port: u16,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+/// The proxies' runtime: one per agent.
+pub struct Runtime {
+    rt: tokio::runtime::Runtime,
+}
+
+impl Runtime {
+    pub fn new() -> std::io::Result<Runtime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4))
+            .thread_name("drover-proxy")
+            .enable_all()
+            .build()?;
+        Ok(Runtime { rt })
+    }
+
+    /// Starts serving `app` on an already-bound listener (kept across switches).
+    pub fn serve(
+        &self,
+        app: &str,
+        listener: std::net::TcpListener,
+        settings: Settings,
+    ) -> std::io::Result<ProxyHandle> {
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        let shared = Arc::new(Shared {
+            app: app.to_string(),
+            routes: RwLock::new(Arc::new(Routes::default())),
+            paused: AtomicBool::new(false),
+            resume: tokio::sync::Notify::new(),
+            queued: AtomicUsize::new(0),
+            rr: AtomicUsize::new(0),
+            split_counter: AtomicU64::new(0),
+            metrics: metrics::Registry::default(),
+            settings,
+            client,
+        });
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let handle = ProxyHandle {
+            shared: shared.clone(),
+            port,
+            stop: stop.clone(),
+        };
+        self.rt.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("drover proxy: cannot serve port {port}: {e}");
+                    return;
+                }
+            };
+            accept_loop(listener, shared, stop).await;
+        });
+        Ok(handle)
+    }
+
+    /// Serves Prometheus metrics of every proxy on `listener`.
+    pub fn serve_metrics(&self, listener: std::net::TcpListener, proxies: Arc<Mutex<Vec<ProxyHandle>>>) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        self.rt.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let proxies = proxies.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let text = {
+                            let list = proxies.lock().unwrap_or_else(|e| e.into_inner());
+                            metrics::prometheus(list.iter().map(|p| (p.shared.app.as_str(), &p.shared.metrics)))
+                        };
+                        async move {
+                            let mut resp = Response::new(Full::new(Bytes::from(text)));
+                            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Ok(())
+    }
+}
+
+impl ProxyHandle {
+    /// Replaces the route table: every new request sees the new one at once.
+    pub fn set_routes(&self, routes: Routes) {
+        *self.shared.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
+    }
+
+    pub fn routes(&self) -> Arc<Routes> {
+        self.shared.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::SeqCst);
+        self.shared.resume.notify_waiters();
+    }
+
+    pub fn paused(&self) -> bool {
+        self.shared.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn metrics(&self) -> Vec<Snapshot> {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Stops accepting; the listener closes.
+    pub fn shutdown(&self) {
+        self.stop.notify_waiters();
+    }
+
+    /// Waits until none of `backends` has a request in flight, up to `timeout`.
+    pub fn drain(&self, backends: &[Arc<Backend>], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if backends.iter().all(|b| b.inflight() == 0) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, stop: Arc<tokio::sync::Notify>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.notified() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(_) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc_shared = shared.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = svc_shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.settings.header_timeout)
+                .max_buf_size(64 * 1024);
+            builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<PBody> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))).map_err(|n| match n {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// The split bucket (0..100) of a request: from its cookie, or newly assigned.
+fn bucket(shared: &Shared, req: &Request<Incoming>) -> (u8, bool) {
+    for v in req.headers().get_all(header::COOKIE) {
+        if let Ok(s) = v.to_str() {
+            for part in s.split(';') {
+                if let Some(b) = part.trim().strip_prefix(SPLIT_COOKIE).and_then(|r| r.strip_prefix('=')) {
+                    if let Ok(n) = b.parse::<u8>() {
+                        if n < 100 {
+                            return (n, false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // A permutation of 0..100 over successive new clients: exact shares, no randomness needed.
+    let n = shared.split_counter.fetch_add(1, Ordering::Relaxed);
+    (((n * 37) % 100) as u8, true)
+}
+
+/// Least in-flight requests, round robin among equals.
+fn pick(shared: &Shared, set: &[Arc<Backend>], skip: &[SocketAddr]) -> Option<Arc<Backend>> {
+    let n = set.len();
+    if n == 0 {
+        return None;
+    }
+    let start = shared.rr.fetch_add(1, Ordering::Relaxed);
+    let mut best: Option<&Arc<Backend>> = None;
+    for k in 0..n {
+        let b = &set[(start + k) % n];
+        if skip.contains(&b.addr) {
+            continue;
+        }
+        if best.is_none_or(|x| b.inflight() < x.inflight()) {
+            best = Some(b);
+        }
+    }
+    best.cloned()
+}
+
+fn idempotent(m: &http::Method) -> bool {
+    matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE | http::Method::TRACE)
+}
+
+async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<PBody> {
+    let started = Instant::now();
+    if shared.paused.load(Ordering::SeqCst) {
+        if shared.queued.fetch_add(1, Ordering::SeqCst) >= shared.settings.max_queued {
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "paused: too many queued requests");
+        }
+        let waited = tokio::time::timeout(shared.settings.request_timeout, async {
+            while shared.paused.load(Ordering::SeqCst) {
+                let notified = shared.resume.notified();
+                if !shared.paused.load(Ordering::SeqCst) {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+            }
+        })
+        .await;
+        shared.queued.fetch_sub(1, Ordering::SeqCst);
+        if waited.is_err() {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "paused");
+        }
+    }
+
+    let (bucket, new_client) = bucket(&shared, &req);
+    let routes = shared.routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let use_canary = !routes.canary.is_empty() && bucket < routes.canary_weight;
+    let set = if use_canary { &routes.canary } else { &routes.stable };
+    if set.is_empty() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance");
+    }
+
+    // Bodies up to 1 MiB are buffered so a request can be retried on another instance.
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > shared.settings.max_body) {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    let client_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+    let (mut parts, body) = req.into_parts();
+    let mut streamed_body: Option<Incoming> = None;
+    let buffered: Option<Bytes> = if !upgrade && declared.is_none_or(|l| l <= 1 << 20) {
+        let limited = http_body_util::Limited::new(body, shared.settings.max_body as usize);
+        match limited.collect().await {
+            Ok(c) => Some(c.to_bytes()),
+            Err(e) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                }
+                return plain(StatusCode::BAD_REQUEST, "cannot read the request body");
+            }
+        }
+    } else {
+        streamed_body = Some(body);
+        None
+    };
+
+    // Forwarding headers.
+    let host = parts.headers.get(header::HOST).cloned();
+    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(h) = host {
+        parts.headers.insert("x-forwarded-host", h);
+    }
+    if !upgrade {
+        for h in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+            parts.headers.remove(h);
+        }
+    }
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let method = parts.method.clone();
+
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        let Some(backend) = pick(&shared, set, &tried).or_else(|| pick(&shared, set, &[])) else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance");
+        };
+        let uri: http::Uri = match format!("http://{}{}", backend.addr, path).parse() {
+            Ok(u) => u,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target"),
+        };
+        let body: PBody = match (&buffered, streamed_body.take()) {
+            (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
+            (None, Some(incoming)) => incoming.boxed(),
+            (None, None) => return plain(StatusCode::BAD_GATEWAY, "the upstream failed while the request body streamed"),
+        };
+        let mut out = Request::from_parts(parts.clone(), body);
+        *out.uri_mut() = uri;
+        *out.version_mut() = http::Version::HTTP_11;
+        backend.inflight.fetch_add(1, Ordering::AcqRel);
+        let guard = InflightGuard(backend.clone());
+        let m = shared.metrics.release(&backend.release);
+        m.open.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(shared.settings.request_timeout, shared.client.request(out)).await;
+        match result {
+            Ok(Ok(mut resp)) => {
+                m.record(resp.status().as_u16(), started.elapsed());
+                if new_client && !routes.canary.is_empty() {
+                    if let Ok(v) = HeaderValue::from_str(&format!("{SPLIT_COOKIE}={bucket}; Path=/; HttpOnly")) {
+                        resp.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_up) = client_upgrade {
+                        let server_up = hyper::upgrade::on(&mut resp);
+                        let m2 = m.clone();
+                        tokio::spawn(async move {
+                            if let (Ok(c), Ok(s)) = (client_up.await, server_up.await) {
+                                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(s)).await;
+                            }
+                            drop(guard);
+                            m2.open.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        let (p, b) = resp.into_parts();
+                        return Response::from_parts(p, b.boxed());
+                    }
+                }
+                let (p, b) = resp.into_parts();
+                let tracked = Tracked { inner: b, _guard: guard, metrics: m };
+                return Response::from_parts(p, tracked.boxed());
+            }
+            Ok(Err(e)) => {
+                m.open.fetch_sub(1, Ordering::Relaxed);
+                drop(guard);
+                // A connection that never reached the app can be retried elsewhere.
+                let retryable = e.is_connect() && (buffered.is_some() || idempotent(&method));
+                tried.push(backend.addr);
+                if retryable && buffered.is_some() && tried.len() < set.len().max(1) + 2 {
+                    continue;
+                }
+                m.record(502, started.elapsed());
+                return plain(StatusCode::BAD_GATEWAY, &format!("upstream {} failed: {e}", backend.addr));
+            }
+            Err(_) => {
+                m.open.fetch_sub(1, Ordering::Relaxed);
+                m.record(504, started.elapsed());
+                return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
+            }
+        }
+    }
+}
+
+struct InflightGuard(Arc<Backend>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its backend counted as busy until it is done or dropped.
+struct Tracked {
+    inner: Incoming,
+    _guard: InflightGuard,
+    metrics: Arc<ReleaseMetrics>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Per-app proxies the agent keeps, by app name.
+pub type Proxies = HashMap<String, ProxyHandle>;
