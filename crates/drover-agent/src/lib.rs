@@ -17,8 +17,12 @@ use std::process::Child;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use drover_proxy::{Backend, ProxyHandle, Routes};
 use drover_store::{Manifest, Store};
-use drover_wire::{AppStatus, Event, InstanceStatus, Line, Reply, Request, RunSpec, WireError};
+use drover_wire::{
+    AppStatus, CanaryStatus, Event, InstanceStatus, Line, ProxyStatus, ReleaseTraffic, Reply,
+    Request, RunSpec, WireError,
+};
 use rustix::process::Signal;
 
 pub use state::{AppDir, apps};
@@ -87,6 +91,11 @@ struct Instance {
     healthy: bool,
     /// Restarted when it dies (the live generation's instances).
     supervised: bool,
+    /// What the proxy routes to (HTTP instances).
+    backend: Option<Arc<Backend>>,
+    /// Blue-green: kept running, out of traffic, until then.
+    warm_until: Option<Instant>,
+    probe_failures: u32,
     phase: Phase,
     backoff: Duration,
     last_start: Instant,
@@ -104,12 +113,20 @@ struct InstanceSpec {
     health_path: Option<String>,
     log: PathBuf,
     stop_timeout: Duration,
+    /// The release's short id: the proxy's metrics key.
+    release: String,
+}
+
+fn release_key(spec: &InstanceSpec) -> String {
+    spec.release.clone()
 }
 
 #[derive(Default)]
 struct AppRt {
     instances: Vec<Instance>,
     deploying: Option<(String, u64)>,
+    /// A canary in progress: its generation and traffic weight.
+    canary: Option<(u64, u8)>,
 }
 
 pub struct Agent {
@@ -117,6 +134,15 @@ pub struct Agent {
     tag: String,
     store: Store,
     apps: Mutex<HashMap<String, AppRt>>,
+    proxy_rt: std::sync::OnceLock<drover_proxy::Runtime>,
+    proxies: Arc<Mutex<HashMap<String, ProxyHandle>>>,
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve Prometheus metrics of every proxy on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Streams progress lines to the client while a request runs.
@@ -132,7 +158,7 @@ impl Out<'_> {
 
 impl Agent {
     /// Runs the agent in the foreground until killed.
-    pub fn run(root: &Path) -> std::io::Result<()> {
+    pub fn run(root: &Path, opts: Options) -> std::io::Result<()> {
         fs::create_dir_all(root)?;
         let root = fs::canonicalize(root)?;
         let lock_path = root.join("agent.lock");
@@ -152,8 +178,32 @@ impl Agent {
             root: root.clone(),
             store,
             apps: Mutex::new(HashMap::new()),
+            proxy_rt: std::sync::OnceLock::new(),
+            proxies: Arc::new(Mutex::new(HashMap::new())),
         });
         agent.recover();
+        if let Some(addr) = opts.metrics {
+            let listener = std::net::TcpListener::bind(addr)?;
+            let list = Arc::new(Mutex::new(Vec::new()));
+            let agent2 = Arc::clone(&agent);
+            let list2 = list.clone();
+            // Keep the metrics endpoint's view of the proxies current.
+            std::thread::spawn(move || {
+                loop {
+                    let handles: Vec<ProxyHandle> = agent2
+                        .proxies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .cloned()
+                        .collect();
+                    *list2.lock().unwrap_or_else(|e| e.into_inner()) = handles;
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            });
+            agent.runtime()?.serve_metrics(listener, list)?;
+            eprintln!("drover agent: metrics on http://{addr}/metrics");
+        }
 
         let sock = root.join("agent.sock");
         let _ = fs::remove_file(&sock);
@@ -207,8 +257,31 @@ impl Agent {
             Request::Ping => Ok(
                 serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
             ),
-            Request::Deploy { release, who } => {
-                let app = self.deploy(&release, &who, &mut out)?;
+            Request::Deploy {
+                release,
+                who,
+                canary,
+            } => {
+                if canary.is_some_and(|w| w == 0 || w >= 100) {
+                    return Err(Failure::new("--canary takes a percentage from 1 to 99"));
+                }
+                let app = self.deploy(&release, &who, canary, &mut out)?;
+                self.status_of(&app).map(to_json)
+            }
+            Request::Promote { app, who } => {
+                self.promote(&app, &who, &mut out)?;
+                self.status_of(&app).map(to_json)
+            }
+            Request::Abort { app, who } => {
+                self.abort(&app, &who, &mut out)?;
+                self.status_of(&app).map(to_json)
+            }
+            Request::Pause { app } => {
+                self.proxy_of(&app)?.pause();
+                self.status_of(&app).map(to_json)
+            }
+            Request::Resume { app } => {
+                self.proxy_of(&app)?.resume();
                 self.status_of(&app).map(to_json)
             }
             Request::Rollback { app, to, who } => {
@@ -244,11 +317,19 @@ impl Agent {
 
     // ---- deploys ----------------------------------------------------------------
 
-    fn deploy(&self, query: &str, who: &str, out: &mut Out) -> Result<String> {
+    fn deploy(&self, query: &str, who: &str, canary: Option<u8>, out: &mut Out) -> Result<String> {
         let id = self.store.resolve(query)?;
         let manifest = self.store.manifest(&id)?;
         let app = manifest.app.clone();
         let _guard = self.claim(&app, who)?;
+        if let Some((g, _)) = self.lock().get(&app).and_then(|rt| rt.canary) {
+            return Err(Failure::new(format!(
+                "a canary of `{app}` (generation {g}) is in progress"
+            ))
+            .hint(format!(
+                "finish it first: `drover promote {app}` or `drover abort {app}`"
+            )));
+        }
         out.event(format!(
             "deploying {}@{} ({})",
             app,
@@ -265,11 +346,16 @@ impl Agent {
             who: who.to_string(),
             created: state::now(),
             from: dir.current(),
-            kind: "deploy".into(),
+            kind: if canary.is_some() {
+                "canary".into()
+            } else {
+                "deploy".into()
+            },
             env: manifest.runtime.env.clone(),
+            instances_of: None,
         };
         dir.write_generation(&g)?;
-        self.switch(&dir, &g, &manifest, true, out)?;
+        self.switch(&dir, &g, &manifest, true, canary, out)?;
         Ok(app)
     }
 
@@ -318,6 +404,32 @@ impl Agent {
             "rolling back {app} to generation {} ({}@{})",
             target.generation, app, target.version
         ));
+        // Blue-green: the target's instances may still be running, warm.
+        let target_inst_gen = dir
+            .generation(target.generation)
+            .map(|g| g.instance_gen())
+            .unwrap_or(target.generation);
+        let warm_pids: Vec<u32> = {
+            let apps = self.lock();
+            let w: Vec<&Instance> = apps
+                .get(app)
+                .map(|rt| {
+                    rt.instances
+                        .iter()
+                        .filter(|i| {
+                            i.generation == target_inst_gen
+                                && i.warm_until.is_some()
+                                && i.phase == Phase::Running
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !w.is_empty() && w.iter().all(|i| proc::alive(i.pid, i.started)) {
+                w.iter().map(|i| i.pid).collect()
+            } else {
+                Vec::new()
+            }
+        };
         let g = state::Generation {
             generation: dir.next_number(),
             release: target.release.clone(),
@@ -327,9 +439,17 @@ impl Agent {
             from: Some(target.generation),
             kind: "rollback".into(),
             env: target.env.clone(),
+            instances_of: (!warm_pids.is_empty()).then_some(target_inst_gen),
         };
         dir.write_generation(&g)?;
-        self.switch(&dir, &g, &manifest, false, out)
+        if !warm_pids.is_empty() {
+            out.event(format!(
+                "generation {} is still warm: switching without a start",
+                target.generation
+            ));
+            return self.go_live(&dir, &g, &manifest, &warm_pids, out);
+        }
+        self.switch(&dir, &g, &manifest, false, None, out)
     }
 
     /// Takes the app's deploy lock, or fails fast naming who holds it.
@@ -358,6 +478,7 @@ impl Agent {
         g: &state::Generation,
         manifest: &Manifest,
         run_hook: bool,
+        canary: Option<u8>,
         out: &mut Out,
     ) -> Result<()> {
         let app = manifest.app.clone();
@@ -374,6 +495,10 @@ impl Agent {
             .store
             .materialise(&id)
             .map_err(|e| fail(e.to_string(), vec![]))?;
+        if let Some(p) = &manifest.runtime.proxy {
+            self.ensure_proxy(&app, p)
+                .map_err(|e| fail(e.0.message, vec![]))?;
+        }
 
         if run_hook && let Some(hook) = &manifest.runtime.hooks.release {
             out.event(format!("running release hook `{hook}`"));
@@ -408,7 +533,37 @@ impl Agent {
             return Err(fail(reason, details));
         }
 
-        // The switch: one atomic rename.
+        if let Some(weight) = canary {
+            dir.record(g.generation, "canary", None)?;
+            {
+                let mut apps = self.lock();
+                let rt = apps.entry(app.clone()).or_default();
+                rt.canary = Some((g.generation, weight));
+                for i in rt.instances.iter_mut().filter(|i| started.contains(&i.pid)) {
+                    i.supervised = true;
+                }
+            }
+            self.refresh_routes(&app);
+            out.event(format!(
+                "generation {} takes {weight}% of clients; `drover promote {app}` or `drover abort {app}`",
+                g.generation
+            ));
+            return Ok(());
+        }
+        self.go_live(dir, g, manifest, &started, out)
+    }
+
+    /// The switch: `current` is renamed into place, the proxy routes to the `new` instances,
+    /// and the previous ones drain and stop (or stay warm, blue-green).
+    fn go_live(
+        &self,
+        dir: &AppDir,
+        g: &state::Generation,
+        manifest: &Manifest,
+        new: &[u32],
+        out: &mut Out,
+    ) -> Result<()> {
+        let app = manifest.app.clone();
         let previous = dir.current();
         dir.set_current(g.generation)?;
         dir.record(g.generation, "live", None)?;
@@ -419,24 +574,223 @@ impl Agent {
         let old: Vec<u32> = {
             let mut apps = self.lock();
             let rt = apps.entry(app.clone()).or_default();
+            rt.canary = None;
             for i in rt.instances.iter_mut() {
-                if started.contains(&i.pid) {
+                if new.contains(&i.pid) {
                     i.supervised = true;
+                    i.warm_until = None;
                 }
             }
             rt.instances
                 .iter()
-                .filter(|i| !started.contains(&i.pid) && i.phase != Phase::Stopping)
+                .filter(|i| !new.contains(&i.pid) && i.phase != Phase::Stopping)
                 .map(|i| i.pid)
                 .collect()
         };
-        out.event(format!(
-            "generation {} is live; stopping {} old instances",
-            g.generation,
-            old.len()
-        ));
-        self.stop_pids(&app, &old, false);
+        self.refresh_routes(&app);
+        let proxy = manifest.runtime.proxy.as_ref();
+        if proxy.is_some_and(|p| p.strategy == drover_config::Strategy::BlueGreen) {
+            let keep = proxy.map(|p| p.keep_warm.0).unwrap_or_default();
+            out.event(format!(
+                "generation {} is live; {} old instances stay warm for {}",
+                g.generation,
+                old.len(),
+                drover_config::Seconds(keep)
+            ));
+            let mut apps = self.lock();
+            if let Some(rt) = apps.get_mut(&app) {
+                for i in rt.instances.iter_mut().filter(|i| old.contains(&i.pid)) {
+                    // Only the latest previous generation stays warm; older warm ones stop.
+                    if i.warm_until.is_some() {
+                        i.warm_until = Some(Instant::now());
+                    } else {
+                        i.supervised = false;
+                        i.warm_until = Some(Instant::now() + keep);
+                    }
+                }
+            }
+        } else {
+            out.event(format!(
+                "generation {} is live; draining and stopping {} old instances",
+                g.generation,
+                old.len()
+            ));
+            let drain = proxy.map(|p| p.drain_timeout.0).unwrap_or_default();
+            self.retire(&app, &old, drain);
+        }
         Ok(())
+    }
+
+    fn promote(&self, app: &str, who: &str, out: &mut Out) -> Result<()> {
+        let dir = self.app_dir(app)?;
+        let _guard = self.claim(app, who)?;
+        let Some((gen_n, _)) = self.lock().get(app).and_then(|rt| rt.canary) else {
+            return Err(Failure::new(format!("`{app}` has no canary in progress")));
+        };
+        let g = dir
+            .generation(gen_n)
+            .ok_or_else(|| Failure::new(format!("generation {gen_n} is unreadable")))?;
+        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let manifest = self.store.manifest(&id)?;
+        let pids = self.pids_of(app, gen_n);
+        out.event(format!("promoting generation {gen_n} to all traffic"));
+        self.go_live(&dir, &g, &manifest, &pids, out)
+    }
+
+    fn abort(&self, app: &str, who: &str, out: &mut Out) -> Result<()> {
+        let dir = self.app_dir(app)?;
+        let _guard = self.claim(app, who)?;
+        let Some((gen_n, _)) = self.lock().get_mut(app).and_then(|rt| rt.canary.take()) else {
+            return Err(Failure::new(format!("`{app}` has no canary in progress")));
+        };
+        self.refresh_routes(app);
+        dir.record(gen_n, "aborted", Some(format!("aborted by {who}")))?;
+        let pids = self.pids_of(app, gen_n);
+        out.event(format!(
+            "all traffic is back on the stable generation; stopping {} canary instances",
+            pids.len()
+        ));
+        self.retire(app, &pids, Duration::from_secs(30));
+        Ok(())
+    }
+
+    fn pids_of(&self, app: &str, generation: u64) -> Vec<u32> {
+        self.lock()
+            .get(app)
+            .map(|rt| {
+                rt.instances
+                    .iter()
+                    .filter(|i| i.generation == generation && i.phase != Phase::Stopping)
+                    .map(|i| i.pid)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    // ---- the proxy ------------------------------------------------------------------
+
+    fn runtime(&self) -> std::io::Result<&drover_proxy::Runtime> {
+        if let Some(rt) = self.proxy_rt.get() {
+            return Ok(rt);
+        }
+        let rt = drover_proxy::Runtime::new()?;
+        Ok(self.proxy_rt.get_or_init(|| rt))
+    }
+
+    fn proxy_of(&self, app: &str) -> Result<ProxyHandle> {
+        self.app_dir(app)?;
+        self.proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .cloned()
+            .ok_or_else(|| {
+                Failure::new(format!("`{app}` has no proxy"))
+                    .hint("set `[proxy] port` in its drover.toml")
+            })
+    }
+
+    /// The app's proxy on its public port, bound once and kept for the app's life.
+    fn ensure_proxy(&self, app: &str, cfg: &drover_config::Proxy) -> Result<ProxyHandle> {
+        let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = proxies.get(app)
+            && p.port == cfg.port
+        {
+            return Ok(p.clone());
+        }
+        let listener = std::net::TcpListener::bind(("0.0.0.0", cfg.port)).map_err(|e| {
+            Failure::new(format!(
+                "cannot bind port {} for the proxy of `{app}`: {e}",
+                cfg.port
+            ))
+            .hint("another program or app uses that port: change `[proxy] port`")
+        })?;
+        let settings = drover_proxy::Settings {
+            max_body: cfg.max_body,
+            request_timeout: cfg.request_timeout.0,
+            ..Default::default()
+        };
+        let handle = self.runtime()?.serve(app, listener, settings)?;
+        if let Some(old) = proxies.insert(app.to_string(), handle.clone()) {
+            old.shutdown();
+        }
+        Ok(handle)
+    }
+
+    /// Points the app's proxy at the live generation's healthy instances (and the canary's).
+    fn refresh_routes(&self, app: &str) {
+        let Some(proxy) = self
+            .proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .cloned()
+        else {
+            return;
+        };
+        let dir = AppDir::new(&self.root, app);
+        let live = dir
+            .current()
+            .and_then(|c| dir.generation(c))
+            .map(|g| g.instance_gen());
+        let apps = self.lock();
+        let Some(rt) = apps.get(app) else { return };
+        let pick = |gen_n: Option<u64>, strict: bool| -> Vec<Arc<Backend>> {
+            rt.instances
+                .iter()
+                .filter(|i| {
+                    Some(i.generation) == gen_n
+                        && i.phase == Phase::Running
+                        && i.warm_until.is_none()
+                })
+                .filter(|i| !strict || i.healthy)
+                .filter_map(|i| i.backend.clone())
+                .collect()
+        };
+        let mut stable = pick(live, true);
+        if stable.is_empty() {
+            // Better an instance that failed a probe than no instance at all.
+            stable = pick(live, false);
+        }
+        let (canary, weight) = match rt.canary {
+            Some((g, w)) => (pick(Some(g), false), w),
+            None => (Vec::new(), 0),
+        };
+        proxy.set_routes(Routes {
+            stable,
+            canary,
+            canary_weight: weight,
+        });
+    }
+
+    /// Takes instances out of traffic, lets their requests finish, then stops them.
+    fn retire(&self, app: &str, pids: &[u32], drain: Duration) {
+        let (targets, backends) = {
+            let mut apps = self.lock();
+            let Some(rt) = apps.get_mut(app) else { return };
+            let mut t: Vec<(u32, Duration)> = Vec::new();
+            let mut b: Vec<Arc<Backend>> = Vec::new();
+            for i in rt.instances.iter_mut().filter(|i| pids.contains(&i.pid)) {
+                i.supervised = false;
+                i.phase = Phase::Stopping;
+                t.push((i.pid, i.spec.stop_timeout));
+                b.extend(i.backend.clone());
+            }
+            (t, b)
+        };
+        self.refresh_routes(app);
+        let proxy = self
+            .proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .cloned();
+        std::thread::spawn(move || {
+            if let Some(p) = proxy {
+                p.drain(&backends, drain);
+            }
+            stop_groups(&targets);
+        });
     }
 
     fn specs(
@@ -452,7 +806,7 @@ impl Agent {
                 let mut env = base_env(&self.tag, &manifest.app, g, manifest);
                 env.insert(
                     proc::ENV_INSTANCE.into(),
-                    format!("{}/{}/{name}/{index}", manifest.app, g.generation),
+                    format!("{}/{}/{name}/{index}", manifest.app, g.instance_gen()),
                 );
                 env.insert("DROVER_PROCESS".into(), format!("{name}.{index}"));
                 out.push((
@@ -471,8 +825,9 @@ impl Agent {
                             .and_then(|h| h.path.clone()),
                         log: dir
                             .logs_dir()
-                            .join(format!("{}-{name}-{index}.log", g.generation)),
+                            .join(format!("{}-{name}-{index}.log", g.instance_gen())),
                         stop_timeout: p.stop_timeout.0,
+                        release: g.release[..12.min(g.release.len())].to_string(),
                     }),
                 ));
             }
@@ -516,6 +871,10 @@ impl Agent {
                 restarts: 0,
                 healthy: false,
                 supervised,
+                backend: port
+                    .map(|p| Backend::new(([127, 0, 0, 1], p).into(), &release_key(&spec))),
+                warm_until: None,
+                probe_failures: 0,
                 phase: Phase::Running,
                 backoff: FIRST_BACKOFF,
                 last_start: Instant::now(),
@@ -540,6 +899,7 @@ impl Agent {
         let mut pending: Vec<u32> = pids.to_vec();
         let mut last_answer: HashMap<u32, String> = HashMap::new();
         let settle = Instant::now() + Duration::from_millis(300);
+        let mut poll = Duration::from_micros(500);
         loop {
             let snapshot: Vec<Probe> = {
                 let mut apps = self.lock();
@@ -637,7 +997,9 @@ impl Agent {
                     details,
                 ));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            // Probe often at first (most apps are up within milliseconds), then back off.
+            poll = (poll * 2).min(Duration::from_millis(20));
+            std::thread::sleep(poll);
         }
     }
 
@@ -716,7 +1078,14 @@ impl Agent {
         let tree = self.store.materialise(&id)?;
         let mut started = Vec::new();
         for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree) {
-            started.push(self.spawn_instance(app, &process, index, current, spec, false)?);
+            started.push(self.spawn_instance(
+                app,
+                &process,
+                index,
+                g.instance_gen(),
+                spec,
+                false,
+            )?);
         }
         if let Err((reason, details)) = self.wait_healthy(app, &started, &manifest, out) {
             self.stop_pids(app, &started, true);
@@ -755,8 +1124,33 @@ impl Agent {
         let dir = AppDir::new(&self.root, app);
         let current = dir.current();
         let g = current.and_then(|c| dir.generation(c));
+        let proxy = self
+            .proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .cloned();
+        let routes = proxy.as_ref().map(|p| p.routes());
         let apps = self.lock();
         let rt = apps.get(app);
+        let serving: Vec<u32> = rt
+            .map(|rt| {
+                rt.instances
+                    .iter()
+                    .filter(|i| {
+                        i.backend.as_ref().is_some_and(|b| {
+                            routes.as_ref().is_some_and(|r| {
+                                r.stable
+                                    .iter()
+                                    .chain(r.canary.iter())
+                                    .any(|x| Arc::ptr_eq(x, b))
+                            })
+                        })
+                    })
+                    .map(|i| i.pid)
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut instances: Vec<InstanceStatus> = rt
             .map(|rt| {
                 rt.instances
@@ -771,6 +1165,7 @@ impl Agent {
                         port: i.port,
                         healthy: i.healthy && i.phase == Phase::Running,
                         restarts: i.restarts,
+                        serving: serving.contains(&i.pid),
                         state: match i.phase {
                             Phase::Running => "running".into(),
                             Phase::Backoff(_) => "restarting".into(),
@@ -799,6 +1194,36 @@ impl Agent {
             release: g.as_ref().map(|g| g.release.clone()),
             state: state.into(),
             instances,
+            proxy: proxy.map(|p| ProxyStatus {
+                port: p.port,
+                paused: p.paused(),
+                releases: p
+                    .metrics()
+                    .into_iter()
+                    .map(|m| ReleaseTraffic {
+                        release: m.release,
+                        requests: m.requests,
+                        responses_2xx: m.responses_2xx,
+                        responses_3xx: m.responses_3xx,
+                        responses_4xx: m.responses_4xx,
+                        responses_5xx: m.responses_5xx,
+                        open: m.open,
+                        p50_ms: m.p50_ms,
+                        p90_ms: m.p90_ms,
+                        p99_ms: m.p99_ms,
+                    })
+                    .collect(),
+            }),
+            canary: rt
+                .and_then(|rt| rt.canary)
+                .map(|(generation, weight)| CanaryStatus {
+                    generation,
+                    version: dir
+                        .generation(generation)
+                        .map(|g| g.version)
+                        .unwrap_or_default(),
+                    weight,
+                }),
         })
     }
 
@@ -826,7 +1251,7 @@ impl Agent {
                         v.push((
                             format!("{name}.{i}"),
                             dir.logs_dir()
-                                .join(format!("{}-{name}-{i}.log", g.generation)),
+                                .join(format!("{}-{name}-{i}.log", g.instance_gen())),
                         ));
                     }
                 }
@@ -969,7 +1394,7 @@ impl Agent {
             let specs = self.specs(&dir, &g, &manifest, &tree);
             let stopped = dir.stopped();
             for (process, index, spec) in specs {
-                let tag = format!("{app}/{}/{process}/{index}", g.generation);
+                let tag = format!("{app}/{}/{process}/{index}", g.instance_gen());
                 let pos = procs.iter().position(|f| f.instance == tag);
                 match (pos, stopped) {
                     (Some(p), false) => {
@@ -981,7 +1406,7 @@ impl Agent {
                             .push(Instance {
                                 process,
                                 index,
-                                generation: g.generation,
+                                generation: g.instance_gen(),
                                 pid: f.pid,
                                 started: f.started,
                                 port: f.port,
@@ -989,6 +1414,11 @@ impl Agent {
                                 restarts: 0,
                                 healthy: true,
                                 supervised: true,
+                                backend: f.port.map(|p| {
+                                    Backend::new(([127, 0, 0, 1], p).into(), &release_key(&spec))
+                                }),
+                                warm_until: None,
+                                probe_failures: 0,
                                 phase: Phase::Running,
                                 backoff: FIRST_BACKOFF,
                                 last_start: Instant::now(),
@@ -997,7 +1427,7 @@ impl Agent {
                     }
                     (None, false) => {
                         if let Err(e) =
-                            self.spawn_instance(&app, &process, index, g.generation, spec, true)
+                            self.spawn_instance(&app, &process, index, g.instance_gen(), spec, true)
                         {
                             eprintln!("drover agent: cannot start {app} {process}.{index}: {e}");
                         }
@@ -1006,6 +1436,12 @@ impl Agent {
                 }
             }
             strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+            if let Some(p) = &manifest.runtime.proxy {
+                match self.ensure_proxy(&app, p) {
+                    Ok(_) => self.refresh_routes(&app),
+                    Err(e) => eprintln!("drover agent: {}", e.0.message),
+                }
+            }
         }
         for (app, procs) in by_app {
             eprintln!(
@@ -1028,9 +1464,13 @@ impl Agent {
         loop {
             std::thread::sleep(Duration::from_millis(100));
             let mut respawn: Vec<(String, usize)> = Vec::new();
+            let mut changed: Vec<String> = Vec::new();
+            let mut expired: Vec<(String, u32)> = Vec::new();
             {
                 let mut apps = self.lock();
                 for (app, rt) in apps.iter_mut() {
+                    let before = rt.instances.len();
+                    let mut died = false;
                     rt.instances.retain_mut(|i| {
                         let dead = match i.child.as_mut() {
                             Some(c) => !matches!(c.try_wait(), Ok(None)),
@@ -1039,11 +1479,21 @@ impl Agent {
                         if i.phase == Phase::Stopping {
                             return !dead;
                         }
+                        if let Some(until) = i.warm_until {
+                            if dead {
+                                return false;
+                            }
+                            if Instant::now() >= until && !i.supervised {
+                                expired.push((app.clone(), i.pid));
+                            }
+                            return true;
+                        }
                         if !i.supervised {
                             return true;
                         }
                         match i.phase {
                             Phase::Running if dead => {
+                                died = true;
                                 i.healthy = false;
                                 if i.last_start.elapsed() > Duration::from_secs(30) {
                                     i.backoff = FIRST_BACKOFF;
@@ -1059,6 +1509,9 @@ impl Agent {
                         }
                         true
                     });
+                    if died || before != rt.instances.len() {
+                        changed.push(app.clone());
+                    }
                     for (k, i) in rt.instances.iter().enumerate() {
                         if let Phase::Backoff(at) = i.phase
                             && Instant::now() >= at
@@ -1094,6 +1547,11 @@ impl Agent {
                             i.restarts += 1;
                             i.phase = Phase::Running;
                             i.last_start = Instant::now();
+                            i.probe_failures = 0;
+                            i.backend = i.port.map(|p| {
+                                Backend::new(([127, 0, 0, 1], p).into(), &release_key(&i.spec))
+                            });
+                            changed.push(app.clone());
                         }
                         Err(e) => {
                             eprintln!("drover agent: cannot restart {}: {e}", i.spec.app);
@@ -1101,6 +1559,14 @@ impl Agent {
                         }
                     }
                 }
+            }
+            for (app, pid) in expired {
+                self.retire(&app, &[pid], Duration::from_secs(5));
+            }
+            changed.sort();
+            changed.dedup();
+            for app in changed {
+                self.refresh_routes(&app);
             }
             if last_probe.elapsed() >= Duration::from_millis(500) {
                 last_probe = Instant::now();
@@ -1131,12 +1597,25 @@ impl Agent {
                 (Some(port), None) => proc::probe_tcp(port, Duration::from_millis(300)).is_ok(),
                 (None, _) => true,
             };
-            let mut apps = self.lock();
-            if let Some(i) = apps
-                .get_mut(&app)
-                .and_then(|rt| rt.instances.iter_mut().find(|i| i.pid == pid))
-            {
-                i.healthy = healthy;
+            let flipped = {
+                let mut apps = self.lock();
+                match apps
+                    .get_mut(&app)
+                    .and_then(|rt| rt.instances.iter_mut().find(|i| i.pid == pid))
+                {
+                    Some(i) => {
+                        // Three failed probes in a row take an instance out of traffic.
+                        i.probe_failures = if healthy { 0 } else { i.probe_failures + 1 };
+                        let now = healthy || (i.healthy && i.probe_failures < 3);
+                        let flipped = now != i.healthy;
+                        i.healthy = now;
+                        flipped
+                    }
+                    None => false,
+                }
+            };
+            if flipped {
+                self.refresh_routes(&app);
             }
         }
     }

@@ -28,7 +28,7 @@ pub fn spawn(
     let err = out.try_clone()?;
     let mut c = Command::new("sh");
     c.arg("-c")
-        .arg(command)
+        .arg(exec_simple(command))
         .current_dir(dir)
         .env_clear()
         .stdin(Stdio::null())
@@ -45,6 +45,19 @@ pub fn spawn(
     }
     c.envs(env);
     c.spawn()
+}
+
+/// A simple command (no shell syntax) is run with `exec`, so the app itself is the process
+/// drover supervises, without a shell waiting in between.
+fn exec_simple(command: &str) -> String {
+    let simple = !command.trim().is_empty()
+        && !command.contains(|c: char| ";&|<>()$`{}\\\n*?[]#~=!\"'".contains(c))
+        && !command.trim_start().starts_with("exec ");
+    if simple {
+        format!("exec {command}")
+    } else {
+        command.to_string()
+    }
 }
 
 /// A free TCP port on loopback (bound and released; the app binds it right after).

@@ -23,6 +23,16 @@ pub struct Generation {
     /// deploy, rollback.
     pub kind: String,
     pub env: BTreeMap<String, String>,
+    /// When this generation took over another's running (warm) instances: their generation.
+    #[serde(default)]
+    pub instances_of: Option<u64>,
+}
+
+impl Generation {
+    /// The generation number its instances are tagged with.
+    pub fn instance_gen(&self) -> u64 {
+        self.instances_of.unwrap_or(self.generation)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

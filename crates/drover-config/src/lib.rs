@@ -121,7 +121,46 @@ fn default_health_timeout() -> Seconds {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Proxy {
+    /// The app's public port on each host, held by drover's proxy for the app's whole life.
     pub port: u16,
+    /// `rolling` (old instances drain and stop after the switch) or `blue-green` (old
+    /// instances stay warm for `keep_warm`, so a rollback is an instant switch).
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default = "default_keep_warm")]
+    pub keep_warm: Seconds,
+    /// How long old instances may finish in-flight requests before they are stopped.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: Seconds,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Seconds,
+    /// Largest request body, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    #[default]
+    Rolling,
+    BlueGreen,
+}
+
+fn default_keep_warm() -> Seconds {
+    Seconds(Duration::from_secs(300))
+}
+
+fn default_drain() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+
+fn default_request_timeout() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+
+fn default_max_body() -> u64 {
+    16 << 20
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -112,7 +112,12 @@ pub struct Runtime {
 impl Runtime {
     pub fn new() -> std::io::Result<Runtime> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4))
+            .worker_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+                    .min(4),
+            )
             .thread_name("drover-proxy")
             .enable_all()
             .build()?;
@@ -167,26 +172,42 @@ impl Runtime {
     }
 
     /// Serves Prometheus metrics of every proxy on `listener`.
-    pub fn serve_metrics(&self, listener: std::net::TcpListener, proxies: Arc<Mutex<Vec<ProxyHandle>>>) -> std::io::Result<()> {
+    pub fn serve_metrics(
+        &self,
+        listener: std::net::TcpListener,
+        proxies: Arc<Mutex<Vec<ProxyHandle>>>,
+    ) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
         self.rt.spawn(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let proxies = proxies.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
                         let text = {
                             let list = proxies.lock().unwrap_or_else(|e| e.into_inner());
-                            metrics::prometheus(list.iter().map(|p| (p.shared.app.as_str(), &p.shared.metrics)))
+                            metrics::prometheus(
+                                list.iter()
+                                    .map(|p| (p.shared.app.as_str(), &p.shared.metrics)),
+                            )
                         };
                         async move {
                             let mut resp = Response::new(Full::new(Bytes::from(text)));
-                            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                            resp.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("text/plain; version=0.0.4"),
+                            );
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -197,11 +218,19 @@ impl Runtime {
 impl ProxyHandle {
     /// Replaces the route table: every new request sees the new one at once.
     pub fn set_routes(&self, routes: Routes) {
-        *self.shared.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
+        *self
+            .shared
+            .routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
     }
 
     pub fn routes(&self) -> Arc<Routes> {
-        self.shared.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn pause(&self) {
@@ -241,7 +270,11 @@ impl ProxyHandle {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, stop: Arc<tokio::sync::Notify>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    stop: Arc<tokio::sync::Notify>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -269,16 +302,26 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, sto
                 .timer(TokioTimer::new())
                 .header_read_timeout(shared.settings.header_timeout)
                 .max_buf_size(64 * 1024);
-            builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
-            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(64 * 1024);
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<PBody> {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))).map_err(|n| match n {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }
 
@@ -287,12 +330,14 @@ fn bucket(shared: &Shared, req: &Request<Incoming>) -> (u8, bool) {
     for v in req.headers().get_all(header::COOKIE) {
         if let Ok(s) = v.to_str() {
             for part in s.split(';') {
-                if let Some(b) = part.trim().strip_prefix(SPLIT_COOKIE).and_then(|r| r.strip_prefix('=')) {
-                    if let Ok(n) = b.parse::<u8>() {
-                        if n < 100 {
-                            return (n, false);
-                        }
-                    }
+                if let Some(b) = part
+                    .trim()
+                    .strip_prefix(SPLIT_COOKIE)
+                    .and_then(|r| r.strip_prefix('='))
+                    && let Ok(n) = b.parse::<u8>()
+                    && n < 100
+                {
+                    return (n, false);
                 }
             }
         }
@@ -323,15 +368,30 @@ fn pick(shared: &Shared, set: &[Arc<Backend>], skip: &[SocketAddr]) -> Option<Ar
 }
 
 fn idempotent(m: &http::Method) -> bool {
-    matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE | http::Method::TRACE)
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    )
 }
 
-async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<PBody> {
+async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<PBody> {
     let started = Instant::now();
     if shared.paused.load(Ordering::SeqCst) {
         if shared.queued.fetch_add(1, Ordering::SeqCst) >= shared.settings.max_queued {
             shared.queued.fetch_sub(1, Ordering::SeqCst);
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "paused: too many queued requests");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "paused: too many queued requests",
+            );
         }
         let waited = tokio::time::timeout(shared.settings.request_timeout, async {
             while shared.paused.load(Ordering::SeqCst) {
@@ -350,20 +410,36 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAdd
     }
 
     let (bucket, new_client) = bucket(&shared, &req);
-    let routes = shared.routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let routes = shared
+        .routes
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let use_canary = !routes.canary.is_empty() && bucket < routes.canary_weight;
-    let set = if use_canary { &routes.canary } else { &routes.stable };
+    let set = if use_canary {
+        &routes.canary
+    } else {
+        &routes.stable
+    };
     if set.is_empty() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance");
     }
 
     // Bodies up to 1 MiB are buffered so a request can be retried on another instance.
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|l| l > shared.settings.max_body) {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
     let upgrade = req.headers().contains_key(header::UPGRADE);
-    let client_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+    let client_upgrade = if upgrade {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
     let (mut parts, body) = req.into_parts();
     let mut streamed_body: Option<Incoming> = None;
     let buffered: Option<Bytes> = if !upgrade && declared.is_none_or(|l| l <= 1 << 20) {
@@ -371,7 +447,9 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAdd
         match limited.collect().await {
             Ok(c) => Some(c.to_bytes()),
             Err(e) => {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
                 }
                 return plain(StatusCode::BAD_REQUEST, "cannot read the request body");
@@ -384,23 +462,41 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAdd
 
     // Forwarding headers.
     let host = parts.headers.get(header::HOST).cloned();
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) => format!("{prev}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         parts.headers.insert("x-forwarded-for", v);
     }
-    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
     if let Some(h) = host {
         parts.headers.insert("x-forwarded-host", h);
     }
     if !upgrade {
-        for h in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+        for h in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
             parts.headers.remove(h);
         }
     }
-    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
     let method = parts.method.clone();
 
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -415,7 +511,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAdd
         let body: PBody = match (&buffered, streamed_body.take()) {
             (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
             (None, Some(incoming)) => incoming.boxed(),
-            (None, None) => return plain(StatusCode::BAD_GATEWAY, "the upstream failed while the request body streamed"),
+            (None, None) => {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream failed while the request body streamed",
+                );
+            }
         };
         let mut out = Request::from_parts(parts.clone(), body);
         *out.uri_mut() = uri;
@@ -424,32 +525,43 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAdd
         let guard = InflightGuard(backend.clone());
         let m = shared.metrics.release(&backend.release);
         m.open.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(shared.settings.request_timeout, shared.client.request(out)).await;
+        let result =
+            tokio::time::timeout(shared.settings.request_timeout, shared.client.request(out)).await;
         match result {
             Ok(Ok(mut resp)) => {
                 m.record(resp.status().as_u16(), started.elapsed());
-                if new_client && !routes.canary.is_empty() {
-                    if let Ok(v) = HeaderValue::from_str(&format!("{SPLIT_COOKIE}={bucket}; Path=/; HttpOnly")) {
-                        resp.headers_mut().append(header::SET_COOKIE, v);
-                    }
+                if new_client
+                    && !routes.canary.is_empty()
+                    && let Ok(v) =
+                        HeaderValue::from_str(&format!("{SPLIT_COOKIE}={bucket}; Path=/; HttpOnly"))
+                {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
                 }
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_up) = client_upgrade {
-                        let server_up = hyper::upgrade::on(&mut resp);
-                        let m2 = m.clone();
-                        tokio::spawn(async move {
-                            if let (Ok(c), Ok(s)) = (client_up.await, server_up.await) {
-                                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(s)).await;
-                            }
-                            drop(guard);
-                            m2.open.fetch_sub(1, Ordering::Relaxed);
-                        });
-                        let (p, b) = resp.into_parts();
-                        return Response::from_parts(p, b.boxed());
-                    }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_up) = client_upgrade
+                {
+                    let server_up = hyper::upgrade::on(&mut resp);
+                    let m2 = m.clone();
+                    tokio::spawn(async move {
+                        if let (Ok(c), Ok(s)) = (client_up.await, server_up.await) {
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(c),
+                                &mut TokioIo::new(s),
+                            )
+                            .await;
+                        }
+                        drop(guard);
+                        m2.open.fetch_sub(1, Ordering::Relaxed);
+                    });
+                    let (p, b) = resp.into_parts();
+                    return Response::from_parts(p, b.boxed());
                 }
                 let (p, b) = resp.into_parts();
-                let tracked = Tracked { inner: b, _guard: guard, metrics: m };
+                let tracked = Tracked {
+                    inner: b,
+                    _guard: guard,
+                    metrics: m,
+                };
                 return Response::from_parts(p, tracked.boxed());
             }
             Ok(Err(e)) => {
@@ -462,7 +574,10 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAdd
                     continue;
                 }
                 m.record(502, started.elapsed());
-                return plain(StatusCode::BAD_GATEWAY, &format!("upstream {} failed: {e}", backend.addr));
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upstream {} failed: {e}", backend.addr),
+                );
             }
             Err(_) => {
                 m.open.fetch_sub(1, Ordering::Relaxed);
@@ -498,7 +613,10 @@ impl Body for Tracked {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

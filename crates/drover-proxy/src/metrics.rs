@@ -11,8 +11,22 @@ use serde::Serialize;
 
 /// Upper bounds of the latency buckets, in microseconds.
 const BOUNDS_US: [u64; 16] = [
-    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-    5_000_000, 10_000_000, u64::MAX,
+    250,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    u64::MAX,
 ];
 
 #[derive(Debug, Default)]
@@ -39,12 +53,19 @@ impl ReleaseMetrics {
         class.fetch_add(1, Ordering::Relaxed);
         let us = latency.as_micros() as u64;
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
-        let i = BOUNDS_US.iter().position(|b| us <= *b).unwrap_or(BOUNDS_US.len() - 1);
+        let i = BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(BOUNDS_US.len() - 1);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
     fn quantile_ms(&self, q: f64) -> f64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0.0;
@@ -112,15 +133,24 @@ impl Registry {
     }
 }
 
+type PerRelease = Vec<(String, Arc<ReleaseMetrics>)>;
+
 /// Prometheus text exposition of every app's metrics.
 pub fn prometheus<'a>(apps: impl Iterator<Item = (&'a str, &'a Registry)>) -> String {
     let mut out = String::new();
-    out.push_str("# HELP drover_proxy_requests_total Requests proxied, by app, release and status class.\n");
+    out.push_str(
+        "# HELP drover_proxy_requests_total Requests proxied, by app, release and status class.\n",
+    );
     out.push_str("# TYPE drover_proxy_requests_total counter\n");
-    let apps: Vec<(&str, Vec<(String, Arc<ReleaseMetrics>)>)> = apps.map(|(a, r)| (a, r.each())).collect();
+    let apps: Vec<(&str, PerRelease)> = apps.map(|(a, r)| (a, r.each())).collect();
     for (app, releases) in &apps {
         for (rel, m) in releases {
-            for (class, c) in [("2xx", &m.c2xx), ("3xx", &m.c3xx), ("4xx", &m.c4xx), ("5xx", &m.c5xx)] {
+            for (class, c) in [
+                ("2xx", &m.c2xx),
+                ("3xx", &m.c3xx),
+                ("4xx", &m.c4xx),
+                ("5xx", &m.c5xx),
+            ] {
                 let _ = writeln!(
                     out,
                     "drover_proxy_requests_total{{app=\"{app}\",release=\"{rel}\",class=\"{class}\"}} {}",
@@ -132,7 +162,11 @@ pub fn prometheus<'a>(apps: impl Iterator<Item = (&'a str, &'a Registry)>) -> St
     out.push_str("# HELP drover_proxy_open_requests Requests in flight.\n# TYPE drover_proxy_open_requests gauge\n");
     for (app, releases) in &apps {
         for (rel, m) in releases {
-            let _ = writeln!(out, "drover_proxy_open_requests{{app=\"{app}\",release=\"{rel}\"}} {}", m.open.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "drover_proxy_open_requests{{app=\"{app}\",release=\"{rel}\"}} {}",
+                m.open.load(Ordering::Relaxed)
+            );
         }
     }
     out.push_str("# HELP drover_proxy_request_seconds Time to the response head.\n# TYPE drover_proxy_request_seconds histogram\n");
@@ -141,15 +175,25 @@ pub fn prometheus<'a>(apps: impl Iterator<Item = (&'a str, &'a Registry)>) -> St
             let mut cumulative = 0;
             for (i, b) in BOUNDS_US.iter().enumerate() {
                 cumulative += m.buckets[i].load(Ordering::Relaxed);
-                let le = if *b == u64::MAX { "+Inf".to_string() } else { format!("{}", *b as f64 / 1e6) };
-                let _ = writeln!(out, "drover_proxy_request_seconds_bucket{{app=\"{app}\",release=\"{rel}\",le=\"{le}\"}} {cumulative}");
+                let le = if *b == u64::MAX {
+                    "+Inf".to_string()
+                } else {
+                    format!("{}", *b as f64 / 1e6)
+                };
+                let _ = writeln!(
+                    out,
+                    "drover_proxy_request_seconds_bucket{{app=\"{app}\",release=\"{rel}\",le=\"{le}\"}} {cumulative}"
+                );
             }
             let _ = writeln!(
                 out,
                 "drover_proxy_request_seconds_sum{{app=\"{app}\",release=\"{rel}\"}} {}",
                 m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
             );
-            let _ = writeln!(out, "drover_proxy_request_seconds_count{{app=\"{app}\",release=\"{rel}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "drover_proxy_request_seconds_count{{app=\"{app}\",release=\"{rel}\"}} {cumulative}"
+            );
         }
     }
     out
@@ -164,7 +208,10 @@ mod tests {
         let r = Registry::default();
         let m = r.release("abc");
         for i in 0..100 {
-            m.record(if i < 90 { 200 } else { 503 }, Duration::from_micros(if i < 50 { 100 } else { 3000 }));
+            m.record(
+                if i < 90 { 200 } else { 503 },
+                Duration::from_micros(if i < 50 { 100 } else { 3000 }),
+            );
         }
         let s = &r.snapshot()[0];
         assert_eq!(s.requests, 100);
@@ -172,7 +219,9 @@ mod tests {
         assert_eq!(s.p50_ms, 0.25);
         assert_eq!(s.p99_ms, 5.0);
         let text = prometheus([("hello", &r)].into_iter());
-        assert!(text.contains("drover_proxy_requests_total{app=\"hello\",release=\"abc\",class=\"5xx\"} 10"));
+        assert!(text.contains(
+            "drover_proxy_requests_total{app=\"hello\",release=\"abc\",class=\"5xx\"} 10"
+        ));
         assert!(text.contains("le=\"+Inf\"} 100"));
     }
 }

@@ -14,10 +14,28 @@ pub const MAX_LINE: usize = 1 << 20;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Ping,
-    /// Deploy a stored release as the app's next generation.
+    /// Deploy a stored release as the app's next generation; with `canary`, send only that
+    /// percentage of clients to it until `Promote` or `Abort`.
     Deploy {
         release: String,
         who: String,
+        #[serde(default)]
+        canary: Option<u8>,
+    },
+    Promote {
+        app: String,
+        who: String,
+    },
+    Abort {
+        app: String,
+        who: String,
+    },
+    /// Hold new requests in the proxy (up to a limit) until `Resume`.
+    Pause {
+        app: String,
+    },
+    Resume {
+        app: String,
     },
     /// Switch back to an earlier generation (default: the one before the current).
     Rollback {
@@ -92,6 +110,39 @@ pub struct AppStatus {
     pub release: Option<String>,
     pub state: String,
     pub instances: Vec<InstanceStatus>,
+    #[serde(default)]
+    pub proxy: Option<ProxyStatus>,
+    #[serde(default)]
+    pub canary: Option<CanaryStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    pub port: u16,
+    pub paused: bool,
+    pub releases: Vec<ReleaseTraffic>,
+}
+
+/// The proxy's counters for one release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseTraffic {
+    pub release: String,
+    pub requests: u64,
+    pub responses_2xx: u64,
+    pub responses_3xx: u64,
+    pub responses_4xx: u64,
+    pub responses_5xx: u64,
+    pub open: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    pub generation: u64,
+    pub version: String,
+    pub weight: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +155,9 @@ pub struct InstanceStatus {
     pub healthy: bool,
     pub restarts: u32,
     pub state: String,
+    /// Receiving traffic from the proxy.
+    #[serde(default)]
+    pub serving: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +217,7 @@ mod tests {
         let r = Request::Deploy {
             release: "abc".into(),
             who: "me".into(),
+            canary: Some(10),
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

@@ -55,6 +55,14 @@ pub enum Command {
     Stop(crate::commands::deploy::AppArg),
     /// Start a stopped app's live generation again.
     Start(crate::commands::deploy::AppArg),
+    /// Move a canary to all traffic: it becomes the live generation.
+    Promote(crate::commands::deploy::AppArg),
+    /// End a canary: all traffic back on the stable generation, canary instances stopped.
+    Abort(crate::commands::deploy::AppArg),
+    /// Hold the app's incoming requests in its proxy (maintenance) until `drover resume`.
+    Pause(crate::commands::deploy::AppArg),
+    /// Release the requests held by `drover pause`.
+    Resume(crate::commands::deploy::AppArg),
     /// Run a one-off command in the live generation's environment: `drover run APP -- CMD`.
     Run(crate::commands::run::RunArgs),
     /// Show the files and config keys changed between two generations of an app.

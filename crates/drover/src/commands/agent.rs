@@ -1,13 +1,23 @@
 //! `drover agent`: run the host agent in the foreground.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use clap::Args;
 
 #[derive(Debug, Args)]
-pub struct AgentArgs {}
+pub struct AgentArgs {
+    /// Serve Prometheus metrics of every app's proxy at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
 
-pub fn run(root: &Path, _args: AgentArgs) -> anyhow::Result<()> {
-    drover_agent::Agent::run(root)?;
+pub fn run(root: &Path, args: AgentArgs) -> anyhow::Result<()> {
+    drover_agent::Agent::run(
+        root,
+        drover_agent::Options {
+            metrics: args.metrics,
+        },
+    )?;
     Ok(())
 }

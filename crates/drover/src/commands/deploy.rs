@@ -17,6 +17,10 @@ pub struct DeployArgs {
     /// The release's version when building (see `drover build --version`).
     #[arg(long = "version", value_name = "V")]
     pub version: Option<String>,
+    /// Send only PERCENT% of clients (sticky, by cookie) to the new generation until
+    /// `drover promote APP` or `drover abort APP`. Needs `[proxy]`.
+    #[arg(long, value_name = "PERCENT")]
+    pub canary: Option<u8>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -64,12 +68,13 @@ pub fn release_for(root: &Path, target: &str, version: Option<&str>) -> anyhow::
     Ok(store.resolve(target)?.to_hex())
 }
 
-pub fn deploy(root: &Path, release: String) -> anyhow::Result<AppStatus> {
+pub fn deploy(root: &Path, release: String, canary: Option<u8>) -> anyhow::Result<AppStatus> {
     let v = client::call(
         root,
         &Request::Deploy {
             release,
             who: client::who(),
+            canary,
         },
         client::print_events,
     )?;
@@ -78,7 +83,7 @@ pub fn deploy(root: &Path, release: String) -> anyhow::Result<AppStatus> {
 
 pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
     let release = release_for(root, &args.target, args.version.as_deref())?;
-    let status = deploy(root, release)?;
+    let status = deploy(root, release, args.canary)?;
     show(&status, args.json.json)
 }
 
@@ -96,6 +101,16 @@ pub fn run_rollback(root: &Path, args: RollbackArgs) -> anyhow::Result<()> {
         },
         client::print_events,
     )?;
+    show(&serde_json::from_value(v)?, args.json.json)
+}
+
+/// The app-only requests: stop, start, promote, abort, pause, resume.
+pub fn run_app_op(
+    root: &Path,
+    args: AppArg,
+    op: fn(String, String) -> Request,
+) -> anyhow::Result<()> {
+    let v = client::call(root, &op(args.app, client::who()), client::print_events)?;
     show(&serde_json::from_value(v)?, args.json.json)
 }
 

@@ -18,6 +18,7 @@ pub mod verify;
 
 use crate::cli::{Cli, Command};
 use crate::settings::resolve_root;
+use drover_wire::Request;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let root = resolve_root(cli.root);
@@ -40,6 +41,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(a) => logs::run(&root, a),
         Command::Stop(a) => deploy::run_stop(&root, a),
         Command::Start(a) => deploy::run_start(&root, a),
+        Command::Promote(a) => {
+            deploy::run_app_op(&root, a, |app, who| Request::Promote { app, who })
+        }
+        Command::Abort(a) => deploy::run_app_op(&root, a, |app, who| Request::Abort { app, who }),
+        Command::Pause(a) => deploy::run_app_op(&root, a, |app, _| Request::Pause { app }),
+        Command::Resume(a) => deploy::run_app_op(&root, a, |app, _| Request::Resume { app }),
         Command::Run(a) => run::run(&root, a),
         Command::Diff(a) => diff::run(&root, a),
     }

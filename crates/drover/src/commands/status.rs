@@ -60,8 +60,13 @@ pub fn print_status(a: &AppStatus) {
         let port = i.port.map(|p| format!("port {p}")).unwrap_or_default();
         let health = if i.healthy { "healthy" } else { "unhealthy" };
         println!(
-            "  {}.{}  gen {}  pid {pid}  {port}  {}  {health}  restarts {}",
-            i.process, i.index, i.generation, i.state, i.restarts
+            "  {}.{}  gen {}  pid {pid}  {port}  {}  {health}  restarts {}{}",
+            i.process,
+            i.index,
+            i.generation,
+            i.state,
+            i.restarts,
+            if i.serving { "  serving" } else { "" }
         );
     }
 }

@@ -29,13 +29,15 @@ pub fn run(root: &Path, args: UpArgs) -> anyhow::Result<()> {
         args.version.as_deref(),
     )?;
     client::ensure_agent(root)?;
-    let status = super::deploy::deploy(root, release)?;
+    let status = super::deploy::deploy(root, release, None)?;
     super::status::print_status(&status);
-    let port = status
-        .instances
-        .iter()
-        .filter(|i| status.generation == Some(i.generation))
-        .find_map(|i| i.port);
+    let port = status.proxy.as_ref().map(|p| p.port).or_else(|| {
+        status
+            .instances
+            .iter()
+            .filter(|i| status.generation == Some(i.generation))
+            .find_map(|i| i.port)
+    });
     match port {
         Some(p) => println!("http://127.0.0.1:{p}/"),
         None => eprintln!("{} is up (no HTTP process)", status.app),
