@@ -708,6 +708,7 @@ impl Agent {
         let settings = drover_proxy::Settings {
             max_body: cfg.max_body,
             request_timeout: cfg.request_timeout.0,
+            header_timeout: cfg.header_timeout.0,
             ..Default::default()
         };
         let handle = self.runtime()?.serve(app, listener, settings)?;

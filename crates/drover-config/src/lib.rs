@@ -137,6 +137,13 @@ pub struct Proxy {
     /// Largest request body, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body: u64,
+    /// A client must send its request head within this (slowloris guard).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Seconds,
+}
+
+fn default_header_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

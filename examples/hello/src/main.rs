@@ -1,6 +1,7 @@
-//! drover's example app: answers `/up` for health checks and `/` with a greeting that names
-//! its version, listening on `$PORT`. SIGTERM's default action ends it at once; it holds no
-//! state, so that is a clean stop.
+//! drover's example app: answers `/up` for health checks, `/` with a greeting that names its
+//! version, `POST /` with the size of the body it got, and `/stream?secs=N` with one line a
+//! second for N seconds; listening on `$PORT`. SIGTERM's default action ends it at once; it
+//! holds no state, so that is a clean stop.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -46,10 +47,35 @@ fn serve(stream: TcpStream) {
         if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
             return;
         }
+        let method = request_line.split_whitespace().next().unwrap_or("GET");
         let path = request_line.split_whitespace().nth(1).unwrap_or("/");
         let version = std::env::var("DROVER_VERSION").unwrap_or_else(|_| "dev".into());
+        if let Some(secs) = path.strip_prefix("/stream?secs=") {
+            let secs: u64 = secs.parse().unwrap_or(1);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nx-app-version: {version}\r\n\r\n"
+            );
+            if out.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            for i in 0..=secs * 10 {
+                let line = format!("tick {i} from version {version}\n");
+                if write!(out, "{:x}\r\n{line}\r\n", line.len()).is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if out.write_all(b"0\r\n\r\n").is_err() {
+                return;
+            }
+            continue;
+        }
         let (status, text) = match path {
             "/up" => ("200 OK", "ok\n".to_string()),
+            "/" if method == "POST" => (
+                "200 OK",
+                format!("version {version} got {} bytes\n", body.len()),
+            ),
             "/" => {
                 let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
                 ("200 OK", format!("{greeting} (version {version}, pid {})\n", std::process::id()))

@@ -55,6 +55,30 @@ pub fn print_status(a: &AppStatus) {
         "{}  generation {generation}  {version} ({release})  {}",
         a.app, a.state
     );
+    if let Some(c) = &a.canary {
+        println!(
+            "  canary: generation {} ({}) takes {}% of clients",
+            c.generation, c.version, c.weight
+        );
+    }
+    if let Some(p) = &a.proxy {
+        let paused = if p.paused { "  PAUSED" } else { "" };
+        println!("  proxy: port {}{paused}", p.port);
+        for r in &p.releases {
+            println!(
+                "    {}  {} requests  2xx {}  4xx {}  5xx {}  open {}  p50 {}ms  p90 {}ms  p99 {}ms",
+                r.release,
+                r.requests,
+                r.responses_2xx,
+                r.responses_4xx,
+                r.responses_5xx,
+                r.open,
+                r.p50_ms,
+                r.p90_ms,
+                r.p99_ms
+            );
+        }
+    }
     for i in &a.instances {
         let pid = i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let port = i.port.map(|p| format!("port {p}")).unwrap_or_default();

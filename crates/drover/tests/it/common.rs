@@ -171,7 +171,7 @@ pub fn hello_bin() -> PathBuf {
     fs::create_dir_all(&target).unwrap();
     let lock = fs::File::create(target.join(".lock")).unwrap();
     lock.lock().unwrap();
-    if !bin.exists() {
+    {
         let manifest =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/Cargo.toml");
         let status = Command::new(env!("CARGO"))
@@ -194,6 +194,10 @@ pub struct AgentHandle {
 
 impl TestContext {
     pub fn start_agent(&self) -> AgentHandle {
+        self.start_agent_with(&[])
+    }
+
+    pub fn start_agent_with(&self, args: &[&str]) -> AgentHandle {
         fs::create_dir_all(&self.root).unwrap();
         let log = fs::OpenOptions::new()
             .create(true)
@@ -203,6 +207,7 @@ impl TestContext {
         let child = self
             .command()
             .arg("agent")
+            .args(args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

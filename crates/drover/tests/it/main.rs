@@ -2,4 +2,5 @@
 
 mod agent;
 mod common;
+mod proxy;
 mod store;

@@ -1,0 +1,509 @@
+//! The built-in proxy end to end: real agent, real app processes, real HTTP load.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::{TestContext, http_get, wait_for};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An app with the proxy on `port`.
+fn proxied(cx: &TestContext, dir: &str, version: &str, port: u16, extra: &str) -> PathBuf {
+    cx.hello_app(
+        dir,
+        version,
+        &format!("[proxy]\nport = {port}\nheader_timeout = \"1s\"\n{extra}"),
+    )
+}
+
+fn instances(d: &PathBuf, n: u32) {
+    let p = d.join("drover.toml");
+    let t = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("http = true\n", &format!("http = true\ninstances = {n}\n"));
+    std::fs::write(p, t).unwrap();
+}
+
+/// One HTTP/1.1 exchange on an open connection; (status, headers, body).
+fn exchange(s: &mut BufReader<TcpStream>, req: &str) -> std::io::Result<(u16, String, String)> {
+    s.get_mut().write_all(req.as_bytes())?;
+    let mut status = String::new();
+    if s.read_line(&mut status)? == 0 {
+        return Err(std::io::Error::other("connection closed before the answer"));
+    }
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status:?}")))?;
+    let mut headers = String::new();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        s.read_line(&mut h)?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        headers.push_str(&h);
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok((code, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn connect(port: u16) -> std::io::Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(BufReader::new(s))
+}
+
+#[derive(Default)]
+struct Load {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl Load {
+    fn fail(&self, e: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut v = self.errors.lock().unwrap();
+        if v.len() < 20 {
+            v.push(e);
+        }
+    }
+}
+
+/// Keep-alive and fresh connections, GET and POST with bodies, until `stop`.
+fn load(port: u16, stop: Arc<AtomicBool>, stats: Arc<Load>, keep_alive: bool, post: bool) {
+    let body = "x".repeat(3000);
+    let req = if post {
+        format!(
+            "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "GET / HTTP/1.1\r\nHost: t\r\n\r\n".to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if conn.is_none() {
+            match connect(port) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    stats.fail(format!("connect: {e}"));
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().unwrap();
+        match exchange(c, &req) {
+            Ok((200, _, b))
+                if b.contains("version ") && (!post || b.contains("got 3000 bytes")) =>
+            {
+                stats.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok((code, _, b)) => stats.fail(format!("{code}: {b}")),
+            Err(e) => stats.fail(format!("exchange: {e}")),
+        }
+        if !keep_alive {
+            conn = None;
+        }
+    }
+}
+
+#[test]
+fn zero_failed_requests_under_load_across_20_deploys_and_rollbacks() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "drain_timeout = \"5s\"\n");
+    let v2 = proxied(&cx, "v2", "2", port, "drain_timeout = \"5s\"\n");
+    instances(&v1, 2);
+    instances(&v2, 2);
+    let r1 = cx.build(&v1, &[])["release"].as_str().unwrap().to_string();
+    let r2 = cx.build(&v2, &[])["release"].as_str().unwrap().to_string();
+    cx.drover(&["deploy", &r1]).success();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Load::default());
+    let mut workers = Vec::new();
+    for (keep_alive, post) in [(true, false), (true, true), (false, false), (false, true)] {
+        let (stop, stats) = (stop.clone(), stats.clone());
+        workers.push(std::thread::spawn(move || {
+            load(port, stop, stats, keep_alive, post)
+        }));
+    }
+    wait_for("load to flow", Duration::from_secs(10), || {
+        stats.ok.load(Ordering::Relaxed) > 50
+    });
+    for k in 0..20 {
+        if k % 4 == 3 {
+            cx.drover(&["rollback", "hello"]).success();
+        } else {
+            cx.drover(&["deploy", if k % 2 == 0 { &r2 } else { &r1 }])
+                .success();
+        }
+    }
+    // Some more traffic after the last switch, then stop.
+    let after = stats.ok.load(Ordering::Relaxed);
+    wait_for(
+        "traffic after the switches",
+        Duration::from_secs(10),
+        || stats.ok.load(Ordering::Relaxed) > after + 50,
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let errors = stats.errors.lock().unwrap().clone();
+    assert_eq!(
+        stats.failed.load(Ordering::Relaxed),
+        0,
+        "failed requests: {errors:?}"
+    );
+    assert!(
+        stats.ok.load(Ordering::Relaxed) > 500,
+        "too little load: {}",
+        stats.ok.load(Ordering::Relaxed)
+    );
+    let status = cx.app_status("hello");
+    let served: u64 = status["proxy"]["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["responses_5xx"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 0, "the proxy counted 5xx answers: {status}");
+}
+
+#[test]
+fn a_generation_that_fails_its_health_check_never_gets_a_request() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Load::default());
+    let w = {
+        let (stop, stats) = (stop.clone(), stats.clone());
+        std::thread::spawn(move || load(port, stop, stats, true, false))
+    };
+    let bad = cx.hello_app(
+        "bad",
+        "3",
+        &format!("[proxy]\nport = {port}\n[health]\npath = \"/broken\"\ntimeout = \"2s\"\n"),
+    );
+    let bad_release = cx.build(&bad, &[])["release"].as_str().unwrap()[..12].to_string();
+    cx.drover(&["deploy", &bad_release]).failure();
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    assert_eq!(
+        stats.failed.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        stats.errors.lock().unwrap()
+    );
+    let status = cx.app_status("hello");
+    let releases: Vec<String> = status["proxy"]["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["release"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !releases.contains(&bad_release),
+        "the failed release got traffic: {status}"
+    );
+    assert!(releases.iter().all(|r| r.len() == 12));
+    assert!(stats.ok.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn a_long_streaming_response_survives_a_switch() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "");
+    let v2 = proxied(&cx, "v2", "2", port, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let reader = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET /stream?secs=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        all
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    cx.drover(&["deploy", v2.to_str().unwrap()]).success();
+    let (_, body) = http_get(port, "/").unwrap();
+    assert!(body.contains("version 2"), "{body}");
+    let streamed = reader.join().unwrap();
+    assert!(streamed.starts_with("HTTP/1.1 200"), "{streamed}");
+    assert!(
+        streamed.contains("tick 30 from version 1"),
+        "the stream was cut: {streamed}"
+    );
+}
+
+#[test]
+fn canary_takes_its_share_sticky_per_client_then_promote_or_abort() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "");
+    let v2 = proxied(&cx, "v2", "2", port, "");
+    let v3 = proxied(&cx, "v3", "3", port, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let out = cx
+        .drover(&["deploy", v2.to_str().unwrap(), "--canary", "10", "--json"])
+        .success()
+        .json();
+    assert_eq!(out["canary"]["weight"], 10);
+    assert_eq!(out["generation"], 1);
+
+    // 2,000 distinct clients (no cookie): 10% ± 3% reach the canary.
+    let mut c = connect(port).unwrap();
+    let mut canary = 0;
+    let mut cookies = Vec::new();
+    for _ in 0..2000 {
+        let (code, headers, body) = exchange(&mut c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(code, 200);
+        if body.contains("version 2") {
+            canary += 1;
+        }
+        let cookie = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        if cookies.len() < 100 {
+            cookies.push((cookie, body.contains("version 2")));
+        }
+    }
+    assert!((140..=260).contains(&canary), "canary share {canary}/2000");
+    // A client keeps its side.
+    for (cookie, on_canary) in &cookies {
+        for _ in 0..3 {
+            let (_, _, body) = exchange(
+                &mut c,
+                &format!("GET / HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n"),
+            )
+            .unwrap();
+            assert_eq!(
+                body.contains("version 2"),
+                *on_canary,
+                "{cookie} switched sides"
+            );
+        }
+    }
+    let run = cx.drover(&["deploy", v3.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("canary") && run.stderr.contains("promote"),
+        "{}",
+        run.stderr
+    );
+
+    cx.drover(&["promote", "hello"]).success();
+    for _ in 0..50 {
+        let (_, _, body) = exchange(&mut c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert!(body.contains("version 2"), "{body}");
+    }
+    assert_eq!(cx.app_status("hello")["version"], "2");
+
+    cx.drover(&["deploy", v3.to_str().unwrap(), "--canary", "50"])
+        .success();
+    cx.drover(&["abort", "hello"]).success();
+    for _ in 0..50 {
+        let (_, _, body) = exchange(&mut c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert!(body.contains("version 2"), "{body}");
+    }
+    let history = cx.drover(&["history", "hello", "--json"]).success().json();
+    assert_eq!(
+        history.as_array().unwrap().last().unwrap()["outcome"],
+        "aborted"
+    );
+}
+
+#[test]
+fn bad_clients_get_proper_answers_and_others_are_still_served() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "max_body = 10000\n");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+
+    // A slowloris client that never finishes its request head...
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    // ...does not stop anyone else.
+    let (code, _) = http_get(port, "/").unwrap();
+    assert_eq!(code, 200);
+
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let garbage = raw(b"THIS IS NOT HTTP\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let answer = raw(huge_header.as_bytes());
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 431")
+            || answer.starts_with("HTTP/1.1 400"),
+        "{answer:?}"
+    );
+    let big_body = raw(format!(
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 50000\r\n\r\n{}",
+        "b".repeat(50_000)
+    )
+    .as_bytes());
+    assert!(big_body.starts_with("HTTP/1.1 413"), "{big_body:?}");
+
+    // The slowloris connection is cut after the header timeout.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "slowloris connection kept open"
+    );
+    let (code, _) = http_get(port, "/").unwrap();
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn pause_holds_requests_until_resume() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    cx.drover(&["pause", "hello"]).success();
+    assert_eq!(cx.app_status("hello")["proxy"]["paused"], true);
+    let waiting = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = http_get(port, "/");
+        (r, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !waiting.is_finished(),
+        "a request went through while paused"
+    );
+    cx.drover(&["resume", "hello"]).success();
+    let (r, waited) = waiting.join().unwrap();
+    assert_eq!(r.unwrap().0, 200);
+    assert!(waited >= Duration::from_millis(600));
+}
+
+#[test]
+fn blue_green_rollback_is_an_instant_switch_to_warm_instances() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent_with(&["--metrics", "127.0.0.1:0"]);
+    let port = free_port();
+    let bg = "strategy = \"blue-green\"\nkeep_warm = \"60s\"\n";
+    let v1 = proxied(&cx, "v1", "1", port, bg);
+    let v2 = proxied(&cx, "v2", "2", port, bg);
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let blue: Vec<u64> = cx.app_status("hello")["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    cx.drover(&["deploy", v2.to_str().unwrap()]).success();
+    assert!(http_get(port, "/").unwrap().1.contains("version 2"));
+    // The old instances are still running, out of traffic.
+    let status = cx.app_status("hello");
+    for pid in &blue {
+        let i = status["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["pid"].as_u64() == Some(*pid))
+            .expect("warm instance");
+        assert_eq!(i["serving"], false);
+    }
+    let run = cx.drover(&["rollback", "hello"]).success();
+    assert!(run.stderr.contains("still warm"), "{}", run.stderr);
+    assert!(http_get(port, "/").unwrap().1.contains("version 1"));
+    let serving: Vec<u64> = cx.app_status("hello")["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["serving"] == true)
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(serving, blue, "the rollback reused the warm instances");
+}
+
+#[test]
+fn prometheus_metrics_per_release() {
+    let cx = TestContext::new();
+    let mport = free_port();
+    let _agent = cx.start_agent_with(&["--metrics", &format!("127.0.0.1:{mport}")]);
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    for _ in 0..10 {
+        assert_eq!(http_get(port, "/").unwrap().0, 200);
+    }
+    assert_eq!(http_get(port, "/nothing").unwrap().0, 404);
+    let release = cx.app_status("hello")["release"].as_str().unwrap()[..12].to_string();
+    wait_for("metrics to list the app", Duration::from_secs(5), || {
+        http_get(mport, "/metrics").is_ok_and(|(_, b)| b.contains("app=\"hello\""))
+    });
+    let (_, text) = http_get(mport, "/metrics").unwrap();
+    assert!(
+        text.contains(&format!(
+            "drover_proxy_requests_total{{app=\"hello\",release=\"{release}\",class=\"2xx\"}} 10"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "drover_proxy_requests_total{{app=\"hello\",release=\"{release}\",class=\"4xx\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("drover_proxy_request_seconds_bucket"),
+        "{text}"
+    );
+    let human = cx.drover(&["status", "hello"]).success().stdout;
+    assert!(
+        human.contains("proxy: port") && human.contains("11 requests"),
+        "{human}"
+    );
+}
