@@ -26,7 +26,7 @@ fn proxied(cx: &TestContext, dir: &str, version: &str, port: u16, extra: &str) -
     )
 }
 
-fn instances(d: &PathBuf, n: u32) {
+fn instances(d: &std::path::Path, n: u32) {
     let p = d.join("drover.toml");
     let t = std::fs::read_to_string(&p)
         .unwrap()
