@@ -4,6 +4,7 @@
 //! Apps run in their own process groups with output going straight to log files, so they
 //! outlive the agent; a restarted agent finds them again through their environment tag.
 
+mod handover;
 mod proc;
 mod state;
 
@@ -136,6 +137,8 @@ pub struct Agent {
     apps: Mutex<HashMap<String, AppRt>>,
     proxy_rt: std::sync::OnceLock<drover_proxy::Runtime>,
     proxies: Arc<Mutex<HashMap<String, ProxyHandle>>>,
+    /// Listening sockets handed over by the agent this one replaced, by port.
+    inherited: Mutex<HashMap<u16, std::net::TcpListener>>,
 }
 
 /// How the agent runs.
@@ -143,6 +146,9 @@ pub struct Agent {
 pub struct Options {
     /// Serve Prometheus metrics of every proxy on this address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Take over from a running agent (an upgrade): its listening sockets are handed over,
+    /// so no connection to an app's public port is refused.
+    pub replace: bool,
 }
 
 /// Streams progress lines to the client while a request runs.
@@ -163,7 +169,24 @@ impl Agent {
         let root = fs::canonicalize(root)?;
         let lock_path = root.join("agent.lock");
         let lock = File::create(&lock_path)?;
-        if lock.try_lock().is_err() {
+        let inherited = if opts.replace {
+            let got = handover::receive(&root.join("agent.sock"))?;
+            eprintln!("drover agent: took over {} listening sockets", got.len());
+            // The old agent exits once its in-flight requests are done.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while lock.try_lock().is_err() {
+                if Instant::now() >= deadline {
+                    return Err(std::io::Error::other(
+                        "the old agent did not exit within 60s",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            got
+        } else {
+            HashMap::new()
+        };
+        if !opts.replace && lock.try_lock().is_err() {
             let pid = fs::read_to_string(root.join("agent.pid")).unwrap_or_default();
             return Err(std::io::Error::other(format!(
                 "an agent is already running for {} (pid {})",
@@ -180,6 +203,7 @@ impl Agent {
             apps: Mutex::new(HashMap::new()),
             proxy_rt: std::sync::OnceLock::new(),
             proxies: Arc::new(Mutex::new(HashMap::new())),
+            inherited: Mutex::new(inherited),
         });
         agent.recover();
         if let Some(addr) = opts.metrics {
@@ -239,6 +263,13 @@ impl Agent {
             Ok(Some(l)) => l,
             _ => return,
         };
+        if matches!(
+            serde_json::from_str::<Request>(&line),
+            Ok(Request::Handover)
+        ) {
+            self.hand_over(&mut stream);
+            return;
+        }
         let result = match serde_json::from_str::<Request>(&line) {
             Ok(req) => self.handle(req, &mut stream),
             Err(e) => Err(Failure::new(format!("bad request: {e}"))
@@ -254,6 +285,7 @@ impl Agent {
     fn handle(&self, req: Request, stream: &mut UnixStream) -> Result<serde_json::Value> {
         let mut out = Out { stream };
         match req {
+            Request::Handover => Err(Failure::new("a handover is answered before dispatch")),
             Request::Ping => Ok(
                 serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
             ),
@@ -667,6 +699,34 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// Passes every listening socket to a replacing agent, stops accepting, lets in-flight
+    /// requests finish, and exits. The apps keep running.
+    fn hand_over(&self, stream: &mut UnixStream) {
+        let proxies: Vec<ProxyHandle> = self
+            .proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        if let Err(e) = handover::send(stream, &proxies) {
+            eprintln!("drover agent: handover failed: {e}");
+            return;
+        }
+        eprintln!(
+            "drover agent: handed {} listening sockets over; draining and exiting",
+            proxies.len()
+        );
+        for p in &proxies {
+            p.shutdown();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while proxies.iter().any(|p| !p.closed() || p.inflight() > 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::process::exit(0);
+    }
+
     // ---- the proxy ------------------------------------------------------------------
 
     fn runtime(&self) -> std::io::Result<&drover_proxy::Runtime> {
@@ -698,7 +758,16 @@ impl Agent {
         {
             return Ok(p.clone());
         }
-        let listener = std::net::TcpListener::bind(("0.0.0.0", cfg.port)).map_err(|e| {
+        let inherited = self
+            .inherited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&cfg.port);
+        let listener = match inherited {
+            Some(l) => Ok(l),
+            None => std::net::TcpListener::bind(("0.0.0.0", cfg.port)),
+        }
+        .map_err(|e| {
             Failure::new(format!(
                 "cannot bind port {} for the proxy of `{app}`: {e}",
                 cfg.port

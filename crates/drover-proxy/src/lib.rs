@@ -87,6 +87,8 @@ struct Shared {
     app: String,
     routes: RwLock<Arc<Routes>>,
     paused: AtomicBool,
+    /// Set once a shutdown has closed every connection.
+    closed: AtomicBool,
     resume: tokio::sync::Notify,
     queued: AtomicUsize,
     rr: AtomicUsize,
@@ -102,6 +104,8 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
     pub port: u16,
     stop: Arc<tokio::sync::Notify>,
+    /// A duplicate of the listening socket, to hand over to a replacing agent.
+    listener: Arc<std::net::TcpListener>,
 }
 
 /// The proxies' runtime: one per agent.
@@ -144,6 +148,7 @@ impl Runtime {
             app: app.to_string(),
             routes: RwLock::new(Arc::new(Routes::default())),
             paused: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             resume: tokio::sync::Notify::new(),
             queued: AtomicUsize::new(0),
             rr: AtomicUsize::new(0),
@@ -157,6 +162,7 @@ impl Runtime {
             shared: shared.clone(),
             port,
             stop: stop.clone(),
+            listener: Arc::new(listener.try_clone()?),
         };
         self.rt.spawn(async move {
             let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -250,9 +256,30 @@ impl ProxyHandle {
         self.shared.metrics.snapshot()
     }
 
-    /// Stops accepting; the listener closes.
+    /// Stops accepting; this proxy's copy of the listener closes.
     pub fn shutdown(&self) {
-        self.stop.notify_waiters();
+        self.stop.notify_one();
+    }
+
+    /// The listening socket (a duplicate), for a handover.
+    pub fn listener(&self) -> &std::net::TcpListener {
+        &self.listener
+    }
+
+    /// True once `shutdown` has finished every connection.
+    pub fn closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Requests in flight to any backend.
+    pub fn inflight(&self) -> usize {
+        let routes = self.routes();
+        routes
+            .stable
+            .iter()
+            .chain(routes.canary.iter())
+            .map(|b| b.inflight())
+            .sum()
     }
 
     /// Waits until none of `backends` has a request in flight, up to `timeout`.
@@ -275,10 +302,23 @@ async fn accept_loop(
     shared: Arc<Shared>,
     stop: Arc<tokio::sync::Notify>,
 ) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.settings.header_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+    // Tracks every connection so a shutdown can close idle keep-alive ones cleanly.
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.notified() => return,
+            _ = stop.notified() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -289,28 +329,26 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let svc_shared = shared.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let shared = svc_shared.clone();
+            async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let watched = graceful.watch(conn);
         tokio::spawn(async move {
-            let svc_shared = shared.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = svc_shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(shared.settings.header_timeout)
-                .max_buf_size(64 * 1024);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(64 * 1024);
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            let _ = watched.await;
         });
     }
+    // Stop accepting (this copy of the listener closes), finish what is in flight.
+    drop(listener);
+    // A connection accepted just before the stop has not sent its request yet; closing it
+    // now as "idle" would reset it. Give such clients a moment to speak first.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let _ = tokio::time::timeout(shared.settings.request_timeout, graceful.shutdown()).await;
+    shared.closed.store(true, Ordering::SeqCst);
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<PBody> {

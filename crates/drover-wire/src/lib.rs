@@ -14,6 +14,9 @@ pub const MAX_LINE: usize = 1 << 20;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Ping,
+    /// Sent by a replacing agent: the running one passes its listening sockets over
+    /// (SCM_RIGHTS, with one `Handover` line), stops accepting, drains and exits.
+    Handover,
     /// Deploy a stored release as the app's next generation; with `canary`, send only that
     /// percentage of clients to it until `Promote` or `Abort`.
     Deploy {
@@ -174,6 +177,12 @@ pub struct GenerationInfo {
     pub outcome: String,
     pub reason: Option<String>,
     pub env: BTreeMap<String, String>,
+}
+
+/// The listening sockets passed from an agent to its replacement, in fd order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handover {
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

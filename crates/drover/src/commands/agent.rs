@@ -10,6 +10,10 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics of every app's proxy at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Take over from the agent running for this root (an upgrade): it hands its listening
+    /// sockets over, finishes its in-flight requests and exits; the apps keep running.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 pub fn run(root: &Path, args: AgentArgs) -> anyhow::Result<()> {
@@ -17,6 +21,7 @@ pub fn run(root: &Path, args: AgentArgs) -> anyhow::Result<()> {
         root,
         drover_agent::Options {
             metrics: args.metrics,
+            replace: args.replace,
         },
     )?;
     Ok(())
