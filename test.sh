@@ -7,6 +7,7 @@ cd "$(dirname "$0")"
 need_pkgs=()
 command -v mkfifo >/dev/null || need_pkgs+=(coreutils)
 command -v git >/dev/null || need_pkgs+=(git)
+command -v curl >/dev/null || need_pkgs+=(curl)
 if ((${#need_pkgs[@]})); then
     apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
 fi

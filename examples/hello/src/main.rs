@@ -28,6 +28,7 @@ fn serve(stream: TcpStream) {
             return;
         }
         let mut content_length = 0usize;
+        let mut upgrade = false;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -41,11 +42,32 @@ fn serve(stream: TcpStream) {
                 if k.eq_ignore_ascii_case("content-length") {
                     content_length = v.trim().parse().unwrap_or(0);
                 }
+                if k.eq_ignore_ascii_case("upgrade") && v.trim() == "echo" {
+                    upgrade = true;
+                }
             }
         }
         let mut body = vec![0u8; content_length];
         if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
             return;
+        }
+        if upgrade {
+            // A protocol switch (like WebSocket's): then echo raw bytes back until EOF.
+            let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+            if out.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut reader, &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if out.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
         }
         let method = request_line.split_whitespace().next().unwrap_or("GET");
         let path = request_line.split_whitespace().nth(1).unwrap_or("/");

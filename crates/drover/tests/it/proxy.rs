@@ -599,3 +599,52 @@ fn replacing_the_agent_under_load_refuses_no_connection() {
     let _ = new.kill();
     let _ = new.wait();
 }
+
+#[test]
+fn upgrades_and_http2_pass_through() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+
+    // A protocol upgrade (as WebSocket does): 101, then raw bytes both ways.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h == "\r\n" {
+            break;
+        }
+    }
+    for msg in ["ping\n", "over the proxy\n"] {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = String::new();
+        r.read_line(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    // HTTP/2 with prior knowledge, through curl.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version}",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .expect("curl (test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("version 1") && text.trim_end().ends_with('2'),
+        "{text}"
+    );
+}
