@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use drover_proxy::{Backend, ProxyHandle, Routes};
 use drover_store::{Manifest, Store};
 use drover_wire::{
-    AppStatus, CanaryStatus, Event, InstanceStatus, Line, ProxyStatus, ReleaseTraffic, Reply,
-    Request, RunSpec, WireError,
+    AppStatus, CanaryStatus, Event, InstanceStatus, Line, ProxyStatus, Reply, Request, RunSpec,
+    WireError,
 };
 use rustix::process::Signal;
 
@@ -208,24 +208,9 @@ impl Agent {
         agent.recover();
         if let Some(addr) = opts.metrics {
             let listener = std::net::TcpListener::bind(addr)?;
-            let list = Arc::new(Mutex::new(Vec::new()));
-            let agent2 = Arc::clone(&agent);
-            let list2 = list.clone();
-            // Keep the metrics endpoint's view of the proxies current.
-            std::thread::spawn(move || {
-                loop {
-                    let handles: Vec<ProxyHandle> = agent2
-                        .proxies
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .values()
-                        .cloned()
-                        .collect();
-                    *list2.lock().unwrap_or_else(|e| e.into_inner()) = handles;
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            });
-            agent.runtime()?.serve_metrics(listener, list)?;
+            agent
+                .runtime()?
+                .serve_metrics(listener, agent.proxies.clone())?;
             eprintln!("drover agent: metrics on http://{addr}/metrics");
         }
 
@@ -702,13 +687,7 @@ impl Agent {
     /// Passes every listening socket to a replacing agent, stops accepting, lets in-flight
     /// requests finish, and exits. The apps keep running.
     fn hand_over(&self, stream: &mut UnixStream) {
-        let proxies: Vec<ProxyHandle> = self
-            .proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let proxies: Vec<ProxyHandle> = self.proxies_now().into_values().collect();
         if let Err(e) = handover::send(stream, &proxies) {
             eprintln!("drover agent: handover failed: {e}");
             return;
@@ -729,6 +708,17 @@ impl Agent {
 
     // ---- the proxy ------------------------------------------------------------------
 
+    fn proxies_now(&self) -> HashMap<String, ProxyHandle> {
+        self.proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn proxy(&self, app: &str) -> Option<ProxyHandle> {
+        self.proxies_now().remove(app)
+    }
+
     fn runtime(&self) -> std::io::Result<&drover_proxy::Runtime> {
         if let Some(rt) = self.proxy_rt.get() {
             return Ok(rt);
@@ -739,15 +729,10 @@ impl Agent {
 
     fn proxy_of(&self, app: &str) -> Result<ProxyHandle> {
         self.app_dir(app)?;
-        self.proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(app)
-            .cloned()
-            .ok_or_else(|| {
-                Failure::new(format!("`{app}` has no proxy"))
-                    .hint("set `[proxy] port` in its drover.toml")
-            })
+        self.proxy(app).ok_or_else(|| {
+            Failure::new(format!("`{app}` has no proxy"))
+                .hint("set `[proxy] port` in its drover.toml")
+        })
     }
 
     /// The app's proxy on its public port, bound once and kept for the app's life.
@@ -789,13 +774,7 @@ impl Agent {
 
     /// Points the app's proxy at the live generation's healthy instances (and the canary's).
     fn refresh_routes(&self, app: &str) {
-        let Some(proxy) = self
-            .proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(app)
-            .cloned()
-        else {
+        let Some(proxy) = self.proxy(app) else {
             return;
         };
         let dir = AppDir::new(&self.root, app);
@@ -849,12 +828,7 @@ impl Agent {
             (t, b)
         };
         self.refresh_routes(app);
-        let proxy = self
-            .proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(app)
-            .cloned();
+        let proxy = self.proxy(app);
         std::thread::spawn(move || {
             if let Some(p) = proxy {
                 p.drain(&backends, drain);
@@ -1194,12 +1168,7 @@ impl Agent {
         let dir = AppDir::new(&self.root, app);
         let current = dir.current();
         let g = current.and_then(|c| dir.generation(c));
-        let proxy = self
-            .proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(app)
-            .cloned();
+        let proxy = self.proxy(app);
         let routes = proxy.as_ref().map(|p| p.routes());
         let apps = self.lock();
         let rt = apps.get(app);
@@ -1267,22 +1236,7 @@ impl Agent {
             proxy: proxy.map(|p| ProxyStatus {
                 port: p.port,
                 paused: p.paused(),
-                releases: p
-                    .metrics()
-                    .into_iter()
-                    .map(|m| ReleaseTraffic {
-                        release: m.release,
-                        requests: m.requests,
-                        responses_2xx: m.responses_2xx,
-                        responses_3xx: m.responses_3xx,
-                        responses_4xx: m.responses_4xx,
-                        responses_5xx: m.responses_5xx,
-                        open: m.open,
-                        p50_ms: m.p50_ms,
-                        p90_ms: m.p90_ms,
-                        p99_ms: m.p99_ms,
-                    })
-                    .collect(),
+                releases: p.metrics(),
             }),
             canary: rt
                 .and_then(|rt| rt.canary)

@@ -59,6 +59,9 @@ pub struct Backend {
     /// The release short id: the key of the metrics.
     pub release: String,
     inflight: AtomicUsize,
+    /// Each backend has its own connection pool: a new instance that gets a port an old
+    /// one used never inherits the old one's idle connections.
+    client: std::sync::OnceLock<Client<HttpConnector, PBody>>,
 }
 
 impl Backend {
@@ -67,6 +70,19 @@ impl Backend {
             addr,
             release: release.to_string(),
             inflight: AtomicUsize::new(0),
+            client: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn client(&self) -> &Client<HttpConnector, PBody> {
+        self.client.get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(Duration::from_secs(2)));
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(256)
+                .build(connector)
         })
     }
 
@@ -95,7 +111,6 @@ struct Shared {
     split_counter: AtomicU64,
     metrics: metrics::Registry,
     settings: Settings,
-    client: Client<HttpConnector, PBody>,
 }
 
 /// The agent's side of one app's proxy.
@@ -137,13 +152,7 @@ impl Runtime {
     ) -> std::io::Result<ProxyHandle> {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector);
+
         let shared = Arc::new(Shared {
             app: app.to_string(),
             routes: RwLock::new(Arc::new(Routes::default())),
@@ -155,7 +164,6 @@ impl Runtime {
             split_counter: AtomicU64::new(0),
             metrics: metrics::Registry::default(),
             settings,
-            client,
         });
         let stop = Arc::new(tokio::sync::Notify::new());
         let handle = ProxyHandle {
@@ -181,7 +189,7 @@ impl Runtime {
     pub fn serve_metrics(
         &self,
         listener: std::net::TcpListener,
-        proxies: Arc<Mutex<Vec<ProxyHandle>>>,
+        proxies: Arc<Mutex<Proxies>>,
     ) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
         self.rt.spawn(async move {
@@ -198,7 +206,7 @@ impl Runtime {
                         let text = {
                             let list = proxies.lock().unwrap_or_else(|e| e.into_inner());
                             metrics::prometheus(
-                                list.iter()
+                                list.values()
                                     .map(|p| (p.shared.app.as_str(), &p.shared.metrics)),
                             )
                         };
@@ -385,6 +393,17 @@ fn bucket(shared: &Shared, req: &Request<Incoming>) -> (u8, bool) {
     (((n * 37) % 100) as u8, true)
 }
 
+impl Shared {
+    /// Is this backend (the very same one, not just its address) in the route table?
+    fn routed(&self, b: &Arc<Backend>) -> bool {
+        let r = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        r.stable
+            .iter()
+            .chain(r.canary.iter())
+            .any(|x| Arc::ptr_eq(x, b))
+    }
+}
+
 /// Least in-flight requests, round robin among equals.
 fn pick(shared: &Shared, set: &[Arc<Backend>], skip: &[SocketAddr]) -> Option<Arc<Backend>> {
     let n = set.len();
@@ -448,18 +467,19 @@ async fn handle(
     }
 
     let (bucket, new_client) = bucket(&shared, &req);
-    let routes = shared
+    if shared
         .routes
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let use_canary = !routes.canary.is_empty() && bucket < routes.canary_weight;
-    let set = if use_canary {
-        &routes.canary
-    } else {
-        &routes.stable
-    };
-    if set.is_empty() {
+        .stable
+        .is_empty()
+        && shared
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .canary
+            .is_empty()
+    {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance");
     }
 
@@ -538,10 +558,32 @@ async fn handle(
     let method = parts.method.clone();
 
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempts = 0;
     loop {
+        attempts += 1;
+        // Route with the table as it is now: a switch may have happened since the last try.
+        let routes = shared
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let use_canary = !routes.canary.is_empty() && bucket < routes.canary_weight;
+        let set = if use_canary {
+            &routes.canary
+        } else {
+            &routes.stable
+        };
         let Some(backend) = pick(&shared, set, &tried).or_else(|| pick(&shared, set, &[])) else {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance");
         };
+        backend.inflight.fetch_add(1, Ordering::AcqRel);
+        let guard = InflightGuard(backend.clone());
+        // Counted after a switch took this backend out? It may already be past its drain:
+        // route again with the new table.
+        if attempts < 8 && !shared.routed(&backend) {
+            drop(guard);
+            continue;
+        }
         let uri: http::Uri = match format!("http://{}{}", backend.addr, path).parse() {
             Ok(u) => u,
             Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target"),
@@ -559,12 +601,13 @@ async fn handle(
         let mut out = Request::from_parts(parts.clone(), body);
         *out.uri_mut() = uri;
         *out.version_mut() = http::Version::HTTP_11;
-        backend.inflight.fetch_add(1, Ordering::AcqRel);
-        let guard = InflightGuard(backend.clone());
         let m = shared.metrics.release(&backend.release);
         m.open.fetch_add(1, Ordering::Relaxed);
-        let result =
-            tokio::time::timeout(shared.settings.request_timeout, shared.client.request(out)).await;
+        let result = tokio::time::timeout(
+            shared.settings.request_timeout,
+            backend.client().request(out),
+        )
+        .await;
         match result {
             Ok(Ok(mut resp)) => {
                 m.record(resp.status().as_u16(), started.elapsed());
@@ -608,7 +651,7 @@ async fn handle(
                 // A connection that never reached the app can be retried elsewhere.
                 let retryable = e.is_connect() && (buffered.is_some() || idempotent(&method));
                 tried.push(backend.addr);
-                if retryable && buffered.is_some() && tried.len() < set.len().max(1) + 2 {
+                if retryable && buffered.is_some() && attempts < 8 {
                     continue;
                 }
                 m.record(502, started.elapsed());

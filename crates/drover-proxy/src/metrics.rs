@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
-
 /// Upper bounds of the latency buckets, in microseconds.
 const BOUNDS_US: [u64; 16] = [
     250,
@@ -83,20 +81,8 @@ impl ReleaseMetrics {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Snapshot {
-    pub release: String,
-    pub requests: u64,
-    pub responses_2xx: u64,
-    pub responses_3xx: u64,
-    pub responses_4xx: u64,
-    pub responses_5xx: u64,
-    pub open: u64,
-    /// Upper bounds of the histogram bucket holding each quantile, in milliseconds.
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-}
+/// One release's counters, as the agent reports them.
+pub type Snapshot = drover_wire::ReleaseTraffic;
 
 #[derive(Default)]
 pub struct Registry {

@@ -227,21 +227,11 @@ fn the_agent_restarting_does_not_stop_the_apps() {
     let mut agent = cx.start_agent();
     let v1 = cx.hello_app("v1", "1", "");
     cx.drover(&["deploy", v1.to_str().unwrap()]).success();
-    let pids: Vec<u64> = cx.app_status("hello")["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["pid"].as_u64().unwrap())
-        .collect();
+    let pids: Vec<u64> = cx.pids("hello");
     agent.kill9();
     serves_without_agent(&cx);
     let _agent2 = cx.start_agent();
-    let after: Vec<u64> = cx.app_status("hello")["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["pid"].as_u64().unwrap())
-        .collect();
+    let after: Vec<u64> = cx.pids("hello");
     assert_eq!(
         pids, after,
         "the restarted agent adopted the running instances"

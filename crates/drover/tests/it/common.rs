@@ -262,6 +262,16 @@ impl TestContext {
             .unwrap_or_else(|| panic!("no {app} in {all}"))
     }
 
+    /// Pids of all the app's instances, in status order.
+    pub fn pids(&self, app: &str) -> Vec<u64> {
+        self.app_status(app)["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["pid"].as_u64().unwrap())
+            .collect()
+    }
+
     /// Ports of the live generation's running http instances.
     pub fn live_ports(&self, app: &str) -> Vec<u16> {
         let a = self.app_status(app);

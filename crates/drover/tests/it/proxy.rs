@@ -455,12 +455,7 @@ fn blue_green_rollback_is_an_instant_switch_to_warm_instances() {
     let v1 = proxied(&cx, "v1", "1", port, bg);
     let v2 = proxied(&cx, "v2", "2", port, bg);
     cx.drover(&["deploy", v1.to_str().unwrap()]).success();
-    let blue: Vec<u64> = cx.app_status("hello")["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["pid"].as_u64().unwrap())
-        .collect();
+    let blue: Vec<u64> = cx.pids("hello");
     cx.drover(&["deploy", v2.to_str().unwrap()]).success();
     assert!(http_get(port, "/").unwrap().1.contains("version 2"));
     // The old instances are still running, out of traffic.
@@ -535,12 +530,7 @@ fn replacing_the_agent_under_load_refuses_no_connection() {
     let v1 = proxied(&cx, "v1", "1", port, "");
     instances(&v1, 2);
     cx.drover(&["deploy", v1.to_str().unwrap()]).success();
-    let pids: Vec<u64> = cx.app_status("hello")["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["pid"].as_u64().unwrap())
-        .collect();
+    let pids: Vec<u64> = cx.pids("hello");
 
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Load::default());
@@ -585,12 +575,7 @@ fn replacing_the_agent_under_load_refuses_no_connection() {
         "{:?}",
         stats.errors.lock().unwrap()
     );
-    let after: Vec<u64> = cx.app_status("hello")["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["pid"].as_u64().unwrap())
-        .collect();
+    let after: Vec<u64> = cx.pids("hello");
     assert_eq!(after, pids, "the apps kept running through the upgrade");
     // The new agent now serves deploys and owns the port.
     let v2 = proxied(&cx, "v2", "2", port, "");
