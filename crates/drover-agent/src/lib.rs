@@ -116,6 +116,8 @@ struct InstanceSpec {
     stop_timeout: Duration,
     /// The release's short id: the proxy's metrics key.
     release: String,
+    /// The generation's secrets file, encrypted; decrypted at each start, in memory only.
+    secrets: Option<String>,
 }
 
 fn release_key(spec: &InstanceSpec) -> String {
@@ -137,6 +139,8 @@ pub struct Agent {
     apps: Mutex<HashMap<String, AppRt>>,
     proxy_rt: std::sync::OnceLock<drover_proxy::Runtime>,
     proxies: Arc<Mutex<HashMap<String, ProxyHandle>>>,
+    /// This host's age identity: the key its apps' secrets are encrypted to.
+    identity: drover_config::secrets::Identity,
     /// Listening sockets handed over by the agent this one replaced, by port.
     inherited: Mutex<HashMap<u16, std::net::TcpListener>>,
 }
@@ -204,6 +208,8 @@ impl Agent {
             proxy_rt: std::sync::OnceLock::new(),
             proxies: Arc::new(Mutex::new(HashMap::new())),
             inherited: Mutex::new(inherited),
+            identity: drover_config::secrets::Identity::load_or_create(&host_key_path(&root))
+                .map_err(std::io::Error::other)?,
         });
         agent.recover();
         if let Some(addr) = opts.metrics {
@@ -278,13 +284,31 @@ impl Agent {
                 release,
                 who,
                 canary,
+                environment,
+                env_layer,
+                secrets,
             } => {
                 if canary.is_some_and(|w| w == 0 || w >= 100) {
                     return Err(Failure::new("--canary takes a percentage from 1 to 99"));
                 }
-                let app = self.deploy(&release, &who, canary, &mut out)?;
+                let layers = Layers {
+                    environment,
+                    env_layer,
+                    secrets,
+                };
+                let app = self.deploy(&release, &who, canary, layers, &mut out)?;
                 self.status_of(&app).map(to_json)
             }
+            Request::ConfigSet {
+                app,
+                set,
+                unset,
+                who,
+            } => {
+                self.config_set(&app, set, unset, &who, &mut out)?;
+                self.status_of(&app).map(to_json)
+            }
+            Request::ConfigList { app } => self.config_list(&app).map(to_json),
             Request::Promote { app, who } => {
                 self.promote(&app, &who, &mut out)?;
                 self.status_of(&app).map(to_json)
@@ -334,7 +358,14 @@ impl Agent {
 
     // ---- deploys ----------------------------------------------------------------
 
-    fn deploy(&self, query: &str, who: &str, canary: Option<u8>, out: &mut Out) -> Result<String> {
+    fn deploy(
+        &self,
+        query: &str,
+        who: &str,
+        canary: Option<u8>,
+        layers: Layers,
+        out: &mut Out,
+    ) -> Result<String> {
         let id = self.store.resolve(query)?;
         let manifest = self.store.manifest(&id)?;
         let app = manifest.app.clone();
@@ -354,6 +385,18 @@ impl Agent {
             id.short()
         ));
         let dir = AppDir::new(&self.root, &app);
+        // Host-side values carry over from the live generation.
+        let host_config = dir
+            .current()
+            .and_then(|c| dir.generation(c))
+            .map(|g| g.host_config)
+            .unwrap_or_default();
+        let (env, _) = self.check_config(
+            &manifest,
+            &layers.env_layer,
+            &host_config,
+            layers.secrets.as_deref(),
+        )?;
         dir.create()?;
         let generation = dir.next_number();
         let g = state::Generation {
@@ -368,12 +411,172 @@ impl Agent {
             } else {
                 "deploy".into()
             },
-            env: manifest.runtime.env.clone(),
+            env,
             instances_of: None,
+            environment: layers.environment,
+            env_layer: layers.env_layer,
+            host_config,
+            secrets: layers.secrets,
         };
         dir.write_generation(&g)?;
         self.switch(&dir, &g, &manifest, true, canary, out)?;
         Ok(app)
+    }
+
+    /// Merges the config layers (release < environment < host) and checks them against the
+    /// schema and the secrets, which must all decrypt here. Nothing is written.
+    fn check_config(
+        &self,
+        manifest: &Manifest,
+        env_layer: &BTreeMap<String, String>,
+        host_config: &BTreeMap<String, String>,
+        secrets: Option<&str>,
+    ) -> Result<(BTreeMap<String, String>, Vec<drover_wire::ConfigEntry>)> {
+        let mut env = BTreeMap::new();
+        let mut entries: BTreeMap<String, drover_wire::ConfigEntry> = BTreeMap::new();
+        for (layer, source) in [
+            (&manifest.runtime.env, "drover.toml [env]".to_string()),
+            (env_layer, "environment".to_string()),
+            (host_config, "host (drover config set)".to_string()),
+        ] {
+            for (k, v) in layer {
+                env.insert(k.clone(), v.clone());
+                entries.insert(
+                    k.clone(),
+                    drover_wire::ConfigEntry {
+                        key: k.clone(),
+                        value: Some(v.clone()),
+                        source: source.clone(),
+                        secret: false,
+                    },
+                );
+            }
+        }
+        if let Some(text) = secrets {
+            let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")
+                .map_err(secrets_failure)?;
+            // Decrypting now proves this host can start the app; the values are dropped
+            // (and zeroed) at once.
+            drop(
+                file.decrypt_all(&self.identity, "the secrets file")
+                    .map_err(secrets_failure)?,
+            );
+            for key in file.secrets.keys() {
+                if env.contains_key(key) {
+                    return Err(Failure::new(format!(
+                        "`{key}` is both a config value and a secret"
+                    ))
+                    .hint(format!(
+                        "remove one of them: `drover secrets rm {key}` or the [env] entry"
+                    )));
+                }
+                entries.insert(
+                    key.clone(),
+                    drover_wire::ConfigEntry {
+                        key: key.clone(),
+                        value: None,
+                        source: "secret".into(),
+                        secret: true,
+                    },
+                );
+            }
+        }
+        for key in &manifest.runtime.config.required {
+            if !entries.contains_key(key) {
+                return Err(Failure::new(format!(
+                    "required config key `{key}` is not set (drover.toml [config] required)"
+                ))
+                .hint(format!(
+                    "set it in [env], in the environment's env, with `drover config set {} {key}=...`, or as a secret",
+                    manifest.app
+                )));
+            }
+        }
+        Ok((env, entries.into_values().collect()))
+    }
+
+    fn live_generation(&self, app: &str) -> Result<(AppDir, state::Generation, Manifest)> {
+        let dir = self.app_dir(app)?;
+        let g = dir
+            .current()
+            .and_then(|c| dir.generation(c))
+            .ok_or_else(|| Failure::new(format!("app `{app}` has no live generation")))?;
+        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let manifest = self.store.manifest(&id)?;
+        Ok((dir, g, manifest))
+    }
+
+    fn config_set(
+        &self,
+        app: &str,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+        who: &str,
+        out: &mut Out,
+    ) -> Result<()> {
+        let (dir, live, manifest) = self.live_generation(app)?;
+        let _guard = self.claim(app, who)?;
+        let mut host_config = live.host_config.clone();
+        for key in &unset {
+            if host_config.remove(key).is_none() {
+                return Err(
+                    Failure::new(format!("`{key}` is not a host config value of `{app}`")).hint(
+                        format!("`drover config list {app}` shows each value's source"),
+                    ),
+                );
+            }
+        }
+        for (k, v) in set {
+            if !drover_config::valid_env_key(&k) {
+                return Err(Failure::new(format!(
+                    "`{k}` is not a valid environment variable name"
+                )));
+            }
+            host_config.insert(k, v);
+        }
+        let (env, _) = self.check_config(
+            &manifest,
+            &live.env_layer,
+            &host_config,
+            live.secrets.as_deref(),
+        )?;
+        let g = state::Generation {
+            generation: dir.next_number(),
+            release: live.release.clone(),
+            version: live.version.clone(),
+            who: who.to_string(),
+            created: state::now(),
+            from: Some(live.generation),
+            kind: "config".into(),
+            env,
+            instances_of: None,
+            environment: live.environment.clone(),
+            env_layer: live.env_layer.clone(),
+            host_config,
+            secrets: live.secrets.clone(),
+        };
+        dir.write_generation(&g)?;
+        out.event(format!(
+            "config changed: generation {} restarts {}@{}",
+            g.generation, app, g.version
+        ));
+        self.switch(&dir, &g, &manifest, false, None, out)
+    }
+
+    fn config_list(&self, app: &str) -> Result<Vec<drover_wire::ConfigEntry>> {
+        let (_, live, manifest) = self.live_generation(app)?;
+        let (_, mut entries) = self.check_config(
+            &manifest,
+            &live.env_layer,
+            &live.host_config,
+            live.secrets.as_deref(),
+        )?;
+        if let Some(e) = &live.environment {
+            for entry in entries.iter_mut().filter(|x| x.source == "environment") {
+                entry.source = format!("environment {e}");
+            }
+        }
+        Ok(entries)
     }
 
     fn rollback(&self, app: &str, to: Option<u64>, who: &str, out: &mut Out) -> Result<()> {
@@ -447,6 +650,12 @@ impl Agent {
                 Vec::new()
             }
         };
+        let full = dir.generation(target.generation).ok_or_else(|| {
+            Failure::new(format!(
+                "generation {} of `{app}` is unreadable",
+                target.generation
+            ))
+        })?;
         let g = state::Generation {
             generation: dir.next_number(),
             release: target.release.clone(),
@@ -455,8 +664,12 @@ impl Agent {
             created: state::now(),
             from: Some(target.generation),
             kind: "rollback".into(),
-            env: target.env.clone(),
+            env: full.env,
             instances_of: (!warm_pids.is_empty()).then_some(target_inst_gen),
+            environment: full.environment,
+            env_layer: full.env_layer,
+            host_config: full.host_config,
+            secrets: full.secrets,
         };
         dir.write_generation(&g)?;
         if !warm_pids.is_empty() {
@@ -520,8 +733,16 @@ impl Agent {
         if run_hook && let Some(hook) = &manifest.runtime.hooks.release {
             out.event(format!("running release hook `{hook}`"));
             let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
-            let env = base_env(&self.tag, &app, g, manifest);
-            match run_to_end(hook, &tree, &env, &log) {
+            let mut env = base_env(&self.tag, &app, g, manifest);
+            for (k, v) in self
+                .secrets_of(g.secrets.as_deref())
+                .map_err(|e| fail(e.0.message, vec![]))?
+            {
+                env.insert(k, v.to_string());
+            }
+            let ran = run_to_end(hook, &tree, &env, &log);
+            zero_values(&mut env);
+            match ran {
                 Ok(true) => {}
                 Ok(false) => {
                     return Err(fail(
@@ -706,6 +927,39 @@ impl Agent {
         std::process::exit(0);
     }
 
+    // ---- secrets ----------------------------------------------------------------------
+
+    fn secrets_of(
+        &self,
+        text: Option<&str>,
+    ) -> Result<BTreeMap<String, zeroize::Zeroizing<String>>> {
+        let Some(text) = text else {
+            return Ok(BTreeMap::new());
+        };
+        let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")
+            .map_err(secrets_failure)?;
+        file.decrypt_all(&self.identity, "the secrets file")
+            .map_err(secrets_failure)
+    }
+
+    /// Starts an instance with its secrets decrypted into its environment; the agent's
+    /// copies are zeroed as soon as the process exists.
+    fn launch(
+        &self,
+        spec: &InstanceSpec,
+        mut env: BTreeMap<String, String>,
+    ) -> std::io::Result<Child> {
+        let secrets = self
+            .secrets_of(spec.secrets.as_deref())
+            .map_err(|f| std::io::Error::other(f.0.message))?;
+        for (k, v) in &secrets {
+            env.insert(k.clone(), v.to_string());
+        }
+        let child = proc::spawn(&spec.command, &spec.dir, &env, &spec.log);
+        zero_values(&mut env);
+        child
+    }
+
     // ---- the proxy ------------------------------------------------------------------
 
     fn proxies_now(&self) -> HashMap<String, ProxyHandle> {
@@ -872,6 +1126,7 @@ impl Agent {
                             .join(format!("{}-{name}-{index}.log", g.instance_gen())),
                         stop_timeout: p.stop_timeout.0,
                         release: g.release[..12.min(g.release.len())].to_string(),
+                        secrets: g.secrets.clone(),
                     }),
                 ));
             }
@@ -897,7 +1152,7 @@ impl Agent {
         } else {
             None
         };
-        let child = proc::spawn(&spec.command, &spec.dir, &env, &spec.log)?;
+        let child = self.launch(&spec, env)?;
         let pid = child.id();
         let started = proc::start_time(pid).unwrap_or(0);
         let mut apps = self.lock();
@@ -1356,6 +1611,10 @@ impl Agent {
         let tree = self.store.materialise(&id)?;
         let mut env = base_env(&self.tag, app, &g, &manifest);
         env.remove(proc::ENV_ROOT);
+        // Over the 0600 socket to the CLI, which puts them in the task's environment.
+        for (k, v) in self.secrets_of(g.secrets.as_deref())? {
+            env.insert(k, v.to_string());
+        }
         Ok(RunSpec {
             dir: tree.display().to_string(),
             env,
@@ -1563,7 +1822,7 @@ impl Agent {
                         env.insert("PORT".into(), p.to_string());
                         i.port = Some(p);
                     }
-                    match proc::spawn(&i.spec.command, &i.spec.dir, &env, &i.spec.log) {
+                    match self.launch(&i.spec, env) {
                         Ok(child) => {
                             i.pid = child.id();
                             i.started = proc::start_time(i.pid).unwrap_or(0);
@@ -1647,6 +1906,32 @@ impl Agent {
 
 /// One new instance as seen by a health-wait round: pid, name, port, exit status, spec.
 type Probe = (u32, String, Option<u16>, Option<String>, Arc<InstanceSpec>);
+
+fn zero_values(env: &mut BTreeMap<String, String>) {
+    use zeroize::Zeroize;
+    for v in env.values_mut() {
+        v.zeroize();
+    }
+}
+
+/// What a deploy brings besides the release: the environment layer and the secrets.
+struct Layers {
+    environment: Option<String>,
+    env_layer: BTreeMap<String, String>,
+    secrets: Option<String>,
+}
+
+/// Where a root's host identity lives (`drover host key` prints its public key).
+pub fn host_key_path(root: &Path) -> PathBuf {
+    root.join("keys/host.age")
+}
+
+fn secrets_failure(e: drover_config::secrets::SecretsError) -> Failure {
+    let hint = e.hint();
+    let mut f = Failure::new(e.to_string());
+    f.0.hint = hint;
+    f
+}
 
 struct ClaimGuard<'a> {
     agent: &'a Agent,

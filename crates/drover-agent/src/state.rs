@@ -26,6 +26,17 @@ pub struct Generation {
     /// When this generation took over another's running (warm) instances: their generation.
     #[serde(default)]
     pub instances_of: Option<u64>,
+    /// The environment whose layer applies, and that layer.
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub env_layer: BTreeMap<String, String>,
+    /// Host-side values (`drover config set`): the top layer.
+    #[serde(default)]
+    pub host_config: BTreeMap<String, String>,
+    /// The secrets file as deployed: encrypted, never decrypted on disk.
+    #[serde(default)]
+    pub secrets: Option<String>,
 }
 
 impl Generation {
@@ -201,6 +212,12 @@ impl AppDir {
                         .map(|e| e.outcome.clone())
                         .unwrap_or_else(|| "pending".into()),
                     reason: last.and_then(|e| e.reason.clone()),
+                    secrets: g
+                        .secrets
+                        .as_deref()
+                        .and_then(|t| drover_config::secrets::SecretsFile::parse(t, "secrets").ok())
+                        .map(|f| f.secrets.into_keys().collect())
+                        .unwrap_or_default(),
                     env: g.env,
                 }
             })

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod secrets;
 mod template;
 pub use template::init_template;
 
@@ -29,10 +30,22 @@ pub struct Config {
     pub proxy: Option<Proxy>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// What the merged configuration must hold.
+    #[serde(default)]
+    pub config: ConfigSchema,
     #[serde(default)]
     pub hooks: Hooks,
     #[serde(default)]
     pub environments: BTreeMap<String, Environment>,
+}
+
+/// `[config] required = ["DATABASE_URL"]`: keys a deploy refuses to go without (from any
+/// layer, or a secret).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSchema {
+    #[serde(default)]
+    pub required: Vec<String>,
 }
 
 /// The part of `drover.toml` a release carries: how to run the app, not where.
@@ -43,6 +56,8 @@ pub struct Runtime {
     pub health: Option<Health>,
     pub proxy: Option<Proxy>,
     pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub config: ConfigSchema,
     pub hooks: Hooks,
 }
 
@@ -53,6 +68,7 @@ impl Config {
             health: self.health.clone(),
             proxy: self.proxy.clone(),
             env: self.env.clone(),
+            config: self.config.clone(),
             hooks: self.hooks.clone(),
         }
     }
@@ -381,6 +397,16 @@ impl Config {
                 ));
             }
         }
+        for key in &self.config.required {
+            if !valid_env_key(key) {
+                return Err((
+                    format!(
+                        "key `config.required`: `{key}` is not a valid environment variable name"
+                    ),
+                    None,
+                ));
+            }
+        }
         for (name, e) in &self.environments {
             for key in e.env.keys() {
                 if !valid_env_key(key) {
@@ -413,7 +439,7 @@ pub fn valid_version(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
 }
 
-fn valid_env_key(s: &str) -> bool {
+pub fn valid_env_key(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

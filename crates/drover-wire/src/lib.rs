@@ -24,6 +24,26 @@ pub enum Request {
         who: String,
         #[serde(default)]
         canary: Option<u8>,
+        /// The environment whose config layer applies (local deploys).
+        #[serde(default)]
+        environment: Option<String>,
+        /// That environment's `[environments.NAME.env]`.
+        #[serde(default)]
+        env_layer: BTreeMap<String, String>,
+        /// The secrets file, as it is: encrypted. The agent decrypts it only in memory.
+        #[serde(default)]
+        secrets: Option<String>,
+    },
+    /// Change host-side config values: a new generation with the same release.
+    ConfigSet {
+        app: String,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+        who: String,
+    },
+    /// The merged config of the live generation and where each value comes from.
+    ConfigList {
+        app: String,
     },
     Promote {
         app: String,
@@ -177,6 +197,18 @@ pub struct GenerationInfo {
     pub outcome: String,
     pub reason: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// Names of the secrets (values are never shown).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+/// One config key of an app: its value (none for a secret) and the layer it comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    pub key: String,
+    pub value: Option<String>,
+    pub source: String,
+    pub secret: bool,
 }
 
 /// The listening sockets passed from an agent to its replacement, in fd order.
@@ -227,6 +259,9 @@ mod tests {
             release: "abc".into(),
             who: "me".into(),
             canary: Some(10),
+            environment: None,
+            env_layer: BTreeMap::new(),
+            secrets: None,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

@@ -65,6 +65,12 @@ pub enum Command {
     Resume(crate::commands::deploy::AppArg),
     /// Run a one-off command in the live generation's environment: `drover run APP -- CMD`.
     Run(crate::commands::run::RunArgs),
+    /// Host-side config values (`set`, `unset`) and the merged config (`list`).
+    Config(crate::commands::config::ConfigArgs),
+    /// Age-encrypted secrets in the app directory (`set`, `list`, `rm`, `rekey`).
+    Secrets(crate::commands::secrets::SecretsArgs),
+    /// This host: `drover host key` prints its age public key.
+    Host(crate::commands::secrets::HostArgs),
     /// Show the files and config keys changed between two generations of an app.
     Diff(crate::commands::diff::DiffArgs),
 }

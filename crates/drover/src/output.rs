@@ -92,6 +92,8 @@ pub fn report_error(err: &anyhow::Error) {
     for cause in err.chain() {
         let hint = if let Some(e) = cause.downcast_ref::<drover_store::Error>() {
             e.hint()
+        } else if let Some(e) = cause.downcast_ref::<drover_config::secrets::SecretsError>() {
+            e.hint()
         } else {
             cause.downcast_ref::<Hinted>().map(|h| h.hint.clone())
         };

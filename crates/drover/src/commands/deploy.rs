@@ -21,6 +21,10 @@ pub struct DeployArgs {
     /// `drover promote APP` or `drover abort APP`. Needs `[proxy]`.
     #[arg(long, value_name = "PERCENT")]
     pub canary: Option<u8>,
+    /// Apply this environment's config layer (`[environments.NAME.env]`) and its secrets
+    /// file (`drover.secrets.NAME.toml`).
+    #[arg(short = 'e', long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -68,13 +72,78 @@ pub fn release_for(root: &Path, target: &str, version: Option<&str>) -> anyhow::
     Ok(store.resolve(target)?.to_hex())
 }
 
-pub fn deploy(root: &Path, release: String, canary: Option<u8>) -> anyhow::Result<AppStatus> {
+/// The config layer and secrets a deploy of an app directory brings.
+#[derive(Default)]
+pub struct Layers {
+    pub environment: Option<String>,
+    pub env_layer: std::collections::BTreeMap<String, String>,
+    pub secrets: Option<String>,
+}
+
+/// Reads the environment's layer from drover.toml and the (encrypted) secrets file.
+pub fn layers_for(target: &str, environment: Option<&str>) -> anyhow::Result<Layers> {
+    let dir = PathBuf::from(target);
+    if !dir.join(drover_config::FILE_NAME).is_file() {
+        if let Some(e) = environment {
+            return Err(output::hinted(
+                format!("-e {e} needs an app directory, to read its [environments.{e}]"),
+                "deploy the directory rather than a stored release",
+            ));
+        }
+        return Ok(Layers::default());
+    }
+    let config = drover_config::Config::load_dir(&dir)?;
+    let mut layers = Layers::default();
+    if let Some(e) = environment {
+        let env = config.environments.get(e).ok_or_else(|| {
+            let known: Vec<&str> = config.environments.keys().map(String::as_str).collect();
+            output::hinted(
+                format!(
+                    "{}: no environment `{e}`",
+                    dir.join(drover_config::FILE_NAME).display()
+                ),
+                if known.is_empty() {
+                    "add an [environments.NAME] table".to_string()
+                } else {
+                    format!("known environments: {}", known.join(", "))
+                },
+            )
+        })?;
+        if !env.hosts.is_empty() {
+            return Err(output::hinted(
+                format!(
+                    "environment `{e}` lists hosts: a fleet deploy over ssh is not part of this drover yet"
+                ),
+                "leave `hosts` out to deploy this machine with the environment's config",
+            ));
+        }
+        layers.environment = Some(e.to_string());
+        layers.env_layer = env.env.clone();
+    }
+    let path = drover_config::secrets::SecretsFile::path(&dir, environment);
+    if path.is_file() {
+        // Checked here for a clear error; sent as it is, encrypted.
+        drover_config::secrets::SecretsFile::load(&path)?;
+        layers.secrets = Some(std::fs::read_to_string(&path)?);
+    }
+    Ok(layers)
+}
+
+pub fn deploy(
+    root: &Path,
+    release: String,
+    canary: Option<u8>,
+    layers: Layers,
+) -> anyhow::Result<AppStatus> {
     let v = client::call(
         root,
         &Request::Deploy {
             release,
             who: client::who(),
             canary,
+            environment: layers.environment,
+            env_layer: layers.env_layer,
+            secrets: layers.secrets,
         },
         client::print_events,
     )?;
@@ -82,8 +151,9 @@ pub fn deploy(root: &Path, release: String, canary: Option<u8>) -> anyhow::Resul
 }
 
 pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
+    let layers = layers_for(&args.target, args.environment.as_deref())?;
     let release = release_for(root, &args.target, args.version.as_deref())?;
-    let status = deploy(root, release, args.canary)?;
+    let status = deploy(root, release, args.canary, layers)?;
     show(&status, args.json.json)
 }
 

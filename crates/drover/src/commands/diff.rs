@@ -27,6 +27,24 @@ struct Diff {
     env_added: Vec<String>,
     env_removed: Vec<String>,
     env_changed: Vec<String>,
+    /// Secrets by name only: a changed ciphertext counts as a change; values never show.
+    secrets_added: Vec<String>,
+    secrets_removed: Vec<String>,
+    secrets_changed: Vec<String>,
+}
+
+fn changes(
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let added = b.keys().filter(|k| !a.contains_key(*k)).cloned().collect();
+    let removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+    let changed = b
+        .iter()
+        .filter(|(k, v)| a.get(*k).is_some_and(|old| old != *v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    (added, removed, changed)
 }
 
 struct Resolved {
@@ -68,7 +86,12 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         ));
     }
     let store = super::open_store(root)?;
-    let load = |n: u64| -> anyhow::Result<(BTreeMap<String, Entry>, BTreeMap<String, String>)> {
+    type Loaded = (
+        BTreeMap<String, Entry>,
+        BTreeMap<String, String>,
+        BTreeMap<String, String>,
+    );
+    let load = |n: u64| -> anyhow::Result<Loaded> {
         let g = dir.generation(n).ok_or_else(|| {
             output::hinted(
                 format!("app `{}` has no generation {n}", args.app),
@@ -77,16 +100,24 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         })?;
         let id: drover_store::Hash = g.release.parse().map_err(anyhow::Error::msg)?;
         let m = store.manifest(&id)?;
+        let secrets = g
+            .secrets
+            .as_deref()
+            .map(|t| drover_config::secrets::SecretsFile::parse(t, "secrets"))
+            .transpose()?
+            .map(|f| f.secrets)
+            .unwrap_or_default();
         Ok((
             m.entries
                 .into_iter()
                 .map(|e| (e.path().to_string(), e))
                 .collect(),
             g.env,
+            secrets,
         ))
     };
-    let (fa, ea) = load(args.from)?;
-    let (fb, eb) = load(args.to)?;
+    let (fa, ea, sa) = load(args.from)?;
+    let (fb, eb, sb) = load(args.to)?;
     let mut d = Diff::default();
     for (p, e) in &fb {
         match fa.get(p) {
@@ -100,18 +131,8 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         .filter(|p| !fb.contains_key(*p))
         .cloned()
         .collect();
-    for (k, v) in &eb {
-        match ea.get(k) {
-            None => d.env_added.push(k.clone()),
-            Some(old) if old != v => d.env_changed.push(k.clone()),
-            _ => {}
-        }
-    }
-    d.env_removed = ea
-        .keys()
-        .filter(|k| !eb.contains_key(*k))
-        .cloned()
-        .collect();
+    (d.env_added, d.env_removed, d.env_changed) = changes(&ea, &eb);
+    (d.secrets_added, d.secrets_removed, d.secrets_changed) = changes(&sa, &sb);
     if args.json {
         return output::json(&d);
     }
@@ -131,6 +152,15 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
     ] {
         for k in list {
             println!("{mark} env {k}");
+        }
+    }
+    for (mark, list) in [
+        ("+", &d.secrets_added),
+        ("-", &d.secrets_removed),
+        ("~", &d.secrets_changed),
+    ] {
+        for k in list {
+            println!("{mark} secret {k} (value redacted)");
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod build;
 pub mod checkout;
+pub mod config;
 pub mod deploy;
 pub mod diff;
 pub mod gc;
@@ -12,6 +13,7 @@ pub mod logs;
 pub mod pack;
 pub mod releases;
 pub mod run;
+pub mod secrets;
 pub mod status;
 pub mod up;
 pub mod verify;
@@ -49,6 +51,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(a) => deploy::run_app_op(&root, a, |app, _| Request::Resume { app }),
         Command::Run(a) => run::run(&root, a),
         Command::Diff(a) => diff::run(&root, a),
+        Command::Config(a) => config::run(&root, a),
+        Command::Secrets(a) => secrets::run(&root, a),
+        Command::Host(a) => secrets::run_host(&root, a),
     }
 }
 

@@ -2,5 +2,6 @@
 
 mod agent;
 mod common;
+mod config;
 mod proxy;
 mod store;

@@ -1,0 +1,86 @@
+//! `drover config`: host-side config values (the top layer), and the merged view.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+use drover_wire::{AppStatus, ConfigEntry, Request};
+
+use crate::cli::JsonFlag;
+use crate::client;
+use crate::output::{self, hinted};
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Set KEY=VALUE pairs on this host: a new generation (same release), health-gated.
+    Set {
+        app: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Remove host-side keys: a new generation.
+    Unset {
+        app: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// The live generation's merged config and where each value comes from (secrets by name).
+    List {
+        app: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+pub fn run(root: &Path, args: ConfigArgs) -> anyhow::Result<()> {
+    match args.command {
+        ConfigCommand::Set { app, pairs } => {
+            let mut set = BTreeMap::new();
+            for p in pairs {
+                let (k, v) = p.split_once('=').ok_or_else(|| {
+                    hinted(
+                        format!("`{p}` is not KEY=VALUE"),
+                        "write e.g. `LOG_LEVEL=debug`",
+                    )
+                })?;
+                set.insert(k.to_string(), v.to_string());
+            }
+            let req = Request::ConfigSet {
+                app,
+                set,
+                unset: Vec::new(),
+                who: client::who(),
+            };
+            let v = client::call(root, &req, client::print_events)?;
+            super::status::print_status(&serde_json::from_value::<AppStatus>(v)?);
+        }
+        ConfigCommand::Unset { app, keys } => {
+            let req = Request::ConfigSet {
+                app,
+                set: BTreeMap::new(),
+                unset: keys,
+                who: client::who(),
+            };
+            let v = client::call(root, &req, client::print_events)?;
+            super::status::print_status(&serde_json::from_value::<AppStatus>(v)?);
+        }
+        ConfigCommand::List { app, json } => {
+            let v = client::call(root, &Request::ConfigList { app }, |_| {})?;
+            let entries: Vec<ConfigEntry> = serde_json::from_value(v)?;
+            if json.json {
+                return output::json(&entries);
+            }
+            for e in entries {
+                let value = e.value.as_deref().unwrap_or("(secret, redacted)");
+                println!("{}={value}    # {}", e.key, e.source);
+            }
+        }
+    }
+    Ok(())
+}

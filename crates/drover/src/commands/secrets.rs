@@ -1,0 +1,182 @@
+//! `drover secrets` and `drover host key`: age-encrypted secrets in a file safe to commit,
+//! encrypted to this host and the operator; and the host's public key.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use drover_config::secrets::{Identity, SecretsFile};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::cli::JsonFlag;
+use crate::output::{self, hinted};
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    /// The app directory whose secrets file to change.
+    #[arg(long, global = true, default_value = ".")]
+    pub dir: PathBuf,
+    /// The environment (`drover.secrets.ENV.toml`; default `drover.secrets.toml`).
+    #[arg(short = 'e', long = "env", global = true, value_name = "ENV")]
+    pub environment: Option<String>,
+    #[command(subcommand)]
+    pub command: SecretsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Set KEY; the value is read from stdin (or a hidden prompt), never from the command line.
+    Set {
+        key: String,
+        /// Also encrypt to this age public key (a host's `drover host key`, an operator's).
+        #[arg(long = "recipient", value_name = "AGE_KEY")]
+        recipients: Vec<String>,
+    },
+    /// List the secrets' names and the recipients (never the values).
+    List(JsonFlag),
+    /// Remove KEY.
+    Rm { key: String },
+    /// Re-encrypt every value to the recipients (after adding or removing some).
+    Rekey {
+        #[arg(long = "recipient", value_name = "AGE_KEY")]
+        add: Vec<String>,
+        #[arg(long = "remove-recipient", value_name = "AGE_KEY")]
+        remove: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    #[command(subcommand)]
+    pub command: HostCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Print this host's age public key: secrets must be encrypted to it to run here.
+    Key,
+}
+
+/// The operator's identity on this machine: lets `rekey` decrypt what it re-encrypts.
+fn operator(root: &Path) -> anyhow::Result<Identity> {
+    Ok(Identity::load_or_create(&root.join("keys/operator.age"))?)
+}
+
+fn host(root: &Path) -> anyhow::Result<Identity> {
+    Ok(Identity::load_or_create(&drover_agent::host_key_path(
+        root,
+    ))?)
+}
+
+pub fn run_host(root: &Path, args: HostArgs) -> anyhow::Result<()> {
+    match args.command {
+        HostCommand::Key => println!("{}", host(root)?.public()),
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Listing {
+    file: String,
+    secrets: Vec<String>,
+    recipients: Vec<String>,
+}
+
+pub fn run(root: &Path, args: SecretsArgs) -> anyhow::Result<()> {
+    if !args.dir.join(drover_config::FILE_NAME).is_file() {
+        return Err(hinted(
+            format!("{} has no {}", args.dir.display(), drover_config::FILE_NAME),
+            "pass the app directory with --dir",
+        ));
+    }
+    let path = SecretsFile::path(&args.dir, args.environment.as_deref());
+    let what = path.display().to_string();
+    let mut file = SecretsFile::load(&path)?.unwrap_or_default();
+    match args.command {
+        SecretsCommand::Set { key, recipients } => {
+            let value = read_value(&key)?;
+            let operator = operator(root)?;
+            let mut wanted = vec![operator.public(), host(root)?.public()];
+            wanted.extend(recipients);
+            let before = file.recipients.clone();
+            file.add_recipients(&wanted, &what)?;
+            if file.recipients != before && !file.secrets.is_empty() {
+                // New recipients must be able to read the values already there too.
+                file.rekey(&operator, &what)?;
+            }
+            file.set(&key, value.as_bytes(), &what)?;
+            file.save(&path)?;
+            eprintln!(
+                "set secret `{key}` in {what} ({} recipients)",
+                file.recipients.len()
+            );
+        }
+        SecretsCommand::List(json) => {
+            let listing = Listing {
+                file: what,
+                secrets: file.secrets.keys().cloned().collect(),
+                recipients: file.recipients.clone(),
+            };
+            if json.json {
+                output::json(&listing)?;
+            } else {
+                for s in &listing.secrets {
+                    println!("{s}");
+                }
+                eprintln!(
+                    "{} secrets in {}, encrypted to:",
+                    listing.secrets.len(),
+                    listing.file
+                );
+                for r in &listing.recipients {
+                    eprintln!("  {r}");
+                }
+            }
+        }
+        SecretsCommand::Rm { key } => {
+            if file.secrets.remove(&key).is_none() {
+                return Err(hinted(
+                    format!("{what}: no secret `{key}`"),
+                    "`drover secrets list` shows the names",
+                ));
+            }
+            file.save(&path)?;
+            eprintln!("removed secret `{key}` from {what}");
+        }
+        SecretsCommand::Rekey { add, remove } => {
+            let operator = operator(root)?;
+            file.add_recipients(&add, &what)?;
+            file.recipients.retain(|r| !remove.contains(r));
+            file.rekey(&operator, &what)?;
+            file.save(&path)?;
+            eprintln!(
+                "re-encrypted {} secrets in {what} to {} recipients",
+                file.secrets.len(),
+                file.recipients.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_value(key: &str) -> anyhow::Result<Zeroizing<String>> {
+    let stdin = std::io::stdin();
+    let value = if stdin.is_terminal() {
+        Zeroizing::new(rpassword::prompt_password(format!("value of {key}: "))?)
+    } else {
+        let mut v = Zeroizing::new(String::new());
+        stdin.lock().read_to_string(&mut v)?;
+        if v.ends_with('\n') {
+            v.pop();
+        }
+        v
+    };
+    if value.is_empty() {
+        return Err(hinted(
+            format!("no value given for `{key}`"),
+            "pipe it in: `printf %s \"$VALUE\" | drover secrets set KEY`",
+        ));
+    }
+    Ok(value)
+}
