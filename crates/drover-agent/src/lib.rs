@@ -286,6 +286,8 @@ impl Agent {
                 canary,
                 environment,
                 env_layer,
+                role,
+                role_layer,
                 secrets,
             } => {
                 if canary.is_some_and(|w| w == 0 || w >= 100) {
@@ -294,6 +296,8 @@ impl Agent {
                 let layers = Layers {
                     environment,
                     env_layer,
+                    role,
+                    role_layer,
                     secrets,
                 };
                 let app = self.deploy(&release, &who, canary, layers, &mut out)?;
@@ -394,6 +398,7 @@ impl Agent {
         let (env, _) = self.check_config(
             &manifest,
             &layers.env_layer,
+            &layers.role_layer,
             &host_config,
             layers.secrets.as_deref(),
         )?;
@@ -415,6 +420,8 @@ impl Agent {
             instances_of: None,
             environment: layers.environment,
             env_layer: layers.env_layer,
+            role: layers.role,
+            role_layer: layers.role_layer,
             host_config,
             secrets: layers.secrets,
         };
@@ -429,6 +436,7 @@ impl Agent {
         &self,
         manifest: &Manifest,
         env_layer: &BTreeMap<String, String>,
+        role_layer: &BTreeMap<String, String>,
         host_config: &BTreeMap<String, String>,
         secrets: Option<&str>,
     ) -> Result<(BTreeMap<String, String>, Vec<drover_wire::ConfigEntry>)> {
@@ -437,6 +445,7 @@ impl Agent {
         for (layer, source) in [
             (&manifest.runtime.env, "drover.toml [env]".to_string()),
             (env_layer, "environment".to_string()),
+            (role_layer, "role".to_string()),
             (host_config, "host (drover config set)".to_string()),
         ] {
             for (k, v) in layer {
@@ -537,6 +546,7 @@ impl Agent {
         let (env, _) = self.check_config(
             &manifest,
             &live.env_layer,
+            &live.role_layer,
             &host_config,
             live.secrets.as_deref(),
         )?;
@@ -552,6 +562,8 @@ impl Agent {
             instances_of: None,
             environment: live.environment.clone(),
             env_layer: live.env_layer.clone(),
+            role: live.role.clone(),
+            role_layer: live.role_layer.clone(),
             host_config,
             secrets: live.secrets.clone(),
         };
@@ -568,12 +580,18 @@ impl Agent {
         let (_, mut entries) = self.check_config(
             &manifest,
             &live.env_layer,
+            &live.role_layer,
             &live.host_config,
             live.secrets.as_deref(),
         )?;
         if let Some(e) = &live.environment {
             for entry in entries.iter_mut().filter(|x| x.source == "environment") {
                 entry.source = format!("environment {e}");
+            }
+        }
+        if let Some(r) = &live.role {
+            for entry in entries.iter_mut().filter(|x| x.source == "role") {
+                entry.source = format!("role {r}");
             }
         }
         Ok(entries)
@@ -668,6 +686,8 @@ impl Agent {
             instances_of: (!warm_pids.is_empty()).then_some(target_inst_gen),
             environment: full.environment,
             env_layer: full.env_layer,
+            role: full.role,
+            role_layer: full.role_layer,
             host_config: full.host_config,
             secrets: full.secrets,
         };
@@ -1918,6 +1938,8 @@ fn zero_values(env: &mut BTreeMap<String, String>) {
 struct Layers {
     environment: Option<String>,
     env_layer: BTreeMap<String, String>,
+    role: Option<String>,
+    role_layer: BTreeMap<String, String>,
     secrets: Option<String>,
 }
 

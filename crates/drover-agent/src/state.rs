@@ -31,6 +31,10 @@ pub struct Generation {
     pub environment: Option<String>,
     #[serde(default)]
     pub env_layer: BTreeMap<String, String>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub role_layer: BTreeMap<String, String>,
     /// Host-side values (`drover config set`): the top layer.
     #[serde(default)]
     pub host_config: BTreeMap<String, String>,

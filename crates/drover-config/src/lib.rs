@@ -201,6 +201,16 @@ pub struct Environment {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Named roles: a config layer above the environment's (`[environments.NAME.roles.ROLE]`).
+    #[serde(default)]
+    pub roles: BTreeMap<String, Role>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 /// A duration written as `"30s"`, `"500ms"`, `"2m"`, `"1h"` or a bare number of seconds.

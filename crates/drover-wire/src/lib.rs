@@ -30,6 +30,11 @@ pub enum Request {
         /// That environment's `[environments.NAME.env]`.
         #[serde(default)]
         env_layer: BTreeMap<String, String>,
+        /// The role whose layer applies above the environment's, and that layer.
+        #[serde(default)]
+        role: Option<String>,
+        #[serde(default)]
+        role_layer: BTreeMap<String, String>,
         /// The secrets file, as it is: encrypted. The agent decrypts it only in memory.
         #[serde(default)]
         secrets: Option<String>,
@@ -261,6 +266,8 @@ mod tests {
             canary: Some(10),
             environment: None,
             env_layer: BTreeMap::new(),
+            role: None,
+            role_layer: BTreeMap::new(),
             secrets: None,
         };
         let s = serde_json::to_string(&r).unwrap();

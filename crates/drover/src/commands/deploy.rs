@@ -25,6 +25,9 @@ pub struct DeployArgs {
     /// file (`drover.secrets.NAME.toml`).
     #[arg(short = 'e', long = "env", value_name = "ENV")]
     pub environment: Option<String>,
+    /// Also apply this role's layer (`[environments.ENV.roles.ROLE.env]`).
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<String>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -77,11 +80,17 @@ pub fn release_for(root: &Path, target: &str, version: Option<&str>) -> anyhow::
 pub struct Layers {
     pub environment: Option<String>,
     pub env_layer: std::collections::BTreeMap<String, String>,
+    pub role: Option<String>,
+    pub role_layer: std::collections::BTreeMap<String, String>,
     pub secrets: Option<String>,
 }
 
 /// Reads the environment's layer from drover.toml and the (encrypted) secrets file.
-pub fn layers_for(target: &str, environment: Option<&str>) -> anyhow::Result<Layers> {
+pub fn layers_for(
+    target: &str,
+    environment: Option<&str>,
+    role: Option<&str>,
+) -> anyhow::Result<Layers> {
     let dir = PathBuf::from(target);
     if !dir.join(drover_config::FILE_NAME).is_file() {
         if let Some(e) = environment {
@@ -119,6 +128,21 @@ pub fn layers_for(target: &str, environment: Option<&str>) -> anyhow::Result<Lay
         }
         layers.environment = Some(e.to_string());
         layers.env_layer = env.env.clone();
+        if let Some(r) = role {
+            let role_cfg = env.roles.get(r).ok_or_else(|| {
+                output::hinted(
+                    format!("environment `{e}` has no role `{r}`"),
+                    format!("add [environments.{e}.roles.{r}] to drover.toml"),
+                )
+            })?;
+            layers.role = Some(r.to_string());
+            layers.role_layer = role_cfg.env.clone();
+        }
+    } else if role.is_some() {
+        return Err(output::hinted(
+            "--role needs -e ENV",
+            "roles belong to an environment",
+        ));
     }
     let path = drover_config::secrets::SecretsFile::path(&dir, environment);
     if path.is_file() {
@@ -143,6 +167,8 @@ pub fn deploy(
             canary,
             environment: layers.environment,
             env_layer: layers.env_layer,
+            role: layers.role,
+            role_layer: layers.role_layer,
             secrets: layers.secrets,
         },
         client::print_events,
@@ -151,7 +177,11 @@ pub fn deploy(
 }
 
 pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
-    let layers = layers_for(&args.target, args.environment.as_deref())?;
+    let layers = layers_for(
+        &args.target,
+        args.environment.as_deref(),
+        args.role.as_deref(),
+    )?;
     let release = release_for(root, &args.target, args.version.as_deref())?;
     let status = deploy(root, release, args.canary, layers)?;
     show(&status, args.json.json)

@@ -35,6 +35,8 @@ pub enum SecretsCommand {
     },
     /// List the secrets' names and the recipients (never the values).
     List(JsonFlag),
+    /// Edit KEY's value in $EDITOR (a 0600 file in memory-backed /dev/shm, wiped after).
+    Edit { key: String },
     /// Remove KEY.
     Rm { key: String },
     /// Re-encrypt every value to the recipients (after adding or removing some).
@@ -134,6 +136,26 @@ pub fn run(root: &Path, args: SecretsArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        SecretsCommand::Edit { key } => {
+            let operator = operator(root)?;
+            let mut values = file.decrypt_all(&operator, &what)?;
+            let old = values.remove(&key).ok_or_else(|| {
+                hinted(
+                    format!("{what}: no secret `{key}`"),
+                    format!("create it with `drover secrets set {key}`"),
+                )
+            })?;
+            let new = edit_in_memory(&key, &old)?;
+            if new.is_empty() {
+                return Err(hinted(
+                    format!("empty value for `{key}`: nothing changed"),
+                    format!("remove it with `drover secrets rm {key}`"),
+                ));
+            }
+            file.set(&key, new.as_bytes(), &what)?;
+            file.save(&path)?;
+            eprintln!("updated secret `{key}` in {what}");
+        }
         SecretsCommand::Rm { key } => {
             if file.secrets.remove(&key).is_none() {
                 return Err(hinted(
@@ -158,6 +180,55 @@ pub fn run(root: &Path, args: SecretsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs $EDITOR on a 0600 file under /dev/shm (memory, not disk); overwrites it with zeros
+/// and removes it afterwards, whatever happens.
+fn edit_in_memory(key: &str, old: &str) -> anyhow::Result<Zeroizing<String>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = ["/dev/shm", "/run/user"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.is_dir())
+        .ok_or_else(|| {
+            hinted(
+                "no memory-backed directory (/dev/shm) to edit in",
+                "pipe the value into `drover secrets set` instead",
+            )
+        })?;
+    let path = dir.join(format!("drover-secret-{}-{key}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, old.as_bytes())?;
+    drop(f);
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&path)
+        .status();
+    let result = std::fs::read_to_string(&path).map(Zeroizing::new);
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::write(&path, vec![0u8; len as usize]);
+    let _ = std::fs::remove_file(&path);
+    let status = status?;
+    if !status.success() {
+        return Err(hinted(
+            format!("the editor `{editor}` failed ({status}): nothing changed"),
+            "set $EDITOR",
+        ));
+    }
+    let mut value = result?;
+    while value.ends_with('\n') {
+        value.pop();
+    }
+    Ok(value)
 }
 
 fn read_value(key: &str) -> anyhow::Result<Zeroizing<String>> {

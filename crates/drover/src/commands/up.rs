@@ -29,7 +29,7 @@ pub fn run(root: &Path, args: UpArgs) -> anyhow::Result<()> {
         args.version.as_deref(),
     )?;
     client::ensure_agent(root)?;
-    let layers = super::deploy::layers_for(&args.dir.display().to_string(), None)?;
+    let layers = super::deploy::layers_for(&args.dir.display().to_string(), None, None)?;
     let status = super::deploy::deploy(root, release, None, layers)?;
     super::status::print_status(&status);
     let port = status.proxy.as_ref().map(|p| p.port).or_else(|| {

@@ -83,6 +83,30 @@ fn a_secret_reaches_the_app_and_nothing_on_disk() {
         .success();
     assert_eq!(listed.stdout.trim(), "API_TOKEN");
 
+    // `edit` goes through $EDITOR on a file in memory, gone afterwards.
+    let edited = cx
+        .command()
+        .args([
+            "secrets",
+            "--dir",
+            v1.to_str().unwrap(),
+            "edit",
+            "API_TOKEN",
+        ])
+        .env("EDITOR", "sed -i s/very-secret/edited/")
+        .output()
+        .unwrap();
+    assert!(
+        edited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    let value = value.replace("very-secret", "edited");
+    assert!(fs::read_dir("/dev/shm").unwrap().flatten().all(|e| {
+        !e.file_name()
+            .to_string_lossy()
+            .starts_with("drover-secret-")
+    }));
     cx.drover(&["deploy", v1.to_str().unwrap()]).success();
     // The app's processes see it...
     assert_eq!(printenv(&cx, "API_TOKEN"), value);
@@ -256,7 +280,7 @@ fn config_layers_versioned_like_code() {
     let v1 = cx.hello_app(
         "v1",
         "1",
-        "[env]\nLOG_LEVEL = \"info\"\nREGION = \"app\"\n[environments.staging]\nenv = { REGION = \"eu-staging\" }\n",
+        "[env]\nLOG_LEVEL = \"info\"\nREGION = \"app\"\n[environments.staging]\nenv = { REGION = \"eu-staging\" }\n[environments.staging.roles.web]\nenv = { REGION = \"eu-web\" }\n",
     );
     cx.drover(&["deploy", v1.to_str().unwrap(), "-e", "staging"])
         .success();
@@ -299,6 +323,30 @@ fn config_layers_versioned_like_code() {
     assert_eq!(printenv(&cx, "LOG_LEVEL"), "debug");
     cx.drover(&["rollback", "hello", "--to", "1"]).success();
     assert_eq!(printenv(&cx, "LOG_LEVEL"), "info");
+
+    // A role's layer sits above its environment's.
+    cx.drover(&[
+        "deploy",
+        v1.to_str().unwrap(),
+        "-e",
+        "staging",
+        "--role",
+        "web",
+    ])
+    .success();
+    assert_eq!(printenv(&cx, "REGION"), "eu-web");
+    assert_eq!(source_of(&cx, "REGION"), "role web");
+    let run = cx
+        .drover(&[
+            "deploy",
+            v1.to_str().unwrap(),
+            "-e",
+            "staging",
+            "--role",
+            "db",
+        ])
+        .failure();
+    assert!(run.stderr.contains("no role `db`"), "{}", run.stderr);
 
     // Bad input: unknown environment, unknown key to unset, a bad pair.
     let run = cx
