@@ -6,6 +6,7 @@
 //! I/O: they swap the route table and read counters. The proxy runs on its own tokio runtime.
 
 mod metrics;
+mod pool;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,8 +22,6 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 pub use metrics::{ReleaseMetrics, Snapshot};
@@ -61,7 +60,9 @@ pub struct Backend {
     inflight: AtomicUsize,
     /// Each backend has its own connection pool: a new instance that gets a port an old
     /// one used never inherits the old one's idle connections.
-    client: std::sync::OnceLock<Client<HttpConnector, PBody>>,
+    pool: pool::Pool,
+    /// This backend's release counters (looked up once, not per request).
+    metrics: std::sync::OnceLock<Arc<ReleaseMetrics>>,
 }
 
 impl Backend {
@@ -70,19 +71,8 @@ impl Backend {
             addr,
             release: release.to_string(),
             inflight: AtomicUsize::new(0),
-            client: std::sync::OnceLock::new(),
-        })
-    }
-
-    fn client(&self) -> &Client<HttpConnector, PBody> {
-        self.client.get_or_init(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(Duration::from_secs(2)));
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(256)
-                .build(connector)
+            pool: pool::Pool::new(addr),
+            metrics: std::sync::OnceLock::new(),
         })
     }
 
@@ -132,10 +122,15 @@ impl Runtime {
     pub fn new() -> std::io::Result<Runtime> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-                    .min(4),
+                std::env::var("DROVER_PROXY_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| {
+                        std::thread::available_parallelism()
+                            .map(|n| n.get())
+                            .unwrap_or(2)
+                            .min(4)
+                    }),
             )
             .thread_name("drover-proxy")
             .enable_all()
@@ -500,7 +495,10 @@ async fn handle(
     };
     let (mut parts, body) = req.into_parts();
     let mut streamed_body: Option<Incoming> = None;
-    let buffered: Option<Bytes> = if !upgrade && declared.is_none_or(|l| l <= 1 << 20) {
+    let buffered: Option<Bytes> = if !upgrade && body.is_end_stream() {
+        // No body at all (most GETs): nothing to read.
+        Some(Bytes::new())
+    } else if !upgrade && declared.is_none_or(|l| l <= 1 << 20) {
         let limited = http_body_util::Limited::new(body, shared.settings.max_body as usize);
         match limited.collect().await {
             Ok(c) => Some(c.to_bytes()),
@@ -550,11 +548,20 @@ async fn handle(
             parts.headers.remove(h);
         }
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // Origin-form for the backend (`/path?query`); the client's Host header stays.
+    let origin: http::Uri = match parts.uri.path_and_query() {
+        Some(pq) => http::Uri::from(pq.clone()),
+        None => http::Uri::from_static("/"),
+    };
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, a);
+    }
+    parts.uri = origin;
     let method = parts.method.clone();
 
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -584,10 +591,6 @@ async fn handle(
             drop(guard);
             continue;
         }
-        let uri: http::Uri = match format!("http://{}{}", backend.addr, path).parse() {
-            Ok(u) => u,
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target"),
-        };
         let body: PBody = match (&buffered, streamed_body.take()) {
             (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
             (None, Some(incoming)) => incoming.boxed(),
@@ -599,15 +602,14 @@ async fn handle(
             }
         };
         let mut out = Request::from_parts(parts.clone(), body);
-        *out.uri_mut() = uri;
         *out.version_mut() = http::Version::HTTP_11;
-        let m = shared.metrics.release(&backend.release);
+        let m = backend
+            .metrics
+            .get_or_init(|| shared.metrics.release(&backend.release))
+            .clone();
         m.open.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(
-            shared.settings.request_timeout,
-            backend.client().request(out),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(shared.settings.request_timeout, backend.pool.send(out)).await;
         match result {
             Ok(Ok(mut resp)) => {
                 m.record(resp.status().as_u16(), started.elapsed());

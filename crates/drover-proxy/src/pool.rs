@@ -1,0 +1,101 @@
+//! Keep-alive connections to one backend: HTTP/1.1 senders reused while idle, a new
+//! connection when none is free. Lighter than a general-purpose client pool: one backend,
+//! one address, no DNS, no per-request pool key.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::PBody;
+
+const MAX_IDLE: usize = 256;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a request did not get an answer.
+#[derive(Debug)]
+pub enum SendError {
+    /// Never reached the backend: safe to try another instance.
+    Connect(String),
+    Http(hyper::Error),
+}
+
+impl SendError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<SendRequest<PBody>>>,
+}
+
+impl Pool {
+    pub fn new(addr: SocketAddr) -> Pool {
+        Pool {
+            addr,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection that can take a request now, if any. Busy ones (a body still
+    /// streaming) stay for later; closed ones go.
+    fn take_idle(&self) -> Option<SendRequest<PBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|s| !s.is_closed());
+        let i = idle.iter().rposition(|s| s.is_ready())?;
+        Some(idle.swap_remove(i))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<PBody>, SendError> {
+        let stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| SendError::Connect("timed out".into()))?
+                .map_err(|e| SendError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    pub async fn send(&self, req: Request<PBody>) -> Result<Response<Incoming>, SendError> {
+        let (mut sender, reused) = match self.take_idle() {
+            Some(s) => (s, true),
+            None => (self.connect().await?, false),
+        };
+        let resp = sender.send_request(req).await.map_err(|e| {
+            if reused && e.is_canceled() {
+                // The backend closed this idle connection before our request went out.
+                SendError::Connect(format!("stale keep-alive connection: {e}"))
+            } else {
+                SendError::Http(e)
+            }
+        })?;
+        // Back into the pool; it is reusable once this response's body has been read.
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE && !sender.is_closed() {
+            idle.push(sender);
+        }
+        Ok(resp)
+    }
+}
