@@ -151,7 +151,16 @@ impl Store {
 
     /// Stores an already-encoded chunk object (from an archive) after checking it.
     pub fn put_chunk_object(&self, h: &Hash, object: &[u8]) -> Result<()> {
-        self.write_atomic(&self.chunk_path(h), object, false)
+        // Staged beside its final name: 256 directories share the load of creating files,
+        // where one tmp/ directory would serialise every build thread on its lock.
+        let path = self.chunk_path(h);
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_file_name(format!(".tmp-{}-{n}", std::process::id()));
+        let result = self.write_via(&tmp, &path, object, false);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Moves a checked chunk object file (staged under `tmp/`) into place.
@@ -187,13 +196,17 @@ impl Store {
 
     fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> Result<()> {
         let tmp = self.tmp_path("obj");
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(data).at(&tmp)?;
+        self.write_via(&tmp, path, data, durable)
+    }
+
+    fn write_via(&self, tmp: &Path, path: &Path, data: &[u8], durable: bool) -> Result<()> {
+        let mut f = File::create(tmp).at(tmp)?;
+        f.write_all(data).at(tmp)?;
         if durable {
-            f.sync_all().at(&tmp)?;
+            f.sync_all().at(tmp)?;
         }
         drop(f);
-        fs::rename(&tmp, path).at(path)
+        fs::rename(tmp, path).at(path)
     }
 
     /// Makes everything written so far durable (one `syncfs` instead of an fsync per object).
@@ -648,6 +661,10 @@ impl Store {
     }
 
     fn all_chunks(&self) -> Result<Vec<Hash>> {
+        self.chunks_sweeping(false)
+    }
+
+    fn chunks_sweeping(&self, sweep_staged: bool) -> Result<Vec<Hash>> {
         let dir = self.dir.join("objects/chunks");
         let mut out = Vec::new();
         for sub in fs::read_dir(&dir).at(&dir)? {
@@ -656,6 +673,9 @@ impl Store {
                 let e = e.at(&sub)?;
                 if let Some(h) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
                     out.push(h);
+                } else if sweep_staged && e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    // Left by a crashed writer (gc holds the exclusive lock: no live ones).
+                    let _ = fs::remove_file(e.path());
                 }
             }
         }
@@ -707,7 +727,7 @@ impl Store {
                 live_files.insert(self.file_path(hash, mode));
             }
         }
-        for h in self.all_chunks()? {
+        for h in self.chunks_sweeping(true)? {
             if !live_chunks.contains(&h) {
                 let p = self.chunk_path(&h);
                 report.bytes_freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
