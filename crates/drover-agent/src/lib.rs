@@ -130,6 +130,8 @@ struct AppRt {
     deploying: Option<(String, u64)>,
     /// A canary in progress: its generation and traffic weight.
     canary: Option<(u64, u8)>,
+    /// The generation tag of the live instances, once known (saves reading `current`).
+    live_gen: Option<u64>,
 }
 
 pub struct Agent {
@@ -697,7 +699,7 @@ impl Agent {
                 "generation {} is still warm: switching without a start",
                 target.generation
             ));
-            return self.go_live(&dir, &g, &manifest, &warm_pids, out);
+            return self.go_live(&dir, &g, &manifest, &warm_pids, Instant::now(), out);
         }
         self.switch(&dir, &g, &manifest, false, None, out)
     }
@@ -790,6 +792,7 @@ impl Agent {
             self.stop_pids(&app, &started, true);
             return Err(fail(reason, details));
         }
+        let healthy_at = Instant::now();
 
         if let Some(weight) = canary {
             dir.record(g.generation, "canary", None)?;
@@ -808,7 +811,7 @@ impl Agent {
             ));
             return Ok(());
         }
-        self.go_live(dir, g, manifest, &started, out)
+        self.go_live(dir, g, manifest, &started, healthy_at, out)
     }
 
     /// The switch: `current` is renamed into place, the proxy routes to the `new` instances,
@@ -819,20 +822,19 @@ impl Agent {
         g: &state::Generation,
         manifest: &Manifest,
         new: &[u32],
+        healthy_at: Instant,
         out: &mut Out,
     ) -> Result<()> {
         let app = manifest.app.clone();
         let previous = dir.current();
+        // The switch is durable first (one rename), then traffic moves at once; the
+        // history lines follow.
         dir.set_current(g.generation)?;
-        dir.record(g.generation, "live", None)?;
-        dir.set_stopped(false)?;
-        if let Some(p) = previous.filter(|p| *p != g.generation) {
-            let _ = dir.record(p, "superseded", None);
-        }
         let old: Vec<u32> = {
             let mut apps = self.lock();
             let rt = apps.entry(app.clone()).or_default();
             rt.canary = None;
+            rt.live_gen = Some(g.instance_gen());
             for i in rt.instances.iter_mut() {
                 if new.contains(&i.pid) {
                     i.supervised = true;
@@ -846,12 +848,19 @@ impl Agent {
                 .collect()
         };
         self.refresh_routes(&app);
+        let moved = healthy_at.elapsed();
+        dir.record(g.generation, "live", None)?;
+        dir.set_stopped(false)?;
+        if let Some(p) = previous.filter(|p| *p != g.generation) {
+            let _ = dir.record(p, "superseded", None);
+        }
         let proxy = manifest.runtime.proxy.as_ref();
         if proxy.is_some_and(|p| p.strategy == drover_config::Strategy::BlueGreen) {
             let keep = proxy.map(|p| p.keep_warm.0).unwrap_or_default();
             out.event(format!(
-                "generation {} is live; {} old instances stay warm for {}",
+                "generation {} is live (traffic moved {} µs after it was healthy); {} old instances stay warm for {}",
                 g.generation,
+                moved.as_micros(),
                 old.len(),
                 drover_config::Seconds(keep)
             ));
@@ -869,8 +878,9 @@ impl Agent {
             }
         } else {
             out.event(format!(
-                "generation {} is live; draining and stopping {} old instances",
+                "generation {} is live (traffic moved {} µs after it was healthy); draining and stopping {} old instances",
                 g.generation,
+                moved.as_micros(),
                 old.len()
             ));
             let drain = proxy.map(|p| p.drain_timeout.0).unwrap_or_default();
@@ -892,7 +902,7 @@ impl Agent {
         let manifest = self.store.manifest(&id)?;
         let pids = self.pids_of(app, gen_n);
         out.event(format!("promoting generation {gen_n} to all traffic"));
-        self.go_live(&dir, &g, &manifest, &pids, out)
+        self.go_live(&dir, &g, &manifest, &pids, Instant::now(), out)
     }
 
     fn abort(&self, app: &str, who: &str, out: &mut Out) -> Result<()> {
@@ -1051,11 +1061,13 @@ impl Agent {
         let Some(proxy) = self.proxy(app) else {
             return;
         };
-        let dir = AppDir::new(&self.root, app);
-        let live = dir
-            .current()
-            .and_then(|c| dir.generation(c))
-            .map(|g| g.instance_gen());
+        let cached = self.lock().get(app).and_then(|rt| rt.live_gen);
+        let live = cached.or_else(|| {
+            let dir = AppDir::new(&self.root, app);
+            dir.current()
+                .and_then(|c| dir.generation(c))
+                .map(|g| g.instance_gen())
+        });
         let apps = self.lock();
         let Some(rt) = apps.get(app) else { return };
         let pick = |gen_n: Option<u64>, strict: bool| -> Vec<Arc<Backend>> {
