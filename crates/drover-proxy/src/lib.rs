@@ -419,18 +419,6 @@ fn pick(shared: &Shared, set: &[Arc<Backend>], skip: &[SocketAddr]) -> Option<Ar
     best.cloned()
 }
 
-fn idempotent(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::PUT
-            | http::Method::DELETE
-            | http::Method::TRACE
-    )
-}
-
 async fn handle(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
@@ -562,8 +550,16 @@ async fn handle(
         parts.headers.insert(header::HOST, a);
     }
     parts.uri = origin;
-    let method = parts.method.clone();
 
+    // The request to the backend, built once; a failed attempt that never sent it hands it
+    // back for the next one (no copies of the head per attempt).
+    let body: PBody = match (buffered, streamed_body.take()) {
+        (Some(b), _) => Full::new(b).map_err(|n| match n {}).boxed(),
+        (None, Some(incoming)) => incoming.boxed(),
+        (None, None) => Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
+    };
+    parts.version = http::Version::HTTP_11;
+    let mut pending = Some(Request::from_parts(parts, body));
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempts = 0;
     loop {
@@ -591,18 +587,12 @@ async fn handle(
             drop(guard);
             continue;
         }
-        let body: PBody = match (&buffered, streamed_body.take()) {
-            (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
-            (None, Some(incoming)) => incoming.boxed(),
-            (None, None) => {
-                return plain(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream failed while the request body streamed",
-                );
-            }
+        let Some(out) = pending.take() else {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                "the upstream failed after the request was sent",
+            );
         };
-        let mut out = Request::from_parts(parts.clone(), body);
-        *out.version_mut() = http::Version::HTTP_11;
         let m = backend
             .metrics
             .get_or_init(|| shared.metrics.release(&backend.release))
@@ -647,13 +637,15 @@ async fn handle(
                 };
                 return Response::from_parts(p, tracked.boxed());
             }
-            Ok(Err(e)) => {
+            Ok(Err((e, unsent))) => {
                 m.open.fetch_sub(1, Ordering::Relaxed);
                 drop(guard);
-                // A connection that never reached the app can be retried elsewhere.
-                let retryable = e.is_connect() && (buffered.is_some() || idempotent(&method));
                 tried.push(backend.addr);
-                if retryable && buffered.is_some() && attempts < 8 {
+                // A request that never left can go to another instance.
+                if let Some(req) = unsent
+                    && attempts < 8
+                {
+                    pending = Some(req);
                     continue;
                 }
                 m.record(502, started.elapsed());

@@ -24,12 +24,6 @@ pub enum SendError {
     Http(hyper::Error),
 }
 
-impl SendError {
-    pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_))
-    }
-}
-
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -78,19 +72,31 @@ impl Pool {
         Ok(sender)
     }
 
-    pub async fn send(&self, req: Request<PBody>) -> Result<Response<Incoming>, SendError> {
+    /// Sends a request; on failure, hands the request back when it never left.
+    pub async fn send(
+        &self,
+        req: Request<PBody>,
+    ) -> Result<Response<Incoming>, (SendError, Option<Request<PBody>>)> {
         let (mut sender, reused) = match self.take_idle() {
             Some(s) => (s, true),
-            None => (self.connect().await?, false),
+            None => match self.connect().await {
+                Ok(s) => (s, false),
+                Err(e) => return Err((e, Some(req))),
+            },
         };
-        let resp = sender.send_request(req).await.map_err(|e| {
-            if reused && e.is_canceled() {
-                // The backend closed this idle connection before our request went out.
-                SendError::Connect(format!("stale keep-alive connection: {e}"))
-            } else {
-                SendError::Http(e)
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => {
+                let unsent = e.take_message();
+                let err = if reused && unsent.is_some() {
+                    // The backend closed this idle connection before our request went out.
+                    SendError::Connect(format!("stale keep-alive connection: {}", e.error()))
+                } else {
+                    SendError::Http(e.into_error())
+                };
+                return Err((err, unsent));
             }
-        })?;
+        };
         // Back into the pool; it is reusable once this response's body has been read.
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE && !sender.is_closed() {
