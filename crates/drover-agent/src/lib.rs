@@ -788,7 +788,12 @@ impl Agent {
                 }
             }
         }
+        if canary.is_none() {
+            // Prepared while the instances start: the switch will be a single rename.
+            dir.stage_current(g.generation)?;
+        }
         if let Err((reason, details)) = self.wait_healthy(&app, &started, manifest, out) {
+            dir.unstage_current(g.generation);
             self.stop_pids(&app, &started, true);
             return Err(fail(reason, details));
         }
@@ -827,9 +832,9 @@ impl Agent {
     ) -> Result<()> {
         let app = manifest.app.clone();
         let previous = dir.current();
-        // The switch is durable first (one rename), then traffic moves at once; the
-        // history lines follow.
-        dir.set_current(g.generation)?;
+        // The switch: `current` is renamed into place (prepared and fsynced beforehand),
+        // traffic moves at once, then the directory is synced and the history written.
+        dir.switch_current(g.generation)?;
         let old: Vec<u32> = {
             let mut apps = self.lock();
             let rt = apps.entry(app.clone()).or_default();
@@ -849,6 +854,7 @@ impl Agent {
         };
         self.refresh_routes(&app);
         let moved = healthy_at.elapsed();
+        dir.sync()?;
         dir.record(g.generation, "live", None)?;
         dir.set_stopped(false)?;
         if let Some(p) = previous.filter(|p| *p != g.generation) {

@@ -110,9 +110,37 @@ impl AppDir {
             .ok()
     }
 
-    /// The atomic switch.
+    /// The atomic switch, all in one (write, fsync, rename, fsync the directory).
     pub fn set_current(&self, generation: u64) -> std::io::Result<()> {
         write_atomic(&self.dir.join("current"), generation.to_string().as_bytes())
+    }
+
+    /// Writes (and fsyncs) the next `current` beside the live one, ahead of the switch, so
+    /// the switch itself is one rename.
+    pub fn stage_current(&self, generation: u64) -> std::io::Result<()> {
+        let staged = self.dir.join(format!("current.{generation}"));
+        let mut f = File::create(&staged)?;
+        f.write_all(generation.to_string().as_bytes())?;
+        f.sync_all()
+    }
+
+    pub fn unstage_current(&self, generation: u64) {
+        let _ = fs::remove_file(self.dir.join(format!("current.{generation}")));
+    }
+
+    /// The switch: renames the staged `current` into place (staging it now if needed).
+    /// Durable once `sync` has run.
+    pub fn switch_current(&self, generation: u64) -> std::io::Result<()> {
+        let staged = self.dir.join(format!("current.{generation}"));
+        if !staged.exists() {
+            self.stage_current(generation)?;
+        }
+        fs::rename(&staged, self.dir.join("current"))
+    }
+
+    /// Makes the last switch durable (fsync of the app directory).
+    pub fn sync(&self) -> std::io::Result<()> {
+        File::open(&self.dir)?.sync_all()
     }
 
     pub fn stopped(&self) -> bool {

@@ -335,7 +335,9 @@ async fn accept_loop(
         let svc_shared = shared.clone();
         let svc = hyper::service::service_fn(move |req| {
             let shared = svc_shared.clone();
-            async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
+            // Boxed: the request's future is large, and moving it inline costs more than
+            // one allocation.
+            Box::pin(async move { Ok::<_, Infallible>(handle(shared, req, peer).await) })
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -450,23 +452,15 @@ async fn handle(
     }
 
     let (bucket, new_client) = bucket(&shared, &req);
-    if shared
-        .routes
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .stable
-        .is_empty()
-        && shared
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .canary
-            .is_empty()
-    {
+    let nothing_routed = {
+        let r = shared.routes.read().unwrap_or_else(|e| e.into_inner());
+        r.stable.is_empty() && r.canary.is_empty()
+    };
+    if nothing_routed {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance");
     }
 
-    // Bodies up to 1 MiB are buffered so a request can be retried on another instance.
+    // Bodies up to 1 MiB are read first (the size limit applies to chunked ones too).
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
