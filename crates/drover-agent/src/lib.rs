@@ -1674,6 +1674,7 @@ impl Agent {
         let mut strays: Vec<(u32, Duration)> = Vec::new();
         for app in apps(&self.root) {
             let dir = AppDir::new(&self.root, &app);
+            dir.sweep_staged();
             let current = dir.current();
             for h in dir.history() {
                 if h.outcome == "pending" {

@@ -124,6 +124,17 @@ impl AppDir {
         f.sync_all()
     }
 
+    /// Removes staged switches a crash left behind.
+    pub fn sweep_staged(&self) {
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("current.") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     pub fn unstage_current(&self, generation: u64) {
         let _ = fs::remove_file(self.dir.join(format!("current.{generation}")));
     }

@@ -67,7 +67,7 @@ pub enum Command {
     Run(crate::commands::run::RunArgs),
     /// Host-side config values (`set`, `unset`) and the merged config (`list`).
     Config(crate::commands::config::ConfigArgs),
-    /// Age-encrypted secrets in the app directory (`set`, `list`, `rm`, `rekey`).
+    /// Age-encrypted secrets in the app directory (`set`, `list`, `edit`, `rm`, `rekey`).
     Secrets(crate::commands::secrets::SecretsArgs),
     /// This host: `drover host key` prints its age public key.
     Host(crate::commands::secrets::HostArgs),
