@@ -1639,13 +1639,8 @@ impl Agent {
     }
 
     fn run_spec(&self, app: &str) -> Result<RunSpec> {
-        let dir = self.app_dir(app)?;
-        let g = dir
-            .current()
-            .and_then(|c| dir.generation(c))
-            .ok_or_else(|| Failure::new(format!("app `{app}` has no live generation")))?;
+        let (_, g, manifest) = self.live_generation(app)?;
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
         let tree = self.store.materialise(&id)?;
         let mut env = base_env(&self.tag, app, &g, &manifest);
         env.remove(proc::ENV_ROOT);
