@@ -673,7 +673,7 @@ fn kill_9_during_build_or_unpack_leaves_a_store_that_verifies() {
     };
     // Kill builds at several points: after a few new chunks, after many.
     let mut killed_midway = 0;
-    for (round, threshold) in [5usize, 200, 800].into_iter().enumerate() {
+    for (round, threshold) in [5usize, 60, 150].into_iter().enumerate() {
         fs::write(app.join("round.txt"), format!("{round}")).unwrap();
         let base = count_chunks();
         let mut child = cx
