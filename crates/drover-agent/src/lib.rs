@@ -120,8 +120,9 @@ struct InstanceSpec {
     secrets: Option<String>,
 }
 
-fn release_key(spec: &InstanceSpec) -> String {
-    spec.release.clone()
+/// What the proxy routes to for an instance listening on `port`.
+fn backend_for(spec: &InstanceSpec, port: u16) -> Arc<Backend> {
+    Backend::new(([127, 0, 0, 1], port).into(), &spec.release)
 }
 
 #[derive(Default)]
@@ -391,64 +392,58 @@ impl Agent {
             id.short()
         ));
         let dir = AppDir::new(&self.root, &app);
-        // Host-side values carry over from the live generation.
-        let host_config = dir
-            .current()
-            .and_then(|c| dir.generation(c))
-            .map(|g| g.host_config)
-            .unwrap_or_default();
-        let (env, _) = self.check_config(
-            &manifest,
-            &layers.env_layer,
-            &layers.role_layer,
-            &host_config,
-            layers.secrets.as_deref(),
-        )?;
-        dir.create()?;
-        let generation = dir.next_number();
-        let g = state::Generation {
-            generation,
+        let from = dir.current();
+        let mut g = state::Generation {
+            generation: dir.next_number(),
             release: id.to_hex(),
             version: manifest.version.clone(),
             who: who.to_string(),
             created: state::now(),
-            from: dir.current(),
+            from,
             kind: if canary.is_some() {
                 "canary".into()
             } else {
                 "deploy".into()
             },
-            env,
+            env: BTreeMap::new(),
             instances_of: None,
             environment: layers.environment,
             env_layer: layers.env_layer,
             role: layers.role,
             role_layer: layers.role_layer,
-            host_config,
+            // Host-side values carry over from the live generation.
+            host_config: from
+                .and_then(|c| dir.generation(c))
+                .map(|g| g.host_config)
+                .unwrap_or_default(),
             secrets: layers.secrets,
         };
+        g.env = self.check_config(&manifest, &g)?.0;
+        dir.create()?;
         dir.write_generation(&g)?;
         self.switch(&dir, &g, &manifest, true, canary, out)?;
         Ok(app)
     }
 
-    /// Merges the config layers (release < environment < host) and checks them against the
-    /// schema and the secrets, which must all decrypt here. Nothing is written.
+    /// Merges a generation's config layers (release < environment < role < host) and checks
+    /// them against the schema and its secrets, which must all decrypt here. Returns the
+    /// merged environment and every key with its source. Nothing is written.
     fn check_config(
         &self,
         manifest: &Manifest,
-        env_layer: &BTreeMap<String, String>,
-        role_layer: &BTreeMap<String, String>,
-        host_config: &BTreeMap<String, String>,
-        secrets: Option<&str>,
+        g: &state::Generation,
     ) -> Result<(BTreeMap<String, String>, Vec<drover_wire::ConfigEntry>)> {
         let mut env = BTreeMap::new();
         let mut entries: BTreeMap<String, drover_wire::ConfigEntry> = BTreeMap::new();
+        let named = |kind: &str, name: &Option<String>| match name {
+            Some(n) => format!("{kind} {n}"),
+            None => kind.to_string(),
+        };
         for (layer, source) in [
             (&manifest.runtime.env, "drover.toml [env]".to_string()),
-            (env_layer, "environment".to_string()),
-            (role_layer, "role".to_string()),
-            (host_config, "host (drover config set)".to_string()),
+            (&g.env_layer, named("environment", &g.environment)),
+            (&g.role_layer, named("role", &g.role)),
+            (&g.host_config, "host (drover config set)".to_string()),
         ] {
             for (k, v) in layer {
                 env.insert(k.clone(), v.clone());
@@ -463,7 +458,7 @@ impl Agent {
                 );
             }
         }
-        if let Some(text) = secrets {
+        if let Some(text) = g.secrets.as_deref() {
             let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")
                 .map_err(secrets_failure)?;
             // Decrypting now proves this host can start the app; the values are dropped
@@ -545,30 +540,18 @@ impl Agent {
             }
             host_config.insert(k, v);
         }
-        let (env, _) = self.check_config(
-            &manifest,
-            &live.env_layer,
-            &live.role_layer,
-            &host_config,
-            live.secrets.as_deref(),
-        )?;
-        let g = state::Generation {
+        // Same release, layers and secrets as the live generation; new host values.
+        let mut g = state::Generation {
             generation: dir.next_number(),
-            release: live.release.clone(),
-            version: live.version.clone(),
             who: who.to_string(),
             created: state::now(),
             from: Some(live.generation),
             kind: "config".into(),
-            env,
             instances_of: None,
-            environment: live.environment.clone(),
-            env_layer: live.env_layer.clone(),
-            role: live.role.clone(),
-            role_layer: live.role_layer.clone(),
             host_config,
-            secrets: live.secrets.clone(),
+            ..live
         };
+        g.env = self.check_config(&manifest, &g)?.0;
         dir.write_generation(&g)?;
         out.event(format!(
             "config changed: generation {} restarts {}@{}",
@@ -579,24 +562,7 @@ impl Agent {
 
     fn config_list(&self, app: &str) -> Result<Vec<drover_wire::ConfigEntry>> {
         let (_, live, manifest) = self.live_generation(app)?;
-        let (_, mut entries) = self.check_config(
-            &manifest,
-            &live.env_layer,
-            &live.role_layer,
-            &live.host_config,
-            live.secrets.as_deref(),
-        )?;
-        if let Some(e) = &live.environment {
-            for entry in entries.iter_mut().filter(|x| x.source == "environment") {
-                entry.source = format!("environment {e}");
-            }
-        }
-        if let Some(r) = &live.role {
-            for entry in entries.iter_mut().filter(|x| x.source == "role") {
-                entry.source = format!("role {r}");
-            }
-        }
-        Ok(entries)
+        Ok(self.check_config(&manifest, &live)?.1)
     }
 
     fn rollback(&self, app: &str, to: Option<u64>, who: &str, out: &mut Out) -> Result<()> {
@@ -676,22 +642,15 @@ impl Agent {
                 target.generation
             ))
         })?;
+        // The target's release, config and secrets, as a new generation.
         let g = state::Generation {
             generation: dir.next_number(),
-            release: target.release.clone(),
-            version: target.version.clone(),
             who: who.to_string(),
             created: state::now(),
             from: Some(target.generation),
             kind: "rollback".into(),
-            env: full.env,
             instances_of: (!warm_pids.is_empty()).then_some(target_inst_gen),
-            environment: full.environment,
-            env_layer: full.env_layer,
-            role: full.role,
-            role_layer: full.role_layer,
-            host_config: full.host_config,
-            secrets: full.secrets,
+            ..full
         };
         dir.write_generation(&g)?;
         if !warm_pids.is_empty() {
@@ -783,7 +742,7 @@ impl Agent {
             match self.spawn_instance(&app, &process, index, g.generation, spec, false) {
                 Ok(pid) => started.push(pid),
                 Err(e) => {
-                    self.stop_pids(&app, &started, true);
+                    self.stop_now(&app, &started);
                     return Err(fail(format!("cannot start {process}.{index}: {e}"), vec![]));
                 }
             }
@@ -794,7 +753,7 @@ impl Agent {
         }
         if let Err((reason, details)) = self.wait_healthy(&app, &started, manifest, out) {
             dir.unstage_current(g.generation);
-            self.stop_pids(&app, &started, true);
+            self.stop_now(&app, &started);
             return Err(fail(reason, details));
         }
         let healthy_at = Instant::now();
@@ -1104,11 +1063,14 @@ impl Agent {
         });
     }
 
-    /// Takes instances out of traffic, lets their requests finish, then stops them.
-    fn retire(&self, app: &str, pids: &[u32], drain: Duration) {
+    /// Takes instances out of traffic, lets their requests finish (up to `drain`), then
+    /// stops them (SIGTERM to each group, SIGKILL after its stop timeout), in the background.
+    fn retire(&self, app: &str, pids: &[u32], drain: Duration) -> std::thread::JoinHandle<()> {
         let (targets, backends) = {
             let mut apps = self.lock();
-            let Some(rt) = apps.get_mut(app) else { return };
+            let Some(rt) = apps.get_mut(app) else {
+                return std::thread::spawn(|| {});
+            };
             let mut t: Vec<(u32, Duration)> = Vec::new();
             let mut b: Vec<Arc<Backend>> = Vec::new();
             for i in rt.instances.iter_mut().filter(|i| pids.contains(&i.pid)) {
@@ -1126,7 +1088,7 @@ impl Agent {
                 p.drain(&backends, drain);
             }
             stop_groups(&targets);
-        });
+        })
     }
 
     fn specs(
@@ -1208,8 +1170,7 @@ impl Agent {
                 restarts: 0,
                 healthy: false,
                 supervised,
-                backend: port
-                    .map(|p| Backend::new(([127, 0, 0, 1], p).into(), &release_key(&spec))),
+                backend: port.map(|p| backend_for(&spec, p)),
                 warm_until: None,
                 probe_failures: 0,
                 phase: Phase::Running,
@@ -1340,27 +1301,10 @@ impl Agent {
         }
     }
 
-    /// Stops instances: SIGTERM to each process group, SIGKILL after the stop timeout.
-    /// `wait` blocks until they are gone; otherwise they drain in the background.
-    fn stop_pids(&self, app: &str, pids: &[u32], wait: bool) {
-        let targets: Vec<(u32, Duration)> = {
-            let mut apps = self.lock();
-            let Some(rt) = apps.get_mut(app) else { return };
-            rt.instances
-                .iter_mut()
-                .filter(|i| pids.contains(&i.pid))
-                .map(|i| {
-                    i.supervised = false;
-                    i.phase = Phase::Stopping;
-                    (i.pid, i.spec.stop_timeout)
-                })
-                .collect()
-        };
-        let handle = std::thread::spawn(move || stop_groups(&targets));
-        if wait {
-            let _ = handle.join();
-            self.reap(app);
-        }
+    /// Stops instances now (no drain) and waits until they are gone.
+    fn stop_now(&self, app: &str, pids: &[u32]) {
+        let _ = self.retire(app, pids, Duration::ZERO).join();
+        self.reap(app);
     }
 
     /// Drops stopped instances that are gone (reaping our own children).
@@ -1386,7 +1330,7 @@ impl Agent {
             .get(app)
             .map(|rt| rt.instances.iter().map(|i| i.pid).collect())
             .unwrap_or_default();
-        self.stop_pids(app, &pids, true);
+        self.stop_now(app, &pids);
         Ok(())
     }
 
@@ -1425,7 +1369,7 @@ impl Agent {
             )?);
         }
         if let Err((reason, details)) = self.wait_healthy(app, &started, &manifest, out) {
-            self.stop_pids(app, &started, true);
+            self.stop_now(app, &started);
             return Err(Failure::new(format!("start of `{app}` failed: {reason}")).details(details));
         }
         dir.set_stopped(false)?;
@@ -1731,9 +1675,7 @@ impl Agent {
                                 restarts: 0,
                                 healthy: true,
                                 supervised: true,
-                                backend: f.port.map(|p| {
-                                    Backend::new(([127, 0, 0, 1], p).into(), &release_key(&spec))
-                                }),
+                                backend: f.port.map(|p| backend_for(&spec, p)),
                                 warm_until: None,
                                 probe_failures: 0,
                                 phase: Phase::Running,
@@ -1865,9 +1807,7 @@ impl Agent {
                             i.phase = Phase::Running;
                             i.last_start = Instant::now();
                             i.probe_failures = 0;
-                            i.backend = i.port.map(|p| {
-                                Backend::new(([127, 0, 0, 1], p).into(), &release_key(&i.spec))
-                            });
+                            i.backend = i.port.map(|p| backend_for(&i.spec, p));
                             changed.push(app.clone());
                         }
                         Err(e) => {

@@ -190,11 +190,23 @@ impl AppDir {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// One past the highest generation number: from the file names, without reading them.
     pub fn next_number(&self) -> u64 {
-        self.generations()
-            .last()
-            .map(|g| g.generation + 1)
-            .unwrap_or(1)
+        fs::read_dir(self.dir.join("gens"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_suffix(".json")?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+            + 1
     }
 
     /// Records a new generation (once; never rewritten).
