@@ -63,6 +63,25 @@ pub struct SecretsFile {
     pub secrets: BTreeMap<String, String>,
 }
 
+/// Writes a file only its owner can read (0600), atomically and durably: key material.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
 /// An age identity (secret key), kept in a 0600 file.
 pub struct Identity(age::x25519::Identity);
 
@@ -88,25 +107,12 @@ impl Identity {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = age::x25519::Identity::generate();
-                if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent).map_err(io)?;
-                }
-                let tmp = path.with_extension("tmp");
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io)?;
                 let text = Zeroizing::new(format!(
                     "# public key: {}\n{}\n",
                     id.to_public(),
                     id.to_string().expose_secret()
                 ));
-                f.write_all(text.as_bytes()).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                fs::rename(&tmp, path).map_err(io)?;
+                write_private(path, text.as_bytes()).map_err(io)?;
                 Ok(Identity(id))
             }
             Err(e) => Err(io(e)),

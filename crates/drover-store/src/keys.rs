@@ -2,8 +2,7 @@
 //! and the signature that travels with every release. Public keys read `ed25519:<hex>`.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -139,20 +138,8 @@ impl Keyring {
     }
 
     fn write_secret(&self, key: &SigningKey) -> Result<()> {
-        fs::create_dir_all(&self.dir).at(&self.dir)?;
         let path = self.signing_path();
-        let tmp = self.dir.join(".signing.key.tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .at(&tmp)?;
-        f.write_all(secret_text(key).as_bytes()).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-        fs::rename(&tmp, &path).at(&path)?;
-        Ok(())
+        drover_config::secrets::write_private(&path, secret_text(key).as_bytes()).at(&path)
     }
 
     pub fn public_key(&self) -> Result<PublicKey> {

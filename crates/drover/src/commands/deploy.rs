@@ -214,30 +214,6 @@ pub fn run_app_op(
     show(&serde_json::from_value(v)?, args.json.json)
 }
 
-pub fn run_stop(root: &Path, args: AppArg) -> anyhow::Result<()> {
-    let v = client::call(
-        root,
-        &Request::Stop {
-            app: args.app,
-            who: client::who(),
-        },
-        client::print_events,
-    )?;
-    show(&serde_json::from_value(v)?, args.json.json)
-}
-
-pub fn run_start(root: &Path, args: AppArg) -> anyhow::Result<()> {
-    let v = client::call(
-        root,
-        &Request::Start {
-            app: args.app,
-            who: client::who(),
-        },
-        client::print_events,
-    )?;
-    show(&serde_json::from_value(v)?, args.json.json)
-}
-
 /// The app, when the host runs exactly one.
 pub fn only_app(root: &Path) -> anyhow::Result<String> {
     let apps = drover_agent::apps(root);

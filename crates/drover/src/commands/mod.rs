@@ -41,8 +41,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::run_status(&root, a),
         Command::History(a) => status::run_history(&root, a),
         Command::Logs(a) => logs::run(&root, a),
-        Command::Stop(a) => deploy::run_stop(&root, a),
-        Command::Start(a) => deploy::run_start(&root, a),
+        Command::Stop(a) => deploy::run_app_op(&root, a, |app, who| Request::Stop { app, who }),
+        Command::Start(a) => deploy::run_app_op(&root, a, |app, who| Request::Start { app, who }),
         Command::Promote(a) => {
             deploy::run_app_op(&root, a, |app, who| Request::Promote { app, who })
         }
