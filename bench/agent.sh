@@ -82,20 +82,7 @@ cleanup() {
         kill -0 "$AGENT_PID" 2>/dev/null && kill -KILL "$AGENT_PID" 2>/dev/null
         wait "$AGENT_PID" 2>/dev/null
     fi
-    local left
-    left=$(tagged_pids | tr '\n' ' ')
-    if [[ -n "${left// /}" ]]; then
-        log "WARNING: processes left running under $ROOT: $left — killing them"
-        # shellcheck disable=SC2086
-        kill -KILL $left 2>/dev/null
-    else
-        log "cleanup: no app processes left under $ROOT"
-    fi
-    if [[ "$KEEP" == 1 ]]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
+    kill_leftovers
     exit "$rc"
 }
 trap cleanup EXIT

@@ -20,3 +20,21 @@ for p in os.listdir("/proc"):
         pass
 PY
 }
+
+# Kills whatever still runs under $ROOT (saying so), then removes $WORK unless KEEP=1.
+kill_leftovers() {
+    local left
+    left=$(tagged_pids | tr '\n' ' ')
+    if [[ -n "${left// /}" ]]; then
+        log "WARNING: processes left running under $ROOT: $left — killing them"
+        # shellcheck disable=SC2086
+        kill -KILL $left 2>/dev/null
+    else
+        log "cleanup: no app processes left under $ROOT"
+    fi
+    if [[ "$KEEP" == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}

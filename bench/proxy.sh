@@ -174,20 +174,7 @@ cleanup() {
         timeout 20 "$DROVER" --root "$ROOT" stop hello >/dev/null 2>&1
         stop_pid "$AGENT_PID"
     fi
-    local left
-    left=$(tagged_pids | tr '\n' ' ')
-    if [[ -n "${left// /}" ]]; then
-        log "WARNING: processes left running under $ROOT: $left — killing them"
-        # shellcheck disable=SC2086
-        kill -KILL $left 2>/dev/null
-    else
-        log "cleanup: no app processes left under $ROOT"
-    fi
-    if [[ "$KEEP" == 1 ]]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
+    kill_leftovers
     exit "$rc"
 }
 trap cleanup EXIT
