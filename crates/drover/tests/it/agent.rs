@@ -165,6 +165,12 @@ fn crashing_processes_restart_with_backoff() {
     assert!(logs.matches("worker.0 | started").count() >= 2, "{logs}");
     let text = cx.drover(&["status", "crashy"]).success().stdout;
     assert!(text.contains("restarts"), "{text}");
+    // The delay between restarts grows.
+    let agent_log = std::fs::read_to_string(cx.path("agent.log")).unwrap();
+    assert!(
+        agent_log.contains("restarting in 200ms") && agent_log.contains("restarting in 400ms"),
+        "{agent_log}"
+    );
 }
 
 #[test]
@@ -228,8 +234,9 @@ fn the_agent_restarting_does_not_stop_the_apps() {
     let v1 = cx.hello_app("v1", "1", "");
     cx.drover(&["deploy", v1.to_str().unwrap()]).success();
     let pids: Vec<u64> = cx.pids("hello");
+    let ports = cx.live_ports("hello");
     agent.kill9();
-    serves_without_agent(&cx);
+    serves_without_agent(&cx, &ports);
     let _agent2 = cx.start_agent();
     let after: Vec<u64> = cx.pids("hello");
     assert_eq!(
@@ -239,10 +246,16 @@ fn the_agent_restarting_does_not_stop_the_apps() {
     serves(&cx, "1");
 }
 
-fn serves_without_agent(cx: &TestContext) {
-    // Instances are found through /proc: they are still there and answering.
+fn serves_without_agent(cx: &TestContext, ports: &[u16]) {
+    // With no agent at all, the instances are still there and answering.
     let procs = tagged_processes(&cx.root);
     assert!(!procs.is_empty());
+    assert!(!ports.is_empty());
+    for port in ports {
+        let (code, body) = http_get(*port, "/").unwrap();
+        assert_eq!(code, 200);
+        assert!(body.contains("version 1"), "{body}");
+    }
 }
 
 #[test]

@@ -311,6 +311,8 @@ fn config_layers_versioned_like_code() {
     assert_eq!(status["release"], release);
     assert_eq!(printenv(&cx, "LOG_LEVEL"), "debug");
     assert_eq!(source_of(&cx, "LOG_LEVEL"), "host (drover config set)");
+    // The running instance itself got the new value, not only `drover run`.
+    assert_eq!(instance_env(&cx, "LOG_LEVEL").as_deref(), Some("debug"));
     let diff = cx
         .drover(&["diff", "hello", "1", "2", "--json"])
         .success()
@@ -365,6 +367,22 @@ fn config_layers_versioned_like_code() {
     );
     let run = cx.drover(&["config", "set", "hello", "novalue"]).failure();
     assert!(run.stderr.contains("not KEY=VALUE"), "{}", run.stderr);
+}
+
+/// A variable of the live instance's own environment, read from /proc.
+fn instance_env(cx: &TestContext, key: &str) -> Option<String> {
+    let status = cx.app_status("hello");
+    let pid = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["generation"] == status["generation"] && i["state"] == "running")?["pid"]
+        .as_u64()?;
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
 }
 
 fn source_of(cx: &TestContext, key: &str) -> String {
