@@ -1778,13 +1778,6 @@ impl Agent {
                             respawn.push((app.clone(), k));
                         }
                     }
-                    for i in &rt.instances {
-                        if let Ok(m) = fs::metadata(&i.spec.log)
-                            && m.len() > LOG_ROTATE_BYTES
-                        {
-                            rotate(&i.spec.log);
-                        }
-                    }
                 }
                 for (app, k) in respawn.iter().rev() {
                     let Some(rt) = apps.get_mut(app) else {
@@ -1828,6 +1821,22 @@ impl Agent {
             if last_probe.elapsed() >= Duration::from_millis(500) {
                 last_probe = Instant::now();
                 self.probe_all();
+                self.rotate_logs();
+            }
+        }
+    }
+
+    /// Copy-truncates instance logs grown past the limit (on the probe cadence, not the
+    /// monitor's 100 ms tick: a stat per log is not free).
+    fn rotate_logs(&self) {
+        let logs: Vec<PathBuf> = self
+            .lock()
+            .values()
+            .flat_map(|rt| rt.instances.iter().map(|i| i.spec.log.clone()))
+            .collect();
+        for log in logs {
+            if fs::metadata(&log).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
+                rotate(&log);
             }
         }
     }
