@@ -103,6 +103,40 @@ struct Instance {
     spec: Arc<InstanceSpec>,
 }
 
+impl Instance {
+    /// A just-started (or just-found) instance: not yet healthy, not supervised, no child
+    /// handle.
+    fn running(
+        spec: Arc<InstanceSpec>,
+        process: &str,
+        index: u32,
+        generation: u64,
+        pid: u32,
+        started: u64,
+        port: Option<u16>,
+    ) -> Instance {
+        Instance {
+            process: process.to_string(),
+            index,
+            generation,
+            pid,
+            started,
+            port,
+            child: None,
+            restarts: 0,
+            healthy: false,
+            supervised: false,
+            backend: port.map(|p| backend_for(&spec, p)),
+            warm_until: None,
+            probe_failures: 0,
+            phase: Phase::Running,
+            backoff: FIRST_BACKOFF,
+            last_start: Instant::now(),
+            spec,
+        }
+    }
+}
+
 /// Everything needed to (re)start one instance.
 struct InstanceSpec {
     app: String,
@@ -1160,23 +1194,9 @@ impl Agent {
             .or_default()
             .instances
             .push(Instance {
-                process: process.to_string(),
-                index,
-                generation,
-                pid,
-                started,
-                port,
                 child: Some(child),
-                restarts: 0,
-                healthy: false,
                 supervised,
-                backend: port.map(|p| backend_for(&spec, p)),
-                warm_until: None,
-                probe_failures: 0,
-                phase: Phase::Running,
-                backoff: FIRST_BACKOFF,
-                last_start: Instant::now(),
-                spec,
+                ..Instance::running(spec, process, index, generation, pid, started, port)
             });
         Ok(pid)
     }
@@ -1665,23 +1685,18 @@ impl Agent {
                             .or_default()
                             .instances
                             .push(Instance {
-                                process,
-                                index,
-                                generation: g.instance_gen(),
-                                pid: f.pid,
-                                started: f.started,
-                                port: f.port,
-                                child: None,
-                                restarts: 0,
+                                // Adopted: not our child, and it was serving already.
                                 healthy: true,
                                 supervised: true,
-                                backend: f.port.map(|p| backend_for(&spec, p)),
-                                warm_until: None,
-                                probe_failures: 0,
-                                phase: Phase::Running,
-                                backoff: FIRST_BACKOFF,
-                                last_start: Instant::now(),
-                                spec,
+                                ..Instance::running(
+                                    spec,
+                                    &process,
+                                    index,
+                                    g.instance_gen(),
+                                    f.pid,
+                                    f.started,
+                                    f.port,
+                                )
                             });
                     }
                     (None, false) => {
