@@ -1048,7 +1048,10 @@ impl Agent {
             header_timeout: cfg.header_timeout.0,
             ..Default::default()
         };
-        let handle = self.runtime()?.serve(app, listener, settings)?;
+        // Routed from its first connection: an agent taking over serves at once.
+        let handle = self
+            .runtime()?
+            .serve(app, listener, settings, self.routes_for(app))?;
         if let Some(old) = proxies.insert(app.to_string(), handle.clone()) {
             old.shutdown();
         }
@@ -1057,9 +1060,13 @@ impl Agent {
 
     /// Points the app's proxy at the live generation's healthy instances (and the canary's).
     fn refresh_routes(&self, app: &str) {
-        let Some(proxy) = self.proxy(app) else {
-            return;
-        };
+        if let Some(proxy) = self.proxy(app) {
+            proxy.set_routes(self.routes_for(app));
+        }
+    }
+
+    /// The live generation's healthy instances (and the canary's), as the proxy routes.
+    fn routes_for(&self, app: &str) -> Routes {
         let cached = self.lock().get(app).and_then(|rt| rt.live_gen);
         let live = cached.or_else(|| {
             let dir = AppDir::new(&self.root, app);
@@ -1068,7 +1075,9 @@ impl Agent {
                 .map(|g| g.instance_gen())
         });
         let apps = self.lock();
-        let Some(rt) = apps.get(app) else { return };
+        let Some(rt) = apps.get(app) else {
+            return Routes::default();
+        };
         let pick = |gen_n: Option<u64>, strict: bool| -> Vec<Arc<Backend>> {
             rt.instances
                 .iter()
@@ -1090,11 +1099,11 @@ impl Agent {
             Some((g, w)) => (pick(Some(g), false), w),
             None => (Vec::new(), 0),
         };
-        proxy.set_routes(Routes {
+        Routes {
             stable,
             canary,
             canary_weight: weight,
-        });
+        }
     }
 
     /// Takes instances out of traffic, lets their requests finish (up to `drain`), then
@@ -1456,8 +1465,8 @@ impl Agent {
                         process: i.process.clone(),
                         index: i.index,
                         generation: i.generation,
-                        pid: (i.phase != Phase::Stopping || proc::alive(i.pid, i.started))
-                            .then_some(i.pid),
+                        // Stopped-and-gone instances were filtered out just above.
+                        pid: Some(i.pid),
                         port: i.port,
                         healthy: i.healthy && i.phase == Phase::Running,
                         restarts: i.restarts,

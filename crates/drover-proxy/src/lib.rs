@@ -139,18 +139,20 @@ impl Runtime {
     }
 
     /// Starts serving `app` on an already-bound listener (kept across switches).
+    /// `routes` are in place before the first connection is accepted.
     pub fn serve(
         &self,
         app: &str,
         listener: std::net::TcpListener,
         settings: Settings,
+        routes: Routes,
     ) -> std::io::Result<ProxyHandle> {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
 
         let shared = Arc::new(Shared {
             app: app.to_string(),
-            routes: RwLock::new(Arc::new(Routes::default())),
+            routes: RwLock::new(Arc::new(routes)),
             paused: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             resume: tokio::sync::Notify::new(),
