@@ -26,7 +26,7 @@ use drover_wire::{
 };
 use rustix::process::Signal;
 
-pub use state::{AppDir, apps};
+pub use state::{AppDir, append_audit, apps, read_audit};
 
 const LOG_ROTATE_BYTES: u64 = 16 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -299,7 +299,7 @@ impl Agent {
             return;
         }
         let result = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => self.handle(req, &mut stream),
+            Ok(req) => self.handle(req, &mut stream, &mut reader),
             Err(e) => Err(Failure::new(format!("bad request: {e}"))
                 .hint("the CLI and the agent may be different drover versions")),
         };
@@ -310,7 +310,12 @@ impl Agent {
         let _ = drover_wire::write_line(&mut stream, &Line::Reply(reply));
     }
 
-    fn handle(&self, req: Request, stream: &mut UnixStream) -> Result<serde_json::Value> {
+    fn handle(
+        &self,
+        req: Request,
+        stream: &mut UnixStream,
+        reader: &mut BufReader<UnixStream>,
+    ) -> Result<serde_json::Value> {
         let mut out = Out { stream };
         match req {
             Request::Handover => Err(Failure::new("a handover is answered before dispatch")),
@@ -326,18 +331,22 @@ impl Agent {
                 role,
                 role_layer,
                 secrets,
+                confirm_within,
             } => {
                 if canary.is_some_and(|w| w == 0 || w >= 100) {
                     return Err(Failure::new("--canary takes a percentage from 1 to 99"));
                 }
                 let layers = Layers {
-                    environment,
+                    environment: environment.clone(),
                     env_layer,
                     role,
                     role_layer,
                     secrets,
                 };
                 let app = self.deploy(&release, &who, canary, layers, &mut out)?;
+                if let Some(secs) = confirm_within.filter(|_| canary.is_none()) {
+                    self.await_confirm(&app, &who, environment, secs, reader, &mut out)?;
+                }
                 self.status_of(&app).map(to_json)
             }
             Request::ConfigSet {
@@ -386,6 +395,73 @@ impl Agent {
             Request::Logs { app, lines, follow } => self.logs(&app, lines, follow, out.stream),
             Request::RunSpec { app } => self.run_spec(&app).map(to_json),
         }
+    }
+
+    /// A fleet deploy is live here but not yet kept: waits `secs` for the deployer's
+    /// `Confirm`. Without one (it died, or the network between us did) the app returns to
+    /// the generation it had, and the host's audit log says why.
+    fn await_confirm(
+        &self,
+        app: &str,
+        who: &str,
+        environment: Option<String>,
+        secs: u64,
+        reader: &mut BufReader<UnixStream>,
+        out: &mut Out,
+    ) -> Result<()> {
+        out.event(drover_wire::AWAITING_CONFIRM);
+        let _ = reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(secs.max(1))));
+        let confirmed = matches!(
+            drover_wire::read_line(reader),
+            Ok(Some(line)) if serde_json::from_str::<drover_wire::Confirm>(&line)
+                .is_ok_and(|c| c.confirm)
+        );
+        let _ = reader.get_ref().set_read_timeout(None);
+        if confirmed {
+            return Ok(());
+        }
+        let dir = self.app_dir(app)?;
+        let live = dir.current().and_then(|c| dir.generation(c));
+        let from = live.as_ref().and_then(|g| g.from);
+        let reason = format!("the deployer did not confirm within {secs}s");
+        let _ = dir.record(
+            live.as_ref().map_or(0, |g| g.generation),
+            "unconfirmed",
+            Some(reason.clone()),
+        );
+        let who_revert = format!("{who} (unconfirmed)");
+        let reverted = match from {
+            Some(g) => self.rollback(app, Some(g), &who_revert, out),
+            None => self.stop_app(app, &who_revert),
+        };
+        let entry = drover_wire::AuditEntry {
+            at: state::now(),
+            who: who.to_string(),
+            environment,
+            app: app.to_string(),
+            action: "auto-revert".into(),
+            version: live.as_ref().map(|g| g.version.clone()),
+            from: live.as_ref().map(|g| g.generation),
+            to: from,
+            outcome: if reverted.is_ok() {
+                "reverted"
+            } else {
+                "failed"
+            }
+            .into(),
+            reason: Some(reason.clone()),
+            host: None,
+        };
+        let _ = state::append_audit(&self.root, &entry);
+        reverted?;
+        Err(Failure::new(format!(
+            "{reason}: `{app}` is back on {}",
+            from.map_or("no generation (stopped)".to_string(), |g| format!(
+                "generation {g}"
+            ))
+        )))
     }
 
     fn app_dir(&self, app: &str) -> Result<AppDir> {

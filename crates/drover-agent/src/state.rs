@@ -292,3 +292,28 @@ pub fn apps(root: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The host's audit log: one JSON line per fleet action, appended and synced.
+pub fn audit_path(root: &Path) -> PathBuf {
+    root.join("audit.jsonl")
+}
+
+pub fn append_audit(root: &Path, entry: &drover_wire::AuditEntry) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(audit_path(root))?;
+    f.write_all(&line)?;
+    f.sync_data()
+}
+
+/// The audit log's entries, oldest first (unreadable lines are skipped).
+pub fn read_audit(root: &Path) -> Vec<drover_wire::AuditEntry> {
+    std::fs::read_to_string(audit_path(root))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

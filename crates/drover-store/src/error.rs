@@ -24,6 +24,12 @@ pub enum Error {
     },
     #[error("{kind} {id} is missing from the store")]
     Missing { kind: &'static str, id: String },
+    /// The other end of a transfer refused or failed; its own words.
+    #[error("{message}")]
+    Remote {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 impl Error {
@@ -45,6 +51,7 @@ impl Error {
             Error::Corrupt { .. } | Error::Missing { .. } => Some(
                 "run `drover verify` to list every bad object; re-import the release with `drover unpack`".into(),
             ),
+            Error::Remote { hint, .. } => hint.clone(),
             _ => None,
         }
     }

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod pack;
 mod par;
 mod store;
+pub mod transfer;
 
 pub use build::{BuildInput, Built, build};
 pub use error::{Error, IoContext, Result};

@@ -184,6 +184,12 @@ impl Store {
         })
     }
 
+    /// The stored (compressed) size of a chunk object.
+    pub fn chunk_size(&self, h: &Hash) -> Result<u64> {
+        let path = self.chunk_path(h);
+        Ok(fs::metadata(&path).at(&path)?.len())
+    }
+
     /// Reads and verifies a chunk: corrupt data is never returned.
     pub fn read_chunk(&self, h: &Hash) -> Result<Vec<u8>> {
         let object = self.chunk_object(h)?;

@@ -38,6 +38,11 @@ pub enum Request {
         /// The secrets file, as it is: encrypted. The agent decrypts it only in memory.
         #[serde(default)]
         secrets: Option<String>,
+        /// Fleet deploys: once live, the agent sends `Event { event: AWAITING_CONFIRM }` and
+        /// waits this many seconds for a `Confirm` line on the same connection. Without one
+        /// (the deployer died or lost the network) it returns to the previous generation.
+        #[serde(default)]
+        confirm_within: Option<u64>,
     },
     /// Change host-side config values: a new generation with the same release.
     ConfigSet {
@@ -95,6 +100,16 @@ pub enum Request {
     RunSpec {
         app: String,
     },
+}
+
+/// The event an agent sends when a deploy with `confirm_within` is live and unconfirmed.
+pub const AWAITING_CONFIRM: &str = "awaiting confirmation";
+
+/// The line a deployer sends to keep an unconfirmed deploy (see `Request::Deploy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    pub confirm: bool,
 }
 
 /// A progress line sent before the final reply.
@@ -207,6 +222,28 @@ pub struct GenerationInfo {
     pub secrets: Vec<String>,
 }
 
+/// One line of a host's audit log (`ROOT/audit.jsonl`): who changed what, from which
+/// generation to which, and how it ended. `drover history -e ENV` merges the hosts' logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix seconds.
+    pub at: u64,
+    pub who: String,
+    pub environment: Option<String>,
+    pub app: String,
+    /// deploy, rollback, revert (the deployer returned it), auto-revert (never confirmed).
+    pub action: String,
+    pub version: Option<String>,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    /// ok, failed, reverted.
+    pub outcome: String,
+    pub reason: Option<String>,
+    /// Filled in by the reader: the host the line came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
 /// One config key of an app: its value (none for a secret) and the layer it comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigEntry {
@@ -269,6 +306,7 @@ mod tests {
             role: None,
             role_layer: BTreeMap::new(),
             secrets: None,
+            confirm_within: None,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

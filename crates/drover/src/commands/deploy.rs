@@ -170,6 +170,7 @@ pub fn deploy(
             role: layers.role,
             role_layer: layers.role_layer,
             secrets: layers.secrets,
+            confirm_within: None,
         },
         client::print_events,
     )?;
