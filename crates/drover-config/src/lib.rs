@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod fleet;
 pub mod secrets;
 mod template;
 pub use template::init_template;
@@ -37,6 +38,8 @@ pub struct Config {
     pub hooks: Hooks,
     #[serde(default)]
     pub environments: BTreeMap<String, Environment>,
+    #[serde(default)]
+    pub ssh: fleet::Ssh,
 }
 
 /// `[config] required = ["DATABASE_URL"]`: keys a deploy refuses to go without (from any
@@ -197,8 +200,14 @@ pub struct Hooks {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
+    /// `[user@]host[:port]`: a fleet deploy over ssh. Without hosts, the environment is a
+    /// config layer for deploys on this machine.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// How the hosts switch: `{ kind = "rolling", batch = 1 }`, `"25%"`, `all-at-once`,
+    /// `canary`.
+    #[serde(default)]
+    pub strategy: fleet::Rollout,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Named roles: a config layer above the environment's (`[environments.NAME.roles.ROLE]`).
@@ -211,6 +220,9 @@ pub struct Environment {
 pub struct Role {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The environment's hosts that play this role (its layer applies on them).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// A duration written as `"30s"`, `"500ms"`, `"2m"`, `"1h"` or a bare number of seconds.
@@ -418,6 +430,38 @@ impl Config {
             }
         }
         for (name, e) in &self.environments {
+            let mut seen = std::collections::BTreeSet::new();
+            for h in &e.hosts {
+                let spec = fleet::HostSpec::parse(h)
+                    .map_err(|m| (format!("key `environments.{name}.hosts`: {m}"), None))?;
+                if !seen.insert(spec) {
+                    return Err((
+                        format!("key `environments.{name}.hosts`: `{h}` is listed twice"),
+                        None,
+                    ));
+                }
+            }
+            let mut role_of = BTreeMap::new();
+            for (role, r) in &e.roles {
+                for h in &r.hosts {
+                    if !e.hosts.contains(h) {
+                        return Err((
+                            format!(
+                                "key `environments.{name}.roles.{role}.hosts`: `{h}` is not one of the environment's hosts"
+                            ),
+                            Some(format!("add it to `environments.{name}.hosts`")),
+                        ));
+                    }
+                    if let Some(other) = role_of.insert(h.clone(), role.clone()) {
+                        return Err((
+                            format!(
+                                "key `environments.{name}.roles`: host `{h}` is in both `{other}` and `{role}`"
+                            ),
+                            None,
+                        ));
+                    }
+                }
+            }
             for key in e.env.keys() {
                 if !valid_env_key(key) {
                     return Err((

@@ -69,10 +69,15 @@ pub enum Command {
     Config(crate::commands::config::ConfigArgs),
     /// Age-encrypted secrets in the app directory (`set`, `list`, `edit`, `rm`, `rekey`).
     Secrets(crate::commands::secrets::SecretsArgs),
-    /// This host: `drover host key` prints its age public key.
+    /// This host's age key (`drover host key`); set up other hosts (`drover host setup`).
     Host(crate::commands::secrets::HostArgs),
     /// Show the files and config keys changed between two generations of an app.
     Diff(crate::commands::diff::DiffArgs),
+    /// An environment's deploy lock on its hosts: `status`, or `release` a dead holder's.
+    Lock(crate::commands::fleet::LockArgs),
+    /// What a fleet deploy runs on each host over ssh (machine formats, not for people).
+    #[command(hide = true)]
+    Remote(crate::commands::remote::RemoteArgs),
 }
 
 /// Shared by read commands.

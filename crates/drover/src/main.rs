@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod commands;
+mod fleet;
 mod output;
 mod settings;
 

@@ -28,17 +28,23 @@ pub struct DeployArgs {
     /// Also apply this role's layer (`[environments.ENV.roles.ROLE.env]`).
     #[arg(long, value_name = "ROLE")]
     pub role: Option<String>,
+    /// Fleet deploys: when a batch fails, leave the hosts already switched on the new
+    /// release instead of returning them to their previous generation.
+    #[arg(long)]
+    pub keep_partial: bool,
     #[command(flatten)]
     pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// The app (default: the only app on this host).
+    /// The app (default: the only app on this host, or the app in --dir with -e).
     pub app: Option<String>,
     /// The generation to return to (default: the previous live one).
     #[arg(long)]
     pub to: Option<u64>,
+    #[command(flatten)]
+    pub fleet: crate::commands::fleet::EnvArgs,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -118,14 +124,6 @@ pub fn layers_for(
                 },
             )
         })?;
-        if !env.hosts.is_empty() {
-            return Err(output::hinted(
-                format!(
-                    "environment `{e}` lists hosts: a fleet deploy over ssh is not part of this drover yet"
-                ),
-                "leave `hosts` out to deploy this machine with the environment's config",
-            ));
-        }
         layers.environment = Some(e.to_string());
         layers.env_layer = env.env.clone();
         if let Some(r) = role {
@@ -178,6 +176,20 @@ pub fn deploy(
 }
 
 pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
+    if let Some(e) = &args.environment
+        && Path::new(&args.target)
+            .join(drover_config::FILE_NAME)
+            .is_file()
+        && let Some(target) = crate::fleet::Target::load(Path::new(&args.target), e)?
+    {
+        return super::fleet::deploy(root, target, args);
+    }
+    if args.keep_partial {
+        return Err(output::hinted(
+            "--keep-partial is for fleet deploys",
+            "use it with -e ENV, an environment that lists hosts",
+        ));
+    }
     let layers = layers_for(
         &args.target,
         args.environment.as_deref(),
@@ -189,6 +201,9 @@ pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_rollback(root: &Path, args: RollbackArgs) -> anyhow::Result<()> {
+    if let Some(target) = args.fleet.target()? {
+        return super::fleet::rollback(target, args.app, args.to, args.json.json);
+    }
     let app = match args.app {
         Some(a) => a,
         None => only_app(root)?,

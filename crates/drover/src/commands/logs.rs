@@ -14,9 +14,15 @@ pub struct LogsArgs {
     /// How many of the last lines to show per instance.
     #[arg(short = 'n', long, default_value_t = 50)]
     pub lines: usize,
+    /// With -e: every host's lines, each prefixed by its host.
+    #[command(flatten)]
+    pub fleet: crate::commands::fleet::EnvArgs,
 }
 
 pub fn run(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
+    if let Some(target) = args.fleet.target()? {
+        return crate::commands::fleet::logs(target, args.app, args.lines, args.follow);
+    }
     crate::client::call(
         root,
         &Request::Logs {

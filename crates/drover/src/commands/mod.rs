@@ -6,12 +6,14 @@ pub mod checkout;
 pub mod config;
 pub mod deploy;
 pub mod diff;
+pub mod fleet;
 pub mod gc;
 pub mod init;
 pub mod keys;
 pub mod logs;
 pub mod pack;
 pub mod releases;
+pub mod remote;
 pub mod run;
 pub mod secrets;
 pub mod status;
@@ -54,6 +56,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(a) => config::run(&root, a),
         Command::Secrets(a) => secrets::run(&root, a),
         Command::Host(a) => secrets::run_host(&root, a),
+        Command::Remote(a) => remote::run(&root, a),
+        Command::Lock(a) => fleet::run_lock(a),
     }
 }
 

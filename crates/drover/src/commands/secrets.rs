@@ -58,6 +58,9 @@ pub struct HostArgs {
 pub enum HostCommand {
     /// Print this host's age public key: secrets must be encrypted to it to run here.
     Key,
+    /// Install this drover on hosts over ssh, start their agents, and make them trust this
+    /// machine's release-signing key. Reports hosts that ran another drover version.
+    Setup(crate::commands::fleet::SetupArgs),
 }
 
 /// The operator's identity on this machine: lets `rekey` decrypt what it re-encrypts.
@@ -74,6 +77,7 @@ fn host(root: &Path) -> anyhow::Result<Identity> {
 pub fn run_host(root: &Path, args: HostArgs) -> anyhow::Result<()> {
     match args.command {
         HostCommand::Key => println!("{}", host(root)?.public()),
+        HostCommand::Setup(a) => return crate::commands::fleet::setup(root, a),
     }
     Ok(())
 }

@@ -14,18 +14,26 @@ pub struct StatusArgs {
     /// Only this app.
     pub app: Option<String>,
     #[command(flatten)]
+    pub fleet: crate::commands::fleet::EnvArgs,
+    #[command(flatten)]
     pub json: JsonFlag,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// The app (default: the only app on this host).
+    /// The app (default: the only app on this host). With -e: the environment's audit log,
+    /// merged from every host.
     pub app: Option<String>,
+    #[command(flatten)]
+    pub fleet: crate::commands::fleet::EnvArgs,
     #[command(flatten)]
     pub json: JsonFlag,
 }
 
 pub fn run_status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
+    if let Some(target) = args.fleet.target()? {
+        return super::fleet::status(target, args.app, args.json.json);
+    }
     let v = client::call(root, &Request::Status { app: args.app }, |_| {})?;
     let apps: Vec<AppStatus> = serde_json::from_value(v)?;
     if args.json.json {
@@ -96,6 +104,9 @@ pub fn print_status(a: &AppStatus) {
 }
 
 pub fn run_history(root: &Path, args: HistoryArgs) -> anyhow::Result<()> {
+    if let Some(target) = args.fleet.target()? {
+        return super::fleet::history(target, args.app, args.json.json);
+    }
     let app = match args.app {
         Some(a) => a,
         None => super::deploy::only_app(root)?,

@@ -1,0 +1,909 @@
+//! Fleet operations over ssh: connect to an environment's hosts, move a release to them
+//! (only the chunks each lacks), switch them batch by batch behind health checks, and on any
+//! failure return every switched host to its previous generation.
+//!
+//! Every host runs the same `drover` (installed by `drover host setup`); the controller drives
+//! it with `drover remote ...` over one multiplexed ssh connection per host, and reaches the
+//! host's agent with the same JSON-lines protocol as the local socket (`remote bridge`).
+
+pub mod progress;
+pub mod ssh;
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use drover_wire::{AuditEntry, Line, Reply, Request};
+use serde::Serialize;
+
+use crate::client;
+use crate::commands::remote::{Hello, LockHolder};
+use crate::output::{self, hinted};
+pub use progress::Progress;
+pub use ssh::{HostError, Session, SshSettings};
+
+/// An environment with hosts, read from an app directory's drover.toml.
+pub struct Target {
+    pub config: drover_config::Config,
+    pub name: String,
+    pub env: drover_config::Environment,
+    pub settings: SshSettings,
+}
+
+impl Target {
+    /// `Ok(None)` when the environment has no hosts (a local config layer).
+    pub fn load(dir: &Path, name: &str) -> anyhow::Result<Option<Target>> {
+        let config = drover_config::Config::load_dir(dir)?;
+        let env = config.environments.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = config.environments.keys().map(String::as_str).collect();
+            hinted(
+                format!(
+                    "{}: no environment `{name}`",
+                    dir.join(drover_config::FILE_NAME).display()
+                ),
+                if known.is_empty() {
+                    "add an [environments.NAME] table with `hosts`".to_string()
+                } else {
+                    format!("known environments: {}", known.join(", "))
+                },
+            )
+        })?;
+        if env.hosts.is_empty() {
+            return Ok(None);
+        }
+        let settings = SshSettings::from_config(&config.ssh, dir);
+        Ok(Some(Target {
+            config,
+            name: name.to_string(),
+            env,
+            settings,
+        }))
+    }
+
+    /// Like `load`, but an environment without hosts is an error.
+    pub fn require(dir: &Path, name: &str) -> anyhow::Result<Target> {
+        Target::load(dir, name)?.ok_or_else(|| {
+            hinted(
+                format!("environment `{name}` lists no hosts"),
+                format!("add `hosts = [\"web1\", ...]` to [environments.{name}]"),
+            )
+        })
+    }
+
+    /// The role a host plays, if any.
+    pub fn role_of(&self, host: &str) -> Option<(&String, &drover_config::Role)> {
+        self.env
+            .roles
+            .iter()
+            .find(|(_, r)| r.hosts.iter().any(|h| h == host))
+    }
+}
+
+/// Runs `f` for every item, at most `limit` at once; results in input order.
+pub fn par<T: Sync, R: Send>(
+    items: &[T],
+    limit: usize,
+    f: impl Fn(usize, &T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..limit.clamp(1, items.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= items.len() {
+                        break;
+                    }
+                    let r = f(i, &items[i]);
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every item ran")
+        })
+        .collect()
+}
+
+/// The control sockets' directory: short (socket paths are limited), private, removed after.
+pub struct CtlDir(pub PathBuf);
+
+impl CtlDir {
+    pub fn new() -> anyhow::Result<CtlDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("drover-ssh-{}-{nanos:x}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&p)?;
+        Ok(CtlDir(p))
+    }
+}
+
+impl Drop for CtlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Connections to every host (in config order); a host that cannot be reached is an `Err`.
+pub struct Connected {
+    pub hosts: Vec<String>,
+    pub sessions: Vec<Result<Session, HostError>>,
+    _ctl: CtlDir,
+}
+
+impl Connected {
+    pub fn open(
+        hosts: &[String],
+        settings: &SshSettings,
+        parallel: usize,
+    ) -> anyhow::Result<Connected> {
+        let ctl = CtlDir::new()?;
+        let sessions = par(hosts, parallel, |i, h| {
+            Session::connect(h, settings, &ctl.0, i)
+        });
+        Ok(Connected {
+            hosts: hosts.to_vec(),
+            sessions,
+            _ctl: ctl,
+        })
+    }
+
+    /// Every host reachable, or an error naming each one that is not.
+    pub fn all(&self) -> anyhow::Result<Vec<&Session>> {
+        let errors: Vec<&HostError> = self
+            .sessions
+            .iter()
+            .filter_map(|s| s.as_ref().err())
+            .collect();
+        if errors.is_empty() {
+            return Ok(self
+                .sessions
+                .iter()
+                .filter_map(|s| s.as_ref().ok())
+                .collect());
+        }
+        Err(host_errors(&errors))
+    }
+
+    pub fn close(self) {
+        for s in self.sessions.into_iter().flatten() {
+            s.close();
+        }
+    }
+}
+
+/// One error naming every failed host, with the first hint.
+pub fn host_errors(errors: &[&HostError]) -> anyhow::Error {
+    let message = if errors.len() == 1 {
+        errors[0].message.clone()
+    } else {
+        format!(
+            "{} hosts failed:\n  {}",
+            errors.len(),
+            errors
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    };
+    match errors.iter().find_map(|e| e.hint.clone()) {
+        Some(h) => hinted(message, h),
+        None => anyhow::anyhow!(message),
+    }
+}
+
+/// Asks a host who it is; a different drover build is an error that says how to fix it.
+pub fn hello(s: &Session) -> Result<Hello, HostError> {
+    let out = s.run(&["hello"], b"")?;
+    let hello: Hello = serde_json::from_slice(&out.stdout)
+        .map_err(|e| HostError::new(format!("{}: bad answer to hello: {e}", s.name)))?;
+    Ok(hello)
+}
+
+pub fn check_version(s: &Session, hello: &Hello) -> Result<(), HostError> {
+    let ours = crate::commands::remote::build_id();
+    if hello.version != env!("CARGO_PKG_VERSION") || hello.build != ours {
+        return Err(HostError::new(format!(
+            "{}: runs drover {} (build {}), this is drover {} (build {ours})",
+            s.name,
+            hello.version,
+            hello.build,
+            env!("CARGO_PKG_VERSION")
+        ))
+        .hint(format!(
+            "`drover host setup {}` installs this drover there",
+            s.name
+        )));
+    }
+    if !hello.agent {
+        return Err(
+            HostError::new(format!("{}: no drover agent is running there", s.name))
+                .hint(format!("`drover host setup {}` starts it", s.name)),
+        );
+    }
+    Ok(())
+}
+
+/// Sends one request to the host's agent over `remote bridge`. `on_event` sees progress
+/// events; with `confirm`, an `AWAITING_CONFIRM` event is answered at once with `Confirm`.
+pub fn agent_call(
+    s: &Session,
+    req: &Request,
+    confirm: bool,
+    mut on_event: impl FnMut(&str),
+) -> Result<serde_json::Value, HostError> {
+    let mut child = s
+        .command(&s.drover(&["bridge"]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", s.name)))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errs = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut b);
+        b
+    });
+    let finish = |mut child: std::process::Child, errs: std::thread::JoinHandle<Vec<u8>>| {
+        let status = child.wait();
+        let stderr = errs.join().unwrap_or_default();
+        (status, stderr)
+    };
+    if drover_wire::write_line(&mut stdin, req).is_err() {
+        drop(stdin);
+        let (status, stderr) = finish(child, errs);
+        return Err(failure(s, status, &stderr));
+    }
+    let mut reader = BufReader::new(stdout);
+    let reply = loop {
+        let line = match drover_wire::read_line(&mut reader) {
+            Ok(Some(l)) => l,
+            _ => break None,
+        };
+        match serde_json::from_str::<Line>(&line) {
+            Ok(Line::Reply(r)) => break Some(r),
+            Ok(Line::Event(e)) => {
+                if confirm && e.event == drover_wire::AWAITING_CONFIRM {
+                    let _ = drover_wire::write_line(
+                        &mut stdin,
+                        &drover_wire::Confirm { confirm: true },
+                    );
+                }
+                on_event(&e.event);
+            }
+            Ok(Line::Log { log }) => on_event(&log),
+            Err(_) => {}
+        }
+    };
+    drop(stdin);
+    let (status, stderr) = finish(child, errs);
+    match reply {
+        Some(Reply::Ok(v)) => Ok(v),
+        Some(Reply::Error(e)) => Err(HostError {
+            message: format!(
+                "{}: {}{}",
+                s.name,
+                e.message,
+                if e.details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", e.details.join("; "))
+                }
+            ),
+            hint: e.hint,
+        }),
+        None => Err(failure(s, status, &stderr)),
+    }
+}
+
+fn failure(
+    s: &Session,
+    status: std::io::Result<std::process::ExitStatus>,
+    stderr: &[u8],
+) -> HostError {
+    match status {
+        Ok(st) => s.failed(&std::process::Output {
+            status: st,
+            stdout: Vec::new(),
+            stderr: stderr.to_vec(),
+        }),
+        Err(e) => HostError::new(format!("{}: {e}", s.name)),
+    }
+}
+
+/// The app's live generation on a host (`None`: not deployed there yet).
+pub fn current_generation(s: &Session, app: &str) -> Result<Option<u64>, HostError> {
+    let v = agent_call(s, &Request::Status { app: None }, false, |_| {})?;
+    let apps: Vec<drover_wire::AppStatus> = serde_json::from_value(v)
+        .map_err(|e| HostError::new(format!("{}: bad status: {e}", s.name)))?;
+    Ok(apps
+        .into_iter()
+        .find(|a| a.app == app)
+        .and_then(|a| a.generation))
+}
+
+/// Sends release `id` to a host; returns the bytes written to the connection.
+pub fn transfer(
+    store: &drover_store::Store,
+    id: &drover_store::Hash,
+    s: &Session,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<drover_store::transfer::Sent, HostError> {
+    let mut child = s
+        .command(&s.drover(&["receive"]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", s.name)))?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errs = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut b);
+        b
+    });
+    let sent = drover_store::transfer::send(store, id, stdout, stdin, &s.name, |p| {
+        progress(p.sent, p.total)
+    });
+    let status = child.wait();
+    let stderr = errs.join().unwrap_or_default();
+    match sent {
+        Ok(sent) => Ok(sent),
+        Err(drover_store::Error::Remote { message, hint }) => Err(HostError {
+            message: format!("{}: {message}", s.name),
+            hint,
+        }),
+        Err(e @ drover_store::Error::Io { .. }) | Err(e @ drover_store::Error::Invalid { .. }) => {
+            let f = failure(s, status, &stderr);
+            if f.message.contains("ssh") || f.message.contains("not installed") {
+                Err(f)
+            } else {
+                Err(HostError::new(format!("{}: transfer failed: {e}", s.name)))
+            }
+        }
+        Err(e) => Err(HostError::new(format!("{}: {e}", s.name))),
+    }
+}
+
+// ---- locks -------------------------------------------------------------------
+
+/// The environment's lock, held on every host. Taken host by host in one fixed order, so of
+/// two deployers racing, the first host decides and the loser gives back what it took.
+pub struct Locks<'a> {
+    env: String,
+    token: String,
+    held: Vec<&'a Session>,
+}
+
+impl<'a> Locks<'a> {
+    pub fn acquire(env: &str, sessions: &[&'a Session], what: &str) -> anyhow::Result<Locks<'a>> {
+        let token = blake3::hash(
+            format!("{}-{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes(),
+        )
+        .to_hex()[..16]
+            .to_string();
+        let holder = format!("{} ({what}, pid {})", client::who(), std::process::id());
+        let mut order: Vec<&Session> = sessions.to_vec();
+        order.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut locks = Locks {
+            env: env.to_string(),
+            token: token.clone(),
+            held: Vec::new(),
+        };
+        for s in order {
+            let out = s
+                .run_raw(
+                    &s.drover(&[
+                        "lock", "acquire", env, "--holder", &holder, "--token", &token,
+                    ]),
+                    b"",
+                )
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            if out.status.success() {
+                locks.held.push(s);
+                continue;
+            }
+            let err = if out.status.code() == Some(3) {
+                let h: Option<LockHolder> = serde_json::from_slice(&out.stdout).ok();
+                match h {
+                    Some(h) => hinted(
+                        format!(
+                            "environment `{env}` is locked on {}: {} has held it since {}",
+                            s.name,
+                            h.holder,
+                            fmt_time(h.since)
+                        ),
+                        format!(
+                            "wait for that deploy to finish; if it is dead, `drover lock release -e {env}`"
+                        ),
+                    ),
+                    None => anyhow::anyhow!("environment `{env}` is locked on {}", s.name),
+                }
+            } else {
+                let e = s.failed(&out);
+                match e.hint {
+                    Some(h) => hinted(e.message, h),
+                    None => anyhow::anyhow!(e.message),
+                }
+            };
+            locks.release();
+            return Err(err);
+        }
+        Ok(locks)
+    }
+
+    /// Gives the lock back on every host that is still reachable; names the others.
+    pub fn release(&mut self) -> Vec<String> {
+        let held = std::mem::take(&mut self.held);
+        let results = par(&held, 16, |_, s| {
+            s.run(&["lock", "release", &self.env, "--token", &self.token], b"")
+                .map_err(|_| s.name.clone())
+        });
+        results.into_iter().filter_map(Result::err).collect()
+    }
+}
+
+pub fn fmt_time(secs: u64) -> String {
+    let now = drover_agent::now();
+    let ago = now.saturating_sub(secs);
+    if ago < 120 {
+        format!("{ago}s ago")
+    } else if ago < 7200 {
+        format!("{}m ago", ago / 60)
+    } else {
+        format!("{}h ago", ago / 3600)
+    }
+}
+
+/// Appends an audit line on a host (best effort: the deploy's outcome does not depend on it).
+pub fn audit(s: &Session, entry: &AuditEntry) {
+    if let Ok(body) = serde_json::to_vec(entry) {
+        let _ = s.run(&["audit-append"], &body);
+    }
+}
+
+// ---- deploy ------------------------------------------------------------------
+
+/// Where one host ended up.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    /// live (on the new release), reverted, unchanged, failed, unreachable, kept (partial).
+    pub state: String,
+    pub generation: Option<u64>,
+    pub previous: Option<u64>,
+    pub error: Option<String>,
+    pub bytes_sent: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeployReport {
+    pub environment: String,
+    pub app: String,
+    pub version: String,
+    pub release: String,
+    pub ok: bool,
+    pub hosts: Vec<HostReport>,
+}
+
+pub struct DeployPlan {
+    pub release: drover_store::Hash,
+    pub app: String,
+    pub version: String,
+    pub secrets: Option<String>,
+    pub keep_partial: bool,
+    pub json: bool,
+}
+
+#[derive(Default)]
+struct HostState {
+    previous: Option<u64>,
+    generation: Option<u64>,
+    switched: bool,
+    state: &'static str,
+    error: Option<String>,
+    bytes: u64,
+}
+
+/// The whole fleet deploy: preflight, transfer, batches, and all-or-back.
+pub fn deploy(
+    store: &drover_store::Store,
+    target: &Target,
+    plan: DeployPlan,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let hosts = target.env.hosts.clone();
+    let progress = Progress::new(&hosts, plan.json);
+    let parallel = target.config.ssh.parallel.max(1);
+    if !plan.json {
+        eprintln!(
+            "deploying {}@{} ({}) to {} hosts of `{}` ({})",
+            plan.app,
+            plan.version,
+            plan.release.short(),
+            hosts.len(),
+            target.name,
+            target.env.strategy
+        );
+    }
+    for i in 0..hosts.len() {
+        progress.phase(i, "connecting");
+    }
+    let conn = Connected::open(&hosts, &target.settings, parallel)?;
+    let result = deploy_connected(store, target, &plan, &conn, &progress, started);
+    conn.close();
+    result
+}
+
+fn deploy_connected(
+    store: &drover_store::Store,
+    target: &Target,
+    plan: &DeployPlan,
+    conn: &Connected,
+    progress: &Progress,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    let parallel = target.config.ssh.parallel.max(1);
+    for (i, s) in conn.sessions.iter().enumerate() {
+        if let Err(e) = s {
+            progress.phase(i, format!("unreachable: {}", e.message));
+        }
+    }
+    let sessions = conn.all()?;
+    let checks = par(&sessions, parallel, |i, s| {
+        progress.phase(i, "checking");
+        hello(s).and_then(|h| check_version(s, &h))
+    });
+    let errors: Vec<&HostError> = checks.iter().filter_map(|r| r.as_ref().err()).collect();
+    if !errors.is_empty() {
+        progress.finish();
+        return Err(host_errors(&errors));
+    }
+    let mut locks = Locks::acquire(
+        &target.name,
+        &sessions,
+        &format!("deploy of {}@{}", plan.app, plan.version),
+    )?;
+    let result = rollout(store, target, plan, &sessions, progress);
+    let stuck = locks.release();
+    progress.finish();
+    let (states, failure) = result;
+    let report = DeployReport {
+        environment: target.name.clone(),
+        app: plan.app.clone(),
+        version: plan.version.clone(),
+        release: plan.release.to_hex(),
+        ok: failure.is_none(),
+        hosts: states
+            .iter()
+            .zip(&sessions)
+            .map(|(st, s)| HostReport {
+                host: s.name.clone(),
+                state: st.state.to_string(),
+                generation: st.generation,
+                previous: st.previous,
+                error: st.error.clone(),
+                bytes_sent: st.bytes,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+            .collect(),
+    };
+    if plan.json {
+        output::json(&report)?;
+    } else {
+        print_summary(&report);
+    }
+    if !stuck.is_empty() {
+        eprintln!(
+            "{} the lock of `{}` is still held on {} (unreachable); `drover lock release -e {}` once it is back",
+            output::red("warning:"),
+            target.name,
+            stuck.join(", "),
+            target.name
+        );
+    }
+    match failure {
+        None => Ok(()),
+        Some(f) => Err(f),
+    }
+}
+
+fn print_summary(r: &DeployReport) {
+    let width = r.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4);
+    println!();
+    for h in &r.hosts {
+        let what = match h.state.as_str() {
+            "live" => format!(
+                "live on {}@{} (generation {})",
+                r.app,
+                r.version,
+                h.generation.map_or("?".into(), |g| g.to_string())
+            ),
+            "reverted" => format!(
+                "reverted to generation {}",
+                h.previous
+                    .map_or("none (stopped)".into(), |g| g.to_string())
+            ),
+            "kept" => format!(
+                "LEFT on {}@{} (generation {}): --keep-partial",
+                r.app,
+                r.version,
+                h.generation.map_or("?".into(), |g| g.to_string())
+            ),
+            "unchanged" => "unchanged (still on its previous generation)".into(),
+            other => other.to_string(),
+        };
+        let err = h
+            .error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        println!("  {:width$}  {what}{err}", h.host);
+    }
+    if r.ok {
+        println!(
+            "{}@{} is live on all {} hosts of `{}`",
+            r.app,
+            r.version,
+            r.hosts.len(),
+            r.environment
+        );
+    }
+}
+
+/// Transfer, then the batches; returns each host's state and the failure, if any.
+fn rollout(
+    store: &drover_store::Store,
+    target: &Target,
+    plan: &DeployPlan,
+    sessions: &[&Session],
+    progress: &Progress,
+) -> (Vec<HostState>, Option<anyhow::Error>) {
+    let parallel = target.config.ssh.parallel.max(1);
+    let n = sessions.len();
+    let mut states: Vec<HostState> = (0..n)
+        .map(|_| HostState {
+            state: "unchanged",
+            ..Default::default()
+        })
+        .collect();
+
+    // 1. Every host gets the release before any switches.
+    let sent = par(sessions, parallel, |i, s| {
+        progress.phase(i, "sending");
+        let r = transfer(store, &plan.release, s, |sent, total| {
+            progress.bytes(i, sent, total)
+        });
+        match &r {
+            Ok(x) => progress.phase(
+                i,
+                format!(
+                    "sent {} ({} of {} chunks were there)",
+                    output::bytes(x.bytes_sent),
+                    x.received.had_chunks,
+                    x.received.had_chunks + x.received.new_chunks
+                ),
+            ),
+            Err(e) => progress.phase(i, format!("transfer failed: {}", e.message)),
+        }
+        r
+    });
+    let mut failed: Vec<HostError> = Vec::new();
+    for (i, r) in sent.into_iter().enumerate() {
+        match r {
+            Ok(x) => states[i].bytes = x.bytes_sent,
+            Err(e) => {
+                states[i].state = "failed";
+                states[i].error = Some(e.message.clone());
+                failed.push(e);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        let refs: Vec<&HostError> = failed.iter().collect();
+        return (
+            states,
+            Some(anyhow::anyhow!(
+                "the release did not reach every host, so no host was switched\n{}",
+                host_errors(&refs)
+            )),
+        );
+    }
+
+    // 2. Batch by batch, each healthy before the next.
+    let batches = target.env.strategy.batches(n);
+    let confirm_within = target.settings.timeout.as_secs().max(1);
+    let mut failure: Option<anyhow::Error> = None;
+    for (b, batch) in batches.iter().enumerate() {
+        if b > 0
+            && let Some(p) = target.env.strategy.pause()
+        {
+            for &i in batch {
+                progress.phase(i, format!("waiting {}", drover_config::Seconds(p)));
+            }
+            std::thread::sleep(p);
+        }
+        let members: Vec<usize> = batch.clone();
+        let results = par(&members, members.len(), |_, &i| {
+            let s = sessions[i];
+            progress.phase(i, "switching");
+            let host = &target.env.hosts[i];
+            let (role, role_layer) = match target.role_of(host) {
+                Some((name, r)) => (Some(name.clone()), r.env.clone()),
+                None => (None, BTreeMap::new()),
+            };
+            let req = Request::Deploy {
+                release: plan.release.to_hex(),
+                who: client::who(),
+                canary: None,
+                environment: Some(target.name.clone()),
+                env_layer: target.env.env.clone(),
+                role,
+                role_layer,
+                secrets: plan.secrets.clone(),
+                confirm_within: Some(confirm_within),
+            };
+            let previous = match current_generation(s, &plan.app) {
+                Ok(g) => g,
+                Err(e) => {
+                    progress.phase(i, format!("failed: {}", e.message));
+                    return Err(e);
+                }
+            };
+            let r = agent_call(s, &req, true, |e| {
+                if e != drover_wire::AWAITING_CONFIRM {
+                    progress.phase(i, e.to_string());
+                }
+            });
+            let r = r.and_then(|v| {
+                serde_json::from_value::<drover_wire::AppStatus>(v)
+                    .map_err(|e| HostError::new(format!("{}: bad status: {e}", s.name)))
+            });
+            match &r {
+                Ok(st) => progress.phase(
+                    i,
+                    format!("live: generation {}", st.generation.unwrap_or_default()),
+                ),
+                Err(e) => progress.phase(i, format!("failed: {}", e.message)),
+            }
+            r.map(|st| (previous, st))
+        });
+        let mut batch_failed = Vec::new();
+        for (&i, r) in members.iter().zip(results) {
+            match r {
+                Ok((previous, st)) => {
+                    states[i].switched = true;
+                    states[i].state = "live";
+                    states[i].generation = st.generation;
+                    states[i].previous = previous;
+                }
+                Err(e) => {
+                    states[i].state = if e.message.contains("ssh connection was lost")
+                        || e.message.contains("unreachable")
+                    {
+                        "unreachable"
+                    } else {
+                        "failed"
+                    };
+                    states[i].error = Some(e.message.clone());
+                    batch_failed.push(e);
+                }
+            }
+        }
+        if !batch_failed.is_empty() {
+            let refs: Vec<&HostError> = batch_failed.iter().collect();
+            failure = Some(anyhow::anyhow!(
+                "batch {} of {} failed; the rollout stopped\n{}",
+                b + 1,
+                batches.len(),
+                host_errors(&refs)
+            ));
+            break;
+        }
+    }
+
+    // 3. All or back.
+    if failure.is_some() {
+        if plan.keep_partial {
+            for st in states.iter_mut().filter(|s| s.switched) {
+                st.state = "kept";
+            }
+            eprintln!(
+                "{} --keep-partial: the hosts already switched STAY on the new release; the fleet runs mixed versions",
+                output::red("warning:")
+            );
+        } else {
+            let switched: Vec<usize> = (0..n).filter(|&i| states[i].switched).collect();
+            let reverted = par(&switched, parallel, |_, &i| {
+                let s = sessions[i];
+                progress.phase(i, "reverting");
+                let req = match states[i].previous {
+                    Some(g) => Request::Rollback {
+                        app: plan.app.clone(),
+                        to: Some(g),
+                        who: client::who(),
+                    },
+                    None => Request::Stop {
+                        app: plan.app.clone(),
+                        who: client::who(),
+                    },
+                };
+                let r = agent_call(s, &req, false, |_| {});
+                match &r {
+                    Ok(_) => progress.phase(i, "reverted"),
+                    Err(e) => progress.phase(i, format!("revert failed: {}", e.message)),
+                }
+                r
+            });
+            for (&i, r) in switched.iter().zip(reverted) {
+                match r {
+                    Ok(_) => states[i].state = "reverted",
+                    Err(e) => {
+                        states[i].state = "failed";
+                        states[i].error = Some(format!("could not revert: {}", e.message));
+                    }
+                }
+            }
+        }
+    }
+
+    // 4. Every host's audit log says what happened to it.
+    let entries: Vec<(usize, AuditEntry)> = (0..n)
+        .map(|i| {
+            let st = &states[i];
+            (
+                i,
+                AuditEntry {
+                    at: drover_agent::now(),
+                    who: client::who(),
+                    environment: Some(target.name.clone()),
+                    app: plan.app.clone(),
+                    action: "deploy".into(),
+                    version: Some(plan.version.clone()),
+                    from: st.previous,
+                    to: st.generation,
+                    outcome: match st.state {
+                        "live" => "ok",
+                        "reverted" => "reverted",
+                        "kept" => "kept-partial",
+                        "unchanged" => "not-started",
+                        _ => "failed",
+                    }
+                    .into(),
+                    reason: st.error.clone().or_else(|| {
+                        failure
+                            .as_ref()
+                            .filter(|_| st.state != "live")
+                            .map(|f| format!("{f}").lines().next().unwrap_or("").to_string())
+                    }),
+                    host: None,
+                },
+            )
+        })
+        .collect();
+    par(&entries, parallel, |_, (i, e)| {
+        if states[*i].state != "unreachable" {
+            audit(sessions[*i], e);
+        }
+    });
+    (states, failure)
+}

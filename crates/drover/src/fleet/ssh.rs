@@ -1,0 +1,373 @@
+//! The transport: the system OpenSSH client, one multiplexed master connection per host
+//! (`ControlMaster`), and every operation a short `ssh -S CTL` session over it. The user's
+//! ssh config, agent, ProxyJump and known_hosts apply as they do for `ssh` itself.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use drover_config::fleet::HostSpec;
+
+/// A failure on one host, in words fit for the summary, with the likely fix.
+#[derive(Debug, Clone)]
+pub struct HostError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl HostError {
+    pub fn new(message: impl Into<String>) -> HostError {
+        HostError {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> HostError {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Settings shared by every connection of one command.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub config: Option<PathBuf>,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity: Option<PathBuf>,
+    pub options: Vec<String>,
+    pub timeout: Duration,
+    /// The drover root on hosts whose sshd does not set `DROVER_ROOT`.
+    pub remote_root: String,
+}
+
+impl SshSettings {
+    /// From `[ssh]`; relative paths are taken from the app directory `dir`.
+    pub fn from_config(ssh: &drover_config::fleet::Ssh, dir: &Path) -> SshSettings {
+        SshSettings {
+            config: ssh.config.as_ref().map(|c| dir.join(c)),
+            user: ssh.user.clone(),
+            port: ssh.port,
+            identity: ssh.identity.as_ref().map(|c| dir.join(c)),
+            options: ssh.options.clone(),
+            timeout: ssh.timeout.0,
+            remote_root: ssh.root.clone(),
+        }
+    }
+}
+
+/// Single-quotes `s` for a POSIX shell.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// One host's master connection.
+pub struct Session {
+    /// The host as the user wrote it: used in every message.
+    pub name: String,
+    spec: HostSpec,
+    settings: SshSettings,
+    ctl: PathBuf,
+    master: Child,
+    master_log: PathBuf,
+}
+
+impl Session {
+    /// Opens the master connection (authenticating once) and waits until it is ready.
+    pub fn connect(
+        name: &str,
+        settings: &SshSettings,
+        ctl_dir: &Path,
+        index: usize,
+    ) -> Result<Session, HostError> {
+        let spec = HostSpec::parse(name).map_err(HostError::new)?;
+        let ctl = ctl_dir.join(format!("c{index}"));
+        let master_log = ctl_dir.join(format!("c{index}.log"));
+        let log = std::fs::File::create(&master_log)
+            .map_err(|e| HostError::new(format!("{}: {e}", master_log.display())))?;
+        let mut cmd = base_command(&spec, settings, &ctl);
+        cmd.args(["-M", "-N", "-o", "ControlPersist=no"])
+            .arg(&spec.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut master = cmd.spawn().map_err(|e| {
+            HostError::new(format!("cannot run ssh: {e}")).hint("install openssh-client")
+        })?;
+        let deadline = Instant::now() + settings.timeout * 2 + Duration::from_secs(5);
+        loop {
+            if ctl.exists() {
+                break;
+            }
+            if let Ok(Some(_)) = master.try_wait() {
+                let text = std::fs::read_to_string(&master_log).unwrap_or_default();
+                return Err(classify(name, &text));
+            }
+            if Instant::now() > deadline {
+                let _ = master.kill();
+                let _ = master.wait();
+                return Err(HostError::new(format!(
+                    "{name}: no ssh connection within {}s",
+                    deadline.elapsed().as_secs() + settings.timeout.as_secs() * 2 + 5
+                ))
+                .hint("check the host is up and reachable (`ssh HOST`), or raise [ssh] timeout"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Session {
+            name: name.to_string(),
+            spec,
+            settings: settings.clone(),
+            ctl,
+            master,
+            master_log,
+        })
+    }
+
+    /// An `ssh` command running `remote` over the master connection.
+    pub fn command(&self, remote: &str) -> Command {
+        let mut cmd = base_command(&self.spec, &self.settings, &self.ctl);
+        cmd.args(["-o", "ControlMaster=no", "-T"])
+            .arg(&self.spec.host)
+            .arg("--")
+            .arg(remote);
+        cmd
+    }
+
+    /// The shell command that runs `drover remote OP ARGS...` in the host's drover root.
+    pub fn drover(&self, args: &[&str]) -> String {
+        let mut s = format!(
+            "R=\"${{DROVER_ROOT:-{}}}\"; exec \"$R/bin/drover\" --root \"$R\" remote",
+            self.settings.remote_root
+        );
+        for a in args {
+            s.push(' ');
+            s.push_str(&quote(a));
+        }
+        s
+    }
+
+    /// Shell text that installs the binary read from stdin as `$R/bin/drover`.
+    pub fn install_command(&self) -> String {
+        format!(
+            "R=\"${{DROVER_ROOT:-{}}}\"; mkdir -p \"$R/bin\" && cat > \"$R/bin/.drover.new\" && chmod 755 \"$R/bin/.drover.new\" && mv -f \"$R/bin/.drover.new\" \"$R/bin/drover\"",
+            self.settings.remote_root
+        )
+    }
+
+    /// Runs a `drover remote` operation to its end, feeding `input`; fails on a non-zero
+    /// exit, in words naming the host. Bounded by the connection's keepalive and a deadline.
+    pub fn run(&self, args: &[&str], input: &[u8]) -> Result<Output, HostError> {
+        let out = self.run_raw(&self.drover(args), input)?;
+        if out.status.success() {
+            return Ok(out);
+        }
+        Err(self.failed(&out))
+    }
+
+    /// Runs shell text on the host; the output whatever the exit status.
+    pub fn run_raw(&self, remote: &str, input: &[u8]) -> Result<Output, HostError> {
+        let mut child = self
+            .command(remote)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", self.name)))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let input = input.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let err_reader = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = stderr.read_to_end(&mut b);
+            b
+        });
+        let out_reader = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = stdout.read_to_end(&mut b);
+            b
+        });
+        let deadline = Instant::now() + self.settings.timeout * 3 + Duration::from_secs(30);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(HostError::new(format!(
+                        "{}: no answer (the connection stalled)",
+                        self.name
+                    )));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(HostError::new(format!("{}: {e}", self.name))),
+            }
+        };
+        let _ = feeder.join();
+        Ok(Output {
+            status,
+            stdout: out_reader.join().unwrap_or_default(),
+            stderr: err_reader.join().unwrap_or_default(),
+        })
+    }
+
+    /// Turns a failed session's exit and stderr into a message naming the host.
+    pub fn failed(&self, out: &Output) -> HostError {
+        let text = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(127) || text.contains("bin/drover: not found") {
+            return HostError::new(format!("{}: drover is not installed there", self.name))
+                .hint(format!("run `drover host setup {}`", self.name));
+        }
+        if out.status.code() == Some(255) {
+            return self.lost(&text);
+        }
+        let body: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("hint: "))
+            .collect();
+        let hint = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hint: "))
+            .map(str::to_string);
+        let message = body.join("; ").trim_start_matches("error: ").to_string();
+        HostError {
+            message: format!(
+                "{}: {}",
+                self.name,
+                if message.is_empty() {
+                    format!("failed ({})", out.status)
+                } else {
+                    message
+                }
+            ),
+            hint,
+        }
+    }
+
+    /// The connection is gone (or never was): what ssh said about it.
+    pub fn lost(&self, stderr: &str) -> HostError {
+        let mut text = stderr.to_string();
+        if let Ok(m) = std::fs::read_to_string(&self.master_log) {
+            text.push_str(&m);
+        }
+        classify_known(&self.name, &text).unwrap_or_else(|| {
+            HostError::new(format!(
+                "{}: the ssh connection was lost (no answer within the [ssh] timeout of {}s)",
+                self.name,
+                self.settings.timeout.as_secs()
+            ))
+        })
+    }
+
+    /// Ends the master connection.
+    pub fn close(mut self) {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        let _ = std::fs::remove_file(&self.ctl);
+    }
+}
+
+fn base_command(spec: &HostSpec, s: &SshSettings, ctl: &Path) -> Command {
+    let mut cmd = Command::new("ssh");
+    if let Some(c) = &s.config {
+        cmd.arg("-F").arg(c);
+    }
+    let secs = s.timeout.as_secs().max(1);
+    let alive = (secs / 3).max(1);
+    cmd.args(["-o", "BatchMode=yes"])
+        .arg("-o")
+        .arg(format!("ConnectTimeout={secs}"))
+        .arg("-o")
+        .arg(format!("ServerAliveInterval={alive}"))
+        .args(["-o", "ServerAliveCountMax=3"])
+        .arg("-S")
+        .arg(ctl);
+    if let Some(u) = spec.user.as_ref().or(s.user.as_ref()) {
+        cmd.arg("-l").arg(u);
+    }
+    if let Some(p) = spec.port.or(s.port) {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    if let Some(i) = &s.identity {
+        cmd.arg("-i").arg(i);
+    }
+    for o in &s.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd
+}
+
+/// What ssh's own words mean, as a message naming the host and the fix.
+fn classify(name: &str, stderr: &str) -> HostError {
+    classify_known(name, stderr).unwrap_or_else(|| {
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        HostError::new(if last.is_empty() {
+            format!("{name}: ssh failed")
+        } else {
+            format!("{name}: ssh failed ({last})")
+        })
+    })
+}
+
+fn classify_known(name: &str, stderr: &str) -> Option<HostError> {
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if stderr.contains("Host key verification failed")
+        || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    {
+        return Some(HostError::new(format!("{name}: unknown or changed host key (ssh refused to trust it)"))
+            .hint(format!(
+                "check the host's key, then add it to known_hosts (e.g. `ssh-keyscan {} >> ~/.ssh/known_hosts`)",
+                name.rsplit('@').next().unwrap_or(name).split(':').next().unwrap_or(name)
+            )));
+    }
+    if stderr.contains("Permission denied") {
+        return Some(HostError::new(format!("{name}: login refused ({last})")).hint(format!(
+            "`ssh {name}` must log in without a password: check the user, the key ([ssh] identity) and the host's authorized_keys"
+        )));
+    }
+    if stderr.contains("Could not resolve hostname") {
+        return Some(
+            HostError::new(format!("{name}: unknown host name ({last})"))
+                .hint("check the name, or add a Host entry to your ssh config"),
+        );
+    }
+    if stderr.contains("Connection refused")
+        || stderr.contains("timed out")
+        || stderr.contains("No route to host")
+        || stderr.contains("Network is unreachable")
+    {
+        return Some(
+            HostError::new(format!("{name}: unreachable ({last})"))
+                .hint("check the host is up and its sshd listening"),
+        );
+    }
+    if stderr.contains("Timeout, server") || stderr.contains("Broken pipe") {
+        return Some(HostError::new(format!(
+            "{name}: the ssh connection was lost ({last})"
+        )));
+    }
+    None
+}
