@@ -26,7 +26,7 @@ use drover_wire::{
 };
 use rustix::process::Signal;
 
-pub use state::{AppDir, append_audit, apps, read_audit};
+pub use state::{AppDir, append_audit, apps, now, read_audit};
 
 const LOG_ROTATE_BYTES: u64 = 16 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
