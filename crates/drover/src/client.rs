@@ -69,6 +69,21 @@ pub fn ensure_agent(root: &Path) -> anyhow::Result<()> {
     if is_running(root) {
         return Ok(());
     }
+    start_agent(root, false)
+}
+
+/// The running agent's pid, if one answers.
+fn agent_pid(root: &Path) -> Option<u64> {
+    call(root, &Request::Ping, |_| {})
+        .ok()
+        .and_then(|v| v["pid"].as_u64())
+}
+
+/// Starts `drover agent` in the background; with `replace`, as the successor of the running
+/// one (which hands its sockets over and exits; the apps keep running). Waits until the new
+/// agent answers.
+pub fn start_agent(root: &Path, replace: bool) -> anyhow::Result<()> {
+    let old = agent_pid(root);
     std::fs::create_dir_all(root)?;
     let log_path = root.join("agent.log");
     let log = std::fs::OpenOptions::new()
@@ -80,6 +95,7 @@ pub fn ensure_agent(root: &Path) -> anyhow::Result<()> {
         .arg("--root")
         .arg(root)
         .arg("agent")
+        .args(replace.then_some("--replace"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -92,7 +108,7 @@ pub fn ensure_agent(root: &Path) -> anyhow::Result<()> {
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if is_running(root) {
+        if agent_pid(root).is_some_and(|p| Some(p) != old) {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {

@@ -551,7 +551,17 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
                 }
             }
             s.run(&["trust", &key_name], key.as_bytes())?;
-            s.run(&["start-agent"], b"")?;
+            // A new binary under a running agent: the agent is replaced too (sockets handed
+            // over, apps untouched).
+            let replace = !same && before.as_ref().is_some_and(|h| h.agent);
+            s.run(
+                if replace {
+                    &["start-agent", "--replace"][..]
+                } else {
+                    &["start-agent"][..]
+                },
+                b"",
+            )?;
             let after = fleet::hello(s)?;
             fleet::check_version(s, &after)?;
             let out = s.run(&["host-key"], b"")?;

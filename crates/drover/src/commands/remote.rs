@@ -25,8 +25,12 @@ pub enum RemoteCommand {
     Receive,
     /// Connect stdin and stdout to the local agent's socket.
     Bridge,
-    /// Start the agent unless one answers.
-    StartAgent,
+    /// Start the agent unless one answers; with --replace, replace the running one (after
+    /// an upgrade of the binary).
+    StartAgent {
+        #[arg(long)]
+        replace: bool,
+    },
     /// Trust a release-signing public key read from stdin, under NAME.
     Trust { name: String },
     /// The environment lock on this host.
@@ -121,7 +125,13 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
                 command: super::secrets::HostCommand::Key,
             },
         )?,
-        RemoteCommand::StartAgent => client::ensure_agent(root)?,
+        RemoteCommand::StartAgent { replace } => {
+            if replace && client::is_running(root) {
+                client::start_agent(root, true)?
+            } else {
+                client::ensure_agent(root)?
+            }
+        }
         RemoteCommand::Trust { name } => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;

@@ -3,5 +3,7 @@
 mod agent;
 mod common;
 mod config;
+mod fleet;
+mod hosts;
 mod proxy;
 mod store;

@@ -1,0 +1,518 @@
+//! Fleet deploys over real ssh: every host is a network namespace with its own sshd and
+//! drover root (see `hosts.rs`); the controller is the drover binary under test.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::{TestContext, noise, wait_for};
+use crate::hosts::{Fleet, FleetOptions};
+
+/// An app directory running the example server behind the proxy on port 8080, deployed to
+/// every host of `fleet` as environment `prod`.
+fn fleet_app(
+    cx: &TestContext,
+    fleet: &Fleet,
+    version: &str,
+    strategy: &str,
+    command: &str,
+) -> PathBuf {
+    let hosts: Vec<String> = fleet
+        .hosts
+        .iter()
+        .map(|h| format!("\"{}\"", h.name))
+        .collect();
+    let dir = cx.hello_app(
+        "app",
+        version,
+        &format!(
+            "[proxy]\nport = 8080\ndrain_timeout = \"1s\"\n\n\
+             [ssh]\nconfig = \"{}\"\ntimeout = \"3s\"\n\n\
+             [environments.prod]\nhosts = [{}]\nstrategy = {strategy}\n",
+            fleet.ssh_config.display(),
+            hosts.join(", ")
+        ),
+    );
+    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+    std::fs::write(
+        dir.join("drover.toml"),
+        toml.replace("command = \"./hello\"", &format!("command = {command:?}")),
+    )
+    .unwrap();
+    dir
+}
+
+fn setup(cx: &TestContext, dir: &Path) {
+    cx.drover(&[
+        "host",
+        "setup",
+        "-e",
+        "prod",
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .success();
+}
+
+fn deploy(cx: &TestContext, dir: &Path) -> crate::common::Run {
+    cx.drover(&["deploy", dir.to_str().unwrap(), "-e", "prod", "--json"])
+}
+
+/// The version host `i` serves on the app's port, if it answers.
+fn serving(fleet: &Fleet, i: usize) -> Option<String> {
+    let (code, body) = fleet.http_get(i, 8080, "/", Duration::from_secs(2))?;
+    if code != 200 {
+        return None;
+    }
+    let v = body.split("(version ").nth(1)?.split(',').next()?;
+    Some(v.to_string())
+}
+
+fn assert_all_serve(fleet: &Fleet, version: &str) {
+    for i in 0..fleet.hosts.len() {
+        assert_eq!(
+            serving(fleet, i).as_deref(),
+            Some(version),
+            "{} should serve {version}",
+            fleet.hosts[i].name
+        );
+    }
+}
+
+/// The final JSON report of a fleet deploy (the last line of stdout).
+fn report(run: &crate::common::Run) -> serde_json::Value {
+    let start = run.stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
+    serde_json::from_str(&run.stdout[start..])
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{}\n{}", run.stdout, run.stderr))
+}
+
+#[test]
+fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunks() {
+    let fleet = Fleet::new(4);
+    let cx = TestContext::new();
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "1.0",
+        "{ kind = \"rolling\", batch = 1 }",
+        "./hello",
+    );
+    // 4 MiB of data that does not compress: what v2 must not send again.
+    std::fs::write(dir.join("assets.bin"), noise(11, 4 << 20)).unwrap();
+    setup(&cx, &dir);
+
+    let before: Vec<u64> = (0..4).map(|i| fleet.wire_bytes(i)).collect();
+    let r1 = report(&deploy(&cx, &dir).success());
+    let v1_wire: Vec<u64> = (0..4).map(|i| fleet.wire_bytes(i) - before[i]).collect();
+    assert_all_serve(&fleet, "1.0");
+    assert!(r1["ok"].as_bool().unwrap());
+
+    // v2: a new version and one small changed file.
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "2.0",
+        "{ kind = \"rolling\", batch = 1 }",
+        "./hello",
+    );
+    std::fs::write(dir.join("CHANGELOG"), "2.0: faster\n").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let fleet = Arc::new(fleet);
+    let poller = {
+        let (stop, fleet) = (stop.clone(), fleet.clone());
+        std::thread::spawn(move || {
+            let mut rounds = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let up = (0..4).filter(|&i| serving(&fleet, i).is_some()).count();
+                rounds.push(up);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            rounds
+        })
+    };
+    let before: Vec<u64> = (0..4).map(|i| fleet.wire_bytes(i)).collect();
+    let run = deploy(&cx, &dir).success();
+    let v2_wire: Vec<u64> = (0..4).map(|i| fleet.wire_bytes(i) - before[i]).collect();
+    stop.store(true, Ordering::Relaxed);
+    let rounds = poller.join().unwrap();
+    assert!(rounds.len() > 20, "polled only {} times", rounds.len());
+    let least = rounds.iter().min().copied().unwrap();
+    assert!(
+        least >= 3,
+        "only {least} hosts served at one moment: {rounds:?}"
+    );
+    assert_all_serve(&fleet, "2.0");
+
+    // Batches of one: each host's switch is its own batch, in order (plain progress lines).
+    let r2 = report(&run);
+    for (i, h) in r2["hosts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h["state"], "live", "{h}");
+        let sent_v1 = r1["hosts"][i]["bytes_sent"].as_u64().unwrap();
+        let sent_v2 = h["bytes_sent"].as_u64().unwrap();
+        assert!(sent_v1 > 4 << 20, "v1 sends the assets: {sent_v1}");
+        assert!(
+            sent_v2 < 512 << 10,
+            "v2 sent {sent_v2} bytes to {}",
+            h["host"]
+        );
+        // On the wire (ssh, TCP and all), measured at the host's interface.
+        assert!(v1_wire[i] > 4 << 20, "{v1_wire:?}");
+        assert!(v2_wire[i] < v1_wire[i] / 4, "v1 {v1_wire:?} v2 {v2_wire:?}");
+    }
+
+    // Every host's audit log has both deploys; history -e merges them.
+    let hist = cx
+        .drover(&[
+            "history",
+            "-e",
+            "prod",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--json",
+        ])
+        .success()
+        .json();
+    let entries = hist.as_array().unwrap();
+    assert_eq!(entries.len(), 8, "{hist:#}");
+    for h in &fleet.hosts {
+        let mine: Vec<_> = entries
+            .iter()
+            .filter(|e| e["host"] == h.name.as_str())
+            .collect();
+        assert_eq!(mine.len(), 2);
+        assert_eq!(mine[0]["version"], "2.0");
+        assert_eq!(mine[0]["outcome"], "ok");
+    }
+    let status = cx
+        .drover(&[
+            "status",
+            "-e",
+            "prod",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--json",
+        ])
+        .success()
+        .json();
+    for h in status.as_array().unwrap() {
+        assert_eq!(h["result"][0]["version"], "2.0", "{h}");
+    }
+}
+
+#[test]
+fn a_host_failing_its_health_check_returns_every_host_to_v1() {
+    let fleet = Fleet::new(3);
+    let cx = TestContext::new();
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "1.0",
+        "{ kind = \"rolling\", batch = 1 }",
+        "./hello",
+    );
+    setup(&cx, &dir);
+    deploy(&cx, &dir).success();
+    assert_all_serve(&fleet, "1.0");
+
+    // v2 cannot start on h2 only (a marker in its root).
+    std::fs::write(fleet.hosts[1].root.join("break-v2"), "").unwrap();
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "2.0",
+        "{ kind = \"rolling\", batch = 1 }",
+        "sh -c 'test -e \"$DROVER_AGENT_ROOT/break-v2\" && exit 7; exec ./hello'",
+    );
+    let run = deploy(&cx, &dir).failure();
+    let r = report(&run);
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["hosts"][0]["state"], "reverted", "{r:#}");
+    assert_eq!(r["hosts"][1]["state"], "failed", "{r:#}");
+    assert_eq!(r["hosts"][2]["state"], "unchanged", "{r:#}");
+    let why = r["hosts"][1]["error"].as_str().unwrap();
+    assert!(why.starts_with("h2:") && why.contains("exit"), "{why}");
+    assert!(run.stderr.contains("h2"), "{}", run.stderr);
+    assert_all_serve(&fleet, "1.0");
+
+    // The same, read by a person: a summary line per host.
+    let run = cx
+        .drover(&["deploy", dir.to_str().unwrap(), "-e", "prod"])
+        .failure();
+    assert!(
+        run.stdout.contains("h1  reverted to generation"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("h2  failed: h2:"), "{}", run.stdout);
+    assert!(run.stdout.contains("h3  unchanged"), "{}", run.stdout);
+    assert!(run.stderr.contains("batch 2 of 3 failed"), "{}", run.stderr);
+    assert_all_serve(&fleet, "1.0");
+
+    // --keep-partial leaves h1 on v2, and says so.
+    let run = cx
+        .drover(&[
+            "deploy",
+            dir.to_str().unwrap(),
+            "-e",
+            "prod",
+            "--keep-partial",
+        ])
+        .failure();
+    assert!(run.stderr.contains("--keep-partial"), "{}", run.stderr);
+    assert!(run.stdout.contains("LEFT on hello@2.0"), "{}", run.stdout);
+    assert_eq!(serving(&fleet, 0).as_deref(), Some("2.0"));
+    assert_eq!(serving(&fleet, 1).as_deref(), Some("1.0"));
+}
+
+#[test]
+fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeouts() {
+    let fleet = Fleet::new(3);
+    let cx = TestContext::new();
+    let strategy = "{ kind = \"rolling\", batch = 1 }";
+    let dir = fleet_app(&cx, &fleet, "1.0", strategy, "./hello");
+    setup(&cx, &dir);
+    deploy(&cx, &dir).success();
+
+    // Mid-transfer: h3's link is slowed, then cut while its chunks travel.
+    let dir = fleet_app(&cx, &fleet, "2.0", strategy, "./hello");
+    std::fs::write(dir.join("big.bin"), noise(5, 24 << 20)).unwrap();
+    let veth = fleet.hosts[2].veth.clone();
+    let tc = |args: &str| {
+        let st = std::process::Command::new("tc")
+            .args(args.split_whitespace())
+            .status()
+            .unwrap();
+        assert!(st.success(), "tc {args}");
+    };
+    tc(&format!(
+        "qdisc add dev {veth} root tbf rate 40mbit burst 64kb latency 400ms"
+    ));
+    let start_bytes = fleet.wire_bytes(2);
+    let started = Instant::now();
+    let child = cx
+        .command()
+        .args(["deploy", dir.to_str().unwrap(), "-e", "prod", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("h3's transfer to start", Duration::from_secs(60), || {
+        fleet.wire_bytes(2) > start_bytes + (4 << 20)
+    });
+    fleet.cut(2);
+    let run = crate::common::to_run(child.wait_with_output().unwrap());
+    let took = started.elapsed();
+    assert!(!run.status.success());
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+    let r = report(&run);
+    assert_eq!(r["hosts"][2]["state"], "failed", "{r:#}");
+    assert!(
+        run.stderr.contains("no host was switched"),
+        "{}",
+        run.stderr
+    );
+    fleet.restore(2);
+    tc(&format!("qdisc del dev {veth} root"));
+    assert_all_serve(&fleet, "1.0");
+
+    // The next attempt resumes: h3 is sent only what it still lacks.
+    let r = report(&deploy(&cx, &dir).success());
+    let full = r["hosts"][0]["bytes_sent"].as_u64().unwrap();
+    let resumed = r["hosts"][2]["bytes_sent"].as_u64().unwrap();
+    assert!(full > 24 << 20, "{r:#}");
+    assert!(resumed < full - (2 << 20), "resumed {resumed} of {full}");
+    assert_all_serve(&fleet, "2.0");
+
+    // Mid-switch: v3 takes 4 s to start on h2; h2 is cut off while it starts. h1 goes back
+    // at once; h2, never confirmed, returns to v2 by itself.
+    std::fs::write(fleet.hosts[1].root.join("slow-v3"), "").unwrap();
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "3.0",
+        strategy,
+        "sh -c 'test -e \"$DROVER_AGENT_ROOT/slow-v3\" && sleep 4; exec ./hello'",
+    );
+    let started = Instant::now();
+    let child = cx
+        .command()
+        .args(["deploy", dir.to_str().unwrap(), "-e", "prod", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("h1 to serve 3.0", Duration::from_secs(60), || {
+        serving(&fleet, 0).as_deref() == Some("3.0")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.cut(1);
+    let run = crate::common::to_run(child.wait_with_output().unwrap());
+    assert!(!run.status.success());
+    assert!(started.elapsed() < Duration::from_secs(45));
+    let r = report(&run);
+    assert_eq!(r["hosts"][0]["state"], "reverted", "{r:#}");
+    assert_eq!(r["hosts"][1]["state"], "unreachable", "{r:#}");
+    assert_eq!(r["hosts"][2]["state"], "unchanged", "{r:#}");
+    assert_eq!(serving(&fleet, 0).as_deref(), Some("2.0"));
+    fleet.restore(1);
+    wait_for(
+        "h2 to return to 2.0 by itself",
+        Duration::from_secs(30),
+        || serving(&fleet, 1).as_deref() == Some("2.0"),
+    );
+    assert_all_serve(&fleet, "2.0");
+    let audit = std::fs::read_to_string(fleet.hosts[1].root.join("audit.jsonl")).unwrap();
+    assert!(audit.contains("auto-revert"), "{audit}");
+}
+
+#[test]
+fn two_deploys_at_once_the_second_fails_fast_naming_the_lock_holder() {
+    let fleet = Fleet::new(2);
+    let cx = TestContext::new();
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "1.0",
+        "\"all-at-once\"",
+        "sh -c 'sleep 3; exec ./hello'",
+    );
+    // A bad strategy is refused before anything happens, naming the key.
+    let run = cx
+        .drover(&["deploy", dir.to_str().unwrap(), "-e", "prod"])
+        .failure();
+    assert!(run.stderr.contains("strategy"), "{}", run.stderr);
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "1.0",
+        "{ kind = \"all-at-once\" }",
+        "sh -c 'sleep 3; exec ./hello'",
+    );
+    setup(&cx, &dir);
+    let first = cx
+        .command()
+        .args(["deploy", dir.to_str().unwrap(), "-e", "prod"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = fleet.hosts[1].root.join("locks/prod.json");
+    wait_for(
+        "the first deploy to hold the lock",
+        Duration::from_secs(30),
+        || lock.exists(),
+    );
+    let t = Instant::now();
+    let second = cx
+        .drover(&["deploy", dir.to_str().unwrap(), "-e", "prod"])
+        .failure();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        second.stderr.contains("is locked on h1") && second.stderr.contains("deploy of hello@1.0"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("drover lock release -e prod"),
+        "{}",
+        second.stderr
+    );
+    let first = crate::common::to_run(first.wait_with_output().unwrap()).success();
+    assert!(
+        first.stdout.contains("live on all 2 hosts"),
+        "{}",
+        first.stdout
+    );
+    assert!(!lock.exists(), "the lock is given back");
+    let st = cx
+        .drover(&[
+            "lock",
+            "status",
+            "-e",
+            "prod",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .success();
+    assert_eq!(st.stdout.matches("free").count(), 2, "{}", st.stdout);
+}
+
+#[test]
+fn ssh_and_install_problems_are_named_per_host() {
+    let fleet = Fleet::with(FleetOptions {
+        hosts: 3,
+        unknown_key: vec![1],
+        refuse_login: vec![2],
+    });
+    let cx = TestContext::new();
+    let dir = fleet_app(&cx, &fleet, "1.0", "{ kind = \"all-at-once\" }", "./hello");
+    let dir_str = dir.to_str().unwrap();
+    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+    std::fs::write(
+        dir.join("drover.toml"),
+        toml + "\n[environments.one]\nhosts = [\"h1\"]\n",
+    )
+    .unwrap();
+    let before = fleet
+        .hosts
+        .iter()
+        .map(|h| h.root.exists() && std::fs::read_dir(&h.root).unwrap().count() > 0)
+        .collect::<Vec<_>>();
+
+    let run = cx.drover(&["deploy", dir_str, "-e", "prod"]).failure();
+    assert!(
+        run.stderr.contains("h2: unknown or changed host key"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("h3: login refused"), "{}", run.stderr);
+    assert!(!run.stderr.contains("h1: unreachable"), "{}", run.stderr);
+
+    let run = cx.drover(&["deploy", dir_str, "-e", "one"]).failure();
+    assert!(
+        run.stderr.contains("h1: drover is not installed there"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("drover host setup h1"),
+        "{}",
+        run.stderr
+    );
+    let after = fleet
+        .hosts
+        .iter()
+        .map(|h| h.root.exists() && std::fs::read_dir(&h.root).unwrap().count() > 0)
+        .collect::<Vec<_>>();
+    assert_eq!(before, after, "nothing was written on any host");
+
+    // Set up, then a host whose drover differs is named, with the fix.
+    cx.drover(&["host", "setup", "-e", "one", "--dir", dir_str])
+        .success();
+    let bin = fleet.hosts[0].root.join("bin/drover");
+    let mut bytes = std::fs::read(&bin).unwrap();
+    bytes.extend_from_slice(b"\0another build");
+    // Replaced as an upgrade would (the running agent keeps the old file open).
+    std::fs::write(bin.with_extension("other"), bytes).unwrap();
+    std::fs::set_permissions(
+        bin.with_extension("other"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::rename(bin.with_extension("other"), &bin).unwrap();
+    let run = cx.drover(&["deploy", dir_str, "-e", "one"]).failure();
+    assert!(run.stderr.contains("h1: runs drover"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("drover host setup h1"),
+        "{}",
+        run.stderr
+    );
+    let run = cx
+        .drover(&["host", "setup", "-e", "one", "--dir", dir_str])
+        .success();
+    assert!(run.stdout.contains("replaced drover"), "{}", run.stdout);
+    let run = cx.drover(&["deploy", dir_str, "-e", "one"]).success();
+    assert!(run.stdout.contains("live on all 1 hosts"), "{}", run.stdout);
+}
