@@ -522,6 +522,8 @@ struct HostState {
     state: &'static str,
     error: Option<String>,
     bytes: u64,
+    /// When the host reached its final state, from the start of the deploy.
+    seconds: f64,
 }
 
 /// The whole fleet deploy: preflight, transfer, batches, and all-or-back.
@@ -583,7 +585,7 @@ fn deploy_connected(
         &sessions,
         &format!("deploy of {}@{}", plan.app, plan.version),
     )?;
-    let result = rollout(store, target, plan, &sessions, progress);
+    let result = rollout(store, target, plan, &sessions, progress, started);
     let stuck = locks.release();
     progress.finish();
     let (states, failure) = result;
@@ -603,7 +605,7 @@ fn deploy_connected(
                 previous: st.previous,
                 error: st.error.clone(),
                 bytes_sent: st.bytes,
-                seconds: started.elapsed().as_secs_f64(),
+                seconds: st.seconds,
             })
             .collect(),
     };
@@ -677,6 +679,7 @@ fn rollout(
     plan: &DeployPlan,
     sessions: &[&Session],
     progress: &Progress,
+    started: std::time::Instant,
 ) -> (Vec<HostState>, Option<anyhow::Error>) {
     let parallel = target.config.ssh.parallel.max(1);
     let n = sessions.len();
@@ -710,8 +713,12 @@ fn rollout(
     let mut failed: Vec<HostError> = Vec::new();
     for (i, r) in sent.into_iter().enumerate() {
         match r {
-            Ok(x) => states[i].bytes = x.bytes_sent,
+            Ok(x) => {
+                states[i].bytes = x.bytes_sent;
+                states[i].seconds = started.elapsed().as_secs_f64();
+            }
             Err(e) => {
+                states[i].seconds = started.elapsed().as_secs_f64();
                 states[i].state = "failed";
                 states[i].error = Some(e.message.clone());
                 failed.push(e);
@@ -791,12 +798,14 @@ fn rollout(
         for (&i, r) in members.iter().zip(results) {
             match r {
                 Ok((previous, st)) => {
+                    states[i].seconds = started.elapsed().as_secs_f64();
                     states[i].switched = true;
                     states[i].state = "live";
                     states[i].generation = st.generation;
                     states[i].previous = previous;
                 }
                 Err(e) => {
+                    states[i].seconds = started.elapsed().as_secs_f64();
                     states[i].state = if e.message.contains("ssh connection was lost")
                         || e.message.contains("unreachable")
                     {
@@ -855,6 +864,7 @@ fn rollout(
                 r
             });
             for (&i, r) in switched.iter().zip(reverted) {
+                states[i].seconds = started.elapsed().as_secs_f64();
                 match r {
                     Ok(_) => states[i].state = "reverted",
                     Err(e) => {

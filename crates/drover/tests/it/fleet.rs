@@ -308,18 +308,34 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
     assert!(took < Duration::from_secs(45), "took {took:?}");
     let r = report(&run);
     assert_eq!(r["hosts"][2]["state"], "failed", "{r:#}");
+    let full = r["hosts"][0]["bytes_sent"].as_u64().unwrap();
     assert!(
         run.stderr.contains("no host was switched"),
+        "{}",
+        run.stderr
+    );
+    // h3 could not be told to give the lock back: that is said, with the way out.
+    assert!(
+        run.stderr.contains("still held on h3")
+            && run.stderr.contains("drover lock release -e prod"),
         "{}",
         run.stderr
     );
     fleet.restore(2);
     tc(&format!("qdisc del dev {veth} root"));
     assert_all_serve(&fleet, "1.0");
+    cx.drover(&[
+        "lock",
+        "release",
+        "-e",
+        "prod",
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .success();
 
     // The next attempt resumes: h3 is sent only what it still lacks.
     let r = report(&deploy(&cx, &dir).success());
-    let full = r["hosts"][0]["bytes_sent"].as_u64().unwrap();
     let resumed = r["hosts"][2]["bytes_sent"].as_u64().unwrap();
     assert!(full > 24 << 20, "{r:#}");
     assert!(resumed < full - (2 << 20), "resumed {resumed} of {full}");
@@ -357,6 +373,15 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
     assert_eq!(r["hosts"][2]["state"], "unchanged", "{r:#}");
     assert_eq!(serving(&fleet, 0).as_deref(), Some("2.0"));
     fleet.restore(1);
+    cx.drover(&[
+        "lock",
+        "release",
+        "-e",
+        "prod",
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .success();
     wait_for(
         "h2 to return to 2.0 by itself",
         Duration::from_secs(30),
