@@ -8,6 +8,11 @@ need_pkgs=()
 command -v mkfifo >/dev/null || need_pkgs+=(coreutils)
 command -v git >/dev/null || need_pkgs+=(git)
 command -v curl >/dev/null || need_pkgs+=(curl)
+# Fleet tests: each test host is a network namespace with its own sshd.
+[ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
+command -v ssh >/dev/null || need_pkgs+=(openssh-client)
+command -v ip >/dev/null && command -v tc >/dev/null || need_pkgs+=(iproute2)
+command -v python3 >/dev/null || need_pkgs+=(python3)
 if ((${#need_pkgs[@]})); then
     apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
 fi

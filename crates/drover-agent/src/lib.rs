@@ -332,6 +332,7 @@ impl Agent {
                 role_layer,
                 secrets,
                 confirm_within,
+                processes,
             } => {
                 if canary.is_some_and(|w| w == 0 || w >= 100) {
                     return Err(Failure::new("--canary takes a percentage from 1 to 99"));
@@ -342,6 +343,7 @@ impl Agent {
                     role,
                     role_layer,
                     secrets,
+                    processes,
                 };
                 let app = self.deploy(&release, &who, canary, layers, &mut out)?;
                 if let Some(secs) = confirm_within.filter(|_| canary.is_none()) {
@@ -527,7 +529,26 @@ impl Agent {
                 .map(|g| g.host_config)
                 .unwrap_or_default(),
             secrets: layers.secrets,
+            processes: layers.processes,
         };
+        for p in g.processes.iter().flatten() {
+            if !manifest.runtime.process.contains_key(p) {
+                return Err(Failure::new(format!(
+                    "release {}@{} has no process `{p}`",
+                    app, manifest.version
+                ))
+                .hint(format!(
+                    "its processes: {}",
+                    manifest
+                        .runtime
+                        .process
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
         g.env = self.check_config(&manifest, &g)?.0;
         dir.create()?;
         dir.write_generation(&g)?;
@@ -1219,6 +1240,12 @@ impl Agent {
     ) -> Vec<(String, u32, Arc<InstanceSpec>)> {
         let mut out = Vec::new();
         for (name, p) in &manifest.runtime.process {
+            if g.processes
+                .as_ref()
+                .is_some_and(|only| !only.contains(name))
+            {
+                continue;
+            }
             for index in 0..p.instances {
                 let mut env = base_env(&self.tag, &manifest.app, g, manifest);
                 env.insert(
@@ -2004,6 +2031,7 @@ struct Layers {
     role: Option<String>,
     role_layer: BTreeMap<String, String>,
     secrets: Option<String>,
+    processes: Option<Vec<String>>,
 }
 
 /// Where a root's host identity lives (`drover host key` prints its public key).

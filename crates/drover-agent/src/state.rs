@@ -41,6 +41,9 @@ pub struct Generation {
     /// The secrets file as deployed: encrypted, never decrypted on disk.
     #[serde(default)]
     pub secrets: Option<String>,
+    /// Only these processes run here (a fleet role's share); `None`: all of them.
+    #[serde(default)]
+    pub processes: Option<Vec<String>>,
 }
 
 impl Generation {

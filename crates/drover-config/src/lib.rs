@@ -223,6 +223,9 @@ pub struct Role {
     /// The environment's hosts that play this role (its layer applies on them).
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// The processes (`[process.NAME]`) this role's hosts run; empty: all of them.
+    #[serde(default)]
+    pub processes: Vec<String>,
 }
 
 /// A duration written as `"30s"`, `"500ms"`, `"2m"`, `"1h"` or a bare number of seconds.
@@ -443,6 +446,19 @@ impl Config {
             }
             let mut role_of = BTreeMap::new();
             for (role, r) in &e.roles {
+                for p in &r.processes {
+                    if !self.process.contains_key(p) {
+                        return Err((
+                            format!(
+                                "key `environments.{name}.roles.{role}.processes`: there is no `[process.{p}]`"
+                            ),
+                            Some(format!(
+                                "processes: {}",
+                                self.process.keys().cloned().collect::<Vec<_>>().join(", ")
+                            )),
+                        ));
+                    }
+                }
                 for h in &r.hosts {
                     if !e.hosts.contains(h) {
                         return Err((

@@ -43,6 +43,10 @@ pub enum Request {
         /// (the deployer died or lost the network) it returns to the previous generation.
         #[serde(default)]
         confirm_within: Option<u64>,
+        /// Run only these of the release's processes on this host (a fleet role's share);
+        /// `None` runs them all.
+        #[serde(default)]
+        processes: Option<Vec<String>>,
     },
     /// Change host-side config values: a new generation with the same release.
     ConfigSet {
@@ -307,6 +311,7 @@ mod tests {
             role_layer: BTreeMap::new(),
             secrets: None,
             confirm_within: None,
+            processes: None,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

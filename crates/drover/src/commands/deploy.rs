@@ -169,6 +169,7 @@ pub fn deploy(
             role_layer: layers.role_layer,
             secrets: layers.secrets,
             confirm_within: None,
+            processes: None,
         },
         client::print_events,
     )?;

@@ -754,9 +754,13 @@ fn rollout(
             let s = sessions[i];
             progress.phase(i, "switching");
             let host = &target.env.hosts[i];
-            let (role, role_layer) = match target.role_of(host) {
-                Some((name, r)) => (Some(name.clone()), r.env.clone()),
-                None => (None, BTreeMap::new()),
+            let (role, role_layer, processes) = match target.role_of(host) {
+                Some((name, r)) => (
+                    Some(name.clone()),
+                    r.env.clone(),
+                    (!r.processes.is_empty()).then(|| r.processes.clone()),
+                ),
+                None => (None, BTreeMap::new(), None),
             };
             let req = Request::Deploy {
                 release: plan.release.to_hex(),
@@ -768,6 +772,7 @@ fn rollout(
                 role_layer,
                 secrets: plan.secrets.clone(),
                 confirm_within: Some(confirm_within),
+                processes,
             };
             let previous = match current_generation(s, &plan.app) {
                 Ok(g) => g,

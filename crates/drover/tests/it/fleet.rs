@@ -541,3 +541,77 @@ fn ssh_and_install_problems_are_named_per_host() {
     let run = cx.drover(&["deploy", dir_str, "-e", "one"]).success();
     assert!(run.stdout.contains("live on all 1 hosts"), "{}", run.stdout);
 }
+
+#[test]
+fn roles_choose_each_hosts_processes_and_config_layer() {
+    let fleet = Fleet::new(2);
+    let cx = TestContext::new();
+    let dir = fleet_app(&cx, &fleet, "1.0", "{ kind = \"all-at-once\" }", "./hello");
+    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+    std::fs::write(
+        dir.join("drover.toml"),
+        toml + "\n[process.worker]\ncommand = \"sh -c 'echo working as $ROLE_NAME; exec sleep 600'\"\n\n\
+                [environments.prod.roles.web]\nhosts = [\"h1\"]\nprocesses = [\"web\"]\nenv = { ROLE_NAME = \"web\" }\n\n\
+                [environments.prod.roles.jobs]\nhosts = [\"h2\"]\nprocesses = [\"worker\"]\nenv = { ROLE_NAME = \"jobs\" }\n",
+    )
+    .unwrap();
+    setup(&cx, &dir);
+    deploy(&cx, &dir).success();
+    let status = cx
+        .drover(&[
+            "status",
+            "-e",
+            "prod",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--json",
+        ])
+        .success()
+        .json();
+    let procs = |i: usize| -> Vec<String> {
+        status[i]["result"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["process"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(procs(0), ["web"], "{status:#}");
+    assert_eq!(procs(1), ["worker"], "{status:#}");
+    assert_eq!(serving(&fleet, 0).as_deref(), Some("1.0"));
+    let logs = cx
+        .drover(&[
+            "logs",
+            "hello",
+            "-e",
+            "prod",
+            "--dir",
+            dir.to_str().unwrap(),
+            "-n",
+            "5",
+        ])
+        .success();
+    assert!(
+        logs.stdout.contains("h2 | ") && logs.stdout.contains("working as jobs"),
+        "{}",
+        logs.stdout
+    );
+
+    // A role naming a process the app does not have is refused before anything moves.
+    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+    std::fs::write(
+        dir.join("drover.toml"),
+        toml.replace("processes = [\"worker\"]", "processes = [\"wrker\"]"),
+    )
+    .unwrap();
+    let run = cx
+        .drover(&["deploy", dir.to_str().unwrap(), "-e", "prod"])
+        .failure();
+    assert!(
+        run.stderr
+            .contains("environments.prod.roles.jobs.processes")
+            && run.stderr.contains("[process.wrker]"),
+        "{}",
+        run.stderr
+    );
+}
