@@ -190,8 +190,9 @@ pub enum Rollout {
     Rolling {
         #[serde(default = "default_batch")]
         batch: Count,
-        /// At most this many hosts may be switching or unhealthy at once (caps `batch`, and
-        /// stops the rollout when hosts outside the batch are already failing).
+        /// At most this many hosts may be switching or down at once: it caps `batch`, and a
+        /// batch does not start while hosts outside it are down (stopped, or no healthy
+        /// instance) so that the two together would exceed it.
         #[serde(default)]
         max_unavailable: Option<Count>,
         /// Wait between batches.

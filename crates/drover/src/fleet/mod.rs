@@ -327,6 +327,21 @@ fn failure(
     }
 }
 
+/// Whether a host serves the app: it is not stopped there and has a healthy instance (a host
+/// that never ran the app is not counted as down).
+fn available(s: &Session, app: &str) -> bool {
+    let Ok(v) = agent_call(s, &Request::Status { app: None }, false, |_| {}) else {
+        return false;
+    };
+    let Ok(apps) = serde_json::from_value::<Vec<drover_wire::AppStatus>>(v) else {
+        return false;
+    };
+    match apps.iter().find(|a| a.app == app) {
+        None => true,
+        Some(a) => a.state != "stopped" && a.instances.iter().any(|i| i.healthy),
+    }
+}
+
 /// The app's live generation on a host (`None`: not deployed there yet).
 pub fn current_generation(s: &Session, app: &str) -> Result<Option<u64>, HostError> {
     let v = agent_call(s, &Request::Status { app: None }, false, |_| {})?;
@@ -748,6 +763,31 @@ fn rollout(
                 progress.phase(i, format!("waiting {}", drover_config::Seconds(p)));
             }
             std::thread::sleep(p);
+        }
+        if let Some(max) = target.env.strategy.max_unavailable(n) {
+            let others: Vec<usize> = (0..n).filter(|i| !batch.contains(i)).collect();
+            let down: Vec<usize> = par(&others, parallel, |_, &i| {
+                !available(sessions[i], &plan.app)
+            })
+            .into_iter()
+            .zip(&others)
+            .filter_map(|(down, &i)| down.then_some(i))
+            .collect();
+            if down.len() + batch.len() > max {
+                let names: Vec<&str> = down.iter().map(|&i| sessions[i].name.as_str()).collect();
+                failure = Some(hinted(
+                    format!(
+                        "batch {} of {} not started: {} hosts are unavailable ({}) and the batch has {}, more than max_unavailable = {max}",
+                        b + 1,
+                        batches.len(),
+                        down.len(),
+                        names.join(", "),
+                        batch.len()
+                    ),
+                    "`drover status -e ENV` shows what is unhealthy",
+                ));
+                break;
+            }
         }
         let members: Vec<usize> = batch.clone();
         let results = par(&members, members.len(), |_, &i| {

@@ -199,6 +199,24 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
     for h in status.as_array().unwrap() {
         assert_eq!(h["result"][0]["version"], "2.0", "{h}");
     }
+
+    // The whole environment back to v1 at once, and the audit logs say so.
+    cx.drover(&["rollback", "-e", "prod", "--dir", dir.to_str().unwrap()])
+        .success();
+    assert_all_serve(&fleet, "1.0");
+    let hist = cx
+        .drover(&[
+            "history",
+            "-e",
+            "prod",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--json",
+        ])
+        .success()
+        .json();
+    assert_eq!(hist[0]["action"], "rollback", "{hist:#}");
+    assert_eq!(hist[0]["outcome"], "ok", "{hist:#}");
 }
 
 #[test]
@@ -359,10 +377,14 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("h1 to serve 3.0", Duration::from_secs(60), || {
-        serving(&fleet, 0).as_deref() == Some("3.0")
+    // Cut as soon as h2's agent has written the new generation: it is starting v3.
+    let gens = fleet.hosts[1].root.join("apps/hello/gens");
+    wait_for("h2 to start 3.0", Duration::from_secs(60), || {
+        std::fs::read_dir(&gens).unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"version\": \"3.0\""))
+        })
     });
-    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(serving(&fleet, 0).as_deref(), Some("3.0"));
     fleet.cut(1);
     let run = crate::common::to_run(child.wait_with_output().unwrap());
     assert!(!run.status.success());
@@ -462,6 +484,29 @@ fn two_deploys_at_once_the_second_fails_fast_naming_the_lock_holder() {
         ])
         .success();
     assert_eq!(st.stdout.matches("free").count(), 2, "{}", st.stdout);
+
+    // max_unavailable: with h2's app stopped, a batch of one more would make two down.
+    let h2 = &fleet.hosts[1].root;
+    let mut stop = cx.command();
+    stop.env("DROVER_ROOT", h2).args(["stop", "hello"]);
+    assert!(stop.status().unwrap().success());
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "2.0",
+        "{ kind = \"rolling\", batch = 1, max_unavailable = 1 }",
+        "./hello",
+    );
+    let run = cx
+        .drover(&["deploy", dir.to_str().unwrap(), "-e", "prod"])
+        .failure();
+    assert!(
+        run.stderr
+            .contains("batch 1 of 2 not started: 1 hosts are unavailable (h2)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(serving(&fleet, 0).as_deref(), Some("1.0"));
 }
 
 #[test]
