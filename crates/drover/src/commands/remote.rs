@@ -91,10 +91,14 @@ pub struct LockHolder {
 
 /// The fingerprint of the running binary.
 pub fn build_id() -> String {
-    std::env::current_exe()
-        .and_then(std::fs::read)
-        .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::env::current_exe()
+            .and_then(std::fs::read)
+            .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    })
+    .clone()
 }
 
 pub fn lock_path(root: &Path, env: &str) -> PathBuf {

@@ -423,19 +423,48 @@ impl<'a> Locks<'a> {
             token: token.clone(),
             held: Vec::new(),
         };
-        for s in order {
-            let out = s
-                .run_raw(
-                    &s.drover(&[
-                        "lock", "acquire", env, "--holder", &holder, "--token", &token,
-                    ]),
-                    b"",
-                )
-                .map_err(|e| anyhow::anyhow!(e.message))?;
-            if out.status.success() {
-                locks.held.push(s);
-                continue;
+        // The first host in the order decides between racing deployers; the rest are then
+        // taken together (one round trip instead of one per host).
+        let rest = if order.is_empty() {
+            Vec::new()
+        } else {
+            order.split_off(1)
+        };
+        let attempt = |hosts: &[&'a Session]| {
+            par(hosts, 16, |_, s| {
+                let cmd = s.drover(&[
+                    "lock", "acquire", env, "--holder", &holder, "--token", &token,
+                ]);
+                (*s, s.run_raw(&cmd, b""))
+            })
+        };
+        let mut results = attempt(&order);
+        if results
+            .iter()
+            .all(|(_, r)| r.as_ref().is_ok_and(|o| o.status.success()))
+        {
+            results.extend(attempt(&rest));
+        }
+        let mut refused = None;
+        for (s, r) in results {
+            match r {
+                Ok(out) if out.status.success() => locks.held.push(s),
+                Ok(out) => {
+                    refused.get_or_insert((s, out));
+                }
+                Err(e) => {
+                    refused.get_or_insert((
+                        s,
+                        std::process::Output {
+                            status: std::os::unix::process::ExitStatusExt::from_raw(255 << 8),
+                            stdout: Vec::new(),
+                            stderr: e.message.into_bytes(),
+                        },
+                    ));
+                }
             }
+        }
+        if let Some((s, out)) = refused {
             let err = if out.status.code() == Some(3) {
                 let h: Option<LockHolder> = serde_json::from_slice(&out.stdout).ok();
                 match h {
