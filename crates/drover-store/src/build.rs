@@ -70,16 +70,21 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
         let f = File::open(&path).at(&path)?;
         let mut chunks = Vec::new();
         let mut hasher = blake3::Hasher::new();
+        // A file no bigger than the smallest chunk is one chunk: its hash is the file's.
+        let one_chunk = *size <= chunk::MIN_CHUNK as u64;
+        let mut enc = chunk::Encoder::default();
         let mut stored_err = None;
         let mut total = 0u64;
         chunk::for_each_chunk(f, *size, |data| {
             let h = Hash::of(data);
-            hasher.update(data);
+            if !one_chunk {
+                hasher.update(data);
+            }
             total += data.len() as u64;
             chunks.push(ChunkRef(h, data.len() as u32));
             let claimed = seen.lock().unwrap_or_else(|e| e.into_inner()).insert(h);
             if claimed {
-                match store.put_chunk(&h, data) {
+                match store.put_chunk_with(&h, data, &mut enc) {
                     Ok(0) => {}
                     Ok(n) => {
                         stored.fetch_add(n, Ordering::Relaxed);
@@ -105,7 +110,11 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
                 "the file changed size while it was being read",
             ));
         }
-        Ok((Hash::from(hasher.finalize()), chunks, total))
+        let hash = match (one_chunk, chunks.as_slice()) {
+            (true, [only]) => only.0,
+            _ => Hash::from(hasher.finalize()),
+        };
+        Ok((hash, chunks, total))
     });
 
     let mut entries: Vec<Option<Entry>> = Vec::with_capacity(walked.len());

@@ -45,14 +45,45 @@ fn decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// Encodes raw chunk data as a store object: zstd when that is smaller, else raw.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    if let Some(compressed) = compress(data)
-        && compressed.len() + 1 < data.len()
-    {
-        let mut out = Vec::with_capacity(compressed.len() + 1);
-        out.push(TAG_ZSTD);
-        out.extend_from_slice(&compressed);
-        return out;
+    Encoder::default().encode(data)
+}
+
+/// Encodes the chunks of one file in order. After a chunk zstd barely shrinks, the next
+/// `SKIP_AFTER_INCOMPRESSIBLE` are stored raw without trying: media, archives and other
+/// compressed data stay incompressible through the file, and trying costs as much as
+/// compressing. The encoding never changes a chunk's name (the hash of its raw data).
+#[derive(Debug, Default)]
+pub struct Encoder {
+    skip: u32,
+}
+
+const SKIP_AFTER_INCOMPRESSIBLE: u32 = 7;
+
+impl Encoder {
+    pub fn encode(&mut self, data: &[u8]) -> Vec<u8> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return raw(data);
+        }
+        match compress(data) {
+            Some(compressed) => {
+                if compressed.len() as u64 * 100 > data.len() as u64 * 97 {
+                    self.skip = SKIP_AFTER_INCOMPRESSIBLE;
+                }
+                if compressed.len() + 1 < data.len() {
+                    let mut out = Vec::with_capacity(compressed.len() + 1);
+                    out.push(TAG_ZSTD);
+                    out.extend_from_slice(&compressed);
+                    return out;
+                }
+                raw(data)
+            }
+            None => raw(data),
+        }
     }
+}
+
+fn raw(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(TAG_RAW);
     out.extend_from_slice(data);
@@ -106,6 +137,29 @@ pub fn for_each_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_incompressible_chunk_makes_the_next_ones_skip_the_attempt() {
+        let mut x = 1u64;
+        let noise: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text = b"the same line again\n".repeat(5000);
+        let mut enc = Encoder::default();
+        assert_eq!(enc.encode(&text)[0], TAG_ZSTD);
+        assert_eq!(enc.encode(&noise)[0], TAG_RAW);
+        for _ in 0..SKIP_AFTER_INCOMPRESSIBLE {
+            let o = enc.encode(&text);
+            assert_eq!(o[0], TAG_RAW);
+            assert_eq!(decode(&o, &Hash::of(&text)).unwrap(), text);
+        }
+        assert_eq!(enc.encode(&text)[0], TAG_ZSTD, "it tries again");
+    }
 
     #[test]
     fn encode_decode() {

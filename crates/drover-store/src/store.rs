@@ -141,10 +141,15 @@ impl Store {
 
     /// Stores raw chunk data; returns the bytes written (0 if it was already there).
     pub fn put_chunk(&self, h: &Hash, data: &[u8]) -> Result<u64> {
+        self.put_chunk_with(h, data, &mut chunk::Encoder::default())
+    }
+
+    /// As `put_chunk`, encoding with a file's `Encoder` (which learns what does not compress).
+    pub fn put_chunk_with(&self, h: &Hash, data: &[u8], enc: &mut chunk::Encoder) -> Result<u64> {
         if self.has_chunk(h) {
             return Ok(0);
         }
-        let object = chunk::encode(data);
+        let object = enc.encode(data);
         self.put_chunk_object(h, &object)?;
         Ok(object.len() as u64)
     }
