@@ -1598,6 +1598,7 @@ impl Agent {
         Ok(AppStatus {
             app: app.to_string(),
             generation: current,
+            from: g.as_ref().and_then(|g| g.from),
             version: g.as_ref().map(|g| g.version.clone()),
             release: g.as_ref().map(|g| g.release.clone()),
             state: state.into(),

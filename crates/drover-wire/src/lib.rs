@@ -153,6 +153,9 @@ pub enum Line {
 pub struct AppStatus {
     pub app: String,
     pub generation: Option<u64>,
+    /// The generation live before this one (a deploy's or rollback's starting point).
+    #[serde(default)]
+    pub from: Option<u64>,
     pub version: Option<String>,
     pub release: Option<String>,
     pub state: String,

@@ -97,35 +97,6 @@ pub fn deploy(root: &Path, target: Target, args: super::deploy::DeployArgs) -> a
     )
 }
 
-/// Opens every host and checks it runs this drover; errors name each failing host.
-fn open_checked(target: &Target) -> anyhow::Result<Connected> {
-    let conn = Connected::open(
-        &target.env.hosts,
-        &target.settings,
-        target.config.ssh.parallel,
-    )?;
-    let checked = {
-        let sessions = match conn.all() {
-            Ok(s) => s,
-            Err(e) => {
-                conn.close();
-                return Err(e);
-            }
-        };
-        let results = par(&sessions, target.config.ssh.parallel, |_, s| {
-            fleet::hello(s).and_then(|h| fleet::check_version(s, &h))
-        });
-        let errors: Vec<HostError> = results.into_iter().filter_map(Result::err).collect();
-        errors
-    };
-    if !checked.is_empty() {
-        conn.close();
-        let refs: Vec<&HostError> = checked.iter().collect();
-        return Err(fleet::host_errors(&refs));
-    }
-    Ok(conn)
-}
-
 #[derive(Serialize)]
 struct HostResult<T> {
     host: String,
@@ -160,7 +131,11 @@ pub fn rollback(
         Some(a) => a,
         None => target.config.app.name.clone(),
     };
-    let conn = open_checked(&target)?;
+    let conn = Connected::open(
+        &target.env.hosts,
+        &target.settings,
+        target.config.ssh.parallel,
+    )?;
     let sessions = conn.all()?;
     let mut locks = Locks::acquire(&target.name, &sessions, &format!("rollback of {app}"))?;
     let results = par(&sessions, target.config.ssh.parallel, |_, s| {
@@ -179,25 +154,23 @@ pub fn rollback(
             serde_json::from_value::<AppStatus>(v)
                 .map_err(|e| HostError::new(format!("{}: bad status: {e}", s.name)))
         });
-        fleet::audit(
-            s,
-            &AuditEntry {
-                at: drover_agent::now(),
-                who: client::who(),
-                environment: Some(target.name.clone()),
-                app: app.clone(),
-                action: "rollback".into(),
-                version: r.as_ref().ok().and_then(|st| st.version.clone()),
-                from: before,
-                to: r.as_ref().ok().and_then(|st| st.generation),
-                outcome: if r.is_ok() { "ok" } else { "failed" }.into(),
-                reason: r.as_ref().err().map(|e| e.message.clone()),
-                host: None,
-            },
-        );
-        r
+        let entry = AuditEntry {
+            at: drover_agent::now(),
+            who: client::who(),
+            environment: Some(target.name.clone()),
+            app: app.clone(),
+            action: "rollback".into(),
+            version: r.as_ref().ok().and_then(|st| st.version.clone()),
+            from: before,
+            to: r.as_ref().ok().and_then(|st| st.generation),
+            outcome: if r.is_ok() { "ok" } else { "failed" }.into(),
+            reason: r.as_ref().err().map(|e| e.message.clone()),
+            host: None,
+        };
+        (r, (s.name.clone(), entry))
     });
-    locks.release();
+    let (results, audit): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+    locks.finish(&audit);
     let report: Vec<HostResult<AppStatus>> = sessions
         .iter()
         .zip(results)

@@ -19,8 +19,26 @@ pub struct RemoteArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
-    /// Print this host's drover version and state as JSON.
-    Hello,
+    /// Print this host's drover version and state as JSON; with --lock, also take that
+    /// environment's lock when this drover's build is --expect-build.
+    Hello {
+        #[arg(long)]
+        expect_build: Option<String>,
+        #[arg(long, value_name = "ENV", requires_all = ["holder", "token"])]
+        lock: Option<String>,
+        #[arg(long)]
+        holder: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// End a fleet action: append the audit entry on stdin (JSON, if any), then give back
+    /// the environment's lock held with TOKEN.
+    Finish {
+        #[arg(long = "env")]
+        environment: String,
+        #[arg(long)]
+        token: String,
+    },
     /// Receive a release on stdin (the transfer protocol), answering on stdout.
     Receive,
     /// Connect stdin and stdout to the local agent's socket.
@@ -40,8 +58,6 @@ pub enum RemoteCommand {
     },
     /// Print this host's age public key.
     HostKey,
-    /// Append the audit entry on stdin (JSON) to this host's audit log.
-    AuditAppend,
     /// Print this host's audit log (JSON lines), only ENV's entries with --env.
     AuditRead {
         #[arg(long = "env")]
@@ -79,6 +95,17 @@ pub struct Hello {
     pub build: String,
     pub root: String,
     pub agent: bool,
+    /// With `--lock`: whether it was taken, and who holds it.
+    #[serde(default)]
+    pub lock: Option<LockOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockOutcome {
+    pub acquired: bool,
+    /// The holder: us when acquired, else whoever has it (`None`: not attempted, the build
+    /// differs).
+    pub holder: Option<LockHolder>,
 }
 
 /// An environment's lock, as held on a host.
@@ -93,10 +120,41 @@ pub struct LockHolder {
 pub fn build_id() -> String {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
-        std::env::current_exe()
-            .and_then(std::fs::read)
+        let Ok(exe) = std::env::current_exe() else {
+            return "unknown".into();
+        };
+        // Hashing the binary costs tens of milliseconds, on every ssh session of a deploy:
+        // the id is kept beside it, keyed by the file's identity (a new binary is a new
+        // inode, size and mtime).
+        use std::os::unix::fs::MetadataExt;
+        let key = std::fs::metadata(&exe)
+            .map(|m| {
+                format!(
+                    "{}:{}:{}:{}",
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000
+                )
+            })
+            .unwrap_or_default();
+        let cache = exe.with_file_name(".drover.build-id");
+        if let Ok(text) = std::fs::read_to_string(&cache)
+            && let Some((k, id)) = text.trim().split_once(' ')
+            && k == key
+        {
+            return id.to_string();
+        }
+        let id = std::fs::read(&exe)
             .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
-            .unwrap_or_else(|_| "unknown".into())
+            .unwrap_or_else(|_| "unknown".into());
+        if !key.is_empty() {
+            let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, format!("{key} {id}\n")).is_ok() {
+                let _ = std::fs::rename(&tmp, &cache);
+            }
+        }
+        id
     })
     .clone()
 }
@@ -107,14 +165,53 @@ pub fn lock_path(root: &Path, env: &str) -> PathBuf {
 
 pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
     match args.command {
-        RemoteCommand::Hello => {
+        RemoteCommand::Hello {
+            expect_build,
+            lock,
+            holder,
+            token,
+        } => {
+            let build = build_id();
+            let lock = match (lock, holder, token) {
+                (Some(env), Some(holder), Some(token)) => {
+                    if expect_build.as_ref().is_some_and(|b| *b != build) {
+                        Some(LockOutcome {
+                            acquired: false,
+                            holder: None,
+                        })
+                    } else {
+                        Some(match try_lock(root, &env, holder, token)? {
+                            Ok(mine) => LockOutcome {
+                                acquired: true,
+                                holder: Some(mine),
+                            },
+                            Err(theirs) => LockOutcome {
+                                acquired: false,
+                                holder: theirs,
+                            },
+                        })
+                    }
+                }
+                _ => None,
+            };
             let hello = Hello {
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                build: build_id(),
+                build,
                 root: root.display().to_string(),
                 agent: client::is_running(root),
+                lock,
             };
             println!("{}", serde_json::to_string(&hello)?);
+        }
+        RemoteCommand::Finish { environment, token } => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            if !text.trim().is_empty() {
+                let entry: drover_wire::AuditEntry = serde_json::from_str(text.trim())?;
+                std::fs::create_dir_all(root)?;
+                drover_agent::append_audit(root, &entry)?;
+            }
+            unlock(root, &environment, Some(&token), false)?;
         }
         RemoteCommand::Receive => {
             let store = super::open_store(root)?;
@@ -144,13 +241,6 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
             store.keys().trust(&key, &name)?;
         }
         RemoteCommand::Lock { op } => lock(root, op)?,
-        RemoteCommand::AuditAppend => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            let entry: drover_wire::AuditEntry = serde_json::from_str(text.trim())?;
-            std::fs::create_dir_all(root)?;
-            drover_agent::append_audit(root, &entry)?;
-        }
         RemoteCommand::AuditRead { environment } => {
             let mut out = std::io::stdout().lock();
             for e in drover_agent::read_audit(root) {
@@ -192,61 +282,73 @@ fn bridge(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn lock(root: &Path, op: LockOp) -> anyhow::Result<()> {
-    let check = |env: &str| {
-        if drover_config::valid_name(env) {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("`{env}` is not an environment name"))
-        }
+fn check_env(env: &str) -> anyhow::Result<()> {
+    if drover_config::valid_name(env) {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("`{env}` is not an environment name"))
+    }
+}
+
+/// Takes an environment's lock: `Ok(ours)`, or `Err(the holder)` when it is taken.
+fn try_lock(
+    root: &Path,
+    env: &str,
+    holder: String,
+    token: String,
+) -> anyhow::Result<Result<LockHolder, Option<LockHolder>>> {
+    check_env(env)?;
+    let path = lock_path(root, env);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let mine = LockHolder {
+        holder,
+        since: drover_agent::now(),
+        token,
     };
+    // Written aside then linked into place: the lock exists whole or not at all, and of two
+    // deployers racing for it exactly one link succeeds.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec(&mine)?)?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(Ok(mine)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Err(read_lock(root, env))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_lock(root: &Path, env: &str) -> Option<LockHolder> {
+    std::fs::read(lock_path(root, env))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Gives the lock back when `token` holds it (or always, with `force`).
+fn unlock(root: &Path, env: &str, token: Option<&str>, force: bool) -> anyhow::Result<()> {
+    check_env(env)?;
+    match read_lock(root, env) {
+        Some(h) if force || Some(h.token.as_str()) == token => {
+            std::fs::remove_file(lock_path(root, env))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn lock(root: &Path, op: LockOp) -> anyhow::Result<()> {
     match op {
-        LockOp::Acquire { env, holder, token } => {
-            check(&env)?;
-            let path = lock_path(root, &env);
-            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-            let body = serde_json::to_vec(&LockHolder {
-                holder,
-                since: drover_agent::now(),
-                token,
-            })?;
-            // Written aside then linked into place: the lock exists whole or not at all, and
-            // of two deployers racing for it exactly one link succeeds.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, &body)?;
-            let linked = std::fs::hard_link(&tmp, &path);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => println!("{}", String::from_utf8_lossy(&body)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    println!(
-                        "{}",
-                        std::fs::read_to_string(&path).unwrap_or_default().trim()
-                    );
-                    std::process::exit(3);
-                }
-                Err(e) => return Err(e.into()),
+        LockOp::Acquire { env, holder, token } => match try_lock(root, &env, holder, token)? {
+            Ok(mine) => println!("{}", serde_json::to_string(&mine)?),
+            Err(theirs) => {
+                println!("{}", serde_json::to_string(&theirs)?);
+                std::process::exit(3);
             }
-        }
-        LockOp::Release { env, token, force } => {
-            check(&env)?;
-            let path = lock_path(root, &env);
-            let held: Option<LockHolder> = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            match held {
-                Some(h) if force || Some(&h.token) == token.as_ref() => {
-                    std::fs::remove_file(&path)?;
-                }
-                _ => {}
-            }
-        }
+        },
+        LockOp::Release { env, token, force } => unlock(root, &env, token.as_deref(), force)?,
         LockOp::Show { env } => {
-            check(&env)?;
-            let held: Option<LockHolder> = std::fs::read(lock_path(root, &env))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            println!("{}", serde_json::to_string(&held)?);
+            check_env(&env)?;
+            println!("{}", serde_json::to_string(&read_lock(root, &env))?);
         }
     }
     Ok(())

@@ -19,7 +19,7 @@ use drover_wire::{AuditEntry, Line, Reply, Request};
 use serde::Serialize;
 
 use crate::client;
-use crate::commands::remote::{Hello, LockHolder};
+use crate::commands::remote::Hello;
 use crate::output::{self, hinted};
 pub use progress::Progress;
 pub use ssh::{HostError, Session, SshSettings};
@@ -400,8 +400,9 @@ pub fn transfer(
 
 // ---- locks -------------------------------------------------------------------
 
-/// The environment's lock, held on every host. Taken host by host in one fixed order, so of
-/// two deployers racing, the first host decides and the loser gives back what it took.
+/// The environment's lock, held on every host. The first host in name order decides
+/// between racing deployers; the others are then taken together. Taking it also checks that
+/// each host runs this drover and its agent (one ssh session per host for both).
 pub struct Locks<'a> {
     env: String,
     token: String,
@@ -416,90 +417,113 @@ impl<'a> Locks<'a> {
         .to_hex()[..16]
             .to_string();
         let holder = format!("{} ({what}, pid {})", client::who(), std::process::id());
+        let build = crate::commands::remote::build_id();
         let mut order: Vec<&Session> = sessions.to_vec();
         order.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut locks = Locks {
-            env: env.to_string(),
-            token: token.clone(),
-            held: Vec::new(),
-        };
-        // The first host in the order decides between racing deployers; the rest are then
-        // taken together (one round trip instead of one per host).
         let rest = if order.is_empty() {
             Vec::new()
         } else {
             order.split_off(1)
         };
+        let mut locks = Locks {
+            env: env.to_string(),
+            token: token.clone(),
+            held: Vec::new(),
+        };
         let attempt = |hosts: &[&'a Session]| {
             par(hosts, 16, |_, s| {
-                let cmd = s.drover(&[
-                    "lock", "acquire", env, "--holder", &holder, "--token", &token,
-                ]);
-                (*s, s.run_raw(&cmd, b""))
+                let hello = s
+                    .run(
+                        &[
+                            "hello",
+                            "--expect-build",
+                            &build,
+                            "--lock",
+                            env,
+                            "--holder",
+                            &holder,
+                            "--token",
+                            &token,
+                        ],
+                        b"",
+                    )
+                    .and_then(|out| {
+                        serde_json::from_slice::<Hello>(&out.stdout).map_err(|e| {
+                            HostError::new(format!("{}: bad answer to hello: {e}", s.name))
+                        })
+                    });
+                (*s, hello)
             })
         };
         let mut results = attempt(&order);
-        if results
-            .iter()
-            .all(|(_, r)| r.as_ref().is_ok_and(|o| o.status.success()))
-        {
+        let first_ok = results.iter().all(|(_, r)| {
+            r.as_ref()
+                .is_ok_and(|h| h.lock.as_ref().is_some_and(|l| l.acquired))
+        });
+        if first_ok {
             results.extend(attempt(&rest));
         }
-        let mut refused = None;
+        let mut taken_by_other = None;
+        let mut errors = Vec::new();
         for (s, r) in results {
             match r {
-                Ok(out) if out.status.success() => locks.held.push(s),
-                Ok(out) => {
-                    refused.get_or_insert((s, out));
+                Ok(hello) => {
+                    if hello.lock.as_ref().is_some_and(|l| l.acquired) {
+                        locks.held.push(s);
+                    }
+                    if let Err(e) = check_version(s, &hello) {
+                        errors.push(e);
+                    } else if let Some(l) = hello.lock.filter(|l| !l.acquired) {
+                        taken_by_other.get_or_insert((s.name.clone(), l.holder));
+                    }
                 }
-                Err(e) => {
-                    refused.get_or_insert((
-                        s,
-                        std::process::Output {
-                            status: std::os::unix::process::ExitStatusExt::from_raw(255 << 8),
-                            stdout: Vec::new(),
-                            stderr: e.message.into_bytes(),
-                        },
-                    ));
-                }
+                Err(e) => errors.push(e),
             }
         }
-        if let Some((s, out)) = refused {
-            let err = if out.status.code() == Some(3) {
-                let h: Option<LockHolder> = serde_json::from_slice(&out.stdout).ok();
-                match h {
-                    Some(h) => hinted(
-                        format!(
-                            "environment `{env}` is locked on {}: {} has held it since {}",
-                            s.name,
-                            h.holder,
-                            fmt_time(h.since)
-                        ),
-                        format!(
-                            "wait for that deploy to finish; if it is dead, `drover lock release -e {env}`"
-                        ),
-                    ),
-                    None => anyhow::anyhow!("environment `{env}` is locked on {}", s.name),
-                }
-            } else {
-                let e = s.failed(&out);
-                match e.hint {
-                    Some(h) => hinted(e.message, h),
-                    None => anyhow::anyhow!(e.message),
-                }
-            };
+        if !errors.is_empty() {
             locks.release();
-            return Err(err);
+            let refs: Vec<&HostError> = errors.iter().collect();
+            return Err(host_errors(&refs));
+        }
+        if let Some((host, h)) = taken_by_other {
+            locks.release();
+            return Err(match h {
+                Some(h) => hinted(
+                    format!(
+                        "environment `{env}` is locked on {host}: {} has held it since {}",
+                        h.holder,
+                        fmt_time(h.since)
+                    ),
+                    format!(
+                        "wait for that deploy to finish; if it is dead, `drover lock release -e {env}`"
+                    ),
+                ),
+                None => anyhow::anyhow!("environment `{env}` is locked on {host}"),
+            });
         }
         Ok(locks)
     }
 
     /// Gives the lock back on every host that is still reachable; names the others.
     pub fn release(&mut self) -> Vec<String> {
+        self.finish(&[])
+    }
+
+    /// Appends each host's audit entry (by host name) and gives the lock back, in one
+    /// session per host; returns the hosts that could not be reached.
+    pub fn finish(&mut self, audit: &[(String, AuditEntry)]) -> Vec<String> {
         let held = std::mem::take(&mut self.held);
         let results = par(&held, 16, |_, s| {
-            s.run(&["lock", "release", &self.env, "--token", &self.token], b"")
-                .map_err(|_| s.name.clone())
+            let body = audit
+                .iter()
+                .find(|(h, _)| *h == s.name)
+                .and_then(|(_, e)| serde_json::to_vec(e).ok())
+                .unwrap_or_default();
+            s.run(
+                &["finish", "--env", &self.env, "--token", &self.token],
+                &body,
+            )
+            .map_err(|_| s.name.clone())
         });
         results.into_iter().filter_map(Result::err).collect()
     }
@@ -514,13 +538,6 @@ pub fn fmt_time(secs: u64) -> String {
         format!("{}m ago", ago / 60)
     } else {
         format!("{}h ago", ago / 3600)
-    }
-}
-
-/// Appends an audit line on a host (best effort: the deploy's outcome does not depend on it).
-pub fn audit(s: &Session, entry: &AuditEntry) {
-    if let Ok(body) = serde_json::to_vec(entry) {
-        let _ = s.run(&["audit-append"], &body);
     }
 }
 
@@ -608,31 +625,29 @@ fn deploy_connected(
     progress: &Progress,
     started: std::time::Instant,
 ) -> anyhow::Result<()> {
-    let parallel = target.config.ssh.parallel.max(1);
     for (i, s) in conn.sessions.iter().enumerate() {
         if let Err(e) = s {
             progress.phase(i, format!("unreachable: {}", e.message));
         }
     }
     let sessions = conn.all()?;
-    let checks = par(&sessions, parallel, |i, s| {
-        progress.phase(i, "checking");
-        hello(s).and_then(|h| check_version(s, &h))
-    });
-    let errors: Vec<&HostError> = checks.iter().filter_map(|r| r.as_ref().err()).collect();
-    if !errors.is_empty() {
-        progress.finish();
-        return Err(host_errors(&errors));
+    for i in 0..sessions.len() {
+        progress.phase(i, "checking and locking");
     }
-    let mut locks = Locks::acquire(
+    let mut locks = match Locks::acquire(
         &target.name,
         &sessions,
         &format!("deploy of {}@{}", plan.app, plan.version),
-    )?;
-    let result = rollout(store, target, plan, &sessions, progress, started);
-    let stuck = locks.release();
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            progress.finish();
+            return Err(e);
+        }
+    };
+    let (states, failure, audit) = rollout(store, target, plan, &sessions, progress, started);
+    let stuck = locks.finish(&audit);
     progress.finish();
-    let (states, failure) = result;
     let report = DeployReport {
         environment: target.name.clone(),
         app: plan.app.clone(),
@@ -724,7 +739,11 @@ fn rollout(
     sessions: &[&Session],
     progress: &Progress,
     started: std::time::Instant,
-) -> (Vec<HostState>, Option<anyhow::Error>) {
+) -> (
+    Vec<HostState>,
+    Option<anyhow::Error>,
+    Vec<(String, AuditEntry)>,
+) {
     let parallel = target.config.ssh.parallel.max(1);
     let n = sessions.len();
     let mut states: Vec<HostState> = (0..n)
@@ -771,13 +790,12 @@ fn rollout(
     }
     if !failed.is_empty() {
         let refs: Vec<&HostError> = failed.iter().collect();
-        return (
-            states,
-            Some(anyhow::anyhow!(
-                "the release did not reach every host, so no host was switched\n{}",
-                host_errors(&refs)
-            )),
+        let failure = anyhow::anyhow!(
+            "the release did not reach every host, so no host was switched\n{}",
+            host_errors(&refs)
         );
+        let audit = audit_entries(target, plan, sessions, &states, Some(&failure));
+        return (states, Some(failure), audit);
     }
 
     // 2. Batch by batch, each healthy before the next.
@@ -843,13 +861,6 @@ fn rollout(
                 confirm_within: Some(confirm_within),
                 processes,
             };
-            let previous = match current_generation(s, &plan.app) {
-                Ok(g) => g,
-                Err(e) => {
-                    progress.phase(i, format!("failed: {}", e.message));
-                    return Err(e);
-                }
-            };
             let r = agent_call(s, &req, true, |e| {
                 if e != drover_wire::AWAITING_CONFIRM {
                     progress.phase(i, e.to_string());
@@ -866,7 +877,7 @@ fn rollout(
                 ),
                 Err(e) => progress.phase(i, format!("failed: {}", e.message)),
             }
-            r.map(|st| (previous, st))
+            r.map(|st| (st.from, st))
         });
         let mut batch_failed = Vec::new();
         for (&i, r) in members.iter().zip(results) {
@@ -950,12 +961,25 @@ fn rollout(
         }
     }
 
-    // 4. Every host's audit log says what happened to it.
-    let entries: Vec<(usize, AuditEntry)> = (0..n)
-        .map(|i| {
-            let st = &states[i];
+    // 4. Every host's audit log will say what happened to it.
+    let audit = audit_entries(target, plan, sessions, &states, failure.as_ref());
+    (states, failure, audit)
+}
+
+fn audit_entries(
+    target: &Target,
+    plan: &DeployPlan,
+    sessions: &[&Session],
+    states: &[HostState],
+    failure: Option<&anyhow::Error>,
+) -> Vec<(String, AuditEntry)> {
+    states
+        .iter()
+        .zip(sessions)
+        .filter(|(st, _)| st.state != "unreachable")
+        .map(|(st, s)| {
             (
-                i,
+                s.name.clone(),
                 AuditEntry {
                     at: drover_agent::now(),
                     who: client::who(),
@@ -975,7 +999,6 @@ fn rollout(
                     .into(),
                     reason: st.error.clone().or_else(|| {
                         failure
-                            .as_ref()
                             .filter(|_| st.state != "live")
                             .map(|f| format!("{f}").lines().next().unwrap_or("").to_string())
                     }),
@@ -983,11 +1006,5 @@ fn rollout(
                 },
             )
         })
-        .collect();
-    par(&entries, parallel, |_, (i, e)| {
-        if states[*i].state != "unreachable" {
-            audit(sessions[*i], e);
-        }
-    });
-    (states, failure)
+        .collect()
 }
