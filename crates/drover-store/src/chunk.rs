@@ -90,6 +90,57 @@ fn raw(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Largest base a delta is made against (see `delta_encode`).
+pub const MAX_DELTA_BASE: usize = 3 << 20;
+const DELTA_WINDOW_LOG: u32 = 23;
+
+/// Compresses `data` against `base`, raw content the receiving side also holds (earlier
+/// chunks of the same file): what is already in `base` costs a few bytes per match.
+pub fn delta_encode(base: &[u8], data: &[u8]) -> Option<Vec<u8>> {
+    if base.len() > MAX_DELTA_BASE {
+        return None;
+    }
+    delta_encode_window(base, data, DELTA_WINDOW_LOG)
+}
+
+/// As `delta_encode`, with a window of `2^window_log` bytes (which must hold base and data).
+pub fn delta_encode_window(base: &[u8], data: &[u8], window_log: u32) -> Option<Vec<u8>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
+        .ok()?;
+    cctx.set_parameter(CParameter::WindowLog(window_log)).ok()?;
+    cctx.ref_prefix(base).ok()?;
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    cctx.compress2(&mut out, data).ok()?;
+    Some(out)
+}
+
+/// Undoes `delta_encode` and checks the result against its name.
+pub fn delta_decode(base: &[u8], delta: &[u8], expected: &Hash) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe::{DCtx, DParameter};
+    if base.len() > MAX_DELTA_BASE {
+        return Err("delta base too large".into());
+    }
+    let mut dctx = DCtx::create();
+    dctx.set_parameter(DParameter::WindowLogMax(DELTA_WINDOW_LOG))
+        .map_err(|c| format!("zstd error {c}"))?;
+    dctx.ref_prefix(base)
+        .map_err(|c| format!("zstd error {c}"))?;
+    let mut out = Vec::with_capacity(MAX_CHUNK);
+    dctx.decompress(&mut out, delta).map_err(|c| {
+        format!(
+            "cannot decompress the delta: {}",
+            zstd::zstd_safe::get_error_name(c)
+        )
+    })?;
+    let actual = Hash::of(&out);
+    if actual != *expected {
+        return Err(format!("content hashes to {}", actual.short()));
+    }
+    Ok(out)
+}
+
 /// Decodes a store object and checks it against its name. Never returns unverified data.
 pub fn decode(object: &[u8], expected: &Hash) -> Result<Vec<u8>, String> {
     let data = match object.split_first() {
@@ -137,6 +188,30 @@ pub fn for_each_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deltas_round_trip_and_are_small_for_small_changes() {
+        let mut x = 7u64;
+        let base: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut data = base[1000..250_000].to_vec();
+        data[5000..5100].copy_from_slice(&[7u8; 100]);
+        let h = Hash::of(&data);
+        let d = delta_encode(&base, &data).unwrap();
+        assert!(d.len() < 2000, "{} bytes", d.len());
+        assert_eq!(delta_decode(&base, &d, &h).unwrap(), data);
+        // The wrong base, or a wrong name, is refused.
+        let mut other = base.clone();
+        other[2000] ^= 1;
+        assert!(delta_decode(&other, &d, &h).is_err());
+        assert!(delta_decode(&base, &d, &Hash::of(b"x")).is_err());
+    }
 
     #[test]
     fn an_incompressible_chunk_makes_the_next_ones_skip_the_attempt() {

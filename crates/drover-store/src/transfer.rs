@@ -2,11 +2,17 @@
 //! sending only the chunks the other side lacks.
 //!
 //! The conversation, in records `[tag u8][len u32 LE][payload]`:
-//! 1. sender: `MANIFEST` (zstd-compressed manifest bytes), `SIGNATURE`;
-//! 2. receiver: checks both (the signer must be trusted there), then `WANT` (the 32-byte
-//!    ids of the chunks it lacks), or `DONE` at once when it already has the release;
-//! 3. sender: one `CHUNK` (id + stored object, already compressed) per wanted chunk, `END`;
-//! 4. receiver: `DONE` (JSON: what it added) once the release is committed, or `ERROR`.
+//! 1. sender: `OFFER` (the release id);
+//! 2. receiver: `DONE` at once when it has the release, else `HAVE`: the ids of its newest
+//!    releases of the same app, any of which can serve as a base;
+//! 3. sender: `MANIFEST` (zstd-compressed, against a base's manifest when it has one of
+//!    them too), `SIGNATURE`;
+//! 4. receiver: checks both (the id must be the offered one, the signer trusted there),
+//!    then `WANT` (the 32-byte ids of the chunks it lacks);
+//! 5. sender: per wanted chunk, either `CHUNK` (id + stored object, already compressed) or
+//!    `DELTA` (id, the base chunks it is compressed against: the same region of the same
+//!    file in the base release, and the zstd frame), whichever is smaller; then `END`;
+//! 6. receiver: `DONE` (JSON: what it added) once the release is committed, or `ERROR`.
 //!
 //! The receiver verifies every chunk as it arrives and stores it at once, so a transfer cut
 //! off halfway leaves valid chunks behind and the next attempt only asks for the rest. The
@@ -32,6 +38,16 @@ const TAG_CHUNK: u8 = 4;
 const TAG_END: u8 = 5;
 const TAG_DONE: u8 = 6;
 const TAG_ERROR: u8 = 7;
+const TAG_OFFER: u8 = 8;
+const TAG_HAVE: u8 = 9;
+const TAG_DELTA: u8 = 10;
+
+/// How many of its releases of the app a receiver offers as bases.
+const MAX_BASES: usize = 4;
+/// A manifest sent against a base's manifest: both must fit this window (128 MiB).
+const MANIFEST_WINDOW_LOG: u32 = 27;
+/// Around a changed chunk, how much of the base file's neighbourhood the delta may use.
+const DELTA_MARGIN: u64 = 128 << 10;
 
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -55,6 +71,10 @@ pub struct Sent {
     pub chunks_sent: usize,
     /// Every byte the sender wrote (records and headers): the payload on the wire.
     pub bytes_sent: u64,
+    /// Chunks sent as deltas against the base release.
+    pub chunks_delta: usize,
+    /// The base release the manifest and deltas were made against.
+    pub base: Option<String>,
 }
 
 /// Progress of a send: bytes of chunk objects written so far, out of the total wanted.
@@ -174,51 +194,115 @@ pub fn send(
         inner: std::io::BufWriter::with_capacity(256 << 10, output),
         bytes: 0,
     };
-    let packed = zstd::bulk::compress(&manifest_bytes, 9).map_err(io(what))?;
+    write_record(&mut w, TAG_OFFER, &[&id.0]).map_err(io(what))?;
+    w.flush().map_err(io(what))?;
+    let (tag, payload) = read_record(&mut input, what)?;
+    if tag != TAG_HAVE {
+        let received = expect_done(tag, &payload, what)?;
+        return Ok(Sent {
+            received,
+            chunks_sent: 0,
+            bytes_sent: w.bytes,
+            chunks_delta: 0,
+            base: None,
+        });
+    }
+    // A base both sides hold: the receiver's newest that is here too.
+    let base: Option<(Hash, Manifest, Vec<u8>)> = payload
+        .chunks_exact(32)
+        .map(|c| Hash(c.try_into().expect("32 bytes")))
+        .filter(|b| b != id && store.has_release(b))
+        .find_map(|b| {
+            let bytes = store.manifest_bytes(&b).ok()?;
+            let m = store.manifest(&b).ok()?;
+            (m.app == manifest.app).then_some((b, m, bytes))
+        });
+    let packed = match &base {
+        Some((b, _, base_bytes)) => {
+            let z = (base_bytes.len() + manifest_bytes.len() <= 1 << MANIFEST_WINDOW_LOG)
+                .then(|| {
+                    chunk::delta_encode_window(base_bytes, &manifest_bytes, MANIFEST_WINDOW_LOG)
+                })
+                .flatten();
+            match z {
+                Some(z) => [&[1u8][..], &b.0, &z].concat(),
+                None => [
+                    &[0u8][..],
+                    &zstd::bulk::compress(&manifest_bytes, 9).map_err(io(what))?,
+                ]
+                .concat(),
+            }
+        }
+        None => [
+            &[0u8][..],
+            &zstd::bulk::compress(&manifest_bytes, 9).map_err(io(what))?,
+        ]
+        .concat(),
+    };
     write_record(&mut w, TAG_MANIFEST, &[&packed]).map_err(io(what))?;
     write_record(&mut w, TAG_SIGNATURE, &[&sig.to_bytes()]).map_err(io(what))?;
     w.flush().map_err(io(what))?;
 
     let (tag, payload) = read_record(&mut input, what)?;
-    let want: Vec<Hash> = match tag {
-        TAG_WANT => {
-            if payload.len() % 32 != 0 {
-                return Err(Error::invalid(what, "bad chunk list from the receiver"));
-            }
-            let needed = manifest.chunk_set();
-            let mut want = Vec::with_capacity(payload.len() / 32);
-            for c in payload.chunks_exact(32) {
-                let h = Hash(c.try_into().expect("32 bytes"));
-                if !needed.contains(&h) {
-                    return Err(Error::invalid(
-                        what,
-                        format!("the receiver asked for chunk {h}, not part of this release"),
-                    ));
-                }
-                want.push(h);
-            }
-            want
+    if tag != TAG_WANT {
+        return Err(match expect_done(tag, &payload, what) {
+            Err(e) => e,
+            Ok(_) => Error::invalid(what, "the receiver answered before the chunks"),
+        });
+    }
+    if payload.len() % 32 != 0 {
+        return Err(Error::invalid(what, "bad chunk list from the receiver"));
+    }
+    let needed = manifest.chunk_set();
+    let mut want = Vec::with_capacity(payload.len() / 32);
+    for c in payload.chunks_exact(32) {
+        let h = Hash(c.try_into().expect("32 bytes"));
+        if !needed.contains(&h) {
+            return Err(Error::invalid(
+                what,
+                format!("the receiver asked for chunk {h}, not part of this release"),
+            ));
         }
-        _ => {
-            let received = expect_done(tag, &payload, what)?;
-            return Ok(Sent {
-                received,
-                chunks_sent: 0,
-                bytes_sent: w.bytes,
-            });
-        }
-    };
+        want.push(h);
+    }
     let total: u64 = want.iter().map(|h| store.chunk_size(h).unwrap_or(0)).sum();
+    let places = base
+        .as_ref()
+        .map(|(_, base_manifest, _)| Places::new(&manifest, base_manifest));
     let mut sent = 0;
+    let mut deltas = 0;
     progress(Progress { sent, total });
     for h in &want {
         let object = store.chunk_object(h)?;
-        chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
+        let raw = chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
             kind: "chunk",
             id: h.to_hex(),
             reason,
         })?;
-        write_record(&mut w, TAG_CHUNK, &[&h.0, &object]).map_err(io(what))?;
+        let delta = places
+            .as_ref()
+            .and_then(|p| p.base_for(h))
+            .and_then(|bases| {
+                let mut prefix = Vec::new();
+                for b in &bases {
+                    prefix.extend_from_slice(&store.read_chunk(b).ok()?);
+                }
+                let d = chunk::delta_encode(&prefix, &raw)?;
+                (d.len() + 34 + bases.len() * 32 < object.len()).then_some((bases, d))
+            });
+        match delta {
+            Some((bases, d)) => {
+                let mut head = Vec::with_capacity(34 + bases.len() * 32);
+                head.extend_from_slice(&h.0);
+                head.extend_from_slice(&(bases.len() as u16).to_le_bytes());
+                for b in &bases {
+                    head.extend_from_slice(&b.0);
+                }
+                write_record(&mut w, TAG_DELTA, &[&head, &d]).map_err(io(what))?;
+                deltas += 1;
+            }
+            None => write_record(&mut w, TAG_CHUNK, &[&h.0, &object]).map_err(io(what))?,
+        }
         sent += object.len() as u64;
         progress(Progress { sent, total });
     }
@@ -230,7 +314,66 @@ pub fn send(
         received,
         chunks_sent: want.len(),
         bytes_sent: w.bytes,
+        chunks_delta: deltas,
+        base: base.map(|(b, _, _)| b.to_hex()),
     })
+}
+
+/// Where each chunk of a release sits (file and offset), and the chunks of the same file in
+/// the base release: what a changed chunk is likely to resemble.
+struct Places<'a> {
+    at: std::collections::HashMap<Hash, (&'a str, u64, u64)>,
+    base_files: std::collections::HashMap<&'a str, Vec<(u64, u64, Hash)>>,
+}
+
+impl<'a> Places<'a> {
+    fn new(manifest: &'a Manifest, base: &'a Manifest) -> Places<'a> {
+        let mut at = std::collections::HashMap::new();
+        for e in &manifest.entries {
+            if let crate::manifest::Entry::File { path, chunks, .. } = e {
+                let mut off = 0u64;
+                for c in chunks {
+                    at.entry(c.0)
+                        .or_insert((path.as_str(), off, off + c.1 as u64));
+                    off += c.1 as u64;
+                }
+            }
+        }
+        let mut base_files = std::collections::HashMap::new();
+        for e in &base.entries {
+            if let crate::manifest::Entry::File { path, chunks, .. } = e {
+                let mut off = 0u64;
+                let mut v = Vec::with_capacity(chunks.len());
+                for c in chunks {
+                    v.push((off, off + c.1 as u64, c.0));
+                    off += c.1 as u64;
+                }
+                base_files.insert(path.as_str(), v);
+            }
+        }
+        Places { at, base_files }
+    }
+
+    /// The base chunks around where `h` sits in its file, in file order, within the size a
+    /// delta base may have.
+    fn base_for(&self, h: &Hash) -> Option<Vec<Hash>> {
+        let (path, start, end) = *self.at.get(h)?;
+        let file = self.base_files.get(path)?;
+        let lo = start.saturating_sub(DELTA_MARGIN);
+        let hi = end + DELTA_MARGIN;
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for &(s, e, c) in file {
+            if e > lo && s < hi {
+                size += e - s;
+                if size > chunk::MAX_DELTA_BASE as u64 {
+                    break;
+                }
+                out.push(c);
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
 }
 
 /// The receiving end: reads a release from `input` into `store`, answering on `output`.
@@ -262,16 +405,55 @@ fn receive_inner(
 ) -> Result<Received> {
     let what = "<sender>";
     let _lock = store.lock_shared()?;
+    let (tag, offer) = read_record(input, what)?;
+    if tag != TAG_OFFER || offer.len() != 32 {
+        return Err(Error::invalid(what, "a transfer must start with an offer"));
+    }
+    let offered = Hash(offer[..].try_into().expect("32 bytes"));
+    if store.has_release(&offered) {
+        let manifest = store.manifest(&offered)?;
+        let n = manifest.chunk_set().len();
+        return Ok(Received {
+            release: offered.to_hex(),
+            app: manifest.app,
+            version: manifest.version,
+            already: true,
+            new_chunks: 0,
+            had_chunks: n,
+        });
+    }
+    // Bases: the newest releases here (the sender picks one of the same app it has too).
+    let mut metas = store.releases().unwrap_or_default();
+    metas.sort_by_key(|m| std::cmp::Reverse(m.stored_at));
+    let mut have = Vec::new();
+    for m in metas.iter().take(MAX_BASES * 4) {
+        have.extend_from_slice(&m.release.0);
+    }
+    write_record(output, TAG_HAVE, &[&have]).map_err(io(what))?;
+    output.flush().map_err(io(what))?;
+
     let (tag, packed) = read_record(input, what)?;
-    if tag != TAG_MANIFEST {
+    if tag != TAG_MANIFEST || packed.is_empty() {
+        return Err(Error::invalid(what, "a manifest must follow the offer"));
+    }
+    let manifest_bytes = match packed[0] {
+        0 => zstd::bulk::decompress(&packed[1..], MAX_MANIFEST_BYTES as usize)
+            .map_err(|e| Error::invalid(what, format!("undecodable manifest: {e}")))?,
+        1 if packed.len() > 33 => {
+            let base = Hash(packed[1..33].try_into().expect("32 bytes"));
+            let base_bytes = store.manifest_bytes(&base)?;
+            decode_manifest_delta(&base_bytes, &packed[33..])
+                .map_err(|e| Error::invalid(what, format!("undecodable manifest: {e}")))?
+        }
+        _ => return Err(Error::invalid(what, "unknown manifest encoding")),
+    };
+    let id = Hash::of(&manifest_bytes);
+    if id != offered {
         return Err(Error::invalid(
             what,
-            "a transfer must start with a manifest",
+            format!("the manifest is not release {} as offered", offered.short()),
         ));
     }
-    let manifest_bytes = zstd::bulk::decompress(&packed, MAX_MANIFEST_BYTES as usize)
-        .map_err(|e| Error::invalid(what, format!("undecodable manifest: {e}")))?;
-    let id = Hash::of(&manifest_bytes);
     let manifest = Manifest::from_bytes(&manifest_bytes, &format!("release {}", id.short()))?;
     let (tag, sig_bytes) = read_record(input, what)?;
     if tag != TAG_SIGNATURE {
@@ -286,16 +468,6 @@ fn receive_inner(
     );
     store.keys().check_trusted(&id, &sig, &sig_what)?;
     let needed = manifest.chunk_set();
-    if store.has_release(&id) {
-        return Ok(Received {
-            release: id.to_hex(),
-            app: manifest.app,
-            version: manifest.version,
-            already: true,
-            new_chunks: 0,
-            had_chunks: needed.len(),
-        });
-    }
     let mut want: Vec<Hash> = needed
         .iter()
         .filter(|h| !store.has_chunk(h))
@@ -326,6 +498,31 @@ fn receive_inner(
                 })?;
                 store.put_chunk_object(&h, object)?;
             }
+            TAG_DELTA => {
+                if payload.len() < 34 {
+                    return Err(Error::invalid(what, "delta record too short"));
+                }
+                let h = Hash(payload[..32].try_into().expect("32 bytes"));
+                if !pending.remove(&h) {
+                    return Err(Error::invalid(what, format!("chunk {h} was not asked for")));
+                }
+                let n = u16::from_le_bytes([payload[32], payload[33]]) as usize;
+                let body = payload
+                    .get(34 + n * 32..)
+                    .ok_or_else(|| Error::invalid(what, "delta record too short"))?;
+                let mut prefix = Vec::new();
+                for b in payload[34..34 + n * 32].chunks_exact(32) {
+                    let b = Hash(b.try_into().expect("32 bytes"));
+                    prefix.extend_from_slice(&store.read_chunk(&b)?);
+                    if prefix.len() > chunk::MAX_DELTA_BASE {
+                        return Err(Error::invalid(what, "delta base too large"));
+                    }
+                }
+                let raw = chunk::delta_decode(&prefix, body, &h).map_err(|reason| {
+                    Error::invalid(what, format!("chunk {h} arrived corrupt: {reason}"))
+                })?;
+                store.put_chunk(&h, &raw)?;
+            }
             TAG_END => break,
             other => {
                 return Err(Error::invalid(
@@ -350,6 +547,24 @@ fn receive_inner(
         new_chunks: want.len(),
         had_chunks: needed.len() - want.len(),
     })
+}
+
+/// A manifest compressed against the base release's manifest (its id is checked after).
+fn decode_manifest_delta(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe::{DCtx, DParameter};
+    let size = match zstd::zstd_safe::get_frame_content_size(delta) {
+        Ok(Some(n)) if n <= MAX_MANIFEST_BYTES => n as usize,
+        _ => return Err("no usable size in the frame".into()),
+    };
+    let mut dctx = DCtx::create();
+    dctx.set_parameter(DParameter::WindowLogMax(MANIFEST_WINDOW_LOG))
+        .map_err(|c| format!("zstd error {c}"))?;
+    dctx.ref_prefix(base)
+        .map_err(|c| format!("zstd error {c}"))?;
+    let mut out = Vec::with_capacity(size);
+    dctx.decompress(&mut out, delta)
+        .map_err(|c| zstd::zstd_safe::get_error_name(c).to_string())?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -450,8 +665,22 @@ mod tests {
         let v2 = release(&a, &src, "2");
         let (sent, _) = transfer(&a, &b_root, &v2);
         let sent = sent.unwrap();
-        assert!(sent.bytes_sent < 3 << 20, "sent {} bytes", sent.bytes_sent);
+        // The changed chunks travel as deltas against v1's: about the 100 KiB that changed.
+        assert!(sent.chunks_delta >= 1, "{sent:?}");
+        assert_eq!(sent.base.as_deref(), Some(v1.to_hex().as_str()));
+        assert!(
+            sent.bytes_sent < 200 << 10,
+            "sent {} bytes",
+            sent.bytes_sent
+        );
         assert!(sent.received.had_chunks > 0);
+        assert!(
+            store_in(&b_root)
+                .verify(Some(&v2))
+                .unwrap()
+                .problems
+                .is_empty()
+        );
 
         // Again: nothing but the manifest.
         let (sent, _) = transfer(&a, &b_root, &v2);
@@ -483,12 +712,11 @@ mod tests {
         let mut reader = s.try_clone().unwrap();
         let mut w = s;
         let manifest = a.manifest_bytes(&v1).unwrap();
-        write_record(
-            &mut w,
-            TAG_MANIFEST,
-            &[&zstd::bulk::compress(&manifest, 3).unwrap()],
-        )
-        .unwrap();
+        write_record(&mut w, TAG_OFFER, &[&v1.0]).unwrap();
+        let (tag, _) = read_record(&mut reader, "t").unwrap();
+        assert_eq!(tag, TAG_HAVE);
+        let packed = [&[0u8][..], &zstd::bulk::compress(&manifest, 3).unwrap()].concat();
+        write_record(&mut w, TAG_MANIFEST, &[&packed]).unwrap();
         write_record(
             &mut w,
             TAG_SIGNATURE,

@@ -763,10 +763,11 @@ fn rollout(
             Ok(x) => progress.phase(
                 i,
                 format!(
-                    "sent {} ({} of {} chunks were there)",
+                    "sent {} ({} of {} chunks were there, {} went as deltas)",
                     output::bytes(x.bytes_sent),
                     x.received.had_chunks,
-                    x.received.had_chunks + x.received.new_chunks
+                    x.received.had_chunks + x.received.new_chunks,
+                    x.chunks_delta
                 ),
             ),
             Err(e) => progress.phase(i, format!("transfer failed: {}", e.message)),
