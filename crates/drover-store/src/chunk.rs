@@ -186,20 +186,25 @@ pub fn for_each_chunk(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn deltas_round_trip_and_are_small_for_small_changes() {
-        let mut x = 7u64;
-        let base: Vec<u8> = (0..300_000)
+    /// Deterministic incompressible bytes (xorshift).
+    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn deltas_round_trip_and_are_small_for_small_changes() {
+        let base = noise(300_000, 7);
         let mut data = base[1000..250_000].to_vec();
         data[5000..5100].copy_from_slice(&[7u8; 100]);
         let h = Hash::of(&data);
@@ -215,15 +220,7 @@ mod tests {
 
     #[test]
     fn an_incompressible_chunk_makes_the_next_ones_skip_the_attempt() {
-        let mut x = 1u64;
-        let noise: Vec<u8> = (0..100_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = noise(100_000, 1);
         let text = b"the same line again\n".repeat(5000);
         let mut enc = Encoder::default();
         assert_eq!(enc.encode(&text)[0], TAG_ZSTD);

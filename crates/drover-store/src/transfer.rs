@@ -608,17 +608,7 @@ mod tests {
         (sent, t.join().unwrap())
     }
 
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::chunk::tests::noise;
 
     #[test]
     fn sends_only_missing_chunks_and_refuses_untrusted_signers() {

@@ -140,7 +140,7 @@ pub fn rollback(
     let mut locks = Locks::acquire(&target.name, &sessions, &format!("rollback of {app}"))?;
     let results = par(&sessions, target.config.ssh.parallel, |_, s| {
         let before = fleet::current_generation(s, &app).ok().flatten();
-        let r = agent_call(
+        let r = fleet::agent_typed::<AppStatus>(
             s,
             &Request::Rollback {
                 app: app.clone(),
@@ -149,11 +149,7 @@ pub fn rollback(
             },
             false,
             |_| {},
-        )
-        .and_then(|v| {
-            serde_json::from_value::<AppStatus>(v)
-                .map_err(|e| HostError::new(format!("{}: bad status: {e}", s.name)))
-        });
+        );
         let entry = AuditEntry {
             at: drover_agent::now(),
             who: client::who(),
@@ -201,24 +197,13 @@ pub fn rollback(
 }
 
 pub fn status(target: Target, app: Option<String>, json: bool) -> anyhow::Result<()> {
-    let conn = Connected::open(
-        &target.env.hosts,
-        &target.settings,
-        target.config.ssh.parallel,
-    )?;
-    let results: Vec<HostResult<Vec<AppStatus>>> =
-        par(&conn.sessions, target.config.ssh.parallel, |i, s| {
-            let r = match s {
-                Ok(s) => agent_call(s, &Request::Status { app: app.clone() }, false, |_| {})
-                    .and_then(|v| {
-                        serde_json::from_value::<Vec<AppStatus>>(v)
-                            .map_err(|e| HostError::new(format!("{}: bad status: {e}", s.name)))
-                    }),
-                Err(e) => Err(e.clone()),
-            };
-            split(&conn.hosts[i], r)
-        });
-    conn.close();
+    let results: Vec<HostResult<Vec<AppStatus>>> = target
+        .each(None, |s| {
+            fleet::agent_typed(s, &Request::Status { app: app.clone() }, false, |_| {})
+        })?
+        .into_iter()
+        .map(|(h, r)| split(&h, r))
+        .collect();
     let failed = results.iter().filter(|r| r.error.is_some()).count();
     if json {
         output::json(&results)?;
@@ -240,26 +225,15 @@ pub fn status(target: Target, app: Option<String>, json: bool) -> anyhow::Result
 }
 
 pub fn history(target: Target, app: Option<String>, json: bool) -> anyhow::Result<()> {
-    let conn = Connected::open(
-        &target.env.hosts,
-        &target.settings,
-        target.config.ssh.parallel,
-    )?;
-    let results = par(&conn.sessions, target.config.ssh.parallel, |i, s| {
-        let r = match s {
-            Ok(s) => s
-                .run(&["audit-read", "--env", &target.name], b"")
-                .map(|out| {
-                    String::from_utf8_lossy(&out.stdout)
-                        .lines()
-                        .filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok())
-                        .collect::<Vec<_>>()
-                }),
-            Err(e) => Err(e.clone()),
-        };
-        (conn.hosts[i].clone(), r)
-    });
-    conn.close();
+    let results = target.each(None, |s| {
+        s.run(&["audit-read", "--env", &target.name], b"")
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok())
+                    .collect::<Vec<_>>()
+            })
+    })?;
     let mut merged = Vec::new();
     let mut errors = Vec::new();
     for (host, r) in results {
@@ -325,40 +299,36 @@ pub fn fmt_utc(secs: u64) -> String {
 }
 
 pub fn logs(target: Target, app: String, lines: usize, follow: bool) -> anyhow::Result<()> {
-    let conn = Connected::open(
-        &target.env.hosts,
-        &target.settings,
-        target.config.ssh.parallel,
-    )?;
-    let width = conn.hosts.iter().map(String::len).max().unwrap_or(0);
+    let width = target.env.hosts.iter().map(String::len).max().unwrap_or(0);
     let stdout = std::sync::Mutex::new(std::io::stdout());
-    let results = par(&conn.sessions, conn.sessions.len(), |i, s| {
-        let host = &conn.hosts[i];
-        match s {
-            Ok(s) => agent_call(
-                s,
-                &Request::Logs {
-                    app: app.clone(),
-                    lines,
-                    follow,
-                },
-                false,
-                |line| {
-                    let mut out = stdout.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = writeln!(out, "{host:width$} | {line}");
-                },
-            )
-            .map(|_| ()),
-            Err(e) => Err(e.clone()),
-        }
-    });
-    conn.close();
-    let errors: Vec<HostError> = results.into_iter().filter_map(Result::err).collect();
-    if !errors.is_empty() {
-        let refs: Vec<&HostError> = errors.iter().collect();
-        return Err(fleet::host_errors(&refs));
+    // Every host at once: with --follow, none of them ends.
+    let results = target.each(Some(target.env.hosts.len()), |s| {
+        agent_call(
+            s,
+            &Request::Logs {
+                app: app.clone(),
+                lines,
+                follow,
+            },
+            false,
+            |line| {
+                let mut out = stdout.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = writeln!(out, "{:width$} | {line}", s.name);
+            },
+        )
+        .map(|_| ())
+    })?;
+    all_ok(results)
+}
+
+/// Ok when every host's part went well; else one error naming each host that failed.
+fn all_ok(results: Vec<(String, Result<(), HostError>)>) -> anyhow::Result<()> {
+    let errors: Vec<HostError> = results.into_iter().filter_map(|(_, r)| r.err()).collect();
+    if errors.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let refs: Vec<&HostError> = errors.iter().collect();
+    Err(fleet::host_errors(&refs))
 }
 
 #[derive(Debug, Args)]
@@ -387,23 +357,15 @@ pub fn run_lock(args: LockArgs) -> anyhow::Result<()> {
     match args.command {
         LockCommand::Status { env, json } => {
             let target = env.require()?;
-            let conn = Connected::open(
-                &target.env.hosts,
-                &target.settings,
-                target.config.ssh.parallel,
-            )?;
-            let results: Vec<HostResult<Option<crate::commands::remote::LockHolder>>> =
-                par(&conn.sessions, target.config.ssh.parallel, |i, s| {
-                    let r = match s {
-                        Ok(s) => s.run(&["lock", "show", &target.name], b"").and_then(|o| {
-                            serde_json::from_slice(&o.stdout)
-                                .map_err(|e| HostError::new(format!("{}: {e}", s.name)))
-                        }),
-                        Err(e) => Err(e.clone()),
-                    };
-                    split(&conn.hosts[i], r)
-                });
-            conn.close();
+            let results: Vec<HostResult<Option<crate::commands::remote::LockHolder>>> = target
+                .each(None, |s| {
+                    let o = s.run(&["lock", "show", &target.name], b"")?;
+                    serde_json::from_slice(&o.stdout)
+                        .map_err(|e| HostError::new(format!("{}: {e}", s.name)))
+                })?
+                .into_iter()
+                .map(|(h, r)| split(&h, r))
+                .collect();
             if json.json {
                 return output::json(&results);
             }
@@ -425,23 +387,11 @@ pub fn run_lock(args: LockArgs) -> anyhow::Result<()> {
         }
         LockCommand::Release { env } => {
             let target = env.require()?;
-            let conn = Connected::open(
-                &target.env.hosts,
-                &target.settings,
-                target.config.ssh.parallel,
-            )?;
-            let results = par(&conn.sessions, target.config.ssh.parallel, |_, s| match s {
-                Ok(s) => s
-                    .run(&["lock", "release", &target.name, "--force"], b"")
-                    .map(|_| ()),
-                Err(e) => Err(e.clone()),
-            });
-            conn.close();
-            let errors: Vec<HostError> = results.into_iter().filter_map(Result::err).collect();
-            if !errors.is_empty() {
-                let refs: Vec<&HostError> = errors.iter().collect();
-                return Err(fleet::host_errors(&refs));
-            }
+            let results = target.each(None, |s| {
+                s.run(&["lock", "release", &target.name, "--force"], b"")
+                    .map(|_| ())
+            })?;
+            all_ok(results)?;
             eprintln!("released the lock of `{}` on every host", target.name);
             Ok(())
         }

@@ -72,6 +72,29 @@ impl Target {
         })
     }
 
+    /// Connects to every host and runs `f` on each reachable one (at most `[ssh] parallel`
+    /// at once, or `limit`); an unreachable host gets its connection error.
+    pub fn each<R: Send>(
+        &self,
+        limit: Option<usize>,
+        f: impl Fn(&Session) -> Result<R, HostError> + Sync,
+    ) -> anyhow::Result<Vec<(String, Result<R, HostError>)>> {
+        let conn = Connected::open(&self.env.hosts, &self.settings, self.config.ssh.parallel)?;
+        let out = par(
+            &conn.sessions,
+            limit.unwrap_or(self.config.ssh.parallel),
+            |i, s| {
+                let r = match s {
+                    Ok(s) => f(s),
+                    Err(e) => Err(e.clone()),
+                };
+                (conn.hosts[i].clone(), r)
+            },
+        );
+        conn.close();
+        Ok(out)
+    }
+
     /// The role a host plays, if any.
     pub fn role_of(&self, host: &str) -> Option<(&String, &drover_config::Role)> {
         self.env
@@ -330,10 +353,12 @@ fn failure(
 /// Whether a host serves the app: it is not stopped there and has a healthy instance (a host
 /// that never ran the app is not counted as down).
 fn available(s: &Session, app: &str) -> bool {
-    let Ok(v) = agent_call(s, &Request::Status { app: None }, false, |_| {}) else {
-        return false;
-    };
-    let Ok(apps) = serde_json::from_value::<Vec<drover_wire::AppStatus>>(v) else {
+    let Ok(apps) = agent_typed::<Vec<drover_wire::AppStatus>>(
+        s,
+        &Request::Status { app: None },
+        false,
+        |_| {},
+    ) else {
         return false;
     };
     match apps.iter().find(|a| a.app == app) {
@@ -342,11 +367,22 @@ fn available(s: &Session, app: &str) -> bool {
     }
 }
 
+/// `agent_call`, its answer read as `T`.
+pub fn agent_typed<T: serde::de::DeserializeOwned>(
+    s: &Session,
+    req: &Request,
+    confirm: bool,
+    on_event: impl FnMut(&str),
+) -> Result<T, HostError> {
+    let v = agent_call(s, req, confirm, on_event)?;
+    serde_json::from_value(v)
+        .map_err(|e| HostError::new(format!("{}: unexpected answer from the agent: {e}", s.name)))
+}
+
 /// The app's live generation on a host (`None`: not deployed there yet).
 pub fn current_generation(s: &Session, app: &str) -> Result<Option<u64>, HostError> {
-    let v = agent_call(s, &Request::Status { app: None }, false, |_| {})?;
-    let apps: Vec<drover_wire::AppStatus> = serde_json::from_value(v)
-        .map_err(|e| HostError::new(format!("{}: bad status: {e}", s.name)))?;
+    let apps: Vec<drover_wire::AppStatus> =
+        agent_typed(s, &Request::Status { app: None }, false, |_| {})?;
     Ok(apps
         .into_iter()
         .find(|a| a.app == app)
@@ -862,14 +898,10 @@ fn rollout(
                 confirm_within: Some(confirm_within),
                 processes,
             };
-            let r = agent_call(s, &req, true, |e| {
+            let r = agent_typed::<drover_wire::AppStatus>(s, &req, true, |e| {
                 if e != drover_wire::AWAITING_CONFIRM {
                     progress.phase(i, e.to_string());
                 }
-            });
-            let r = r.and_then(|v| {
-                serde_json::from_value::<drover_wire::AppStatus>(v)
-                    .map_err(|e| HostError::new(format!("{}: bad status: {e}", s.name)))
             });
             match &r {
                 Ok(st) => progress.phase(

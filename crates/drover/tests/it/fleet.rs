@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use crate::common::{TestContext, noise, wait_for};
 use crate::hosts::{Fleet, FleetOptions};
 
+const ONE_BY_ONE: &str = "{ kind = \"rolling\", batch = 1 }";
+
 /// An app directory running the example server behind the proxy on port 8080, deployed to
 /// every host of `fleet` as environment `prod`.
 fn fleet_app(
@@ -41,6 +43,13 @@ fn fleet_app(
     )
     .unwrap();
     dir
+}
+
+/// `drover CMD -e prod --dir DIR --json`, successful.
+fn env_json(cx: &TestContext, dir: &Path, cmd: &str) -> serde_json::Value {
+    cx.drover(&[cmd, "-e", "prod", "--dir", dir.to_str().unwrap(), "--json"])
+        .success()
+        .json()
 }
 
 fn setup(cx: &TestContext, dir: &Path) {
@@ -91,13 +100,7 @@ fn report(run: &crate::common::Run) -> serde_json::Value {
 fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunks() {
     let fleet = Fleet::new(4);
     let cx = TestContext::new();
-    let dir = fleet_app(
-        &cx,
-        &fleet,
-        "1.0",
-        "{ kind = \"rolling\", batch = 1 }",
-        "./hello",
-    );
+    let dir = fleet_app(&cx, &fleet, "1.0", ONE_BY_ONE, "./hello");
     // 4 MiB of data that does not compress: what v2 must not send again.
     std::fs::write(dir.join("assets.bin"), noise(11, 4 << 20)).unwrap();
     setup(&cx, &dir);
@@ -109,13 +112,7 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
     assert!(r1["ok"].as_bool().unwrap());
 
     // v2: a new version and one small changed file.
-    let dir = fleet_app(
-        &cx,
-        &fleet,
-        "2.0",
-        "{ kind = \"rolling\", batch = 1 }",
-        "./hello",
-    );
+    let dir = fleet_app(&cx, &fleet, "2.0", ONE_BY_ONE, "./hello");
     std::fs::write(dir.join("CHANGELOG"), "2.0: faster\n").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let fleet = Arc::new(fleet);
@@ -163,17 +160,7 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
     }
 
     // Every host's audit log has both deploys; history -e merges them.
-    let hist = cx
-        .drover(&[
-            "history",
-            "-e",
-            "prod",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--json",
-        ])
-        .success()
-        .json();
+    let hist = env_json(&cx, &dir, "history");
     let entries = hist.as_array().unwrap();
     assert_eq!(entries.len(), 8, "{hist:#}");
     for h in &fleet.hosts {
@@ -185,17 +172,7 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
         assert_eq!(mine[0]["version"], "2.0");
         assert_eq!(mine[0]["outcome"], "ok");
     }
-    let status = cx
-        .drover(&[
-            "status",
-            "-e",
-            "prod",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--json",
-        ])
-        .success()
-        .json();
+    let status = env_json(&cx, &dir, "status");
     for h in status.as_array().unwrap() {
         assert_eq!(h["result"][0]["version"], "2.0", "{h}");
     }
@@ -204,17 +181,7 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
     cx.drover(&["rollback", "-e", "prod", "--dir", dir.to_str().unwrap()])
         .success();
     assert_all_serve(&fleet, "1.0");
-    let hist = cx
-        .drover(&[
-            "history",
-            "-e",
-            "prod",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--json",
-        ])
-        .success()
-        .json();
+    let hist = env_json(&cx, &dir, "history");
     assert_eq!(hist[0]["action"], "rollback", "{hist:#}");
     assert_eq!(hist[0]["outcome"], "ok", "{hist:#}");
 }
@@ -223,13 +190,7 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
 fn a_host_failing_its_health_check_returns_every_host_to_v1() {
     let fleet = Fleet::new(3);
     let cx = TestContext::new();
-    let dir = fleet_app(
-        &cx,
-        &fleet,
-        "1.0",
-        "{ kind = \"rolling\", batch = 1 }",
-        "./hello",
-    );
+    let dir = fleet_app(&cx, &fleet, "1.0", ONE_BY_ONE, "./hello");
     setup(&cx, &dir);
     deploy(&cx, &dir).success();
     assert_all_serve(&fleet, "1.0");
@@ -240,7 +201,7 @@ fn a_host_failing_its_health_check_returns_every_host_to_v1() {
         &cx,
         &fleet,
         "2.0",
-        "{ kind = \"rolling\", batch = 1 }",
+        ONE_BY_ONE,
         "sh -c 'test -e \"$DROVER_AGENT_ROOT/break-v2\" && exit 7; exec ./hello'",
     );
     let run = deploy(&cx, &dir).failure();
@@ -288,7 +249,7 @@ fn a_host_failing_its_health_check_returns_every_host_to_v1() {
 fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeouts() {
     let fleet = Fleet::new(3);
     let cx = TestContext::new();
-    let strategy = "{ kind = \"rolling\", batch = 1 }";
+    let strategy = ONE_BY_ONE;
     let dir = fleet_app(&cx, &fleet, "1.0", strategy, "./hello");
     setup(&cx, &dir);
     deploy(&cx, &dir).success();
@@ -602,17 +563,7 @@ fn roles_choose_each_hosts_processes_and_config_layer() {
     .unwrap();
     setup(&cx, &dir);
     deploy(&cx, &dir).success();
-    let status = cx
-        .drover(&[
-            "status",
-            "-e",
-            "prod",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--json",
-        ])
-        .success()
-        .json();
+    let status = env_json(&cx, &dir, "status");
     let procs = |i: usize| -> Vec<String> {
         status[i]["result"][0]["instances"]
             .as_array()
