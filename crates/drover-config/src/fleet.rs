@@ -37,6 +37,10 @@ pub struct Ssh {
     /// sshd may override it for its sessions by setting `DROVER_ROOT`.
     #[serde(default = "default_remote_root")]
     pub root: String,
+    /// How long a host's ssh connection stays open for the next drover command to reuse
+    /// (ssh `ControlPersist`); "0s" closes it when each command ends.
+    #[serde(default = "default_persist")]
+    pub persist: Seconds,
 }
 
 impl Default for Ssh {
@@ -50,12 +54,17 @@ impl Default for Ssh {
             timeout: default_ssh_timeout(),
             parallel: default_parallel(),
             root: default_remote_root(),
+            persist: default_persist(),
         }
     }
 }
 
 fn default_ssh_timeout() -> Seconds {
     Seconds(std::time::Duration::from_secs(10))
+}
+
+fn default_persist() -> Seconds {
+    Seconds(std::time::Duration::from_secs(60))
 }
 
 fn default_parallel() -> usize {

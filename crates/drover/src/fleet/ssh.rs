@@ -47,6 +47,9 @@ pub struct SshSettings {
     pub timeout: Duration,
     /// The drover root on hosts whose sshd does not set `DROVER_ROOT`.
     pub remote_root: String,
+    /// How long a master connection stays open after the last command used it, for the next
+    /// command to reuse (zero: closed with each command).
+    pub persist: Duration,
 }
 
 impl SshSettings {
@@ -60,6 +63,7 @@ impl SshSettings {
             options: ssh.options.clone(),
             timeout: ssh.timeout.0,
             remote_root: ssh.root.clone(),
+            persist: ssh.persist.0,
         }
     }
 }
@@ -76,8 +80,19 @@ pub struct Session {
     spec: HostSpec,
     settings: SshSettings,
     ctl: PathBuf,
-    master: Child,
+    /// The master connection when this command owns it (`None`: a persistent one, shared).
+    master: Option<Child>,
     master_log: PathBuf,
+}
+
+/// The private directory of persistent control sockets, if it can be made safely.
+fn persist_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = rustix::process::getuid().as_raw();
+    let dir = std::env::temp_dir().join(format!("drover-ssh-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let m = std::fs::symlink_metadata(&dir).ok()?;
+    (m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0).then_some(dir)
 }
 
 impl Session {
@@ -89,12 +104,51 @@ impl Session {
         index: usize,
     ) -> Result<Session, HostError> {
         let spec = HostSpec::parse(name).map_err(HostError::new)?;
-        let ctl = ctl_dir.join(format!("c{index}"));
-        let master_log = ctl_dir.join(format!("c{index}.log"));
+        let shared = (!settings.persist.is_zero())
+            .then(persist_dir)
+            .flatten()
+            .map(|dir| {
+                // One socket per destination and the settings that reach it.
+                let key = blake3::hash(format!("{spec}|{settings:?}").as_bytes()).to_hex();
+                (dir.join(&key[..20]), dir.join(format!("{}.log", &key[..20])))
+            });
+        if let Some((ctl, log)) = &shared {
+            let alive = base_command(&spec, settings, ctl)
+                .args(["-O", "check"])
+                .arg(&spec.host)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if alive {
+                return Ok(Session {
+                    name: name.to_string(),
+                    spec,
+                    settings: settings.clone(),
+                    ctl: ctl.clone(),
+                    master: None,
+                    master_log: log.clone(),
+                });
+            }
+        }
+        let (ctl, master_log) = shared.unwrap_or_else(|| {
+            (
+                ctl_dir.join(format!("c{index}")),
+                ctl_dir.join(format!("c{index}.log")),
+            )
+        });
+        let _ = std::fs::remove_file(&ctl);
         let log = std::fs::File::create(&master_log)
             .map_err(|e| HostError::new(format!("{}: {e}", master_log.display())))?;
         let mut cmd = base_command(&spec, settings, &ctl);
-        cmd.args(["-M", "-N", "-o", "ControlPersist=no"])
+        cmd.args(["-M", "-N", "-o"])
+            .arg(if settings.persist.is_zero() {
+                "ControlPersist=no".to_string()
+            } else {
+                // Stays for the next command, and leaves once idle that long.
+                format!("ControlPersist={}", settings.persist.as_secs().max(1))
+            })
             .arg(&spec.host)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -107,7 +161,11 @@ impl Session {
             if ctl.exists() {
                 break;
             }
-            if let Ok(Some(_)) = master.try_wait() {
+            if let Ok(Some(status)) = master.try_wait() {
+                // A persistent master detaches into the background once connected.
+                if status.success() && ctl.exists() {
+                    break;
+                }
                 let text = std::fs::read_to_string(&master_log).unwrap_or_default();
                 return Err(classify(name, &text));
             }
@@ -127,7 +185,8 @@ impl Session {
             spec,
             settings: settings.clone(),
             ctl,
-            master,
+            // A persistent master outlives this command: it is not ours to stop.
+            master: settings.persist.is_zero().then_some(master),
             master_log,
         })
     }
@@ -271,11 +330,13 @@ impl Session {
         })
     }
 
-    /// Ends the master connection.
-    pub fn close(mut self) {
-        let _ = self.master.kill();
-        let _ = self.master.wait();
-        let _ = std::fs::remove_file(&self.ctl);
+    /// Ends the master connection, unless it is a persistent one.
+    pub fn close(self) {
+        if let Some(mut m) = self.master {
+            let _ = m.kill();
+            let _ = m.wait();
+            let _ = std::fs::remove_file(&self.ctl);
+        }
     }
 }
 
