@@ -15,6 +15,8 @@
 #   BENCH_KEEP      set to 1 to keep the temp dir (ssh config, host roots, logs, trees)
 #   BENCH_QUIET_MAX seconds to wait, in all, for other processes to go quiet before the
 #                   measurements (default 90); the CPU others used is reported anyway
+#   BENCH_PERF      0 to skip the perf profile of one 8-host deploy (default: on when
+#                   `perf record -a` works)
 #
 # What it does, in one run:
 #   0. cargo build --release -p drover and examples/hello; the drover binary is copied into
@@ -49,9 +51,22 @@
 #   5. deploy time by fleet size: the example app (+ a 1 MiB incompressible bundle that is new
 #      in every version) deployed once to all 8 hosts, then BENCH_RUNS rounds of a new
 #      version to 1, 4 and 8 hosts (environments n1/n4/n8, all-at-once; the order rotates per
-#      round), then the same with rolling batch = 1 (r1/r4/r8). Wall time of `drover deploy
-#      DIR -e ENV --json`, including its release build.
-#   6. writes bench/results/fleet.md
+#      round) with drover's default `[ssh] persist` (the connections of the previous deploy
+#      are reused); the same with rolling batch = 1 (r1/r4/r8); the same all-at-once with
+#      `persist = "0s"` (new connections every deploy); and to 1 and 8 hosts with new
+#      connections and `options = ["KexAlgorithms=curve25519-sha256"]`. Wall time of
+#      `drover deploy DIR -e ENV --json`, including its release build. Also timed: a bare
+#      `ssh h1 true` with the default and with the curve25519 key exchange. drover's
+#      persistent control sockets live under the temp dir (TMPDIR).
+#      The delta deploys of step 4 use `persist = "0s"`: one new connection, like rsync.
+#   6. (perf available) one more 8-host deploy (new connections) under `perf record -a -F
+#      999`: CPU time by process name
+#   7. writes bench/results/fleet.md
+# CPU accounting: this script, and so every command it runs, is in the cgroup
+# drover-bench-fleet/controller, every host's sshd (and so all it starts) in
+# drover-bench-fleet/hosts (cpuacct on cgroup v1, cpu.stat on v2); /proc/stat gives the rest.
+# Sessions on the hosts get HOME set to an empty directory (sshd SetEnv), so they do not run
+# this machine's root ~/.bashrc; the report gives what that costs per session.
 # On exit (trap): every process in the namespaces is killed (agents, apps, sshd and its
 # sessions), sshd by pid, namespaces, veths and the ifb device deleted, and any process
 # still referring to the temp dir is reported and killed.
@@ -110,6 +125,9 @@ log "cargo build --release -p drover"
 build_with_retry drover cargo build --release -p drover --manifest-path "$REPO/Cargo.toml"
 log "cargo build --release (examples/hello)"
 build_with_retry hello cargo build --release --manifest-path "$REPO/examples/hello/Cargo.toml"
+# What was built (read now: others may commit while the benchmark runs).
+REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$(cd "$REPO" && { git diff --quiet HEAD -- crates 2>/dev/null && echo "" || echo " (crates/ has uncommitted changes)"; })
 
 WORK="$(mktemp -d -t drover-bench-fleet.XXXXXX)"
 WORK="$(cd "$WORK" && pwd -P)"   # paths go unquoted into sshd_config and ssh_config
@@ -153,13 +171,27 @@ sweep() {
     done
 }
 
-# Processes (other than this shell's own) whose command line or environment mentions $WORK.
+# Processes whose command line or environment mentions $WORK, except this shell and its
+# own subshells.
 work_pids() {
     python3 - "$WORK" "$$" <<'PY'
 import os, sys
-want, me = sys.argv[1].encode(), sys.argv[2]
+want, me = sys.argv[1].encode(), int(sys.argv[2])
+def ppid(p):
+    with open(f"/proc/{p}/stat") as f:
+        st = f.read()
+    return int(st[st.rfind(")") + 2:].split()[1])
+def mine(p):
+    try:
+        while p > 1:
+            if p == me:
+                return True
+            p = ppid(p)
+    except OSError:
+        pass
+    return False
 for p in os.listdir("/proc"):
-    if not p.isdigit() or p == me or int(p) == os.getpid():
+    if not p.isdigit() or mine(int(p)):
         continue
     try:
         with open(f"/proc/{p}/stat") as f:
@@ -192,9 +224,11 @@ cleanup() {
         log "WARNING: processes left referring to $WORK: $left — killing them"
         # shellcheck disable=SC2086
         kill -KILL $left 2>/dev/null
+        sleep 0.5
     else
         log "cleanup: no process left referring to $WORK"
     fi
+    [[ -n "${CG:-}" ]] && cg_remove
     if [[ "$KEEP" == 1 ]]; then
         log "kept $WORK"
     else
@@ -208,6 +242,33 @@ trap 'exit 130' INT TERM
 log "removing leftovers of an earlier run (namespaces ${NS_PREFIX}N, links ${VETH_PREFIX}N, $SINK)"
 sweep
 
+# CPU accounting: two cgroups under one parent. "controller" holds this script and so every
+# drover, ssh and rsync command it runs; "hosts" holds every host's sshd and so their
+# sessions and the agents and apps those start. Their CPU time is exact even for processes
+# that exit mid-measurement. (cpuacct on cgroup v1, the basic cpu.stat on cgroup v2.)
+CG="" CG_FILE=""
+if [[ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]]; then
+    CG=/sys/fs/cgroup/cpuacct/drover-bench-fleet; CG_FILE=cpuacct.usage
+elif [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    CG=/sys/fs/cgroup/drover-bench-fleet; CG_FILE=cpu.stat
+fi
+cg_remove() {  # moves this shell back to the root cgroup and removes the benchmark's
+    local d
+    echo $$ >"$(dirname "$CG")/cgroup.procs" 2>/dev/null
+    for d in "$CG/controller" "$CG/hosts" "$CG"; do
+        [[ -d "$d" ]] || continue
+        rmdir "$d" 2>/dev/null || log "WARNING: cannot remove cgroup $d (pids: $(tr '\n' ' ' <"$d/cgroup.procs"))"
+    done
+}
+if [[ -n "$CG" ]]; then
+    cg_remove  # leftovers of an earlier run
+    if mkdir -p "$CG/controller" "$CG/hosts" && echo $$ >"$CG/controller/cgroup.procs"; then
+        log "CPU accounting in cgroups $CG/{controller,hosts}"
+    else
+        log "WARNING: cannot use cgroup $CG; CPU use not reported"; CG="" CG_FILE=""
+    fi
+fi
+
 mkdir -p /run/sshd "$WORK/hosts"
 ssh-keygen -t ed25519 -N "" -q -C drover-bench-client -f "$WORK/id_ed25519"
 CLIENT_PUB=$(cut -d' ' -f1-2 "$WORK/id_ed25519.pub")
@@ -219,7 +280,7 @@ log "creating $NHOSTS hosts (network namespaces with their own sshd)"
 for i in $(seq 0 $((NHOSTS - 1))); do
     name="h$((i + 1))"; ns="${NS_PREFIX}$i"; veth="${VETH_PREFIX}$i"; net=$(host_net "$i")
     hdir="$WORK/hosts/$name"
-    mkdir -p "$hdir/root"
+    mkdir -p "$hdir/root" "$hdir/home"
     ip netns add "$ns"
     ip link add "$veth" type veth peer name eth0 netns "$ns"
     if [[ -e /proc/sys/net/ipv6/conf/$veth/disable_ipv6 ]]; then
@@ -248,7 +309,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-SetEnv DROVER_ROOT=$hdir/root
+SetEnv DROVER_ROOT=$hdir/root HOME=$hdir/home
 MaxSessions 64
 MaxStartups 100
 LogLevel ERROR
@@ -260,6 +321,8 @@ Subsystem sftp internal-sftp
 EOF
     ip netns exec "$ns" /usr/sbin/sshd -D -e -f "$hdir/sshd_config" </dev/null >"$hdir/sshd.log" 2>&1 &
     SSHD_PIDS+=($!)
+    # Into the hosts' cgroup before it accepts a connection (it forks only for those).
+    [[ -z "$CG" ]] || echo $! >"$CG/hosts/cgroup.procs"
     echo "$net.2 $(cut -d' ' -f1-2 "$hdir/ssh_host_ed25519_key.pub")" >>"$WORK/known_hosts"
     printf 'Host %s\n    HostName %s\n    User root\n\n' "$name" "$net.2" >>"$SSH_CONFIG"
 done
@@ -287,13 +350,13 @@ for i in $(seq 0 $((NHOSTS - 1))); do
         log "sshd of h$((i + 1)) is not listening:"; cat "$WORK/hosts/h$((i + 1))/sshd.log" >&2; exit 1
     fi
 done
-out=$(timeout 20 ssh -F "$SSH_CONFIG" h$NHOSTS 'echo "$DROVER_ROOT"')
-[[ "$out" == "$WORK/hosts/h$NHOSTS/root" ]] || { log "ssh to h$NHOSTS gave DROVER_ROOT=$out"; exit 1; }
+out=$(timeout 20 ssh -F "$SSH_CONFIG" h$NHOSTS 'echo "$DROVER_ROOT $HOME"')
+[[ "$out" == "$WORK/hosts/h$NHOSTS/root $WORK/hosts/h$NHOSTS/home" ]] || { log "ssh to h$NHOSTS gave DROVER_ROOT HOME = $out"; exit 1; }
 
 # ---- app trees -----------------------------------------------------------------------
 # drover.toml of an app dir: $1 name, $2 version, $3 proxy port, then the environments.
-app_toml() {
-    local name="$1" version="$2" port="$3" envs="$4"
+app_toml() {  # name version port environments [extra [ssh] lines]
+    local name="$1" version="$2" port="$3" envs="$4" ssh_extra="${5:-}"
     cat <<EOF
 [app]
 name = "$name"
@@ -315,6 +378,7 @@ drain_timeout = "1s"
 config = "$SSH_CONFIG"
 timeout = "5s"
 parallel = 8
+$ssh_extra
 $envs
 EOF
 }
@@ -482,7 +546,8 @@ log "generating the app trees (v1, v2, v2a, v2b)"
 mkdir -p "$TREES/v1"
 python3 "$WORK/gen.py" v1 "$TREES/v1"
 cp "$HELLO_BIN" "$TREES/v1/hello"
-app_toml webapp 1 8080 "$DELTA_ENVS" >"$TREES/v1/drover.toml"
+# persist = "0s": every deploy opens its ssh connection, as every rsync run does.
+app_toml webapp 1 8080 "$DELTA_ENVS" 'persist = "0s"' >"$TREES/v1/drover.toml"
 for v in v2 v2a v2b; do
     cp -a "$TREES/v1" "$TREES/$v"   # same mtimes for unchanged files, as a build tree keeps them
 done
@@ -490,7 +555,7 @@ python3 "$WORK/gen.py" mutate "$TREES/v2" lib,files 2>"$WORK/mutate.txt"
 python3 "$WORK/gen.py" mutate "$TREES/v2a" lib 2>/dev/null
 python3 "$WORK/gen.py" mutate "$TREES/v2b" files 2>/dev/null
 for v in v2 v2a v2b; do
-    app_toml webapp "${v#v}" 8080 "$DELTA_ENVS" >"$TREES/$v/drover.toml"
+    app_toml webapp "${v#v}" 8080 "$DELTA_ENVS" 'persist = "0s"' >"$TREES/$v/drover.toml"
 done
 mkdir -p "$WORK/apps/scale"
 cp "$HELLO_BIN" "$WORK/apps/scale/hello"
@@ -504,6 +569,7 @@ import json, os, re, resource, statistics, subprocess, sys, threading, time, ran
 
 drover_bin, ctrl, work, runs, quiet_max = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 nhosts = int(sys.argv[6])
+cg_dir, cg_file = sys.argv[7], sys.argv[8]  # the benchmark's cgroups ("" when there are none)
 ssh_config = os.path.join(work, "ssh_config")
 trees = os.path.join(work, "trees")
 scale_dir = os.path.join(work, "apps", "scale")
@@ -523,45 +589,34 @@ def wire(i):
             t += int(fh.read())
     return t
 
-NS_INODES = set()
-for i in range(nhosts):
-    NS_INODES.add(f"net:[{os.stat(f'/run/netns/drvb{i}').st_ino}]")
-
 def busy_ticks():
     with open("/proc/stat") as f:
-        v = f.readline().split()[1:]
-    v = [int(x) for x in v]
+        v = [int(x) for x in f.readline().split()[1:]]
     return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
 
-def netns_ticks():
-    """CPU ticks of every process in the hosts' namespaces, with their reaped children."""
-    t = 0
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{p}/ns/net") not in NS_INODES:
-                continue
-            with open(f"/proc/{p}/stat") as f:
-                st = f.read()
-            fields = st[st.rfind(")") + 2:].split()
-            t += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-        except OSError:
-            pass
-    return t
-
-def children_secs():
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def cg_secs(leaf):
+    """CPU seconds used so far by the benchmark's cgroup `leaf` (None without cgroups)."""
+    if not cg_dir:
+        return None
+    with open(os.path.join(cg_dir, leaf, cg_file)) as f:
+        text = f.read()
+    if cg_file == "cpu.stat":
+        return int(text.split("usage_usec")[1].split()[0]) / 1e6
+    return int(text) / 1e9
 
 def cpu_snap():
-    return (busy_ticks(), netns_ticks(), children_secs())
+    return (busy_ticks(), cg_secs("controller"), cg_secs("hosts"))
 
 def cpu_delta(a, b):
-    """(CPU s of everything, CPU s of this benchmark's processes, CPU s of the rest)."""
+    """CPU s of (the whole machine, the benchmark's processes, everything else, the
+    controller side, the hosts' side)."""
     total = (b[0] - a[0]) / HZ
-    ours = (b[1] - a[1]) / HZ + (b[2] - a[2])
-    return round(total, 2), round(ours, 2), round(max(0.0, total - ours), 2)
+    if a[1] is None:
+        return round(total, 2), None, None, None, None
+    ctl, hosts = b[1] - a[1], b[2] - a[2]
+    ours = ctl + hosts
+    return (round(total, 2), round(ours, 2), round(max(0.0, total - ours), 2),
+            round(ctl, 2), round(hosts, 2))
 
 quiet_left = quiet_max
 def wait_quiet():
@@ -595,6 +650,11 @@ def run_timed(cmd, timeout, what):
         raise SystemExit(f"{what} exited {rc} after {wall:.1f} s (timeout {timeout} s):\n"
                          + "\n".join(l for _, l in lines[-40:]) + "\n" + stderr[-4000:])
     return wall, rc, lines, stderr
+
+# drover keeps its persistent ssh control sockets under $TMPDIR: inside the work dir, so
+# they go with it (and never meet another user's).
+os.makedirs(os.path.join(work, "tmp"), exist_ok=True)
+os.environ["TMPDIR"] = os.path.join(work, "tmp")
 
 def drover(*args, timeout=120):
     return run_timed([drover_bin, "--root", ctrl, *args], timeout, "drover " + " ".join(args))
@@ -635,35 +695,39 @@ def deploy(appdir, env, hosts, timeout=300):
         ts = [t for t, e in events if pred(e["phase"])]
         return max(ts) if ts else None
     marks = [
-        ("start -> first progress line (CLI, release build check, load)", 0.0),
+        ("start → first progress line (CLI, release build check, load)", 0.0),
         ("ssh connections", first(lambda p: p == "connecting")),
-        ("version check + environment lock", first(lambda p: p == "checking")),
-        ("transfer (first host sending -> last host sent)", first(lambda p: p == "sending")),
-        ("switch (last sent -> last host live)", last(lambda p: p.startswith("sent "))),
+        ("version check + environment lock", first(lambda p: p.startswith("checking"))),
+        ("transfer (first host sending → last host sent)", first(lambda p: p == "sending")),
+        ("switch (last sent → last host live)", last(lambda p: p.startswith("sent "))),
         ("audit, lock release, report, exit", last(lambda p: p.startswith("live"))),
     ]
+    # A phase runs until the next mark that was seen (a missing mark joins its phase to the
+    # one before).
+    seen = [(name, t) for name, t in marks if t is not None]
     phases = {}
-    for k, (name, t) in enumerate(marks):
-        nxt = marks[k + 1][1] if k + 1 < len(marks) else wall
-        if t is not None and nxt is not None:
-            phases[name] = nxt - t
+    for k, (name, t) in enumerate(seen):
+        nxt = seen[k + 1][1] if k + 1 < len(seen) else wall
+        phases[name] = nxt - t
     chunks = []
     for t, e in events:
-        m = re.match(r"sent .*\((\d+) of (\d+) chunks were there\)", e["phase"])
-        if m:
-            chunks.append((int(m.group(1)), int(m.group(2))))
+        m = re.match(r"sent .*\((\d+) of (\d+) chunks were there(?:, (\d+) went as deltas)?\)", e["phase"])
+        if m:  # (chunks the host had, chunks in the release, chunks sent as deltas or None)
+            chunks.append((int(m.group(1)), int(m.group(2)), m.group(3) and int(m.group(3))))
+    log(f"  drover deploy -e {env}: {wall:.2f} s, {sum(w1[h] - w0[h] for h in hosts) / 1048576:.2f} MiB on the wire")
     return {
         "wall": wall,
         "wire": sum(w1[h] - w0[h] for h in hosts),
         "bytes_sent": sum(h["bytes_sent"] for h in report["hosts"]),
         "phases": phases,
-        "transfer": phases.get("transfer (first host sending -> last host sent)"),
+        "transfer": phases.get("transfer (first host sending → last host sent)"),
         "chunks": chunks,
         "cpu": cpu_delta(c0, c1),
         "events": [(round(t, 4), e) for t, e in events],
     }
 
 def rsync(src, host, dst, timeout=300):
+    os.makedirs(os.path.dirname(dst.rstrip("/")), exist_ok=True)
     wait_quiet()
     w0 = wire(host)
     c0 = cpu_snap()
@@ -676,6 +740,7 @@ def rsync(src, host, dst, timeout=300):
     def stat(label):
         m = re.search(label + r": ([\d,]+)", text)
         return int(m.group(1).replace(",", "")) if m else None
+    log(f"  rsync: {wall:.2f} s, {(w1 - w0) / 1048576:.2f} MiB on the wire")
     return {"wall": wall, "wire": w1 - w0, "sent": stat("Total bytes sent"),
             "received": stat("Total bytes received"), "cpu": cpu_delta(c0, c1)}
 
@@ -708,7 +773,37 @@ def same_tree(a, b):
     if r.returncode != 0:
         raise SystemExit(f"rsync result differs from {a}:\n{r.stdout[:2000]}")
 
-# ---- 0. setup and stored releases ---------------------------------------------------------
+# ---- 0. session shell, setup and stored releases ----------------------------------------------
+def shell_start(home):
+    """Median wall of the non-interactive bash an ssh session runs, with HOME=home."""
+    env = {"HOME": home, "SSH_CLIENT": "10.100.250.1 40000 22", "USER": "root",
+           "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    xs = []
+    for _ in range(5):
+        t0 = now()
+        subprocess.run(["bash", "-c", "true"], env=env, stdin=subprocess.DEVNULL, timeout=30, check=True)
+        xs.append(now() - t0)
+    return statistics.median(xs)
+out["shell_root_home"] = shell_start(os.path.expanduser("~root"))
+out["shell_host_home"] = shell_start(os.path.join(work, "hosts", "h1", "home"))
+KEX_CLASSIC = "KexAlgorithms=curve25519-sha256"
+def ssh_true(*opts):
+    """`ssh HOST true` over a new connection: median wall, median client CPU, key exchange."""
+    walls, cpus, kex = [], [], None
+    for _ in range(5):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = now()
+        p = subprocess.run(["ssh", "-F", ssh_config, "-v", *opts, "h1", "true"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30, check=True)
+        walls.append(now() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+        m = re.search(r"kex: algorithm: (\S+)", p.stderr)
+        kex = m.group(1) if m else kex
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "kex": kex}
+out["ssh_true"] = ssh_true()
+out["ssh_true_classic"] = ssh_true("-o", KEX_CLASSIC)
+
 log(f"drover host setup -e all ({nhosts} hosts)")
 t0 = now()
 drover("host", "setup", "-e", "all", "--dir", scale_dir, timeout=300)
@@ -757,13 +852,17 @@ out["split"] = split
 
 # ---- 2. deploy time by fleet size -----------------------------------------------------------
 version = 0
-def new_version():
-    """The scale app at a new version: drover.toml's version and a new 1 MiB bundle."""
+def new_version(ssh_extra=()):
+    """The scale app at a new version: drover.toml's version, a new 1 MiB bundle, and
+    ssh_extra as the extra lines of its [ssh] table."""
     global version
     version += 1
     toml = os.path.join(scale_dir, "drover.toml")
     text = open(toml).read()
     text = re.sub(r'(?m)^version = "\d+"$', f'version = "{version}"', text, count=1)
+    text = re.sub(r'(?m)^(options|persist) = .*\n', "", text)
+    extra = "".join(l + "\n" for l in ssh_extra)
+    text = re.sub(r'(?m)^(parallel = \d+\n)', lambda m: m.group(1) + extra, text, count=1)
     with open(toml + ".new", "w") as f:
         f.write(text)
     os.replace(toml + ".new", toml)
@@ -775,26 +874,67 @@ log(f"fleet size: first deploy of the example app to all {nhosts} hosts")
 v = new_version()
 out["scale_first"] = deploy(scale_dir, "all", list(range(1, nhosts + 1)))
 check_serving(range(1, nhosts + 1), 8081, v)
-sizes = [1, 4, 8]
+# (name, environment prefix, extra [ssh] lines, fleet sizes)
+VARIANTS = [
+    # drover's defaults: the ssh connections stay open 60 s, so each deploy reuses the
+    # ones the previous deploy (seconds before) opened
+    ("reused", "n", (), [1, 4, 8]),
+    ("rolling", "r", (), [1, 4, 8]),
+    # every deploy opens its connections, as after a pause of more than a minute
+    ("fresh", "n", ('persist = "0s"',), [1, 4, 8]),
+    ("fresh-curve25519", "n", ('persist = "0s"', f'options = ["{KEX_CLASSIC}"]'), [1, 8]),
+]
 scale = {}
-for kind in ("n", "r"):
+for name, env, extra, sizes in VARIANTS:
     for rd in range(runs):
-        order = sizes[rd % 3:] + sizes[:rd % 3]
+        order = sizes[rd % len(sizes):] + sizes[:rd % len(sizes)]
         for n in order:
-            v = new_version()
-            log(f"fleet size: round {rd + 1}/{runs}, {n} host(s), "
-                f"{'all-at-once' if kind == 'n' else 'rolling batch 1'}, version {v}")
-            res = deploy(scale_dir, f"{kind}{n}", list(range(1, n + 1)))
+            v = new_version(extra)
+            log(f"fleet size, {name}: round {rd + 1}/{runs}, {n} host(s), version {v}")
+            res = deploy(scale_dir, f"{env}{n}", list(range(1, n + 1)))
             check_serving(range(1, n + 1), 8081, v)
             res["round"] = rd + 1
-            scale.setdefault(f"{kind}{n}", []).append(res)
+            scale.setdefault(f"{name}/{n}", []).append(res)
 out["scale"] = scale
+out["variants"] = [(name, sizes) for name, _, _, sizes in VARIANTS]
+
+# ---- 3. where the CPU goes in an 8-host deploy (perf, when it works) -------------------------
+def perf_works():
+    if os.environ.get("BENCH_PERF", "1") == "0":
+        return False
+    try:
+        return subprocess.run(["perf", "record", "-a", "-F", "999", "-o", os.path.join(work, "perf.test"),
+                               "--", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+if perf_works():
+    v = new_version(('persist = "0s"',))
+    log(f"perf: one more all-at-once deploy to {nhosts} hosts (new connections) under `perf record -a -F 999`, version {v}")
+    pf = os.path.join(work, "perf.data")
+    rec = subprocess.Popen(["perf", "record", "-a", "-F", "999", "-o", pf],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    wait_quiet()
+    t0 = now()
+    res = deploy(scale_dir, f"n{nhosts}", list(range(1, nhosts + 1)))
+    window = now() - t0
+    rec.send_signal(2)
+    rec.wait(timeout=60)
+    rep = subprocess.run(["perf", "report", "-i", pf, "--sort", "comm", "--stdio", "-q", "-F", "sample,comm"],
+                         capture_output=True, text=True, timeout=300)
+    by_comm = {}
+    for line in rep.stdout.splitlines():
+        f = line.split(None, 1)
+        if len(f) == 2 and f[0].isdigit():
+            by_comm[f[1].strip()] = by_comm.get(f[1].strip(), 0) + int(f[0]) / 999
+    out["perf"] = {"deploy": res, "by_comm": by_comm, "window": window}
 out["quiet_waited"] = quiet_max - quiet_left
 print(json.dumps(out, indent=1))
 PY
 
 log "running the measurements"
-timeout 1200 python3 "$WORK/bench.py" "$DROVER" "$CTRL" "$WORK" "$RUNS" "$QUIET_MAX" "$NHOSTS" >"$WORK/results.json"
+timeout 1200 python3 "$WORK/bench.py" "$DROVER" "$CTRL" "$WORK" "$RUNS" "$QUIET_MAX" "$NHOSTS" "$CG" "$CG_FILE" >"$WORK/results.json"
 
 # ---- report ----------------------------------------------------------------------------
 TREE_FILES=$(find "$TREES/v1" -type f | wc -l)
@@ -802,16 +942,15 @@ TREE_BYTES=$(find "$TREES/v1" -type f -printf '%s\n' | awk '{s+=$1} END {print s
 MUTATE=$(cat "$WORK/mutate.txt")
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 RAM_GB=$(awk '/MemTotal/ {printf "%.1f", $2/1048576}' /proc/meminfo)
-REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$(cd "$REPO" && { git diff --quiet HEAD -- crates 2>/dev/null && echo "" || echo " (crates/ has uncommitted changes)"; })
-RSYNC_VER=$(rsync --version | head -1 | grep -o 'version [0-9.]*')
+RSYNC_VER=$(rsync --version 2>/dev/null | sed -n '1s/^rsync *version \([0-9.]*\).*/rsync \1/p')
 SSH_VER=$(ssh -V 2>&1 | cut -d, -f1)
 SCRIPT_SECS=$(python3 -c "import time; print(round(time.time() - $SCRIPT_START))")
 
-export DATE_UTC="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" MACHINE="$CPU, $(nproc) CPUs (nproc), ${RAM_GB} GiB RAM; kernel $(uname -sr)"
-export DROVER_BIN="$DROVER" DROVER_DESC="release build of commit $REV$DIRTY" TREE_FILES TREE_BYTES MUTATE RSYNC_VER SSH_VER SCRIPT_SECS
-
-REPORT=$(python3 - "$WORK/results.json" <<'PY'
+REPORT=$(DATE_UTC="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" \
+    MACHINE="$CPU, $(nproc) CPUs (nproc), ${RAM_GB} GiB RAM; kernel $(uname -sr)" \
+    DROVER_BIN="$DROVER" DROVER_DESC="release build of commit $REV$DIRTY" \
+    TREE_FILES="$TREE_FILES" TREE_BYTES="$TREE_BYTES" MUTATE="$MUTATE" RSYNC_VER="$RSYNC_VER" \
+    SSH_VER="$SSH_VER" SCRIPT_SECS="$SCRIPT_SECS" python3 - "$WORK/results.json" <<'PY'
 import json, os, statistics, sys
 r = json.load(open(sys.argv[1]))
 E = os.environ
@@ -825,6 +964,23 @@ def spread(xs, f):
     return f"{f(med(xs))}" + (f" ({f(min(xs))}–{f(max(xs))})" if len(xs) > 1 else "")
 def ok(c):
     return "yes" if c else "**no**"
+def cpu(xs, k):
+    """Median of CPU column k (1: the benchmark's, 2: others', 3: controller, 4: hosts)."""
+    v = [x["cpu"][k] for x in xs]
+    return "n/a" if None in v else f"{med(v):.2f}"
+def cpu_ratio(a, b, k):
+    x, y = cpu(a, k), cpu(b, k)
+    return "" if "n/a" in (x, y) or float(y) == 0 else f"{float(x) / float(y):.2f}"
+def chunk_line(xs):
+    per_run = [f"{t - h} of {t} chunks" + (f", {d} of them as zstd deltas against chunks the host had" if d else "")
+               for x in xs for h, t, d in x["chunks"][:1]]
+    if not per_run:
+        return ""
+    if len(set(per_run)) == 1:
+        return f"drover sent {per_run[0]} (the same in every run; the rest were on the host already)."
+    return f"drover sent {'; '.join(per_run)} in the {len(per_run)} runs (the rest were on the host already)."
+def cpu1(x, k):
+    return "n/a" if x["cpu"][k] is None else f"{x['cpu'][k]:.2f}"
 
 d = r["delta"]
 dv1, rv1, dv2, rv2 = d["v1_drover"], d["v1_rsync"], d["v2_drover"], d["v2_rsync"]
@@ -836,7 +992,7 @@ print(f"""# drover fleet deploys: delta transfer vs rsync, deploy time by fleet 
 
 - Date: {E['DATE_UTC']}
 - Machine: {E['MACHINE']}
-- drover: {E['DROVER_DESC']}; {E['RSYNC_VER'].replace('version', 'rsync')}; {E['SSH_VER']} on both ends
+- drover: {E['DROVER_DESC']}; {E['RSYNC_VER']}; {E['SSH_VER']} on both ends
 - Hosts: network namespaces on this machine, each with its own sshd (ed25519 keys,
   default ciphers) reached over a veth pair: no bandwidth limit and no added latency, so
   the link is far faster than a real network, and the controller, every host's sshd, agent
@@ -844,11 +1000,21 @@ print(f"""# drover fleet deploys: delta transfer vs rsync, deploy time by fleet 
 - Bytes on the wire: rx + tx of the host's root-side veth during the command (ssh, TCP,
   IP and Ethernet headers included, both directions). Wall: the whole command, from
   fork to exit, measured by python3.
-- "Other CPU" is CPU time used by processes that are not part of the benchmark (neither
-  the commands, their children, nor anything in the hosts' namespaces) during a
-  measurement, from /proc/stat; kernel threads (softirq work for the veth traffic among
-  them) count there too. Before each measurement the script waited for a quiet second
-  ({r['quiet_waited']:.0f} s waited in all).
+- CPU: the script and the commands it runs (drover, rsync, ssh) are in one cgroup
+  ("controller side"), every host's sshd, and so its sessions and the agents and apps they
+  start, in another ("host side"); together the benchmark's own CPU time. "Other CPU" is
+  the rest of the machine's busy time (/proc/stat) meanwhile: other processes, and kernel
+  threads such as softirq work for the veth traffic. Before each measurement the script
+  waited for a quiet second ({r['quiet_waited']:.0f} s waited in all).
+- Each ssh session runs the login shell (bash) non-interactively, which reads
+  `$HOME/.bashrc`. This machine's root `~/.bashrc` initialises pyenv, {r['shell_root_home'] * 1000:.0f} ms per
+  session; the hosts' sshd sets `HOME` to an empty directory instead ({r['shell_host_home'] * 1000:.0f} ms per
+  session), as on a server whose root shell start-up is light. drover opens several ssh
+  sessions per host and deploy, rsync one, so a heavy shell start-up costs drover more.
+- For scale: a bare `ssh -F ssh_config h1 true` (new connection, key exchange,
+  authentication, one command) takes {r['ssh_true']['wall'] * 1000:.0f} ms here, {r['ssh_true']['cpu'] * 1000:.0f} ms of it CPU in the ssh client,
+  with the key exchange OpenSSH picks by default ({r['ssh_true']['kex']}); with
+  `-o {r.get('kex_opt', 'KexAlgorithms=curve25519-sha256')}`: {r['ssh_true_classic']['wall'] * 1000:.0f} ms, {r['ssh_true_classic']['cpu'] * 1000:.0f} ms client CPU (medians of 5).
 
 ## 1. Delta transfer: drover vs `rsync -az`
 
@@ -866,7 +1032,8 @@ quick check skips them, as it would for a build tree kept between releases.
 
 Commands, on a host that already holds v1 (drover: deployed; rsync: in the target directory):
 
-- drover: `drover deploy V2DIR -e ENV --json` (ENV: one host, all-at-once). v2 was stored
+- drover: `drover deploy V2DIR -e ENV --json` (ENV: one host, all-at-once; `[ssh] persist =
+  "0s"`, so the deploy opens its own ssh connection as rsync does). v2 was stored
   beforehand with `drover build` ({s(b['v2']['wall'])} after v1; the deploy's own build finds every
   file unchanged). The deploy is the whole rollout: ssh connection, version check, lock,
   transfer, the switch to the new release behind its health check, audit log.
@@ -880,10 +1047,12 @@ Median of {runs} runs, each on its own fresh host (min–max in brackets):
 | bytes the tool counts (drover `bytes_sent`; rsync sent + received) | {spread([x['bytes_sent'] for x in dv2], mib)} | {spread([x['sent'] + x['received'] for x in rv2], mib)} | | |
 | wall, whole command | {spread([x['wall'] for x in dv2], s)} | {spread([x['wall'] for x in rv2], s)} | {t_d / t_r:.2f} | ≤ 1.0 — {'met' if t_d <= t_r else '**not met**'} |
 | wall, drover's transfer phase alone (`sending` → `sent` progress lines) | {spread([x['transfer'] for x in dv2], s)} | | {tt_d / t_r:.2f} | |
-| CPU s, benchmark's processes (controller + host) | {med([x['cpu'][1] for x in dv2]):.2f} | {med([x['cpu'][1] for x in rv2]):.2f} | | |
-| other CPU s | {med([x['cpu'][2] for x in dv2]):.2f} | {med([x['cpu'][2] for x in rv2]):.2f} | | |
+| CPU s, all of the command's processes | {cpu(dv2, 1)} | {cpu(rv2, 1)} | {cpu_ratio(dv2, rv2, 1)} | |
+| … of which on the controller side (drover / rsync, ssh clients) | {cpu(dv2, 3)} | {cpu(rv2, 3)} | {cpu_ratio(dv2, rv2, 3)} | |
+| … of which on the host side (sshd, `drover remote`, agent, app / rsync server) | {cpu(dv2, 4)} | {cpu(rv2, 4)} | {cpu_ratio(dv2, rv2, 4)} | |
+| other CPU s (not the benchmark's) | {cpu(dv2, 2)} | {cpu(rv2, 2)} | | |
 
-Chunks: drover sent {', '.join(f"{t - h} of {t}" for x in dv2 for h, t in x['chunks'][:1])} chunks (the rest were on the host already).
+{chunk_line(dv2)}
 
 The initial copy of v1 to an empty host, for reference:
 
@@ -922,7 +1091,17 @@ for v in ("v1", "v2", "v2a", "v2b"):
     print(f"| {v} | {x.get('files')} | {mib(x.get('bytes', 0))} | {mib(x.get('stored_bytes', 0))} | {s(x['wall'])} |")
 
 sc = r["scale"]
-a1, a8 = med([x["wall"] for x in sc["n1"]]), med([x["wall"] for x in sc["n8"]])
+VN = dict(r["variants"])
+LABEL = {
+    "reused": "all-at-once, connections reused",
+    "rolling": "rolling (batch = 1), connections reused",
+    "fresh": "all-at-once, new connections",
+    "fresh-curve25519": "all-at-once, new connections, curve25519 key exchange",
+}
+def walls(v, n):
+    return [x["wall"] for x in sc[f"{v}/{n}"]]
+def ratio81(v):
+    return med(walls(v, 8)) / med(walls(v, 1))
 print(f"""
 ## 2. Deploy time by fleet size
 
@@ -931,43 +1110,103 @@ The example server (one `web` instance behind the proxy, health check on `/up`) 
 every host. Every host is set up and holds the previous version; each measured deploy is a
 new version (`drover deploy DIR -e ENV --json`, the release build of the app dir included).
 The first deploy to all {r['nhosts']} hosts (nothing there yet) took {s(r['scale_first']['wall'])}.
+
+drover keeps each host's ssh connection open for the next command (`[ssh] persist`,
+60 s by default). Measured both ways:
+
+- **connections reused** (drover's defaults): each deploy follows the previous one by a
+  few seconds and reuses its connections — consecutive deploys, or a deploy right after
+  `drover status -e`;
+- **new connections** (`[ssh] persist = "0s"`): each deploy opens one ssh connection per
+  host, as a deploy after more than a minute without drover commands does; once more
+  with `[ssh] options = ["KexAlgorithms=curve25519-sha256"]` (see the `ssh true` note
+  above: OpenSSH's default post-quantum key exchange costs the client ~0.1 CPU s per
+  connection here).
+
 Median of {runs} rounds (min–max); the order of the sizes rotates per round:
 
-| hosts | all-at-once | rolling, batch = 1 | on the wire, all hosts (all-at-once) |
-|---:|---:|---:|---:|""")
+| hosts | {' | '.join(LABEL[v] for v in VN)} |
+|---:|{'---:|' * len(VN)}""")
 for n in (1, 4, 8):
-    print(f"| {n} | {spread([x['wall'] for x in sc[f'n{n}']], s)} | {spread([x['wall'] for x in sc[f'r{n}']], s)} | "
-          f"{mib(med([x['wire'] for x in sc[f'n{n}']]))} |")
+    print(f"| {n} | " + " | ".join(spread(walls(v, n), s) if n in VN[v] else "" for v in VN) + " |")
+print(f"| **8 / 1** | " + " | ".join(f"**{ratio81(v):.2f}×**" for v in VN) + " |")
 print(f"""
 | measure | value | goal |
 |---|---:|---|
-| 8 hosts / 1 host, all-at-once | **{a8 / a1:.2f}×** | < 2× — {'met' if a8 / a1 < 2 else '**not met**'} |
-| 8 hosts / 1 host, rolling batch = 1 | {med([x['wall'] for x in sc['r8']]) / med([x['wall'] for x in sc['r1']]):.2f}× | (for information) |
+| 8 hosts / 1 host, all-at-once, connections reused (defaults) | **{ratio81('reused'):.2f}×** | < 2× — {'met' if ratio81('reused') < 2 else '**not met**'} |
+| 8 hosts / 1 host, all-at-once, new connections | **{ratio81('fresh'):.2f}×** | < 2× — {'met' if ratio81('fresh') < 2 else '**not met**'} |
+| 8 hosts / 1 host, all-at-once, new connections, curve25519 | {ratio81('fresh-curve25519'):.2f}× | (for information) |
+| 8 hosts / 1 host, rolling batch = 1, connections reused | {ratio81('rolling'):.2f}× | (for information) |
 
-Where an all-at-once deploy spends its time (median per phase; for several hosts a phase
-runs from the first host entering it to the last host leaving it):
+Bytes on the wire, all hosts together (all-at-once, connections reused):
+{', '.join(f"{n} host{'s' if n > 1 else ''} {mib(med([x['wire'] for x in sc[f'reused/{n}']]))}" for n in (1, 4, 8))};
+with new connections: {', '.join(f"{mib(med([x['wire'] for x in sc[f'fresh/{n}']]))}" for n in (1, 4, 8))}.
 
-| phase | 1 host | 4 hosts | 8 hosts | 8 hosts, rolling |
-|---|---:|---:|---:|---:|""")
-for name in sc["n1"][0]["phases"]:
-    cells = [ms(med([x["phases"].get(name, 0.0) for x in sc[k]])) for k in ("n1", "n4", "n8", "r8")]
+Where a deploy spends its time (median per phase; for several hosts a phase runs from the
+first host entering it to the last host leaving it):
+""")
+cols = [("reused", 1), ("reused", 4), ("reused", 8), ("rolling", 8), ("fresh", 1), ("fresh", 8),
+        ("fresh-curve25519", 8)]
+short = {"reused": "reused", "rolling": "rolling, reused", "fresh": "new conn.",
+         "fresh-curve25519": "new conn., curve25519"}
+print("| phase | " + " | ".join(f"{n} host{'s' if n > 1 else ''}, {short[v]}" for v, n in cols) + " |")
+print("|---|" + "---:|" * len(cols))
+for name in sc["reused/1"][0]["phases"]:
+    cells = [ms(med([x["phases"].get(name, 0.0) for x in sc[f"{v}/{n}"]])) for v, n in cols]
     print(f"| {name} | {' | '.join(cells)} |")
-print(f"| **whole command** | {' | '.join(ms(med([x['wall'] for x in sc[k]])) for k in ('n1', 'n4', 'n8', 'r8'))} |")
+print(f"| **whole command** | {' | '.join(ms(med(walls(v, n))) for v, n in cols)} |")
 print(f"""
-Other CPU during the deploys (median CPU s): {', '.join(f"{k} {med([x['cpu'][2] for x in sc[k]]):.2f}" for k in ('n1', 'n4', 'n8', 'r1', 'r4', 'r8'))}.
+CPU time of the deploy's processes (median CPU s): the controller side (drover, its ssh
+clients) and the hosts' side (sshd and its sessions, `drover remote`, agents, apps), and
+all of it as a share of the machine's {os.cpu_count()} CPUs over the deploy's wall time. Here the
+hosts share the controller's CPUs; on a real fleet only the controller column is spent
+on the deploying machine.
+
+| variant | hosts | controller | hosts | busy share of {os.cpu_count()} CPUs |
+|---|---:|---:|---:|---:|""")
+for v in VN:
+    for n in VN[v]:
+        k = sc[f"{v}/{n}"]
+        c = cpu(k, 1)
+        share = "" if c == "n/a" else f"{100 * float(c) / (os.cpu_count() * med([x['wall'] for x in k])):.0f} %"
+        print(f"| {LABEL[v]} | {n} | {cpu(k, 3)} | {cpu(k, 4)} | {share} |")
+if "perf" in r:
+    p = r["perf"]
+    # The benchmark's own process names; the rest of the machine is summed in one row.
+    OURS = ("ssh", "sshd", "drover", "bash", "sh", "hello", "python3", "perf")
+    busy = {k: v for k, v in p["by_comm"].items() if k in OURS}
+    else_ = sum(v for k, v in p["by_comm"].items() if k not in OURS and k != "swapper")
+    total = sum(busy.values())
+    print(f"""
+Where the CPU goes in an all-at-once deploy to {r['nhosts']} hosts over new connections (default
+key exchange): one more such deploy ({s(p['deploy']['wall'])} wall) under `perf record -a -F 999`
+(the whole machine, from about 1 s before the deploy until it ended; CPU s = samples / 999). `drover` is both the
+controller and every `drover remote` on the hosts; `ssh` the controller's ssh clients
+(one master connection per host and one short client process per operation); `sshd` the
+hosts' side of the connections; `bash`/`sh` the shells of the ssh sessions; `python3` and
+`perf` the benchmark itself.
+
+| process (comm) | CPU s | share |
+|---|---:|---:|""")
+    for k, v in sorted(busy.items(), key=lambda kv: -kv[1]):
+        print(f"| `{k}` | {v:.2f} | {100 * v / total:.0f} % |")
+    print(f"| **all of the above** | {total:.2f} | |")
+    print(f"| (the rest of the machine: other processes, kernel threads) | {else_:.2f} | |")
+print(f"""
+Other CPU during the deploys (median CPU s, not the benchmark's): {', '.join(f"{k} {cpu(sc[k], 2)}" for k in sc)}.
 
 Every run (wall s / wire MiB / other CPU s):
 
 | run | {' | '.join(['drover v1', 'rsync v1', 'drover v2', 'rsync v2'])} |
 |---|---|---|---|---|""")
 for i in range(runs):
-    cells = [f"{x['wall']:.2f} / {x['wire'] / 1048576:.2f} / {x['cpu'][2]:.2f}" for x in (dv1[i], rv1[i], dv2[i], rv2[i])]
+    cells = [f"{x['wall']:.2f} / {x['wire'] / 1048576:.2f} / {cpu1(x, 2)}" for x in (dv1[i], rv1[i], dv2[i], rv2[i])]
     print(f"| {i + 1} (h{i + 1}; v2 order: {' then '.join(d['order'][i])}) | {' | '.join(cells)} |")
 print()
-print("| env | " + " | ".join(f"round {i + 1}" for i in range(runs)) + " |")
+print("| variant/hosts | " + " | ".join(f"round {i + 1}" for i in range(runs)) + " |")
 print("|---|" + "---|" * runs)
-for k in ("n1", "n4", "n8", "r1", "r4", "r8"):
-    print(f"| {k} | " + " | ".join(f"{x['wall']:.2f} / {x['wire'] / 1048576:.2f} / {x['cpu'][2]:.2f}" for x in sc[k]) + " |")
+for k in sc:
+    print(f"| {k} | " + " | ".join(f"{x['wall']:.2f} / {x['wire'] / 1048576:.2f} / {cpu1(x, 2)}" for x in sc[k]) + " |")
 print(f"""
 Host setup of all {r['nhosts']} hosts (`drover host setup -e all`: installs the {os.path.getsize(E['DROVER_BIN']) / 1048576:.0f} MiB
 drover binary on each, starts the agents): {s(r['setup_secs'])}. Whole script (cargo builds, trees,
