@@ -69,8 +69,9 @@ impl Progress {
 
     /// Host `i` enters `phase`.
     pub fn phase(&self, i: usize, phase: impl Into<String>) {
-        let phase = phase.into();
         let mut g = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        // Errors name their host; on the host's own line that is said already.
+        let phase = phase.into().replacen(&format!("{}: ", g.0[i].host), "", 1);
         g.0[i].phase = phase.clone();
         g.0[i].bytes = None;
         g.0[i].since = Instant::now();
