@@ -184,6 +184,39 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
     let hist = env_json(&cx, &dir, "history");
     assert_eq!(hist[0]["action"], "rollback", "{hist:#}");
     assert_eq!(hist[0]["outcome"], "ok", "{hist:#}");
+
+    // Canary: one host first; only once it is live (and a pause) do the other three switch.
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "3.0",
+        "{ kind = \"canary\", hosts = 1, pause = \"1s\" }",
+        "./hello",
+    );
+    let run = deploy(&cx, &dir).success();
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"phase\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |host: &str, phase: &str| {
+        events
+            .iter()
+            .find(|e| e["host"] == host && e["phase"].as_str().unwrap().starts_with(phase))
+            .unwrap_or_else(|| panic!("no `{phase}` event for {host}: {}", run.stdout))["elapsed_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    let canary_live = at("h1", "live");
+    for h in ["h2", "h3", "h4"] {
+        assert!(
+            at(h, "switching") >= canary_live + 1000,
+            "{h} switched before the canary was live and the pause over: {}",
+            run.stdout
+        );
+    }
+    assert_all_serve(&fleet, "3.0");
 }
 
 #[test]
