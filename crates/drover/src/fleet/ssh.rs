@@ -92,7 +92,23 @@ fn persist_dir() -> Option<PathBuf> {
     let dir = std::env::temp_dir().join(format!("drover-ssh-{uid}"));
     let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
     let m = std::fs::symlink_metadata(&dir).ok()?;
-    (m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0).then_some(dir)
+    if !(m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0) {
+        return None;
+    }
+    // The logs of masters long gone.
+    for e in std::fs::read_dir(&dir).ok()?.flatten() {
+        let p = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old && p.extension().is_some_and(|x| x == "log") && !p.with_extension("").exists() {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    Some(dir)
 }
 
 impl Session {
