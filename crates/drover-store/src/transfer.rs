@@ -679,6 +679,92 @@ mod tests {
         assert_eq!(sent.chunks_sent, 0);
     }
 
+    /// Keeps a copy of every byte written through it.
+    struct Tee<W> {
+        inner: W,
+        log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl<W: Write> Write for Tee<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.log.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    #[test]
+    fn damaged_or_truncated_streams_add_no_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("a.bin"), noise(400 << 10, 5)).unwrap();
+        std::fs::write(src.join("b.txt"), "some text\n".repeat(500)).unwrap();
+        let a = store_in(&tmp.path().join("a"));
+        let v1 = release(&a, &src, "1");
+        let key = a.keys().public_key().unwrap();
+        let trusting = |name: &str| {
+            let s = store_in(&tmp.path().join(name));
+            s.keys().trust(&key, "deployer").unwrap();
+            s
+        };
+
+        // What a sender says to a store that has nothing (no base, every chunk wanted).
+        let b = trusting("b");
+        let (x, y) = UnixStream::pair().unwrap();
+        let broot = tmp.path().join("b");
+        let t = std::thread::spawn(move || receive(&store_in(&broot), y.try_clone().unwrap(), y));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = Tee {
+            inner: x.try_clone().unwrap(),
+            log: log.clone(),
+        };
+        send(&a, &v1, x, out, "peer", |_| {}).unwrap();
+        t.join().unwrap().unwrap();
+        assert!(b.has_release(&v1));
+        let stream = log.lock().unwrap().clone();
+
+        // Replayed whole, it is accepted; cut short or with any byte changed, it is refused
+        // and the release does not appear (or, if a change is harmless, it verifies).
+        let replay = |bytes: &[u8], name: &str| {
+            let st = trusting(name);
+            let r = receive(&st, std::io::Cursor::new(bytes.to_vec()), std::io::sink());
+            (r, st)
+        };
+        let (r, st) = replay(&stream, "whole");
+        r.unwrap();
+        assert!(st.verify(Some(&v1)).unwrap().problems.is_empty());
+        let step = (stream.len() / 25).max(1);
+        for cut in (0..stream.len()).step_by(step) {
+            let (r, st) = replay(&stream[..cut], &format!("cut{cut}"));
+            assert!(r.is_err(), "a stream cut at {cut} was accepted");
+            assert!(!st.has_release(&v1));
+        }
+        for at in (0..stream.len()).step_by((stream.len() / 53).max(1)) {
+            let mut bad = stream.clone();
+            bad[at] ^= 0x5a;
+            let (r, st) = replay(&bad, &format!("flip{at}"));
+            match r {
+                Err(_) => assert!(!st.has_release(&v1), "flip at {at}: refused but stored"),
+                Ok(_) => assert!(st.verify(Some(&v1)).unwrap().problems.is_empty()),
+            }
+        }
+        // A store that does not trust the signer takes nothing, whatever the stream.
+        let (r, st) = (
+            receive(
+                &store_in(&tmp.path().join("untrusting")),
+                std::io::Cursor::new(stream.clone()),
+                std::io::sink(),
+            ),
+            store_in(&tmp.path().join("untrusting")),
+        );
+        assert!(r.unwrap_err().to_string().contains("does not trust"));
+        assert!(!st.has_release(&v1));
+    }
+
     #[test]
     fn an_interrupted_transfer_resumes_and_corrupt_chunks_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
