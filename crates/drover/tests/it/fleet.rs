@@ -228,15 +228,21 @@ fn a_host_failing_its_health_check_returns_every_host_to_v1() {
     deploy(&cx, &dir).success();
     assert_all_serve(&fleet, "1.0");
 
-    // v2 cannot start on h2 only (a marker in its root).
+    // v2 runs everywhere, but its health check fails on h2 only (a marker in its root).
     std::fs::write(fleet.hosts[1].root.join("break-v2"), "").unwrap();
-    let dir = fleet_app(
-        &cx,
-        &fleet,
-        "2.0",
-        ONE_BY_ONE,
-        "sh -c 'test -e \"$DROVER_AGENT_ROOT/break-v2\" && exit 7; exec ./hello'",
-    );
+    let dir = fleet_app(&cx, &fleet, "2.0", ONE_BY_ONE, "./hello");
+    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+    let health = "[health]\npath = \"/up\"\ntimeout = \"10s\"\n";
+    assert!(toml.contains(health));
+    std::fs::write(
+        dir.join("drover.toml"),
+        toml.replace(
+            health,
+            // Run in the release tree, ROOT/store/trees/ID: the marker is in ROOT.
+            "[health]\ncommand = \"test ! -e ../../../break-v2\"\ntimeout = \"3s\"\n",
+        ),
+    )
+    .unwrap();
     let run = deploy(&cx, &dir).failure();
     let r = report(&run);
     assert_eq!(r["ok"], false);
@@ -244,7 +250,10 @@ fn a_host_failing_its_health_check_returns_every_host_to_v1() {
     assert_eq!(r["hosts"][1]["state"], "failed", "{r:#}");
     assert_eq!(r["hosts"][2]["state"], "unchanged", "{r:#}");
     let why = r["hosts"][1]["error"].as_str().unwrap();
-    assert!(why.starts_with("h2:") && why.contains("exit"), "{why}");
+    assert!(
+        why.starts_with("h2:") && why.contains("health command"),
+        "{why}"
+    );
     assert!(run.stderr.contains("h2"), "{}", run.stderr);
     assert_all_serve(&fleet, "1.0");
 
