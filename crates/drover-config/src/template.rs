@@ -37,6 +37,20 @@ GREETING = "hello, world"
 # [hooks]
 # release = "./migrate"   # runs once per deploy, before any traffic moves
 
+# Config for `drover deploy -e production`. With hosts, that deploys to them over ssh
+# (set each up once with `drover host setup -e production`).
 # [environments.production]
 # hosts = ["web1.example.com", "deploy@web2.example.com:2222"]
+# strategy = { kind = "rolling", batch = 1 }   # or "25%"; or { kind = "all-at-once" },
+#                                              # { kind = "canary", hosts = 1, pause = "5m" }
+# env = { LOG_LEVEL = "info" }
+#
+# [environments.production.roles.jobs]
+# hosts = ["web1.example.com"]
+# processes = ["web"]      # which processes run on this role's hosts
+# env = { QUEUE = "default" }
+#
+# [ssh]                    # the system ssh does the work: your ssh config and agent apply
+# config = "deploy/ssh_config"
+# timeout = "10s"
 "#;

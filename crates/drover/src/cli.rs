@@ -41,7 +41,8 @@ pub enum Command {
     Agent(crate::commands::agent::AgentArgs),
     /// Build DIR, start the local agent if needed, deploy, and print the URL.
     Up(crate::commands::up::UpArgs),
-    /// Deploy an app directory or a stored release; exits 0 only when it is live and healthy.
+    /// Deploy an app directory or a stored release (with -e ENV: to the environment's hosts,
+    /// over ssh); exits 0 only when it is live and healthy everywhere.
     Deploy(crate::commands::deploy::DeployArgs),
     /// Switch an app back to an earlier generation.
     Rollback(crate::commands::deploy::RollbackArgs),

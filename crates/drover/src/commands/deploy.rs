@@ -22,7 +22,9 @@ pub struct DeployArgs {
     #[arg(long, value_name = "PERCENT")]
     pub canary: Option<u8>,
     /// Apply this environment's config layer (`[environments.NAME.env]`) and its secrets
-    /// file (`drover.secrets.NAME.toml`).
+    /// file (`drover.secrets.NAME.toml`). When it lists `hosts`, deploy to them over ssh:
+    /// the release goes to every host, then batches switch by its `strategy`, and on any
+    /// failure every switched host returns to its previous generation.
     #[arg(short = 'e', long = "env", value_name = "ENV")]
     pub environment: Option<String>,
     /// Also apply this role's layer (`[environments.ENV.roles.ROLE.env]`).
