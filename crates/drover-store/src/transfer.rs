@@ -272,39 +272,30 @@ pub fn send(
     let mut sent = 0;
     let mut deltas = 0;
     progress(Progress { sent, total });
-    for h in &want {
-        let object = store.chunk_object(h)?;
-        let raw = chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
-            kind: "chunk",
-            id: h.to_hex(),
-            reason,
-        })?;
-        let delta = places
-            .as_ref()
-            .and_then(|p| p.base_for(h))
-            .and_then(|bases| {
-                let mut prefix = Vec::new();
-                for b in &bases {
-                    prefix.extend_from_slice(&store.read_chunk(b).ok()?);
+    // Deltas cost CPU (reading the base chunks, matching against them): a batch of chunks is
+    // encoded on every core, then written in order.
+    for batch in want.chunks(WIRE_BATCH) {
+        let encoded = crate::par::map(batch, |h| wire_form(store, h, places.as_ref()));
+        for (h, e) in batch.iter().zip(encoded) {
+            let (object_len, form) = e?;
+            match form {
+                Wire::Delta(bases, d) => {
+                    let mut head = Vec::with_capacity(34 + bases.len() * 32);
+                    head.extend_from_slice(&h.0);
+                    head.extend_from_slice(&(bases.len() as u16).to_le_bytes());
+                    for b in &bases {
+                        head.extend_from_slice(&b.0);
+                    }
+                    write_record(&mut w, TAG_DELTA, &[&head, &d]).map_err(io(what))?;
+                    deltas += 1;
                 }
-                let d = chunk::delta_encode(&prefix, &raw)?;
-                (d.len() + 34 + bases.len() * 32 < object.len()).then_some((bases, d))
-            });
-        match delta {
-            Some((bases, d)) => {
-                let mut head = Vec::with_capacity(34 + bases.len() * 32);
-                head.extend_from_slice(&h.0);
-                head.extend_from_slice(&(bases.len() as u16).to_le_bytes());
-                for b in &bases {
-                    head.extend_from_slice(&b.0);
+                Wire::Whole(object) => {
+                    write_record(&mut w, TAG_CHUNK, &[&h.0, &object]).map_err(io(what))?
                 }
-                write_record(&mut w, TAG_DELTA, &[&head, &d]).map_err(io(what))?;
-                deltas += 1;
             }
-            None => write_record(&mut w, TAG_CHUNK, &[&h.0, &object]).map_err(io(what))?,
+            sent += object_len;
+            progress(Progress { sent, total });
         }
-        sent += object.len() as u64;
-        progress(Progress { sent, total });
     }
     write_record(&mut w, TAG_END, &[]).map_err(io(what))?;
     w.flush().map_err(io(what))?;
@@ -316,6 +307,39 @@ pub fn send(
         bytes_sent: w.bytes,
         chunks_delta: deltas,
         base: base.map(|(b, _, _)| b.to_hex()),
+    })
+}
+
+/// Chunks encoded together for the wire (see `send`).
+const WIRE_BATCH: usize = 16;
+
+/// How one chunk travels.
+enum Wire {
+    Whole(Vec<u8>),
+    Delta(Vec<Hash>, Vec<u8>),
+}
+
+/// A wanted chunk in its smaller form: as stored, or as a delta against the base chunks
+/// around the same place in the same file. Also the stored size (for progress).
+fn wire_form(store: &Store, h: &Hash, places: Option<&Places<'_>>) -> Result<(u64, Wire)> {
+    let object = store.chunk_object(h)?;
+    let len = object.len() as u64;
+    let raw = chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
+        kind: "chunk",
+        id: h.to_hex(),
+        reason,
+    })?;
+    let delta = places.and_then(|p| p.base_for(h)).and_then(|bases| {
+        let mut prefix = Vec::new();
+        for b in &bases {
+            prefix.extend_from_slice(&store.read_chunk(b).ok()?);
+        }
+        let d = chunk::delta_encode(&prefix, &raw)?;
+        (d.len() + 34 + bases.len() * 32 < object.len()).then_some((bases, d))
+    });
+    Ok(match delta {
+        Some((bases, d)) => (len, Wire::Delta(bases, d)),
+        None => (len, Wire::Whole(object)),
     })
 }
 
