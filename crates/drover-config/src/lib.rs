@@ -432,6 +432,12 @@ impl Config {
                 ));
             }
         }
+        if self.ssh.parallel == 0 {
+            return Err((
+                "key `ssh.parallel` must be at least 1".into(),
+                Some("it is how many hosts are worked on at once".into()),
+            ));
+        }
         for (name, e) in &self.environments {
             let mut seen = std::collections::BTreeSet::new();
             for h in &e.hosts {
@@ -534,6 +540,40 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, String> {
         Config::parse(s, Path::new("app/drover.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fleet_keys_are_checked() {
+        let base = "[app]\nname = \"a\"\n[process.web]\ncommand = \"x\"\n";
+        let e = parse(&format!("{base}[ssh]\nparallel = 0\n")).unwrap_err();
+        assert!(e.contains("ssh.parallel"), "{e}");
+        let e = parse(&format!("{base}[environments.p]\nhosts = [\"a b\"]\n")).unwrap_err();
+        assert!(e.contains("environments.p.hosts"), "{e}");
+        let e = parse(&format!("{base}[environments.p]\nhosts = [\"a\", \"a\"]\n")).unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = parse(&format!(
+            "{base}[environments.p]\nhosts = [\"a\"]\n[environments.p.roles.r]\nhosts = [\"b\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("not one of the environment's hosts"), "{e}");
+        let e = parse(&format!(
+            "{base}[environments.p]\nhosts = [\"a\"]\nstrategy = {{ kind = \"rolling\", batch = \"0%\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("not a host count"), "{e}");
+        let e = parse(&format!(
+            "{base}[environments.p]\nhosts = [\"a\"]\nstrategy = {{ kind = \"blue\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("strategy") || e.contains("blue"), "{e}");
+        let ok = parse(&format!(
+            "{base}[environments.p]\nhosts = [\"a\", \"u@b:2222\"]\nstrategy = {{ kind = \"canary\", hosts = 1, pause = \"5m\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.environments["p"].strategy.batches(2),
+            vec![vec![0], vec![1]]
+        );
     }
 
     #[test]
