@@ -35,26 +35,9 @@ SCRIPT_START=$(date +%s.%N)
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-# ---- build (retried: other people edit crates/ concurrently) --------------------
-build_with_retry() {
-    local what="$1"; shift
-    local i
-    for i in 1 2 3 4 5; do
-        if "$@" >/dev/null 2>"${TMPDIR:-/tmp}/drover-bench-agent-build.$$"; then
-            rm -f "${TMPDIR:-/tmp}/drover-bench-agent-build.$$"
-            return 0
-        fi
-        log "building $what failed (attempt $i); retrying in 60 s"
-        tail -n 5 "${TMPDIR:-/tmp}/drover-bench-agent-build.$$" >&2 || true
-        sleep 60
-    done
-    rm -f "${TMPDIR:-/tmp}/drover-bench-agent-build.$$"
-    log "cannot build $what"; exit 1
-}
-log "cargo build --release -p drover"
-build_with_retry drover cargo build --release -p drover --manifest-path "$REPO/Cargo.toml"
-log "cargo build --release (examples/hello)"
-build_with_retry hello cargo build --release --manifest-path "$REPO/examples/hello/Cargo.toml"
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+build_drover_and_hello
 
 WORK="$(mktemp -d -t drover-bench-agent.XXXXXX)"
 ROOT="$WORK/root"
@@ -66,8 +49,6 @@ HELLO_BIN="$REPO/examples/hello/target/release/hello"
 AGENT_PID=""
 APPS=(hello app0 app1 app2 app3 app4 app5 app6 app7 app8 app9)
 
-# shellcheck source=bench/lib.sh
-source "$REPO/bench/lib.sh"
 
 cleanup() {
     local rc=$?

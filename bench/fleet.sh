@@ -105,26 +105,9 @@ fi
 exec 9>/tmp/drover-bench-fleet.lock
 flock -n 9 || { echo "another bench/fleet.sh is running (lock /tmp/drover-bench-fleet.lock)" >&2; exit 1; }
 
-# ---- build (retried: other people edit crates/ concurrently) --------------------------
-build_with_retry() {
-    local what="$1"; shift
-    local i err="${TMPDIR:-/tmp}/drover-bench-fleet-build.$$"
-    for i in 1 2 3 4 5; do
-        if "$@" >/dev/null 2>"$err"; then
-            rm -f "$err"
-            return 0
-        fi
-        log "building $what failed (attempt $i); retrying in 60 s"
-        tail -n 5 "$err" >&2 || true
-        sleep 60
-    done
-    rm -f "$err"
-    log "cannot build $what"; exit 1
-}
-log "cargo build --release -p drover"
-build_with_retry drover cargo build --release -p drover --manifest-path "$REPO/Cargo.toml"
-log "cargo build --release (examples/hello)"
-build_with_retry hello cargo build --release --manifest-path "$REPO/examples/hello/Cargo.toml"
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+build_drover_and_hello
 # What was built (read now: others may commit while the benchmark runs).
 REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(cd "$REPO" && { git diff --quiet HEAD -- crates 2>/dev/null && echo "" || echo " (crates/ has uncommitted changes)"; })

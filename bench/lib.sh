@@ -1,4 +1,28 @@
-# Shared by the bench scripts (sourced).
+# Shared by the bench scripts (sourced). Expects `log` and `REPO`.
+
+# Builds drover and the example app in release mode, retrying (crates/ may be mid-edit).
+build_drover_and_hello() {
+    local what err i
+    for what in drover hello; do
+        local cmd=(cargo build --release -p drover --manifest-path "$REPO/Cargo.toml")
+        [[ "$what" == hello ]] && cmd=(cargo build --release --manifest-path "$REPO/examples/hello/Cargo.toml")
+        log "cargo build --release ($what)"
+        err="$(mktemp -t drover-bench-build.XXXXXX)"
+        for i in 1 2 3 4 5; do
+            if "${cmd[@]}" >/dev/null 2>"$err"; then
+                break
+            fi
+            if ((i == 5)); then
+                rm -f "$err"
+                log "cannot build $what"; exit 1
+            fi
+            log "building $what failed (attempt $i); retrying in 60 s"
+            tail -n 5 "$err" >&2 || true
+            sleep 60
+        done
+        rm -f "$err"
+    done
+}
 
 # Pids of live (non-zombie) processes whose environment carries DROVER_AGENT_ROOT=$ROOT.
 tagged_pids() {

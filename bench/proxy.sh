@@ -89,27 +89,9 @@ fi
 NGINX_BIN=$(command -v nginx)
 WRK_BIN=$(command -v wrk)
 
-# ---- build (retried: other people edit crates/ concurrently) --------------------
-build_with_retry() {
-    local what="$1"; shift
-    local i err
-    err="$(mktemp -t drover-bench-proxy-build.XXXXXX)"
-    for i in 1 2 3 4 5; do
-        if "$@" >/dev/null 2>"$err"; then
-            rm -f "$err"
-            return 0
-        fi
-        log "building $what failed (attempt $i); retrying in 60 s"
-        tail -n 5 "$err" >&2 || true
-        sleep 60
-    done
-    rm -f "$err"
-    log "cannot build $what"; exit 1
-}
-log "cargo build --release -p drover"
-build_with_retry drover cargo build --release -p drover --manifest-path "$REPO/Cargo.toml"
-log "cargo build --release (examples/hello)"
-build_with_retry hello cargo build --release --manifest-path "$REPO/examples/hello/Cargo.toml"
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+build_drover_and_hello
 # what was built (read now: crates/ may change while the benchmark runs)
 REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(cd "$REPO" && { git diff --quiet HEAD -- crates examples 2>/dev/null && echo "" || echo " (crates/ or examples/ had uncommitted changes when built)"; })
@@ -127,8 +109,6 @@ NGINX_PID=""
 HELLO_PID=""
 BENCH_PID=""
 
-# shellcheck source=bench/lib.sh
-source "$REPO/bench/lib.sh"
 
 # Live children of $1 (nginx workers of our master).
 children_of() {
