@@ -67,14 +67,6 @@ pub enum RemoteCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum LockOp {
-    /// Take the lock, or fail naming its holder (exit 3).
-    Acquire {
-        env: String,
-        #[arg(long)]
-        holder: String,
-        #[arg(long)]
-        token: String,
-    },
     /// Release the lock (only when it holds `token`, unless --force).
     Release {
         env: String,
@@ -338,13 +330,6 @@ fn unlock(root: &Path, env: &str, token: Option<&str>, force: bool) -> anyhow::R
 
 fn lock(root: &Path, op: LockOp) -> anyhow::Result<()> {
     match op {
-        LockOp::Acquire { env, holder, token } => match try_lock(root, &env, holder, token)? {
-            Ok(mine) => println!("{}", serde_json::to_string(&mine)?),
-            Err(theirs) => {
-                println!("{}", serde_json::to_string(&theirs)?);
-                std::process::exit(3);
-            }
-        },
         LockOp::Release { env, token, force } => unlock(root, &env, token.as_deref(), force)?,
         LockOp::Show { env } => {
             check_env(&env)?;
