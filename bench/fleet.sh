@@ -678,8 +678,7 @@ def deploy(appdir, env, hosts, timeout=300):
         ts = [t for t, e in events if pred(e["phase"])]
         return max(ts) if ts else None
     marks = [
-        ("start → first progress line (CLI, release build check, load)", 0.0),
-        ("ssh connections", first(lambda p: p == "connecting")),
+        ("start → first progress line (release build check and ssh connections, side by side)", 0.0),
         ("version check + environment lock", first(lambda p: p.startswith("checking"))),
         ("transfer (first host sending → last host sent)", first(lambda p: p == "sending")),
         ("switch (last sent → last host live)", last(lambda p: p.startswith("sent "))),

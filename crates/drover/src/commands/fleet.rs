@@ -78,11 +78,38 @@ pub fn deploy(root: &Path, target: Target, args: super::deploy::DeployArgs) -> a
             ),
         ));
     }
+    let started = std::time::Instant::now();
     let layers = super::deploy::layers_for(&args.target, Some(&target.name), None)?;
-    let release = super::deploy::release_for(root, &args.target, args.version.as_deref())?;
-    let store = super::open_store(root)?;
-    let id: drover_store::Hash = release.parse().map_err(anyhow::Error::msg)?;
-    let manifest = store.manifest(&id)?;
+    // The ssh connections open while the release builds.
+    let (conn, release) = std::thread::scope(|s| {
+        let conn = s.spawn(|| {
+            Connected::open(
+                &target.env.hosts,
+                &target.settings,
+                target.config.ssh.parallel,
+            )
+        });
+        let release = super::deploy::release_for(root, &args.target, args.version.as_deref());
+        (
+            conn.join().expect("the connecting thread does not panic"),
+            release,
+        )
+    });
+    let conn = conn?;
+    let built = (|| {
+        let release = release?;
+        let store = super::open_store(root)?;
+        let id: drover_store::Hash = release.parse().map_err(anyhow::Error::msg)?;
+        let manifest = store.manifest(&id)?;
+        anyhow::Ok((store, id, manifest))
+    })();
+    let (store, id, manifest) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            conn.close();
+            return Err(e);
+        }
+    };
     fleet::deploy(
         &store,
         &target,
@@ -94,6 +121,8 @@ pub fn deploy(root: &Path, target: Target, args: super::deploy::DeployArgs) -> a
             keep_partial: args.keep_partial,
             json: args.json.json,
         },
+        conn,
+        started,
     )
 }
 

@@ -624,15 +624,17 @@ struct HostState {
 }
 
 /// The whole fleet deploy: preflight, transfer, batches, and all-or-back.
+/// The whole fleet deploy over `conn`, connections opened by the caller (while it built
+/// the release).
 pub fn deploy(
     store: &drover_store::Store,
     target: &Target,
     plan: DeployPlan,
+    conn: Connected,
+    started: std::time::Instant,
 ) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
     let hosts = target.env.hosts.clone();
     let progress = Progress::new(&hosts, plan.json);
-    let parallel = target.config.ssh.parallel.max(1);
     if !plan.json {
         eprintln!(
             "deploying {}@{} ({}) to {} hosts of `{}` ({})",
@@ -644,10 +646,6 @@ pub fn deploy(
             target.env.strategy
         );
     }
-    for i in 0..hosts.len() {
-        progress.phase(i, "connecting");
-    }
-    let conn = Connected::open(&hosts, &target.settings, parallel)?;
     let result = deploy_connected(store, target, &plan, &conn, &progress, started);
     conn.close();
     result
