@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
@@ -60,9 +60,56 @@ fn exec_simple(command: &str) -> String {
     }
 }
 
-/// A free TCP port on loopback (bound and released; the app binds it right after).
+/// A free TCP port on loopback for an instance (bound and released; the app binds it right
+/// after). Ports come from below the kernel's ephemeral range, which outgoing connections
+/// draw from, and none is handed out twice within a minute: between the check and the app's
+/// own bind, neither an outgoing connection nor another instance can take it.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    static RECENT: Mutex<VecDeque<(u16, Instant)>> = Mutex::new(VecDeque::new());
+    let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+    while recent
+        .front()
+        .is_some_and(|(_, t)| t.elapsed() > Duration::from_secs(60))
+    {
+        recent.pop_front();
+    }
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_low.saturating_sub(1));
+    let mut x = (std::process::id() as u64) << 32
+        | std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(1)
+        | 1;
+    let mut pick = |lo: u16, hi: u16| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        lo + (x % u64::from(hi - lo + 1)) as u16
+    };
+    for _ in 0..256 {
+        let port = if hi > lo + 1000 {
+            pick(lo, hi)
+        } else {
+            TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port()
+        };
+        if recent.iter().any(|(p, _)| *p == port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            recent.push_back((port, Instant::now()));
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port for an instance",
+    ))
 }
 
 /// The kernel's start time of a process (clock ticks since boot): with the pid, it names one
@@ -237,4 +284,24 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_ports_are_distinct_free_and_outside_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let p = super::free_port().unwrap();
+            assert!(seen.insert(p), "port {p} handed out twice");
+            if low > 11_000 {
+                assert!((10_000..low).contains(&p), "{p}");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
 }
