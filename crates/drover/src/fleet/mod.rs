@@ -330,6 +330,7 @@ pub fn agent_call(
                 }
             ),
             hint: e.hint,
+            unreachable: false,
         }),
         None => Err(failure(s, status, &stderr)),
     }
@@ -421,11 +422,12 @@ pub fn transfer(
         Err(drover_store::Error::Remote { message, hint }) => Err(HostError {
             message: format!("{}: {message}", s.name),
             hint,
+            unreachable: false,
         }),
         Err(e @ drover_store::Error::Io { .. }) | Err(e @ drover_store::Error::Invalid { .. }) => {
-            let f = failure(s, status, &stderr);
-            if f.message.contains("ssh") || f.message.contains("not installed") {
-                Err(f)
+            // ssh itself failed (255) or found no drover (127): say that, not the symptom.
+            if matches!(status.as_ref().map(|st| st.code()), Ok(Some(127 | 255))) {
+                Err(failure(s, status, &stderr))
             } else {
                 Err(HostError::new(format!("{}: transfer failed: {e}", s.name)))
             }
@@ -922,9 +924,7 @@ fn rollout(
                 }
                 Err(e) => {
                     states[i].seconds = started.elapsed().as_secs_f64();
-                    states[i].state = if e.message.contains("ssh connection was lost")
-                        || e.message.contains("unreachable")
-                    {
+                    states[i].state = if e.unreachable {
                         "unreachable"
                     } else {
                         "failed"

@@ -14,6 +14,8 @@ use drover_config::fleet::HostSpec;
 pub struct HostError {
     pub message: String,
     pub hint: Option<String>,
+    /// The host could not be reached or the connection died: its state is unknown.
+    pub unreachable: bool,
 }
 
 impl HostError {
@@ -21,6 +23,7 @@ impl HostError {
         HostError {
             message: message.into(),
             hint: None,
+            unreachable: false,
         }
     }
 
@@ -326,6 +329,7 @@ impl Session {
                 }
             ),
             hint,
+            unreachable: false,
         }
     }
 
@@ -335,13 +339,17 @@ impl Session {
         if let Ok(m) = std::fs::read_to_string(&self.master_log) {
             text.push_str(&m);
         }
-        classify_known(&self.name, &text).unwrap_or_else(|| {
+        let e = classify_known(&self.name, &text).unwrap_or_else(|| {
             HostError::new(format!(
                 "{}: the ssh connection was lost (no answer within the [ssh] timeout of {}s)",
                 self.name,
                 self.settings.timeout.as_secs()
             ))
-        })
+        });
+        HostError {
+            unreachable: true,
+            ..e
+        }
     }
 
     /// Ends the master connection, unless it is a persistent one.
