@@ -47,25 +47,46 @@ fn fleet_app(
 
 /// `drover CMD -e prod --dir DIR --json`, successful.
 fn env_json(cx: &TestContext, dir: &Path, cmd: &str) -> serde_json::Value {
-    cx.drover(&[cmd, "-e", "prod", "--dir", dir.to_str().unwrap(), "--json"])
-        .success()
-        .json()
+    env_ok(cx, dir, &[cmd, "--json"]).json()
 }
 
 fn setup(cx: &TestContext, dir: &Path) {
-    cx.drover(&[
-        "host",
-        "setup",
-        "-e",
-        "prod",
-        "--dir",
-        dir.to_str().unwrap(),
-    ])
-    .success();
+    env_ok(cx, dir, &["host", "setup"]);
 }
 
 fn deploy(cx: &TestContext, dir: &Path) -> crate::common::Run {
     cx.drover(&["deploy", dir.to_str().unwrap(), "-e", "prod", "--json"])
+}
+
+/// `drover deploy DIR -e prod [--json]`, running in the background.
+fn spawn_deploy(cx: &TestContext, dir: &Path, json: bool) -> std::process::Child {
+    cx.command()
+        .args(["deploy", dir.to_str().unwrap(), "-e", "prod"])
+        .args(json.then_some("--json"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `drover ARGS… -e prod --dir DIR`, successful.
+fn env_ok(cx: &TestContext, dir: &Path, args: &[&str]) -> crate::common::Run {
+    let mut all = args.to_vec();
+    all.extend(["-e", "prod", "--dir", dir.to_str().unwrap()]);
+    cx.drover(&all).success()
+}
+
+/// When (ms into the deploy) `host` first entered a phase starting with `phase`, from the
+/// `--json` progress events of a deploy.
+fn event_ms(run: &crate::common::Run, host: &str, phase: &str) -> u64 {
+    run.stdout
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"phase\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["host"] == host && e["phase"].as_str().unwrap().starts_with(phase))
+        .unwrap_or_else(|| panic!("no `{phase}` event for {host}: {}", run.stdout))["elapsed_ms"]
+        .as_u64()
+        .unwrap()
 }
 
 /// The version host `i` serves on the app's port, if it answers.
@@ -142,7 +163,14 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
     );
     assert_all_serve(&fleet, "2.0");
 
-    // Batches of one: each host's switch is its own batch, in order (plain progress lines).
+    // Batches of one: each host starts switching only once the one before is live.
+    for (a, b) in [("h1", "h2"), ("h2", "h3"), ("h3", "h4")] {
+        assert!(
+            event_ms(&run, b, "switching") >= event_ms(&run, a, "live"),
+            "{b} switched before {a} was live: {}",
+            run.stdout
+        );
+    }
     let r2 = report(&run);
     for (i, h) in r2["hosts"].as_array().unwrap().iter().enumerate() {
         assert_eq!(h["state"], "live", "{h}");
@@ -178,8 +206,7 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
     }
 
     // The whole environment back to v1 at once, and the audit logs say so.
-    cx.drover(&["rollback", "-e", "prod", "--dir", dir.to_str().unwrap()])
-        .success();
+    env_ok(&cx, &dir, &["rollback"]);
     assert_all_serve(&fleet, "1.0");
     let hist = env_json(&cx, &dir, "history");
     assert_eq!(hist[0]["action"], "rollback", "{hist:#}");
@@ -194,24 +221,10 @@ fn rolling_deploy_to_four_hosts_keeps_three_serving_and_sends_only_changed_chunk
         "./hello",
     );
     let run = deploy(&cx, &dir).success();
-    let events: Vec<serde_json::Value> = run
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with('{') && l.contains("\"phase\""))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let at = |host: &str, phase: &str| {
-        events
-            .iter()
-            .find(|e| e["host"] == host && e["phase"].as_str().unwrap().starts_with(phase))
-            .unwrap_or_else(|| panic!("no `{phase}` event for {host}: {}", run.stdout))["elapsed_ms"]
-            .as_u64()
-            .unwrap()
-    };
-    let canary_live = at("h1", "live");
+    let canary_live = event_ms(&run, "h1", "live");
     for h in ["h2", "h3", "h4"] {
         assert!(
-            at(h, "switching") >= canary_live + 1000,
+            event_ms(&run, h, "switching") >= canary_live + 1000,
             "{h} switched before the canary was live and the pause over: {}",
             run.stdout
         );
@@ -312,13 +325,7 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
     ));
     let start_bytes = fleet.wire_bytes(2);
     let started = Instant::now();
-    let child = cx
-        .command()
-        .args(["deploy", dir.to_str().unwrap(), "-e", "prod", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_deploy(&cx, &dir, true);
     wait_for("h3's transfer to start", Duration::from_secs(60), || {
         fleet.wire_bytes(2) > start_bytes + (4 << 20)
     });
@@ -345,15 +352,7 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
     fleet.restore(2);
     tc(&format!("qdisc del dev {veth} root"));
     assert_all_serve(&fleet, "1.0");
-    cx.drover(&[
-        "lock",
-        "release",
-        "-e",
-        "prod",
-        "--dir",
-        dir.to_str().unwrap(),
-    ])
-    .success();
+    env_ok(&cx, &dir, &["lock", "release"]);
 
     // The next attempt resumes: h3 is sent only what it still lacks.
     let r = report(&deploy(&cx, &dir).success());
@@ -373,13 +372,7 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
         "sh -c 'test -e \"$DROVER_AGENT_ROOT/slow-v3\" && sleep 4; exec ./hello'",
     );
     let started = Instant::now();
-    let child = cx
-        .command()
-        .args(["deploy", dir.to_str().unwrap(), "-e", "prod", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_deploy(&cx, &dir, true);
     // Cut as soon as h2's agent has written the new generation: it is starting v3.
     let gens = fleet.hosts[1].root.join("apps/hello/gens");
     wait_for("h2 to start 3.0", Duration::from_secs(60), || {
@@ -398,15 +391,7 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
     assert_eq!(r["hosts"][2]["state"], "unchanged", "{r:#}");
     assert_eq!(serving(&fleet, 0).as_deref(), Some("2.0"));
     fleet.restore(1);
-    cx.drover(&[
-        "lock",
-        "release",
-        "-e",
-        "prod",
-        "--dir",
-        dir.to_str().unwrap(),
-    ])
-    .success();
+    env_ok(&cx, &dir, &["lock", "release"]);
     wait_for(
         "h2 to return to 2.0 by itself",
         Duration::from_secs(30),
@@ -441,13 +426,7 @@ fn two_deploys_at_once_the_second_fails_fast_naming_the_lock_holder() {
         "sh -c 'sleep 3; exec ./hello'",
     );
     setup(&cx, &dir);
-    let first = cx
-        .command()
-        .args(["deploy", dir.to_str().unwrap(), "-e", "prod"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = spawn_deploy(&cx, &dir, false);
     let lock = fleet.hosts[1].root.join("locks/prod.json");
     wait_for(
         "the first deploy to hold the lock",
@@ -476,16 +455,7 @@ fn two_deploys_at_once_the_second_fails_fast_naming_the_lock_holder() {
         first.stdout
     );
     assert!(!lock.exists(), "the lock is given back");
-    let st = cx
-        .drover(&[
-            "lock",
-            "status",
-            "-e",
-            "prod",
-            "--dir",
-            dir.to_str().unwrap(),
-        ])
-        .success();
+    let st = env_ok(&cx, &dir, &["lock", "status"]);
     assert_eq!(st.stdout.matches("free").count(), 2, "{}", st.stdout);
 
     // max_unavailable: with h2's app stopped, a batch of one more would make two down.
@@ -617,18 +587,7 @@ fn roles_choose_each_hosts_processes_and_config_layer() {
     assert_eq!(procs(0), ["web"], "{status:#}");
     assert_eq!(procs(1), ["worker"], "{status:#}");
     assert_eq!(serving(&fleet, 0).as_deref(), Some("1.0"));
-    let logs = cx
-        .drover(&[
-            "logs",
-            "hello",
-            "-e",
-            "prod",
-            "--dir",
-            dir.to_str().unwrap(),
-            "-n",
-            "5",
-        ])
-        .success();
+    let logs = env_ok(&cx, &dir, &["logs", "hello", "-n", "5"]);
     assert!(
         logs.stdout.contains("h2 | ") && logs.stdout.contains("working as jobs"),
         "{}",
