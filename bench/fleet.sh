@@ -157,39 +157,7 @@ sweep() {
 # Processes whose command line or environment mentions $WORK, except this shell and its
 # own subshells.
 work_pids() {
-    python3 - "$WORK" "$$" <<'PY'
-import os, sys
-want, me = sys.argv[1].encode(), int(sys.argv[2])
-def ppid(p):
-    with open(f"/proc/{p}/stat") as f:
-        st = f.read()
-    return int(st[st.rfind(")") + 2:].split()[1])
-def mine(p):
-    try:
-        while p > 1:
-            if p == me:
-                return True
-            p = ppid(p)
-    except OSError:
-        pass
-    return False
-for p in os.listdir("/proc"):
-    if not p.isdigit() or mine(int(p)):
-        continue
-    try:
-        with open(f"/proc/{p}/stat") as f:
-            st = f.read()
-        if st[st.rfind(")") + 2] in "ZX":
-            continue
-        blob = b""
-        for name in ("cmdline", "environ"):
-            with open(f"/proc/{p}/{name}", "rb") as f:
-                blob += f.read()
-        if want in blob:
-            print(p)
-    except OSError:
-        pass
-PY
+    live_pids any "$WORK" "$$"
 }
 
 cleanup() {

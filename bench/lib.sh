@@ -24,13 +24,28 @@ build_drover_and_hello() {
     done
 }
 
-# Pids of live (non-zombie) processes whose environment carries DROVER_AGENT_ROOT=$ROOT.
-tagged_pids() {
-    python3 - "$ROOT" <<'PY'
+# Pids of live (non-zombie) processes that carry NEEDLE: as a whole environment entry (MODE
+# env) or anywhere in their command line or environment (MODE any). With SKIP, a pid, that
+# process and its descendants are left out.
+live_pids() {
+    python3 - "$1" "$2" "${3:-0}" <<'PY'
 import os, sys
-want = b"DROVER_AGENT_ROOT=" + sys.argv[1].encode()
+mode, want, skip = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+def ppid(p):
+    with open(f"/proc/{p}/stat") as f:
+        st = f.read()
+    return int(st[st.rfind(")") + 2:].split()[1])
+def skipped(p):
+    try:
+        while skip and p > 1:
+            if p == skip:
+                return True
+            p = ppid(p)
+    except OSError:
+        pass
+    return False
 for p in os.listdir("/proc"):
-    if not p.isdigit():
+    if not p.isdigit() or skipped(int(p)):
         continue
     try:
         with open(f"/proc/{p}/stat") as f:
@@ -38,11 +53,22 @@ for p in os.listdir("/proc"):
         if st[st.rfind(")") + 2] in "ZX":
             continue
         with open(f"/proc/{p}/environ", "rb") as f:
-            if want in f.read().split(b"\0"):
-                print(p)
+            env = f.read()
+        if mode == "env":
+            found = want in env.split(b"\0")
+        else:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                found = want in f.read() + env
+        if found:
+            print(p)
     except OSError:
         pass
 PY
+}
+
+# Pids of live processes whose environment carries DROVER_AGENT_ROOT=$ROOT.
+tagged_pids() {
+    live_pids env "DROVER_AGENT_ROOT=$ROOT"
 }
 
 # Kills whatever still runs under $ROOT (saying so), then removes $WORK unless KEEP=1.
