@@ -293,18 +293,7 @@ out["app_rss_by_name_kib"] = {n: sum(r for m, r in procs if m == n) for n in out
 print(json.dumps(out, indent=1))
 PY
 
-log "starting the agent: $DROVER --root $ROOT agent"
-"$DROVER" --root "$ROOT" agent >"$WORK/agent.log" 2>&1 &
-AGENT_PID=$!
-ok=0
-for _ in $(seq 100); do  # up to 10 s
-    if "$DROVER" --root "$ROOT" status >/dev/null 2>&1; then ok=1; break; fi
-    kill -0 "$AGENT_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [[ $ok != 1 ]]; then
-    log "the agent did not answer within 10 s:"; cat "$WORK/agent.log" >&2; exit 1
-fi
+start_agent
 
 timeout 900 python3 "$WORK/bench.py" "$DROVER" "$ROOT" "$WORK" "$RUNS" "$AGENT_PID" >"$WORK/results.json"
 

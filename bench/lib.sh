@@ -24,6 +24,23 @@ build_drover_and_hello() {
     done
 }
 
+# Starts `$DROVER agent` for $ROOT in the background (log in $WORK/agent.log, pid in
+# AGENT_PID) and waits up to 10 s for it to answer.
+start_agent() {
+    log "starting the agent: $DROVER --root $ROOT agent"
+    "$DROVER" --root "$ROOT" agent >"$WORK/agent.log" 2>&1 &
+    AGENT_PID=$!
+    local ok=0
+    for _ in $(seq 100); do
+        if "$DROVER" --root "$ROOT" status >/dev/null 2>&1; then ok=1; break; fi
+        kill -0 "$AGENT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ $ok != 1 ]]; then
+        log "the agent did not answer within 10 s:"; cat "$WORK/agent.log" >&2; exit 1
+    fi
+}
+
 # Pids of live (non-zombie) processes that carry NEEDLE: as a whole environment entry (MODE
 # env) or anywhere in their command line or environment (MODE any). With SKIP, a pid, that
 # process and its descendants are left out.

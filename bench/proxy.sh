@@ -235,18 +235,7 @@ EOF
 }
 make_app "$WORK/apps/hello"
 
-log "starting the agent: $DROVER --root $ROOT agent"
-"$DROVER" --root "$ROOT" agent >"$WORK/agent.log" 2>&1 &
-AGENT_PID=$!
-ok=0
-for _ in $(seq 100); do  # up to 10 s
-    if "$DROVER" --root "$ROOT" status >/dev/null 2>&1; then ok=1; break; fi
-    kill -0 "$AGENT_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [[ $ok != 1 ]]; then
-    log "the agent did not answer within 10 s:"; cat "$WORK/agent.log" >&2; exit 1
-fi
+start_agent
 
 # wait (bounded) for backend A and nginx
 wait_http() {  # port name log pid
