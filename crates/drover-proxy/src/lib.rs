@@ -30,6 +30,9 @@ type PBody = BoxBody<Bytes, hyper::Error>;
 
 const SPLIT_COOKIE: &str = "drover-split";
 
+/// Responses up to this size (with a known length) are read whole before they are sent on.
+const BUFFER_RESPONSE: u64 = 64 * 1024;
+
 /// Limits and timeouts of one app's proxy.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -113,29 +116,86 @@ pub struct ProxyHandle {
     listener: Arc<std::net::TcpListener>,
 }
 
-/// The proxies' runtime: one per agent.
+/// The proxies' runtime, one per agent: a few worker threads, each running its own
+/// single-threaded tokio runtime. A client connection is handed to the worker with the fewest
+/// open connections and stays there, with its requests and the backend connections they use,
+/// so proxying a request wakes no other thread.
 pub struct Runtime {
-    rt: tokio::runtime::Runtime,
+    workers: Arc<Workers>,
+}
+
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    /// Open client connections per worker.
+    open: Vec<AtomicUsize>,
+}
+
+thread_local! {
+    /// The index of the proxy worker running on this thread (`usize::MAX` elsewhere).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// The proxy worker this code runs on.
+fn current_worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+impl Workers {
+    /// The worker with the fewest open connections.
+    fn least_busy(&self) -> usize {
+        (0..self.open.len())
+            .min_by_key(|&i| self.open[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
 }
 
 impl Runtime {
     pub fn new() -> std::io::Result<Runtime> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(
-                std::env::var("DROVER_PROXY_THREADS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| {
-                        std::thread::available_parallelism()
-                            .map(|n| n.get())
-                            .unwrap_or(2)
-                            .min(4)
-                    }),
-            )
-            .thread_name("drover-proxy")
-            .enable_all()
-            .build()?;
-        Ok(Runtime { rt })
+        let n = std::env::var("DROVER_PROXY_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+                    .min(4)
+            });
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("drover-proxy".into())
+                .spawn(move || {
+                    WORKER.with(|w| w.set(i));
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    // Runs the tasks spawned onto this worker, for the agent's lifetime.
+                    rt.block_on(std::future::pending::<()>());
+                })?;
+            let handle = rx.recv().map_err(|_| {
+                std::io::Error::other("a proxy worker thread ended before it started")
+            })??;
+            handles.push(handle);
+        }
+        let open = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        Ok(Runtime {
+            workers: Arc::new(Workers { handles, open }),
+        })
+    }
+
+    /// The worker that accepts connections and serves metrics.
+    fn main(&self) -> &tokio::runtime::Handle {
+        &self.workers.handles[0]
     }
 
     /// Starts serving `app` on an already-bound listener (kept across switches).
@@ -169,7 +229,8 @@ impl Runtime {
             stop: stop.clone(),
             listener: Arc::new(listener.try_clone()?),
         };
-        self.rt.spawn(async move {
+        let workers = self.workers.clone();
+        self.main().spawn(async move {
             let listener = match tokio::net::TcpListener::from_std(listener) {
                 Ok(l) => l,
                 Err(e) => {
@@ -177,7 +238,7 @@ impl Runtime {
                     return;
                 }
             };
-            accept_loop(listener, shared, stop).await;
+            accept_loop(listener, shared, stop, workers).await;
         });
         Ok(handle)
     }
@@ -189,7 +250,7 @@ impl Runtime {
         proxies: Arc<Mutex<Proxies>>,
     ) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
-        self.rt.spawn(async move {
+        self.main().spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
             };
@@ -306,6 +367,7 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     stop: Arc<tokio::sync::Notify>,
+    workers: Arc<Workers>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -334,19 +396,31 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        // Moved to the least busy worker: registered there, served there until it closes.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let w = workers.least_busy();
+        workers.open[w].fetch_add(1, Ordering::Relaxed);
         let svc_shared = shared.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let shared = svc_shared.clone();
-            // Boxed: the request's future is large, and moving it inline costs more than
-            // one allocation.
-            Box::pin(async move { Ok::<_, Infallible>(handle(shared, req, peer).await) })
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let watched = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = watched.await;
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let done = workers.clone();
+        workers.handles[w].spawn(async move {
+            let _open = OpenGuard(done, w);
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                return;
+            };
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = svc_shared.clone();
+                // Boxed: the request's future is large, and moving it inline costs more
+                // than one allocation.
+                Box::pin(async move { Ok::<_, Infallible>(handle(shared, req, peer).await) })
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            let _ = watcher.watch(conn).await;
         });
     }
     // Stop accepting (this copy of the listener closes), finish what is in flight.
@@ -625,6 +699,34 @@ async fn handle(
                     let (p, b) = resp.into_parts();
                     return Response::from_parts(p, b.boxed());
                 }
+                // A small body with a known length is read whole first, so the head and the
+                // body leave in one write (no flush of the head alone, one wake-up less).
+                if resp
+                    .body()
+                    .size_hint()
+                    .exact()
+                    .is_some_and(|n| n <= BUFFER_RESPONSE)
+                {
+                    let (p, b) = resp.into_parts();
+                    let left = shared
+                        .settings
+                        .request_timeout
+                        .saturating_sub(started.elapsed());
+                    let body = tokio::time::timeout(left, b.collect()).await;
+                    m.open.fetch_sub(1, Ordering::Relaxed);
+                    drop(guard);
+                    return match body {
+                        Ok(Ok(c)) => Response::from_parts(
+                            p,
+                            Full::new(c.to_bytes()).map_err(|n| match n {}).boxed(),
+                        ),
+                        Ok(Err(_)) => plain(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream failed while sending the response body",
+                        ),
+                        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+                    };
+                }
                 let (p, b) = resp.into_parts();
                 let tracked = Tracked {
                     inner: b,
@@ -656,6 +758,15 @@ async fn handle(
                 return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
             }
         }
+    }
+}
+
+/// Counts a client connection open on its worker until it ends.
+struct OpenGuard(Arc<Workers>, usize);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open[self.1].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

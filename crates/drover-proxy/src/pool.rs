@@ -36,7 +36,9 @@ impl std::fmt::Display for SendError {
 #[derive(Debug)]
 pub struct Pool {
     addr: SocketAddr,
-    idle: Mutex<Vec<SendRequest<PBody>>>,
+    /// Idle connections, each with the proxy worker whose runtime drives it: a request
+    /// takes only its own worker's, so it never wakes another thread.
+    idle: Mutex<Vec<(usize, SendRequest<PBody>)>>,
 }
 
 impl Pool {
@@ -50,10 +52,11 @@ impl Pool {
     /// An idle connection that can take a request now, if any. Busy ones (a body still
     /// streaming) stay for later; closed ones go.
     fn take_idle(&self) -> Option<SendRequest<PBody>> {
+        let me = crate::current_worker();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|s| !s.is_closed());
-        let i = idle.iter().rposition(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
+        idle.retain(|(_, s)| !s.is_closed());
+        let i = idle.iter().rposition(|(w, s)| *w == me && s.is_ready())?;
+        Some(idle.swap_remove(i).1)
     }
 
     async fn connect(&self) -> Result<SendRequest<PBody>, SendError> {
@@ -100,7 +103,7 @@ impl Pool {
         // Back into the pool; it is reusable once this response's body has been read.
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE && !sender.is_closed() {
-            idle.push(sender);
+            idle.push((crate::current_worker(), sender));
         }
         Ok(resp)
     }
