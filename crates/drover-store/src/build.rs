@@ -65,6 +65,8 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let seen: Mutex<HashSet<Hash>> = Mutex::new(HashSet::new());
     let stored = AtomicU64::new(0);
     let new_chunks = AtomicU64::new(0);
+    // Small objects go into a few pack files instead of one file each.
+    let packs = store.pack_writer();
     let results = crate::par::map(&files, |(_, rel, size)| {
         let path = input.dir.join(rel);
         let f = File::open(&path).at(&path)?;
@@ -84,7 +86,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
             chunks.push(ChunkRef(h, data.len() as u32));
             let claimed = seen.lock().unwrap_or_else(|e| e.into_inner()).insert(h);
             if claimed {
-                match store.put_chunk_with(&h, data, &mut enc) {
+                match store.put_chunk_packed(&h, data, &mut enc, &packs) {
                     Ok(0) => {}
                     Ok(n) => {
                         stored.fetch_add(n, Ordering::Relaxed);
@@ -122,6 +124,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     for ((i, _, _), r) in files.iter().zip(results) {
         file_results[*i] = Some(r?);
     }
+    packs.finish()?;
     for (i, w) in walked.into_iter().enumerate() {
         entries.push(Some(match w {
             Walked::Entry(e) => e,

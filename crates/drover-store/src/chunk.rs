@@ -21,15 +21,22 @@ thread_local! {
     // One zstd context per thread: creating one per chunk costs more than compressing it.
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static SLURP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The zstd object of `data` (tag byte, then the frame), compressed straight into place.
 fn compress(data: &[u8]) -> Option<Vec<u8>> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.is_none() {
             *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
-        c.as_mut()?.compress(data).ok()
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + 1);
+        out.push(TAG_ZSTD);
+        let mut cursor = std::io::Cursor::new(&mut out);
+        cursor.set_position(1);
+        c.as_mut()?.compress_to_buffer(data, &mut cursor).ok()?;
+        Some(out)
     })
 }
 
@@ -66,15 +73,13 @@ impl Encoder {
             return raw(data);
         }
         match compress(data) {
-            Some(compressed) => {
-                if compressed.len() as u64 * 100 > data.len() as u64 * 97 {
+            Some(object) => {
+                let compressed = object.len() - 1;
+                if compressed as u64 * 100 > data.len() as u64 * 97 {
                     self.skip = SKIP_AFTER_INCOMPRESSIBLE;
                 }
-                if compressed.len() + 1 < data.len() {
-                    let mut out = Vec::with_capacity(compressed.len() + 1);
-                    out.push(TAG_ZSTD);
-                    out.extend_from_slice(&compressed);
-                    return out;
+                if compressed + 1 < data.len() {
+                    return object;
                 }
                 raw(data)
             }
@@ -168,12 +173,20 @@ pub fn for_each_chunk(
     mut f: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     if size_hint <= SLURP_LIMIT {
-        let mut buf = Vec::with_capacity(size_hint as usize);
-        reader.read_to_end(&mut buf)?;
-        for c in fastcdc::v2020::FastCDC::new(&buf, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-            f(&buf[c.offset..c.offset + c.length])?;
+        // One buffer per thread, reused from file to file: no fresh pages to fault in.
+        let mut buf = SLURP.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        buf.clear();
+        let result = (|| {
+            reader.read_to_end(&mut buf)?;
+            for c in fastcdc::v2020::FastCDC::new(&buf, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+                f(&buf[c.offset..c.offset + c.length])?;
+            }
+            Ok(())
+        })();
+        if buf.capacity() <= 2 * SLURP_LIMIT as usize {
+            SLURP.with(|b| *b.borrow_mut() = buf);
         }
-        return Ok(());
+        return result;
     }
     for c in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
         let c = c.map_err(|e| match e {

@@ -10,6 +10,7 @@ mod error;
 mod hash;
 pub mod keys;
 pub mod manifest;
+mod objpack;
 pub mod pack;
 mod par;
 mod store;

@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
 use crate::keys::{Keyring, ReleaseSignature};
 use crate::manifest::{Entry, MAX_MANIFEST_BYTES, Manifest};
+use crate::objpack::{PackWriter, Packs};
 
 /// Local facts about a stored release (not part of its identity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +42,7 @@ pub struct StoreLock(#[allow(dead_code)] File);
 pub struct Store {
     dir: PathBuf,
     keys: Keyring,
+    packs: Arc<Packs>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -50,6 +53,7 @@ impl Store {
         let dir = root.join("store");
         for sub in [
             "objects/chunks",
+            "objects/packs",
             "objects/manifests",
             "objects/sigs",
             "meta",
@@ -69,6 +73,7 @@ impl Store {
             }
         }
         Ok(Store {
+            packs: Arc::new(Packs::new(dir.join("objects/packs"))),
             dir,
             keys: Keyring::new(root),
         })
@@ -135,8 +140,31 @@ impl Store {
 
     // ---- chunks ------------------------------------------------------------
 
+    /// Is the chunk stored (loose, or in a pack this store has indexed)?
     pub fn has_chunk(&self, h: &Hash) -> bool {
-        self.chunk_path(h).exists()
+        self.packs.locate(h).is_some() || self.chunk_path(h).exists()
+    }
+
+    /// A writer of object packs, for storing many chunks at once (a build).
+    pub fn pack_writer(&self) -> PackWriter<'_> {
+        PackWriter::new(&self.packs, self.dir.join("tmp"))
+    }
+
+    /// As `put_chunk_with`, putting the object into `packs` instead of a file of its own.
+    /// It counts as stored once `packs` is finished.
+    pub fn put_chunk_packed(
+        &self,
+        h: &Hash,
+        data: &[u8],
+        enc: &mut chunk::Encoder,
+        packs: &PackWriter<'_>,
+    ) -> Result<u64> {
+        if self.has_chunk(h) {
+            return Ok(0);
+        }
+        let object = enc.encode(data);
+        packs.put(h, &object)?;
+        Ok(object.len() as u64)
     }
 
     /// Stores raw chunk data; returns the bytes written (0 if it was already there).
@@ -176,23 +204,41 @@ impl Store {
 
     /// The encoded object as stored (unverified: callers decode it).
     pub fn chunk_object(&self, h: &Hash) -> Result<Vec<u8>> {
+        if let Some(object) = self.packs.read(h)? {
+            return Ok(object);
+        }
         let path = self.chunk_path(h);
-        fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Missing {
+        match fs::read(&path) {
+            Ok(object) => Ok(object),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Packed since this store last looked (by another process, or `gc`)?
+                self.packs.rescan()?;
+                self.packs.read(h)?.ok_or_else(|| Error::Missing {
                     kind: "chunk",
                     id: h.to_hex(),
-                }
-            } else {
-                Error::Io { path, err: e }
+                })
             }
-        })
+            Err(e) => Err(Error::Io { path, err: e }),
+        }
     }
 
     /// The stored (compressed) size of a chunk object.
     pub fn chunk_size(&self, h: &Hash) -> Result<u64> {
+        if let Some(loc) = self.packs.locate(h) {
+            return Ok(loc.len());
+        }
         let path = self.chunk_path(h);
-        Ok(fs::metadata(&path).at(&path)?.len())
+        match fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.packs.rescan()?;
+                match self.packs.locate(h) {
+                    Some(loc) => Ok(loc.len()),
+                    None => Err(Error::Io { path, err: e }),
+                }
+            }
+            Err(e) => Err(Error::Io { path, err: e }),
+        }
     }
 
     /// Reads and verifies a chunk: corrupt data is never returned.
@@ -248,7 +294,12 @@ impl Store {
         if self.manifest_path(&id).exists() {
             return Ok(0);
         }
-        for h in manifest.chunk_set() {
+        let chunks = manifest.chunk_set();
+        if chunks.iter().any(|h| !self.has_chunk(h)) {
+            // Packed by another process since this one indexed the packs?
+            self.packs.rescan()?;
+        }
+        for h in chunks {
             if !self.has_chunk(&h) {
                 return Err(Error::Missing {
                     kind: "chunk",
@@ -585,6 +636,12 @@ impl Store {
             Err(e) => Some(Problem::new(&format!("chunk {h}"), e.to_string())),
         });
         report.problems.extend(chunk_problems.into_iter().flatten());
+        for (name, why) in self.packs.bad() {
+            report.problems.push(Problem::new(
+                &format!("pack {}", self.packs.path(&name).display()),
+                why,
+            ));
+        }
         if only.is_none() {
             let present: HashSet<Hash> = all_chunks.iter().copied().collect();
             for (h, rel) in &chunks_needed {
@@ -671,8 +728,11 @@ impl Store {
         problems
     }
 
+    /// Every stored chunk, loose or packed, once.
     fn all_chunks(&self) -> Result<Vec<Hash>> {
-        self.chunks_sweeping(false)
+        let mut all: HashSet<Hash> = self.chunks_sweeping(false)?.into_iter().collect();
+        all.extend(self.packs.all()?.into_iter().map(|(h, _)| h));
+        Ok(all.into_iter().collect())
     }
 
     fn chunks_sweeping(&self, sweep_staged: bool) -> Result<Vec<Hash>> {
@@ -746,6 +806,7 @@ impl Store {
                 report.chunks_removed += 1;
             }
         }
+        self.gc_packs(&live_chunks, &mut report)?;
         for (p, _) in self.cache_files()? {
             if !live_files.contains(&p) {
                 report.bytes_freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
@@ -767,6 +828,45 @@ impl Store {
             remove_tree(&e.at(&tmp)?.path());
         }
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Removes packs with nothing live in them; a pack with some dead objects has its live
+    /// ones written into a new pack first (each live object kept once), then goes.
+    fn gc_packs(&self, live: &HashSet<Hash>, report: &mut GcReport) -> Result<()> {
+        let contents = self.packs.contents()?;
+        let mut kept: HashSet<Hash> = HashSet::new();
+        // Packs with no dead object stay as they are; their objects need no copy elsewhere.
+        let (clean, dirty): (Vec<_>, Vec<_>) = contents
+            .into_iter()
+            .partition(|(_, entries)| entries.iter().all(|(h, _, _)| live.contains(h)));
+        for (_, entries) in &clean {
+            kept.extend(entries.iter().map(|(h, _, _)| *h));
+        }
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let writer = self.pack_writer();
+        for (name, entries) in &dirty {
+            for (h, offset, len) in entries {
+                if live.contains(h) && !self.chunk_path(h).exists() && kept.insert(*h) {
+                    let object = self.packs.read_at(name, *offset, *len)?;
+                    writer.put(h, &object)?;
+                } else if !live.contains(h) {
+                    report.bytes_freed += *len as u64;
+                    report.chunks_removed += 1;
+                }
+            }
+        }
+        writer.finish()?;
+        // The copies must be durable before the originals go.
+        self.sync()?;
+        for (name, _) in &dirty {
+            let p = self.packs.path(name);
+            fs::remove_file(&p).at(&p)?;
+        }
+        self.packs.rescan()
     }
 }
 

@@ -97,6 +97,40 @@ fn objects(root: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The pack files of a store (where a build puts its chunks).
+fn packs(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = fs::read_dir(root.join("store/objects/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Bytes of chunk data a store holds or is writing (packs, loose chunks, staged files).
+fn chunk_bytes(root: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    ["store/objects/packs", "store/objects/chunks", "store/tmp"]
+        .iter()
+        .map(|d| walk(&root.join(d)))
+        .sum()
+}
+
+/// Removes the verified file cache, so a checkout has to read chunks.
+fn clear_file_cache(root: &Path) {
+    for e in fs::read_dir(root.join("store/files")).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+}
+
 #[test]
 fn any_corrupted_byte_is_found_and_never_materialised() {
     let cx = TestContext::new();
@@ -119,10 +153,35 @@ fn any_corrupted_byte_is_found_and_never_materialised() {
     // Materialise once so the file cache exists and is checked too.
     cx.drover(&["checkout", &id, cx.path("co").to_str().unwrap()])
         .success();
+    // A release imported from an archive keeps its chunks as loose files: those are checked
+    // one by one below, the build's pack after that.
+    let src = TestContext::new();
+    let other_files: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("o{i}.txt"), format!("other {i}\n").repeat(4000)))
+        .collect();
+    let other_refs: Vec<(&str, &str)> = other_files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let other = src.app("other", "[app]\nname = \"other\"\n", &other_refs);
+    let other_id = src.build(&other, &[])["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let archive = src.path("other.pack");
+    src.drover(&["pack", &other_id, "-o", archive.to_str().unwrap()])
+        .success();
+    let key = src.drover(&["keys"]).success().stdout.trim().to_string();
+    cx.drover(&["keys", "trust", &key]).success();
+    cx.drover(&["unpack", archive.to_str().unwrap()]).success();
     cx.drover(&["verify"]).success();
 
     let all = objects(&cx.root);
-    assert!(all.len() >= 10, "{all:?}");
+    let loose_chunks = all
+        .iter()
+        .filter(|p| p.to_str().unwrap().contains("/chunks/"))
+        .count();
+    assert!(loose_chunks >= 3 && all.len() >= 12, "{all:?}");
     for (n, obj) in all.iter().enumerate() {
         make_writable(obj);
         let original = fs::read(obj).unwrap();
@@ -142,12 +201,10 @@ fn any_corrupted_byte_is_found_and_never_materialised() {
 
         if obj.to_str().unwrap().contains("/chunks/") {
             // A corrupted chunk is never written into a tree (with no cached copy to use).
-            for e in fs::read_dir(cx.root.join("store/files")).unwrap() {
-                fs::remove_file(e.unwrap().path()).unwrap();
-            }
+            clear_file_cache(&cx.root);
             let dest = cx.path(&format!("co-{n}"));
             let run = cx
-                .drover(&["checkout", &id, dest.to_str().unwrap()])
+                .drover(&["checkout", &other_id, dest.to_str().unwrap()])
                 .failure();
             assert!(run.stderr.contains(hash), "{}", run.stderr);
             assert!(run.stderr.contains("corrupt"), "{}", run.stderr);
@@ -159,14 +216,62 @@ fn any_corrupted_byte_is_found_and_never_materialised() {
     }
     cx.drover(&["verify"]).success();
 
-    // A missing chunk is named too.
+    // The chunks are in a pack: a damaged byte anywhere in it (header, objects, index,
+    // trailer) is found, named (the pack, or the chunk it spoils), and never materialised.
+    let packs = packs(&cx.root);
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let pack = &packs[0];
+    let pack_name = pack.file_name().unwrap().to_str().unwrap().to_string();
+    make_writable(pack);
+    let original = fs::read(pack).unwrap();
+    let len = original.len();
+    let mut places: Vec<usize> = (0..40).map(|k| (k * len / 40 + k * 7919) % len).collect();
+    places.extend([3, len - 60, len - 20, len - 12, len - 1]);
+    for (n, at) in places.into_iter().enumerate() {
+        let mut bad = original.clone();
+        bad[at] ^= 0x40;
+        fs::write(pack, &bad).unwrap();
+        let run = cx.drover(&["verify"]).failure();
+        assert!(
+            run.stderr.contains(&pack_name) || run.stderr.contains("chunk "),
+            "byte {at} of {len}: verify named neither the pack nor a chunk:\n{}",
+            run.stderr
+        );
+        clear_file_cache(&cx.root);
+        let dest = cx.path(&format!("co-pack-{n}"));
+        let run = cx
+            .drover(&["checkout", &id, dest.to_str().unwrap()])
+            .failure();
+        assert!(
+            run.stderr.contains("corrupt") || run.stderr.contains("missing"),
+            "byte {at}: {}",
+            run.stderr
+        );
+        if dest.exists() {
+            drover_store::remove_tree(&dest);
+        }
+    }
+    fs::write(pack, &original).unwrap();
+    cx.drover(&["verify"]).success();
+
+    // Missing chunks are named too: a whole pack, or one loose chunk.
+    fs::remove_file(pack).unwrap();
+    let run = cx.drover(&["verify"]).failure();
+    assert!(run.stderr.contains("missing"), "{}", run.stderr);
+    cx.build(&app, &[]);
+    cx.drover(&["verify"]).success();
     let chunk = all
         .iter()
         .find(|p| p.to_str().unwrap().contains("/chunks/"))
         .unwrap();
     fs::remove_file(chunk).unwrap();
     let run = cx.drover(&["verify"]).failure();
-    assert!(run.stderr.contains("missing"), "{}", run.stderr);
+    let hash = chunk.file_name().unwrap().to_str().unwrap();
+    assert!(
+        run.stderr.contains("missing") && run.stderr.contains(hash),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -354,9 +459,17 @@ fn gc_keeps_the_newest_releases() {
     }
     cx.drover(&["checkout", &ids[0], cx.path("old").to_str().unwrap()])
         .success();
+    // Each build put its new chunks in a pack; the first one's also holds common.txt,
+    // which the kept releases still need.
+    assert_eq!(packs(&cx.root).len(), 4);
+    let before = chunk_bytes(&cx.root);
     let report = cx.drover(&["gc", "--keep", "2", "--json"]).success().json();
     assert_eq!(report["releases_removed"].as_array().unwrap().len(), 2);
     assert!(report["chunks_removed"].as_u64().unwrap() >= 2);
+    // The second pack went whole; the first was rewritten with only common.txt's chunk.
+    assert_eq!(packs(&cx.root).len(), 3, "{:?}", packs(&cx.root));
+    let after = chunk_bytes(&cx.root);
+    assert!(after < before, "packs took {before} bytes, now {after}");
     let left: Vec<String> = cx
         .drover(&["releases", "--json"])
         .success()
@@ -661,21 +774,12 @@ fn kill_9_during_build_or_unpack_leaves_a_store_that_verifies() {
     for i in 0..8 {
         fs::write(app.join(format!("part{i}.bin")), noise(100 + i, 12 << 20)).unwrap();
     }
-    let chunks_dir = cx.root.join("store/objects/chunks");
-    let count_chunks = || -> usize {
-        fs::read_dir(&chunks_dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|d| fs::read_dir(d.path()).map(|r| r.count()).unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
-    // Kill builds at several points: after a few new chunks, after many.
+    // Kill builds at several points: early in the first pack, late in it, and after one
+    // pack of 64 MiB was sealed (96 MiB of new chunk data per round).
     let mut killed_midway = 0;
-    for (round, threshold) in [5usize, 60, 150].into_iter().enumerate() {
+    for (round, threshold) in [1u64 << 20, 30 << 20, 75 << 20].into_iter().enumerate() {
         fs::write(app.join("round.txt"), format!("{round}")).unwrap();
-        let base = count_chunks();
+        let base = chunk_bytes(&cx.root);
         let mut child = cx
             .command()
             .args([
@@ -694,7 +798,7 @@ fn kill_9_during_build_or_unpack_leaves_a_store_that_verifies() {
                 finished = true;
                 return true;
             }
-            count_chunks() >= base + threshold
+            chunk_bytes(&cx.root) >= base + threshold
         });
         child.kill().ok();
         child.wait().unwrap();
