@@ -288,12 +288,13 @@ struct Open {
     entries: Vec<IndexEntry>,
 }
 
-/// Appends objects to packs; seals a pack when it reaches `PACK_TARGET` and the last one on
+/// Appends objects to packs; seals a pack when it reaches its target size and the last one on
 /// `finish`. Objects are readable (and count as stored) once their pack is sealed. Safe to
 /// share between threads.
 pub struct PackWriter<'a> {
     packs: &'a Packs,
     tmp: PathBuf,
+    target: u64,
     open: Mutex<Option<Open>>,
     flushing: Mutex<Vec<std::thread::JoinHandle<std::io::Result<()>>>>,
 }
@@ -304,9 +305,16 @@ impl<'a> PackWriter<'a> {
         PackWriter {
             packs,
             tmp,
+            target: PACK_TARGET,
             open: Mutex::new(None),
             flushing: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Seals a pack once it holds `bytes` (instead of `PACK_TARGET`).
+    pub fn seal_every(mut self, bytes: u64) -> PackWriter<'a> {
+        self.target = bytes;
+        self
     }
 
     pub fn put(&self, h: &Hash, object: &[u8]) -> Result<()> {
@@ -320,7 +328,7 @@ impl<'a> PackWriter<'a> {
         o.file.write_all(object).at(&o.path)?;
         o.entries.push((*h, o.len, object.len() as u32));
         o.len += object.len() as u64;
-        if o.len >= PACK_TARGET
+        if o.len >= self.target
             && let Some(full) = open.take()
         {
             self.seal(full)?;

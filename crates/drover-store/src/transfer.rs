@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::keys::ReleaseSignature;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::objpack::PackWriter;
 use crate::store::Store;
 
 const TAG_MANIFEST: u8 = 1;
@@ -505,6 +506,41 @@ fn receive_inner(
     write_record(output, TAG_WANT, &[&list]).map_err(io(what))?;
     output.flush().map_err(io(what))?;
     let mut pending: HashSet<Hash> = want.iter().copied().collect();
+    let packs = store.pack_writer().seal_every(RECEIVE_PACK);
+    let arrived = receive_chunks(store, input, &mut pending, &packs);
+    // What arrived, verified, is kept even when the transfer broke off: the next one resumes.
+    let sealed = packs.finish();
+    arrived?;
+    sealed?;
+    if let Some(h) = pending.iter().next() {
+        return Err(Error::invalid(
+            what,
+            format!("the transfer ended without chunk {h}"),
+        ));
+    }
+    store.commit_release(&manifest, &sig)?;
+    Ok(Received {
+        release: id.to_hex(),
+        app: manifest.app,
+        version: manifest.version,
+        already: false,
+        new_chunks: want.len(),
+        had_chunks: needed.len() - want.len(),
+    })
+}
+
+/// Packs of received chunks are sealed this often, so a cut transfer that could not seal
+/// its last pack still keeps the ones before.
+const RECEIVE_PACK: u64 = 2 << 20;
+
+/// Reads chunk records until `END`, verifying each and putting it into `packs`.
+fn receive_chunks(
+    store: &Store,
+    input: &mut impl Read,
+    pending: &mut HashSet<Hash>,
+    packs: &PackWriter<'_>,
+) -> Result<()> {
+    let what = "<sender>";
     loop {
         let (tag, payload) = read_record(input, what)?;
         match tag {
@@ -520,7 +556,7 @@ fn receive_inner(
                 chunk::decode(object, &h).map_err(|reason| {
                     Error::invalid(what, format!("chunk {h} arrived corrupt: {reason}"))
                 })?;
-                store.put_chunk_object(&h, object)?;
+                packs.put(&h, object)?;
             }
             TAG_DELTA => {
                 if payload.len() < 34 {
@@ -545,7 +581,7 @@ fn receive_inner(
                 let raw = chunk::delta_decode(&prefix, body, &h).map_err(|reason| {
                     Error::invalid(what, format!("chunk {h} arrived corrupt: {reason}"))
                 })?;
-                store.put_chunk(&h, &raw)?;
+                store.put_chunk_packed(&h, &raw, &mut chunk::Encoder::default(), packs)?;
             }
             TAG_END => break,
             other => {
@@ -556,21 +592,7 @@ fn receive_inner(
             }
         }
     }
-    if let Some(h) = pending.iter().next() {
-        return Err(Error::invalid(
-            what,
-            format!("the transfer ended without chunk {h}"),
-        ));
-    }
-    store.commit_release(&manifest, &sig)?;
-    Ok(Received {
-        release: id.to_hex(),
-        app: manifest.app,
-        version: manifest.version,
-        already: false,
-        new_chunks: want.len(),
-        had_chunks: needed.len() - want.len(),
-    })
+    Ok(())
 }
 
 /// A manifest compressed against the base release's manifest (its id is checked after).
