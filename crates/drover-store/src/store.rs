@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
 use crate::keys::{Keyring, ReleaseSignature};
 use crate::manifest::{Entry, MAX_MANIFEST_BYTES, Manifest};
-use crate::objpack::{PackWriter, Packs};
+use crate::objpack::{IndexEntry, PACK_TARGET, PackWriter, Packs};
 
 /// Local facts about a stored release (not part of its identity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -832,15 +832,20 @@ impl Store {
 }
 
 impl Store {
-    /// Removes packs with nothing live in them; a pack with some dead objects has its live
-    /// ones written into a new pack first (each live object kept once), then goes.
+    /// Removes packs with nothing live in them; a pack with some dead objects, or one of
+    /// several small ones, has its live objects written into a new pack first (each live
+    /// object kept once), then goes.
     fn gc_packs(&self, live: &HashSet<Hash>, report: &mut GcReport) -> Result<()> {
         let contents = self.packs.contents()?;
         let mut kept: HashSet<Hash> = HashSet::new();
-        // Packs with no dead object stay as they are; their objects need no copy elsewhere.
-        let (clean, dirty): (Vec<_>, Vec<_>) = contents
-            .into_iter()
-            .partition(|(_, entries)| entries.iter().all(|(h, _, _)| live.contains(h)));
+        // Packs with no dead object stay as they are, unless they are small and there are
+        // several (a transfer leaves packs of a few MiB): those are merged.
+        let size = |entries: &[IndexEntry]| entries.iter().map(|e| e.2 as u64).sum::<u64>();
+        let small = |entries: &[IndexEntry]| size(entries) < PACK_TARGET / 4;
+        let smalls = contents.iter().filter(|(_, e)| small(e)).count();
+        let (clean, dirty): (Vec<_>, Vec<_>) = contents.into_iter().partition(|(_, entries)| {
+            entries.iter().all(|(h, _, _)| live.contains(h)) && !(smalls > 1 && small(entries))
+        });
         for (_, entries) in &clean {
             kept.extend(entries.iter().map(|(h, _, _)| *h));
         }
