@@ -502,7 +502,8 @@ impl Store {
                     reason: "its chunks do not add up to its hash".into(),
                 });
             }
-            f.sync_all().at(&tmp)?;
+            // Not fsynced: a cache file is re-hashed before it is shared into a tree, and
+            // `materialise` syncs the filesystem once before its tree appears.
             let ro = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
             fs::set_permissions(&tmp, fs::Permissions::from_mode(ro)).at(&tmp)?;
             fs::rename(&tmp, &path).at(&path)
@@ -522,6 +523,8 @@ impl Store {
         let manifest = self.manifest(id)?;
         let tmp = self.tmp_path("tree");
         let result = self.write_tree(&manifest, &tmp, true).and_then(|()| {
+            // The tree appears only once its files are durable.
+            self.sync()?;
             fs::rename(&tmp, &dest)
                 .or_else(|e| {
                     // Someone else materialised it first: theirs is as good as ours.
@@ -549,6 +552,26 @@ impl Store {
     }
 
     fn write_tree(&self, manifest: &Manifest, dest: &Path, read_only: bool) -> Result<()> {
+        // The cache files first, on every core (reading, decompressing and hashing chunks,
+        // re-hashing cache files already there); then the tree, as links to them.
+        let mut seen = HashSet::new();
+        let files: Vec<(&Hash, u32, &[crate::manifest::ChunkRef])> = manifest
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::File {
+                    mode, hash, chunks, ..
+                } if seen.insert((*hash, *mode)) => Some((hash, *mode, chunks.as_slice())),
+                _ => None,
+            })
+            .collect();
+        let cached = crate::par::map(&files, |(hash, mode, chunks)| {
+            self.cached_file(hash, *mode, chunks)
+        });
+        let mut cache: HashMap<(Hash, u32), PathBuf> = HashMap::with_capacity(files.len());
+        for ((hash, mode, _), path) in files.iter().zip(cached) {
+            cache.insert((**hash, *mode), path?);
+        }
         fs::create_dir(dest).at(dest)?;
         let mut dirs = Vec::new();
         for entry in &manifest.entries {
@@ -561,12 +584,10 @@ impl Store {
                 Entry::Symlink { target, .. } => {
                     std::os::unix::fs::symlink(target, &path).at(&path)?;
                 }
-                Entry::File {
-                    mode, hash, chunks, ..
-                } => {
-                    let cached = self.cached_file(hash, *mode, chunks)?;
-                    if fs::hard_link(&cached, &path).is_err() {
-                        fs::copy(&cached, &path).at(&path)?;
+                Entry::File { mode, hash, .. } => {
+                    let cached = &cache[&(*hash, *mode)];
+                    if fs::hard_link(cached, &path).is_err() {
+                        fs::copy(cached, &path).at(&path)?;
                     }
                 }
             }
