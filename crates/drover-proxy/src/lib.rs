@@ -402,12 +402,13 @@ async fn accept_loop(
         };
         let w = workers.least_busy();
         workers.open[w].fetch_add(1, Ordering::Relaxed);
+        // Counted until the task ends, or is dropped unrun.
+        let open = OpenGuard(workers.clone(), w);
         let svc_shared = shared.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let done = workers.clone();
         workers.handles[w].spawn(async move {
-            let _open = OpenGuard(done, w);
+            let _open = open;
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
@@ -672,7 +673,19 @@ async fn handle(
             tokio::time::timeout(shared.settings.request_timeout, backend.pool.send(out)).await;
         match result {
             Ok(Ok(mut resp)) => {
-                m.record(resp.status().as_u16(), started.elapsed());
+                let upgrading =
+                    resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
+                // A small body with a known length is read whole first, so the head and the
+                // body leave in one write (no flush of the head alone, one wake-up less).
+                let buffer = !upgrading
+                    && resp
+                        .body()
+                        .size_hint()
+                        .exact()
+                        .is_some_and(|n| n <= BUFFER_RESPONSE);
+                if !buffer {
+                    m.record(resp.status().as_u16(), started.elapsed());
+                }
                 if new_client
                     && !routes.canary.is_empty()
                     && let Ok(v) =
@@ -699,14 +712,7 @@ async fn handle(
                     let (p, b) = resp.into_parts();
                     return Response::from_parts(p, b.boxed());
                 }
-                // A small body with a known length is read whole first, so the head and the
-                // body leave in one write (no flush of the head alone, one wake-up less).
-                if resp
-                    .body()
-                    .size_hint()
-                    .exact()
-                    .is_some_and(|n| n <= BUFFER_RESPONSE)
-                {
+                if buffer {
                     let (p, b) = resp.into_parts();
                     let left = shared
                         .settings
@@ -715,7 +721,7 @@ async fn handle(
                     let body = tokio::time::timeout(left, b.collect()).await;
                     m.open.fetch_sub(1, Ordering::Relaxed);
                     drop(guard);
-                    return match body {
+                    let response = match body {
                         Ok(Ok(c)) => Response::from_parts(
                             p,
                             Full::new(c.to_bytes()).map_err(|n| match n {}).boxed(),
@@ -726,6 +732,9 @@ async fn handle(
                         ),
                         Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
                     };
+                    // What the client gets is what is counted.
+                    m.record(response.status().as_u16(), started.elapsed());
+                    return response;
                 }
                 let (p, b) = resp.into_parts();
                 let tracked = Tracked {

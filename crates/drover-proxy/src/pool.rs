@@ -101,9 +101,11 @@ impl Pool {
             }
         };
         // Back into the pool; it is reusable once this response's body has been read.
+        let me = crate::current_worker();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE && !sender.is_closed() {
-            idle.push((crate::current_worker(), sender));
+        // The limit is per worker: one worker's idle connections never crowd out another's.
+        if !sender.is_closed() && idle.iter().filter(|(w, _)| *w == me).count() < MAX_IDLE {
+            idle.push((me, sender));
         }
         Ok(resp)
     }

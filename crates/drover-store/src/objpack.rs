@@ -1,4 +1,4 @@
-//! Object packs (`objects/packs/*.pack`): many small chunk objects in one file, so a build of
+//! Object packs (`objects/packs/*.pack`): many chunk objects in one file, so a build of
 //! thousands of small files creates a few files instead of one inode per chunk.
 //!
 //! A pack is written once under `tmp/` and renamed in whole; it never changes after that
@@ -9,11 +9,11 @@
 //! ```
 //!
 //! Every object in a pack is an encoded chunk object, verified against its hash when read,
-//! exactly as a loose one is.
+//! exactly as a loose one is. Pack names are random (BLAKE3 of the index and a nonce): a
+//! new pack never takes the name of an existing one, even with the same objects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,15 +31,15 @@ pub type IndexEntry = (Hash, u64, u32);
 /// A pack is sealed once it holds this many bytes.
 pub const PACK_TARGET: u64 = 64 << 20;
 
-#[derive(Debug)]
-struct PackFile {
-    name: String,
-    file: File,
-}
+/// Pack files kept open for reading, at most (a store may hold thousands of packs).
+const OPEN_FILES: usize = 16;
+
+/// Sealed packs being written back in the background, at most, per writer.
+const FLUSHING: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct Loc {
-    pack: Arc<PackFile>,
+    pack: Arc<str>,
     offset: u64,
     len: u32,
 }
@@ -50,25 +50,27 @@ impl Loc {
     }
 
     pub fn pack(&self) -> &str {
-        &self.pack.name
+        &self.pack
     }
 }
 
 #[derive(Debug, Default)]
 struct Loaded {
     scanned: bool,
-    packs: HashMap<String, Arc<PackFile>>,
+    /// Indexed packs, by file name.
+    packs: HashSet<Arc<str>>,
     index: HashMap<Hash, Loc>,
-    /// Packs that could not be read, with why (reported by `verify`).
+    /// Packs that are not valid packs, with why (reported by `verify`).
     bad: Vec<(String, String)>,
 }
 
-/// The packs of one store, indexed in memory on first use. Open pack files stay readable
-/// after `gc` removes them, so a stale index still reads correct data; a miss rescans.
+/// The packs of one store, indexed in memory on first use; a miss rescans the directory.
 #[derive(Debug)]
 pub struct Packs {
     dir: PathBuf,
     loaded: RwLock<Loaded>,
+    /// Recently read packs' open files, most recent last.
+    files: Mutex<Vec<(Arc<str>, Arc<File>)>>,
 }
 
 impl Packs {
@@ -76,67 +78,84 @@ impl Packs {
         Packs {
             dir,
             loaded: RwLock::new(Loaded::default()),
+            files: Mutex::new(Vec::new()),
         }
     }
 
-    fn ensure_scanned(&self) {
+    fn ensure_scanned(&self) -> Result<()> {
         let scanned = self
             .loaded
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .scanned;
-        if !scanned {
-            let _ = self.rescan();
-        }
+        if scanned { Ok(()) } else { self.rescan() }
     }
 
-    /// Reads the pack directory again: indexes new packs, forgets removed ones.
+    /// Reads the pack directory again: indexes new packs, forgets removed ones. A file that
+    /// is not a valid pack is listed as bad; any other error (out of file descriptors, an
+    /// I/O error) is returned and the pack is tried again next time.
     pub fn rescan(&self) -> Result<()> {
-        let mut names = Vec::new();
+        // Listed under the lock, so a pack sealed meanwhile is not taken for a removed one.
+        let mut l = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+        let mut names: HashSet<Arc<str>> = HashSet::new();
         for e in fs::read_dir(&self.dir).at(&self.dir)? {
             let e = e.at(&self.dir)?;
             if let Some(n) = e.file_name().to_str()
                 && n.ends_with(".pack")
             {
-                names.push(n.to_string());
+                names.insert(Arc::from(n));
             }
         }
-        let mut l = self.loaded.write().unwrap_or_else(|e| e.into_inner());
-        l.scanned = true;
-        l.bad.retain(|(n, _)| names.contains(n));
-        let removed = l.packs.keys().any(|n| !names.contains(n));
+        l.bad.retain(|(n, _)| names.contains(n.as_str()));
+        let removed = l.packs.iter().any(|n| !names.contains(n));
         if removed {
             // Rebuilt from the packs that are left (one may hold what a removed one did).
-            l.packs.retain(|n, _| names.contains(n));
-            let kept: Vec<Arc<PackFile>> = l.packs.values().cloned().collect();
+            l.packs.retain(|n| names.contains(n));
             l.index.clear();
-            for pack in kept {
-                if let Ok(entries) = index_of(&pack.file) {
-                    insert(&mut l.index, &pack, entries);
+            let kept: Vec<Arc<str>> = l.packs.iter().cloned().collect();
+            for name in kept {
+                match read_index(&self.dir.join(&*name)) {
+                    Ok(entries) => insert(&mut l.index, &name, entries),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        l.packs.remove(&name);
+                    }
+                    Err(e) => {
+                        l.packs.remove(&name);
+                        return Err(e).at(&self.dir.join(&*name));
+                    }
                 }
             }
         }
         for name in names {
-            if l.packs.contains_key(&name) || l.bad.iter().any(|(n, _)| *n == name) {
+            if l.packs.contains(&name) || l.bad.iter().any(|(n, _)| **n == *name) {
                 continue;
             }
-            match read_index(&self.dir.join(&name)) {
-                Ok((file, entries)) => {
-                    let pack = Arc::new(PackFile {
-                        name: name.clone(),
-                        file,
-                    });
-                    insert(&mut l.index, &pack, entries);
-                    l.packs.insert(name, pack);
+            let path = self.dir.join(&*name);
+            match read_index(&path) {
+                Ok(entries) => {
+                    insert(&mut l.index, &name, entries);
+                    l.packs.insert(name);
                 }
-                Err(e) => l.bad.push((name, e.to_string())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    l.bad.push((name.to_string(), e.to_string()))
+                }
+                Err(e) => return Err(e).at(&path),
             }
         }
+        l.scanned = true;
         Ok(())
     }
 
     pub fn locate(&self, h: &Hash) -> Option<Loc> {
-        self.ensure_scanned();
+        // Unreadable packs count as not holding it: the chunk is stored again, or its read
+        // reports the error.
+        let _ = self.ensure_scanned();
         self.loaded
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -145,18 +164,55 @@ impl Packs {
             .cloned()
     }
 
+    fn open(&self, name: &Arc<str>) -> std::io::Result<Arc<File>> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = files.iter().position(|(n, _)| n == name) {
+            let hit = files.remove(i);
+            let file = hit.1.clone();
+            files.push(hit);
+            return Ok(file);
+        }
+        let file = Arc::new(File::open(self.dir.join(&**name))?);
+        if files.len() >= OPEN_FILES {
+            files.remove(0);
+        }
+        files.push((name.clone(), file.clone()));
+        Ok(file)
+    }
+
+    fn forget_file(&self, name: &str) {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, _)| &**n != name);
+    }
+
+    fn read_loc(&self, loc: &Loc) -> std::io::Result<Vec<u8>> {
+        let file = self.open(&loc.pack)?;
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        Ok(buf)
+    }
+
     /// The object's bytes, if a pack holds it (unverified: callers decode it).
     pub fn read(&self, h: &Hash) -> Result<Option<Vec<u8>>> {
+        self.ensure_scanned()?;
         let Some(loc) = self.locate(h) else {
             return Ok(None);
         };
-        let mut buf = vec![0u8; loc.len as usize];
-        let path = self.dir.join(&loc.pack.name);
-        loc.pack
-            .file
-            .read_exact_at(&mut buf, loc.offset)
-            .at(&path)?;
-        Ok(Some(buf))
+        match self.read_loc(&loc) {
+            Ok(buf) => Ok(Some(buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Its pack was removed (`gc` rewrote it): look again.
+                self.forget_file(&loc.pack);
+                self.rescan()?;
+                match self.locate(h) {
+                    Some(loc) => self.read_loc(&loc).map(Some).at(&self.dir.join(&*loc.pack)),
+                    None => Ok(None),
+                }
+            }
+            Err(e) => Err(e).at(&self.dir.join(&*loc.pack)),
+        }
     }
 
     /// Every packed object, with its pack.
@@ -166,9 +222,9 @@ impl Packs {
         Ok(l.index.iter().map(|(h, loc)| (*h, loc.clone())).collect())
     }
 
-    /// Packs that could not be read, with why.
+    /// Packs that are not valid packs, with why.
     pub fn bad(&self) -> Vec<(String, String)> {
-        self.ensure_scanned();
+        let _ = self.ensure_scanned();
         self.loaded
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -183,47 +239,39 @@ impl Packs {
     /// Every pack, with the objects it holds.
     pub fn contents(&self) -> Result<Vec<(String, Vec<IndexEntry>)>> {
         self.rescan()?;
-        let l = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        let names: Vec<Arc<str>> = {
+            let l = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+            l.packs.iter().cloned().collect()
+        };
         let mut out = Vec::new();
-        for (name, pack) in &l.packs {
-            out.push((name.clone(), index_of(&pack.file).at(&self.dir.join(name))?));
+        for name in names {
+            let path = self.dir.join(&*name);
+            out.push((name.to_string(), read_index(&path).at(&path)?));
         }
         Ok(out)
     }
 
-    /// Reads one object at a known place in an indexed pack.
+    /// Reads one object at a known place in a pack.
     pub fn read_at(&self, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let pack = {
-            let l = self.loaded.read().unwrap_or_else(|e| e.into_inner());
-            l.packs.get(name).cloned()
+        let loc = Loc {
+            pack: Arc::from(name),
+            offset,
+            len,
         };
-        let Some(pack) = pack else {
-            return Err(Error::Missing {
-                kind: "pack",
-                id: name.to_string(),
-            });
-        };
-        let mut buf = vec![0u8; len as usize];
-        pack.file
-            .read_exact_at(&mut buf, offset)
-            .at(&self.dir.join(name))?;
-        Ok(buf)
+        self.read_loc(&loc).at(&self.dir.join(name))
     }
 
     fn register(&self, name: &str, path: &Path) -> Result<()> {
-        let (file, entries) = read_index(path).at(path)?;
-        let pack = Arc::new(PackFile {
-            name: name.to_string(),
-            file,
-        });
+        let entries = read_index(path).at(path)?;
+        let name: Arc<str> = Arc::from(name);
         let mut l = self.loaded.write().unwrap_or_else(|e| e.into_inner());
-        insert(&mut l.index, &pack, entries);
-        l.packs.insert(name.to_string(), pack);
+        insert(&mut l.index, &name, entries);
+        l.packs.insert(name);
         Ok(())
     }
 }
 
-fn insert(index: &mut HashMap<Hash, Loc>, pack: &Arc<PackFile>, entries: Vec<IndexEntry>) {
+fn insert(index: &mut HashMap<Hash, Loc>, pack: &Arc<str>, entries: Vec<IndexEntry>) {
     for (h, offset, len) in entries {
         index.insert(
             h,
@@ -236,10 +284,8 @@ fn insert(index: &mut HashMap<Hash, Loc>, pack: &Arc<PackFile>, entries: Vec<Ind
     }
 }
 
-fn read_index(path: &Path) -> std::io::Result<(File, Vec<IndexEntry>)> {
-    let file = File::open(path)?;
-    let entries = index_of(&file)?;
-    Ok((file, entries))
+fn read_index(path: &Path) -> std::io::Result<Vec<IndexEntry>> {
+    index_of(&File::open(path)?)
 }
 
 fn bad_pack(why: &str) -> std::io::Error {
@@ -273,7 +319,8 @@ fn index_of(file: &File) -> std::io::Result<Vec<IndexEntry>> {
         let h = Hash(e[..32].try_into().unwrap_or_default());
         let offset = u64::from_le_bytes(e[32..40].try_into().unwrap_or_default());
         let len = u32::from_le_bytes(e[40..44].try_into().unwrap_or_default());
-        if offset < MAGIC.len() as u64 || offset + len as u64 > at {
+        if offset < MAGIC.len() as u64 || offset.checked_add(len as u64).is_none_or(|end| end > at)
+        {
             return Err(bad_pack("object out of bounds"));
         }
         out.push((h, offset, len));
@@ -288,6 +335,8 @@ struct Open {
     entries: Vec<IndexEntry>,
 }
 
+type Flush = std::thread::JoinHandle<std::io::Result<()>>;
+
 /// Appends objects to packs; seals a pack when it reaches its target size and the last one on
 /// `finish`. Objects are readable (and count as stored) once their pack is sealed. Safe to
 /// share between threads.
@@ -296,7 +345,8 @@ pub struct PackWriter<'a> {
     tmp: PathBuf,
     target: u64,
     open: Mutex<Option<Open>>,
-    flushing: Mutex<Vec<std::thread::JoinHandle<std::io::Result<()>>>>,
+    /// Sealed packs being written back to disk while the work goes on.
+    flushing: Mutex<Vec<(PathBuf, Flush)>>,
 }
 
 impl<'a> PackWriter<'a> {
@@ -325,7 +375,9 @@ impl<'a> PackWriter<'a> {
         let Some(o) = open.as_mut() else {
             return Ok(());
         };
-        o.file.write_all(object).at(&o.path)?;
+        // At its place, not at the file's cursor: a failed write leaves no gap in the pack
+        // (what it wrote past the end is cut off when the pack is sealed).
+        o.file.write_all_at(object, o.len).at(&o.path)?;
         o.entries.push((*h, o.len, object.len() as u32));
         o.len += object.len() as u64;
         if o.len >= self.target
@@ -336,7 +388,7 @@ impl<'a> PackWriter<'a> {
         Ok(())
     }
 
-    /// Seals the pack being written, if any.
+    /// Seals the pack being written, if any, and waits until every sealed pack is on disk.
     pub fn finish(self) -> Result<()> {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(o) = open {
@@ -344,10 +396,16 @@ impl<'a> PackWriter<'a> {
         }
         let flushing =
             std::mem::take(&mut *self.flushing.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in flushing {
-            let _ = t.join();
+        let mut first_err = None;
+        for (path, t) in flushing {
+            if let Err(e) = join_flush(t) {
+                first_err.get_or_insert(Error::Io { path, err: e });
+            }
         }
-        Ok(())
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn start(&self) -> Result<Open> {
@@ -356,8 +414,8 @@ impl<'a> PackWriter<'a> {
         let path = self
             .tmp
             .join(format!("pack-{}-{n}.pack", std::process::id()));
-        let mut file = File::create(&path).at(&path)?;
-        file.write_all(MAGIC).at(&path)?;
+        let file = File::create(&path).at(&path)?;
+        file.write_all_at(MAGIC, 0).at(&path)?;
         Ok(Open {
             file,
             path,
@@ -366,7 +424,8 @@ impl<'a> PackWriter<'a> {
         })
     }
 
-    fn seal(&self, mut o: Open) -> Result<()> {
+    fn seal(&self, o: Open) -> Result<()> {
+        let mut dest = None;
         let result = (|| {
             let mut index = Vec::with_capacity(o.entries.len() * ENTRY + TRAILER);
             for (h, offset, len) in &o.entries {
@@ -374,38 +433,62 @@ impl<'a> PackWriter<'a> {
                 index.extend_from_slice(&offset.to_le_bytes());
                 index.extend_from_slice(&len.to_le_bytes());
             }
-            // Named by its index: the same objects at the same places give the same name.
-            let name = format!("{}.pack", Hash::of(&index).to_hex());
+            // A fresh name: the same objects may already be in a pack (one `gc` is about to
+            // remove, say), which must not be replaced.
+            let mut nonce = [0u8; 16];
+            getrandom::fill(&mut nonce)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .at(&o.path)?;
+            let name = format!("{}.pack", Hash::of(&[&index[..], &nonce].concat()).to_hex());
             index.extend_from_slice(&o.len.to_le_bytes());
             index.extend_from_slice(&(o.entries.len() as u64).to_le_bytes());
             index.extend_from_slice(MAGIC);
-            o.file.write_all(&index).at(&o.path)?;
-            let dest = self.packs.path(&name);
-            fs::rename(&o.path, &dest).at(&dest)?;
-            self.packs.register(&name, &dest)
+            o.file.write_all_at(&index, o.len).at(&o.path)?;
+            o.file.set_len(o.len + index.len() as u64).at(&o.path)?;
+            let to = self.packs.path(&name);
+            fs::rename(&o.path, &to).at(&to)?;
+            dest = Some(to.clone());
+            self.packs.register(&name, &to)
         })();
-        if result.is_ok() {
-            // Written back while the build goes on, so the commit's syncfs has less to wait for.
-            let file = o.file;
-            let t = std::thread::spawn(move || file.sync_data());
-            self.flushing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(t);
-            return Ok(());
+        match (result, dest) {
+            (Ok(()), Some(to)) => {
+                // Written back while the work goes on, so the commit's syncfs has less to
+                // wait for; a few at a time.
+                let mut flushing = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+                if flushing.len() >= FLUSHING {
+                    let (path, t) = flushing.remove(0);
+                    join_flush(t).at(&path)?;
+                }
+                let file = o.file;
+                flushing.push((to, std::thread::spawn(move || file.sync_data())));
+                Ok(())
+            }
+            (Err(e), dest) => {
+                let _ = fs::remove_file(&o.path);
+                if let Some(to) = dest {
+                    let _ = fs::remove_file(to);
+                }
+                Err(e)
+            }
+            (Ok(()), None) => Ok(()),
         }
-        if result.is_err() {
-            let _ = fs::remove_file(&o.path);
-        }
-        result
     }
+}
+
+fn join_flush(t: Flush) -> std::io::Result<()> {
+    t.join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the write-back thread panicked")))
 }
 
 impl Drop for PackWriter<'_> {
     fn drop(&mut self) {
-        // Not finished (an error stopped the build): its objects were never committed.
+        // Not finished (an error stopped the work): its objects were never committed.
         if let Some(o) = self.open.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = fs::remove_file(&o.path);
+        }
+        for (_, t) in std::mem::take(&mut *self.flushing.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            let _ = t.join();
         }
     }
 }
@@ -458,5 +541,35 @@ mod tests {
         let bad = third.bad();
         assert_eq!(bad.len(), 1);
         assert!(name.to_string_lossy().ends_with(&bad[0].0), "{bad:?}");
+    }
+
+    #[test]
+    fn the_same_objects_twice_make_two_packs_and_many_packs_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs_dir = dir.path().join("packs");
+        let tmp = dir.path().join("tmp");
+        fs::create_dir_all(&packs_dir).unwrap();
+        fs::create_dir_all(&tmp).unwrap();
+        let packs = Packs::new(packs_dir.clone());
+        let objects: Vec<Vec<u8>> = (0..3 * OPEN_FILES as u32)
+            .map(|i| format!("object {i}").into_bytes())
+            .collect();
+        // One object per pack: more packs than files kept open.
+        for _ in 0..2 {
+            let w = PackWriter::new(&packs, tmp.clone()).seal_every(1);
+            for o in &objects {
+                w.put(&Hash::of(o), o).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        // A second pack of the same objects never replaces the first (gc relies on it).
+        assert_eq!(fs::read_dir(&packs_dir).unwrap().count(), 2 * objects.len());
+        let fresh = Packs::new(packs_dir);
+        for _ in 0..2 {
+            for o in &objects {
+                assert_eq!(fresh.read(&Hash::of(o)).unwrap().as_deref(), Some(&o[..]));
+            }
+        }
+        assert!(fresh.files.lock().unwrap().len() <= OPEN_FILES);
     }
 }

@@ -268,10 +268,7 @@ impl Store {
 
     /// Makes everything written so far durable (one `syncfs` instead of an fsync per object).
     pub fn sync(&self) -> Result<()> {
-        let f = File::open(&self.dir).at(&self.dir)?;
-        rustix::fs::syncfs(&f)
-            .map_err(std::io::Error::from)
-            .at(&self.dir)
+        syncfs(&self.dir)
     }
 
     // ---- releases ----------------------------------------------------------
@@ -548,7 +545,9 @@ impl Store {
                 "already exists; checkout writes a new directory",
             ));
         }
-        self.write_tree(&manifest, dest, true)
+        self.write_tree(&manifest, dest, true)?;
+        // Durable when it returns, as it was with an fsync per file.
+        syncfs(dest)
     }
 
     fn write_tree(&self, manifest: &Manifest, dest: &Path, read_only: bool) -> Result<()> {
@@ -874,21 +873,37 @@ impl Store {
             return Ok(());
         }
         let writer = self.pack_writer();
+        // Live chunks whose copies so far failed their check, with the packs holding them.
+        let mut unresolved: HashMap<Hash, Vec<&str>> = HashMap::new();
         for (name, entries) in &dirty {
             for (h, offset, len) in entries {
-                if live.contains(h) && !self.chunk_path(h).exists() && kept.insert(*h) {
-                    let object = self.packs.read_at(name, *offset, *len)?;
-                    writer.put(h, &object)?;
-                } else if !live.contains(h) {
+                if !live.contains(h) {
                     report.bytes_freed += *len as u64;
                     report.chunks_removed += 1;
+                    continue;
+                }
+                if kept.contains(h) || self.chunk_path(h).exists() {
+                    continue;
+                }
+                let object = self.packs.read_at(name, *offset, *len)?;
+                // Only a good copy moves; a damaged one is left where `verify` finds it.
+                if chunk::decode(&object, h).is_ok() {
+                    writer.put(h, &object)?;
+                    kept.insert(*h);
+                    unresolved.remove(h);
+                } else {
+                    unresolved.entry(*h).or_default().push(name);
                 }
             }
         }
         writer.finish()?;
         // The copies must be durable before the originals go.
         self.sync()?;
+        let stay: HashSet<&str> = unresolved.into_values().flatten().collect();
         for (name, _) in &dirty {
+            if stay.contains(name.as_str()) {
+                continue;
+            }
             let p = self.packs.path(name);
             fs::remove_file(&p).at(&p)?;
         }
@@ -932,6 +947,14 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Flushes the filesystem that holds `path`.
+fn syncfs(path: &Path) -> Result<()> {
+    let f = File::open(path).at(path)?;
+    rustix::fs::syncfs(&f)
+        .map_err(std::io::Error::from)
+        .at(path)
 }
 
 pub fn hash_file(path: &Path) -> Result<Hash> {
