@@ -497,13 +497,19 @@ impl Drop for PackWriter<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn written_objects_read_back_after_a_rescan_and_a_damaged_pack_is_named() {
+    /// A temporary directory with empty `packs` and `tmp` directories in it.
+    fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let packs_dir = dir.path().join("packs");
         let tmp = dir.path().join("tmp");
         fs::create_dir_all(&packs_dir).unwrap();
         fs::create_dir_all(&tmp).unwrap();
+        (dir, packs_dir, tmp)
+    }
+
+    #[test]
+    fn written_objects_read_back_after_a_rescan_and_a_damaged_pack_is_named() {
+        let (_dir, packs_dir, tmp) = scratch();
         let packs = Packs::new(packs_dir.clone());
         let objects: Vec<Vec<u8>> = (0..100u32)
             .map(|i| format!("object {i}").repeat(i as usize + 1).into_bytes())
@@ -545,11 +551,7 @@ mod tests {
 
     #[test]
     fn the_same_objects_twice_make_two_packs_and_many_packs_stay_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let packs_dir = dir.path().join("packs");
-        let tmp = dir.path().join("tmp");
-        fs::create_dir_all(&packs_dir).unwrap();
-        fs::create_dir_all(&tmp).unwrap();
+        let (_dir, packs_dir, tmp) = scratch();
         let packs = Packs::new(packs_dir.clone());
         let objects: Vec<Vec<u8>> = (0..3 * OPEN_FILES as u32)
             .map(|i| format!("object {i}").into_bytes())
