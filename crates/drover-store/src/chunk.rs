@@ -56,12 +56,15 @@ pub fn encode(data: &[u8]) -> Vec<u8> {
 }
 
 /// Encodes the chunks of one file in order. After a chunk zstd barely shrinks, the next
-/// `SKIP_AFTER_INCOMPRESSIBLE` are stored raw without trying: media, archives and other
-/// compressed data stay incompressible through the file, and trying costs as much as
-/// compressing. The encoding never changes a chunk's name (the hash of its raw data).
+/// `SKIP_AFTER_INCOMPRESSIBLE` are stored raw without trying, twice as many after each
+/// further failed try (up to 64): media, archives and other compressed data stay
+/// incompressible through the file, and trying costs as much as compressing. The encoding
+/// never changes a chunk's name (the hash of its raw data).
 #[derive(Debug, Default)]
 pub struct Encoder {
     skip: u32,
+    /// How many to skip after the next incompressible chunk (0: the first time).
+    backoff: u32,
 }
 
 const SKIP_AFTER_INCOMPRESSIBLE: u32 = 7;
@@ -76,7 +79,10 @@ impl Encoder {
             Some(object) => {
                 let compressed = object.len() - 1;
                 if compressed as u64 * 100 > data.len() as u64 * 97 {
-                    self.skip = SKIP_AFTER_INCOMPRESSIBLE;
+                    self.skip = self.backoff.max(SKIP_AFTER_INCOMPRESSIBLE);
+                    self.backoff = (self.skip * 2).min(64);
+                } else {
+                    self.backoff = 0;
                 }
                 if compressed + 1 < data.len() {
                     return object;
@@ -244,6 +250,26 @@ pub(crate) mod tests {
             assert_eq!(decode(&o, &Hash::of(&text)).unwrap(), text);
         }
         assert_eq!(enc.encode(&text)[0], TAG_ZSTD, "it tries again");
+
+        // Failing again and again, it tries less and less often.
+        let mut enc = Encoder::default();
+        assert_eq!(enc.encode(&noise)[0], TAG_RAW);
+        for skipped in [SKIP_AFTER_INCOMPRESSIBLE, 2 * SKIP_AFTER_INCOMPRESSIBLE] {
+            for _ in 0..skipped {
+                assert_eq!(enc.encode(&text)[0], TAG_RAW);
+            }
+            assert_eq!(enc.encode(&noise)[0], TAG_RAW, "a try that fails");
+        }
+        for _ in 0..4 * SKIP_AFTER_INCOMPRESSIBLE {
+            assert_eq!(enc.encode(&text)[0], TAG_RAW);
+        }
+        assert_eq!(enc.encode(&text)[0], TAG_ZSTD);
+        // A chunk that compresses starts the count over.
+        enc.encode(&noise);
+        for _ in 0..SKIP_AFTER_INCOMPRESSIBLE {
+            enc.encode(&text);
+        }
+        assert_eq!(enc.encode(&text)[0], TAG_ZSTD);
     }
 
     #[test]

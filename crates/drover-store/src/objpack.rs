@@ -337,14 +337,15 @@ struct Open {
 
 type Flush = std::thread::JoinHandle<std::io::Result<()>>;
 
-/// Appends objects to packs; seals a pack when it reaches its target size and the last one on
+/// Appends objects to packs; seals a pack when it reaches its target size and the last ones on
 /// `finish`. Objects are readable (and count as stored) once their pack is sealed. Safe to
-/// share between threads.
+/// share between threads: each writes into a pack of its own when it can (a slot no other
+/// thread holds), so copying into the page cache does not serialise them.
 pub struct PackWriter<'a> {
     packs: &'a Packs,
     tmp: PathBuf,
     target: u64,
-    open: Mutex<Option<Open>>,
+    open: Vec<Mutex<Option<Open>>>,
     /// Sealed packs being written back to disk while the work goes on.
     flushing: Mutex<Vec<(PathBuf, Flush)>>,
 }
@@ -356,7 +357,9 @@ impl<'a> PackWriter<'a> {
             packs,
             tmp,
             target: PACK_TARGET,
-            open: Mutex::new(None),
+            open: (0..std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+                .map(|_| Mutex::new(None))
+                .collect(),
             flushing: Mutex::new(Vec::new()),
         }
     }
@@ -367,8 +370,27 @@ impl<'a> PackWriter<'a> {
         self
     }
 
+    /// The slot this thread writes into: its own if free, else any free one, else its own
+    /// once free.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Open>> {
+        thread_local! {
+            static START: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            };
+        }
+        let n = self.open.len();
+        let start = START.with(|s| *s) % n;
+        for k in 0..n {
+            if let Ok(guard) = self.open[(start + k) % n].try_lock() {
+                return guard;
+            }
+        }
+        self.open[start].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn put(&self, h: &Hash, object: &[u8]) -> Result<()> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.slot();
         if open.is_none() {
             *open = Some(self.start()?);
         }
@@ -390,9 +412,11 @@ impl<'a> PackWriter<'a> {
 
     /// Seals the pack being written, if any, and waits until every sealed pack is on disk.
     pub fn finish(self) -> Result<()> {
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(o) = open {
-            self.seal(o)?;
+        for slot in &self.open {
+            let open = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(o) = open {
+                self.seal(o)?;
+            }
         }
         let flushing =
             std::mem::take(&mut *self.flushing.lock().unwrap_or_else(|e| e.into_inner()));
@@ -483,8 +507,10 @@ fn join_flush(t: Flush) -> std::io::Result<()> {
 impl Drop for PackWriter<'_> {
     fn drop(&mut self) {
         // Not finished (an error stopped the work): its objects were never committed.
-        if let Some(o) = self.open.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = fs::remove_file(&o.path);
+        for slot in &self.open {
+            if let Some(o) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = fs::remove_file(&o.path);
+            }
         }
         for (_, t) in std::mem::take(&mut *self.flushing.lock().unwrap_or_else(|e| e.into_inner()))
         {
