@@ -653,7 +653,14 @@ impl Store {
         report.chunks = all_chunks.len();
         let chunk_problems = crate::par::map(&all_chunks, |h| match self.read_chunk(h) {
             Ok(_) => None,
-            Err(e) => Some(Problem::new(&format!("chunk {h}"), e.to_string())),
+            Err(e) => {
+                // A packed chunk is named with its pack: the file to look at.
+                let name = match self.packs.locate(h) {
+                    Some(loc) => format!("chunk {h} in pack {}", loc.pack()),
+                    None => format!("chunk {h}"),
+                };
+                Some(Problem::new(&name, e.to_string()))
+            }
         });
         report.problems.extend(chunk_problems.into_iter().flatten());
         for (name, why) in self.packs.bad() {
