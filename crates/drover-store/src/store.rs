@@ -864,18 +864,21 @@ impl Store {
     /// object kept once), then goes.
     fn gc_packs(&self, live: &HashSet<Hash>, report: &mut GcReport) -> Result<()> {
         let contents = self.packs.contents()?;
+        // Live objects copied by this gc. (A live object of a dirty pack is copied even when a
+        // pack that stays also holds it: that copy was not checked, this one is.)
         let mut kept: HashSet<Hash> = HashSet::new();
         // Packs with no dead object stay as they are, unless they are small and there are
         // several (a transfer leaves packs of a few MiB): those are merged.
         let size = |entries: &[IndexEntry]| entries.iter().map(|e| e.2 as u64).sum::<u64>();
         let small = |entries: &[IndexEntry]| size(entries) < PACK_TARGET / 4;
         let smalls = contents.iter().filter(|(_, e)| small(e)).count();
-        let (clean, dirty): (Vec<_>, Vec<_>) = contents.into_iter().partition(|(_, entries)| {
-            entries.iter().all(|(h, _, _)| live.contains(h)) && !(smalls > 1 && small(entries))
-        });
-        for (_, entries) in &clean {
-            kept.extend(entries.iter().map(|(h, _, _)| *h));
-        }
+        let dirty: Vec<_> = contents
+            .into_iter()
+            .filter(|(_, entries)| {
+                !(entries.iter().all(|(h, _, _)| live.contains(h))
+                    && !(smalls > 1 && small(entries)))
+            })
+            .collect();
         if dirty.is_empty() {
             return Ok(());
         }
