@@ -122,6 +122,8 @@ pub struct ProxyHandle {
 /// so proxying a request wakes no other thread.
 pub struct Runtime {
     workers: Arc<Workers>,
+    /// Dropped with the runtime: each worker then ends, with its tasks.
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct Workers {
@@ -162,8 +164,13 @@ impl Runtime {
                     .min(4)
             });
         let mut handles = Vec::with_capacity(n);
+        let mut stop = Vec::with_capacity(n);
         for i in 0..n {
             let (tx, rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            // Pushed before the thread starts: if a later worker fails to start, dropping
+            // these ends the ones already running.
+            stop.push(stop_tx);
             std::thread::Builder::new()
                 .name("drover-proxy".into())
                 .spawn(move || {
@@ -179,8 +186,8 @@ impl Runtime {
                         }
                     };
                     let _ = tx.send(Ok(rt.handle().clone()));
-                    // Runs the tasks spawned onto this worker, for the agent's lifetime.
-                    rt.block_on(std::future::pending::<()>());
+                    // Runs the tasks spawned onto this worker until the runtime is dropped.
+                    let _ = rt.block_on(stop_rx);
                 })?;
             let handle = rx.recv().map_err(|_| {
                 std::io::Error::other("a proxy worker thread ended before it started")
@@ -190,6 +197,7 @@ impl Runtime {
         let open = (0..n).map(|_| AtomicUsize::new(0)).collect();
         Ok(Runtime {
             workers: Arc::new(Workers { handles, open }),
+            _stop: stop,
         })
     }
 
@@ -822,3 +830,57 @@ impl Body for Tracked {
 
 /// Per-app proxies the agent keeps, by app name.
 pub type Proxies = HashMap<String, ProxyHandle>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "drover-proxy")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_dropped_runtime_stops_serving_and_its_threads_end() {
+        let before = proxy_threads();
+        let rt = Runtime::new().unwrap();
+        let workers = rt.workers.handles.len();
+        assert!(workers >= 1);
+        assert_eq!(proxy_threads(), before + workers);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _handle = rt
+            .serve("app", listener, Settings::default(), Routes::default())
+            .unwrap();
+        // Served: with no instance routed, a request gets a 503 from the proxy itself.
+        let ask = || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        };
+        assert!(ask().unwrap().starts_with("HTTP/1.1 503"));
+
+        drop(rt);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy_threads() > before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            proxy_threads(),
+            before,
+            "worker threads outlived their runtime"
+        );
+        // The listener went with the tasks: nothing answers any more.
+        assert!(ask().map(|r| r.is_empty()).unwrap_or(true));
+    }
+}
