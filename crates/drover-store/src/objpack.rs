@@ -261,13 +261,12 @@ impl Packs {
         self.read_loc(&loc).at(&self.dir.join(name))
     }
 
-    fn register(&self, name: &str, path: &Path) -> Result<()> {
-        let entries = read_index(path).at(path)?;
+    /// Indexes a pack this process just sealed (its entries are known: no need to read them).
+    fn register(&self, name: &str, entries: Vec<IndexEntry>) {
         let name: Arc<str> = Arc::from(name);
         let mut l = self.loaded.write().unwrap_or_else(|e| e.into_inner());
         insert(&mut l.index, &name, entries);
         l.packs.insert(name);
-        Ok(())
     }
 }
 
@@ -448,8 +447,7 @@ impl<'a> PackWriter<'a> {
         })
     }
 
-    fn seal(&self, o: Open) -> Result<()> {
-        let mut dest = None;
+    fn seal(&self, mut o: Open) -> Result<()> {
         let result = (|| {
             let mut index = Vec::with_capacity(o.entries.len() * ENTRY + TRAILER);
             for (h, offset, len) in &o.entries {
@@ -471,11 +469,11 @@ impl<'a> PackWriter<'a> {
             o.file.set_len(o.len + index.len() as u64).at(&o.path)?;
             let to = self.packs.path(&name);
             fs::rename(&o.path, &to).at(&to)?;
-            dest = Some(to.clone());
-            self.packs.register(&name, &to)
+            self.packs.register(&name, std::mem::take(&mut o.entries));
+            Ok(to)
         })();
-        match (result, dest) {
-            (Ok(()), Some(to)) => {
+        match result {
+            Ok(to) => {
                 // Written back while the work goes on, so the commit's syncfs has less to
                 // wait for; a few at a time.
                 let mut flushing = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
@@ -487,14 +485,10 @@ impl<'a> PackWriter<'a> {
                 flushing.push((to, std::thread::spawn(move || file.sync_data())));
                 Ok(())
             }
-            (Err(e), dest) => {
+            Err(e) => {
                 let _ = fs::remove_file(&o.path);
-                if let Some(to) = dest {
-                    let _ = fs::remove_file(to);
-                }
                 Err(e)
             }
-            (Ok(()), None) => Ok(()),
         }
     }
 }

@@ -150,8 +150,9 @@ impl Store {
         PackWriter::new(&self.packs, self.dir.join("tmp"))
     }
 
-    /// As `put_chunk_with`, putting the object into `packs` instead of a file of its own.
-    /// It counts as stored once `packs` is finished.
+    /// Stores raw chunk data, encoded with a file's `Encoder` (which learns what does not
+    /// compress), in `packs`; returns the bytes written (0 if it was already there). It counts
+    /// as stored once `packs` is finished.
     pub fn put_chunk_packed(
         &self,
         h: &Hash,
@@ -165,35 +166,6 @@ impl Store {
         let object = enc.encode(data);
         packs.put(h, &object)?;
         Ok(object.len() as u64)
-    }
-
-    /// Stores raw chunk data; returns the bytes written (0 if it was already there).
-    pub fn put_chunk(&self, h: &Hash, data: &[u8]) -> Result<u64> {
-        self.put_chunk_with(h, data, &mut chunk::Encoder::default())
-    }
-
-    /// As `put_chunk`, encoding with a file's `Encoder` (which learns what does not compress).
-    pub fn put_chunk_with(&self, h: &Hash, data: &[u8], enc: &mut chunk::Encoder) -> Result<u64> {
-        if self.has_chunk(h) {
-            return Ok(0);
-        }
-        let object = enc.encode(data);
-        self.put_chunk_object(h, &object)?;
-        Ok(object.len() as u64)
-    }
-
-    /// Stores an already-encoded chunk object (from an archive) after checking it.
-    pub fn put_chunk_object(&self, h: &Hash, object: &[u8]) -> Result<()> {
-        // Staged beside its final name: 256 directories share the load of creating files,
-        // where one tmp/ directory would serialise every build thread on its lock.
-        let path = self.chunk_path(h);
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = path.with_file_name(format!(".tmp-{}-{n}", std::process::id()));
-        let result = self.write_via(&tmp, &path, object, false);
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
     }
 
     /// Moves a checked chunk object file (staged under `tmp/`) into place.
