@@ -440,18 +440,26 @@ impl Store {
 
     // ---- materialising ------------------------------------------------------
 
-    /// Assembles (once) the verified, read-only cache file for a file entry.
+    /// Assembles (once) the verified, read-only cache file for a file entry. Also says
+    /// whether the file still needs its stamp (see `stamp`), once it is durable.
     fn cached_file(
         &self,
         hash: &Hash,
         mode: u32,
+        size: u64,
         chunks: &[crate::manifest::ChunkRef],
-    ) -> Result<PathBuf> {
+    ) -> Result<(PathBuf, bool)> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.file_path(hash, mode);
-        if path.exists() {
-            // Re-check before sharing it into another tree; a damaged copy is rebuilt.
-            if hash_file(&path).ok() == Some(*hash) {
-                return Ok(path);
+        if let Ok(m) = fs::metadata(&path) {
+            // Shared into another tree only when it is what it was: stamped and whole, or
+            // re-hashed. A write through any of its links changes its mtime, and a damaged
+            // copy is rebuilt.
+            if m.len() == size && m.mtime_nsec() == stamp_nanos(hash) {
+                return Ok((path, false));
+            }
+            if m.len() == size && hash_file(&path).ok() == Some(*hash) {
+                return Ok((path, true));
             }
             fs::remove_file(&path).at(&path)?;
         }
@@ -480,7 +488,7 @@ impl Store {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map(|()| path)
+        result.map(|()| (path, true))
     }
 
     /// Materialises a release at its stable read-only path (idempotent) and returns it.
@@ -491,16 +499,19 @@ impl Store {
         }
         let manifest = self.manifest(id)?;
         let tmp = self.tmp_path("tree");
-        let result = self.write_tree(&manifest, &tmp, true).and_then(|()| {
-            // The tree appears only once its files are durable.
-            self.sync()?;
-            fs::rename(&tmp, &dest)
-                .or_else(|e| {
-                    // Someone else materialised it first: theirs is as good as ours.
-                    if dest.exists() { Ok(()) } else { Err(e) }
-                })
-                .at(&dest)
-        });
+        let result = self
+            .write_tree(&manifest, &tmp, true)
+            .and_then(|unstamped| {
+                // The tree appears only once its files are durable.
+                self.sync()?;
+                stamp(&unstamped);
+                fs::rename(&tmp, &dest)
+                    .or_else(|e| {
+                        // Someone else materialised it first: theirs is as good as ours.
+                        if dest.exists() { Ok(()) } else { Err(e) }
+                    })
+                    .at(&dest)
+            });
         if tmp.exists() {
             remove_tree(&tmp);
         }
@@ -517,51 +528,87 @@ impl Store {
                 "already exists; checkout writes a new directory",
             ));
         }
-        self.write_tree(&manifest, dest, true)?;
+        let unstamped = self.write_tree(&manifest, dest, true)?;
         // Durable when it returns, as it was with an fsync per file.
-        syncfs(dest)
+        syncfs(dest)?;
+        stamp(&unstamped);
+        Ok(())
     }
 
-    fn write_tree(&self, manifest: &Manifest, dest: &Path, read_only: bool) -> Result<()> {
+    /// Writes the tree; returns the cache files it made or re-checked, which get their
+    /// stamp once the caller has made them durable.
+    fn write_tree(
+        &self,
+        manifest: &Manifest,
+        dest: &Path,
+        read_only: bool,
+    ) -> Result<Vec<PathBuf>> {
         // The cache files first, on every core (reading, decompressing and hashing chunks,
-        // re-hashing cache files already there); then the tree, as links to them.
+        // re-checking cache files already there); then the directories; then, on every core,
+        // the files as links to them.
         let mut seen = HashSet::new();
-        let files: Vec<(&Hash, u32, &[crate::manifest::ChunkRef])> = manifest
+        let files: Vec<(&Hash, u32, u64, &[crate::manifest::ChunkRef])> = manifest
             .entries
             .iter()
             .filter_map(|e| match e {
                 Entry::File {
-                    mode, hash, chunks, ..
-                } if seen.insert((*hash, *mode)) => Some((hash, *mode, chunks.as_slice())),
+                    mode,
+                    hash,
+                    size,
+                    chunks,
+                    ..
+                } if seen.insert((*hash, *mode)) => Some((hash, *mode, *size, chunks.as_slice())),
                 _ => None,
             })
             .collect();
-        let cached = crate::par::map(&files, |(hash, mode, chunks)| {
-            self.cached_file(hash, *mode, chunks)
+        let cached = crate::par::map(&files, |(hash, mode, size, chunks)| {
+            self.cached_file(hash, *mode, *size, chunks)
         });
         let mut cache: HashMap<(Hash, u32), PathBuf> = HashMap::with_capacity(files.len());
-        for ((hash, mode, _), path) in files.iter().zip(cached) {
-            cache.insert((**hash, *mode), path?);
+        let mut unstamped = Vec::new();
+        for ((hash, mode, _, _), r) in files.iter().zip(cached) {
+            let (path, fresh) = r?;
+            if fresh {
+                unstamped.push(path.clone());
+            }
+            cache.insert((**hash, *mode), path);
         }
         fs::create_dir(dest).at(dest)?;
         let mut dirs = Vec::new();
         for entry in &manifest.entries {
-            let path = dest.join(entry.path());
-            match entry {
-                Entry::Dir { .. } => {
-                    fs::create_dir(&path).at(&path)?;
-                    dirs.push(path);
-                }
-                Entry::Symlink { target, .. } => {
-                    std::os::unix::fs::symlink(target, &path).at(&path)?;
-                }
-                Entry::File { mode, hash, .. } => {
-                    let cached = &cache[&(*hash, *mode)];
-                    if fs::hard_link(cached, &path).is_err() {
-                        fs::copy(cached, &path).at(&path)?;
+            if let Entry::Dir { .. } = entry {
+                let path = dest.join(entry.path());
+                fs::create_dir(&path).at(&path)?;
+                dirs.push(path);
+            }
+        }
+        let others: Vec<&Entry> = manifest
+            .entries
+            .iter()
+            .filter(|e| !matches!(e, Entry::Dir { .. }))
+            .collect();
+        // In slices, so each thread takes a run of entries (they share directories).
+        let slices: Vec<&[&Entry]> = others.chunks(64).collect();
+        let written = crate::par::map(&slices, |slice| -> Result<()> {
+            for entry in slice.iter() {
+                let path = dest.join(entry.path());
+                match entry {
+                    Entry::Dir { .. } => {}
+                    Entry::Symlink { target, .. } => {
+                        std::os::unix::fs::symlink(target, &path).at(&path)?;
+                    }
+                    Entry::File { mode, hash, .. } => {
+                        let cached = &cache[&(*hash, *mode)];
+                        if fs::hard_link(cached, &path).is_err() {
+                            fs::copy(cached, &path).at(&path)?;
+                        }
                     }
                 }
             }
+            Ok(())
+        });
+        for r in written {
+            r?;
         }
         if read_only {
             for d in dirs
@@ -572,7 +619,7 @@ impl Store {
                 fs::set_permissions(d, fs::Permissions::from_mode(0o555)).at(d)?;
             }
         }
-        Ok(())
+        Ok(unstamped)
     }
 
     // ---- verify ---------------------------------------------------------------
@@ -932,6 +979,33 @@ fn now() -> u64 {
 }
 
 /// Flushes the filesystem that holds `path`.
+/// The nanoseconds a cache file's mtime is given once it is durable, from its hash. A file
+/// that still carries them, at its size, is trusted without re-hashing: writing to it (say,
+/// through a link in a release tree) sets its mtime to the time of the write. On a
+/// filesystem that keeps no nanoseconds the stamp never matches, and every use re-hashes.
+fn stamp_nanos(hash: &Hash) -> i64 {
+    i64::from(u32::from_le_bytes(hash.0[..4].try_into().expect("4 bytes")) % 1_000_000_000)
+}
+
+/// Stamps cache files (best effort: an unstamped file is re-hashed at its next use).
+fn stamp(paths: &[PathBuf]) {
+    use std::os::unix::fs::MetadataExt;
+    crate::par::map(paths, |p| {
+        let Some(hash) = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<Hash>().ok())
+        else {
+            return;
+        };
+        let Ok(f) = File::open(p) else { return };
+        let Ok(m) = f.metadata() else { return };
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::new(m.mtime().max(0) as u64, stamp_nanos(&hash) as u32);
+        let _ = f.set_times(fs::FileTimes::new().set_modified(at));
+    });
+}
+
 fn syncfs(path: &Path) -> Result<()> {
     let f = File::open(path).at(path)?;
     rustix::fs::syncfs(&f)

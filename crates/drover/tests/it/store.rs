@@ -322,6 +322,31 @@ fn checkout_is_read_only_and_shares_disk() {
 }
 
 #[test]
+fn a_cache_file_written_through_a_tree_is_not_shared_again() {
+    use std::os::unix::fs::MetadataExt;
+    let cx = TestContext::new();
+    let app = cx.app("app", HELLO, &[("data.txt", "the released bytes")]);
+    let built = cx.build(&app, &[]);
+    let id = built["release"].as_str().unwrap();
+    let (a, b, c) = (cx.path("a"), cx.path("b"), cx.path("c"));
+    cx.drover(&["checkout", id, a.to_str().unwrap()]).success();
+    cx.drover(&["checkout", id, b.to_str().unwrap()]).success();
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&a.join("data.txt")), ino(&b.join("data.txt")));
+    // An app (or a person) writes into its release: same size, other bytes. Through the
+    // link, the shared cache file changes too.
+    make_writable(&a.join("data.txt"));
+    fs::write(a.join("data.txt"), "THE RELEASED BYTES").unwrap();
+    cx.drover(&["checkout", id, c.to_str().unwrap()]).success();
+    assert_eq!(
+        fs::read_to_string(c.join("data.txt")).unwrap(),
+        "the released bytes",
+        "the next tree gets a rebuilt copy, not the written one"
+    );
+    assert_ne!(ino(&a.join("data.txt")), ino(&c.join("data.txt")));
+}
+
+#[test]
 fn build_runs_in_a_scratch_copy() {
     let cx = TestContext::new();
     let toml = "[app]\nname = \"built\"\nversion = \"1\"\n[build]\ncommand = \"mkdir -p out && echo generated > out/gen.txt && touch dirty-marker && echo to-stdout\"\noutput = \"out\"\n";
