@@ -18,9 +18,10 @@
 //! off halfway leaves valid chunks behind and the next attempt only asks for the rest. The
 //! release appears (its manifest is committed) only when every chunk is there.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -178,11 +179,63 @@ fn expect_done(tag: u8, payload: &[u8], what: &str) -> Result<Received> {
     }
 }
 
+/// Chunks in their wire form, kept by one `send` for the next: a fleet deploy sends one
+/// release, against one base, to many hosts, and each chunk is read and encoded once.
+#[derive(Default)]
+pub struct Encoded {
+    #[allow(clippy::type_complexity)]
+    forms: std::sync::Mutex<HashMap<(Hash, Option<Hash>), Arc<std::sync::Mutex<Option<Form>>>>>,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// A chunk's stored size and its wire form.
+type Form = Arc<(u64, Wire)>;
+
+/// At most this much encoded data is kept (beyond it, chunks are encoded per send).
+const ENCODED_KEEP: u64 = 256 << 20;
+
+impl Encoded {
+    /// The wire form of chunk `h` against `base`, made by `make` unless another send made it
+    /// (or is making it: that one is waited for).
+    fn get(
+        &self,
+        h: &Hash,
+        base: Option<Hash>,
+        make: impl FnOnce() -> Result<(u64, Wire)>,
+    ) -> Result<Form> {
+        let cell = self
+            .forms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((*h, base))
+            .or_default()
+            .clone();
+        let mut slot = cell.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = slot.as_ref() {
+            return Ok(f.clone());
+        }
+        let form = Arc::new(make()?);
+        let size = match &form.1 {
+            Wire::Whole(o) => o.len(),
+            Wire::Delta(b, d) => b.len() * 32 + d.len(),
+        } as u64;
+        use std::sync::atomic::Ordering;
+        if self.bytes.fetch_add(size, Ordering::Relaxed) + size <= ENCODED_KEEP {
+            *slot = Some(form.clone());
+        } else {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+        Ok(form)
+    }
+}
+
 /// Sends release `id` from `store` to a `receive` at the other end of `(input, output)`.
-/// `what` names the other end in errors (`web1`).
+/// `what` names the other end in errors (`web1`); `encoded` may be shared by the sends of
+/// one release to several receivers.
 pub fn send(
     store: &Store,
     id: &Hash,
+    encoded: &Encoded,
     mut input: impl Read,
     output: impl Write,
     what: &str,
@@ -276,22 +329,26 @@ pub fn send(
     // Deltas cost CPU (reading the base chunks, matching against them): a batch of chunks is
     // encoded on every core, then written in order.
     for batch in want.chunks(WIRE_BATCH) {
-        let encoded = crate::par::map(batch, |h| wire_form(store, h, places.as_ref()));
-        for (h, e) in batch.iter().zip(encoded) {
-            let (object_len, form) = e?;
+        let base_id = base.as_ref().map(|(b, _, _)| *b);
+        let forms = crate::par::map(batch, |h| {
+            encoded.get(h, base_id, || wire_form(store, h, places.as_ref()))
+        });
+        for (h, e) in batch.iter().zip(forms) {
+            let e = e?;
+            let (object_len, form) = (e.0, &e.1);
             match form {
                 Wire::Delta(bases, d) => {
                     let mut head = Vec::with_capacity(34 + bases.len() * 32);
                     head.extend_from_slice(&h.0);
                     head.extend_from_slice(&(bases.len() as u16).to_le_bytes());
-                    for b in &bases {
+                    for b in bases {
                         head.extend_from_slice(&b.0);
                     }
-                    write_record(&mut w, TAG_DELTA, &[&head, &d]).map_err(io(what))?;
+                    write_record(&mut w, TAG_DELTA, &[&head, d]).map_err(io(what))?;
                     deltas += 1;
                 }
                 Wire::Whole(object) => {
-                    write_record(&mut w, TAG_CHUNK, &[&h.0, &object]).map_err(io(what))?
+                    write_record(&mut w, TAG_CHUNK, &[&h.0, object]).map_err(io(what))?
                 }
             }
             sent += object_len;
@@ -401,6 +458,14 @@ impl<'a> Places<'a> {
     }
 }
 
+/// Refuses a transfer before it starts (the receiver cannot take it): the sender's next
+/// read gets `message` and `hint` as the error.
+pub fn refuse(output: &mut impl Write, message: String, hint: Option<String>) {
+    let body = serde_json::to_vec(&WireErr { message, hint }).expect("serialises");
+    let _ = write_record(output, TAG_ERROR, &[&body]);
+    let _ = output.flush();
+}
+
 /// The receiving end: reads a release from `input` into `store`, answering on `output`.
 /// Any refusal is also sent to the sender, in words and with a hint.
 pub fn receive(store: &Store, mut input: impl Read, mut output: impl Write) -> Result<Received> {
@@ -410,14 +475,7 @@ pub fn receive(store: &Store, mut input: impl Read, mut output: impl Write) -> R
             let body = serde_json::to_vec(r).expect("serialises");
             write_record(&mut output, TAG_DONE, &[&body]).map_err(io("<sender>"))?;
         }
-        Err(e) => {
-            let body = serde_json::to_vec(&WireErr {
-                message: e.to_string(),
-                hint: e.hint(),
-            })
-            .expect("serialises");
-            let _ = write_record(&mut output, TAG_ERROR, &[&body]);
-        }
+        Err(e) => refuse(&mut output, e.to_string(), e.hint()),
     }
     let _ = output.flush();
     result
@@ -650,7 +708,15 @@ mod tests {
             let store = store_in(&root);
             receive(&store, b.try_clone().unwrap(), b)
         });
-        let sent = send(from, id, a.try_clone().unwrap(), a, "peer", |_| {});
+        let sent = send(
+            from,
+            id,
+            &Encoded::default(),
+            a.try_clone().unwrap(),
+            a,
+            "peer",
+            |_| {},
+        );
         (sent, t.join().unwrap())
     }
 
@@ -768,7 +834,7 @@ mod tests {
             inner: x.try_clone().unwrap(),
             log: log.clone(),
         };
-        send(&a, &v1, x, out, "peer", |_| {}).unwrap();
+        send(&a, &v1, &Encoded::default(), x, out, "peer", |_| {}).unwrap();
         t.join().unwrap().unwrap();
         assert!(b.has_release(&v1));
         let stream = log.lock().unwrap().clone();

@@ -89,19 +89,22 @@ pub fn report_error(err: &anyhow::Error) {
         }
         return;
     }
-    for cause in err.chain() {
-        let hint = if let Some(e) = cause.downcast_ref::<drover_store::Error>() {
+    if let Some(h) = hint_of(err) {
+        eprintln!("hint: {h}");
+    }
+}
+
+/// The first hint along an error's chain of causes.
+pub fn hint_of(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(|cause| {
+        if let Some(e) = cause.downcast_ref::<drover_store::Error>() {
             e.hint()
         } else if let Some(e) = cause.downcast_ref::<drover_config::secrets::SecretsError>() {
             e.hint()
         } else {
             cause.downcast_ref::<Hinted>().map(|h| h.hint.clone())
-        };
-        if let Some(h) = hint {
-            eprintln!("hint: {h}");
-            break;
         }
-    }
+    })
 }
 
 pub fn exit_code(err: &anyhow::Error) -> u8 {

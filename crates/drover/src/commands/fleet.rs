@@ -83,11 +83,13 @@ pub fn deploy(root: &Path, target: Target, args: super::deploy::DeployArgs) -> a
     // The ssh connections open while the release builds.
     let (conn, release) = std::thread::scope(|s| {
         let conn = s.spawn(|| {
-            Connected::open(
+            let conn = Connected::open(
                 &target.env.hosts,
                 &target.settings,
                 target.config.ssh.parallel,
-            )
+            )?;
+            conn.start_serving();
+            anyhow::Ok(conn)
         });
         let release = super::deploy::release_for(root, &args.target, args.version.as_deref());
         (
@@ -165,6 +167,7 @@ pub fn rollback(
         &target.settings,
         target.config.ssh.parallel,
     )?;
+    conn.start_serving();
     let sessions = conn.all()?;
     let mut locks = Locks::acquire(&target.name, &sessions, &format!("rollback of {app}"))?;
     let results = par(&sessions, target.config.ssh.parallel, |_, s| {

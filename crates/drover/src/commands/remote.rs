@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::client;
-use crate::output::hinted;
 
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
@@ -19,30 +18,11 @@ pub struct RemoteArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
-    /// Print this host's drover version and state as JSON; with --lock, also take that
-    /// environment's lock when this drover's build is --expect-build.
-    Hello {
-        #[arg(long)]
-        expect_build: Option<String>,
-        #[arg(long, value_name = "ENV", requires_all = ["holder", "token"])]
-        lock: Option<String>,
-        #[arg(long)]
-        holder: Option<String>,
-        #[arg(long)]
-        token: Option<String>,
-    },
-    /// End a fleet action: append the audit entry on stdin (JSON, if any), then give back
-    /// the environment's lock held with TOKEN.
-    Finish {
-        #[arg(long = "env")]
-        environment: String,
-        #[arg(long)]
-        token: String,
-    },
-    /// Receive a release on stdin (the transfer protocol), answering on stdout.
-    Receive,
-    /// Connect stdin and stdout to the local agent's socket.
-    Bridge,
+    /// Print this host's drover version and state as JSON.
+    Hello,
+    /// A fleet action's session: requests (`ServeOp`, JSON lines) on stdin, answers on
+    /// stdout, until stdin ends.
+    Serve,
     /// Start the agent unless one answers; with --replace, replace the running one (after
     /// an upgrade of the binary).
     StartAgent {
@@ -77,6 +57,42 @@ pub enum LockOp {
     },
     /// Print the lock's holder as JSON (`null` when free).
     Show { env: String },
+}
+
+/// One request to `drover remote serve`, a JSON line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ServeOp {
+    /// Answered with a `Reply` holding a `Hello`. With `lock`, also takes that environment's
+    /// lock, when this drover's build is `expect_build`.
+    Hello {
+        expect_build: Option<String>,
+        lock: Option<LockRequest>,
+    },
+    /// The transfer protocol follows on the same streams (`drover_store::transfer`). A
+    /// failed transfer ends the session.
+    Receive,
+    /// `request` goes to the host's agent, whose lines (events, logs, the `Reply`) come back.
+    /// Until the deployer sends `SERVE_END`, its lines (a `Confirm`) go to the agent too;
+    /// when stdin ends instead, the agent sees the deployer is gone.
+    Agent { request: serde_json::Value },
+    /// Appends the audit entry, then gives back the lock held with `token`; answered with a
+    /// `Reply`.
+    Finish {
+        env: String,
+        token: String,
+        audit: Option<drover_wire::AuditEntry>,
+    },
+}
+
+/// The line that ends an `Agent` op, sent by the deployer once it has the reply.
+pub const SERVE_END: &str = r#"{"end":true}"#;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub env: String,
+    pub holder: String,
+    pub token: String,
 }
 
 /// What `drover remote hello` prints.
@@ -157,61 +173,10 @@ pub fn lock_path(root: &Path, env: &str) -> PathBuf {
 
 pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
     match args.command {
-        RemoteCommand::Hello {
-            expect_build,
-            lock,
-            holder,
-            token,
-        } => {
-            let build = build_id();
-            let lock = match (lock, holder, token) {
-                (Some(env), Some(holder), Some(token)) => {
-                    if expect_build.as_ref().is_some_and(|b| *b != build) {
-                        Some(LockOutcome {
-                            acquired: false,
-                            holder: None,
-                        })
-                    } else {
-                        Some(match try_lock(root, &env, holder, token)? {
-                            Ok(mine) => LockOutcome {
-                                acquired: true,
-                                holder: Some(mine),
-                            },
-                            Err(theirs) => LockOutcome {
-                                acquired: false,
-                                holder: theirs,
-                            },
-                        })
-                    }
-                }
-                _ => None,
-            };
-            let hello = Hello {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                build,
-                root: root.display().to_string(),
-                agent: client::is_running(root),
-                lock,
-            };
-            println!("{}", serde_json::to_string(&hello)?);
+        RemoteCommand::Hello => {
+            println!("{}", serde_json::to_string(&hello(root, None, None)?)?);
         }
-        RemoteCommand::Finish { environment, token } => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            if !text.trim().is_empty() {
-                let entry: drover_wire::AuditEntry = serde_json::from_str(text.trim())?;
-                std::fs::create_dir_all(root)?;
-                drover_agent::append_audit(root, &entry)?;
-            }
-            unlock(root, &environment, Some(&token), false)?;
-        }
-        RemoteCommand::Receive => {
-            let store = super::open_store(root)?;
-            let stdin = std::io::stdin().lock();
-            let stdout = std::io::stdout().lock();
-            drover_store::transfer::receive(&store, stdin, stdout)?;
-        }
-        RemoteCommand::Bridge => bridge(root)?,
+        RemoteCommand::Serve => serve(root)?,
         RemoteCommand::HostKey => super::secrets::run_host(
             root,
             super::secrets::HostArgs {
@@ -245,33 +210,180 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies stdin to the agent's socket and the socket to stdout. When stdin ends the socket's
-/// write side is shut, so the agent sees the deployer is gone.
-fn bridge(root: &Path) -> anyhow::Result<()> {
-    let sock = UnixStream::connect(client::socket(root)).map_err(|e| {
-        hinted(
-            format!("no drover agent is running for {} ({e})", root.display()),
-            "run `drover host setup` for this host, which starts it",
-        )
-    })?;
-    let mut to_agent = sock.try_clone()?;
-    let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_agent);
-        let _ = to_agent.shutdown(std::net::Shutdown::Write);
-    });
-    let mut from_agent = sock;
-    let mut stdout = std::io::stdout().lock();
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        let n = from_agent.read(&mut buf)?;
-        if n == 0 {
-            break;
+/// This host, and with `lock`, the outcome of taking that lock.
+fn hello(
+    root: &Path,
+    expect_build: Option<&str>,
+    lock: Option<LockRequest>,
+) -> anyhow::Result<Hello> {
+    let build = build_id();
+    let lock = match lock {
+        None => None,
+        Some(_) if expect_build.is_some_and(|b| b != build) => Some(LockOutcome {
+            acquired: false,
+            holder: None,
+        }),
+        Some(l) => Some(match try_lock(root, &l.env, l.holder, l.token)? {
+            Ok(mine) => LockOutcome {
+                acquired: true,
+                holder: Some(mine),
+            },
+            Err(theirs) => LockOutcome {
+                acquired: false,
+                holder: theirs,
+            },
+        }),
+    };
+    Ok(Hello {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        build,
+        root: root.display().to_string(),
+        agent: client::is_running(root),
+        lock,
+    })
+}
+
+/// `drover remote serve`: one session carries a whole fleet action on this host.
+fn serve(root: &Path) -> anyhow::Result<()> {
+    let mut input = std::io::stdin().lock();
+    let answer = |r: anyhow::Result<serde_json::Value>| -> anyhow::Result<()> {
+        let reply = match r {
+            Ok(v) => drover_wire::Reply::Ok(v),
+            Err(e) => drover_wire::Reply::Error(drover_wire::WireError {
+                message: format!("{e:#}"),
+                hint: crate::output::hint_of(&e),
+                details: Vec::new(),
+            }),
+        };
+        drover_wire::write_line(&mut std::io::stdout().lock(), &reply)?;
+        Ok(())
+    };
+    while let Some(line) = drover_wire::read_line(&mut input)? {
+        let op: ServeOp = match serde_json::from_str(&line) {
+            Ok(op) => op,
+            Err(e) => {
+                // Not ours to guess at: the stream may hold more of it.
+                return Err(anyhow::anyhow!("not a request: {e}"));
+            }
+        };
+        match op {
+            ServeOp::Hello { expect_build, lock } => answer(
+                hello(root, expect_build.as_deref(), lock)
+                    .and_then(|h| Ok(serde_json::to_value(h)?)),
+            )?,
+            ServeOp::Receive => {
+                let mut output = std::io::stdout().lock();
+                let store = match super::open_store(root) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        drover_store::transfer::refuse(
+                            &mut output,
+                            format!("{e:#}"),
+                            crate::output::hint_of(&e),
+                        );
+                        return Err(e);
+                    }
+                };
+                drover_store::transfer::receive(&store, &mut input, &mut output)?;
+            }
+            ServeOp::Agent { request } => {
+                if !agent_op(root, &mut input, &request)? {
+                    return Ok(());
+                }
+            }
+            ServeOp::Finish { env, token, audit } => answer((|| {
+                if let Some(entry) = audit {
+                    std::fs::create_dir_all(root)?;
+                    drover_agent::append_audit(root, &entry)?;
+                }
+                unlock(root, &env, Some(&token), false)?;
+                Ok(serde_json::Value::Null)
+            })())?,
         }
-        stdout.write_all(&buf[..n])?;
-        stdout.flush()?;
     }
-    drop(up);
     Ok(())
+}
+
+/// One `Agent` op: the request to the agent's socket, its lines to stdout until its reply;
+/// the deployer's lines to the agent until `SERVE_END`. `false` when stdin ended (the
+/// deployer is gone: the agent is told by the socket's write side closing).
+fn agent_op(
+    root: &Path,
+    input: &mut impl std::io::BufRead,
+    request: &serde_json::Value,
+) -> anyhow::Result<bool> {
+    let to_stdout = |line: &str| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+    };
+    let pump = match UnixStream::connect(client::socket(root)) {
+        Err(e) => {
+            let reply = drover_wire::Reply::Error(drover_wire::WireError {
+                message: format!("no drover agent is running for {} ({e})", root.display()),
+                hint: Some("run `drover host setup` for this host, which starts it".into()),
+                details: Vec::new(),
+            });
+            to_stdout(&serde_json::to_string(&reply)?)?;
+            None
+        }
+        Ok(sock) => {
+            let mut to_agent = sock.try_clone()?;
+            drover_wire::write_line(&mut to_agent, request)?;
+            let pump = std::thread::spawn(move || {
+                let mut from_agent = std::io::BufReader::new(sock);
+                loop {
+                    let line = match drover_wire::read_line(&mut from_agent) {
+                        Ok(Some(l)) => l,
+                        _ => {
+                            let reply = drover_wire::Reply::Error(drover_wire::WireError {
+                                message: "the agent closed the connection before answering".into(),
+                                hint: None,
+                                details: Vec::new(),
+                            });
+                            let _ = to_stdout(&serde_json::to_string(&reply).unwrap_or_default());
+                            break;
+                        }
+                    };
+                    if to_stdout(&line).is_err() {
+                        break;
+                    }
+                    if matches!(
+                        serde_json::from_str::<drover_wire::Line>(&line),
+                        Ok(drover_wire::Line::Reply(_))
+                    ) {
+                        break;
+                    }
+                }
+            });
+            Some((to_agent, pump))
+        }
+    };
+    let mut to_agent = pump.as_ref().map(|(s, _)| s);
+    let mut open = true;
+    loop {
+        match drover_wire::read_line(input)? {
+            None => {
+                open = false;
+                break;
+            }
+            Some(l) if l == SERVE_END => break,
+            Some(l) => {
+                if let Some(sock) = to_agent.as_mut() {
+                    let mut w: &UnixStream = sock;
+                    if w.write_all(format!("{l}\n").as_bytes()).is_err() {
+                        to_agent = None;
+                    }
+                }
+            }
+        }
+    }
+    if let Some((sock, pump)) = pump {
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let _ = pump.join();
+    }
+    Ok(open)
 }
 
 fn check_env(env: &str) -> anyhow::Result<()> {

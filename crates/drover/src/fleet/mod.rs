@@ -10,19 +10,18 @@ pub mod progress;
 pub mod ssh;
 
 use std::collections::BTreeMap;
-use std::io::BufReader;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use drover_wire::{AuditEntry, Line, Reply, Request};
 use serde::Serialize;
 
 use crate::client;
-use crate::commands::remote::Hello;
+use crate::commands::remote::{self, Hello, LockRequest, SERVE_END, ServeOp};
 use crate::output::{self, hinted};
 pub use progress::Progress;
-pub use ssh::{HostError, Session, SshSettings};
+pub use ssh::{HostError, OpError, Serve, Session, SshSettings};
 
 /// An environment with hosts, read from an app directory's drover.toml.
 pub struct Target {
@@ -200,7 +199,19 @@ impl Connected {
         Err(host_errors(&errors))
     }
 
+    /// Starts every reachable host's serve session in the background (it gets going while
+    /// the caller does other work; the first request waits for it).
+    pub fn start_serving(&self) {
+        for s in self.sessions.iter().flatten() {
+            s.start_serving();
+        }
+    }
+
     pub fn close(self) {
+        // Every host told first, then each waited for: the waits overlap.
+        for s in self.sessions.iter().flatten() {
+            s.hang_up();
+        }
         for s in self.sessions.into_iter().flatten() {
             s.close();
         }
@@ -260,94 +271,73 @@ pub fn check_version(s: &Session, hello: &Hello) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Sends one request to the host's agent over `remote bridge`. `on_event` sees progress
-/// events; with `confirm`, an `AWAITING_CONFIRM` event is answered at once with `Confirm`.
+/// Sends one request to the host's agent over its serve session. `on_event` sees progress
+/// events and log lines; with `confirm`, an `AWAITING_CONFIRM` event is answered at once
+/// with `Confirm`.
 pub fn agent_call(
     s: &Session,
     req: &Request,
     confirm: bool,
     mut on_event: impl FnMut(&str),
 ) -> Result<serde_json::Value, HostError> {
-    let mut child = s
-        .command(&s.drover(&["bridge"]))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", s.name)))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let errs = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stderr, &mut b);
-        b
-    });
-    let finish = |mut child: std::process::Child, errs: std::thread::JoinHandle<Vec<u8>>| {
-        let status = child.wait();
-        let stderr = errs.join().unwrap_or_default();
-        (status, stderr)
-    };
-    if drover_wire::write_line(&mut stdin, req).is_err() {
-        drop(stdin);
-        let (status, stderr) = finish(child, errs);
-        return Err(failure(s, status, &stderr));
-    }
-    let mut reader = BufReader::new(stdout);
-    let reply = loop {
-        let line = match drover_wire::read_line(&mut reader) {
-            Ok(Some(l)) => l,
-            _ => break None,
-        };
-        match serde_json::from_str::<Line>(&line) {
-            Ok(Line::Reply(r)) => break Some(r),
-            Ok(Line::Event(e)) => {
-                if confirm && e.event == drover_wire::AWAITING_CONFIRM {
-                    let _ = drover_wire::write_line(
-                        &mut stdin,
-                        &drover_wire::Confirm { confirm: true },
-                    );
+    let request =
+        serde_json::to_value(req).map_err(|e| HostError::new(format!("{}: {e}", s.name)))?;
+    s.with_serve(|sv| {
+        sv.send(&ServeOp::Agent { request })?;
+        let reply = loop {
+            let line = sv.line()?;
+            match serde_json::from_str::<Line>(&line) {
+                Ok(Line::Reply(r)) => break r,
+                Ok(Line::Event(e)) => {
+                    if confirm && e.event == drover_wire::AWAITING_CONFIRM {
+                        sv.send(&drover_wire::Confirm { confirm: true })?;
+                    }
+                    on_event(&e.event);
                 }
-                on_event(&e.event);
+                Ok(Line::Log { log }) => on_event(&log),
+                Err(_) => {}
             }
-            Ok(Line::Log { log }) => on_event(&log),
-            Err(_) => {}
+        };
+        let w = sv.writer()?;
+        w.write_all(SERVE_END.as_bytes())?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+        match reply {
+            Reply::Ok(v) => Ok(v),
+            Reply::Error(e) => Err(OpError::Host(HostError {
+                message: format!(
+                    "{}: {}{}",
+                    s.name,
+                    e.message,
+                    if e.details.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", e.details.join("; "))
+                    }
+                ),
+                hint: e.hint,
+                unreachable: false,
+            })),
         }
-    };
-    drop(stdin);
-    let (status, stderr) = finish(child, errs);
-    match reply {
-        Some(Reply::Ok(v)) => Ok(v),
-        Some(Reply::Error(e)) => Err(HostError {
-            message: format!(
-                "{}: {}{}",
-                s.name,
-                e.message,
-                if e.details.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", e.details.join("; "))
-                }
-            ),
-            hint: e.hint,
-            unreachable: false,
-        }),
-        None => Err(failure(s, status, &stderr)),
-    }
+    })
 }
 
-fn failure(
-    s: &Session,
-    status: std::io::Result<std::process::ExitStatus>,
-    stderr: &[u8],
-) -> HostError {
-    match status {
-        Ok(st) => s.failed(&std::process::Output {
-            status: st,
-            stdout: Vec::new(),
-            stderr: stderr.to_vec(),
+/// A `Reply` line from the serve session, its `Ok` value read as `T`.
+fn serve_reply<T: serde::de::DeserializeOwned>(s: &Session, sv: &mut Serve) -> Result<T, OpError> {
+    let line = sv.line()?;
+    match serde_json::from_str::<Reply>(&line) {
+        Ok(Reply::Ok(v)) => serde_json::from_value(v).map_err(|e| {
+            OpError::Host(HostError::new(format!(
+                "{}: unexpected answer: {e}",
+                s.name
+            )))
         }),
-        Err(e) => HostError::new(format!("{}: {e}", s.name)),
+        Ok(Reply::Error(e)) => Err(OpError::Host(HostError {
+            message: format!("{}: {}", s.name, e.message),
+            hint: e.hint,
+            unreachable: false,
+        })),
+        Err(e) => Err(OpError::Broken(format!("unexpected answer ({e})"))),
     }
 }
 
@@ -390,50 +380,36 @@ pub fn current_generation(s: &Session, app: &str) -> Result<Option<u64>, HostErr
         .and_then(|a| a.generation))
 }
 
-/// Sends release `id` to a host; returns the bytes written to the connection.
+/// Sends release `id` to a host over its serve session; returns what was sent.
 pub fn transfer(
     store: &drover_store::Store,
     id: &drover_store::Hash,
+    encoded: &drover_store::transfer::Encoded,
     s: &Session,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<drover_store::transfer::Sent, HostError> {
-    let mut child = s
-        .command(&s.drover(&["receive"]))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", s.name)))?;
-    let stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let errs = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stderr, &mut b);
-        b
-    });
-    let sent = drover_store::transfer::send(store, id, stdout, stdin, &s.name, |p| {
-        progress(p.sent, p.total)
-    });
-    let status = child.wait();
-    let stderr = errs.join().unwrap_or_default();
-    match sent {
-        Ok(sent) => Ok(sent),
-        Err(drover_store::Error::Remote { message, hint }) => Err(HostError {
-            message: format!("{}: {message}", s.name),
-            hint,
-            unreachable: false,
-        }),
-        Err(e @ drover_store::Error::Io { .. }) | Err(e @ drover_store::Error::Invalid { .. }) => {
-            // ssh itself failed (255) or found no drover (127): say that, not the symptom.
-            if matches!(status.as_ref().map(|st| st.code()), Ok(Some(127 | 255))) {
-                Err(failure(s, status, &stderr))
-            } else {
-                Err(HostError::new(format!("{}: transfer failed: {e}", s.name)))
+    s.with_serve(|sv| {
+        sv.send(&ServeOp::Receive)?;
+        let (from_host, to_host) = sv.streams()?;
+        let sent =
+            drover_store::transfer::send(store, id, encoded, from_host, to_host, &s.name, |p| {
+                progress(p.sent, p.total)
+            });
+        match sent {
+            Ok(sent) => Ok(sent),
+            Err(drover_store::Error::Remote { message, hint }) => Err(OpError::Ended(HostError {
+                message: format!("{}: {message}", s.name),
+                hint,
+                unreachable: false,
+            })),
+            // The stream broke: what ssh says about it is the better message.
+            Err(e @ drover_store::Error::Io { .. })
+            | Err(e @ drover_store::Error::Invalid { .. }) => {
+                Err(OpError::Broken(format!("transfer failed: {e}")))
             }
+            Err(e) => Err(OpError::Ended(HostError::new(format!("{}: {e}", s.name)))),
         }
-        Err(e) => Err(HostError::new(format!("{}: {e}", s.name))),
-    }
+    })
 }
 
 // ---- locks -------------------------------------------------------------------
@@ -470,26 +446,28 @@ impl<'a> Locks<'a> {
         };
         let attempt = |hosts: &[&'a Session]| {
             par(hosts, 16, |_, s| {
-                let hello = s
-                    .run(
-                        &[
-                            "hello",
-                            "--expect-build",
-                            &build,
-                            "--lock",
-                            env,
-                            "--holder",
-                            &holder,
-                            "--token",
-                            &token,
-                        ],
-                        b"",
-                    )
-                    .and_then(|out| {
-                        serde_json::from_slice::<Hello>(&out.stdout).map_err(|e| {
-                            HostError::new(format!("{}: bad answer to hello: {e}", s.name))
-                        })
-                    });
+                let hello = s.with_serve(|sv| {
+                    sv.send(&ServeOp::Hello {
+                        expect_build: Some(build.clone()),
+                        lock: Some(LockRequest {
+                            env: env.to_string(),
+                            holder: holder.clone(),
+                            token: token.clone(),
+                        }),
+                    })?;
+                    serve_reply::<Hello>(s, sv)
+                });
+                // A drover too old or too new to serve: say which build it runs.
+                let hello = hello.or_else(|e| match self::hello(s) {
+                    Ok(h) if !e.unreachable && h.build != build => Ok(Hello {
+                        lock: Some(remote::LockOutcome {
+                            acquired: false,
+                            holder: None,
+                        }),
+                        ..h
+                    }),
+                    _ => Err(e),
+                });
                 (*s, hello)
             })
         };
@@ -552,15 +530,18 @@ impl<'a> Locks<'a> {
     pub fn finish(&mut self, audit: &[(String, AuditEntry)]) -> Vec<String> {
         let held = std::mem::take(&mut self.held);
         let results = par(&held, 16, |_, s| {
-            let body = audit
+            let entry = audit
                 .iter()
                 .find(|(h, _)| *h == s.name)
-                .and_then(|(_, e)| serde_json::to_vec(e).ok())
-                .unwrap_or_default();
-            s.run(
-                &["finish", "--env", &self.env, "--token", &self.token],
-                &body,
-            )
+                .map(|(_, e)| e.clone());
+            s.with_serve(|sv| {
+                sv.send(&ServeOp::Finish {
+                    env: self.env.clone(),
+                    token: self.token.clone(),
+                    audit: entry,
+                })?;
+                serve_reply::<serde_json::Value>(s, sv)
+            })
             .map_err(|_| s.name.clone())
         });
         results.into_iter().filter_map(Result::err).collect()
@@ -790,9 +771,10 @@ fn rollout(
         .collect();
 
     // 1. Every host gets the release before any switches.
+    let encoded = drover_store::transfer::Encoded::default();
     let sent = par(sessions, parallel, |i, s| {
         progress.phase(i, "sending");
-        let r = transfer(store, &plan.release, s, |sent, total| {
+        let r = transfer(store, &plan.release, &encoded, s, |sent, total| {
             progress.bytes(i, sent, total)
         });
         match &r {

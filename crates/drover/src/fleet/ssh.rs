@@ -1,10 +1,12 @@
 //! The transport: the system OpenSSH client, one multiplexed master connection per host
-//! (`ControlMaster`), and every operation a short `ssh -S CTL` session over it. The user's
-//! ssh config, agent, ProxyJump and known_hosts apply as they do for `ssh` itself.
+//! (`ControlMaster`), and sessions over it: one long `drover remote serve` that carries a
+//! fleet action's requests, and short `ssh -S CTL` commands for the rest. The user's ssh
+//! config, agent, ProxyJump and known_hosts apply as they do for `ssh` itself.
 
-use std::io::{Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use drover_config::fleet::HostSpec;
@@ -86,6 +88,93 @@ pub struct Session {
     /// The master connection when this command owns it (`None`: a persistent one, shared).
     master: Option<Child>,
     master_log: PathBuf,
+    /// The `drover remote serve` session, started on first use.
+    serve: Mutex<Option<Serve>>,
+}
+
+/// A running `drover remote serve`: requests go in, answers come out.
+pub struct Serve {
+    child: Child,
+    /// `None` once hung up.
+    to_host: Option<BufWriter<ChildStdin>>,
+    from_host: BufReader<ChildStdout>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+/// Why an operation over the serve session failed.
+pub enum OpError {
+    /// The host answered with an error; the session goes on.
+    Host(HostError),
+    /// The host said why, and the session is over (a refused transfer).
+    Ended(HostError),
+    /// The stream broke (what went wrong, for when ssh itself says nothing).
+    Broken(String),
+}
+
+impl From<std::io::Error> for OpError {
+    fn from(e: std::io::Error) -> OpError {
+        OpError::Broken(e.to_string())
+    }
+}
+
+impl Serve {
+    /// Writes one JSON line and flushes it.
+    pub fn send(&mut self, value: &impl serde::Serialize) -> Result<(), OpError> {
+        Ok(drover_wire::write_line(self.writer()?, value)?)
+    }
+
+    /// The stream to the host.
+    pub fn writer(&mut self) -> Result<&mut BufWriter<ChildStdin>, OpError> {
+        self.to_host
+            .as_mut()
+            .ok_or_else(|| OpError::Broken("the session was closed".into()))
+    }
+
+    /// Both streams at once (a transfer reads one while it writes the other).
+    pub fn streams(
+        &mut self,
+    ) -> Result<(&mut BufReader<ChildStdout>, &mut BufWriter<ChildStdin>), OpError> {
+        match self.to_host.as_mut() {
+            Some(w) => Ok((&mut self.from_host, w)),
+            None => Err(OpError::Broken("the session was closed".into())),
+        }
+    }
+
+    /// The next line from the host; the end of the stream is an error.
+    pub fn line(&mut self) -> Result<String, OpError> {
+        drover_wire::read_line(&mut self.from_host)?
+            .ok_or_else(|| OpError::Broken("the session ended before answering".into()))
+    }
+
+    /// Closes its input (the host side then exits) and waits for it, at most `grace`.
+    fn end(self, grace: Duration) -> (Option<std::process::ExitStatus>, Vec<u8>) {
+        let Serve {
+            mut child,
+            to_host,
+            from_host,
+            mut stderr,
+        } = self;
+        drop(to_host);
+        drop(from_host);
+        let deadline = Instant::now() + grace;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                _ => {
+                    let _ = child.kill();
+                    break child.wait().ok();
+                }
+            }
+        };
+        let stderr = stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (status, stderr)
+    }
 }
 
 /// The private directory of persistent control sockets, if it can be made safely.
@@ -146,6 +235,7 @@ impl Session {
                     ctl: ctl.clone(),
                     master: None,
                     master_log: log.clone(),
+                    serve: Mutex::new(None),
                 });
             }
         }
@@ -205,6 +295,72 @@ impl Session {
             // A persistent master outlives this command: it is not ours to stop.
             master: settings.persist.is_zero().then_some(master),
             master_log,
+            serve: Mutex::new(None),
+        })
+    }
+
+    /// Runs `op` over this host's `drover remote serve` session, starting the session on
+    /// first use. One op at a time. When the session breaks it is ended, and what ssh or
+    /// the host said about it becomes the error; the next op starts a new session.
+    pub fn with_serve<R>(
+        &self,
+        op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
+    ) -> Result<R, HostError> {
+        let mut slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(self.start_serve()?);
+        }
+        let serve = slot.as_mut().expect("started");
+        match op(serve) {
+            Ok(r) => Ok(r),
+            Err(OpError::Host(e)) => Err(e),
+            Err(OpError::Ended(e)) => {
+                let _ = slot.take().expect("started").end(Duration::from_secs(2));
+                Err(e)
+            }
+            Err(OpError::Broken(what)) => {
+                let (status, stderr) = slot.take().expect("started").end(Duration::from_secs(5));
+                match status {
+                    Some(st) if !st.success() || !stderr.is_empty() => Err(self.failed(&Output {
+                        status: st,
+                        stdout: Vec::new(),
+                        stderr,
+                    })),
+                    _ => Err(HostError::new(format!("{}: {what}", self.name))),
+                }
+            }
+        }
+    }
+
+    /// Starts the serve session now, unless it runs (a failure shows at the first op).
+    pub fn start_serving(&self) {
+        let mut slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = self.start_serve().ok();
+        }
+    }
+
+    fn start_serve(&self) -> Result<Serve, HostError> {
+        let mut child = self
+            .command(&self.drover(&["serve"]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", self.name)))?;
+        let mut err = child.stderr.take().expect("piped");
+        Ok(Serve {
+            to_host: Some(BufWriter::with_capacity(
+                64 << 10,
+                child.stdin.take().expect("piped"),
+            )),
+            from_host: BufReader::with_capacity(64 << 10, child.stdout.take().expect("piped")),
+            stderr: Some(std::thread::spawn(move || {
+                let mut b = Vec::new();
+                let _ = err.read_to_end(&mut b);
+                b
+            })),
+            child,
         })
     }
 
@@ -352,8 +508,20 @@ impl Session {
         }
     }
 
-    /// Ends the master connection, unless it is a persistent one.
+    /// Tells the serve session to end (closes its input) without waiting; `close` waits.
+    pub fn hang_up(&self) {
+        let mut slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut w) = slot.as_mut().and_then(|sv| sv.to_host.take()) {
+            let _ = w.flush();
+        }
+    }
+
+    /// Ends the serve session, then the master connection unless it is a persistent one.
     pub fn close(self) {
+        let serve = self.serve.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(serve) = serve {
+            let _ = serve.end(Duration::from_secs(2));
+        }
         if let Some(mut m) = self.master {
             let _ = m.kill();
             let _ = m.wait();
