@@ -1,14 +1,14 @@
 //! Turning a directory into a release: walk it in a fixed order, chunk and store every file
 //! in parallel, write the manifest, sign it, and commit it to the store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::chunk;
 use crate::error::{Error, IoContext, Result};
@@ -25,6 +25,89 @@ pub struct BuildInput<'a> {
     pub runtime: drover_config::Runtime,
     /// Top-level names to leave out (besides `.git`, always left out).
     pub exclude: &'a [String],
+    /// Remember the directory's files for its next build (see `Seen`): for a directory that
+    /// is built again, not a scratch copy made once.
+    pub remember: bool,
+}
+
+/// What the last build of a directory saw: each file's identity on disk. A file whose
+/// identity is unchanged is taken from that build's manifest instead of being read again.
+/// Its ctime cannot be set by anyone (every write and chmod moves it to now), so "unchanged"
+/// means unchanged; a file changed less than `SETTLE` before the build is not remembered,
+/// as a later write could fall on the same coarse timestamp.
+#[derive(Serialize, Deserialize)]
+struct Seen {
+    release: Hash,
+    /// Path -> [dev, inode, size, mtime ns, ctime ns].
+    files: HashMap<String, [i64; 5]>,
+}
+
+const SETTLE: i64 = 2_000_000_000;
+
+fn identity(m: &fs::Metadata) -> [i64; 5] {
+    [
+        m.dev() as i64,
+        m.ino() as i64,
+        m.size() as i64,
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+    ]
+}
+
+/// Where the store keeps what the last build of `dir` saw.
+fn seen_path(store: &Store, dir: &Path) -> Option<std::path::PathBuf> {
+    let dir = fs::canonicalize(dir).ok()?;
+    let key = Hash::of(dir.as_os_str().as_encoded_bytes());
+    Some(store.dir().join("builds").join(format!("{key}.json")))
+}
+
+/// The files of the last build of `dir` (path -> identity, hash, chunks), if it is known
+/// and its release is still in the store.
+fn load_seen(store: &Store, dir: &Path) -> HashMap<String, ([i64; 5], Hash, Vec<ChunkRef>)> {
+    let mut out = HashMap::new();
+    let Some(seen) = seen_path(store, dir)
+        .and_then(|p| fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<Seen>(&b).ok())
+    else {
+        return out;
+    };
+    let Ok(manifest) = store.manifest(&seen.release) else {
+        return out;
+    };
+    let mut files = seen.files;
+    for e in manifest.entries {
+        if let Entry::File {
+            path, hash, chunks, ..
+        } = e
+            && let Some(id) = files.remove(&path)
+        {
+            out.insert(path, (id, hash, chunks));
+        }
+    }
+    out
+}
+
+/// Records what this build saw (best effort: without it the next build reads every file).
+fn save_seen(store: &Store, dir: &Path, release: Hash, files: HashMap<String, [i64; 5]>) {
+    let Some(path) = seen_path(store, dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let files = files
+        .into_iter()
+        .filter(|(_, id)| id[3] < now - SETTLE && id[4] < now - SETTLE)
+        .collect();
+    let Ok(body) = serde_json::to_vec(&Seen { release, files }) else {
+        return;
+    };
+    let tmp = store.tmp_path("seen");
+    let _ = fs::create_dir_all(path.parent().expect("has a parent"));
+    if fs::write(&tmp, body).is_ok() && fs::rename(&tmp, &path).is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -39,11 +122,18 @@ pub struct Built {
     pub stored_bytes: u64,
     pub chunks: usize,
     pub new_chunks: usize,
+    /// Files taken from the directory's last build without reading them (unchanged on disk).
+    pub unchanged_files: usize,
 }
 
 enum Walked {
     Entry(Entry),
-    File { path: String, mode: u32, size: u64 },
+    File {
+        path: String,
+        mode: u32,
+        size: u64,
+        id: [i64; 5],
+    },
 }
 
 pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
@@ -51,23 +141,37 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let mut walked = Vec::new();
     walk(input.dir, input.dir, "", input.exclude, &mut walked)?;
     walked.sort_by(|a, b| walked_path(a).as_bytes().cmp(walked_path(b).as_bytes()));
+    let seen_before = if input.remember {
+        load_seen(store, input.dir)
+    } else {
+        HashMap::new()
+    };
 
     // Files, biggest first, spread over all cores.
-    let mut files: Vec<(usize, &str, u64)> = walked
+    let mut files: Vec<(usize, &str, u64, [i64; 5])> = walked
         .iter()
         .enumerate()
         .filter_map(|(i, w)| match w {
-            Walked::File { path, size, .. } => Some((i, path.as_str(), *size)),
+            Walked::File { path, size, id, .. } => Some((i, path.as_str(), *size, *id)),
             Walked::Entry(_) => None,
         })
         .collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.2));
     let seen: Mutex<HashSet<Hash>> = Mutex::new(HashSet::new());
     let stored = AtomicU64::new(0);
+    let unchanged = AtomicU64::new(0);
     let new_chunks = AtomicU64::new(0);
     // Small objects go into a few pack files instead of one file each.
     let packs = store.pack_writer();
-    let results = crate::par::map(&files, |(_, rel, size)| {
+    let results = crate::par::map(&files, |(_, rel, size, id)| {
+        // Untouched since the last build, its chunks still here: nothing to read.
+        if let Some((before, hash, chunks)) = seen_before.get(*rel)
+            && before == id
+            && chunks.iter().all(|c| store.has_chunk(&c.0))
+        {
+            unchanged.fetch_add(1, Ordering::Relaxed);
+            return Ok((*hash, chunks.clone(), *size));
+        }
         let path = input.dir.join(rel);
         let f = File::open(&path).at(&path)?;
         let mut chunks = Vec::new();
@@ -119,9 +223,17 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
         Ok((hash, chunks, total))
     });
 
+    let identities: HashMap<String, [i64; 5]> = if input.remember {
+        files
+            .iter()
+            .map(|(_, rel, _, id)| (rel.to_string(), *id))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut entries: Vec<Option<Entry>> = Vec::with_capacity(walked.len());
     let mut file_results = vec![None; walked.len()];
-    for ((i, _, _), r) in files.iter().zip(results) {
+    for ((i, _, _, _), r) in files.iter().zip(results) {
         file_results[*i] = Some(r?);
     }
     packs.finish()?;
@@ -161,6 +273,9 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let id = manifest.id();
     let sig = store.keys().sign(&id)?;
     let committed = store.commit_release(&manifest, &sig)?;
+    if input.remember {
+        save_seen(store, input.dir, id, identities);
+    }
     let chunk_count = manifest.chunk_set().len();
     Ok(Built {
         app: manifest.app.clone(),
@@ -175,6 +290,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
         },
         chunks: chunk_count,
         new_chunks: new_chunks.load(Ordering::Relaxed) as usize,
+        unchanged_files: unchanged.load(Ordering::Relaxed) as usize,
     })
 }
 
@@ -224,6 +340,7 @@ fn walk(
                 path: rel,
                 mode,
                 size: meta.len(),
+                id: identity(&meta),
             });
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).at(&path)?;

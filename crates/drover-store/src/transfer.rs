@@ -690,6 +690,7 @@ mod tests {
                 version: Some(version),
                 runtime: Default::default(),
                 exclude: &[],
+                remember: false,
             },
         )
         .unwrap()

@@ -110,6 +110,7 @@ pub fn build_app(store: &Store, dir: &Path, version: Option<&str>) -> anyhow::Re
                 version: version.as_deref(),
                 runtime: config.runtime(),
                 exclude: &config.build.exclude,
+                remember: config.build.command.is_none(),
             },
         )?;
         Ok(built)

@@ -4,7 +4,8 @@
 //!
 //! Every host runs the same `drover` (installed by `drover host setup`); the controller drives
 //! it with `drover remote ...` over one multiplexed ssh connection per host, and reaches the
-//! host's agent with the same JSON-lines protocol as the local socket (`remote bridge`).
+//! host's agent with the same JSON-lines protocol as the local socket, all in one
+//! `drover remote serve` session per host.
 
 pub mod progress;
 pub mod ssh;

@@ -322,6 +322,59 @@ fn checkout_is_read_only_and_shares_disk() {
 }
 
 #[test]
+fn a_rebuild_reads_only_changed_files_and_misses_no_change() {
+    let cx = TestContext::new();
+    let big = noise(300_000, 3);
+    let app = cx.app("app", HELLO, &[("a.txt", "aaaa"), ("b.txt", "bbbb")]);
+    fs::write(app.join("big.bin"), &big).unwrap();
+    let content = |built: &serde_json::Value, name: &str, file: &str| {
+        let dest = cx.path(name);
+        cx.drover(&[
+            "checkout",
+            built["release"].as_str().unwrap(),
+            dest.to_str().unwrap(),
+        ])
+        .success();
+        fs::read(dest.join(file)).unwrap()
+    };
+    // Files changed within the last moments are read every time (their timestamps could
+    // still be shared with a later write); these have settled.
+    std::thread::sleep(Duration::from_millis(2100));
+    let first = cx.build(&app, &[]);
+    assert_eq!(first["unchanged_files"], 0, "nothing to reuse yet: {first}");
+    let again = cx.build(&app, &[]);
+    assert_eq!(again["unchanged_files"], 4, "{again}");
+    assert_eq!(again["release"], first["release"]);
+
+    // Same size, other bytes, at once: read again.
+    fs::write(app.join("a.txt"), "AAAA").unwrap();
+    let second = cx.build(&app, &[]);
+    assert_eq!(second["unchanged_files"], 3, "{second}");
+    assert_eq!(content(&second, "co2", "a.txt"), b"AAAA");
+    // And again within the same instant: a.txt has not settled, so it is read.
+    fs::write(app.join("a.txt"), "aAaA").unwrap();
+    let third = cx.build(&app, &[]);
+    assert_eq!(content(&third, "co3", "a.txt"), b"aAaA");
+    // A mode change is a change too.
+    fs::set_permissions(app.join("b.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let fourth = cx.build(&app, &[]);
+    assert_ne!(fourth["release"], third["release"]);
+    assert_eq!(content(&fourth, "co4", "big.bin"), big);
+
+    // Chunks lost since (the release's manifest is still there): every file is read again
+    // and its chunks are stored anew.
+    for p in packs(&cx.root) {
+        fs::remove_file(p).unwrap();
+    }
+    let fifth = cx.build(&app, &[]);
+    assert_eq!(fifth["unchanged_files"], 0, "{fifth}");
+    assert_eq!(fifth["release"], fourth["release"]);
+    cx.drover(&["verify", fifth["release"].as_str().unwrap()])
+        .success();
+    assert_eq!(content(&fifth, "co5", "big.bin"), big);
+}
+
+#[test]
 fn a_cache_file_written_through_a_tree_is_not_shared_again() {
     use std::os::unix::fs::MetadataExt;
     let cx = TestContext::new();
