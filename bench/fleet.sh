@@ -959,8 +959,8 @@ print(f"""# drover fleet deploys: delta transfer vs rsync, deploy time by fleet 
 - Each ssh session runs the login shell (bash) non-interactively, which reads
   `$HOME/.bashrc`. This machine's root `~/.bashrc` initialises pyenv, {r['shell_root_home'] * 1000:.0f} ms per
   session; the hosts' sshd sets `HOME` to an empty directory instead ({r['shell_host_home'] * 1000:.0f} ms per
-  session), as on a server whose root shell start-up is light. drover opens several ssh
-  sessions per host and deploy, rsync one, so a heavy shell start-up costs drover more.
+  session), as on a server whose root shell start-up is light. A drover deploy, like
+  rsync, runs one ssh session per host (`drover remote serve`), so both pay it once.
 - For scale: a bare `ssh -F ssh_config h1 true` (new connection, key exchange,
   authentication, one command) takes {r['ssh_true']['wall'] * 1000:.0f} ms here, {r['ssh_true']['cpu'] * 1000:.0f} ms of it CPU in the ssh client,
   with the key exchange OpenSSH picks by default ({r['ssh_true']['kex']}); with
@@ -1132,7 +1132,7 @@ Where the CPU goes in an all-at-once deploy to {r['nhosts']} hosts over new conn
 key exchange): one more such deploy ({s(p['deploy']['wall'])} wall) under `perf record -a -F 999`
 (the whole machine, from about 1 s before the deploy until it ended; CPU s = samples / 999). `drover` is both the
 controller and every `drover remote` on the hosts; `ssh` the controller's ssh clients
-(one master connection per host and one short client process per operation); `sshd` the
+(one master connection per host and one client process for its `drover remote serve` session); `sshd` the
 hosts' side of the connections; `bash`/`sh` the shells of the ssh sessions; `python3` and
 `perf` the benchmark itself.
 

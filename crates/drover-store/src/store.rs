@@ -547,7 +547,7 @@ impl Store {
         // re-checking cache files already there); then the directories; then, on every core,
         // the files as links to them.
         let mut seen = HashSet::new();
-        let files: Vec<(&Hash, u32, u64, &[crate::manifest::ChunkRef])> = manifest
+        let mut files: Vec<(&Hash, u32, u64, &[crate::manifest::ChunkRef])> = manifest
             .entries
             .iter()
             .filter_map(|e| match e {
@@ -561,6 +561,8 @@ impl Store {
                 _ => None,
             })
             .collect();
+        // Biggest first, so no core is left with a big file at the end.
+        files.sort_by_key(|f| std::cmp::Reverse(f.2));
         let cached = crate::par::map(&files, |(hash, mode, size, chunks)| {
             self.cached_file(hash, *mode, *size, chunks)
         });

@@ -221,6 +221,11 @@ impl Connected {
 
 /// One error naming every failed host, with the first hint.
 pub fn host_errors(errors: &[&HostError]) -> anyhow::Error {
+    host_errors_after(None, errors)
+}
+
+/// `host_errors` under a first line that says what they stopped.
+pub fn host_errors_after(lead: Option<String>, errors: &[&HostError]) -> anyhow::Error {
     let message = if errors.len() == 1 {
         errors[0].message.clone()
     } else {
@@ -233,6 +238,10 @@ pub fn host_errors(errors: &[&HostError]) -> anyhow::Error {
                 .collect::<Vec<_>>()
                 .join("\n  ")
         )
+    };
+    let message = match lead {
+        Some(lead) => format!("{lead}\n{message}"),
+        None => message,
     };
     match errors.iter().find_map(|e| e.hint.clone()) {
         Some(h) => hinted(message, h),
@@ -398,11 +407,22 @@ pub fn transfer(
             });
         match sent {
             Ok(sent) => Ok(sent),
-            Err(drover_store::Error::Remote { message, hint }) => Err(OpError::Ended(HostError {
-                message: format!("{}: {message}", s.name),
-                hint,
-                unreachable: false,
-            })),
+            Err(drover_store::Error::Remote { message, hint }) => {
+                // The host's own hint speaks of its store; from here, setup is the fix.
+                let hint = if message.contains("which this store does not trust") {
+                    Some(format!(
+                        "`drover host setup {}` trusts this machine's signing key there",
+                        s.name
+                    ))
+                } else {
+                    hint
+                };
+                Err(OpError::Ended(HostError {
+                    message: format!("{}: {message}", s.name),
+                    hint,
+                    unreachable: false,
+                }))
+            }
             // The stream broke: what ssh says about it is the better message.
             Err(e @ drover_store::Error::Io { .. })
             | Err(e @ drover_store::Error::Invalid { .. }) => {
@@ -810,9 +830,9 @@ fn rollout(
     }
     if !failed.is_empty() {
         let refs: Vec<&HostError> = failed.iter().collect();
-        let failure = anyhow::anyhow!(
-            "the release did not reach every host, so no host was switched\n{}",
-            host_errors(&refs)
+        let failure = host_errors_after(
+            Some("the release did not reach every host, so no host was switched".into()),
+            &refs,
         );
         let audit = audit_entries(target, plan, sessions, &states, Some(&failure));
         return (states, Some(failure), audit);
@@ -919,11 +939,13 @@ fn rollout(
         }
         if !batch_failed.is_empty() {
             let refs: Vec<&HostError> = batch_failed.iter().collect();
-            failure = Some(anyhow::anyhow!(
-                "batch {} of {} failed; the rollout stopped\n{}",
-                b + 1,
-                batches.len(),
-                host_errors(&refs)
+            failure = Some(host_errors_after(
+                Some(format!(
+                    "batch {} of {} failed; the rollout stopped",
+                    b + 1,
+                    batches.len()
+                )),
+                &refs,
             ));
             break;
         }

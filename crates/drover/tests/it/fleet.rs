@@ -556,6 +556,37 @@ fn ssh_and_install_problems_are_named_per_host() {
         .drover(&["host", "setup", "-e", "one", "--dir", dir_str])
         .success();
     assert!(run.stdout.contains("replaced drover"), "{}", run.stdout);
+
+    // A host that no longer trusts the deployer's key refuses the release: the deploy says
+    // so, names the host and the fix, and still gives the lock back there (the refusal
+    // ends that host's session; the lock is released over a new one).
+    let trusted = fleet.hosts[0].root.join("keys/trusted");
+    let keys: Vec<_> = std::fs::read_dir(&trusted)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!keys.is_empty());
+    for k in &keys {
+        std::fs::rename(k, k.with_extension("off")).unwrap();
+    }
+    let run = cx.drover(&["deploy", dir_str, "-e", "one"]).failure();
+    assert!(
+        run.stderr.contains("h1: ") && run.stderr.contains("which this store does not trust"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: `drover host setup h1` trusts"),
+        "{}",
+        run.stderr
+    );
+    let locks = cx
+        .drover(&["lock", "status", "-e", "one", "--dir", dir_str])
+        .success();
+    assert!(locks.stdout.contains("h1  free"), "{}", locks.stdout);
+    for k in &keys {
+        std::fs::rename(k.with_extension("off"), k).unwrap();
+    }
     let run = cx.drover(&["deploy", dir_str, "-e", "one"]).success();
     assert!(run.stdout.contains("live on all 1 hosts"), "{}", run.stdout);
 }
