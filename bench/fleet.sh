@@ -44,7 +44,9 @@
 #        - then v2 both ways (order alternating per run): `drover deploy V2 -e d{r} --json`
 #          and the same rsync of V2/ onto the directory that holds v1
 #      bytes on the wire = rx + tx of h{r}'s root-side veth around each command (ssh, TCP,
-#      everything); wall = the whole command. For drover the time each JSON progress line
+#      everything); wall = the whole command. Before every measured command: `sync` (no
+#      command pays for the writes of the one before), then a quiet second; after each
+#      rsync, the time of a `sync` (rsync's writes are not durable when it exits). For drover the time each JSON progress line
 #      arrives gives the phases (build check, connect, check + lock, transfer, switch, end).
 #      Once more on h4 (v1 -> v2a) and h5 (v1 -> v2b), one run each, to show which change
 #      costs what.
@@ -571,8 +573,10 @@ def cpu_delta(a, b):
 
 quiet_left = quiet_max
 def wait_quiet():
-    """Waits (from a budget of quiet_max s in all) for a second with < 0.1 CPU s used."""
+    """Flushes what earlier commands left dirty (so no command pays for another's writes),
+    then waits (from a budget of quiet_max s in all) for a second with < 0.1 CPU s used."""
     global quiet_left
+    os.sync()
     while quiet_left > 0:
         b0 = busy_ticks(); time.sleep(1); b1 = busy_ticks()
         if (b1 - b0) * 10 < HZ:
@@ -686,12 +690,16 @@ def rsync(src, host, dst, timeout=300):
          f"h{host}:{dst.rstrip('/')}/"], timeout, f"rsync to h{host}")
     c1 = cpu_snap()
     w1 = wire(host)
+    # rsync's writes are not durable when it exits (drover's are): what that would take.
+    t0 = now()
+    os.sync()
+    sync_after = now() - t0
     text = "\n".join(l for _, l in lines)
     def stat(label):
         m = re.search(label + r": ([\d,]+)", text)
         return int(m.group(1).replace(",", "")) if m else None
     log(f"  rsync: {wall:.2f} s, {(w1 - w0) / 1048576:.2f} MiB on the wire")
-    return {"wall": wall, "wire": w1 - w0, "sent": stat("Total bytes sent"),
+    return {"wall": wall, "wire": w1 - w0, "sync_after": sync_after, "sent": stat("Total bytes sent"),
             "received": stat("Total bytes received"), "cpu": cpu_delta(c0, c1)}
 
 def serving(host, port):
@@ -955,7 +963,8 @@ print(f"""# drover fleet deploys: delta transfer vs rsync, deploy time by fleet 
   start, in another ("host side"); together the benchmark's own CPU time. "Other CPU" is
   the rest of the machine's busy time (/proc/stat) meanwhile: other processes, and kernel
   threads such as softirq work for the veth traffic. Before each measurement the script
-  waited for a quiet second ({r['quiet_waited']:.0f} s waited in all).
+  ran `sync` (so no command pays for the writes of the one before: drover's commit calls
+  `syncfs`, which would) and waited for a quiet second ({r['quiet_waited']:.0f} s waited in all).
 - Each ssh session runs the login shell (bash) non-interactively, which reads
   `$HOME/.bashrc`. This machine's root `~/.bashrc` initialises pyenv, {r['shell_root_home'] * 1000:.0f} ms per
   session; the hosts' sshd sets `HOME` to an empty directory instead ({r['shell_host_home'] * 1000:.0f} ms per
@@ -997,6 +1006,7 @@ Median of {runs} runs, each on its own fresh host (min–max in brackets):
 | bytes the tool counts (drover `bytes_sent`; rsync sent + received) | {spread([x['bytes_sent'] for x in dv2], mib)} | {spread([x['sent'] + x['received'] for x in rv2], mib)} | | |
 | wall, whole command | {spread([x['wall'] for x in dv2], s)} | {spread([x['wall'] for x in rv2], s)} | {t_d / t_r:.2f} | ≤ 1.0 — {'met' if t_d <= t_r else '**not met**'} |
 | wall, drover's transfer phase alone (`sending` → `sent` progress lines) | {spread([x['transfer'] for x in dv2], s)} | | {tt_d / t_r:.2f} | |
+| a `sync` right after (rsync's writes are not yet durable when it exits; drover's are) | | {spread([x['sync_after'] for x in rv2], s)} | | |
 | CPU s, all of the command's processes | {cpu(dv2, 1)} | {cpu(rv2, 1)} | {cpu_ratio(dv2, rv2, 1)} | |
 | … of which on the controller side (drover / rsync, ssh clients) | {cpu(dv2, 3)} | {cpu(rv2, 3)} | {cpu_ratio(dv2, rv2, 3)} | |
 | … of which on the host side (sshd, `drover remote`, agent, app / rsync server) | {cpu(dv2, 4)} | {cpu(rv2, 4)} | {cpu_ratio(dv2, rv2, 4)} | |

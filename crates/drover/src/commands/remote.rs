@@ -381,7 +381,11 @@ fn agent_op(
     }
     if let Some((sock, pump)) = pump {
         let _ = sock.shutdown(std::net::Shutdown::Write);
-        let _ = pump.join();
+        // With the deployer gone there is no one to pass the agent's lines to: the session
+        // ends now (the agent sees its socket close), whatever the agent still sends.
+        if open {
+            let _ = pump.join();
+        }
     }
     Ok(open)
 }
