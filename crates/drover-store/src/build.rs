@@ -88,17 +88,20 @@ fn load_seen(store: &Store, dir: &Path) -> HashMap<String, ([i64; 5], Hash, Vec<
 }
 
 /// Records what this build saw (best effort: without it the next build reads every file).
-fn save_seen(store: &Store, dir: &Path, release: Hash, files: HashMap<String, [i64; 5]>) {
+/// `started`: when the build began looking at the files (ns since the epoch).
+fn save_seen(
+    store: &Store,
+    dir: &Path,
+    release: Hash,
+    files: HashMap<String, [i64; 5]>,
+    started: i64,
+) {
     let Some(path) = seen_path(store, dir) else {
         return;
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
     let files = files
         .into_iter()
-        .filter(|(_, id)| id[3] < now - SETTLE && id[4] < now - SETTLE)
+        .filter(|(_, id)| id[3] < started - SETTLE && id[4] < started - SETTLE)
         .collect();
     let Ok(body) = serde_json::to_vec(&Seen { release, files }) else {
         return;
@@ -138,6 +141,11 @@ enum Walked {
 
 pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let _lock = store.lock_shared()?;
+    // Before any file is looked at: what settled before this instant stays settled.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
     let mut walked = Vec::new();
     walk(input.dir, input.dir, "", input.exclude, &mut walked)?;
     walked.sort_by(|a, b| walked_path(a).as_bytes().cmp(walked_path(b).as_bytes()));
@@ -274,7 +282,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let sig = store.keys().sign(&id)?;
     let committed = store.commit_release(&manifest, &sig)?;
     if input.remember {
-        save_seen(store, input.dir, id, identities);
+        save_seen(store, input.dir, id, identities, started);
     }
     let chunk_count = manifest.chunk_set().len();
     Ok(Built {

@@ -440,15 +440,15 @@ impl Store {
 
     // ---- materialising ------------------------------------------------------
 
-    /// Assembles (once) the verified, read-only cache file for a file entry. Also says
-    /// whether the file still needs its stamp (see `stamp`), once it is durable.
+    /// Assembles (once) the verified, read-only cache file for a file entry. Also gives,
+    /// when the file still needs its stamp (see `stamp`), what it was when it was checked.
     fn cached_file(
         &self,
         hash: &Hash,
         mode: u32,
         size: u64,
         chunks: &[crate::manifest::ChunkRef],
-    ) -> Result<(PathBuf, bool)> {
+    ) -> Result<(PathBuf, Option<Unstamped>)> {
         use std::os::unix::fs::MetadataExt;
         let path = self.file_path(hash, mode);
         if let Ok(m) = fs::metadata(&path) {
@@ -456,10 +456,11 @@ impl Store {
             // re-hashed. A write through any of its links changes its mtime, and a damaged
             // copy is rebuilt.
             if m.len() == size && m.mtime_nsec() == stamp_nanos(hash) {
-                return Ok((path, false));
+                return Ok((path, None));
             }
             if m.len() == size && hash_file(&path).ok() == Some(*hash) {
-                return Ok((path, true));
+                let seen = Unstamped::of(&path, &m, *hash);
+                return Ok((path, Some(seen)));
             }
             fs::remove_file(&path).at(&path)?;
         }
@@ -483,12 +484,15 @@ impl Store {
             // `materialise` syncs the filesystem once before its tree appears.
             let ro = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
             fs::set_permissions(&tmp, fs::Permissions::from_mode(ro)).at(&tmp)?;
-            fs::rename(&tmp, &path).at(&path)
+            let m = fs::metadata(&tmp).at(&tmp)?;
+            let seen = Unstamped::of(&path, &m, *hash);
+            fs::rename(&tmp, &path).at(&path)?;
+            Ok(seen)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map(|()| (path, true))
+        result.map(|seen| (path, Some(seen)))
     }
 
     /// Materialises a release at its stable read-only path (idempotent) and returns it.
@@ -531,7 +535,16 @@ impl Store {
         let unstamped = self.write_tree(&manifest, dest, true)?;
         // Durable when it returns, as it was with an fsync per file.
         syncfs(dest)?;
-        stamp(&unstamped);
+        if !unstamped.is_empty() {
+            // New cache files are stamped only once durable, and they live in the store,
+            // which may be another filesystem.
+            use std::os::unix::fs::MetadataExt;
+            let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+            if dev(dest) != dev(&self.dir) {
+                self.sync()?;
+            }
+            stamp(&unstamped);
+        }
         Ok(())
     }
 
@@ -542,7 +555,7 @@ impl Store {
         manifest: &Manifest,
         dest: &Path,
         read_only: bool,
-    ) -> Result<Vec<PathBuf>> {
+    ) -> Result<Vec<Unstamped>> {
         // The cache files first, on every core (reading, decompressing and hashing chunks,
         // re-checking cache files already there); then the directories; then, on every core,
         // the files as links to them.
@@ -569,10 +582,8 @@ impl Store {
         let mut cache: HashMap<(Hash, u32), PathBuf> = HashMap::with_capacity(files.len());
         let mut unstamped = Vec::new();
         for ((hash, mode, _, _), r) in files.iter().zip(cached) {
-            let (path, fresh) = r?;
-            if fresh {
-                unstamped.push(path.clone());
-            }
+            let (path, seen) = r?;
+            unstamped.extend(seen);
             cache.insert((**hash, *mode), path);
         }
         fs::create_dir(dest).at(dest)?;
@@ -714,10 +725,17 @@ impl Store {
         report.files = files.len();
         let file_problems = crate::par::map(&files, |(path, h)| match hash_file(path) {
             Ok(actual) if actual == *h => None,
-            Ok(actual) => Some(Problem::new(
-                &format!("file {}", path.display()),
-                format!("content hashes to {}, not {}", actual.short(), h.short()),
-            )),
+            Ok(actual) => {
+                // No longer trusted without a re-hash: the next materialise rebuilds it.
+                if let Ok(f) = File::open(path) {
+                    let _ = f
+                        .set_times(fs::FileTimes::new().set_modified(std::time::SystemTime::now()));
+                }
+                Some(Problem::new(
+                    &format!("file {}", path.display()),
+                    format!("content hashes to {}, not {}", actual.short(), h.short()),
+                ))
+            }
             Err(e) => Some(Problem::new(
                 &format!("file {}", path.display()),
                 e.to_string(),
@@ -989,21 +1007,40 @@ fn stamp_nanos(hash: &Hash) -> i64 {
     i64::from(u32::from_le_bytes(hash.0[..4].try_into().expect("4 bytes")) % 1_000_000_000)
 }
 
-/// Stamps cache files (best effort: an unstamped file is re-hashed at its next use).
-fn stamp(paths: &[PathBuf]) {
+/// A cache file checked (made, or re-hashed) by this materialise, as it was then.
+struct Unstamped {
+    path: PathBuf,
+    hash: Hash,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl Unstamped {
+    fn of(path: &Path, m: &fs::Metadata, hash: Hash) -> Unstamped {
+        use std::os::unix::fs::MetadataExt;
+        Unstamped {
+            path: path.to_path_buf(),
+            hash,
+            ino: m.ino(),
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+}
+
+/// Stamps cache files that are still as they were checked (best effort: an unstamped file
+/// is re-hashed at its next use). A file written since keeps its new mtime.
+fn stamp(files: &[Unstamped]) {
     use std::os::unix::fs::MetadataExt;
-    crate::par::map(paths, |p| {
-        let Some(hash) = p
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<Hash>().ok())
-        else {
-            return;
-        };
-        let Ok(f) = File::open(p) else { return };
+    crate::par::map(files, |u| {
+        let Ok(f) = File::open(&u.path) else { return };
         let Ok(m) = f.metadata() else { return };
+        if (m.ino(), m.len(), (m.mtime(), m.mtime_nsec())) != (u.ino, u.size, u.mtime) {
+            return;
+        }
         let at = std::time::UNIX_EPOCH
-            + std::time::Duration::new(m.mtime().max(0) as u64, stamp_nanos(&hash) as u32);
+            + std::time::Duration::new(m.mtime().max(0) as u64, stamp_nanos(&u.hash) as u32);
         let _ = f.set_times(fs::FileTimes::new().set_modified(at));
     });
 }

@@ -275,12 +275,17 @@ pub struct RunSpec {
 
 /// Reads one line (at most `MAX_LINE` bytes); `None` at end of stream.
 pub fn read_line<R: BufRead>(r: &mut R) -> std::io::Result<Option<String>> {
+    read_line_max(r, MAX_LINE)
+}
+
+/// `read_line` with another limit (a line that wraps one of at most `MAX_LINE` needs more).
+pub fn read_line_max<R: BufRead>(r: &mut R, max: usize) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
-    let n = <&mut R as std::io::Read>::take(r, MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+    let n = <&mut R as std::io::Read>::take(r, max as u64 + 1).read_until(b'\n', &mut buf)?;
     if n == 0 {
         return Ok(None);
     }
-    if buf.len() > MAX_LINE {
+    if buf.len() > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "line longer than the protocol allows",

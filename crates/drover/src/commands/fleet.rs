@@ -266,19 +266,21 @@ pub fn history(target: Target, app: Option<String>, json: bool) -> anyhow::Resul
                     .collect::<Vec<_>>()
             })
     })?;
+    // Each entry with its place in its host's log: entries of one second keep their order.
     let mut merged = Vec::new();
     let mut errors = Vec::new();
     for (host, r) in results {
         match r {
-            Ok(entries) => merged.extend(entries.into_iter().map(|mut e| {
+            Ok(entries) => merged.extend(entries.into_iter().enumerate().map(|(i, mut e)| {
                 e.host = Some(host.clone());
-                e
+                (i, e)
             })),
             Err(e) => errors.push(e),
         }
     }
-    merged.retain(|e| app.as_ref().is_none_or(|a| &e.app == a));
-    merged.sort_by(|a, b| (b.at, &b.host).cmp(&(a.at, &a.host)));
+    merged.retain(|(_, e)| app.as_ref().is_none_or(|a| &e.app == a));
+    merged.sort_by(|(i, a), (j, b)| (b.at, &b.host, j).cmp(&(a.at, &a.host, i)));
+    let merged: Vec<AuditEntry> = merged.into_iter().map(|(_, e)| e).collect();
     if json {
         output::json(&merged)?;
     } else {

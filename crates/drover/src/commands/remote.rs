@@ -19,7 +19,18 @@ pub struct RemoteArgs {
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
     /// Print this host's drover version and state as JSON.
-    Hello,
+    Hello {
+        /// Asked by drover builds that took the lock with hello: never taken here (the
+        /// asker is another build, which the answer shows).
+        #[arg(long, hide = true)]
+        lock: Option<String>,
+        #[arg(long, hide = true)]
+        expect_build: Option<String>,
+        #[arg(long, hide = true)]
+        holder: Option<String>,
+        #[arg(long, hide = true)]
+        token: Option<String>,
+    },
     /// A fleet action's session: requests (`ServeOp`, JSON lines) on stdin, answers on
     /// stdout, until stdin ends.
     Serve,
@@ -173,8 +184,15 @@ pub fn lock_path(root: &Path, env: &str) -> PathBuf {
 
 pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
     match args.command {
-        RemoteCommand::Hello => {
-            println!("{}", serde_json::to_string(&hello(root, None, None)?)?);
+        RemoteCommand::Hello { lock, .. } => {
+            let mut h = hello(root, None, None)?;
+            if lock.is_some() {
+                h.lock = Some(LockOutcome {
+                    acquired: false,
+                    holder: None,
+                });
+            }
+            println!("{}", serde_json::to_string(&h)?);
         }
         RemoteCommand::Serve => serve(root)?,
         RemoteCommand::HostKey => super::secrets::run_host(
@@ -258,7 +276,9 @@ fn serve(root: &Path) -> anyhow::Result<()> {
         drover_wire::write_line(&mut std::io::stdout().lock(), &reply)?;
         Ok(())
     };
-    while let Some(line) = drover_wire::read_line(&mut input)? {
+    // An op line wraps an agent request of up to `MAX_LINE`.
+    let max = drover_wire::MAX_LINE + (64 << 10);
+    while let Some(line) = drover_wire::read_line_max(&mut input, max)? {
         let op: ServeOp = match serde_json::from_str(&line) {
             Ok(op) => op,
             Err(e) => {
@@ -292,12 +312,15 @@ fn serve(root: &Path) -> anyhow::Result<()> {
                 }
             }
             ServeOp::Finish { env, token, audit } => answer((|| {
-                if let Some(entry) = audit {
-                    std::fs::create_dir_all(root)?;
-                    drover_agent::append_audit(root, &entry)?;
-                }
+                // The lock is given back even when the audit entry cannot be written.
+                let audited = match audit {
+                    Some(entry) => std::fs::create_dir_all(root)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|()| Ok(drover_agent::append_audit(root, &entry)?)),
+                    None => Ok(()),
+                };
                 unlock(root, &env, Some(&token), false)?;
-                Ok(serde_json::Value::Null)
+                audited.map(|()| serde_json::Value::Null)
             })())?,
         }
     }
@@ -318,19 +341,29 @@ fn agent_op(
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.flush())
     };
-    let pump = match UnixStream::connect(client::socket(root)) {
+    let refuse = |message: String, hint: Option<String>| -> anyhow::Result<()> {
+        let reply = drover_wire::Reply::Error(drover_wire::WireError {
+            message,
+            hint,
+            details: Vec::new(),
+        });
+        to_stdout(&serde_json::to_string(&reply)?)?;
+        Ok(())
+    };
+    let connected = UnixStream::connect(client::socket(root)).and_then(|sock| {
+        let mut to_agent = sock.try_clone()?;
+        drover_wire::write_line(&mut to_agent, request)?;
+        Ok((sock, to_agent))
+    });
+    let pump = match connected {
         Err(e) => {
-            let reply = drover_wire::Reply::Error(drover_wire::WireError {
-                message: format!("no drover agent is running for {} ({e})", root.display()),
-                hint: Some("run `drover host setup` for this host, which starts it".into()),
-                details: Vec::new(),
-            });
-            to_stdout(&serde_json::to_string(&reply)?)?;
+            refuse(
+                format!("no drover agent answers for {} ({e})", root.display()),
+                Some("run `drover host setup` for this host, which starts it".into()),
+            )?;
             None
         }
-        Ok(sock) => {
-            let mut to_agent = sock.try_clone()?;
-            drover_wire::write_line(&mut to_agent, request)?;
+        Ok((sock, to_agent)) => {
             let pump = std::thread::spawn(move || {
                 let mut from_agent = std::io::BufReader::new(sock);
                 loop {

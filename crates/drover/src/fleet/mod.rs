@@ -332,6 +332,16 @@ pub fn agent_call(
     })
 }
 
+/// Whether a transfer error is about the stream to `host` (errors about this machine's own
+/// store name a file or an object).
+fn on_stream(e: &drover_store::Error, host: &str) -> bool {
+    match e {
+        drover_store::Error::Io { path, .. } => path.as_os_str() == host,
+        drover_store::Error::Invalid { what, .. } => what == host,
+        _ => false,
+    }
+}
+
 /// A `Reply` line from the serve session, its `Ok` value read as `T`.
 fn serve_reply<T: serde::de::DeserializeOwned>(s: &Session, sv: &mut Serve) -> Result<T, OpError> {
     let line = sv.line()?;
@@ -423,12 +433,15 @@ pub fn transfer(
                     unreachable: false,
                 }))
             }
-            // The stream broke: what ssh says about it is the better message.
-            Err(e @ drover_store::Error::Io { .. })
-            | Err(e @ drover_store::Error::Invalid { .. }) => {
+            // The stream to the host broke: what ssh says about it is the better message.
+            Err(e) if on_stream(&e, &s.name) => {
                 Err(OpError::Broken(format!("transfer failed: {e}")))
             }
-            Err(e) => Err(OpError::Ended(HostError::new(format!("{}: {e}", s.name)))),
+            // This machine's store failed (reading the release): that is the message.
+            Err(e) => Err(OpError::Ended(HostError::new(format!(
+                "{}: transfer failed here: {e}",
+                s.name
+            )))),
         }
     })
 }
@@ -467,7 +480,7 @@ impl<'a> Locks<'a> {
         };
         let attempt = |hosts: &[&'a Session]| {
             par(hosts, 16, |_, s| {
-                let hello = s.with_serve(|sv| {
+                let hello = s.with_serve_bounded(|sv| {
                     sv.send(&ServeOp::Hello {
                         expect_build: Some(build.clone()),
                         lock: Some(LockRequest {
@@ -555,7 +568,7 @@ impl<'a> Locks<'a> {
                 .iter()
                 .find(|(h, _)| *h == s.name)
                 .map(|(_, e)| e.clone());
-            s.with_serve(|sv| {
+            s.with_serve_bounded(|sv| {
                 sv.send(&ServeOp::Finish {
                     env: self.env.clone(),
                     token: self.token.clone(),

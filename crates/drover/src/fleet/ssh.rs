@@ -98,7 +98,8 @@ pub struct Serve {
     /// `None` once hung up.
     to_host: Option<BufWriter<ChildStdin>>,
     from_host: BufReader<ChildStdout>,
-    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+    /// What the session printed on stderr, once it closed.
+    stderr: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
 /// Why an operation over the serve session failed.
@@ -152,7 +153,7 @@ impl Serve {
             mut child,
             to_host,
             from_host,
-            mut stderr,
+            stderr,
         } = self;
         drop(to_host);
         drop(from_host);
@@ -169,9 +170,9 @@ impl Serve {
                 }
             }
         };
+        // The master connection may hold the session's stderr open a while longer.
         let stderr = stderr
-            .take()
-            .and_then(|h| h.join().ok())
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_default();
         (status, stderr)
     }
@@ -306,12 +307,65 @@ impl Session {
         &self,
         op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
     ) -> Result<R, HostError> {
+        self.serve_within(None, op)
+    }
+
+    /// `with_serve` for an op that must be answered soon: past the deadline of a short
+    /// command (as `run`), the session is killed and the host named as stalled.
+    pub fn with_serve_bounded<R>(
+        &self,
+        op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
+    ) -> Result<R, HostError> {
+        self.serve_within(Some(self.deadline()), op)
+    }
+
+    fn deadline(&self) -> Duration {
+        self.settings.timeout * 3 + Duration::from_secs(30)
+    }
+
+    fn serve_within<R>(
+        &self,
+        limit: Option<Duration>,
+        op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
+    ) -> Result<R, HostError> {
         let mut slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some(self.start_serve()?);
         }
         let serve = slot.as_mut().expect("started");
-        match op(serve) {
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let watchdog = limit.map(|limit| {
+            let pid = serve.child.id();
+            let stalled = stalled.clone();
+            std::thread::spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                    // Still our unreaped child: it is waited for only after this thread ends.
+                    stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
+            })
+        });
+        let result = op(serve);
+        drop(done);
+        if let Some(w) = watchdog {
+            let _ = w.join();
+        }
+        if stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = slot.take().expect("started").end(Duration::from_secs(2));
+            return Err(HostError {
+                message: format!(
+                    "{}: no answer within {}s (the connection stalled)",
+                    self.name,
+                    limit.unwrap_or_default().as_secs()
+                ),
+                hint: None,
+                unreachable: true,
+            });
+        }
+        match result {
             Ok(r) => Ok(r),
             Err(OpError::Host(e)) => Err(e),
             Err(OpError::Ended(e)) => {
@@ -320,12 +374,27 @@ impl Session {
             }
             Err(OpError::Broken(what)) => {
                 let (status, stderr) = slot.take().expect("started").end(Duration::from_secs(5));
+                let text = String::from_utf8_lossy(&stderr);
+                if text.contains("unrecognized subcommand") {
+                    // A drover from before `remote serve`.
+                    return Err(HostError::new(format!(
+                        "{}: runs another drover build (one without `remote serve`)",
+                        self.name
+                    ))
+                    .hint(format!(
+                        "`drover host setup {}` installs this drover there",
+                        self.name
+                    )));
+                }
                 match status {
-                    Some(st) if !st.success() || !stderr.is_empty() => Err(self.failed(&Output {
-                        status: st,
-                        stdout: Vec::new(),
-                        stderr,
-                    })),
+                    // Ended by ssh (255), missing (127), or failing on the host with words.
+                    Some(st) if st.code().is_some() && (!st.success() || !stderr.is_empty()) => {
+                        Err(self.failed(&Output {
+                            status: st,
+                            stdout: Vec::new(),
+                            stderr,
+                        }))
+                    }
                     _ => Err(HostError::new(format!("{}: {what}", self.name))),
                 }
             }
@@ -349,17 +418,19 @@ impl Session {
             .spawn()
             .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", self.name)))?;
         let mut err = child.stderr.take().expect("piped");
+        let (errs, stderr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = err.read_to_end(&mut b);
+            let _ = errs.send(b);
+        });
         Ok(Serve {
             to_host: Some(BufWriter::with_capacity(
                 64 << 10,
                 child.stdin.take().expect("piped"),
             )),
             from_host: BufReader::with_capacity(64 << 10, child.stdout.take().expect("piped")),
-            stderr: Some(std::thread::spawn(move || {
-                let mut b = Vec::new();
-                let _ = err.read_to_end(&mut b);
-                b
-            })),
+            stderr,
             child,
         })
     }

@@ -397,6 +397,26 @@ fn a_cache_file_written_through_a_tree_is_not_shared_again() {
         "the next tree gets a rebuilt copy, not the written one"
     );
     assert_ne!(ino(&a.join("data.txt")), ino(&c.join("data.txt")));
+
+    // Damage that leaves the file's times alone (bit rot, a restore keeping mtimes) is not
+    // seen by a checkout, which trusts the stamp; `verify` finds it, and once it has, the
+    // next checkout rebuilds the file.
+    let cached = c.join("data.txt");
+    let times = fs::metadata(&cached).unwrap();
+    make_writable(&cached);
+    fs::write(&cached, "the released BYTES").unwrap();
+    let f = fs::File::open(&cached).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(times.modified().unwrap()))
+        .unwrap();
+    let run = cx.drover(&["verify"]).failure();
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("content hashes to"), "{said}");
+    let d = cx.path("d");
+    cx.drover(&["checkout", id, d.to_str().unwrap()]).success();
+    assert_eq!(
+        fs::read_to_string(d.join("data.txt")).unwrap(),
+        "the released bytes"
+    );
 }
 
 #[test]
