@@ -32,10 +32,11 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
         output::json(&built)?;
     } else {
         eprintln!(
-            "built {}@{}: {} files, {}, {} newly stored",
+            "built {}@{}: {} files ({} unchanged since the last build), {}, {} newly stored",
             built.app,
             built.version,
             built.files,
+            built.unchanged_files,
             output::bytes(built.bytes),
             output::bytes(built.stored_bytes)
         );
