@@ -29,6 +29,8 @@ pub enum Error {
     Remote {
         message: String,
         hint: Option<String>,
+        /// It refused because it does not trust the release's signer.
+        untrusted: bool,
     },
 }
 

@@ -507,8 +507,7 @@ impl Store {
             .write_tree(&manifest, &tmp, true)
             .and_then(|unstamped| {
                 // The tree appears only once its files are durable.
-                self.sync()?;
-                stamp(&unstamped);
+                self.make_durable(&tmp, &unstamped)?;
                 fs::rename(&tmp, &dest)
                     .or_else(|e| {
                         // Someone else materialised it first: theirs is as good as ours.
@@ -534,16 +533,20 @@ impl Store {
         }
         let unstamped = self.write_tree(&manifest, dest, true)?;
         // Durable when it returns, as it was with an fsync per file.
-        syncfs(dest)?;
+        self.make_durable(dest, &unstamped)
+    }
+
+    /// Makes a written tree durable, and the cache files it made or re-checked too (they
+    /// live in the store, which may be another filesystem); only then are those stamped.
+    fn make_durable(&self, tree: &Path, unstamped: &[Unstamped]) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        syncfs(tree)?;
         if !unstamped.is_empty() {
-            // New cache files are stamped only once durable, and they live in the store,
-            // which may be another filesystem.
-            use std::os::unix::fs::MetadataExt;
             let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
-            if dev(dest) != dev(&self.dir) {
+            if dev(tree) != dev(&self.dir) {
                 self.sync()?;
             }
-            stamp(&unstamped);
+            stamp(unstamped);
         }
         Ok(())
     }
@@ -998,7 +1001,6 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Flushes the filesystem that holds `path`.
 /// The nanoseconds a cache file's mtime is given once it is durable, from its hash. A file
 /// that still carries them, at its size, is trusted without re-hashing: writing to it (say,
 /// through a link in a release tree) sets its mtime to the time of the write. On a
@@ -1045,6 +1047,7 @@ fn stamp(files: &[Unstamped]) {
     });
 }
 
+/// Flushes the filesystem that holds `path`.
 fn syncfs(path: &Path) -> Result<()> {
     let f = File::open(path).at(path)?;
     rustix::fs::syncfs(&f)

@@ -152,6 +152,9 @@ fn read_record(r: &mut impl Read, what: &str) -> Result<(u8, Vec<u8>)> {
 struct WireErr {
     message: String,
     hint: Option<String>,
+    /// The receiver does not trust the signer (the sender knows the fix better).
+    #[serde(default)]
+    untrusted: bool,
 }
 
 fn remote_error(payload: &[u8]) -> Error {
@@ -159,10 +162,12 @@ fn remote_error(payload: &[u8]) -> Error {
         Ok(e) => Error::Remote {
             message: e.message,
             hint: e.hint,
+            untrusted: e.untrusted,
         },
         Err(_) => Error::Remote {
             message: String::from_utf8_lossy(payload).into_owned(),
             hint: None,
+            untrusted: false,
         },
     }
 }
@@ -328,8 +333,8 @@ pub fn send(
     progress(Progress { sent, total });
     // Deltas cost CPU (reading the base chunks, matching against them): a batch of chunks is
     // encoded on every core, then written in order.
+    let base_id = base.as_ref().map(|(b, _, _)| *b);
     for batch in want.chunks(WIRE_BATCH) {
-        let base_id = base.as_ref().map(|(b, _, _)| *b);
         let forms = crate::par::map(batch, |h| {
             encoded.get(h, base_id, || wire_form(store, h, places.as_ref()))
         });
@@ -461,7 +466,18 @@ impl<'a> Places<'a> {
 /// Refuses a transfer before it starts (the receiver cannot take it): the sender's next
 /// read gets `message` and `hint` as the error.
 pub fn refuse(output: &mut impl Write, message: String, hint: Option<String>) {
-    let body = serde_json::to_vec(&WireErr { message, hint }).expect("serialises");
+    refuse_with(
+        output,
+        WireErr {
+            message,
+            hint,
+            untrusted: false,
+        },
+    );
+}
+
+fn refuse_with(output: &mut impl Write, e: WireErr) {
+    let body = serde_json::to_vec(&e).expect("serialises");
     let _ = write_record(output, TAG_ERROR, &[&body]);
     let _ = output.flush();
 }
@@ -475,7 +491,14 @@ pub fn receive(store: &Store, mut input: impl Read, mut output: impl Write) -> R
             let body = serde_json::to_vec(r).expect("serialises");
             write_record(&mut output, TAG_DONE, &[&body]).map_err(io("<sender>"))?;
         }
-        Err(e) => refuse(&mut output, e.to_string(), e.hint()),
+        Err(e) => refuse_with(
+            &mut output,
+            WireErr {
+                message: e.to_string(),
+                hint: e.hint(),
+                untrusted: matches!(e, Error::Untrusted { .. }),
+            },
+        ),
     }
     let _ = output.flush();
     result
@@ -703,22 +726,78 @@ mod tests {
         to_root: &std::path::Path,
         id: &Hash,
     ) -> (Result<Sent>, Result<Received>) {
+        transfer_with(from, to_root, id, &Encoded::default())
+    }
+
+    fn transfer_with(
+        from: &Store,
+        to_root: &std::path::Path,
+        id: &Hash,
+        encoded: &Encoded,
+    ) -> (Result<Sent>, Result<Received>) {
         let (a, b) = UnixStream::pair().unwrap();
         let root = to_root.to_owned();
         let t = std::thread::spawn(move || {
             let store = store_in(&root);
             receive(&store, b.try_clone().unwrap(), b)
         });
-        let sent = send(
-            from,
-            id,
-            &Encoded::default(),
-            a.try_clone().unwrap(),
-            a,
-            "peer",
-            |_| {},
-        );
+        let sent = send(from, id, encoded, a.try_clone().unwrap(), a, "peer", |_| {});
         (sent, t.join().unwrap())
+    }
+
+    #[test]
+    fn sends_of_one_release_share_its_encoded_chunks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("big.bin"), noise(2 << 20, 3)).unwrap();
+        std::fs::write(src.join("small.txt"), "v1").unwrap();
+        let a_root = tmp.path().join("a");
+        let a = store_in(&a_root);
+        let v1 = release(&a, &src, "1");
+        let key = a.keys().public_key().unwrap();
+        let (b_root, c_root) = (tmp.path().join("b"), tmp.path().join("c"));
+        for r in [&b_root, &c_root] {
+            store_in(r).keys().trust(&key, "deployer").unwrap();
+        }
+        let shared = Encoded::default();
+        let (sent, got) = transfer_with(&a, &b_root, &v1, &shared);
+        sent.unwrap();
+        got.unwrap();
+
+        // The sender's chunks are gone: only what the first send encoded can serve the second.
+        fn packs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    packs(&p, out);
+                } else if p.extension().is_some_and(|x| x == "pack") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        packs(&a_root, &mut found);
+        assert!(!found.is_empty());
+        for p in &found {
+            std::fs::remove_file(p).unwrap();
+        }
+        let a = store_in(&a_root);
+        let (sent, _) = transfer(&a, &c_root, &v1);
+        assert!(
+            sent.is_err(),
+            "without the shared forms the chunks cannot be read"
+        );
+        let (sent, got) = transfer_with(&a, &c_root, &v1, &shared);
+        sent.unwrap();
+        got.unwrap();
+        assert!(
+            store_in(&c_root)
+                .verify(Some(&v1))
+                .unwrap()
+                .problems
+                .is_empty()
+        );
     }
 
     use crate::chunk::tests::noise;

@@ -84,7 +84,7 @@ pub enum ServeOp {
     /// failed transfer ends the session.
     Receive,
     /// `request` goes to the host's agent, whose lines (events, logs, the `Reply`) come back.
-    /// Until the deployer sends `SERVE_END`, its lines (a `Confirm`) go to the agent too;
+    /// Until the deployer sends an `EndOp`, its lines (a `Confirm`) go to the agent too;
     /// when stdin ends instead, the agent sees the deployer is gone.
     Agent { request: serde_json::Value },
     /// Appends the audit entry, then gives back the lock held with `token`; answered with a
@@ -97,7 +97,10 @@ pub enum ServeOp {
 }
 
 /// The line that ends an `Agent` op, sent by the deployer once it has the reply.
-pub const SERVE_END: &str = r#"{"end":true}"#;
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EndOp {
+    pub end: bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockRequest {
@@ -267,11 +270,7 @@ fn serve(root: &Path) -> anyhow::Result<()> {
     let answer = |r: anyhow::Result<serde_json::Value>| -> anyhow::Result<()> {
         let reply = match r {
             Ok(v) => drover_wire::Reply::Ok(v),
-            Err(e) => drover_wire::Reply::Error(drover_wire::WireError {
-                message: format!("{e:#}"),
-                hint: crate::output::hint_of(&e),
-                details: Vec::new(),
-            }),
+            Err(e) => error_reply(format!("{e:#}"), crate::output::hint_of(&e)),
         };
         drover_wire::write_line(&mut std::io::stdout().lock(), &reply)?;
         Ok(())
@@ -327,8 +326,16 @@ fn serve(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn error_reply(message: String, hint: Option<String>) -> drover_wire::Reply {
+    drover_wire::Reply::Error(drover_wire::WireError {
+        message,
+        hint,
+        details: Vec::new(),
+    })
+}
+
 /// One `Agent` op: the request to the agent's socket, its lines to stdout until its reply;
-/// the deployer's lines to the agent until `SERVE_END`. `false` when stdin ended (the
+/// the deployer's lines to the agent until an `EndOp`. `false` when stdin ended (the
 /// deployer is gone: the agent is told by the socket's write side closing).
 fn agent_op(
     root: &Path,
@@ -341,15 +348,6 @@ fn agent_op(
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.flush())
     };
-    let refuse = |message: String, hint: Option<String>| -> anyhow::Result<()> {
-        let reply = drover_wire::Reply::Error(drover_wire::WireError {
-            message,
-            hint,
-            details: Vec::new(),
-        });
-        to_stdout(&serde_json::to_string(&reply)?)?;
-        Ok(())
-    };
     let connected = UnixStream::connect(client::socket(root)).and_then(|sock| {
         let mut to_agent = sock.try_clone()?;
         drover_wire::write_line(&mut to_agent, request)?;
@@ -357,10 +355,11 @@ fn agent_op(
     });
     let pump = match connected {
         Err(e) => {
-            refuse(
+            let reply = error_reply(
                 format!("no drover agent answers for {} ({e})", root.display()),
                 Some("run `drover host setup` for this host, which starts it".into()),
-            )?;
+            );
+            drover_wire::write_line(&mut std::io::stdout().lock(), &reply)?;
             None
         }
         Ok((sock, to_agent)) => {
@@ -370,12 +369,11 @@ fn agent_op(
                     let line = match drover_wire::read_line(&mut from_agent) {
                         Ok(Some(l)) => l,
                         _ => {
-                            let reply = drover_wire::Reply::Error(drover_wire::WireError {
-                                message: "the agent closed the connection before answering".into(),
-                                hint: None,
-                                details: Vec::new(),
-                            });
-                            let _ = to_stdout(&serde_json::to_string(&reply).unwrap_or_default());
+                            let reply = error_reply(
+                                "the agent closed the connection before answering".into(),
+                                None,
+                            );
+                            let _ = drover_wire::write_line(&mut std::io::stdout().lock(), &reply);
                             break;
                         }
                     };
@@ -393,7 +391,7 @@ fn agent_op(
             Some((to_agent, pump))
         }
     };
-    let mut to_agent = pump.as_ref().map(|(s, _)| s);
+    let mut to_agent: Option<&UnixStream> = pump.as_ref().map(|(s, _)| s);
     let mut open = true;
     loop {
         match drover_wire::read_line(input)? {
@@ -401,13 +399,12 @@ fn agent_op(
                 open = false;
                 break;
             }
-            Some(l) if l == SERVE_END => break,
+            Some(l) if serde_json::from_str::<EndOp>(&l).is_ok_and(|e| e.end) => break,
             Some(l) => {
-                if let Some(sock) = to_agent.as_mut() {
-                    let mut w: &UnixStream = sock;
-                    if w.write_all(format!("{l}\n").as_bytes()).is_err() {
-                        to_agent = None;
-                    }
+                if let Some(mut sock) = to_agent
+                    && sock.write_all(format!("{l}\n").as_bytes()).is_err()
+                {
+                    to_agent = None;
                 }
             }
         }

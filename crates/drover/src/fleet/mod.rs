@@ -11,7 +11,6 @@ pub mod progress;
 pub mod ssh;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -19,7 +18,7 @@ use drover_wire::{AuditEntry, Line, Reply, Request};
 use serde::Serialize;
 
 use crate::client;
-use crate::commands::remote::{self, Hello, LockRequest, SERVE_END, ServeOp};
+use crate::commands::remote::{EndOp, Hello, LockRequest, ServeOp};
 use crate::output::{self, hinted};
 pub use progress::Progress;
 pub use ssh::{HostError, OpError, Serve, Session, SshSettings};
@@ -308,28 +307,26 @@ pub fn agent_call(
                 Err(_) => {}
             }
         };
-        let w = sv.writer()?;
-        w.write_all(SERVE_END.as_bytes())?;
-        w.write_all(b"\n")?;
-        w.flush()?;
+        sv.send(&EndOp { end: true })?;
         match reply {
             Reply::Ok(v) => Ok(v),
-            Reply::Error(e) => Err(OpError::Host(HostError {
-                message: format!(
-                    "{}: {}{}",
-                    s.name,
-                    e.message,
-                    if e.details.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", e.details.join("; "))
-                    }
-                ),
-                hint: e.hint,
-                unreachable: false,
-            })),
+            Reply::Error(e) => Err(OpError::Host(wire_error(s, e))),
         }
     })
+}
+
+/// An error the host answered with, as this host's error.
+fn wire_error(s: &Session, e: drover_wire::WireError) -> HostError {
+    let details = if e.details.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", e.details.join("; "))
+    };
+    HostError {
+        message: format!("{}: {}{details}", s.name, e.message),
+        hint: e.hint,
+        unreachable: false,
+    }
 }
 
 /// Whether a transfer error is about the stream to `host` (errors about this machine's own
@@ -352,11 +349,7 @@ fn serve_reply<T: serde::de::DeserializeOwned>(s: &Session, sv: &mut Serve) -> R
                 s.name
             )))
         }),
-        Ok(Reply::Error(e)) => Err(OpError::Host(HostError {
-            message: format!("{}: {}", s.name, e.message),
-            hint: e.hint,
-            unreachable: false,
-        })),
+        Ok(Reply::Error(e)) => Err(OpError::Host(wire_error(s, e))),
         Err(e) => Err(OpError::Broken(format!("unexpected answer ({e})"))),
     }
 }
@@ -417,9 +410,13 @@ pub fn transfer(
             });
         match sent {
             Ok(sent) => Ok(sent),
-            Err(drover_store::Error::Remote { message, hint }) => {
+            Err(drover_store::Error::Remote {
+                message,
+                hint,
+                untrusted,
+            }) => {
                 // The host's own hint speaks of its store; from here, setup is the fix.
-                let hint = if message.contains("which this store does not trust") {
+                let hint = if untrusted {
                     Some(format!(
                         "`drover host setup {}` trusts this machine's signing key there",
                         s.name
@@ -490,17 +487,6 @@ impl<'a> Locks<'a> {
                         }),
                     })?;
                     serve_reply::<Hello>(s, sv)
-                });
-                // A drover too old or too new to serve: say which build it runs.
-                let hello = hello.or_else(|e| match self::hello(s) {
-                    Ok(h) if !e.unreachable && h.build != build => Ok(Hello {
-                        lock: Some(remote::LockOutcome {
-                            acquired: false,
-                            holder: None,
-                        }),
-                        ..h
-                    }),
-                    _ => Err(e),
                 });
                 (*s, hello)
             })

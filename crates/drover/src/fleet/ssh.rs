@@ -158,23 +158,42 @@ impl Serve {
         drop(to_host);
         drop(from_host);
         let deadline = Instant::now() + grace;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                _ => {
-                    let _ = child.kill();
-                    break child.wait().ok();
-                }
-            }
-        };
+        let status = wait_until(&mut child, deadline).ok().flatten();
         // The master connection may hold the session's stderr open a while longer.
         let stderr = stderr
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_default();
         (status, stderr)
+    }
+}
+
+/// Reads `r` to its end on a thread of its own; the bytes arrive on the channel.
+fn drain(mut r: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = r.read_to_end(&mut b);
+        let _ = tx.send(b);
+    });
+    rx
+}
+
+/// Waits for `child` until `deadline`; `None` when it was still running then (it is killed
+/// and reaped).
+fn wait_until(
+    child: &mut Child,
+    deadline: Instant,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(Some(st));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -319,8 +338,21 @@ impl Session {
         self.serve_within(Some(self.deadline()), op)
     }
 
+    /// How long a short command may take before the connection counts as stalled.
     fn deadline(&self) -> Duration {
         self.settings.timeout * 3 + Duration::from_secs(30)
+    }
+
+    fn stalled(&self) -> HostError {
+        HostError {
+            message: format!(
+                "{}: no answer within {}s (the connection stalled)",
+                self.name,
+                self.deadline().as_secs()
+            ),
+            hint: None,
+            unreachable: true,
+        }
     }
 
     fn serve_within<R>(
@@ -355,15 +387,7 @@ impl Session {
         }
         if stalled.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = slot.take().expect("started").end(Duration::from_secs(2));
-            return Err(HostError {
-                message: format!(
-                    "{}: no answer within {}s (the connection stalled)",
-                    self.name,
-                    limit.unwrap_or_default().as_secs()
-                ),
-                hint: None,
-                unreachable: true,
-            });
+            return Err(self.stalled());
         }
         match result {
             Ok(r) => Ok(r),
@@ -376,15 +400,11 @@ impl Session {
                 let (status, stderr) = slot.take().expect("started").end(Duration::from_secs(5));
                 let text = String::from_utf8_lossy(&stderr);
                 if text.contains("unrecognized subcommand") {
-                    // A drover from before `remote serve`.
-                    return Err(HostError::new(format!(
-                        "{}: runs another drover build (one without `remote serve`)",
-                        self.name
-                    ))
-                    .hint(format!(
-                        "`drover host setup {}` installs this drover there",
-                        self.name
-                    )));
+                    // A drover without `remote serve`: which build it runs, and the fix.
+                    let other = super::hello(self).and_then(|h| super::check_version(self, &h));
+                    return Err(other.err().unwrap_or_else(|| {
+                        HostError::new(format!("{}: {}", self.name, text.trim()))
+                    }));
                 }
                 match status {
                     // Ended by ssh (255), missing (127), or failing on the host with words.
@@ -417,13 +437,7 @@ impl Session {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", self.name)))?;
-        let mut err = child.stderr.take().expect("piped");
-        let (errs, stderr) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = err.read_to_end(&mut b);
-            let _ = errs.send(b);
-        });
+        let stderr = drain(child.stderr.take().expect("piped"));
         Ok(Serve {
             to_host: Some(BufWriter::with_capacity(
                 64 << 10,
@@ -490,39 +504,18 @@ impl Session {
         let feeder = std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
         });
-        let mut stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let err_reader = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = stderr.read_to_end(&mut b);
-            b
-        });
-        let out_reader = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = stdout.read_to_end(&mut b);
-            b
-        });
-        let deadline = Instant::now() + self.settings.timeout * 3 + Duration::from_secs(30);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(HostError::new(format!(
-                        "{}: no answer (the connection stalled)",
-                        self.name
-                    )));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(HostError::new(format!("{}: {e}", self.name))),
-            }
+        let stdout = drain(child.stdout.take().expect("piped"));
+        let stderr = drain(child.stderr.take().expect("piped"));
+        let status = match wait_until(&mut child, Instant::now() + self.deadline()) {
+            Ok(Some(st)) => st,
+            Ok(None) => return Err(self.stalled()),
+            Err(e) => return Err(HostError::new(format!("{}: {e}", self.name))),
         };
         let _ = feeder.join();
         Ok(Output {
             status,
-            stdout: out_reader.join().unwrap_or_default(),
-            stderr: err_reader.join().unwrap_or_default(),
+            stdout: stdout.recv().unwrap_or_default(),
+            stderr: stderr.recv().unwrap_or_default(),
         })
     }
 
