@@ -61,54 +61,70 @@ fn seen_path(store: &Store, dir: &Path) -> Option<std::path::PathBuf> {
     Some(store.dir().join("builds").join(format!("{key}.json")))
 }
 
-/// The files of the last build of `dir` (path -> identity, hash, chunks), if it is known
-/// and its release is still in the store.
-fn load_seen(store: &Store, dir: &Path) -> HashMap<String, ([i64; 5], Hash, Vec<ChunkRef>)> {
-    let mut out = HashMap::new();
-    let Some(seen) = seen_path(store, dir)
-        .and_then(|p| fs::read(p).ok())
+/// What the last build of a directory left: its release, and its files (path -> identity,
+/// hash, chunks) when that release is still in the store.
+#[derive(Default)]
+struct Before {
+    release: Option<Hash>,
+    files: HashMap<String, ([i64; 5], Hash, Vec<ChunkRef>)>,
+}
+
+fn load_seen(store: &Store, path: &Path) -> Before {
+    let Some(seen) = fs::read(path)
+        .ok()
         .and_then(|b| serde_json::from_slice::<Seen>(&b).ok())
     else {
-        return out;
+        return Before::default();
     };
     let Ok(manifest) = store.manifest(&seen.release) else {
-        return out;
+        return Before::default();
     };
-    let mut files = seen.files;
+    let mut ids = seen.files;
+    let mut files = HashMap::with_capacity(ids.len());
     for e in manifest.entries {
         if let Entry::File {
             path, hash, chunks, ..
         } = e
-            && let Some(id) = files.remove(&path)
+            && let Some(id) = ids.remove(&path)
         {
-            out.insert(path, (id, hash, chunks));
+            files.insert(path, (id, hash, chunks));
         }
     }
-    out
+    Before {
+        release: Some(seen.release),
+        files,
+    }
 }
 
-/// Records what this build saw (best effort: without it the next build reads every file).
-/// `started`: when the build began looking at the files (ns since the epoch).
+/// Records what this build saw (best effort: without it the next build reads every file),
+/// unless that is what the record says already. `started`: when the build began looking at
+/// the files (ns since the epoch).
 fn save_seen(
     store: &Store,
-    dir: &Path,
+    path: &Path,
+    before: &Before,
     release: Hash,
     files: HashMap<String, [i64; 5]>,
     started: i64,
 ) {
-    let Some(path) = seen_path(store, dir) else {
-        return;
-    };
-    let files = files
+    let files: HashMap<String, [i64; 5]> = files
         .into_iter()
         .filter(|(_, id)| id[3] < started - SETTLE && id[4] < started - SETTLE)
         .collect();
+    let same = before.release == Some(release)
+        && files.len() == before.files.len()
+        && files
+            .iter()
+            .all(|(p, id)| before.files.get(p).is_some_and(|b| b.0 == *id));
+    if same {
+        return;
+    }
     let Ok(body) = serde_json::to_vec(&Seen { release, files }) else {
         return;
     };
     let tmp = store.tmp_path("seen");
     let _ = fs::create_dir_all(path.parent().expect("has a parent"));
-    if fs::write(&tmp, body).is_ok() && fs::rename(&tmp, &path).is_err() {
+    if fs::write(&tmp, body).is_ok() && fs::rename(&tmp, path).is_err() {
         let _ = fs::remove_file(&tmp);
     }
 }
@@ -149,11 +165,14 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let mut walked = Vec::new();
     walk(input.dir, input.dir, "", input.exclude, &mut walked)?;
     walked.sort_by(|a, b| walked_path(a).as_bytes().cmp(walked_path(b).as_bytes()));
-    let seen_before = if input.remember {
-        load_seen(store, input.dir)
-    } else {
-        HashMap::new()
-    };
+    let record = input
+        .remember
+        .then(|| seen_path(store, input.dir))
+        .flatten();
+    let before = record
+        .as_deref()
+        .map(|p| load_seen(store, p))
+        .unwrap_or_default();
 
     // Files, biggest first, spread over all cores.
     let mut files: Vec<(usize, &str, u64, [i64; 5])> = walked
@@ -173,8 +192,8 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let packs = store.pack_writer();
     let results = crate::par::map(&files, |(_, rel, size, id)| {
         // Untouched since the last build, its chunks still here: nothing to read.
-        if let Some((before, hash, chunks)) = seen_before.get(*rel)
-            && before == id
+        if let Some((was, hash, chunks)) = before.files.get(*rel)
+            && was == id
             && chunks.iter().all(|c| store.has_chunk(&c.0))
         {
             unchanged.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +250,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
         Ok((hash, chunks, total))
     });
 
-    let identities: HashMap<String, [i64; 5]> = if input.remember {
+    let identities: HashMap<String, [i64; 5]> = if record.is_some() {
         files
             .iter()
             .map(|(_, rel, _, id)| (rel.to_string(), *id))
@@ -281,8 +300,8 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let id = manifest.id();
     let sig = store.keys().sign(&id)?;
     let committed = store.commit_release(&manifest, &sig)?;
-    if input.remember {
-        save_seen(store, input.dir, id, identities, started);
+    if let Some(path) = &record {
+        save_seen(store, path, &before, id, identities, started);
     }
     let chunk_count = manifest.chunk_set().len();
     Ok(Built {
