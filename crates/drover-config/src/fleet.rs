@@ -41,6 +41,13 @@ pub struct Ssh {
     /// (ssh `ControlPersist`); "0s" closes it when each command ends.
     #[serde(default = "default_persist")]
     pub persist: Seconds,
+    /// drover opens each host's TCP connection itself and relays it to ssh (as its
+    /// ProxyCommand), sending at once and acknowledging at once: ssh's own socket waits on
+    /// delayed acknowledgements (~40 ms, twice) until its first session runs. Never used for
+    /// a host whose ssh config sets ProxyCommand, ProxyJump, BindAddress or BindInterface;
+    /// `false` leaves every connection to ssh.
+    #[serde(default = "default_relay")]
+    pub relay: bool,
 }
 
 impl Default for Ssh {
@@ -55,6 +62,7 @@ impl Default for Ssh {
             parallel: default_parallel(),
             root: default_remote_root(),
             persist: default_persist(),
+            relay: default_relay(),
         }
     }
 }
@@ -65,6 +73,10 @@ fn default_ssh_timeout() -> Seconds {
 
 fn default_persist() -> Seconds {
     Seconds(std::time::Duration::from_secs(60))
+}
+
+fn default_relay() -> bool {
+    true
 }
 
 fn default_parallel() -> usize {

@@ -5,10 +5,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Applies `f` to every item using all cores; results keep the input order.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    map_on(usize::MAX, items, f)
+}
+
+/// `map` on at most `limit` threads, and no more than the cores (1: on the caller's own).
+pub fn map_on<T: Sync, R: Send>(limit: usize, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+        .min(limit)
         .min(items.len().max(1));
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|s| {
@@ -41,5 +50,6 @@ mod tests {
             v.iter().map(|x| x * 2).collect::<Vec<_>>()
         );
         assert!(super::map(&Vec::<u32>::new(), |x| *x).is_empty());
+        assert_eq!(super::map_on(1, &v, |x| x + 1)[999], 1000);
     }
 }

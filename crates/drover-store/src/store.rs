@@ -559,13 +559,29 @@ impl Store {
         dest: &Path,
         read_only: bool,
     ) -> Result<Vec<Unstamped>> {
-        // The cache files first, on every core (reading, decompressing and hashing chunks,
-        // re-checking cache files already there); then the directories; then, on every core,
-        // the files as links to them.
+        tree_dirs(manifest, dest)?;
+        let unstamped = self.tree_entries(manifest, dest, &|_| true, CORES)?;
+        if read_only {
+            seal_dirs(manifest, dest)?;
+        }
+        Ok(unstamped)
+    }
+
+    /// Writes the entries of a tree (not its directories, already made) that `which` picks:
+    /// the cache files first, on up to `threads` threads (reading, decompressing and hashing
+    /// chunks, re-checking cache files already there); then the files as links to them.
+    fn tree_entries(
+        &self,
+        manifest: &Manifest,
+        dest: &Path,
+        which: &(dyn Fn(&Entry) -> bool + Sync),
+        threads: usize,
+    ) -> Result<Vec<Unstamped>> {
         let mut seen = HashSet::new();
         let mut files: Vec<(&Hash, u32, u64, &[crate::manifest::ChunkRef])> = manifest
             .entries
             .iter()
+            .filter(|e| which(e))
             .filter_map(|e| match e {
                 Entry::File {
                     mode,
@@ -579,7 +595,7 @@ impl Store {
             .collect();
         // Biggest first, so no core is left with a big file at the end.
         files.sort_by_key(|f| std::cmp::Reverse(f.2));
-        let cached = crate::par::map(&files, |(hash, mode, size, chunks)| {
+        let cached = crate::par::map_on(threads, &files, |(hash, mode, size, chunks)| {
             self.cached_file(hash, *mode, *size, chunks)
         });
         let mut cache: HashMap<(Hash, u32), PathBuf> = HashMap::with_capacity(files.len());
@@ -589,23 +605,14 @@ impl Store {
             unstamped.extend(seen);
             cache.insert((**hash, *mode), path);
         }
-        fs::create_dir(dest).at(dest)?;
-        let mut dirs = Vec::new();
-        for entry in &manifest.entries {
-            if let Entry::Dir { .. } = entry {
-                let path = dest.join(entry.path());
-                fs::create_dir(&path).at(&path)?;
-                dirs.push(path);
-            }
-        }
         let others: Vec<&Entry> = manifest
             .entries
             .iter()
-            .filter(|e| !matches!(e, Entry::Dir { .. }))
+            .filter(|e| !matches!(e, Entry::Dir { .. }) && which(e))
             .collect();
         // In slices, so each thread takes a run of entries (they share directories).
         let slices: Vec<&[&Entry]> = others.chunks(64).collect();
-        let written = crate::par::map(&slices, |slice| -> Result<()> {
+        let written = crate::par::map_on(threads, &slices, |slice| -> Result<()> {
             for entry in slice.iter() {
                 let path = dest.join(entry.path());
                 match entry {
@@ -626,16 +633,53 @@ impl Store {
         for r in written {
             r?;
         }
-        if read_only {
-            for d in dirs
-                .iter()
-                .rev()
-                .chain(std::iter::once(&dest.to_path_buf()))
-            {
-                fs::set_permissions(d, fs::Permissions::from_mode(0o555)).at(d)?;
-            }
-        }
         Ok(unstamped)
+    }
+
+    /// Starts a release's tree while its missing chunks are still arriving (the release is
+    /// not committed yet): its directories, symlinks and the files whose chunks are all
+    /// here (`present`), on one thread, so the transfer keeps the other cores. `None` when
+    /// the tree is there already. `finish_tree` completes it once the release is committed.
+    pub fn draft_tree(
+        &self,
+        manifest: &Manifest,
+        present: &(dyn Fn(&Hash) -> bool + Sync),
+    ) -> Result<Option<Draft>> {
+        let id = Hash::of(&manifest.to_bytes());
+        if self.tree_path(&id).exists() {
+            return Ok(None);
+        }
+        // Removed again when anything below fails.
+        let mut draft = Draft {
+            id,
+            tmp: self.tmp_path("tree"),
+            unstamped: Vec::new(),
+        };
+        tree_dirs(manifest, &draft.tmp)?;
+        draft.unstamped = self.tree_entries(manifest, &draft.tmp, &|e| drafted(e, present), 1)?;
+        Ok(Some(draft))
+    }
+
+    /// Completes a drafted tree (the entries `present` left out), makes it durable and puts
+    /// it in place, as `materialise` would have. The release must be committed.
+    pub fn finish_tree(
+        &self,
+        mut draft: Draft,
+        manifest: &Manifest,
+        present: &(dyn Fn(&Hash) -> bool + Sync),
+    ) -> Result<PathBuf> {
+        let dest = self.tree_path(&draft.id);
+        if !self.has_release(&draft.id) {
+            return Err(Error::NotFound(draft.id.to_hex()));
+        }
+        let rest = self.tree_entries(manifest, &draft.tmp, &|e| !drafted(e, present), CORES)?;
+        draft.unstamped.extend(rest);
+        seal_dirs(manifest, &draft.tmp)?;
+        self.make_durable(&draft.tmp, &draft.unstamped)?;
+        fs::rename(&draft.tmp, &dest)
+            .or_else(|e| if dest.exists() { Ok(()) } else { Err(e) })
+            .at(&dest)?;
+        Ok(dest)
     }
 
     // ---- verify ---------------------------------------------------------------
@@ -1063,6 +1107,62 @@ pub fn hash_file(path: &Path) -> Result<Hash> {
 }
 
 /// Removes a tree even where it was made read-only.
+/// As many threads as there are cores (see `par::map_on`).
+const CORES: usize = usize::MAX;
+
+/// A release tree begun by `Store::draft_tree`; removed unless `finish_tree` put it in place.
+pub struct Draft {
+    id: Hash,
+    tmp: PathBuf,
+    unstamped: Vec<Unstamped>,
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        if self.tmp.exists() {
+            remove_tree(&self.tmp);
+        }
+    }
+}
+
+/// Whether a draft writes `entry` (directories are always written first).
+fn drafted(entry: &Entry, present: &(dyn Fn(&Hash) -> bool + Sync)) -> bool {
+    match entry {
+        Entry::Dir { .. } | Entry::Symlink { .. } => true,
+        Entry::File { chunks, .. } => chunks.iter().all(|c| present(&c.0)),
+    }
+}
+
+/// Makes a tree's root (`dest`, which must not exist) and its directories.
+fn tree_dirs(manifest: &Manifest, dest: &Path) -> Result<()> {
+    fs::create_dir(dest).at(dest)?;
+    for entry in &manifest.entries {
+        if let Entry::Dir { .. } = entry {
+            let path = dest.join(entry.path());
+            fs::create_dir(&path).at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a written tree's directories read-only, deepest first.
+fn seal_dirs(manifest: &Manifest, dest: &Path) -> Result<()> {
+    let dirs = manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Dir { .. }))
+        .map(|e| dest.join(e.path()))
+        .collect::<Vec<_>>();
+    for d in dirs
+        .iter()
+        .rev()
+        .chain(std::iter::once(&dest.to_path_buf()))
+    {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o555)).at(d)?;
+    }
+    Ok(())
+}
+
 pub fn remove_tree(path: &Path) {
     if let Ok(meta) = fs::symlink_metadata(path) {
         if meta.is_dir() {

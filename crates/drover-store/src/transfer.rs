@@ -586,9 +586,18 @@ fn receive_inner(
     }
     write_record(output, TAG_WANT, &[&list]).map_err(io(what))?;
     output.flush().map_err(io(what))?;
-    let mut pending: HashSet<Hash> = want.iter().copied().collect();
+    let wanted: HashSet<Hash> = want.iter().copied().collect();
+    let mut pending = wanted.clone();
+    let present = |h: &Hash| !wanted.contains(h);
     let packs = store.pack_writer().seal_every(RECEIVE_PACK);
-    let arrived = receive_chunks(store, input, &mut pending, &packs);
+    // A received release is deployed next: its tree is begun while the chunks arrive (the
+    // files it already has), and finished once it is committed. Only a head start: when
+    // that fails, `materialise` does the whole tree when the release is deployed.
+    let (arrived, draft) = std::thread::scope(|s| {
+        let draft = s.spawn(|| store.draft_tree(&manifest, &present));
+        let arrived = receive_chunks(store, input, &mut pending, &packs);
+        (arrived, draft.join())
+    });
     // What arrived, verified, is kept even when the transfer broke off: the next one resumes.
     let sealed = packs.finish();
     arrived?;
@@ -600,6 +609,9 @@ fn receive_inner(
         ));
     }
     store.commit_release(&manifest, &sig)?;
+    if let Ok(Ok(Some(draft))) = draft {
+        let _ = store.finish_tree(draft, &manifest, &present);
+    }
     Ok(Received {
         release: id.to_hex(),
         app: manifest.app,
@@ -718,6 +730,18 @@ mod tests {
         )
         .unwrap()
         .release
+    }
+
+    /// Trees begun and not put in place (under the store's `tmp/`).
+    fn leftover_trees(store: &Store) -> usize {
+        let tmp = store.tmp_path("x");
+        std::fs::read_dir(tmp.parent().unwrap())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("tree-"))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Runs a receive on its own thread over a socket pair; returns both ends' results.
@@ -863,6 +887,12 @@ mod tests {
                 .problems
                 .is_empty()
         );
+        // Its tree was written while it arrived (the unchanged file) and after (the changed
+        // one): in place, whole, with nothing left over.
+        let tree = store_in(&b_root).tree_path(&v2);
+        assert_eq!(std::fs::read(tree.join("big.bin")).unwrap(), big);
+        assert_eq!(std::fs::read(tree.join("small.txt")).unwrap(), b"v1");
+        assert_eq!(leftover_trees(&store_in(&b_root)), 0);
 
         // Again: nothing but the manifest.
         let (sent, _) = transfer(&a, &b_root, &v2);
@@ -1013,6 +1043,9 @@ mod tests {
         drop(w);
         assert!(!b.has_release(&v1));
         assert!(!b.has_chunk(&wanted[2]));
+        // No tree, and no part of one.
+        assert!(!b.tree_path(&v1).exists());
+        assert_eq!(leftover_trees(&b), 0);
 
         // The next attempt asks only for what is still missing.
         let (sent, got) = transfer(&a, &b_root, &v1);

@@ -1,5 +1,6 @@
-//! `drover remote ...`: what a fleet deploy runs on each host, over ssh. Not for people:
-//! every subcommand reads and writes a machine format on stdin and stdout.
+//! `drover remote ...`: what a fleet deploy runs on each host, over ssh (and, as `relay`,
+//! under the controller's ssh). Not for people: every subcommand reads and writes a machine
+//! format on stdin and stdout.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -53,6 +54,18 @@ pub enum RemoteCommand {
     AuditRead {
         #[arg(long = "env")]
         environment: Option<String>,
+    },
+    /// Not on a host: the controller's ssh runs this as its ProxyCommand. Connects to
+    /// HOST:PORT and relays the connection to stdin/stdout, sending and acknowledging at once.
+    Relay {
+        host: String,
+        port: u16,
+        /// any, inet or inet6 (ssh's AddressFamily).
+        #[arg(long, default_value = "any")]
+        family: String,
+        /// Seconds to wait for the connection (ssh's ConnectTimeout).
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
     },
 }
 
@@ -198,6 +211,18 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&h)?);
         }
         RemoteCommand::Serve => serve(root)?,
+        RemoteCommand::Relay {
+            host,
+            port,
+            family,
+            timeout,
+        } => {
+            let timeout = std::time::Duration::from_secs(timeout.max(1));
+            if let Err(message) = crate::fleet::relay::run(&host, port, &family, timeout) {
+                eprintln!("ssh: {message}");
+                std::process::exit(255);
+            }
+        }
         RemoteCommand::HostKey => super::secrets::run_host(
             root,
             super::secrets::HostArgs {

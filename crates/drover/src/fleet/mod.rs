@@ -8,6 +8,7 @@
 //! `drover remote serve` session per host.
 
 pub mod progress;
+pub mod relay;
 pub mod ssh;
 
 use std::collections::BTreeMap;

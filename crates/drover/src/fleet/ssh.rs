@@ -55,6 +55,8 @@ pub struct SshSettings {
     /// How long a master connection stays open after the last command used it, for the next
     /// command to reuse (zero: closed with each command).
     pub persist: Duration,
+    /// Whether drover may open the TCP connection for ssh (see `relay`).
+    pub relay: bool,
 }
 
 impl SshSettings {
@@ -69,6 +71,7 @@ impl SshSettings {
             timeout: ssh.timeout.0,
             remote_root: ssh.root.clone(),
             persist: ssh.persist.0,
+            relay: ssh.relay,
         }
     }
 }
@@ -269,6 +272,12 @@ impl Session {
         let log = std::fs::File::create(&master_log)
             .map_err(|e| HostError::new(format!("{}: {e}", master_log.display())))?;
         let mut cmd = base_command(&spec, settings, &ctl);
+        if settings.relay
+            && let Some(proxy) =
+                super::relay::proxy_command(&mut base_command(&spec, settings, &ctl), &spec.host)
+        {
+            cmd.arg("-o").arg(format!("ProxyCommand={proxy}"));
+        }
         cmd.args(["-M", "-N", "-o"])
             .arg(if settings.persist.is_zero() {
                 "ControlPersist=no".to_string()

@@ -643,3 +643,66 @@ fn roles_choose_each_hosts_processes_and_config_layer() {
         run.stderr
     );
 }
+
+/// How many `drover remote relay` processes connect to `ip` right now.
+fn relays_to(ip: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(3)
+                .any(|w| w[0] == b"remote" && w[1] == b"relay" && w[2] == ip.as_bytes())
+        })
+        .count()
+}
+
+#[test]
+fn ssh_connects_through_drovers_relay_unless_the_ssh_config_says_how() {
+    let fleet = Fleet::new(1);
+    let cx = TestContext::new();
+    let dir = fleet_app(&cx, &fleet, "1.0", "{ kind = \"all-at-once\" }", "./hello");
+    let ip = fleet.hosts[0].ip.clone();
+    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+
+    // By default drover opens the TCP connection and relays it to ssh; the relay lives as
+    // long as the (persistent) master connection, and everything goes through it.
+    let before = relays_to(&ip);
+    setup(&cx, &dir);
+    assert_eq!(relays_to(&ip), before + 1, "one relay under the new master");
+    let run = deploy(&cx, &dir).success();
+    assert_eq!(report(&run)["hosts"][0]["state"], "live", "{}", run.stdout);
+    assert_eq!(serving(&fleet, 0).as_deref(), Some("1.0"));
+
+    // A ProxyCommand in the user's ssh config (or options) is what ssh runs, not the relay.
+    let mark = cx.path("proxy-used");
+    let proxy = format!(
+        "ProxyCommand=sh -c 'echo used >> {}; exec {} remote relay %h %p'",
+        mark.display(),
+        crate::common::drover_bin().display()
+    );
+    std::fs::write(
+        dir.join("drover.toml"),
+        toml.replace("[ssh]\n", &format!("[ssh]\noptions = [{proxy:?}]\n")),
+    )
+    .unwrap();
+    let status = env_json(&cx, &dir, "status");
+    assert!(status.to_string().contains("\"h1\""), "{status}");
+    assert_eq!(
+        std::fs::read_to_string(&mark).unwrap_or_default().trim(),
+        "used",
+        "the user's ProxyCommand ran"
+    );
+
+    // `relay = false`: ssh connects by itself.
+    std::fs::write(
+        dir.join("drover.toml"),
+        toml.replace("[ssh]\n", "[ssh]\nrelay = false\n"),
+    )
+    .unwrap();
+    let before = relays_to(&ip);
+    let status = env_json(&cx, &dir, "status");
+    assert!(status.to_string().contains("\"h1\""), "{status}");
+    assert_eq!(relays_to(&ip), before, "no relay for a new master");
+}
