@@ -94,6 +94,11 @@ impl Encoder {
     }
 }
 
+/// The uncompressed object of `data`.
+pub fn raw_object(data: &[u8]) -> Vec<u8> {
+    raw(data)
+}
+
 fn raw(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(TAG_RAW);

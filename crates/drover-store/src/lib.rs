@@ -22,5 +22,6 @@ pub use hash::Hash;
 pub use keys::{Keyring, PublicKey, ReleaseSignature};
 pub use manifest::{ChunkRef, Entry, Manifest};
 pub use store::{
-    GcReport, Problem, ReleaseMeta, Store, StoreLock, VerifyReport, hash_file, remove_tree,
+    ChunkCache, GcReport, Problem, ReleaseMeta, Store, StoreLock, VerifyReport, hash_file,
+    remove_tree,
 };

@@ -223,6 +223,16 @@ impl Store {
         })
     }
 
+    /// As `read_chunk`, through `cache`: read and verified once, then shared.
+    pub fn read_chunk_cached(&self, h: &Hash, cache: &ChunkCache) -> Result<Arc<Vec<u8>>> {
+        if let Some(data) = cache.get(h) {
+            return Ok(data);
+        }
+        let data = Arc::new(self.read_chunk(h)?);
+        cache.keep(h, &data);
+        Ok(data)
+    }
+
     fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> Result<()> {
         let tmp = self.tmp_path("obj");
         self.write_via(&tmp, path, data, durable)
@@ -448,6 +458,7 @@ impl Store {
         mode: u32,
         size: u64,
         chunks: &[crate::manifest::ChunkRef],
+        cache: Option<&ChunkCache>,
     ) -> Result<(PathBuf, Option<Unstamped>)> {
         use std::os::unix::fs::MetadataExt;
         let path = self.file_path(hash, mode);
@@ -469,7 +480,10 @@ impl Store {
             let mut f = File::create(&tmp).at(&tmp)?;
             let mut hasher = blake3::Hasher::new();
             for c in chunks {
-                let data = self.read_chunk(&c.0)?;
+                let data = match cache {
+                    Some(cache) => self.read_chunk_cached(&c.0, cache)?,
+                    None => Arc::new(self.read_chunk(&c.0)?),
+                };
                 hasher.update(&data);
                 f.write_all(&data).at(&tmp)?;
             }
@@ -560,7 +574,7 @@ impl Store {
         read_only: bool,
     ) -> Result<Vec<Unstamped>> {
         tree_dirs(manifest, dest)?;
-        let unstamped = self.tree_entries(manifest, dest, &|_| true, CORES)?;
+        let unstamped = self.tree_entries(manifest, dest, &|_| true, CORES, None)?;
         if read_only {
             seal_dirs(manifest, dest)?;
         }
@@ -576,6 +590,7 @@ impl Store {
         dest: &Path,
         which: &(dyn Fn(&Entry) -> bool + Sync),
         threads: usize,
+        cache: Option<&ChunkCache>,
     ) -> Result<Vec<Unstamped>> {
         let mut seen = HashSet::new();
         let mut files: Vec<(&Hash, u32, u64, &[crate::manifest::ChunkRef])> = manifest
@@ -596,7 +611,7 @@ impl Store {
         // Biggest first, so no core is left with a big file at the end.
         files.sort_by_key(|f| std::cmp::Reverse(f.2));
         let cached = crate::par::map_on(threads, &files, |(hash, mode, size, chunks)| {
-            self.cached_file(hash, *mode, *size, chunks)
+            self.cached_file(hash, *mode, *size, chunks, cache)
         });
         let mut cache: HashMap<(Hash, u32), PathBuf> = HashMap::with_capacity(files.len());
         let mut unstamped = Vec::new();
@@ -656,23 +671,32 @@ impl Store {
             unstamped: Vec::new(),
         };
         tree_dirs(manifest, &draft.tmp)?;
-        draft.unstamped = self.tree_entries(manifest, &draft.tmp, &|e| drafted(e, present), 1)?;
+        draft.unstamped =
+            self.tree_entries(manifest, &draft.tmp, &|e| drafted(e, present), 1, None)?;
         Ok(Some(draft))
     }
 
     /// Completes a drafted tree (the entries `present` left out), makes it durable and puts
-    /// it in place, as `materialise` would have. The release must be committed.
+    /// it in place, as `materialise` would have. The release must be committed. Chunks are
+    /// read through `cache` (the transfer's: what it just decoded, and the bases it read).
     pub fn finish_tree(
         &self,
         mut draft: Draft,
         manifest: &Manifest,
         present: &(dyn Fn(&Hash) -> bool + Sync),
+        cache: &ChunkCache,
     ) -> Result<PathBuf> {
         let dest = self.tree_path(&draft.id);
         if !self.has_release(&draft.id) {
             return Err(Error::NotFound(draft.id.to_hex()));
         }
-        let rest = self.tree_entries(manifest, &draft.tmp, &|e| !drafted(e, present), CORES)?;
+        let rest = self.tree_entries(
+            manifest,
+            &draft.tmp,
+            &|e| !drafted(e, present),
+            CORES,
+            Some(cache),
+        )?;
         draft.unstamped.extend(rest);
         seal_dirs(manifest, &draft.tmp)?;
         self.make_durable(&draft.tmp, &draft.unstamped)?;
@@ -1107,6 +1131,44 @@ pub fn hash_file(path: &Path) -> Result<Hash> {
 }
 
 /// Removes a tree even where it was made read-only.
+/// Raw chunk data, verified, kept for the rest of one piece of work (a transfer): the same
+/// base chunk serves many deltas, and a received release's tree needs the chunks just
+/// decoded. Up to `CHUNK_CACHE_KEEP` bytes; beyond that, chunks are read each time.
+#[derive(Default)]
+pub struct ChunkCache {
+    map: std::sync::Mutex<HashMap<Hash, Arc<Vec<u8>>>>,
+    bytes: AtomicU64,
+}
+
+const CHUNK_CACHE_KEEP: u64 = 128 << 20;
+
+impl ChunkCache {
+    fn get(&self, h: &Hash) -> Option<Arc<Vec<u8>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(h)
+            .cloned()
+    }
+
+    /// Keeps `data`, which must be chunk `h`'s verified raw content.
+    pub fn keep(&self, h: &Hash, data: &Arc<Vec<u8>>) {
+        let size = data.len() as u64;
+        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > CHUNK_CACHE_KEEP {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            return;
+        }
+        let old = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*h, data.clone());
+        if old.is_some() {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
+}
+
 /// As many threads as there are cores (see `par::map_on`).
 const CORES: usize = usize::MAX;
 

@@ -31,7 +31,7 @@ use crate::hash::Hash;
 use crate::keys::ReleaseSignature;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::objpack::PackWriter;
-use crate::store::Store;
+use crate::store::{ChunkCache, Store};
 
 const TAG_MANIFEST: u8 = 1;
 const TAG_SIGNATURE: u8 = 2;
@@ -48,8 +48,6 @@ const TAG_DELTA: u8 = 10;
 const MAX_BASES: usize = 4;
 /// A manifest sent against a base's manifest: both must fit this window (128 MiB).
 const MANIFEST_WINDOW_LOG: u32 = 27;
-/// Around a changed chunk, how much of the base file's neighbourhood the delta may use.
-const DELTA_MARGIN: u64 = 128 << 10;
 
 const MAX_RECORD: u32 = 64 << 20;
 
@@ -191,6 +189,8 @@ pub struct Encoded {
     #[allow(clippy::type_complexity)]
     forms: std::sync::Mutex<HashMap<(Hash, Option<Hash>), Arc<std::sync::Mutex<Option<Form>>>>>,
     bytes: std::sync::atomic::AtomicU64,
+    /// The delta bases, read once: neighbouring changed chunks share them.
+    bases: ChunkCache,
 }
 
 /// A chunk's stored size and its wire form.
@@ -336,7 +336,9 @@ pub fn send(
     let base_id = base.as_ref().map(|(b, _, _)| *b);
     for batch in want.chunks(WIRE_BATCH) {
         let forms = crate::par::map(batch, |h| {
-            encoded.get(h, base_id, || wire_form(store, h, places.as_ref()))
+            encoded.get(h, base_id, || {
+                wire_form(store, h, places.as_ref(), &encoded.bases)
+            })
         });
         for (h, e) in batch.iter().zip(forms) {
             let e = e?;
@@ -384,7 +386,12 @@ enum Wire {
 
 /// A wanted chunk in its smaller form: as stored, or as a delta against the base chunks
 /// around the same place in the same file. Also the stored size (for progress).
-fn wire_form(store: &Store, h: &Hash, places: Option<&Places<'_>>) -> Result<(u64, Wire)> {
+fn wire_form(
+    store: &Store,
+    h: &Hash,
+    places: Option<&Places<'_>>,
+    bases: &ChunkCache,
+) -> Result<(u64, Wire)> {
     let object = store.chunk_object(h)?;
     let len = object.len() as u64;
     let raw = chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
@@ -392,13 +399,13 @@ fn wire_form(store: &Store, h: &Hash, places: Option<&Places<'_>>) -> Result<(u6
         id: h.to_hex(),
         reason,
     })?;
-    let delta = places.and_then(|p| p.base_for(h)).and_then(|bases| {
+    let delta = places.and_then(|p| p.base_for(h)).and_then(|bases_of_h| {
         let mut prefix = Vec::new();
-        for b in &bases {
-            prefix.extend_from_slice(&store.read_chunk(b).ok()?);
+        for b in &bases_of_h {
+            prefix.extend_from_slice(&store.read_chunk_cached(b, bases).ok()?);
         }
         let d = chunk::delta_encode(&prefix, &raw)?;
-        (d.len() + 34 + bases.len() * 32 < object.len()).then_some((bases, d))
+        (d.len() + 34 + bases_of_h.len() * 32 < object.len()).then_some((bases_of_h, d))
     });
     Ok(match delta {
         Some((bases, d)) => (len, Wire::Delta(bases, d)),
@@ -409,23 +416,15 @@ fn wire_form(store: &Store, h: &Hash, places: Option<&Places<'_>>) -> Result<(u6
 /// Where each chunk of a release sits (file and offset), and the chunks of the same file in
 /// the base release: what a changed chunk is likely to resemble.
 struct Places<'a> {
+    /// Each chunk's file, and where it sits in that file's base version: its offsets, moved
+    /// by as much as the nearest chunk both versions share moved (content inserted or
+    /// removed before it shifts everything after).
     at: std::collections::HashMap<Hash, (&'a str, u64, u64)>,
     base_files: std::collections::HashMap<&'a str, Vec<(u64, u64, Hash)>>,
 }
 
 impl<'a> Places<'a> {
     fn new(manifest: &'a Manifest, base: &'a Manifest) -> Places<'a> {
-        let mut at = std::collections::HashMap::new();
-        for e in &manifest.entries {
-            if let crate::manifest::Entry::File { path, chunks, .. } = e {
-                let mut off = 0u64;
-                for c in chunks {
-                    at.entry(c.0)
-                        .or_insert((path.as_str(), off, off + c.1 as u64));
-                    off += c.1 as u64;
-                }
-            }
-        }
         let mut base_files = std::collections::HashMap::new();
         for e in &base.entries {
             if let crate::manifest::Entry::File { path, chunks, .. } = e {
@@ -438,20 +437,62 @@ impl<'a> Places<'a> {
                 base_files.insert(path.as_str(), v);
             }
         }
+        let mut at = std::collections::HashMap::new();
+        for e in &manifest.entries {
+            if let crate::manifest::Entry::File { path, chunks, .. } = e {
+                let in_base: HashMap<Hash, u64> = base_files
+                    .get(path.as_str())
+                    .map(|v: &Vec<(u64, u64, Hash)>| v.iter().map(|&(s, _, h)| (h, s)).collect())
+                    .unwrap_or_default();
+                // The shift at each chunk: from the last shared chunk before it, else from
+                // the first one after it, else none.
+                let mut offsets = Vec::with_capacity(chunks.len());
+                let mut off = 0u64;
+                for c in chunks {
+                    offsets.push(off);
+                    off += c.1 as u64;
+                }
+                let anchor = |i: usize| {
+                    in_base
+                        .get(&chunks[i].0)
+                        .map(|&b| b as i64 - offsets[i] as i64)
+                };
+                let mut shifts: Vec<Option<i64>> = (0..chunks.len()).map(anchor).collect();
+                let mut last = None;
+                for s in shifts.iter_mut() {
+                    match s {
+                        Some(v) => last = Some(*v),
+                        None => *s = last,
+                    }
+                }
+                let mut next = None;
+                for (i, s) in shifts.iter_mut().enumerate().rev() {
+                    match anchor(i) {
+                        Some(v) => next = Some(v),
+                        None if s.is_none() => *s = next,
+                        None => {}
+                    }
+                }
+                for ((c, o), s) in chunks.iter().zip(&offsets).zip(&shifts) {
+                    let start = (*o as i64 + s.unwrap_or(0)).max(0) as u64;
+                    at.entry(c.0)
+                        .or_insert((path.as_str(), start, start + c.1 as u64));
+                }
+            }
+        }
         Places { at, base_files }
     }
 
-    /// The base chunks around where `h` sits in its file, in file order, within the size a
-    /// delta base may have.
+    /// The base chunks that overlap where `h` sits in the base version of its file, in file
+    /// order, within the size a delta base may have. (A wider neighbourhood made deltas no
+    /// smaller in the fleet bench, and bigger bases cost the sender CPU to index.)
     fn base_for(&self, h: &Hash) -> Option<Vec<Hash>> {
         let (path, start, end) = *self.at.get(h)?;
         let file = self.base_files.get(path)?;
-        let lo = start.saturating_sub(DELTA_MARGIN);
-        let hi = end + DELTA_MARGIN;
         let mut out = Vec::new();
         let mut size = 0u64;
         for &(s, e, c) in file {
-            if e > lo && s < hi {
+            if e > start && s < end {
                 size += e - s;
                 if size > chunk::MAX_DELTA_BASE as u64 {
                     break;
@@ -590,12 +631,13 @@ fn receive_inner(
     let mut pending = wanted.clone();
     let present = |h: &Hash| !wanted.contains(h);
     let packs = store.pack_writer().seal_every(RECEIVE_PACK);
+    let cache = ChunkCache::default();
     // A received release is deployed next: its tree is begun while the chunks arrive (the
     // files it already has), and finished once it is committed. Only a head start: when
     // that fails, `materialise` does the whole tree when the release is deployed.
     let (arrived, draft) = std::thread::scope(|s| {
         let draft = s.spawn(|| store.draft_tree(&manifest, &present));
-        let arrived = receive_chunks(store, input, &mut pending, &packs);
+        let arrived = receive_chunks(store, input, &mut pending, &packs, &cache);
         (arrived, draft.join())
     });
     // What arrived, verified, is kept even when the transfer broke off: the next one resumes.
@@ -610,7 +652,7 @@ fn receive_inner(
     }
     store.commit_release(&manifest, &sig)?;
     if let Ok(Ok(Some(draft))) = draft {
-        let _ = store.finish_tree(draft, &manifest, &present);
+        let _ = store.finish_tree(draft, &manifest, &present, &cache);
     }
     Ok(Received {
         release: id.to_hex(),
@@ -626,12 +668,15 @@ fn receive_inner(
 /// its last pack still keeps the ones before.
 const RECEIVE_PACK: u64 = 2 << 20;
 
-/// Reads chunk records until `END`, verifying each and putting it into `packs`.
+/// Reads chunk records until `END`, verifying each and putting it into `packs`. Delta bases
+/// are read through `cache`, and the chunks decoded from deltas kept there (the release's
+/// tree needs them next).
 fn receive_chunks(
     store: &Store,
     input: &mut impl Read,
     pending: &mut HashSet<Hash>,
     packs: &PackWriter<'_>,
+    cache: &ChunkCache,
 ) -> Result<()> {
     let what = "<sender>";
     loop {
@@ -666,7 +711,7 @@ fn receive_chunks(
                 let mut prefix = Vec::new();
                 for b in payload[34..34 + n * 32].chunks_exact(32) {
                     let b = Hash(b.try_into().expect("32 bytes"));
-                    prefix.extend_from_slice(&store.read_chunk(&b)?);
+                    prefix.extend_from_slice(&store.read_chunk_cached(&b, cache)?);
                     if prefix.len() > chunk::MAX_DELTA_BASE {
                         return Err(Error::invalid(what, "delta base too large"));
                     }
@@ -674,7 +719,12 @@ fn receive_chunks(
                 let raw = chunk::delta_decode(&prefix, body, &h).map_err(|reason| {
                     Error::invalid(what, format!("chunk {h} arrived corrupt: {reason}"))
                 })?;
-                store.put_chunk_packed(&h, &raw, &mut chunk::Encoder::default(), packs)?;
+                // Stored as it is: compressing it again cost more than it arrived in, and
+                // the tree is made of it right after.
+                if !store.has_chunk(&h) {
+                    packs.put(&h, &chunk::raw_object(&raw))?;
+                }
+                cache.keep(&h, &Arc::new(raw));
             }
             TAG_END => break,
             other => {
@@ -893,6 +943,27 @@ mod tests {
         assert_eq!(std::fs::read(tree.join("big.bin")).unwrap(), big);
         assert_eq!(std::fs::read(tree.join("small.txt")).unwrap(), b"v1");
         assert_eq!(leftover_trees(&store_in(&b_root)), 0);
+
+        // 2 MiB inserted at the front and 10 KiB changed further on: the changed chunk is
+        // still sent as a delta against the base chunk it moved away from.
+        let mut moved = noise(2 << 20, 11);
+        let mut later = big.clone();
+        later[6 << 20..(6 << 20) + (10 << 10)].copy_from_slice(&noise(10 << 10, 12));
+        moved.extend_from_slice(&later);
+        std::fs::write(src.join("big.bin"), &moved).unwrap();
+        let v3 = release(&a, &src, "3");
+        let (sent3, _) = transfer(&a, &b_root, &v3);
+        let sent3 = sent3.unwrap();
+        assert!(sent3.chunks_delta >= 1, "{sent3:?}");
+        assert!(
+            sent3.bytes_sent < (2 << 20) + (150 << 10),
+            "sent {} bytes",
+            sent3.bytes_sent
+        );
+        assert_eq!(
+            std::fs::read(store_in(&b_root).tree_path(&v3).join("big.bin")).unwrap(),
+            moved
+        );
 
         // Again: nothing but the manifest.
         let (sent, _) = transfer(&a, &b_root, &v2);
