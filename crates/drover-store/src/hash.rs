@@ -45,16 +45,24 @@ impl fmt::Debug for Hash {
 impl FromStr for Hash {
     type Err = String;
     fn from_str(s: &str) -> Result<Hash, String> {
-        if s.len() != 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(format!("`{s}` is not a hash (64 lowercase hex digits)"));
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let bad = || format!("`{s}` is not a hash (64 lowercase hex digits)");
+        let digits = s.as_bytes();
+        if digits.len() != 64 {
+            return Err(bad());
         }
-        blake3::Hash::from_hex(s)
-            .map(Hash::from)
-            .map_err(|e| format!("`{s}` is not a hash: {e}"))
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(hi), Some(lo)) => *byte = hi << 4 | lo,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(Hash(out))
     }
 }
 
@@ -66,8 +74,18 @@ impl Serialize for Hash {
 
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        // Read in place (a manifest holds thousands), not copied into a String first.
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Hash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a hash (64 lowercase hex digits)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Hash, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -81,5 +99,9 @@ mod tests {
         assert_eq!(h.to_hex().parse::<Hash>().unwrap(), h);
         assert!("xyz".parse::<Hash>().is_err());
         assert!(h.to_hex().to_uppercase().parse::<Hash>().is_err());
+        assert!(h.to_hex()[..63].parse::<Hash>().is_err());
+        assert!(format!("{}g", &h.to_hex()[..63]).parse::<Hash>().is_err());
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<Hash>(&json).unwrap(), h);
     }
 }
