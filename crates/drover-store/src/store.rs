@@ -654,7 +654,7 @@ impl Store {
     /// Starts a release's tree while its missing chunks are still arriving (the release is
     /// not committed yet): its directories, symlinks and the files whose chunks are all
     /// here (`present`), on one thread, so the transfer keeps the other cores. `None` when
-    /// the tree is there already. `finish_tree` completes it once the release is committed.
+    /// the tree is there already. `complete_tree` and `place_tree` finish it.
     pub fn draft_tree(
         &self,
         manifest: &Manifest,
@@ -676,20 +676,16 @@ impl Store {
         Ok(Some(draft))
     }
 
-    /// Completes a drafted tree (the entries `present` left out), makes it durable and puts
-    /// it in place, as `materialise` would have. The release must be committed. Chunks are
-    /// read through `cache` (the transfer's: what it just decoded, and the bases it read).
-    pub fn finish_tree(
+    /// Completes a drafted tree: the entries `present` left out, once their chunks are all
+    /// stored (read through `cache`: the transfer's, with what it just decoded and the bases
+    /// it read). Not durable yet, nor in place: see `place_tree`.
+    pub fn complete_tree(
         &self,
-        mut draft: Draft,
+        draft: &mut Draft,
         manifest: &Manifest,
         present: &(dyn Fn(&Hash) -> bool + Sync),
         cache: &ChunkCache,
-    ) -> Result<PathBuf> {
-        let dest = self.tree_path(&draft.id);
-        if !self.has_release(&draft.id) {
-            return Err(Error::NotFound(draft.id.to_hex()));
-        }
+    ) -> Result<()> {
         let rest = self.tree_entries(
             manifest,
             &draft.tmp,
@@ -698,7 +694,16 @@ impl Store {
             Some(cache),
         )?;
         draft.unstamped.extend(rest);
-        seal_dirs(manifest, &draft.tmp)?;
+        seal_dirs(manifest, &draft.tmp)
+    }
+
+    /// Makes a completed tree durable and puts it in place, as `materialise` would have. Its
+    /// release must be committed.
+    pub fn place_tree(&self, draft: Draft) -> Result<PathBuf> {
+        let dest = self.tree_path(&draft.id);
+        if !self.has_release(&draft.id) {
+            return Err(Error::NotFound(draft.id.to_hex()));
+        }
         self.make_durable(&draft.tmp, &draft.unstamped)?;
         fs::rename(&draft.tmp, &dest)
             .or_else(|e| if dest.exists() { Ok(()) } else { Err(e) })
@@ -1172,7 +1177,7 @@ impl ChunkCache {
 /// As many threads as there are cores (see `par::map_on`).
 const CORES: usize = usize::MAX;
 
-/// A release tree begun by `Store::draft_tree`; removed unless `finish_tree` put it in place.
+/// A release tree begun by `Store::draft_tree`; removed unless `place_tree` put it in place.
 pub struct Draft {
     id: Hash,
     tmp: PathBuf,

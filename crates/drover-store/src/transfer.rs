@@ -650,9 +650,22 @@ fn receive_inner(
             format!("the transfer ended without chunk {h}"),
         ));
     }
-    store.commit_release(&manifest, &sig)?;
-    if let Ok(Ok(Some(draft))) = draft {
-        let _ = store.finish_tree(draft, &manifest, &present, &cache);
+    // The commit and the rest of the tree side by side; the tree goes in place after both.
+    let (committed, completed) = std::thread::scope(|s| {
+        let completed = match draft {
+            Ok(Ok(Some(mut d))) => Some(s.spawn(|| {
+                store
+                    .complete_tree(&mut d, &manifest, &present, &cache)
+                    .map(|()| d)
+            })),
+            _ => None,
+        };
+        let committed = store.commit_release(&manifest, &sig);
+        (committed, completed.map(|c| c.join()))
+    });
+    committed?;
+    if let Some(Ok(Ok(draft))) = completed {
+        let _ = store.place_tree(draft);
     }
     Ok(Received {
         release: id.to_hex(),
