@@ -356,7 +356,7 @@ impl<'a> PackWriter<'a> {
             packs,
             tmp,
             target: PACK_TARGET,
-            open: (0..std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+            open: (0..crate::par::cores().min(8))
                 .map(|_| Mutex::new(None))
                 .collect(),
             flushing: Mutex::new(Vec::new()),

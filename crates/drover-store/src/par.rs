@@ -3,6 +3,17 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The cores this process may use, asked once: `available_parallelism` reads the cgroup
+/// files on every call, which cost a short-lived `drover remote serve` a tenth of its CPU.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
 /// Applies `f` to every item using all cores; results keep the input order.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     map_on(usize::MAX, items, f)
@@ -10,11 +21,7 @@ pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
 
 /// `map` on at most `limit` threads, and no more than the cores (1: on the caller's own).
 pub fn map_on<T: Sync, R: Send>(limit: usize, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(limit)
-        .min(items.len().max(1));
+    let threads = cores().min(limit).min(items.len().max(1));
     if threads <= 1 {
         return items.iter().map(f).collect();
     }

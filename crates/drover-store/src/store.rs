@@ -1145,7 +1145,7 @@ pub struct ChunkCache {
     bytes: AtomicU64,
 }
 
-const CHUNK_CACHE_KEEP: u64 = 128 << 20;
+const CHUNK_CACHE_KEEP: u64 = 64 << 20;
 
 impl ChunkCache {
     fn get(&self, h: &Hash) -> Option<Arc<Vec<u8>>> {
