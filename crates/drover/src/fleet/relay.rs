@@ -10,8 +10,9 @@
 //! read), so neither wait happens: a new connection and its first session take ~80 ms less.
 //!
 //! The user's ssh config still decides how a host is reached: a host whose effective config
-//! (`ssh -G`) sets ProxyCommand, ProxyJump, BindAddress or BindInterface is connected by ssh
-//! itself, as is every host with `[ssh] relay = false`.
+//! (`ssh -G`) sets ProxyCommand, ProxyJump, BindAddress or BindInterface, or names it by a
+//! scoped IPv6 address, is connected by ssh itself, as is every host with
+//! `[ssh] relay = false`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -68,6 +69,8 @@ impl Plan {
                 {
                     return None;
                 }
+                // A scoped IPv6 address (`fe80::1%eth0`): ssh resolves those itself.
+                "hostname" if value.contains('%') => return None,
                 "addressfamily" => {
                     plan.family = match value {
                         "inet" => "inet",
@@ -189,6 +192,7 @@ mod tests {
             "proxycommand nc %h %p",
             "bindaddress 10.0.0.1",
             "bindinterface eth1",
+            "hostname fe80::1%eth0",
         ] {
             assert_eq!(
                 Plan::from_config(&format!("{plain}{other}\n")),
