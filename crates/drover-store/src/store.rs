@@ -588,7 +588,7 @@ impl Store {
         &self,
         manifest: &Manifest,
         dest: &Path,
-        which: &(dyn Fn(&Entry) -> bool + Sync),
+        which: &(dyn Fn(usize) -> bool + Sync),
         threads: usize,
         cache: Option<&ChunkCache>,
     ) -> Result<Vec<Unstamped>> {
@@ -596,8 +596,9 @@ impl Store {
         let mut files: Vec<(&Hash, u32, u64, &[crate::manifest::ChunkRef])> = manifest
             .entries
             .iter()
-            .filter(|e| which(e))
-            .filter_map(|e| match e {
+            .enumerate()
+            .filter(|(i, _)| which(*i))
+            .filter_map(|(_, e)| match e {
                 Entry::File {
                     mode,
                     hash,
@@ -623,25 +624,19 @@ impl Store {
         let others: Vec<&Entry> = manifest
             .entries
             .iter()
-            .filter(|e| !matches!(e, Entry::Dir { .. }) && which(e))
+            .enumerate()
+            .filter(|(i, e)| !matches!(e, Entry::Dir { .. }) && which(*i))
+            .map(|(_, e)| e)
             .collect();
         // In slices, so each thread takes a run of entries (they share directories).
         let slices: Vec<&[&Entry]> = others.chunks(64).collect();
         let written = crate::par::map_on(threads, &slices, |slice| -> Result<()> {
             for entry in slice.iter() {
-                let path = dest.join(entry.path());
-                match entry {
-                    Entry::Dir { .. } => {}
-                    Entry::Symlink { target, .. } => {
-                        std::os::unix::fs::symlink(target, &path).at(&path)?;
-                    }
-                    Entry::File { mode, hash, .. } => {
-                        let cached = &cache[&(*hash, *mode)];
-                        if fs::hard_link(cached, &path).is_err() {
-                            fs::copy(cached, &path).at(&path)?;
-                        }
-                    }
-                }
+                let cached = match entry {
+                    Entry::File { mode, hash, .. } => Some(cache[&(*hash, *mode)].as_path()),
+                    _ => None,
+                };
+                place_entry(dest, entry, cached)?;
             }
             Ok(())
         });
@@ -653,12 +648,14 @@ impl Store {
 
     /// Starts a release's tree while its missing chunks are still arriving (the release is
     /// not committed yet): its directories, symlinks and the files whose chunks are all
-    /// here (`present`), on one thread, so the transfer keeps the other cores. `None` when
-    /// the tree is there already. `complete_tree` and `place_tree` finish it.
+    /// here (`present`), in order, on one thread, so the transfer keeps the other cores;
+    /// it stops early once `stop` is set (the chunks are in: `complete_tree` does the rest on
+    /// every core). `None` when the tree is there already. `place_tree` puts it in place.
     pub fn draft_tree(
         &self,
         manifest: &Manifest,
         present: &(dyn Fn(&Hash) -> bool + Sync),
+        stop: &std::sync::atomic::AtomicBool,
     ) -> Result<Option<Draft>> {
         let id = Hash::of(&manifest.to_bytes());
         if self.tree_path(&id).exists() {
@@ -669,30 +666,65 @@ impl Store {
             id,
             tmp: self.tmp_path("tree"),
             unstamped: Vec::new(),
+            done: vec![false; manifest.entries.len()],
         };
         tree_dirs(manifest, &draft.tmp)?;
-        draft.unstamped =
-            self.tree_entries(manifest, &draft.tmp, &|e| drafted(e, present), 1, None)?;
+        let mut cached: HashMap<(Hash, u32), PathBuf> = HashMap::new();
+        for (i, entry) in manifest.entries.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let file = match entry {
+                Entry::Dir { .. } => {
+                    draft.done[i] = true;
+                    continue;
+                }
+                Entry::Symlink { .. } => None,
+                Entry::File {
+                    mode,
+                    hash,
+                    size,
+                    chunks,
+                    ..
+                } => {
+                    if !chunks.iter().all(|c| present(&c.0)) {
+                        continue;
+                    }
+                    let path = match cached.get(&(*hash, *mode)) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let (p, seen) = self.cached_file(hash, *mode, *size, chunks, None)?;
+                            draft.unstamped.extend(seen);
+                            cached.insert((*hash, *mode), p.clone());
+                            p
+                        }
+                    };
+                    Some(path)
+                }
+            };
+            place_entry(&draft.tmp, entry, file.as_deref())?;
+            draft.done[i] = true;
+        }
         Ok(Some(draft))
     }
 
-    /// Completes a drafted tree: the entries `present` left out, once their chunks are all
-    /// stored (read through `cache`: the transfer's, with what it just decoded and the bases
-    /// it read). Not durable yet, nor in place: see `place_tree`.
+    /// Completes a drafted tree: the entries the draft did not write, now that every chunk
+    /// is stored (read through `cache`: the transfer's, with what it just decoded and the
+    /// bases it read), on every core. Not durable yet, nor in place: see `place_tree`.
     pub fn complete_tree(
         &self,
         draft: &mut Draft,
         manifest: &Manifest,
-        present: &(dyn Fn(&Hash) -> bool + Sync),
         cache: &ChunkCache,
     ) -> Result<()> {
-        let rest = self.tree_entries(
-            manifest,
-            &draft.tmp,
-            &|e| !drafted(e, present),
-            CORES,
-            Some(cache),
-        )?;
+        if draft.done.len() != manifest.entries.len() {
+            return Err(Error::invalid(
+                format!("release {}", draft.id.short()),
+                "completing a tree with another release's manifest",
+            ));
+        }
+        let done = &draft.done;
+        let rest = self.tree_entries(manifest, &draft.tmp, &|i| !done[i], CORES, Some(cache))?;
         draft.unstamped.extend(rest);
         seal_dirs(manifest, &draft.tmp)
     }
@@ -1135,7 +1167,6 @@ pub fn hash_file(path: &Path) -> Result<Hash> {
     Ok(hasher.finalize().into())
 }
 
-/// Removes a tree even where it was made read-only.
 /// Raw chunk data, verified, kept for the rest of one piece of work (a transfer): the same
 /// base chunk serves many deltas, and a received release's tree needs the chunks just
 /// decoded. Up to `CHUNK_CACHE_KEEP` bytes; beyond that, chunks are read each time.
@@ -1182,6 +1213,8 @@ pub struct Draft {
     id: Hash,
     tmp: PathBuf,
     unstamped: Vec<Unstamped>,
+    /// The manifest's entries written so far, by index.
+    done: Vec<bool>,
 }
 
 impl Drop for Draft {
@@ -1192,12 +1225,20 @@ impl Drop for Draft {
     }
 }
 
-/// Whether a draft writes `entry` (directories are always written first).
-fn drafted(entry: &Entry, present: &(dyn Fn(&Hash) -> bool + Sync)) -> bool {
-    match entry {
-        Entry::Dir { .. } | Entry::Symlink { .. } => true,
-        Entry::File { chunks, .. } => chunks.iter().all(|c| present(&c.0)),
+/// Writes one entry of a tree whose directories exist: a symlink, or a file as a hard link
+/// to its cache file `cached` (a copy where links fail).
+fn place_entry(dest: &Path, entry: &Entry, cached: Option<&Path>) -> Result<()> {
+    let path = dest.join(entry.path());
+    match (entry, cached) {
+        (Entry::Symlink { target, .. }, _) => {
+            std::os::unix::fs::symlink(target, &path).at(&path)?;
+        }
+        (Entry::File { .. }, Some(cached)) if fs::hard_link(cached, &path).is_err() => {
+            fs::copy(cached, &path).at(&path)?;
+        }
+        _ => {}
     }
+    Ok(())
 }
 
 /// Makes a tree's root (`dest`, which must not exist) and its directories.
@@ -1230,6 +1271,7 @@ fn seal_dirs(manifest: &Manifest, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes a tree even where it was made read-only.
 pub fn remove_tree(path: &Path) {
     if let Ok(meta) = fs::symlink_metadata(path) {
         if meta.is_dir() {

@@ -632,16 +632,19 @@ fn receive_inner(
     let present = |h: &Hash| !wanted.contains(h);
     let packs = store.pack_writer().seal_every(RECEIVE_PACK);
     let cache = ChunkCache::default();
+    let stop = std::sync::atomic::AtomicBool::new(false);
     // A received release is deployed next: its tree is begun while the chunks arrive (the
-    // files it already has), and finished once it is committed. Only a head start: when
-    // that fails, `materialise` does the whole tree when the release is deployed.
-    let (arrived, draft) = std::thread::scope(|s| {
-        let draft = s.spawn(|| store.draft_tree(&manifest, &present));
+    // files it already has), and finished once they are in. Only a head start: when that
+    // fails, `materialise` does the whole tree when the release is deployed.
+    let (arrived, sealed, draft) = std::thread::scope(|s| {
+        let draft = s.spawn(|| store.draft_tree(&manifest, &present, &stop));
         let arrived = receive_chunks(store, input, &mut pending, &packs, &cache);
-        (arrived, draft.join())
+        // In, or broken off: the draft stops, and what arrived is kept at once (verified,
+        // the next transfer resumes from it).
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sealed = packs.finish();
+        (arrived, sealed, draft.join())
     });
-    // What arrived, verified, is kept even when the transfer broke off: the next one resumes.
-    let sealed = packs.finish();
     arrived?;
     sealed?;
     if let Some(h) = pending.iter().next() {
@@ -653,11 +656,9 @@ fn receive_inner(
     // The commit and the rest of the tree side by side; the tree goes in place after both.
     let (committed, completed) = std::thread::scope(|s| {
         let completed = match draft {
-            Ok(Ok(Some(mut d))) => Some(s.spawn(|| {
-                store
-                    .complete_tree(&mut d, &manifest, &present, &cache)
-                    .map(|()| d)
-            })),
+            Ok(Ok(Some(mut d))) => {
+                Some(s.spawn(|| store.complete_tree(&mut d, &manifest, &cache).map(|()| d)))
+            }
             _ => None,
         };
         let committed = store.commit_release(&manifest, &sig);

@@ -66,6 +66,9 @@ pub enum RemoteCommand {
         /// Seconds to wait for the connection (ssh's ConnectTimeout).
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// Also append a failure to connect to this file (the master connection's log).
+        #[arg(long)]
+        log: Option<PathBuf>,
     },
 }
 
@@ -216,10 +219,15 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
             port,
             family,
             timeout,
+            log,
         } => {
             let timeout = std::time::Duration::from_secs(timeout.max(1));
-            if let Err(message) = crate::fleet::relay::run(&host, port, &family, timeout) {
-                eprintln!("ssh: {message}");
+            if let Err(message) =
+                crate::fleet::relay::run(&host, port, &family, timeout, log.as_deref())
+            {
+                if log.is_none() {
+                    eprintln!("{message}");
+                }
                 std::process::exit(255);
             }
         }

@@ -16,12 +16,16 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The ProxyCommand that runs the relay for this ssh command line (which must end before the
-/// destination), or `None` when the user's config already says how to connect.
-pub fn proxy_command(base: &mut Command, host: &str) -> Option<String> {
+/// destination), or `None` when the user's config already says how to connect. The relay
+/// writes why it could not connect to `log`, the master's log: ssh sends a ProxyCommand's
+/// stderr to /dev/null once ControlPersist is on. ssh runs the command with `$SHELL -c`: the
+/// master must run with `SHELL=/bin/sh` (a deploy user's shell may be nologin, or not POSIX).
+pub fn proxy_command(base: &mut Command, host: &str, log: &Path) -> Option<String> {
     let out = base
         .arg("-G")
         .arg(host)
@@ -36,13 +40,14 @@ pub fn proxy_command(base: &mut Command, host: &str) -> Option<String> {
     let config = String::from_utf8_lossy(&out.stdout);
     let plan = Plan::from_config(&config)?;
     let exe = std::env::current_exe().ok()?;
-    let exe = exe.to_str()?;
     // ssh expands `%` tokens in the command, then hands it to the shell.
+    let arg = |s: &str| super::ssh::quote(s).replace('%', "%%");
     Some(format!(
-        "{} remote relay %h %p --family {} --timeout {}",
-        super::ssh::quote(exe).replace('%', "%%"),
+        "{} remote relay '%h' '%p' --family {} --timeout {} --log {}",
+        arg(exe.to_str()?),
         plan.family,
-        plan.timeout_secs
+        plan.timeout_secs,
+        arg(log.to_str()?)
     ))
 }
 
@@ -71,6 +76,9 @@ impl Plan {
                 }
                 // A scoped IPv6 address (`fe80::1%eth0`): ssh resolves those itself.
                 "hostname" if value.contains('%') => return None,
+                // ssh canonicalizes a name only when it connects by itself (unless "always"),
+                // and the config may depend on the canonical name.
+                "canonicalizehostname" if value == "true" || value == "yes" => return None,
                 "addressfamily" => {
                     plan.family = match value {
                         "inet" => "inet",
@@ -91,10 +99,27 @@ impl Plan {
 }
 
 /// Connects to `host:port` and relays between the connection and stdin/stdout until either
-/// side ends. A failure to connect is worded as ssh words it (the caller prints it after
-/// "ssh: "), since the connection's errors are told apart by those words.
-pub fn run(host: &str, port: u16, family: &str, timeout: Duration) -> Result<(), String> {
-    let stream = connect(host, port, family, timeout)?;
+/// side ends. A failure to connect is worded as ssh words it, since the connection's errors
+/// are told apart by those words, and appended to `log` (the caller prints it without one).
+pub fn run(
+    host: &str,
+    port: u16,
+    family: &str,
+    timeout: Duration,
+    log: Option<&Path>,
+) -> Result<(), String> {
+    // Out of drover's process group: a Ctrl-C of the command that started a persistent
+    // master must not cut the connection it leaves for the next command.
+    let _ = rustix::process::setsid();
+    let stream = connect(host, port, family, timeout).map_err(|e| {
+        let message = format!("ssh: {e}");
+        if let Some(log) = log
+            && let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log)
+        {
+            let _ = writeln!(f, "{message}");
+        }
+        message
+    })?;
     let _ = stream.set_nodelay(true);
     let mut upstream = stream.try_clone().map_err(|e| os_words(&e))?;
     std::thread::spawn(move || {
@@ -193,6 +218,7 @@ mod tests {
             "bindaddress 10.0.0.1",
             "bindinterface eth1",
             "hostname fe80::1%eth0",
+            "canonicalizehostname true",
         ] {
             assert_eq!(
                 Plan::from_config(&format!("{plain}{other}\n")),

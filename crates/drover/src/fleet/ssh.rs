@@ -269,14 +269,21 @@ impl Session {
             )
         });
         let _ = std::fs::remove_file(&ctl);
+        // Emptied, then written in append mode: the relay appends to it too.
         let log = std::fs::File::create(&master_log)
+            .and_then(|_| std::fs::OpenOptions::new().append(true).open(&master_log))
             .map_err(|e| HostError::new(format!("{}: {e}", master_log.display())))?;
         let mut cmd = base_command(&spec, settings, &ctl);
         if settings.relay
-            && let Some(proxy) =
-                super::relay::proxy_command(&mut base_command(&spec, settings, &ctl), &spec.host)
+            && let Some(proxy) = super::relay::proxy_command(
+                &mut base_command(&spec, settings, &ctl),
+                &spec.host,
+                &master_log,
+            )
         {
-            cmd.arg("-o").arg(format!("ProxyCommand={proxy}"));
+            cmd.arg("-o")
+                .arg(format!("ProxyCommand={proxy}"))
+                .env("SHELL", "/bin/sh");
         }
         cmd.args(["-M", "-N", "-o"])
             .arg(if settings.persist.is_zero() {
@@ -672,19 +679,28 @@ fn classify_known(name: &str, stderr: &str) -> Option<HostError> {
             "`ssh {name}` must log in without a password: check the user, the key ([ssh] identity) and the host's authorized_keys"
         )));
     }
-    if stderr.contains("Could not resolve hostname") {
+    // The line that says so, not the last: through a ProxyCommand (drover's relay) ssh ends
+    // with "Connection closed by UNKNOWN".
+    let line_with = |words: &[&str]| {
+        stderr
+            .lines()
+            .find(|l| words.iter().any(|w| l.contains(w)))
+            .map(str::trim)
+    };
+    if let Some(line) = line_with(&["Could not resolve hostname"]) {
         return Some(
-            HostError::new(format!("{name}: unknown host name ({last})"))
+            HostError::new(format!("{name}: unknown host name ({line})"))
                 .hint("check the name, or add a Host entry to your ssh config"),
         );
     }
-    if stderr.contains("Connection refused")
-        || stderr.contains("timed out")
-        || stderr.contains("No route to host")
-        || stderr.contains("Network is unreachable")
-    {
+    if let Some(line) = line_with(&[
+        "Connection refused",
+        "timed out",
+        "No route to host",
+        "Network is unreachable",
+    ]) {
         return Some(
-            HostError::new(format!("{name}: unreachable ({last})"))
+            HostError::new(format!("{name}: unreachable ({line})"))
                 .hint("check the host is up and its sshd listening"),
         );
     }

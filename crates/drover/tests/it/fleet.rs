@@ -675,16 +675,43 @@ fn ssh_connects_through_drovers_relay_unless_the_ssh_config_says_how() {
     assert_eq!(report(&run)["hosts"][0]["state"], "live", "{}", run.stdout);
     assert_eq!(serving(&fleet, 0).as_deref(), Some("1.0"));
 
-    // A ProxyCommand in the user's ssh config (or options) is what ssh runs, not the relay.
-    let mark = cx.path("proxy-used");
-    let proxy = format!(
-        "ProxyCommand=sh -c 'echo used >> {}; exec {} remote relay %h %p'",
-        mark.display(),
-        crate::common::drover_bin().display()
-    );
+    // A host that cannot be reached is named as such, with the relay's words (ssh drops a
+    // ProxyCommand's stderr once ControlPersist is on: the relay writes to the master's log).
     std::fs::write(
         dir.join("drover.toml"),
-        toml.replace("[ssh]\n", &format!("[ssh]\noptions = [{proxy:?}]\n")),
+        toml.clone() + "\n[environments.closed]\nhosts = [\"h1:1\"]\n",
+    )
+    .unwrap();
+    let run = cx
+        .drover(&["deploy", dir.to_str().unwrap(), "-e", "closed"])
+        .failure();
+    assert!(
+        run.stderr.contains("h1:1: unreachable") && run.stderr.contains("Connection refused"),
+        "{}",
+        run.stderr
+    );
+
+    // A ProxyCommand in the user's ssh config file is what ssh runs, not the relay.
+    let mark = cx.path("proxy-used");
+    let config = std::fs::read_to_string(&fleet.ssh_config)
+        .unwrap()
+        .replacen(
+            "Host h1\n",
+            &format!(
+                "Host h1\n    ProxyCommand sh -c 'echo used >> {}; exec {} remote relay %h %p'\n",
+                mark.display(),
+                crate::common::drover_bin().display()
+            ),
+            1,
+        );
+    let proxied = cx.path("ssh_config_proxied");
+    std::fs::write(&proxied, config).unwrap();
+    std::fs::write(
+        dir.join("drover.toml"),
+        toml.replace(
+            &format!("config = \"{}\"", fleet.ssh_config.display()),
+            &format!("config = \"{}\"", proxied.display()),
+        ),
     )
     .unwrap();
     let status = env_json(&cx, &dir, "status");
