@@ -10,9 +10,13 @@
 //! read), so neither wait happens: a new connection and its first session take ~80 ms less.
 //!
 //! The user's ssh config still decides how a host is reached: a host whose effective config
-//! (`ssh -G`) sets ProxyCommand, ProxyJump, BindAddress or BindInterface, or names it by a
-//! scoped IPv6 address, is connected by ssh itself, as is every host with
-//! `[ssh] relay = false`.
+//! (`ssh -G`) sets ProxyCommand, ProxyJump, BindAddress or BindInterface, canonicalizes its
+//! name (ssh does that only when it connects by itself), or names it by a scoped IPv6
+//! address, is connected by ssh itself, as is every host with `[ssh] relay = false`.
+//!
+//! A relay lives as long as its master connection (`[ssh] persist` after the last command),
+//! so the drover binary it runs stays in use that long: replace it by renaming a new file
+//! over it (as package managers, `install` and `cargo install` do), not by writing into it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
