@@ -44,7 +44,8 @@ pub struct Ssh {
     /// drover opens each host's TCP connection itself and relays it to ssh (as its
     /// ProxyCommand), sending at once and acknowledging at once: ssh's own socket waits on
     /// delayed acknowledgements (~40 ms, twice) until its first session runs. Never used for
-    /// a host whose ssh config sets ProxyCommand, ProxyJump, BindAddress or BindInterface;
+    /// a host whose ssh config sets ProxyCommand, ProxyJump, BindAddress or BindInterface,
+    /// canonicalizes its name or follows CNAMEs, or names it by a scoped IPv6 address;
     /// `false` leaves every connection to ssh.
     #[serde(default = "default_relay")]
     pub relay: bool,

@@ -1226,19 +1226,23 @@ impl Drop for Draft {
 }
 
 /// Writes one entry of a tree whose directories exist: a symlink, or a file as a hard link
-/// to its cache file `cached` (a copy where links fail).
+/// to its cache file `cached` (a copy where the filesystem refuses the link).
 fn place_entry(dest: &Path, entry: &Entry, cached: Option<&Path>) -> Result<()> {
     let path = dest.join(entry.path());
     match (entry, cached) {
-        (Entry::Symlink { target, .. }, _) => {
-            std::os::unix::fs::symlink(target, &path).at(&path)?;
-        }
-        (Entry::File { .. }, Some(cached)) if fs::hard_link(cached, &path).is_err() => {
-            fs::copy(cached, &path).at(&path)?;
-        }
-        _ => {}
+        (Entry::Symlink { target, .. }, _) => std::os::unix::fs::symlink(target, &path).at(&path),
+        (Entry::File { .. }, Some(cached)) => match fs::hard_link(cached, &path) {
+            Ok(()) => Ok(()),
+            // Never through an existing name: that would write into the shared cache file.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e).at(&path),
+            Err(_) => fs::copy(cached, &path).map(|_| ()).at(&path),
+        },
+        (Entry::File { .. }, None) => Err(Error::invalid(
+            path.display().to_string(),
+            "no cache file to link this file to",
+        )),
+        (Entry::Dir { .. }, _) => Ok(()),
     }
-    Ok(())
 }
 
 /// Makes a tree's root (`dest`, which must not exist) and its directories.

@@ -796,6 +796,64 @@ mod tests {
         .release
     }
 
+    #[test]
+    fn a_draft_stopped_anywhere_is_completed_whole() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("a/b/c")).unwrap();
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("big.bin"), crate::chunk::tests::noise(3 << 20, 5)).unwrap();
+        std::fs::write(src.join("a/same.txt"), "same").unwrap();
+        std::fs::write(src.join("a/b/c/same.txt"), "same").unwrap();
+        std::fs::write(src.join("d/same.txt"), "same").unwrap();
+        std::fs::write(src.join("a/b/empty"), "").unwrap();
+        std::fs::write(src.join("d/other.txt"), "other").unwrap();
+        std::os::unix::fs::symlink("../a/same.txt", src.join("d/link")).unwrap();
+        let store = store_in(&tmp.path().join("s"));
+        let id = release(&store, &src, "1");
+        let manifest = store.manifest(&id).unwrap();
+        let files = manifest.entries.len();
+        for stop_after in [0, 1, 2, 4, 6, files * 4] {
+            let stop = AtomicBool::new(stop_after == 0);
+            let asked = AtomicUsize::new(0);
+            let present = |_: &Hash| {
+                if asked.fetch_add(1, Ordering::Relaxed) + 1 >= stop_after {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                true
+            };
+            let mut draft = store
+                .draft_tree(&manifest, &present, &stop)
+                .unwrap()
+                .unwrap();
+            store
+                .complete_tree(&mut draft, &manifest, &ChunkCache::default())
+                .unwrap();
+            let tree = store.place_tree(draft).unwrap();
+            for rel in [
+                "big.bin",
+                "a/same.txt",
+                "a/b/c/same.txt",
+                "d/same.txt",
+                "a/b/empty",
+                "d/other.txt",
+            ] {
+                assert_eq!(
+                    std::fs::read(tree.join(rel)).unwrap(),
+                    std::fs::read(src.join(rel)).unwrap(),
+                    "{rel}, stopped after {stop_after}"
+                );
+            }
+            assert_eq!(
+                std::fs::read_link(tree.join("d/link")).unwrap(),
+                std::path::Path::new("../a/same.txt")
+            );
+            assert_eq!(leftover_trees(&store), 0);
+            crate::store::remove_tree(&tree);
+        }
+    }
+
     /// Trees begun and not put in place (under the store's `tmp/`).
     fn leftover_trees(store: &Store) -> usize {
         let tmp = store.tmp_path("x");

@@ -222,12 +222,8 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
             log,
         } => {
             let timeout = std::time::Duration::from_secs(timeout.max(1));
-            if let Err(message) =
-                crate::fleet::relay::run(&host, port, &family, timeout, log.as_deref())
-            {
-                if log.is_none() {
-                    eprintln!("{message}");
-                }
+            // A failure is in the log already, or printed.
+            if crate::fleet::relay::run(&host, port, &family, timeout, log.as_deref()).is_err() {
                 std::process::exit(255);
             }
         }

@@ -33,6 +33,8 @@ pub fn proxy_command(base: &mut Command, host: &str, log: &Path) -> Option<Strin
     let out = base
         .arg("-G")
         .arg(host)
+        // As the master will run (`Match exec` uses it too).
+        .env("SHELL", "/bin/sh")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -71,8 +73,8 @@ impl Plan {
         };
         for line in config.lines() {
             let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-            let value = value.trim();
-            match key {
+            let (key, value) = (key.to_ascii_lowercase(), value.trim());
+            match key.as_str() {
                 "proxycommand" | "proxyjump" | "bindaddress" | "bindinterface"
                     if value != "none" =>
                 {
@@ -83,6 +85,8 @@ impl Plan {
                 // ssh canonicalizes a name only when it connects by itself (unless "always"),
                 // and the config may depend on the canonical name.
                 "canonicalizehostname" if value == "true" || value == "yes" => return None,
+                // CNAMEs are followed only when ssh connects by itself, too.
+                "canonicalizepermittedcnames" if value != "none" => return None,
                 "addressfamily" => {
                     plan.family = match value {
                         "inet" => "inet",
@@ -103,8 +107,8 @@ impl Plan {
 }
 
 /// Connects to `host:port` and relays between the connection and stdin/stdout until either
-/// side ends. A failure to connect is worded as ssh words it, since the connection's errors
-/// are told apart by those words, and appended to `log` (the caller prints it without one).
+/// side ends. A failure is worded as ssh words it, since the connection's errors are told
+/// apart by those words, and appended to `log` (else printed).
 pub fn run(
     host: &str,
     port: u16,
@@ -114,18 +118,27 @@ pub fn run(
 ) -> Result<(), String> {
     // Out of drover's process group: a Ctrl-C of the command that started a persistent
     // master must not cut the connection it leaves for the next command.
+    let ssh = rustix::process::getppid();
     let _ = rustix::process::setsid();
-    let stream = connect(host, port, family, timeout).map_err(|e| {
+    let fail = |e: String| {
         let message = format!("ssh: {e}");
-        if let Some(log) = log
-            && let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log)
-        {
-            let _ = writeln!(f, "{message}");
+        // Not once ssh is gone: a newer master for the host may have the log by now.
+        let logged = log.is_some_and(|log| {
+            rustix::process::getppid() == ssh
+                && std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(log)
+                    .and_then(|mut f| writeln!(f, "{message}"))
+                    .is_ok()
+        });
+        if !logged {
+            eprintln!("{message}");
         }
         message
-    })?;
+    };
+    let stream = connect(host, port, family, timeout).map_err(fail)?;
     let _ = stream.set_nodelay(true);
-    let mut upstream = stream.try_clone().map_err(|e| os_words(&e))?;
+    let mut upstream = stream.try_clone().map_err(|e| fail(os_words(&e)))?;
     std::thread::spawn(move || {
         let mut input = std::io::stdin().lock();
         let mut buf = vec![0u8; 64 * 1024];
@@ -223,6 +236,7 @@ mod tests {
             "bindinterface eth1",
             "hostname fe80::1%eth0",
             "canonicalizehostname true",
+            "canonicalizePermittedcnames *.a.example:*.b.example",
         ] {
             assert_eq!(
                 Plan::from_config(&format!("{plain}{other}\n")),

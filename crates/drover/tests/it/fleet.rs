@@ -664,7 +664,12 @@ fn ssh_connects_through_drovers_relay_unless_the_ssh_config_says_how() {
     let cx = TestContext::new();
     let dir = fleet_app(&cx, &fleet, "1.0", "{ kind = \"all-at-once\" }", "./hello");
     let ip = fleet.hosts[0].ip.clone();
-    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+    // Persistent masters (the default, said here because the test depends on it: ssh then
+    // drops a ProxyCommand's stderr).
+    let toml = std::fs::read_to_string(dir.join("drover.toml"))
+        .unwrap()
+        .replace("[ssh]\n", "[ssh]\npersist = \"60s\"\n");
+    std::fs::write(dir.join("drover.toml"), &toml).unwrap();
 
     // By default drover opens the TCP connection and relays it to ssh; the relay lives as
     // long as the (persistent) master connection, and everything goes through it.
