@@ -452,6 +452,14 @@ impl Store {
 
     /// Assembles (once) the verified, read-only cache file for a file entry. Also gives,
     /// when the file still needs its stamp (see `stamp`), what it was when it was checked.
+    /// The cache file of a file entry when it is there and stamped (see `stamp`): shared
+    /// as it is, without reading it.
+    fn stamped_file(&self, hash: &Hash, mode: u32, size: u64) -> Option<PathBuf> {
+        let path = self.file_path(hash, mode);
+        let m = fs::metadata(&path).ok()?;
+        (m.len() == size && m.mtime_nsec() == stamp_nanos(hash)).then_some(path)
+    }
+
     fn cached_file(
         &self,
         hash: &Hash,
@@ -648,9 +656,11 @@ impl Store {
 
     /// Starts a release's tree while its missing chunks are still arriving (the release is
     /// not committed yet): its directories, symlinks and the files whose chunks are all
-    /// here (`present`), in order, on one thread, so the transfer keeps the other cores;
-    /// it stops early once `stop` is set (the chunks are in: `complete_tree` does the rest on
-    /// every core). `None` when the tree is there already. `place_tree` puts it in place.
+    /// here (`present`) and whose cache file is stamped, in order, on one thread, so the
+    /// transfer keeps the other cores. Each step is a link: a cache file to assemble or
+    /// re-check is left to `complete_tree`, which does the rest on every core, as is
+    /// everything once `stop` is set (the chunks are in). `None` when the tree is there
+    /// already. `place_tree` puts it in place.
     pub fn draft_tree(
         &self,
         manifest: &Manifest,
@@ -669,7 +679,6 @@ impl Store {
             done: vec![false; manifest.entries.len()],
         };
         tree_dirs(manifest, &draft.tmp)?;
-        let mut cached: HashMap<(Hash, u32), PathBuf> = HashMap::new();
         for (i, entry) in manifest.entries.iter().enumerate() {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -690,16 +699,10 @@ impl Store {
                     if !chunks.iter().all(|c| present(&c.0)) {
                         continue;
                     }
-                    let path = match cached.get(&(*hash, *mode)) {
-                        Some(p) => p.clone(),
-                        None => {
-                            let (p, seen) = self.cached_file(hash, *mode, *size, chunks, None)?;
-                            draft.unstamped.extend(seen);
-                            cached.insert((*hash, *mode), p.clone());
-                            p
-                        }
-                    };
-                    Some(path)
+                    match self.stamped_file(hash, *mode, *size) {
+                        Some(path) => Some(path),
+                        None => continue,
+                    }
                 }
             };
             place_entry(&draft.tmp, entry, file.as_deref())?;
