@@ -99,6 +99,11 @@ pub fn raw_object(data: &[u8]) -> Vec<u8> {
     raw(data)
 }
 
+/// Whether an object holds its data uncompressed.
+pub fn is_raw(object: &[u8]) -> bool {
+    object.first() == Some(&TAG_RAW)
+}
+
 fn raw(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(TAG_RAW);

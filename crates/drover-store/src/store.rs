@@ -1046,8 +1046,15 @@ impl Store {
                     continue;
                 }
                 let object = self.packs.read_at(name, *offset, *len)?;
-                // Only a good copy moves; a damaged one is left where `verify` finds it.
-                if chunk::decode(&object, h).is_ok() {
+                // Only a good copy moves; a damaged one is left where `verify` finds it. One
+                // stored uncompressed (as a transfer stores a chunk it decoded from a delta)
+                // is compressed now, if that makes it smaller.
+                if let Ok(data) = chunk::decode(&object, h) {
+                    let object = if chunk::is_raw(&object) {
+                        chunk::encode(&data)
+                    } else {
+                        object
+                    };
                     writer.put(h, &object)?;
                     kept.insert(*h);
                     unresolved.remove(h);

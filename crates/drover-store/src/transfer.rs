@@ -797,6 +797,58 @@ mod tests {
     }
 
     #[test]
+    fn chunks_decoded_from_deltas_are_stored_as_they_are_and_compressed_by_gc() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        // Compressible, and no two chunks alike.
+        let mut text: Vec<u8> = (0..60_000)
+            .flat_map(|i| format!("line {i}: the quick brown fox {}\n", i % 97).into_bytes())
+            .collect();
+        std::fs::write(src.join("log.txt"), &text).unwrap();
+        let a = store_in(&tmp.path().join("a"));
+        let v1 = release(&a, &src, "1");
+        let b_root = tmp.path().join("b");
+        store_in(&b_root)
+            .keys()
+            .trust(&a.keys().public_key().unwrap(), "d")
+            .unwrap();
+        transfer(&a, &b_root, &v1).0.unwrap();
+        let middle = text.len() / 2;
+        text[middle..middle + 2000].copy_from_slice(&[b'#'; 2000]);
+        std::fs::write(src.join("log.txt"), &text).unwrap();
+        let v2 = release(&a, &src, "2");
+        let sent = transfer(&a, &b_root, &v2).0.unwrap();
+        assert!(sent.chunks_delta >= 1, "{sent:?}");
+        let b = store_in(&b_root);
+        let new: Vec<Hash> = b
+            .manifest(&v2)
+            .unwrap()
+            .chunk_set()
+            .difference(&b.manifest(&v1).unwrap().chunk_set())
+            .copied()
+            .collect();
+        assert!(!new.is_empty());
+        let raw_size: u64 = new.iter().map(|h| b.chunk_size(h).unwrap()).sum();
+        assert!(
+            new.iter()
+                .all(|h| chunk::is_raw(&b.chunk_object(h).unwrap()))
+        );
+
+        // gc merges the transfers' small packs, compressing what came uncompressed.
+        let kept = [v1, v2].into_iter().collect();
+        b.gc(2, &kept).unwrap();
+        let b = store_in(&b_root);
+        assert!(
+            new.iter()
+                .all(|h| !chunk::is_raw(&b.chunk_object(h).unwrap()))
+        );
+        let size: u64 = new.iter().map(|h| b.chunk_size(h).unwrap()).sum();
+        assert!(size * 2 < raw_size, "{size} of {raw_size}");
+        assert!(b.verify(None).unwrap().problems.is_empty());
+    }
+
+    #[test]
     fn a_draft_stopped_anywhere_is_completed_whole() {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let tmp = tempfile::tempdir().unwrap();
