@@ -450,16 +450,16 @@ impl Store {
 
     // ---- materialising ------------------------------------------------------
 
-    /// Assembles (once) the verified, read-only cache file for a file entry. Also gives,
-    /// when the file still needs its stamp (see `stamp`), what it was when it was checked.
     /// The cache file of a file entry when it is there and stamped (see `stamp`): shared
     /// as it is, without reading it.
     fn stamped_file(&self, hash: &Hash, mode: u32, size: u64) -> Option<PathBuf> {
         let path = self.file_path(hash, mode);
         let m = fs::metadata(&path).ok()?;
-        (m.len() == size && m.mtime_nsec() == stamp_nanos(hash)).then_some(path)
+        is_stamped(&m, hash, size).then_some(path)
     }
 
+    /// Assembles (once) the verified, read-only cache file for a file entry. Also gives,
+    /// when the file still needs its stamp (see `stamp`), what it was when it was checked.
     fn cached_file(
         &self,
         hash: &Hash,
@@ -468,13 +468,12 @@ impl Store {
         chunks: &[crate::manifest::ChunkRef],
         cache: Option<&ChunkCache>,
     ) -> Result<(PathBuf, Option<Unstamped>)> {
-        use std::os::unix::fs::MetadataExt;
         let path = self.file_path(hash, mode);
         if let Ok(m) = fs::metadata(&path) {
             // Shared into another tree only when it is what it was: stamped and whole, or
             // re-hashed. A write through any of its links changes its mtime, and a damaged
             // copy is rebuilt.
-            if m.len() == size && m.mtime_nsec() == stamp_nanos(hash) {
+            if is_stamped(&m, hash, size) {
                 return Ok((path, None));
             }
             if m.len() == size && hash_file(&path).ok() == Some(*hash) {
@@ -1036,6 +1035,11 @@ impl Store {
         // Live chunks whose copies so far failed their check, with the packs holding them.
         let mut unresolved: HashMap<Hash, Vec<&str>> = HashMap::new();
         for (name, entries) in &dirty {
+            // A transfer's small packs hold the chunks it decoded from deltas, stored
+            // uncompressed: those are compressed now (the encoder backs off after
+            // incompressible ones, as a build's does).
+            let recompress = small(entries);
+            let mut enc = chunk::Encoder::default();
             for (h, offset, len) in entries {
                 if !live.contains(h) {
                     report.bytes_freed += *len as u64;
@@ -1046,14 +1050,14 @@ impl Store {
                     continue;
                 }
                 let object = self.packs.read_at(name, *offset, *len)?;
-                // Only a good copy moves; a damaged one is left where `verify` finds it. One
-                // stored uncompressed (as a transfer stores a chunk it decoded from a delta)
-                // is compressed now, if that makes it smaller.
+                // Only a good copy moves; a damaged one is left where `verify` finds it. A
+                // compressed copy moves only when it decodes back to the chunk.
                 if let Ok(data) = chunk::decode(&object, h) {
-                    let object = if chunk::is_raw(&object) {
-                        chunk::encode(&data)
-                    } else {
-                        object
+                    let object = match recompress && chunk::is_raw(&object) {
+                        true => Some(enc.encode(&data))
+                            .filter(|o| !chunk::is_raw(o) && chunk::decode(o, h).is_ok())
+                            .unwrap_or(object),
+                        false => object,
                     };
                     writer.put(h, &object)?;
                     kept.insert(*h);
@@ -1120,6 +1124,11 @@ fn now() -> u64 {
 /// that still carries them, at its size, is trusted without re-hashing: writing to it (say,
 /// through a link in a release tree) sets its mtime to the time of the write. On a
 /// filesystem that keeps no nanoseconds the stamp never matches, and every use re-hashes.
+/// Whether a cache file carries the stamp of `hash` at its size (see `stamp`).
+fn is_stamped(m: &fs::Metadata, hash: &Hash, size: u64) -> bool {
+    m.len() == size && m.mtime_nsec() == stamp_nanos(hash)
+}
+
 fn stamp_nanos(hash: &Hash) -> i64 {
     i64::from(u32::from_le_bytes(hash.0[..4].try_into().expect("4 bytes")) % 1_000_000_000)
 }
@@ -1225,6 +1234,13 @@ pub struct Draft {
     unstamped: Vec<Unstamped>,
     /// The manifest's entries written so far, by index.
     done: Vec<bool>,
+}
+
+impl Draft {
+    /// How many of the manifest's entries it has written (directories included).
+    pub fn written(&self) -> usize {
+        self.done.iter().filter(|d| **d).count()
+    }
 }
 
 impl Drop for Draft {

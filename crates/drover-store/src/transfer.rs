@@ -881,6 +881,10 @@ mod tests {
                 .draft_tree(&manifest, &present, &stop)
                 .unwrap()
                 .unwrap();
+            if stop_after == files * 4 {
+                // Never stopped: every entry was a link to a stamped cache file.
+                assert_eq!(draft.written(), files);
+            }
             store
                 .complete_tree(&mut draft, &manifest, &ChunkCache::default())
                 .unwrap();
@@ -906,6 +910,33 @@ mod tests {
             assert_eq!(leftover_trees(&store), 0);
             crate::store::remove_tree(&tree);
         }
+
+        // A cache file written through (its stamp broken) is not linked by a draft; the
+        // completion re-checks it and builds it again.
+        let stop = AtomicBool::new(false);
+        let first = store.materialise(&id).unwrap();
+        let through = first.join("d/other.txt");
+        std::fs::set_permissions(
+            &through,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::write(&through, "OTHER").unwrap();
+        crate::store::remove_tree(&first);
+        let mut draft = store
+            .draft_tree(&manifest, &|_| true, &stop)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            draft.written(),
+            files - 1,
+            "all but the written-through file"
+        );
+        store
+            .complete_tree(&mut draft, &manifest, &ChunkCache::default())
+            .unwrap();
+        let tree = store.place_tree(draft).unwrap();
+        assert_eq!(std::fs::read(tree.join("d/other.txt")).unwrap(), b"other");
     }
 
     /// Trees begun and not put in place (under the store's `tmp/`).
