@@ -24,6 +24,9 @@ pub enum Error {
     },
     #[error("{kind} {id} is missing from the store")]
     Missing { kind: &'static str, id: String },
+    /// The stream to the other end of a transfer broke, or carried what a transfer does not.
+    #[error("{peer}: {message}")]
+    Stream { peer: String, message: String },
     /// The other end of a transfer refused or failed; its own words.
     #[error("{message}")]
     Remote {

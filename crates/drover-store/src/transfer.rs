@@ -20,7 +20,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -85,9 +84,14 @@ pub struct Progress {
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |err| Error::Io {
-        path: PathBuf::from(what),
-        err,
+    move |err| stream(what, err.to_string())
+}
+
+/// A fault of the stream to `peer` (not of either store).
+fn stream(peer: &str, message: impl Into<String>) -> Error {
+    Error::Stream {
+        peer: peer.to_string(),
+        message: message.into(),
     }
 }
 
@@ -123,14 +127,14 @@ fn read_record(r: &mut impl Read, what: &str) -> Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
     r.read_exact(&mut head).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::invalid(what, "the connection closed in the middle of a transfer")
+            stream(what, "the connection closed in the middle of a transfer")
         } else {
             io(what)(e)
         }
     })?;
     let len = u32::from_le_bytes(head[1..].try_into().expect("4 bytes"));
     if len > MAX_RECORD {
-        return Err(Error::invalid(
+        return Err(stream(
             what,
             format!("oversized transfer record ({len} bytes)"),
         ));
@@ -138,7 +142,7 @@ fn read_record(r: &mut impl Read, what: &str) -> Result<(u8, Vec<u8>)> {
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::invalid(what, "the connection closed in the middle of a transfer")
+            stream(what, "the connection closed in the middle of a transfer")
         } else {
             io(what)(e)
         }
@@ -173,9 +177,9 @@ fn remote_error(payload: &[u8]) -> Error {
 fn expect_done(tag: u8, payload: &[u8], what: &str) -> Result<Received> {
     match tag {
         TAG_DONE => serde_json::from_slice(payload)
-            .map_err(|e| Error::invalid(what, format!("bad answer from the receiver: {e}"))),
+            .map_err(|e| stream(what, format!("bad answer from the receiver: {e}"))),
         TAG_ERROR => Err(remote_error(payload)),
-        other => Err(Error::invalid(
+        other => Err(stream(
             what,
             format!("unexpected answer from the receiver (record {other})"),
         )),
@@ -306,18 +310,18 @@ pub fn send(
     if tag != TAG_WANT {
         return Err(match expect_done(tag, &payload, what) {
             Err(e) => e,
-            Ok(_) => Error::invalid(what, "the receiver answered before the chunks"),
+            Ok(_) => stream(what, "the receiver answered before the chunks"),
         });
     }
     if payload.len() % 32 != 0 {
-        return Err(Error::invalid(what, "bad chunk list from the receiver"));
+        return Err(stream(what, "bad chunk list from the receiver"));
     }
     let needed = manifest.chunk_set();
     let mut want = Vec::with_capacity(payload.len() / 32);
     for c in payload.chunks_exact(32) {
         let h = Hash(c.try_into().expect("32 bytes"));
         if !needed.contains(&h) {
-            return Err(Error::invalid(
+            return Err(stream(
                 what,
                 format!("the receiver asked for chunk {h}, not part of this release"),
             ));
@@ -554,7 +558,7 @@ fn receive_inner(
     let _lock = store.lock_shared()?;
     let (tag, offer) = read_record(input, what)?;
     if tag != TAG_OFFER || offer.len() != 32 {
-        return Err(Error::invalid(what, "a transfer must start with an offer"));
+        return Err(stream(what, "a transfer must start with an offer"));
     }
     let offered = Hash(offer[..].try_into().expect("32 bytes"));
     if store.has_release(&offered) {
@@ -581,22 +585,22 @@ fn receive_inner(
 
     let (tag, packed) = read_record(input, what)?;
     if tag != TAG_MANIFEST || packed.is_empty() {
-        return Err(Error::invalid(what, "a manifest must follow the offer"));
+        return Err(stream(what, "a manifest must follow the offer"));
     }
     let manifest_bytes = match packed[0] {
         0 => zstd::bulk::decompress(&packed[1..], MAX_MANIFEST_BYTES as usize)
-            .map_err(|e| Error::invalid(what, format!("undecodable manifest: {e}")))?,
+            .map_err(|e| stream(what, format!("undecodable manifest: {e}")))?,
         1 if packed.len() > 33 => {
             let base = Hash(packed[1..33].try_into().expect("32 bytes"));
             let base_bytes = store.manifest_bytes(&base)?;
             decode_manifest_delta(&base_bytes, &packed[33..])
-                .map_err(|e| Error::invalid(what, format!("undecodable manifest: {e}")))?
+                .map_err(|e| stream(what, format!("undecodable manifest: {e}")))?
         }
-        _ => return Err(Error::invalid(what, "unknown manifest encoding")),
+        _ => return Err(stream(what, "unknown manifest encoding")),
     };
     let id = Hash::of(&manifest_bytes);
     if id != offered {
-        return Err(Error::invalid(
+        return Err(stream(
             what,
             format!("the manifest is not release {} as offered", offered.short()),
         ));
@@ -604,7 +608,7 @@ fn receive_inner(
     let manifest = Manifest::from_bytes(&manifest_bytes, &format!("release {}", id.short()))?;
     let (tag, sig_bytes) = read_record(input, what)?;
     if tag != TAG_SIGNATURE {
-        return Err(Error::invalid(what, "a signature must follow the manifest"));
+        return Err(stream(what, "a signature must follow the manifest"));
     }
     let sig = ReleaseSignature::from_bytes(&sig_bytes, what)?;
     let sig_what = format!(
@@ -648,7 +652,7 @@ fn receive_inner(
     arrived?;
     sealed?;
     if let Some(h) = pending.iter().next() {
-        return Err(Error::invalid(
+        return Err(stream(
             what,
             format!("the transfer ended without chunk {h}"),
         ));
@@ -698,40 +702,40 @@ fn receive_chunks(
         match tag {
             TAG_CHUNK => {
                 if payload.len() < 33 {
-                    return Err(Error::invalid(what, "chunk record too short"));
+                    return Err(stream(what, "chunk record too short"));
                 }
                 let h = Hash(payload[..32].try_into().expect("32 bytes"));
                 if !pending.remove(&h) {
-                    return Err(Error::invalid(what, format!("chunk {h} was not asked for")));
+                    return Err(stream(what, format!("chunk {h} was not asked for")));
                 }
                 let object = &payload[32..];
                 chunk::decode(object, &h).map_err(|reason| {
-                    Error::invalid(what, format!("chunk {h} arrived corrupt: {reason}"))
+                    stream(what, format!("chunk {h} arrived corrupt: {reason}"))
                 })?;
                 packs.put(&h, object)?;
             }
             TAG_DELTA => {
                 if payload.len() < 34 {
-                    return Err(Error::invalid(what, "delta record too short"));
+                    return Err(stream(what, "delta record too short"));
                 }
                 let h = Hash(payload[..32].try_into().expect("32 bytes"));
                 if !pending.remove(&h) {
-                    return Err(Error::invalid(what, format!("chunk {h} was not asked for")));
+                    return Err(stream(what, format!("chunk {h} was not asked for")));
                 }
                 let n = u16::from_le_bytes([payload[32], payload[33]]) as usize;
                 let body = payload
                     .get(34 + n * 32..)
-                    .ok_or_else(|| Error::invalid(what, "delta record too short"))?;
+                    .ok_or_else(|| stream(what, "delta record too short"))?;
                 let mut prefix = Vec::new();
                 for b in payload[34..34 + n * 32].chunks_exact(32) {
                     let b = Hash(b.try_into().expect("32 bytes"));
                     prefix.extend_from_slice(&store.read_chunk_cached(&b, cache)?);
                     if prefix.len() > chunk::MAX_DELTA_BASE {
-                        return Err(Error::invalid(what, "delta base too large"));
+                        return Err(stream(what, "delta base too large"));
                     }
                 }
                 let raw = chunk::delta_decode(&prefix, body, &h).map_err(|reason| {
-                    Error::invalid(what, format!("chunk {h} arrived corrupt: {reason}"))
+                    stream(what, format!("chunk {h} arrived corrupt: {reason}"))
                 })?;
                 // Stored as it is: compressing it again cost more than it arrived in, and
                 // the tree is made of it right after.
@@ -742,7 +746,7 @@ fn receive_chunks(
             }
             TAG_END => break,
             other => {
-                return Err(Error::invalid(
+                return Err(stream(
                     what,
                     format!("unexpected record {other} in a transfer"),
                 ));
@@ -939,6 +943,32 @@ mod tests {
         assert_eq!(std::fs::read(tree.join("d/other.txt")).unwrap(), b"other");
     }
 
+    #[test]
+    fn a_broken_stream_is_named_as_such() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("a.txt"), "a").unwrap();
+        let a = store_in(&tmp.path().join("a"));
+        let v1 = release(&a, &src, "1");
+        // The other end is gone before the offer is answered.
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let sent = send(
+            &a,
+            &v1,
+            &Encoded::default(),
+            ours.try_clone().unwrap(),
+            ours,
+            "web1",
+            |_| {},
+        );
+        match sent {
+            Err(Error::Stream { peer, .. }) => assert_eq!(peer, "web1"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Trees begun and not put in place (under the store's `tmp/`).
     fn leftover_trees(store: &Store) -> usize {
         let tmp = store.tmp_path("x");
@@ -1018,6 +1048,12 @@ mod tests {
         assert!(
             sent.is_err(),
             "without the shared forms the chunks cannot be read"
+        );
+        // This machine's store failed, not the stream.
+        assert!(
+            !matches!(sent, Err(Error::Stream { .. })),
+            "{:?}",
+            sent.err()
         );
         let (sent, got) = transfer_with(&a, &c_root, &v1, &shared);
         sent.unwrap();

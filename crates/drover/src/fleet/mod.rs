@@ -330,16 +330,6 @@ fn wire_error(s: &Session, e: drover_wire::WireError) -> HostError {
     }
 }
 
-/// Whether a transfer error is about the stream to `host` (errors about this machine's own
-/// store name a file or an object).
-fn on_stream(e: &drover_store::Error, host: &str) -> bool {
-    match e {
-        drover_store::Error::Io { path, .. } => path.as_os_str() == host,
-        drover_store::Error::Invalid { what, .. } => what == host,
-        _ => false,
-    }
-}
-
 /// A `Reply` line from the serve session, its `Ok` value read as `T`.
 fn serve_reply<T: serde::de::DeserializeOwned>(s: &Session, sv: &mut Serve) -> Result<T, OpError> {
     let line = sv.line()?;
@@ -432,7 +422,7 @@ pub fn transfer(
                 }))
             }
             // The stream to the host broke: what ssh says about it is the better message.
-            Err(e) if on_stream(&e, &s.name) => {
+            Err(e @ drover_store::Error::Stream { .. }) => {
                 Err(OpError::Broken(format!("transfer failed: {e}")))
             }
             // This machine's store failed (reading the release): that is the message.
