@@ -65,12 +65,27 @@ pub struct Encoder {
     skip: u32,
     /// How many to skip after the next incompressible chunk (0: the first time).
     backoff: u32,
+    /// Every chunk is stored as it is (see `uncompressed`).
+    never: bool,
 }
 
 const SKIP_AFTER_INCOMPRESSIBLE: u32 = 7;
 
 impl Encoder {
+    /// An encoder that stores every chunk uncompressed: for a transfer's chunks decoded from
+    /// deltas, which compressing again costs more than they took to arrive (gc compresses
+    /// them later).
+    pub fn uncompressed() -> Encoder {
+        Encoder {
+            never: true,
+            ..Encoder::default()
+        }
+    }
+
     pub fn encode(&mut self, data: &[u8]) -> Vec<u8> {
+        if self.never {
+            return raw(data);
+        }
         if self.skip > 0 {
             self.skip -= 1;
             return raw(data);
@@ -92,11 +107,6 @@ impl Encoder {
             None => raw(data),
         }
     }
-}
-
-/// The uncompressed object of `data`.
-pub fn raw_object(data: &[u8]) -> Vec<u8> {
-    raw(data)
 }
 
 /// Whether an object holds its data uncompressed.

@@ -523,23 +523,9 @@ impl Store {
             return Ok(dest);
         }
         let manifest = self.manifest(id)?;
-        let tmp = self.tmp_path("tree");
-        let result = self
-            .write_tree(&manifest, &tmp, true)
-            .and_then(|unstamped| {
-                // The tree appears only once its files are durable.
-                self.make_durable(&tmp, &unstamped)?;
-                fs::rename(&tmp, &dest)
-                    .or_else(|e| {
-                        // Someone else materialised it first: theirs is as good as ours.
-                        if dest.exists() { Ok(()) } else { Err(e) }
-                    })
-                    .at(&dest)
-            });
-        if tmp.exists() {
-            remove_tree(&tmp);
-        }
-        result.map(|()| dest)
+        let mut tree = self.begin_tree(*id, &manifest)?;
+        self.finish_entries(&mut tree, &manifest, None)?;
+        self.place_tree(tree)
     }
 
     /// Writes a release's files into `dest` (which must not exist). Files are hard links to
@@ -552,7 +538,7 @@ impl Store {
                 "already exists; checkout writes a new directory",
             ));
         }
-        let unstamped = self.write_tree(&manifest, dest, true)?;
+        let unstamped = self.write_tree(&manifest, dest)?;
         // Durable when it returns, as it was with an fsync per file.
         self.make_durable(dest, &unstamped)
     }
@@ -572,19 +558,12 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the tree; returns the cache files it made or re-checked, which get their
-    /// stamp once the caller has made them durable.
-    fn write_tree(
-        &self,
-        manifest: &Manifest,
-        dest: &Path,
-        read_only: bool,
-    ) -> Result<Vec<Unstamped>> {
+    /// Writes the (read-only) tree; returns the cache files it made or re-checked, which get
+    /// their stamp once the caller has made them durable.
+    fn write_tree(&self, manifest: &Manifest, dest: &Path) -> Result<Vec<Unstamped>> {
         tree_dirs(manifest, dest)?;
         let unstamped = self.tree_entries(manifest, dest, &|_| true, CORES, None)?;
-        if read_only {
-            seal_dirs(manifest, dest)?;
-        }
+        seal_dirs(manifest, dest)?;
         Ok(unstamped)
     }
 
@@ -653,8 +632,8 @@ impl Store {
         Ok(unstamped)
     }
 
-    /// Starts a release's tree while its missing chunks are still arriving (the release is
-    /// not committed yet): its directories, symlinks and the files whose chunks are all
+    /// Starts the tree of release `id` (`manifest`) while its missing chunks are still
+    /// arriving (the release is not committed yet): its directories, symlinks and the files whose chunks are all
     /// here (`present`) and whose cache file is stamped, in order, on one thread, so the
     /// transfer keeps the other cores. Each step is a link: a cache file to assemble or
     /// re-check is left to `complete_tree`, which does the rest on every core, as is
@@ -662,31 +641,21 @@ impl Store {
     /// already. `place_tree` puts it in place.
     pub fn draft_tree(
         &self,
+        id: &Hash,
         manifest: &Manifest,
         present: &(dyn Fn(&Hash) -> bool + Sync),
         stop: &std::sync::atomic::AtomicBool,
     ) -> Result<Option<Draft>> {
-        let id = Hash::of(&manifest.to_bytes());
-        if self.tree_path(&id).exists() {
+        if self.tree_path(id).exists() {
             return Ok(None);
         }
-        // Removed again when anything below fails.
-        let mut draft = Draft {
-            id,
-            tmp: self.tmp_path("tree"),
-            unstamped: Vec::new(),
-            done: vec![false; manifest.entries.len()],
-        };
-        tree_dirs(manifest, &draft.tmp)?;
+        let mut draft = self.begin_tree(*id, manifest)?;
         for (i, entry) in manifest.entries.iter().enumerate() {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             let file = match entry {
-                Entry::Dir { .. } => {
-                    draft.done[i] = true;
-                    continue;
-                }
+                Entry::Dir { .. } => continue,
                 Entry::Symlink { .. } => None,
                 Entry::File {
                     mode,
@@ -710,6 +679,23 @@ impl Store {
         Ok(Some(draft))
     }
 
+    /// A tree begun in `tmp/`: its directories (removed again when it is dropped before
+    /// `place_tree`).
+    fn begin_tree(&self, id: Hash, manifest: &Manifest) -> Result<Draft> {
+        let draft = Draft {
+            id,
+            tmp: self.tmp_path("tree"),
+            unstamped: Vec::new(),
+            done: manifest
+                .entries
+                .iter()
+                .map(|e| matches!(e, Entry::Dir { .. }))
+                .collect(),
+        };
+        tree_dirs(manifest, &draft.tmp)?;
+        Ok(draft)
+    }
+
     /// Completes a drafted tree: the entries the draft did not write, now that every chunk
     /// is stored (read through `cache`: the transfer's, with what it just decoded and the
     /// bases it read), on every core. Not durable yet, nor in place: see `place_tree`.
@@ -719,6 +705,16 @@ impl Store {
         manifest: &Manifest,
         cache: &ChunkCache,
     ) -> Result<()> {
+        self.finish_entries(draft, manifest, Some(cache))
+    }
+
+    /// The entries of a begun tree not written yet, then its directories sealed.
+    fn finish_entries(
+        &self,
+        draft: &mut Draft,
+        manifest: &Manifest,
+        cache: Option<&ChunkCache>,
+    ) -> Result<()> {
         if draft.done.len() != manifest.entries.len() {
             return Err(Error::invalid(
                 format!("release {}", draft.id.short()),
@@ -726,13 +722,13 @@ impl Store {
             ));
         }
         let done = &draft.done;
-        let rest = self.tree_entries(manifest, &draft.tmp, &|i| !done[i], CORES, Some(cache))?;
+        let rest = self.tree_entries(manifest, &draft.tmp, &|i| !done[i], CORES, cache)?;
         draft.unstamped.extend(rest);
         seal_dirs(manifest, &draft.tmp)
     }
 
-    /// Makes a completed tree durable and puts it in place, as `materialise` would have. Its
-    /// release must be committed.
+    /// Makes a completed tree durable and puts it in place: it appears only once its files
+    /// are durable. Its release must be committed.
     pub fn place_tree(&self, draft: Draft) -> Result<PathBuf> {
         let dest = self.tree_path(&draft.id);
         if !self.has_release(&draft.id) {
@@ -740,6 +736,7 @@ impl Store {
         }
         self.make_durable(&draft.tmp, &draft.unstamped)?;
         fs::rename(&draft.tmp, &dest)
+            // Someone else put it in place first: theirs is as good as ours.
             .or_else(|e| if dest.exists() { Ok(()) } else { Err(e) })
             .at(&dest)?;
         Ok(dest)
@@ -1120,15 +1117,15 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The nanoseconds a cache file's mtime is given once it is durable, from its hash. A file
-/// that still carries them, at its size, is trusted without re-hashing: writing to it (say,
-/// through a link in a release tree) sets its mtime to the time of the write. On a
-/// filesystem that keeps no nanoseconds the stamp never matches, and every use re-hashes.
 /// Whether a cache file carries the stamp of `hash` at its size (see `stamp`).
 fn is_stamped(m: &fs::Metadata, hash: &Hash, size: u64) -> bool {
     m.len() == size && m.mtime_nsec() == stamp_nanos(hash)
 }
 
+/// The nanoseconds a cache file's mtime is given once it is durable, from its hash. A file
+/// that still carries them, at its size, is trusted without re-hashing: writing to it (say,
+/// through a link in a release tree) sets its mtime to the time of the write. On a
+/// filesystem that keeps no nanoseconds the stamp never matches, and every use re-hashes.
 fn stamp_nanos(hash: &Hash) -> i64 {
     i64::from(u32::from_le_bytes(hash.0[..4].try_into().expect("4 bytes")) % 1_000_000_000)
 }
@@ -1188,14 +1185,48 @@ pub fn hash_file(path: &Path) -> Result<Hash> {
 
 /// Raw chunk data, verified, kept for the rest of one piece of work (a transfer): the same
 /// base chunk serves many deltas, and a received release's tree needs the chunks just
-/// decoded. Up to `CHUNK_CACHE_KEEP` bytes; beyond that, chunks are read each time.
-#[derive(Default)]
+/// decoded. Up to 64 MiB; beyond that, chunks are read each time.
 pub struct ChunkCache {
     map: std::sync::Mutex<HashMap<Hash, Arc<Vec<u8>>>>,
-    bytes: AtomicU64,
+    budget: Budget,
 }
 
-const CHUNK_CACHE_KEEP: u64 = 64 << 20;
+impl Default for ChunkCache {
+    fn default() -> ChunkCache {
+        ChunkCache {
+            map: Default::default(),
+            budget: Budget::new(64 << 20),
+        }
+    }
+}
+
+/// Bytes a cache may still keep.
+pub(crate) struct Budget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: u64) -> Budget {
+        Budget {
+            used: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// Takes `n` bytes of it; false (and nothing taken) when they would exceed it.
+    pub(crate) fn take(&self, n: u64) -> bool {
+        if self.used.fetch_add(n, Ordering::Relaxed) + n > self.limit {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
 
 impl ChunkCache {
     fn get(&self, h: &Hash) -> Option<Arc<Vec<u8>>> {
@@ -1209,8 +1240,7 @@ impl ChunkCache {
     /// Keeps `data`, which must be chunk `h`'s verified raw content.
     pub fn keep(&self, h: &Hash, data: &Arc<Vec<u8>>) {
         let size = data.len() as u64;
-        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > CHUNK_CACHE_KEEP {
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
+        if !self.budget.take(size) {
             return;
         }
         let old = self
@@ -1219,7 +1249,7 @@ impl ChunkCache {
             .unwrap_or_else(|e| e.into_inner())
             .insert(*h, data.clone());
         if old.is_some() {
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            self.budget.give_back(size);
         }
     }
 }
@@ -1227,7 +1257,8 @@ impl ChunkCache {
 /// As many threads as there are cores (see `par::map_on`).
 const CORES: usize = usize::MAX;
 
-/// A release tree begun by `Store::draft_tree`; removed unless `place_tree` put it in place.
+/// A release tree begun in `tmp/` (by `materialise` or `draft_tree`); removed unless
+/// `place_tree` put it in place.
 pub struct Draft {
     id: Hash,
     tmp: PathBuf,
@@ -1236,9 +1267,10 @@ pub struct Draft {
     done: Vec<bool>,
 }
 
+#[cfg(test)]
 impl Draft {
     /// How many of the manifest's entries it has written (directories included).
-    pub fn written(&self) -> usize {
+    pub(crate) fn written(&self) -> usize {
         self.done.iter().filter(|d| **d).count()
     }
 }

@@ -30,7 +30,7 @@ use crate::hash::Hash;
 use crate::keys::ReleaseSignature;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::objpack::PackWriter;
-use crate::store::{ChunkCache, Store};
+use crate::store::{Budget, ChunkCache, Store};
 
 const TAG_MANIFEST: u8 = 1;
 const TAG_SIGNATURE: u8 = 2;
@@ -188,20 +188,27 @@ fn expect_done(tag: u8, payload: &[u8], what: &str) -> Result<Received> {
 
 /// Chunks in their wire form, kept by one `send` for the next: a fleet deploy sends one
 /// release, against one base, to many hosts, and each chunk is read and encoded once.
-#[derive(Default)]
 pub struct Encoded {
     #[allow(clippy::type_complexity)]
     forms: std::sync::Mutex<HashMap<(Hash, Option<Hash>), Arc<std::sync::Mutex<Option<Form>>>>>,
-    bytes: std::sync::atomic::AtomicU64,
+    /// At most 256 MiB of wire forms are kept (beyond it, chunks are encoded per send).
+    budget: Budget,
     /// The delta bases, read once: neighbouring changed chunks share them.
     bases: ChunkCache,
 }
 
+impl Default for Encoded {
+    fn default() -> Encoded {
+        Encoded {
+            forms: Default::default(),
+            budget: Budget::new(256 << 20),
+            bases: ChunkCache::default(),
+        }
+    }
+}
+
 /// A chunk's stored size and its wire form.
 type Form = Arc<(u64, Wire)>;
-
-/// At most this much encoded data is kept (beyond it, chunks are encoded per send).
-const ENCODED_KEEP: u64 = 256 << 20;
 
 impl Encoded {
     /// The wire form of chunk `h` against `base`, made by `make` unless another send made it
@@ -228,11 +235,8 @@ impl Encoded {
             Wire::Whole(o) => o.len(),
             Wire::Delta(b, d) => b.len() * 32 + d.len(),
         } as u64;
-        use std::sync::atomic::Ordering;
-        if self.bytes.fetch_add(size, Ordering::Relaxed) + size <= ENCODED_KEEP {
+        if self.budget.take(size) {
             *slot = Some(form.clone());
-        } else {
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
         }
         Ok(form)
     }
@@ -456,12 +460,13 @@ impl<'a> Places<'a> {
                     offsets.push(off);
                     off += c.1 as u64;
                 }
-                let anchor = |i: usize| {
-                    in_base
-                        .get(&chunks[i].0)
-                        .map(|&b| b as i64 - offsets[i] as i64)
-                };
-                let mut shifts: Vec<Option<i64>> = (0..chunks.len()).map(anchor).collect();
+                // Where a shared chunk is: how far it moved.
+                let anchors: Vec<Option<i64>> = chunks
+                    .iter()
+                    .zip(&offsets)
+                    .map(|(c, &o)| in_base.get(&c.0).map(|&b| b as i64 - o as i64))
+                    .collect();
+                let mut shifts = anchors.clone();
                 let mut last = None;
                 for s in shifts.iter_mut() {
                     match s {
@@ -470,9 +475,9 @@ impl<'a> Places<'a> {
                     }
                 }
                 let mut next = None;
-                for (i, s) in shifts.iter_mut().enumerate().rev() {
-                    match anchor(i) {
-                        Some(v) => next = Some(v),
+                for (s, a) in shifts.iter_mut().zip(&anchors).rev() {
+                    match a {
+                        Some(v) => next = Some(*v),
                         None if s.is_none() => *s = next,
                         None => {}
                     }
@@ -631,9 +636,9 @@ fn receive_inner(
     }
     write_record(output, TAG_WANT, &[&list]).map_err(io(what))?;
     output.flush().map_err(io(what))?;
-    let wanted: HashSet<Hash> = want.iter().copied().collect();
-    let mut pending = wanted.clone();
-    let present = |h: &Hash| !wanted.contains(h);
+    let mut pending: HashSet<Hash> = want.iter().copied().collect();
+    // `want` is sorted.
+    let present = |h: &Hash| want.binary_search(h).is_err();
     let packs = store.pack_writer().seal_every(RECEIVE_PACK);
     let cache = ChunkCache::default();
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -641,7 +646,7 @@ fn receive_inner(
     // files it already has), and finished once they are in. Only a head start: when that
     // fails, `materialise` does the whole tree when the release is deployed.
     let (arrived, sealed, draft) = std::thread::scope(|s| {
-        let draft = s.spawn(|| store.draft_tree(&manifest, &present, &stop));
+        let draft = s.spawn(|| store.draft_tree(&id, &manifest, &present, &stop));
         let arrived = receive_chunks(store, input, &mut pending, &packs, &cache);
         // In, or broken off: the draft stops, and what arrived is kept at once (verified,
         // the next transfer resumes from it).
@@ -737,11 +742,8 @@ fn receive_chunks(
                 let raw = chunk::delta_decode(&prefix, body, &h).map_err(|reason| {
                     stream(what, format!("chunk {h} arrived corrupt: {reason}"))
                 })?;
-                // Stored as it is: compressing it again cost more than it arrived in, and
-                // the tree is made of it right after.
-                if !store.has_chunk(&h) {
-                    packs.put(&h, &chunk::raw_object(&raw))?;
-                }
+                // Stored as it is (see `Encoder::uncompressed`); the tree is made of it next.
+                store.put_chunk_packed(&h, &raw, &mut chunk::Encoder::uncompressed(), packs)?;
                 cache.keep(&h, &Arc::new(raw));
             }
             TAG_END => break,
@@ -882,7 +884,7 @@ mod tests {
                 true
             };
             let mut draft = store
-                .draft_tree(&manifest, &present, &stop)
+                .draft_tree(&id, &manifest, &present, &stop)
                 .unwrap()
                 .unwrap();
             if stop_after == files * 4 {
@@ -928,7 +930,7 @@ mod tests {
         std::fs::write(&through, "OTHER").unwrap();
         crate::store::remove_tree(&first);
         let mut draft = store
-            .draft_tree(&manifest, &|_| true, &stop)
+            .draft_tree(&id, &manifest, &|_| true, &stop)
             .unwrap()
             .unwrap();
         assert_eq!(
