@@ -805,20 +805,15 @@ mod tests {
     #[test]
     fn chunks_decoded_from_deltas_are_stored_as_they_are_and_compressed_by_gc() {
         let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        std::fs::create_dir(&src).unwrap();
         // Compressible, and no two chunks alike.
         let mut text: Vec<u8> = (0..60_000)
             .flat_map(|i| format!("line {i}: the quick brown fox {}\n", i % 97).into_bytes())
             .collect();
-        std::fs::write(src.join("log.txt"), &text).unwrap();
+        let src = source(tmp.path(), &[("log.txt", &text)]);
         let a = store_in(&tmp.path().join("a"));
         let v1 = release(&a, &src, "1");
         let b_root = tmp.path().join("b");
-        store_in(&b_root)
-            .keys()
-            .trust(&a.keys().public_key().unwrap(), "d")
-            .unwrap();
+        trusting(&b_root, &a);
         transfer(&a, &b_root, &v1).0.unwrap();
         let middle = text.len() / 2;
         text[middle..middle + 2000].copy_from_slice(&[b'#'; 2000]);
@@ -948,9 +943,7 @@ mod tests {
     #[test]
     fn a_broken_stream_is_named_as_such() {
         let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("a.txt"), "a").unwrap();
+        let src = source(tmp.path(), &[("a.txt", b"a")]);
         let a = store_in(&tmp.path().join("a"));
         let v1 = release(&a, &src, "1");
         // The other end is gone before the offer is answered.
@@ -983,6 +976,25 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// `tmp/src`, holding `files`.
+    fn source(tmp: &std::path::Path, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+        let src = tmp.join("src");
+        std::fs::create_dir(&src).unwrap();
+        for (name, data) in files {
+            std::fs::write(src.join(name), data).unwrap();
+        }
+        src
+    }
+
+    /// The store at `root`, trusting `signer`'s key.
+    fn trusting(root: &std::path::Path, signer: &Store) -> Store {
+        let s = store_in(root);
+        s.keys()
+            .trust(&signer.keys().public_key().unwrap(), "deployer")
+            .unwrap();
+        s
+    }
+
     /// Runs a receive on its own thread over a socket pair; returns both ends' results.
     fn transfer(
         from: &Store,
@@ -1011,17 +1023,16 @@ mod tests {
     #[test]
     fn sends_of_one_release_share_its_encoded_chunks() {
         let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("big.bin"), noise(2 << 20, 3)).unwrap();
-        std::fs::write(src.join("small.txt"), "v1").unwrap();
+        let src = source(
+            tmp.path(),
+            &[("big.bin", &noise(2 << 20, 3)), ("small.txt", b"v1")],
+        );
         let a_root = tmp.path().join("a");
         let a = store_in(&a_root);
         let v1 = release(&a, &src, "1");
-        let key = a.keys().public_key().unwrap();
         let (b_root, c_root) = (tmp.path().join("b"), tmp.path().join("c"));
         for r in [&b_root, &c_root] {
-            store_in(r).keys().trust(&key, "deployer").unwrap();
+            trusting(r, &a);
         }
         let shared = Encoded::default();
         let (sent, got) = transfer_with(&a, &b_root, &v1, &shared);
@@ -1187,18 +1198,16 @@ mod tests {
     #[test]
     fn damaged_or_truncated_streams_add_no_release() {
         let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("a.bin"), noise(400 << 10, 5)).unwrap();
-        std::fs::write(src.join("b.txt"), "some text\n".repeat(500)).unwrap();
+        let src = source(
+            tmp.path(),
+            &[
+                ("a.bin", &noise(400 << 10, 5)),
+                ("b.txt", "some text\n".repeat(500).as_bytes()),
+            ],
+        );
         let a = store_in(&tmp.path().join("a"));
         let v1 = release(&a, &src, "1");
-        let key = a.keys().public_key().unwrap();
-        let trusting = |name: &str| {
-            let s = store_in(&tmp.path().join(name));
-            s.keys().trust(&key, "deployer").unwrap();
-            s
-        };
+        let trusting = |name: &str| trusting(&tmp.path().join(name), &a);
 
         // What a sender says to a store that has nothing (no base, every chunk wanted).
         let b = trusting("b");
@@ -1256,16 +1265,11 @@ mod tests {
     #[test]
     fn an_interrupted_transfer_resumes_and_corrupt_chunks_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("big.bin"), noise(6 << 20, 3)).unwrap();
+        let src = source(tmp.path(), &[("big.bin", &noise(6 << 20, 3))]);
         let a = store_in(&tmp.path().join("a"));
         let v1 = release(&a, &src, "1");
         let b_root = tmp.path().join("b");
-        let b = store_in(&b_root);
-        b.keys()
-            .trust(&a.keys().public_key().unwrap(), "d")
-            .unwrap();
+        let b = trusting(&b_root, &a);
         let total = a.manifest(&v1).unwrap().chunk_set().len();
         assert!(total > 4);
 

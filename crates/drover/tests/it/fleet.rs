@@ -89,6 +89,22 @@ fn event_ms(run: &crate::common::Run, host: &str, phase: &str) -> u64 {
         .unwrap()
 }
 
+/// `drover deploy DIR -e ENV`, which must fail with every one of `words` in its stderr.
+fn deploy_fails_saying(
+    cx: &TestContext,
+    dir: &Path,
+    env: &str,
+    words: &[&str],
+) -> crate::common::Run {
+    let run = cx
+        .drover(&["deploy", dir.to_str().unwrap(), "-e", env])
+        .failure();
+    for w in words {
+        assert!(run.stderr.contains(w), "no `{w}` in:\n{}", run.stderr);
+    }
+    run
+}
+
 /// The version host `i` serves on the app's port, if it answers.
 fn serving(fleet: &Fleet, i: usize) -> Option<String> {
     let (code, body) = fleet.http_get(i, 8080, "/", Duration::from_secs(2))?;
@@ -513,16 +529,11 @@ fn ssh_and_install_problems_are_named_per_host() {
     assert!(run.stderr.contains("h3: login refused"), "{}", run.stderr);
     assert!(!run.stderr.contains("h1: unreachable"), "{}", run.stderr);
 
-    let run = cx.drover(&["deploy", dir_str, "-e", "one"]).failure();
-    assert!(
-        run.stderr.contains("h1: drover is not installed there"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("drover host setup h1"),
-        "{}",
-        run.stderr
+    deploy_fails_saying(
+        &cx,
+        &dir,
+        "one",
+        &["h1: drover is not installed there", "drover host setup h1"],
     );
     let after = fleet
         .hosts
@@ -545,12 +556,11 @@ fn ssh_and_install_problems_are_named_per_host() {
     )
     .unwrap();
     std::fs::rename(bin.with_extension("other"), &bin).unwrap();
-    let run = cx.drover(&["deploy", dir_str, "-e", "one"]).failure();
-    assert!(run.stderr.contains("h1: runs drover"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("drover host setup h1"),
-        "{}",
-        run.stderr
+    deploy_fails_saying(
+        &cx,
+        &dir,
+        "one",
+        &["h1: runs drover", "drover host setup h1"],
     );
     let run = cx
         .drover(&["host", "setup", "-e", "one", "--dir", dir_str])
@@ -569,16 +579,15 @@ fn ssh_and_install_problems_are_named_per_host() {
     for k in &keys {
         std::fs::rename(k, k.with_extension("off")).unwrap();
     }
-    let run = cx.drover(&["deploy", dir_str, "-e", "one"]).failure();
-    assert!(
-        run.stderr.contains("h1: ") && run.stderr.contains("which this store does not trust"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("hint: `drover host setup h1` trusts"),
-        "{}",
-        run.stderr
+    deploy_fails_saying(
+        &cx,
+        &dir,
+        "one",
+        &[
+            "h1: ",
+            "which this store does not trust",
+            "hint: `drover host setup h1` trusts",
+        ],
     );
     let locks = cx
         .drover(&["lock", "status", "-e", "one", "--dir", dir_str])
@@ -687,13 +696,34 @@ fn ssh_connects_through_drovers_relay_unless_the_ssh_config_says_how() {
         toml.clone() + "\n[environments.closed]\nhosts = [\"h1:1\"]\n",
     )
     .unwrap();
-    let run = cx
-        .drover(&["deploy", dir.to_str().unwrap(), "-e", "closed"])
-        .failure();
+    let since = std::time::SystemTime::now() - Duration::from_secs(1);
+    deploy_fails_saying(
+        &cx,
+        &dir,
+        "closed",
+        &["h1:1: unreachable", "Connection refused"],
+    );
+    // And those words came from the relay: ssh itself says them too when it connects on its
+    // own, but only through a ProxyCommand does it then get as far as the banner exchange.
+    let through_relay = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("drover-ssh-"))
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        // This run's logs, not an earlier one's.
+        .filter(|log| {
+            log.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        })
+        .filter_map(|log| std::fs::read_to_string(log.path()).ok())
+        .any(|log| {
+            log.contains(&format!("connect to host {ip} port 1: Connection refused"))
+                && log.contains("kex_exchange_identification")
+        });
     assert!(
-        run.stderr.contains("h1:1: unreachable") && run.stderr.contains("Connection refused"),
-        "{}",
-        run.stderr
+        through_relay,
+        "the relay made the connection and wrote why it failed"
     );
 
     // A ProxyCommand in the user's ssh config file is what ssh runs, not the relay.
