@@ -122,11 +122,7 @@ fn save_seen(
     let Ok(body) = serde_json::to_vec(&Seen { release, files }) else {
         return;
     };
-    let tmp = store.tmp_path("seen");
-    let _ = fs::create_dir_all(path.parent().expect("has a parent"));
-    if fs::write(&tmp, body).is_ok() && fs::rename(&tmp, path).is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    let _ = store.write_atomic(path, &body, false);
 }
 
 #[derive(Debug, Serialize)]

@@ -60,6 +60,7 @@ impl Store {
             "files",
             "trees",
             "tmp",
+            "builds",
         ] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).at(&p)?;
@@ -233,7 +234,7 @@ impl Store {
         Ok(data)
     }
 
-    fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> Result<()> {
+    pub(crate) fn write_atomic(&self, path: &Path, data: &[u8], durable: bool) -> Result<()> {
         let tmp = self.tmp_path("obj");
         self.write_via(&tmp, path, data, durable)
     }
