@@ -7,6 +7,7 @@
 pub mod build;
 pub mod chunk;
 mod error;
+pub mod failpoint;
 mod hash;
 pub mod keys;
 pub mod manifest;

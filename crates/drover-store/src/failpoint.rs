@@ -1,0 +1,48 @@
+//! Crash points: named places at the durable steps of build, commit, materialise, receive,
+//! switch, gc and the fleet's confirm where a test makes the process die as `kill -9` would.
+//!
+//! `DROVER_FAILPOINT=NAME` (or `NAME#N`: at the Nth time the point is reached; several
+//! separated by commas) makes the process SIGKILL itself at that point. Compiled out of
+//! release builds: there `hit` is an empty inline function and the variable is ignored.
+
+/// Every crash point, so a test can walk them all. A point not listed here is a bug
+/// (checked in debug builds).
+pub const POINTS: &[&str] = &[];
+
+/// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.
+#[cfg(debug_assertions)]
+pub fn hit(name: &str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    debug_assert!(
+        POINTS.contains(&name),
+        "crash point {name} is not in POINTS"
+    );
+    static SPEC: OnceLock<Vec<(String, u64, AtomicU64)>> = OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        let raw = std::env::var("DROVER_FAILPOINT").unwrap_or_default();
+        raw.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.split_once('#') {
+                Some((n, k)) => (n.to_owned(), k.parse().unwrap_or(1), AtomicU64::new(0)),
+                None => (s.to_owned(), 1, AtomicU64::new(0)),
+            })
+            .collect()
+    });
+    for (point, nth, seen) in spec {
+        if point == name && seen.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+            eprintln!("drover: crash point {name}: killing this process");
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+            // SIGKILL cannot be caught; this is never reached.
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hit(_name: &str) {}
