@@ -34,7 +34,12 @@ pub enum RemoteCommand {
     },
     /// A fleet action's session: requests (`ServeOp`, JSON lines) on stdin, answers on
     /// stdout, until stdin ends.
-    Serve,
+    Serve {
+        /// Seconds without a byte from the deployer (keep-alives included) after which it
+        /// counts as gone and the session ends, as when stdin ends.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Start the agent unless one answers; with --replace, replace the running one (after
     /// an upgrade of the binary).
     StartAgent {
@@ -111,6 +116,10 @@ pub enum ServeOp {
         audit: Option<drover_wire::AuditEntry>,
     },
 }
+
+/// What the deployer sends while it has nothing else to say (an empty line, skipped between
+/// and within ops), so that `remote serve --timeout` can tell a silent deployer from a gone one.
+pub const KEEPALIVE: &[u8] = b"\n";
 
 /// The line that ends an `Agent` op, sent by the deployer once it has the reply.
 #[derive(Debug, Serialize, Deserialize)]
@@ -213,7 +222,10 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::to_string(&h)?);
         }
-        RemoteCommand::Serve => serve(root)?,
+        RemoteCommand::Serve { timeout } => serve(
+            root,
+            timeout.map(|s| std::time::Duration::from_secs(s.max(1))),
+        )?,
         RemoteCommand::Relay {
             host,
             port,
@@ -293,9 +305,55 @@ fn hello(
     })
 }
 
-/// `drover remote serve`: one session carries a whole fleet action on this host.
-fn serve(root: &Path) -> anyhow::Result<()> {
-    let mut input = std::io::stdin().lock();
+/// Stdin, whose read fails with `TimedOut` when nothing arrives within `limit`: over a link
+/// that died without a reset, sshd keeps the session's stdin open for hours.
+struct DeployerInput {
+    limit: Option<std::time::Duration>,
+}
+
+impl Read for DeployerInput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use std::os::fd::AsFd;
+        let stdin = std::io::stdin();
+        let fd = stdin.as_fd();
+        if let Some(limit) = self.limit {
+            let deadline = std::time::Instant::now() + limit;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let timeout = Timespec::try_from(left).map_err(std::io::Error::other)?;
+                let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+                match poll(&mut fds, Some(&timeout)) {
+                    Ok(0) if left.is_zero() => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "nothing from the deployer for {}s, not even a keep-alive: taken for gone",
+                                limit.as_secs()
+                            ),
+                        ));
+                    }
+                    Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                    Ok(_) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        loop {
+            match rustix::io::read(fd, &mut *buf) {
+                Err(rustix::io::Errno::INTR) => {}
+                r => return Ok(r?),
+            }
+        }
+    }
+}
+
+/// `drover remote serve`: one session carries a whole fleet action on this host. With a
+/// `timeout`, a deployer silent for longer is taken for gone: the session ends as if stdin had
+/// ended (an unconfirmed deploy returns to its previous generation; the environment's lock
+/// stays, for `drover lock release`).
+fn serve(root: &Path, timeout: Option<std::time::Duration>) -> anyhow::Result<()> {
+    let mut input = std::io::BufReader::with_capacity(64 << 10, DeployerInput { limit: timeout });
     let answer = |r: anyhow::Result<serde_json::Value>| -> anyhow::Result<()> {
         let reply = match r {
             Ok(v) => drover_wire::Reply::Ok(v),
@@ -307,6 +365,9 @@ fn serve(root: &Path) -> anyhow::Result<()> {
     // An op line wraps an agent request of up to `MAX_LINE`.
     let max = drover_wire::MAX_LINE + (64 << 10);
     while let Some(line) = drover_wire::read_line_max(&mut input, max)? {
+        if line.is_empty() {
+            continue;
+        }
         let op: ServeOp = match serde_json::from_str(&line) {
             Ok(op) => op,
             Err(e) => {
@@ -422,14 +483,22 @@ fn agent_op(
     };
     let mut to_agent: Option<&UnixStream> = pump.as_ref().map(|(s, _)| s);
     let mut open = true;
+    let mut gone = None;
     loop {
-        match drover_wire::read_line(input)? {
-            None => {
+        match drover_wire::read_line(input) {
+            Ok(None) => {
                 open = false;
                 break;
             }
-            Some(l) if serde_json::from_str::<EndOp>(&l).is_ok_and(|e| e.end) => break,
-            Some(l) => {
+            // Silent past the timeout (or the stream broke): gone, as when stdin ends.
+            Err(e) => {
+                open = false;
+                gone = Some(e);
+                break;
+            }
+            Ok(Some(l)) if l.is_empty() => {}
+            Ok(Some(l)) if serde_json::from_str::<EndOp>(&l).is_ok_and(|e| e.end) => break,
+            Ok(Some(l)) => {
                 if let Some(mut sock) = to_agent
                     && sock.write_all(format!("{l}\n").as_bytes()).is_err()
                 {
@@ -446,7 +515,10 @@ fn agent_op(
             let _ = pump.join();
         }
     }
-    Ok(open)
+    match gone {
+        Some(e) => Err(e.into()),
+        None => Ok(open),
+    }
 }
 
 fn check_env(env: &str) -> anyhow::Result<()> {

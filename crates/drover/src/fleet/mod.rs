@@ -393,12 +393,18 @@ pub fn transfer(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<drover_store::transfer::Sent, HostError> {
     s.with_serve(|sv| {
-        sv.send(&ServeOp::Receive)?;
-        let (from_host, to_host) = sv.streams()?;
-        let sent =
-            drover_store::transfer::send(store, id, encoded, from_host, to_host, &s.name, |p| {
-                progress(p.sent, p.total)
-            });
+        // Held from the op's line to the transfer's end: no keep-alive comes between.
+        let (from_host, mut to_host) = sv.streams()?;
+        drover_wire::write_line(&mut to_host, &ServeOp::Receive)?;
+        let sent = drover_store::transfer::send(
+            store,
+            id,
+            encoded,
+            from_host,
+            &mut to_host,
+            &s.name,
+            |p| progress(p.sent, p.total),
+        );
         match sent {
             Ok(sent) => Ok(sent),
             Err(drover_store::Error::Remote {

@@ -6,7 +6,7 @@
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use drover_config::fleet::HostSpec;
@@ -95,14 +95,63 @@ pub struct Session {
     serve: Mutex<Option<Serve>>,
 }
 
-/// A running `drover remote serve`: requests go in, answers come out.
+/// A running `drover remote serve`: requests go in, answers come out. While no op writes,
+/// a keep-alive goes to the host every third of `[ssh] timeout`: the host ends a session
+/// silent for longer (`remote serve --timeout`).
 pub struct Serve {
     child: Child,
-    /// `None` once hung up.
-    to_host: Option<BufWriter<ChildStdin>>,
+    /// `None` once hung up. Shared with the keep-alive thread, which writes only when it
+    /// finds it free.
+    to_host: Arc<Mutex<Option<BufWriter<ChildStdin>>>>,
     from_host: BufReader<ChildStdout>,
     /// What the session printed on stderr, once it closed.
     stderr: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Dropped to end the keep-alive thread.
+    _keep_alive: std::sync::mpsc::Sender<()>,
+}
+
+/// The stream to the host, held: nothing else (no keep-alive) goes out while it is.
+pub struct ToHost<'a>(MutexGuard<'a, Option<BufWriter<ChildStdin>>>);
+
+impl ToHost<'_> {
+    fn stream(&mut self) -> std::io::Result<&mut BufWriter<ChildStdin>> {
+        self.0.as_mut().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the session was closed")
+        })
+    }
+}
+
+impl Write for ToHost<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream()?.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream()?.flush()
+    }
+}
+
+/// Writes a keep-alive to `to_host` every `every` while it is free, until `stop` is dropped
+/// or the stream is closed or broken.
+fn keep_alive(
+    to_host: Arc<Mutex<Option<BufWriter<ChildStdin>>>>,
+    every: Duration,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        // Held by an op (a transfer, a request being sent): that op speaks for us.
+        let Ok(mut slot) = to_host.try_lock() else {
+            continue;
+        };
+        let Some(w) = slot.as_mut() else { break };
+        let sent = w
+            .write_all(crate::commands::remote::KEEPALIVE)
+            .and_then(|()| w.flush());
+        if sent.is_err() {
+            break;
+        }
+    }
 }
 
 /// Why an operation over the serve session failed.
@@ -124,23 +173,36 @@ impl From<std::io::Error> for OpError {
 impl Serve {
     /// Writes one JSON line and flushes it.
     pub fn send(&mut self, value: &impl serde::Serialize) -> Result<(), OpError> {
-        Ok(drover_wire::write_line(self.writer()?, value)?)
+        Ok(drover_wire::write_line(&mut self.writer()?, value)?)
     }
 
-    /// The stream to the host.
-    pub fn writer(&mut self) -> Result<&mut BufWriter<ChildStdin>, OpError> {
-        self.to_host
-            .as_mut()
-            .ok_or_else(|| OpError::Broken("the session was closed".into()))
+    /// The stream to the host, held until dropped.
+    pub fn writer(&mut self) -> Result<ToHost<'_>, OpError> {
+        let slot = self.to_host.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            return Err(OpError::Broken("the session was closed".into()));
+        }
+        Ok(ToHost(slot))
     }
 
     /// Both streams at once (a transfer reads one while it writes the other).
-    pub fn streams(
-        &mut self,
-    ) -> Result<(&mut BufReader<ChildStdout>, &mut BufWriter<ChildStdin>), OpError> {
-        match self.to_host.as_mut() {
-            Some(w) => Ok((&mut self.from_host, w)),
-            None => Err(OpError::Broken("the session was closed".into())),
+    pub fn streams(&mut self) -> Result<(&mut BufReader<ChildStdout>, ToHost<'_>), OpError> {
+        let slot = self.to_host.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            return Err(OpError::Broken("the session was closed".into()));
+        }
+        Ok((&mut self.from_host, ToHost(slot)))
+    }
+
+    /// Closes the stream to the host (which then ends the session).
+    fn hang_up(&self) {
+        let taken = self
+            .to_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut w) = taken {
+            let _ = w.flush();
         }
     }
 
@@ -152,13 +214,13 @@ impl Serve {
 
     /// Closes its input (the host side then exits) and waits for it, at most `grace`.
     fn end(self, grace: Duration) -> (Option<std::process::ExitStatus>, Vec<u8>) {
+        self.hang_up();
         let Serve {
             mut child,
-            to_host,
             from_host,
             stderr,
+            ..
         } = self;
-        drop(to_host);
         drop(from_host);
         let deadline = Instant::now() + grace;
         let status = wait_until(&mut child, deadline).ok().flatten();
@@ -415,7 +477,9 @@ impl Session {
             Err(OpError::Broken(what)) => {
                 let (status, stderr) = slot.take().expect("started").end(Duration::from_secs(5));
                 let text = String::from_utf8_lossy(&stderr);
-                if text.contains("unrecognized subcommand") {
+                if text.contains("unrecognized subcommand")
+                    || text.contains("unexpected argument '--timeout'")
+                {
                     // A drover without `remote serve`: which build it runs, and the fix.
                     let other = super::hello(self).and_then(|h| super::check_version(self, &h));
                     return Err(other.err().unwrap_or_else(|| {
@@ -446,22 +510,29 @@ impl Session {
     }
 
     fn start_serve(&self) -> Result<Serve, HostError> {
+        let timeout = self.settings.timeout.as_secs().max(1).to_string();
         let mut child = self
-            .command(&self.drover(&["serve"]))
+            .command(&self.drover(&["serve", "--timeout", &timeout]))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", self.name)))?;
         let stderr = drain(child.stderr.take().expect("piped"));
+        let to_host = Arc::new(Mutex::new(Some(BufWriter::with_capacity(
+            64 << 10,
+            child.stdin.take().expect("piped"),
+        ))));
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let every = (self.settings.timeout / 3).max(Duration::from_millis(100));
+        let shared = to_host.clone();
+        std::thread::spawn(move || keep_alive(shared, every, stopped));
         Ok(Serve {
-            to_host: Some(BufWriter::with_capacity(
-                64 << 10,
-                child.stdin.take().expect("piped"),
-            )),
+            to_host,
             from_host: BufReader::with_capacity(64 << 10, child.stdout.take().expect("piped")),
             stderr,
             child,
+            _keep_alive: stop,
         })
     }
 
@@ -590,9 +661,9 @@ impl Session {
 
     /// Tells the serve session to end (closes its input) without waiting; `close` waits.
     pub fn hang_up(&self) {
-        let mut slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(mut w) = slot.as_mut().and_then(|sv| sv.to_host.take()) {
-            let _ = w.flush();
+        let slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sv) = slot.as_ref() {
+            sv.hang_up();
         }
     }
 

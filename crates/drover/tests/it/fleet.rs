@@ -768,3 +768,117 @@ fn ssh_connects_through_drovers_relay_unless_the_ssh_config_says_how() {
     assert!(status.to_string().contains("\"h1\""), "{status}");
     assert_eq!(relays_to(&ip), before, "no relay for a new master");
 }
+
+/// How many `drover remote serve` sessions run on host `i`.
+fn serve_sessions(fleet: &Fleet, i: usize) -> usize {
+    fleet
+        .processes(i)
+        .iter()
+        .filter(|c| c.contains("drover") && c.contains(" remote serve"))
+        .count()
+}
+
+/// Waits until host `i` runs exactly one generation of hello, that of `version`, and
+/// serves it: every instance the agent has is of the live generation, and HTTP answers with
+/// its version.
+fn settles_on(cx: &TestContext, fleet: &Fleet, i: usize, version: &str) {
+    let root = &fleet.hosts[i].root;
+    let mut last = String::new();
+    let one = |last: &mut String| {
+        let out = cx
+            .command()
+            .env("DROVER_ROOT", root)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        *last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Ok(apps) = serde_json::from_slice::<Vec<drover_wire::AppStatus>>(&out.stdout) else {
+            return false;
+        };
+        let Some(app) = apps.iter().find(|a| a.app == "hello") else {
+            return false;
+        };
+        app.version.as_deref() == Some(version)
+            && !app.instances.is_empty()
+            && app
+                .instances
+                .iter()
+                .all(|x| Some(x.generation) == app.generation && x.healthy)
+            && serving(fleet, i).as_deref() == Some(version)
+    };
+    let start = Instant::now();
+    while !one(&mut last) {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "{} never settled on {version} alone; its status:\n{last}",
+            fleet.hosts[i].name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `lock status --json`: the holder on each host (`None`: free).
+fn lock_holders(cx: &TestContext, dir: &Path) -> Vec<Option<String>> {
+    let st = env_ok(cx, dir, &["lock", "status", "--json"]).json();
+    st.as_array()
+        .unwrap_or_else(|| panic!("{st:#}"))
+        .iter()
+        .map(|h| h["result"]["holder"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_hosts_serve_session_ends_within_the_timeout_once_its_link_is_gone() {
+    let fleet = Fleet::new(1);
+    let cx = TestContext::new();
+    let dir = fleet_app(&cx, &fleet, "1.0", ONE_BY_ONE, "./hello");
+    setup(&cx, &dir);
+    deploy(&cx, &dir).success();
+
+    // v2 takes 4 s to start: h1 is cut off while it starts, its serve session waiting for
+    // the deployer's next line.
+    let slow = fleet.hosts[0].root.join("slow-v2");
+    std::fs::write(&slow, "").unwrap();
+    let dir = fleet_app(
+        &cx,
+        &fleet,
+        "2.0",
+        ONE_BY_ONE,
+        "sh -c 'test -e \"$DROVER_AGENT_ROOT/slow-v2\" && sleep 4; exec ./hello'",
+    );
+    let child = spawn_deploy(&cx, &dir, true);
+    let gens = fleet.hosts[0].root.join("apps/hello/gens");
+    wait_for("h1 to start 2.0", Duration::from_secs(60), || {
+        std::fs::read_dir(&gens).unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"version\": \"2.0\""))
+        })
+    });
+    assert_eq!(serve_sessions(&fleet, 0), 1, "{:#?}", fleet.processes(0));
+    fleet.cut(0);
+    // [ssh] timeout is 3 s: the session takes the deployer for gone soon after.
+    wait_for(
+        "h1's `drover remote serve` to end",
+        Duration::from_secs(3 + 5),
+        || serve_sessions(&fleet, 0) == 0,
+    );
+    let run = crate::common::to_run(child.wait_with_output().unwrap());
+    assert!(!run.status.success());
+    assert_eq!(report(&run)["hosts"][0]["state"], "unreachable");
+    fleet.restore(0);
+
+    // The deploy was never confirmed: h1 is back on 1.0; the lock it could not give back
+    // is shown, and released; the next deploy goes through.
+    settles_on(&cx, &fleet, 0, "1.0");
+    let holders = lock_holders(&cx, &dir);
+    assert!(
+        holders[0]
+            .as_ref()
+            .is_some_and(|h| h.contains("deploy of hello@2.0")),
+        "{holders:?}"
+    );
+    env_ok(&cx, &dir, &["lock", "release"]);
+    assert_eq!(lock_holders(&cx, &dir), vec![None]);
+    std::fs::remove_file(&slow).unwrap();
+    deploy(&cx, &dir).success();
+    assert_all_serve(&fleet, "2.0");
+}

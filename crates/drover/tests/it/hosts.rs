@@ -275,6 +275,21 @@ impl Fleet {
             .unwrap_or_else(|e| panic!("cannot run ssh: {e}"))
     }
 
+    /// The command lines (arguments joined by spaces) of every process in host `i`'s
+    /// namespace: sshd, its sessions and whatever they started.
+    pub fn processes(&self, i: usize) -> Vec<String> {
+        let mut c = Command::new("ip");
+        c.args(["netns", "pids", &self.hosts[i].netns]);
+        let out = run_bounded(c, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+        assert!(out.status.success(), "ip netns pids: {}", text(&out.stderr));
+        text(&out.stdout)
+            .split_whitespace()
+            // A process that ended since is not there.
+            .filter_map(|pid| fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .map(|b| text(&b).trim_end_matches('\0').replace('\0', " "))
+            .collect()
+    }
+
     /// The `Command` behind `ssh`, for callers that need to spawn it themselves.
     pub fn ssh_command(&self, i: usize, remote_cmd: &str) -> Command {
         let mut c = Command::new("ssh");
