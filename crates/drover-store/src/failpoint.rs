@@ -7,7 +7,13 @@
 
 /// Every crash point, so a test can walk them all. A point not listed here is a bug
 /// (checked in debug builds).
-pub const POINTS: &[&str] = &[];
+pub const POINTS: &[&str] = &[
+    // The fleet's confirm: a host is live and awaits it (the deployer's side, then the
+    // host's `remote serve`).
+    "fleet.confirm-before-send",
+    "fleet.confirm-after-send",
+    "serve.confirm-received",
+];
 
 /// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.
 #[cfg(debug_assertions)]

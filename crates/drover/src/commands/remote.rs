@@ -499,6 +499,9 @@ fn agent_op(
             Ok(Some(l)) if l.is_empty() => {}
             Ok(Some(l)) if serde_json::from_str::<EndOp>(&l).is_ok_and(|e| e.end) => break,
             Ok(Some(l)) => {
+                if serde_json::from_str::<drover_wire::Confirm>(&l).is_ok() {
+                    drover_store::failpoint::hit("serve.confirm-received");
+                }
                 if let Some(mut sock) = to_agent
                     && sock.write_all(format!("{l}\n").as_bytes()).is_err()
                 {

@@ -300,7 +300,9 @@ pub fn agent_call(
                 Ok(Line::Reply(r)) => break r,
                 Ok(Line::Event(e)) => {
                     if confirm && e.event == drover_wire::AWAITING_CONFIRM {
+                        drover_store::failpoint::hit("fleet.confirm-before-send");
                         sv.send(&drover_wire::Confirm { confirm: true })?;
+                        drover_store::failpoint::hit("fleet.confirm-after-send");
                     }
                     on_event(&e.event);
                 }

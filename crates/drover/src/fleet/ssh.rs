@@ -613,7 +613,14 @@ impl Session {
             return HostError::new(format!("{}: drover is not installed there", self.name))
                 .hint(format!("run `drover host setup {}`", self.name));
         }
-        if out.status.code() == Some(255) {
+        // ssh exits with 255 when the connection is lost, and also when the command on the
+        // host was killed: then the connection still answers, and drover there said why.
+        let killed_there = text
+            .lines()
+            .any(|l| l.starts_with("drover: ") || l.starts_with("error: "))
+            && classify_known(&self.name, &text).is_none()
+            && std::os::unix::net::UnixStream::connect(&self.ctl).is_ok();
+        if out.status.code() == Some(255) && !killed_there {
             return self.lost(&text);
         }
         let body: Vec<&str> = text

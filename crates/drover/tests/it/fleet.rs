@@ -882,3 +882,90 @@ fn a_hosts_serve_session_ends_within_the_timeout_once_its_link_is_gone() {
     deploy(&cx, &dir).success();
     assert_all_serve(&fleet, "2.0");
 }
+
+/// A fleet deploy of 2.0 to two hosts on 1.0, one at a time, killed at crash point `point`
+/// of the fleet's confirm, in the deployer or (`on_host`) in h1's serve session, once h1 is
+/// live. h1 ends on `h1_ends_on` alone and serves it, h2 on 1.0; the lock shows and can be
+/// released; the deploy, run again, succeeds.
+fn killed_at_the_confirm(point: &str, on_host: bool, h1_ends_on: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let fleet = Fleet::new(2);
+    let cx = TestContext::new();
+    let dir = fleet_app(&cx, &fleet, "1.0", ONE_BY_ONE, "./hello");
+    setup(&cx, &dir);
+    deploy(&cx, &dir).success();
+
+    let dir = fleet_app(&cx, &fleet, "2.0", ONE_BY_ONE, "./hello");
+    let mut cmd = cx.command();
+    cmd.args(["deploy", dir.to_str().unwrap(), "-e", "prod"]);
+    if on_host {
+        // The hosts' sshd accepts DROVER_FAILPOINT: the serve sessions get it.
+        let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+        std::fs::write(
+            dir.join("drover.toml"),
+            toml.replace(
+                "timeout = \"3s\"\n",
+                &format!("timeout = \"3s\"\noptions = [\"SetEnv=DROVER_FAILPOINT={point}\"]\n"),
+            ),
+        )
+        .unwrap();
+    } else {
+        cmd.env("DROVER_FAILPOINT", point);
+    }
+    let run = crate::common::to_run(cmd.output().unwrap());
+    let said = format!("{}\n{}", run.stdout, run.stderr);
+    if on_host {
+        // The deployer lives on, and names what ended h1's session.
+        assert_eq!(run.status.code(), Some(1), "{said}");
+        assert!(
+            run.stderr
+                .contains(&format!("h1: drover: crash point {point}")),
+            "{said}"
+        );
+    } else {
+        assert_eq!(run.status.signal(), Some(9), "{said}");
+        assert!(
+            run.stderr.contains(&format!("crash point {point}")),
+            "{said}"
+        );
+    }
+
+    settles_on(&cx, &fleet, 0, h1_ends_on);
+    settles_on(&cx, &fleet, 1, "1.0");
+    let audit = std::fs::read_to_string(fleet.hosts[0].root.join("audit.jsonl")).unwrap();
+    assert_eq!(
+        audit.contains("auto-revert"),
+        h1_ends_on == "1.0",
+        "{audit}"
+    );
+    // A killed deployer leaves its lock on every host; a deployer that lives gives it back.
+    let dir = fleet_app(&cx, &fleet, "2.0", ONE_BY_ONE, "./hello");
+    let holders = lock_holders(&cx, &dir);
+    for h in &holders {
+        assert_eq!(
+            h.as_ref()
+                .is_some_and(|h| h.contains("deploy of hello@2.0")),
+            !on_host,
+            "{holders:?}"
+        );
+    }
+    env_ok(&cx, &dir, &["lock", "release"]);
+    assert_eq!(lock_holders(&cx, &dir), vec![None, None]);
+    deploy(&cx, &dir).success();
+    assert_all_serve(&fleet, "2.0");
+}
+
+#[test]
+fn a_deployer_killed_before_it_confirms_leaves_every_host_on_the_old_generation() {
+    killed_at_the_confirm("fleet.confirm-before-send", false, "1.0");
+}
+
+#[test]
+fn a_deployer_killed_once_it_confirmed_leaves_that_host_on_the_new_generation() {
+    killed_at_the_confirm("fleet.confirm-after-send", false, "2.0");
+}
+
+#[test]
+fn a_serve_session_killed_with_the_confirm_unpassed_returns_its_host_to_the_old_generation() {
+    killed_at_the_confirm("serve.confirm-received", true, "1.0");
+}

@@ -381,6 +381,7 @@ fn start_host(dir: &Path, slot: u32, i: usize, sink: &str, authorized: &str) -> 
          UsePAM no\n\
          StrictModes no\n\
          SetEnv DROVER_ROOT={}\n\
+         AcceptEnv DROVER_FAILPOINT\n\
          MaxSessions 64\n\
          MaxStartups 100\n\
          LogLevel ERROR\n\
