@@ -126,6 +126,19 @@ fn assert_all_serve(fleet: &Fleet, version: &str) {
     }
 }
 
+/// Waits until host `i`'s agent has written a generation of hello at `version` (it is
+/// starting it).
+fn wait_starting(fleet: &Fleet, i: usize, version: &str) {
+    let gens = fleet.hosts[i].root.join("apps/hello/gens");
+    let what = format!("{} to start {version}", fleet.hosts[i].name);
+    wait_for(&what, Duration::from_secs(60), || {
+        std::fs::read_dir(&gens).unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path())
+                .is_ok_and(|t| t.contains(&format!("\"version\": \"{version}\"")))
+        })
+    });
+}
+
 /// The final JSON report of a fleet deploy (the last line of stdout).
 fn report(run: &crate::common::Run) -> serde_json::Value {
     let start = run.stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
@@ -390,12 +403,7 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
     let started = Instant::now();
     let child = spawn_deploy(&cx, &dir, true);
     // Cut as soon as h2's agent has written the new generation: it is starting v3.
-    let gens = fleet.hosts[1].root.join("apps/hello/gens");
-    wait_for("h2 to start 3.0", Duration::from_secs(60), || {
-        std::fs::read_dir(&gens).unwrap().flatten().any(|e| {
-            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"version\": \"3.0\""))
-        })
-    });
+    wait_starting(&fleet, 1, "3.0");
     assert_eq!(serving(&fleet, 0).as_deref(), Some("3.0"));
     fleet.cut(1);
     let run = crate::common::to_run(child.wait_with_output().unwrap());
@@ -847,12 +855,7 @@ fn a_hosts_serve_session_ends_within_the_timeout_once_its_link_is_gone() {
         "sh -c 'test -e \"$DROVER_AGENT_ROOT/slow-v2\" && sleep 4; exec ./hello'",
     );
     let child = spawn_deploy(&cx, &dir, true);
-    let gens = fleet.hosts[0].root.join("apps/hello/gens");
-    wait_for("h1 to start 2.0", Duration::from_secs(60), || {
-        std::fs::read_dir(&gens).unwrap().flatten().any(|e| {
-            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"version\": \"2.0\""))
-        })
-    });
+    wait_starting(&fleet, 0, "2.0");
     assert_eq!(serve_sessions(&fleet, 0), 1, "{:#?}", fleet.processes(0));
     fleet.cut(0);
     // [ssh] timeout is 3 s: the session takes the deployer for gone soon after.
