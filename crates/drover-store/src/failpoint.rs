@@ -7,7 +7,19 @@
 
 /// Every crash point, so a test can walk them all. A point not listed here is a bug
 /// (checked in debug builds).
-pub const POINTS: &[&str] = &[];
+pub const POINTS: &[&str] = &[
+    // A release's tree: written in tmp/, durable, renamed into trees/.
+    "materialise.tree_written",
+    "materialise.before_rename",
+    "materialise.after_rename",
+    // gc: between its removals, and around the pack merge.
+    "gc.release_removed",
+    "gc.before_merge",
+    "gc.merge_synced",
+    "gc.after_merge",
+    "gc.files_removed",
+    "gc.tree_moved",
+];
 
 /// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.
 #[cfg(debug_assertions)]
