@@ -942,64 +942,39 @@ impl Store {
     /// Checks a materialised tree against its manifest: every entry is there with its type,
     /// size and symlink target, and nothing else is. A file that is a link to its stamped
     /// cache file is trusted as the cache file is (`verify` re-hashes those); any other
-    /// file is re-hashed.
+    /// file is re-hashed. Reads no file a deploy made, unless a stamp is gone.
     fn check_tree(&self, manifest: &Manifest, tree: &Path) -> Vec<Problem> {
-        let mut problems = Vec::new();
         let name = |p: &str| format!("tree {}/{p}", tree.display());
-        let mut dirs = vec![String::new()];
-        let mut known = HashSet::new();
-        for entry in &manifest.entries {
-            known.insert(entry.path());
-            let path = tree.join(entry.path());
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    problems.push(Problem::new(&name(entry.path()), e.to_string()));
-                    continue;
-                }
-            };
-            match entry {
-                Entry::Dir { .. } if !meta.is_dir() => problems.push(Problem::new(
-                    &name(entry.path()),
-                    "is not a directory".into(),
-                )),
-                Entry::Dir { .. } => dirs.push(entry.path().to_string()),
-                Entry::Symlink { target, .. }
-                    if fs::read_link(&path).ok().as_deref() != Some(Path::new(target)) =>
-                {
-                    problems.push(Problem::new(
-                        &name(entry.path()),
-                        "symlink target changed".into(),
-                    ))
-                }
-                Entry::File {
-                    mode, hash, size, ..
-                } => {
-                    let trusted = fs::metadata(self.file_path(hash, *mode)).is_ok_and(|c| {
-                        c.ino() == meta.ino()
-                            && c.dev() == meta.dev()
-                            && is_stamped(&c, hash, *size)
-                    });
-                    if !meta.is_file() || meta.len() != *size {
-                        problems.push(Problem::new(
-                            &name(entry.path()),
-                            "wrong type or size".into(),
-                        ));
-                    } else if !trusted && hash_file(&path).ok() != Some(*hash) {
-                        problems.push(Problem::new(&name(entry.path()), "content changed".into()));
-                    }
-                }
-                Entry::Symlink { .. } => {}
-            }
-        }
+        // In slices, so each thread takes a run of entries (they share directories).
+        let slices: Vec<&[Entry]> = manifest.entries.chunks(256).collect();
+        let found = crate::par::map(&slices, |slice| {
+            slice
+                .iter()
+                .filter_map(|e| self.check_entry(tree, e).map(|why| (e.path(), why)))
+                .collect::<Vec<_>>()
+        });
+        let mut problems: Vec<Problem> = found
+            .into_iter()
+            .flatten()
+            .map(|(path, why)| Problem::new(&name(path), why))
+            .collect();
+        let known: HashSet<&str> = manifest.entries.iter().map(|e| e.path()).collect();
+        let dirs = std::iter::once("").chain(
+            manifest
+                .entries
+                .iter()
+                .filter(|e| matches!(e, Entry::Dir { .. }))
+                .map(|e| e.path()),
+        );
         for dir in dirs {
-            let Ok(rd) = fs::read_dir(tree.join(&dir)) else {
+            let path = tree.join(dir);
+            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
                 continue;
-            };
-            for e in rd.flatten() {
+            }
+            for e in fs::read_dir(&path).into_iter().flatten().flatten() {
                 let file_name = e.file_name();
                 let file_name = file_name.to_string_lossy();
-                let rel = match dir.as_str() {
+                let rel = match dir {
                     "" => file_name.into_owned(),
                     _ => format!("{dir}/{file_name}"),
                 };
@@ -1009,6 +984,32 @@ impl Store {
             }
         }
         problems
+    }
+
+    /// What is wrong with one entry of a tree (see `check_tree`), if anything.
+    fn check_entry(&self, tree: &Path, entry: &Entry) -> Option<String> {
+        let path = tree.join(entry.path());
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => return Some(e.to_string()),
+        };
+        match entry {
+            Entry::Dir { .. } => (!meta.is_dir()).then(|| "is not a directory".into()),
+            Entry::Symlink { target, .. } => (fs::read_link(&path).ok().as_deref()
+                != Some(Path::new(target)))
+            .then(|| "symlink target changed".into()),
+            Entry::File {
+                mode, hash, size, ..
+            } => {
+                if !meta.is_file() || meta.len() != *size {
+                    return Some("wrong type or size".into());
+                }
+                let trusted = fs::metadata(self.file_path(hash, *mode)).is_ok_and(|c| {
+                    c.ino() == meta.ino() && c.dev() == meta.dev() && is_stamped(&c, hash, *size)
+                });
+                (!trusted && hash_file(&path).ok() != Some(*hash)).then(|| "content changed".into())
+            }
+        }
     }
 
     /// Every stored chunk, loose or packed, once.

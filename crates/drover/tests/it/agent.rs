@@ -713,6 +713,11 @@ fn an_unprivileged_user_deploys_rolls_back_and_collects() {
 fn greeting_app(cx: &TestContext, greeting: &str) -> std::path::PathBuf {
     let d = cx.hello_app("greeting", "1", "");
     fs::write(d.join("greeting.txt"), greeting).unwrap();
+    // Nested directories, a symlink, one content at two paths: all part of a whole tree.
+    fs::create_dir_all(d.join("static/css")).unwrap();
+    fs::write(d.join("static/css/site.css"), greeting).unwrap();
+    fs::create_dir_all(d.join("empty")).unwrap();
+    std::os::unix::fs::symlink("static/css", d.join("css")).unwrap();
     let toml = fs::read_to_string(d.join("drover.toml")).unwrap().replace(
         "command = \"./hello\"",
         "command = \"GREETING=$(cat greeting.txt) exec ./hello\"",
@@ -774,15 +779,14 @@ fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it(
             })
         }),
         ("an extra file in the tree", &|| {
-            in_writable(&tree, || {
-                fs::write(tree.join("extra.txt"), "extra").unwrap()
-            })
+            let dir = tree.join("static/css");
+            in_writable(&dir, || fs::write(dir.join("extra.txt"), "extra").unwrap())
         }),
     ];
     let names = [
         cached_name.as_str(),
         &format!("{id}/greeting.txt"),
-        &format!("{id}/extra.txt"),
+        &format!("{id}/static/css/extra.txt"),
     ];
     for ((what, damage), name) in damages.iter().zip(names) {
         damage();
@@ -799,7 +803,7 @@ fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it(
             run.stderr
         );
         greets(&cx, "good");
-        assert!(!tree.join("extra.txt").exists(), "{what}");
+        assert!(!tree.join("static/css/extra.txt").exists(), "{what}");
         cx.drover(&["verify"]).success();
         let log = fs::read_to_string(cx.path("agent.log")).unwrap();
         assert!(log.contains("rebuilt"), "{what}: agent log:\n{log}");
