@@ -620,7 +620,7 @@ fn serves_on(ports: Vec<u16>, version: &str) {
 }
 
 #[test]
-fn an_unprivileged_user_deploys_rolls_back_and_collects() {
+fn an_unprivileged_user_brings_an_app_up_rolls_back_and_collects() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let cx = TestContext::new();
     let dirs: Vec<_> = ["1", "2", "3"]
@@ -657,12 +657,17 @@ fn an_unprivileged_user_deploys_rolls_back_and_collects() {
             .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
             .collect()
     };
-    let _agent = OwnAgent::start(&cx, unprivileged(&cx), || {
-        unprivileged(&cx)
-            .args(["status", "--json"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    // `up` starts the agent, as the user: it and the apps go at the end.
+    struct Stop<'a>(&'a TestContext);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            if let Ok(pid) = fs::read_to_string(self.0.root.join("agent.pid")) {
+                let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            }
+            kill_tagged(&self.0.root);
+        }
+    }
+    let _stop = Stop(&cx);
 
     let build = |d: &std::path::Path| -> String {
         drover(&["build", d.to_str().unwrap(), "--json"])
@@ -673,7 +678,7 @@ fn an_unprivileged_user_deploys_rolls_back_and_collects() {
             .to_string()
     };
     let ids: Vec<String> = dirs[..2].iter().map(|d| build(d)).collect();
-    drover(&["deploy", dirs[0].to_str().unwrap()]).success();
+    drover(&["up", dirs[0].to_str().unwrap()]).success();
     serves_on(ports(), "1");
     drover(&["deploy", dirs[1].to_str().unwrap()]).success();
     serves_on(ports(), "2");
