@@ -945,6 +945,12 @@ impl Store {
     /// file is re-hashed. Reads no file a deploy made, unless a stamp is gone.
     fn check_tree(&self, manifest: &Manifest, tree: &Path) -> Vec<Problem> {
         let name = |p: &str| format!("tree {}/{p}", tree.display());
+        if !fs::symlink_metadata(tree).is_ok_and(|m| m.is_dir()) {
+            return vec![Problem::new(
+                &format!("tree {}", tree.display()),
+                "is not a directory".into(),
+            )];
+        }
         // In slices, so each thread takes a run of entries (they share directories).
         let slices: Vec<&[Entry]> = manifest.entries.chunks(256).collect();
         let found = crate::par::map(&slices, |slice| {

@@ -768,7 +768,7 @@ fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it(
         .expect("greeting.txt is a link to a cache file");
     let cached_name = cached.file_name().unwrap().to_str().unwrap().to_string();
 
-    let damages: [(&str, &dyn Fn()); 3] = [
+    let damages: [(&str, &dyn Fn()); 4] = [
         ("bit rot in a cache file, mtime kept", &|| {
             let mtime = fs::metadata(&cached).unwrap().modified().unwrap();
             make_writable(&cached);
@@ -787,13 +787,19 @@ fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it(
             let dir = tree.join("static/css");
             in_writable(&dir, || fs::write(dir.join("extra.txt"), "extra").unwrap())
         }),
+        ("the tree a symlink to a copy of it", &|| {
+            let copy = cx.path("copy");
+            fs::rename(&tree, &copy).unwrap();
+            std::os::unix::fs::symlink(&copy, &tree).unwrap();
+        }),
     ];
     let names = [
         cached_name.as_str(),
         &format!("{id}/greeting.txt"),
         &format!("{id}/static/css/extra.txt"),
+        &format!("{id}: is not a directory"),
     ];
-    for ((what, damage), name) in damages.iter().zip(names) {
+    for (n, ((what, damage), name)) in damages.iter().zip(names).enumerate() {
         damage();
         let run = cx.drover(&["verify"]).failure();
         assert!(
@@ -809,9 +815,14 @@ fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it(
         );
         greets(&cx, "good");
         assert!(!tree.join("static/css/extra.txt").exists(), "{what}");
+        assert!(fs::symlink_metadata(&tree).unwrap().is_dir(), "{what}");
         cx.drover(&["verify"]).success();
         let log = fs::read_to_string(cx.path("agent.log")).unwrap();
-        assert!(log.contains("rebuilt"), "{what}: agent log:\n{log}");
+        assert_eq!(
+            log.matches("rebuilt").count(),
+            n + 1,
+            "{what}: agent log:\n{log}"
+        );
     }
     // A whole tree is taken as it is.
     let run = cx.drover(&["deploy", &id]).success();
