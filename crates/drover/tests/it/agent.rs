@@ -545,16 +545,16 @@ fn many_apps_side_by_side_and_logs_follow() {
 
 // ---- release trees: an unprivileged user, damaged trees, crash points ---------------------
 
-/// A `drover agent` a test started with a command of its own (another user, a crash point);
-/// on drop it and every app process of the root go away.
+/// A `drover agent` a test started with a command of its own (a crash point in its
+/// environment); on drop it and every app process of the root go away.
 struct OwnAgent {
     child: std::process::Child,
     root: std::path::PathBuf,
 }
 
 impl OwnAgent {
-    /// Starts `drover agent` with `cmd` and waits until `answers`.
-    fn start(cx: &TestContext, mut cmd: Command, answers: impl Fn() -> bool) -> OwnAgent {
+    /// Starts `drover agent` with `cmd` and waits until it answers.
+    fn start(cx: &TestContext, mut cmd: Command) -> OwnAgent {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -570,7 +570,12 @@ impl OwnAgent {
             child,
             root: cx.root.clone(),
         };
-        wait_for("the agent to answer", Duration::from_secs(20), answers);
+        wait_for("the agent to answer", Duration::from_secs(20), || {
+            cx.command()
+                .args(["status", "--json"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
         agent
     }
 }
@@ -830,7 +835,7 @@ fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it(
     greets(&cx, "good");
 }
 
-/// Waits for a process that should kill itself at a crash point, and checks that it did.
+/// Checks that a process ended by SIGKILL: the crash point it was given was reached.
 #[track_caller]
 fn killed_at(status: std::process::ExitStatus, point: &str, log: &str) {
     use std::os::unix::process::ExitStatusExt;
@@ -877,12 +882,7 @@ fn a_crash_at_each_step_of_materialise_leaves_the_old_generation_serving() {
 
         let mut cmd = cx.command();
         cmd.env("DROVER_FAILPOINT", point);
-        let mut agent = OwnAgent::start(&cx, cmd, || {
-            cx.command()
-                .args(["status", "--json"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
+        let mut agent = OwnAgent::start(&cx, cmd);
         cx.drover(&["deploy", &id2]).failure();
         let status = agent.child.wait().unwrap();
         let log = fs::read_to_string(cx.path("agent.log")).unwrap();
