@@ -890,12 +890,51 @@ fn a_crash_at_each_step_of_materialise_leaves_the_old_generation_serving() {
         assert!(log.contains(&format!("crash point {point}")), "{log}");
 
         no_half_tree(&cx);
-        let _again = cx.start_agent();
+        let mut again = cx.start_agent();
         serves(&cx, "1");
         cx.drover(&["deploy", &id2]).success();
         serves(&cx, "2");
         no_half_tree(&cx);
-        drop(agent);
+
+        // The same point while a damaged tree is replaced: the tree in place is the damaged
+        // one or the rebuilt one, whole either way.
+        cx.drover(&["rollback", "hello"]).success();
+        serves(&cx, "1");
+        let tree = cx.root.join("store/trees").join(&id2);
+        in_writable(&tree, || fs::write(tree.join("extra.txt"), "x").unwrap());
+        again.kill9();
+        let mut cmd = cx.command();
+        cmd.env("DROVER_FAILPOINT", point);
+        let mut agent = OwnAgent::start(&cx, cmd);
+        cx.drover(&["deploy", &id2]).failure();
+        let status = agent.child.wait().unwrap();
+        killed_at(status, point, "");
+        let run = cx.drover(&["verify", "--json"]);
+        let problems: Vec<String> = match run.status.success() {
+            true => Vec::new(),
+            false => run.json()["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["object"].as_str().unwrap().to_string())
+                .collect(),
+        };
+        let extra = format!("{id2}/extra.txt");
+        assert!(
+            problems.iter().all(|p| p.ends_with(&extra)),
+            "{point}: {problems:?}"
+        );
+        let _again = cx.start_agent();
+        serves(&cx, "1");
+        let run = cx.drover(&["deploy", &id2]).success();
+        assert_eq!(
+            run.stderr.contains("rebuilt"),
+            !problems.is_empty(),
+            "{point}: a tree still damaged is rebuilt, a rebuilt one kept:\n{}",
+            run.stderr
+        );
+        serves(&cx, "2");
+        no_half_tree(&cx);
     }
 }
 
