@@ -536,7 +536,7 @@ impl Store {
     /// by one rebuilt from verified chunks when it fails.
     pub fn materialise_checked(&self, id: &Hash) -> Result<Materialised> {
         let dest = self.tree_path(id);
-        if !dest.exists() {
+        if fs::symlink_metadata(&dest).is_err() {
             return Ok(Materialised {
                 path: self.materialise(id)?,
                 rebuilt: Vec::new(),
@@ -805,7 +805,9 @@ impl Store {
         // A directory moved to another parent must be writable (its `..` changes) for a
         // user without CAP_DAC_OVERRIDE: the top directories are sealed after the rename.
         if replace {
-            set_mode(&dest, 0o755)?;
+            if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+                set_mode(&dest, 0o755)?;
+            }
             rustix::fs::renameat_with(
                 rustix::fs::CWD,
                 &draft.tmp,
@@ -863,7 +865,7 @@ impl Store {
                 files_needed.insert(self.file_path(hash, mode), (*hash, *id));
             }
             let tree = self.tree_path(id);
-            if tree.exists() {
+            if fs::symlink_metadata(&tree).is_ok() {
                 for p in self.check_tree(&manifest, &tree) {
                     report.problems.push(p);
                 }

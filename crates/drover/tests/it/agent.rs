@@ -4,6 +4,8 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use drover_store::remove_tree;
+
 use crate::common::{
     TestContext, drover_bin, http_get, kill_tagged, make_writable, tagged_processes, to_run,
     wait_for,
@@ -773,7 +775,7 @@ fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it(
         .expect("greeting.txt is a link to a cache file");
     let cached_name = cached.file_name().unwrap().to_str().unwrap().to_string();
 
-    let damages: [(&str, &dyn Fn()); 4] = [
+    let damages: [(&str, &dyn Fn()); 5] = [
         ("bit rot in a cache file, mtime kept", &|| {
             let mtime = fs::metadata(&cached).unwrap().modified().unwrap();
             make_writable(&cached);
@@ -797,11 +799,16 @@ fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it(
             fs::rename(&tree, &copy).unwrap();
             std::os::unix::fs::symlink(&copy, &tree).unwrap();
         }),
+        ("the tree a dangling symlink", &|| {
+            remove_tree(&tree);
+            std::os::unix::fs::symlink(cx.path("nowhere"), &tree).unwrap();
+        }),
     ];
     let names = [
         cached_name.as_str(),
         &format!("{id}/greeting.txt"),
         &format!("{id}/static/css/extra.txt"),
+        &format!("{id}: is not a directory"),
         &format!("{id}: is not a directory"),
     ];
     for (n, ((what, damage), name)) in damages.iter().zip(names).enumerate() {
