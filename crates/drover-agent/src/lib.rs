@@ -833,10 +833,30 @@ impl Agent {
             .details(details)
         };
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let tree = self
+        let checked = self
             .store
-            .materialise(&id)
+            .materialise_checked(&id)
             .map_err(|e| fail(e.to_string(), vec![]))?;
+        if !checked.rebuilt.is_empty() {
+            let damage: Vec<String> = checked
+                .rebuilt
+                .iter()
+                .take(3)
+                .map(|p| format!("{}: {}", p.object, p.reason))
+                .collect();
+            let more = match checked.rebuilt.len() {
+                n if n > 3 => format!(" and {} more", n - 3),
+                _ => String::new(),
+            };
+            let msg = format!(
+                "the tree of release {} was damaged ({}{more}): rebuilt it from verified chunks",
+                id.short(),
+                damage.join("; ")
+            );
+            eprintln!("drover agent: {app}: {msg}");
+            out.event(msg);
+        }
+        let tree = checked.path;
         if let Some(p) = &manifest.runtime.proxy {
             self.ensure_proxy(&app, p)
                 .map_err(|e| fail(e.0.message, vec![]))?;

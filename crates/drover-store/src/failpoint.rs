@@ -13,6 +13,17 @@ pub const POINTS: &[&str] = &[
     "fleet.confirm-before-send",
     "fleet.confirm-after-send",
     "serve.confirm-received",
+    // A release's tree: written in tmp/, durable, renamed into trees/.
+    "materialise.tree_written",
+    "materialise.before_rename",
+    "materialise.after_rename",
+    // gc: between its removals, and around the pack merge.
+    "gc.release_removed",
+    "gc.before_merge",
+    "gc.merge_synced",
+    "gc.after_merge",
+    "gc.files_removed",
+    "gc.tree_moved",
 ];
 
 /// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.

@@ -23,6 +23,6 @@ pub use hash::Hash;
 pub use keys::{Keyring, PublicKey, ReleaseSignature};
 pub use manifest::{ChunkRef, Entry, Manifest};
 pub use store::{
-    ChunkCache, GcReport, Problem, ReleaseMeta, Store, StoreLock, VerifyReport, hash_file,
-    remove_tree,
+    ChunkCache, GcReport, Materialised, Problem, ReleaseMeta, Store, StoreLock, VerifyReport,
+    hash_file, remove_tree,
 };

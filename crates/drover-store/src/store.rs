@@ -517,31 +517,87 @@ impl Store {
         result.map(|seen| (path, Some(seen)))
     }
 
-    /// Materialises a release at its stable read-only path (idempotent) and returns it.
+    /// Materialises a release at its stable read-only path (idempotent) and returns it. A
+    /// tree already in place is taken as it is: see `materialise_checked`.
     pub fn materialise(&self, id: &Hash) -> Result<PathBuf> {
         let dest = self.tree_path(id);
         if dest.exists() {
             return Ok(dest);
         }
+        let _lock = self.lock_shared()?;
         let manifest = self.manifest(id)?;
-        let mut tree = self.begin_tree(*id, &manifest)?;
-        self.finish_entries(&mut tree, &manifest, None)?;
-        self.place_tree(tree)
+        let tree = self.write_new_tree(id, &manifest)?;
+        self.place(tree, false)
+    }
+
+    /// As `materialise`, for a tree about to be switched to: one already in place is checked
+    /// first (`check_tree`: every entry there with its type, size and symlink target, no
+    /// other entry, each file a link to its stamped cache file or re-hashed), and replaced
+    /// by one rebuilt from verified chunks when it fails.
+    pub fn materialise_checked(&self, id: &Hash) -> Result<Materialised> {
+        let dest = self.tree_path(id);
+        if fs::symlink_metadata(&dest).is_err() {
+            return Ok(Materialised {
+                path: self.materialise(id)?,
+                rebuilt: Vec::new(),
+            });
+        }
+        let _lock = self.lock_shared()?;
+        let manifest = self.manifest(id)?;
+        let problems = self.check_tree(&manifest, &dest);
+        if problems.is_empty() {
+            // Left writable by a crash between its rename and its seal?
+            if fs::metadata(&dest).at(&dest)?.mode() & 0o777 != 0o555 {
+                set_mode(&dest, 0o555)?;
+            }
+            return Ok(Materialised {
+                path: dest,
+                rebuilt: problems,
+            });
+        }
+        let tree = self.write_new_tree(id, &manifest)?;
+        Ok(Materialised {
+            path: self.place(tree, true)?,
+            rebuilt: problems,
+        })
+    }
+
+    /// A release's whole tree written in `tmp/` (not durable, not in place).
+    fn write_new_tree(&self, id: &Hash, manifest: &Manifest) -> Result<Draft> {
+        let mut tree = self.begin_tree(*id, manifest)?;
+        self.finish_entries(&mut tree, manifest, None)?;
+        crate::failpoint::hit("materialise.tree_written");
+        Ok(tree)
     }
 
     /// Writes a release's files into `dest` (which must not exist). Files are hard links to
-    /// the verified cache where possible, copies otherwise.
+    /// the verified cache where possible, copies otherwise. A checkout that fails removes
+    /// the directory it made (and never one that was there before).
     pub fn checkout(&self, id: &Hash, dest: &Path) -> Result<()> {
         let manifest = self.manifest(id)?;
-        if dest.exists() {
-            return Err(Error::invalid(
+        let exists = || {
+            Error::invalid(
                 dest.display().to_string(),
                 "already exists; checkout writes a new directory",
-            ));
+            )
+        };
+        if fs::symlink_metadata(dest).is_ok() {
+            return Err(exists());
         }
-        let unstamped = self.write_tree(&manifest, dest)?;
-        // Durable when it returns, as it was with an fsync per file.
-        self.make_durable(dest, &unstamped)
+        match fs::create_dir(dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists()),
+            Err(e) => return Err(e).at(dest),
+        }
+        // Ours from here on.
+        let written = self.write_tree(&manifest, dest).and_then(|unstamped| {
+            // Durable when it returns, as it was with an fsync per file.
+            self.make_durable(dest, &unstamped)
+        });
+        if written.is_err() {
+            remove_tree(dest);
+        }
+        written
     }
 
     /// Makes a written tree durable, and the cache files it made or re-checked too (they
@@ -559,12 +615,13 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the (read-only) tree; returns the cache files it made or re-checked, which get
-    /// their stamp once the caller has made them durable.
+    /// Writes the (read-only) tree into `dest`, an empty directory; returns the cache files
+    /// it made or re-checked, which get their stamp once the caller has made them durable.
     fn write_tree(&self, manifest: &Manifest, dest: &Path) -> Result<Vec<Unstamped>> {
         tree_dirs(manifest, dest)?;
         let unstamped = self.tree_entries(manifest, dest, &|_| true, CORES, None)?;
         seal_dirs(manifest, dest)?;
+        set_mode(dest, 0o555)?;
         Ok(unstamped)
     }
 
@@ -693,6 +750,7 @@ impl Store {
                 .map(|e| matches!(e, Entry::Dir { .. }))
                 .collect(),
         };
+        fs::create_dir(&draft.tmp).at(&draft.tmp)?;
         tree_dirs(manifest, &draft.tmp)?;
         Ok(draft)
     }
@@ -709,7 +767,8 @@ impl Store {
         self.finish_entries(draft, manifest, Some(cache))
     }
 
-    /// The entries of a begun tree not written yet, then its directories sealed.
+    /// The entries of a begun tree not written yet, then its directories sealed (all but its
+    /// top one, sealed once it is in place: see `place`).
     fn finish_entries(
         &self,
         draft: &mut Draft,
@@ -731,15 +790,43 @@ impl Store {
     /// Makes a completed tree durable and puts it in place: it appears only once its files
     /// are durable. Its release must be committed.
     pub fn place_tree(&self, draft: Draft) -> Result<PathBuf> {
+        self.place(draft, false)
+    }
+
+    /// As `place_tree`; with `replace`, the (damaged) tree in place is swapped for the draft
+    /// in one rename and removed with the draft's directory.
+    fn place(&self, draft: Draft, replace: bool) -> Result<PathBuf> {
         let dest = self.tree_path(&draft.id);
         if !self.has_release(&draft.id) {
             return Err(Error::NotFound(draft.id.to_hex()));
         }
         self.make_durable(&draft.tmp, &draft.unstamped)?;
-        fs::rename(&draft.tmp, &dest)
-            // Someone else put it in place first: theirs is as good as ours.
-            .or_else(|e| if dest.exists() { Ok(()) } else { Err(e) })
+        crate::failpoint::hit("materialise.before_rename");
+        // A directory moved to another parent must be writable (its `..` changes) for a
+        // user without CAP_DAC_OVERRIDE: the top directories are sealed after the rename.
+        if replace {
+            if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+                set_mode(&dest, 0o755)?;
+            }
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &draft.tmp,
+                rustix::fs::CWD,
+                &dest,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .map_err(std::io::Error::from)
             .at(&dest)?;
+        } else {
+            fs::rename(&draft.tmp, &dest)
+                // Someone else put it in place first: theirs is as good as ours.
+                .or_else(|e| if dest.exists() { Ok(()) } else { Err(e) })
+                .at(&dest)?;
+        }
+        set_mode(&dest, 0o555)?;
+        crate::failpoint::hit("materialise.after_rename");
+        // What is left under the draft's name (a replaced tree) goes with it.
+        drop(draft);
         Ok(dest)
     }
 
@@ -778,7 +865,7 @@ impl Store {
                 files_needed.insert(self.file_path(hash, mode), (*hash, *id));
             }
             let tree = self.tree_path(id);
-            if tree.exists() {
+            if fs::symlink_metadata(&tree).is_ok() {
                 for p in self.check_tree(&manifest, &tree) {
                     report.problems.push(p);
                 }
@@ -854,52 +941,83 @@ impl Store {
         Ok(report)
     }
 
-    /// Checks a materialised tree against its manifest. Files that are hard links to the
-    /// cache are covered by the cache check; any other file is re-hashed.
+    /// Checks a materialised tree against its manifest: every entry is there with its type,
+    /// size and symlink target, and nothing else is. A file that is a link to its stamped
+    /// cache file is trusted as the cache file is (`verify` re-hashes those); any other
+    /// file is re-hashed. Reads no file a deploy made, unless a stamp is gone.
     fn check_tree(&self, manifest: &Manifest, tree: &Path) -> Vec<Problem> {
-        let mut problems = Vec::new();
         let name = |p: &str| format!("tree {}/{p}", tree.display());
-        for entry in &manifest.entries {
-            let path = tree.join(entry.path());
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    problems.push(Problem::new(&name(entry.path()), e.to_string()));
-                    continue;
+        if !fs::symlink_metadata(tree).is_ok_and(|m| m.is_dir()) {
+            return vec![Problem::new(
+                &format!("tree {}", tree.display()),
+                "is not a directory".into(),
+            )];
+        }
+        // In slices, so each thread takes a run of entries (they share directories).
+        let slices: Vec<&[Entry]> = manifest.entries.chunks(256).collect();
+        let found = crate::par::map(&slices, |slice| {
+            slice
+                .iter()
+                .filter_map(|e| self.check_entry(tree, e).map(|why| (e.path(), why)))
+                .collect::<Vec<_>>()
+        });
+        let mut problems: Vec<Problem> = found
+            .into_iter()
+            .flatten()
+            .map(|(path, why)| Problem::new(&name(path), why))
+            .collect();
+        let known: HashSet<&str> = manifest.entries.iter().map(|e| e.path()).collect();
+        let dirs = std::iter::once("").chain(
+            manifest
+                .entries
+                .iter()
+                .filter(|e| matches!(e, Entry::Dir { .. }))
+                .map(|e| e.path()),
+        );
+        for dir in dirs {
+            let path = tree.join(dir);
+            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            for e in fs::read_dir(&path).into_iter().flatten().flatten() {
+                let file_name = e.file_name();
+                let file_name = file_name.to_string_lossy();
+                let rel = match dir {
+                    "" => file_name.into_owned(),
+                    _ => format!("{dir}/{file_name}"),
+                };
+                if !known.contains(rel.as_str()) {
+                    problems.push(Problem::new(&name(&rel), "not in the release".into()));
                 }
-            };
-            match entry {
-                Entry::Dir { .. } if !meta.is_dir() => problems.push(Problem::new(
-                    &name(entry.path()),
-                    "is not a directory".into(),
-                )),
-                Entry::Symlink { target, .. }
-                    if fs::read_link(&path).ok().as_deref() != Some(Path::new(target)) =>
-                {
-                    problems.push(Problem::new(
-                        &name(entry.path()),
-                        "symlink target changed".into(),
-                    ))
-                }
-                Entry::File {
-                    mode, hash, size, ..
-                } => {
-                    let cached = fs::metadata(self.file_path(hash, *mode)).ok();
-                    let linked =
-                        cached.is_some_and(|c| c.ino() == meta.ino() && c.dev() == meta.dev());
-                    if !meta.is_file() || meta.len() != *size {
-                        problems.push(Problem::new(
-                            &name(entry.path()),
-                            "wrong type or size".into(),
-                        ));
-                    } else if !linked && hash_file(&path).ok() != Some(*hash) {
-                        problems.push(Problem::new(&name(entry.path()), "content changed".into()));
-                    }
-                }
-                _ => {}
             }
         }
         problems
+    }
+
+    /// What is wrong with one entry of a tree (see `check_tree`), if anything.
+    fn check_entry(&self, tree: &Path, entry: &Entry) -> Option<String> {
+        let path = tree.join(entry.path());
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => return Some(e.to_string()),
+        };
+        match entry {
+            Entry::Dir { .. } => (!meta.is_dir()).then(|| "is not a directory".into()),
+            Entry::Symlink { target, .. } => (fs::read_link(&path).ok().as_deref()
+                != Some(Path::new(target)))
+            .then(|| "symlink target changed".into()),
+            Entry::File {
+                mode, hash, size, ..
+            } => {
+                if !meta.is_file() || meta.len() != *size {
+                    return Some("wrong type or size".into());
+                }
+                let trusted = fs::metadata(self.file_path(hash, *mode)).is_ok_and(|c| {
+                    c.ino() == meta.ino() && c.dev() == meta.dev() && is_stamped(&c, hash, *size)
+                });
+                (!trusted && hash_file(&path).ok() != Some(*hash)).then(|| "content changed".into())
+            }
+        }
     }
 
     /// Every stored chunk, loose or packed, once.
@@ -960,6 +1078,7 @@ impl Store {
                 let _ = fs::remove_file(self.sig_path(&r.release));
                 let _ = fs::remove_file(self.meta_path(&r.release));
                 report.releases_removed.push(r);
+                crate::failpoint::hit("gc.release_removed");
             }
         }
         let mut live_chunks = HashSet::new();
@@ -980,7 +1099,9 @@ impl Store {
                 report.chunks_removed += 1;
             }
         }
+        crate::failpoint::hit("gc.before_merge");
         self.gc_packs(&live_chunks, &mut report)?;
+        crate::failpoint::hit("gc.after_merge");
         for (p, _) in self.cache_files()? {
             if !live_files.contains(&p) {
                 report.bytes_freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
@@ -988,12 +1109,19 @@ impl Store {
                 report.files_removed += 1;
             }
         }
+        crate::failpoint::hit("gc.files_removed");
         let trees = self.dir.join("trees");
         for e in fs::read_dir(&trees).at(&trees)? {
             let p = e.at(&trees)?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if !live_trees.contains(name) {
-                remove_tree(&p);
+                // Out of trees/ in one rename, then removed: never half a tree in place. (A
+                // directory moved to another parent must be writable.)
+                let dead = self.tmp_path("dead-tree");
+                set_mode(&p, 0o755)?;
+                fs::rename(&p, &dead).at(&p)?;
+                crate::failpoint::hit("gc.tree_moved");
+                remove_tree(&dead);
             }
         }
         // No writer holds the shared lock now, so anything in tmp/ is left over from a crash.
@@ -1068,6 +1196,7 @@ impl Store {
         writer.finish()?;
         // The copies must be durable before the originals go.
         self.sync()?;
+        crate::failpoint::hit("gc.merge_synced");
         let stay: HashSet<&str> = unresolved.into_values().flatten().collect();
         for (name, _) in &dirty {
             if stay.contains(name.as_str()) {
@@ -1086,6 +1215,14 @@ pub struct VerifyReport {
     pub chunks: usize,
     pub files: usize,
     pub problems: Vec<Problem>,
+}
+
+/// A release's tree, as `materialise_checked` found it.
+#[derive(Debug)]
+pub struct Materialised {
+    pub path: PathBuf,
+    /// What was wrong with the tree in place, which was rebuilt (empty: it was whole, or new).
+    pub rebuilt: Vec<Problem>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1304,9 +1441,8 @@ fn place_entry(dest: &Path, entry: &Entry, cached: Option<&Path>) -> Result<()> 
     }
 }
 
-/// Makes a tree's root (`dest`, which must not exist) and its directories.
+/// Makes a tree's directories in its root `dest`.
 fn tree_dirs(manifest: &Manifest, dest: &Path) -> Result<()> {
-    fs::create_dir(dest).at(dest)?;
     for entry in &manifest.entries {
         if let Entry::Dir { .. } = entry {
             let path = dest.join(entry.path());
@@ -1316,7 +1452,7 @@ fn tree_dirs(manifest: &Manifest, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Makes a written tree's directories read-only, deepest first.
+/// Makes a written tree's directories read-only, deepest first (not its root `dest`).
 fn seal_dirs(manifest: &Manifest, dest: &Path) -> Result<()> {
     let dirs = manifest
         .entries
@@ -1324,14 +1460,14 @@ fn seal_dirs(manifest: &Manifest, dest: &Path) -> Result<()> {
         .filter(|e| matches!(e, Entry::Dir { .. }))
         .map(|e| dest.join(e.path()))
         .collect::<Vec<_>>();
-    for d in dirs
-        .iter()
-        .rev()
-        .chain(std::iter::once(&dest.to_path_buf()))
-    {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o555)).at(d)?;
+    for d in dirs.iter().rev() {
+        set_mode(d, 0o555)?;
     }
     Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)
 }
 
 /// Removes a tree even where it was made read-only.

@@ -1,10 +1,15 @@
 //! The host agent end to end: real agent, real app processes, real HTTP.
 
 use std::fs;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{TestContext, http_get, tagged_processes, wait_for};
+use drover_store::remove_tree;
+
+use crate::common::{
+    TestContext, drover_bin, http_get, kill_tagged, make_writable, tagged_processes, to_run,
+    wait_for,
+};
 
 fn serves(cx: &TestContext, version: &str) {
     let ports = cx.live_ports("hello");
@@ -538,4 +543,456 @@ fn many_apps_side_by_side_and_logs_follow() {
     assert!(line.starts_with("web.0 | "), "{line}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+// ---- release trees: an unprivileged user, damaged trees, crash points ---------------------
+
+/// A `drover agent` a test started with a command of its own (a crash point in its
+/// environment); on drop it and every app process of the root go away.
+struct OwnAgent {
+    child: std::process::Child,
+    root: std::path::PathBuf,
+}
+
+impl OwnAgent {
+    /// Starts `drover agent` with `cmd` and waits until it answers.
+    fn start(cx: &TestContext, mut cmd: Command) -> OwnAgent {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cx.path("agent.log"))
+            .unwrap();
+        let child = cmd
+            .arg("agent")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        let agent = OwnAgent {
+            child,
+            root: cx.root.clone(),
+        };
+        wait_for("the agent to answer", Duration::from_secs(20), || {
+            cx.command()
+                .args(["status", "--json"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        agent
+    }
+}
+
+impl Drop for OwnAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_tagged(&self.root);
+    }
+}
+
+/// The unprivileged user the test runs drover as, when the tests run as root.
+const NOBODY: u32 = 65534;
+
+/// drover run as an unprivileged user: uid and gid 65534 through `setpriv` when the tests
+/// run as root, else as the user running them.
+fn unprivileged(cx: &TestContext) -> Command {
+    let mut c = if rustix::process::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(drover_bin());
+        c
+    } else {
+        Command::new(drover_bin())
+    };
+    c.env("DROVER_ROOT", &cx.root)
+        .env("HOME", cx.dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_BACKTRACE")
+        .current_dir(cx.dir.path());
+    c
+}
+
+fn serves_on(ports: Vec<u16>, version: &str) {
+    assert!(!ports.is_empty(), "no live instances");
+    for port in ports {
+        let (code, body) = http_get(port, "/").unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            body.contains(&format!("version {version}")),
+            "port {port} answered {body}"
+        );
+    }
+}
+
+#[test]
+fn an_unprivileged_user_brings_an_app_up_rolls_back_and_collects() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let cx = TestContext::new();
+    let dirs: Vec<_> = ["1", "2", "3"]
+        .iter()
+        .map(|v| cx.hello_app(&format!("v{v}"), v, ""))
+        .collect();
+    // The user's own root, 0700, and the whole test directory theirs.
+    fs::create_dir(&cx.root).unwrap();
+    fs::set_permissions(&cx.root, fs::Permissions::from_mode(0o700)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{NOBODY}:{NOBODY}"))
+            .arg(cx.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let drover = |args: &[&str]| to_run(unprivileged(&cx).args(args).output().unwrap());
+    let ports = || -> Vec<u16> {
+        let all = drover(&["status", "--json"]).success().json();
+        let a = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["app"] == "hello")
+            .cloned()
+            .unwrap_or_else(|| panic!("no hello in {all}"));
+        a["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["generation"] == a["generation"] && i["state"] == "running")
+            .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
+            .collect()
+    };
+    // `up` starts the agent, as the user: it and the apps go at the end.
+    struct Stop<'a>(&'a TestContext);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            if let Ok(pid) = fs::read_to_string(self.0.root.join("agent.pid")) {
+                let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            }
+            kill_tagged(&self.0.root);
+        }
+    }
+    let _stop = Stop(&cx);
+
+    let build = |d: &std::path::Path| -> String {
+        drover(&["build", d.to_str().unwrap(), "--json"])
+            .success()
+            .json()["release"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ids: Vec<String> = dirs[..2].iter().map(|d| build(d)).collect();
+    drover(&["up", dirs[0].to_str().unwrap()]).success();
+    serves_on(ports(), "1");
+    drover(&["deploy", dirs[1].to_str().unwrap()]).success();
+    serves_on(ports(), "2");
+    drover(&["rollback", "hello"]).success();
+    serves_on(ports(), "1");
+
+    // The trees are the user's, and read-only for everyone.
+    let trees = cx.root.join("store/trees");
+    for id in &ids {
+        let meta = fs::metadata(trees.join(id)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(meta.uid(), NOBODY);
+        }
+        assert_eq!(meta.mode() & 0o777, 0o555, "tree {id}");
+        let file = fs::metadata(trees.join(id).join("hello")).unwrap();
+        assert_eq!(file.mode() & 0o222, 0, "tree {id}: its files are read-only");
+    }
+
+    // A newer release, never deployed: gc keeps it and the live one, and removes v2 with
+    // its tree.
+    build(&dirs[2]);
+    let report = drover(&["gc", "--keep", "1", "--json"]).success().json();
+    let removed: Vec<&str> = report["releases_removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["release"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, vec![ids[1].as_str()]);
+    assert!(!trees.join(&ids[1]).exists(), "gc removed v2's tree");
+    assert!(trees.join(&ids[0]).exists());
+    drover(&["verify"]).success();
+    serves_on(ports(), "1");
+}
+
+/// The example server greeting with the content of its file `greeting.txt`.
+fn greeting_app(cx: &TestContext, greeting: &str) -> std::path::PathBuf {
+    let d = cx.hello_app("greeting", "1", "");
+    fs::write(d.join("greeting.txt"), greeting).unwrap();
+    // Nested directories, a symlink, one content at two paths: all part of a whole tree.
+    fs::create_dir_all(d.join("static/css")).unwrap();
+    fs::write(d.join("static/css/site.css"), greeting).unwrap();
+    fs::create_dir_all(d.join("empty")).unwrap();
+    std::os::unix::fs::symlink("static/css", d.join("css")).unwrap();
+    let toml = fs::read_to_string(d.join("drover.toml")).unwrap().replace(
+        "command = \"./hello\"",
+        "command = \"GREETING=$(cat greeting.txt) exec ./hello\"",
+    );
+    fs::write(d.join("drover.toml"), toml).unwrap();
+    d
+}
+
+fn greets(cx: &TestContext, greeting: &str) {
+    let ports = cx.live_ports("hello");
+    assert!(!ports.is_empty(), "no live instances: {}", cx.status());
+    for port in ports {
+        let (code, body) = http_get(port, "/").unwrap();
+        assert_eq!(code, 200);
+        assert!(body.starts_with(greeting), "port {port} answered {body}");
+    }
+}
+
+/// Runs `edit` on a read-only directory, made writable for it.
+fn in_writable(dir: &std::path::Path, edit: impl FnOnce()) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    edit();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
+}
+
+#[test]
+fn a_damaged_tree_is_named_by_verify_and_rebuilt_before_a_deploy_switches_to_it() {
+    use std::os::unix::fs::MetadataExt;
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let d = greeting_app(&cx, "good");
+    let id = cx.build(&d, &[])["release"].as_str().unwrap().to_string();
+    cx.drover(&["deploy", &id]).success();
+    greets(&cx, "good");
+    let tree = cx.root.join("store/trees").join(&id);
+    // The cache file the tree's greeting.txt is a link to.
+    let ino = fs::metadata(tree.join("greeting.txt")).unwrap().ino();
+    let cached = fs::read_dir(cx.root.join("store/files"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| fs::metadata(p).unwrap().ino() == ino)
+        .expect("greeting.txt is a link to a cache file");
+    let cached_name = cached.file_name().unwrap().to_str().unwrap().to_string();
+
+    let damages: [(&str, &dyn Fn()); 5] = [
+        ("bit rot in a cache file, mtime kept", &|| {
+            let mtime = fs::metadata(&cached).unwrap().modified().unwrap();
+            make_writable(&cached);
+            fs::write(&cached, "evil").unwrap();
+            let f = fs::File::open(&cached).unwrap();
+            f.set_times(fs::FileTimes::new().set_modified(mtime))
+                .unwrap();
+        }),
+        ("a file replaced in the tree", &|| {
+            in_writable(&tree, || {
+                fs::remove_file(tree.join("greeting.txt")).unwrap();
+                fs::write(tree.join("greeting.txt"), "evil").unwrap();
+            })
+        }),
+        ("an extra file in the tree", &|| {
+            let dir = tree.join("static/css");
+            in_writable(&dir, || fs::write(dir.join("extra.txt"), "extra").unwrap())
+        }),
+        ("the tree a symlink to a copy of it", &|| {
+            let copy = cx.path("copy");
+            fs::rename(&tree, &copy).unwrap();
+            std::os::unix::fs::symlink(&copy, &tree).unwrap();
+        }),
+        ("the tree a dangling symlink", &|| {
+            remove_tree(&tree);
+            std::os::unix::fs::symlink(cx.path("nowhere"), &tree).unwrap();
+        }),
+    ];
+    let names = [
+        cached_name.as_str(),
+        &format!("{id}/greeting.txt"),
+        &format!("{id}/static/css/extra.txt"),
+        &format!("{id}: is not a directory"),
+        &format!("{id}: is not a directory"),
+    ];
+    for (n, ((what, damage), name)) in damages.iter().zip(names).enumerate() {
+        damage();
+        let run = cx.drover(&["verify"]).failure();
+        assert!(
+            run.stderr.contains(name),
+            "{what}: verify did not name {name}:\n{}",
+            run.stderr
+        );
+        let run = cx.drover(&["deploy", &id]).success();
+        assert!(
+            run.stderr.contains("damaged") && run.stderr.contains("rebuilt"),
+            "{what}: the deploy did not say it rebuilt the tree:\n{}",
+            run.stderr
+        );
+        greets(&cx, "good");
+        assert!(!tree.join("static/css/extra.txt").exists(), "{what}");
+        assert!(fs::symlink_metadata(&tree).unwrap().is_dir(), "{what}");
+        cx.drover(&["verify"]).success();
+        let log = fs::read_to_string(cx.path("agent.log")).unwrap();
+        assert_eq!(
+            log.matches("rebuilt").count(),
+            n + 1,
+            "{what}: agent log:\n{log}"
+        );
+    }
+    // A whole tree is taken as it is.
+    let run = cx.drover(&["deploy", &id]).success();
+    assert!(!run.stderr.contains("rebuilt"), "{}", run.stderr);
+    greets(&cx, "good");
+}
+
+/// Checks that a process ended by SIGKILL: the crash point it was given was reached.
+#[track_caller]
+fn killed_at(status: std::process::ExitStatus, point: &str, log: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "crash point {point} was not reached ({status}):\n{log}"
+    );
+}
+
+/// What a crash must never leave in `trees/`: anything but whole trees, sealed.
+#[track_caller]
+fn no_half_tree(cx: &TestContext) {
+    use std::os::unix::fs::MetadataExt;
+    for e in fs::read_dir(cx.root.join("store/trees")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(
+            name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+            "not a tree in trees/: {}",
+            p.display()
+        );
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o555, "{name}");
+    }
+    // Each tree of a stored release is checked, entry by entry, against its manifest.
+    cx.drover(&["verify"]).success();
+}
+
+#[test]
+fn a_crash_at_each_step_of_materialise_leaves_the_old_generation_serving() {
+    for point in [
+        "materialise.tree_written",
+        "materialise.before_rename",
+        "materialise.after_rename",
+    ] {
+        let cx = TestContext::new();
+        let v1 = cx.hello_app("v1", "1", "");
+        let v2 = cx.hello_app("v2", "2", "");
+        let id2 = cx.build(&v2, &[])["release"].as_str().unwrap().to_string();
+        let mut first = cx.start_agent();
+        cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+        serves(&cx, "1");
+        first.kill9();
+
+        let mut cmd = cx.command();
+        cmd.env("DROVER_FAILPOINT", point);
+        let mut agent = OwnAgent::start(&cx, cmd);
+        cx.drover(&["deploy", &id2]).failure();
+        let status = agent.child.wait().unwrap();
+        let log = fs::read_to_string(cx.path("agent.log")).unwrap();
+        killed_at(status, point, &log);
+        assert!(log.contains(&format!("crash point {point}")), "{log}");
+
+        no_half_tree(&cx);
+        let mut again = cx.start_agent();
+        serves(&cx, "1");
+        cx.drover(&["deploy", &id2]).success();
+        serves(&cx, "2");
+        no_half_tree(&cx);
+
+        // The same point while a damaged tree is replaced: the tree in place is the damaged
+        // one or the rebuilt one, whole either way.
+        cx.drover(&["rollback", "hello"]).success();
+        serves(&cx, "1");
+        let tree = cx.root.join("store/trees").join(&id2);
+        in_writable(&tree, || fs::write(tree.join("extra.txt"), "x").unwrap());
+        again.kill9();
+        let mut cmd = cx.command();
+        cmd.env("DROVER_FAILPOINT", point);
+        let mut agent = OwnAgent::start(&cx, cmd);
+        cx.drover(&["deploy", &id2]).failure();
+        let status = agent.child.wait().unwrap();
+        killed_at(status, point, "");
+        let run = cx.drover(&["verify", "--json"]);
+        let problems: Vec<String> = match run.status.success() {
+            true => Vec::new(),
+            false => run.json()["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["object"].as_str().unwrap().to_string())
+                .collect(),
+        };
+        let extra = format!("{id2}/extra.txt");
+        assert!(
+            problems.iter().all(|p| p.ends_with(&extra)),
+            "{point}: {problems:?}"
+        );
+        let _again = cx.start_agent();
+        serves(&cx, "1");
+        let run = cx.drover(&["deploy", &id2]).success();
+        assert_eq!(
+            run.stderr.contains("rebuilt"),
+            !problems.is_empty(),
+            "{point}: a tree still damaged is rebuilt, a rebuilt one kept:\n{}",
+            run.stderr
+        );
+        serves(&cx, "2");
+        no_half_tree(&cx);
+    }
+}
+
+#[test]
+fn a_crash_at_each_step_of_gc_leaves_a_store_that_verifies() {
+    let cx = TestContext::new();
+    let mut agents = vec![cx.start_agent()];
+    for (round, point) in [
+        "gc.release_removed",
+        "gc.before_merge",
+        "gc.merge_synced",
+        "gc.after_merge",
+        "gc.files_removed",
+        "gc.tree_moved",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Three releases deployed, each with its tree: gc keeps the live one, removes two.
+        for k in 0..3 {
+            let d = cx.hello_app(&format!("r{round}-{k}"), &format!("{round}.{k}"), "");
+            cx.drover(&["deploy", d.to_str().unwrap()]).success();
+        }
+        let live = format!("{round}.2");
+        serves(&cx, &live);
+        let out = cx
+            .command()
+            .args(["gc", "--keep", "1"])
+            .env("DROVER_FAILPOINT", point)
+            .output()
+            .unwrap();
+        let run = to_run(out);
+        killed_at(run.status, point, &run.stderr);
+        assert!(
+            run.stderr.contains(&format!("crash point {point}")),
+            "{}",
+            run.stderr
+        );
+
+        no_half_tree(&cx);
+        agents.last_mut().unwrap().kill9();
+        agents.push(cx.start_agent());
+        serves(&cx, &live);
+        let report = cx.drover(&["gc", "--keep", "1", "--json"]).success().json();
+        assert!(report["releases_removed"].is_array());
+        no_half_tree(&cx);
+        assert_eq!(
+            fs::read_dir(cx.root.join("store/trees")).unwrap().count(),
+            1,
+            "only the live release's tree is left"
+        );
+        serves(&cx, &live);
+    }
 }

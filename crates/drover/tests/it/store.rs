@@ -984,3 +984,65 @@ fn kill_9_during_build_or_unpack_leaves_a_store_that_verifies() {
     dst.drover(&["unpack", archive.to_str().unwrap()]).success();
     dst.drover(&["verify"]).success();
 }
+
+// ---- checkout: what a failure leaves --------------------------------------------------
+
+#[test]
+fn a_failed_checkout_removes_what_it_made_and_only_that() {
+    let cx = TestContext::new();
+    let app = cx.app(
+        "app",
+        HELLO,
+        &[
+            ("run", "x"),
+            ("data/big.txt", &"some data\n".repeat(20_000)),
+        ],
+    );
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+    // A damaged chunk, and no cache file to use instead: the checkout fails midway, after
+    // it made its directory and some of the tree.
+    let pack = &packs(&cx.root)[0];
+    make_writable(pack);
+    let original = fs::read(pack).unwrap();
+    let mut bad = original.clone();
+    bad[original.len() / 2] ^= 0x40;
+    fs::write(pack, &bad).unwrap();
+    clear_file_cache(&cx.root);
+    let dest = cx.path("co");
+    let run = cx
+        .drover(&["checkout", &id, dest.to_str().unwrap()])
+        .failure();
+    assert!(
+        run.stderr.contains("corrupt") || run.stderr.contains("missing"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        fs::symlink_metadata(&dest).is_err(),
+        "the failed checkout left {}",
+        dest.display()
+    );
+    // Repaired, a retry into the same directory works.
+    fs::write(pack, &original).unwrap();
+    cx.drover(&["checkout", &id, dest.to_str().unwrap()])
+        .success();
+    assert_eq!(fs::read_to_string(dest.join("run")).unwrap(), "x");
+
+    // A directory that was there before is never removed, empty or not, nor a symlink.
+    let empty = cx.path("empty");
+    fs::create_dir(&empty).unwrap();
+    let full = cx.path("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("mine.txt"), "mine").unwrap();
+    let link = cx.path("link");
+    std::os::unix::fs::symlink("nowhere", &link).unwrap();
+    for there in [&empty, &full, &link] {
+        let run = cx
+            .drover(&["checkout", &id, there.to_str().unwrap()])
+            .failure();
+        assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+    }
+    assert!(empty.is_dir());
+    assert_eq!(fs::read_to_string(full.join("mine.txt")).unwrap(), "mine");
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new("nowhere"));
+}
