@@ -12,16 +12,7 @@ use crate::common::{
 };
 
 fn serves(cx: &TestContext, version: &str) {
-    let ports = cx.live_ports("hello");
-    assert!(!ports.is_empty(), "no live instances: {}", cx.status());
-    for port in ports {
-        let (code, body) = http_get(port, "/").unwrap();
-        assert_eq!(code, 200);
-        assert!(
-            body.contains(&format!("version {version}")),
-            "port {port} answered {body}"
-        );
-    }
+    serves_on(cx.live_ports("hello"), version);
 }
 
 #[test]
@@ -656,13 +647,7 @@ fn an_unprivileged_user_brings_an_app_up_rolls_back_and_collects() {
             .find(|a| a["app"] == "hello")
             .cloned()
             .unwrap_or_else(|| panic!("no hello in {all}"));
-        a["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i["generation"] == a["generation"] && i["state"] == "running")
-            .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
-            .collect()
+        crate::common::live_ports_of(&a)
     };
     // `up` starts the agent, as the user: it and the apps go at the end.
     struct Stop<'a>(&'a TestContext);

@@ -274,15 +274,19 @@ impl TestContext {
 
     /// Ports of the live generation's running http instances.
     pub fn live_ports(&self, app: &str) -> Vec<u16> {
-        let a = self.app_status(app);
-        a["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i["generation"] == a["generation"] && i["state"] == "running")
-            .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
-            .collect()
+        live_ports_of(&self.app_status(app))
     }
+}
+
+/// Ports of the live generation's running http instances in one app's `status --json`.
+pub fn live_ports_of(a: &serde_json::Value) -> Vec<u16> {
+    a["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["generation"] == a["generation"] && i["state"] == "running")
+        .filter_map(|i| i["port"].as_u64().map(|p| p as u16))
+        .collect()
 }
 
 impl AgentHandle {
