@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod secrets;
 mod template;
 pub use template::init_template;
