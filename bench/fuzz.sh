@@ -99,7 +99,7 @@ dirty="$(git -C "$REPO" status --porcelain -- crates fuzz 2>/dev/null | grep -q 
     echo "-max_total_time=$SECS -timeout=10 -rss_limit_mb=2048\` (no sanitizer, debug assertions and overflow"
     echo "checks on). Any panic, abort, hang over 10 s or memory over 2 GiB counts as a crash."
     echo
-    echo "| target | seconds | execs | execs/s | coverage (edges) | features | seeds | new inputs | crashes |"
+    echo "| target | seconds | execs | execs/s | coverage (edges) | features | committed inputs | new inputs | crashes |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
 } >"$WORK/fuzz.md"
