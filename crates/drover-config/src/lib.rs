@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod secrets;
 mod template;
 pub use template::init_template;
@@ -240,11 +242,16 @@ impl Seconds {
         let n: u64 = num
             .parse()
             .map_err(|_| format!("`{s}` is not a duration (try \"30s\", \"500ms\", \"2m\")"))?;
+        let secs = |per: u64| {
+            n.checked_mul(per)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("`{s}` is too long a duration"))
+        };
         let d = match unit.trim() {
             "" | "s" => Duration::from_secs(n),
             "ms" => Duration::from_millis(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "m" => secs(60)?,
+            "h" => secs(3600)?,
             other => {
                 return Err(format!(
                     "`{other}` is not a duration unit in `{s}` (use ms, s, m or h)"

@@ -8,6 +8,8 @@ pub mod build;
 pub mod chunk;
 mod error;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hash;
 pub mod keys;
 pub mod manifest;

@@ -277,9 +277,10 @@ fn unpack_staged(
             }
             TAG_END => {
                 let n = u64::from_le_bytes(
-                    payload[..8]
-                        .try_into()
-                        .map_err(|_| Error::invalid(what, "short end record"))?,
+                    payload
+                        .get(..8)
+                        .and_then(|n| n.try_into().ok())
+                        .ok_or_else(|| Error::invalid(what, "short end record"))?,
                 );
                 let digest = payload
                     .get(8..40)

@@ -7,6 +7,9 @@ use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// The largest line either side accepts.
 pub const MAX_LINE: usize = 1 << 20;
 
@@ -271,6 +274,46 @@ pub struct RunSpec {
     pub dir: String,
     pub env: BTreeMap<String, String>,
     pub generation: u64,
+}
+
+/// One request to `drover remote serve` (a fleet action's session on a host), a JSON line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ServeOp {
+    /// Answered with a `Reply` holding a `Hello`. With `lock`, also takes that environment's
+    /// lock, when this drover's build is `expect_build`.
+    Hello {
+        expect_build: Option<String>,
+        lock: Option<LockRequest>,
+    },
+    /// The transfer protocol follows on the same streams (`drover_store::transfer`). A
+    /// failed transfer ends the session.
+    Receive,
+    /// `request` goes to the host's agent, whose lines (events, logs, the `Reply`) come back.
+    /// Until the deployer sends an `EndOp`, its lines (a `Confirm`) go to the agent too;
+    /// when stdin ends instead, the agent sees the deployer is gone.
+    Agent { request: serde_json::Value },
+    /// Appends the audit entry, then gives back the lock held with `token`; answered with a
+    /// `Reply`.
+    Finish {
+        env: String,
+        token: String,
+        audit: Option<AuditEntry>,
+    },
+}
+
+/// The line that ends an `Agent` op, sent by the deployer once it has the reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndOp {
+    pub end: bool,
+}
+
+/// The environment lock a `ServeOp::Hello` asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub env: String,
+    pub holder: String,
+    pub token: String,
 }
 
 /// Reads one line (at most `MAX_LINE` bytes); `None` at end of stream.

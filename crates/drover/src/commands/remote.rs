@@ -91,48 +91,11 @@ pub enum LockOp {
     Show { env: String },
 }
 
-/// One request to `drover remote serve`, a JSON line.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum ServeOp {
-    /// Answered with a `Reply` holding a `Hello`. With `lock`, also takes that environment's
-    /// lock, when this drover's build is `expect_build`.
-    Hello {
-        expect_build: Option<String>,
-        lock: Option<LockRequest>,
-    },
-    /// The transfer protocol follows on the same streams (`drover_store::transfer`). A
-    /// failed transfer ends the session.
-    Receive,
-    /// `request` goes to the host's agent, whose lines (events, logs, the `Reply`) come back.
-    /// Until the deployer sends an `EndOp`, its lines (a `Confirm`) go to the agent too;
-    /// when stdin ends instead, the agent sees the deployer is gone.
-    Agent { request: serde_json::Value },
-    /// Appends the audit entry, then gives back the lock held with `token`; answered with a
-    /// `Reply`.
-    Finish {
-        env: String,
-        token: String,
-        audit: Option<drover_wire::AuditEntry>,
-    },
-}
+pub use drover_wire::{EndOp, LockRequest, ServeOp};
 
 /// What the deployer sends while it has nothing else to say (an empty line, skipped between
 /// and within ops), so that `remote serve --timeout` can tell a silent deployer from a gone one.
 pub const KEEPALIVE: &[u8] = b"\n";
-
-/// The line that ends an `Agent` op, sent by the deployer once it has the reply.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct EndOp {
-    pub end: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LockRequest {
-    pub env: String,
-    pub holder: String,
-    pub token: String,
-}
 
 /// What `drover remote hello` prints.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `drover_store::fuzzing::receive`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| drover_store::fuzzing::receive(data));
