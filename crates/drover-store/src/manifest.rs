@@ -113,7 +113,7 @@ impl<'de> Deserialize<'de> for Entry {
 }
 
 /// One content-defined chunk of a file: its hash and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, std::hash::Hash, Serialize, Deserialize)]
 pub struct ChunkRef(pub Hash, pub u32);
 
 impl Entry {
@@ -242,7 +242,90 @@ impl Manifest {
                 }
             }
         }
-        Ok(())
+        let links = self.entries.iter().filter_map(|e| match e {
+            Entry::Symlink { path, target } => Some((path.as_str(), target.as_str())),
+            _ => None,
+        });
+        check_links(links)
+            .or_else(|(path, target, m)| bad(format!("symlink `{path}` -> `{target}`: {m}")))
+    }
+}
+
+/// Resolves every symlink (path, target) of a release through the others, as the kernel will
+/// in its tree (see `Links`); the first that leads out of the release or loops, with why.
+pub(crate) fn check_links<'a>(
+    links: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> std::result::Result<(), (&'a str, &'a str, String)> {
+    let mut links = Links {
+        targets: links.into_iter().collect(),
+        resolved: Default::default(),
+    };
+    let mut all: Vec<(&str, &str)> = links.targets.iter().map(|(p, t)| (*p, *t)).collect();
+    all.sort();
+    for (path, target) in all {
+        links.resolve(path, 0).map_err(|m| (path, target, m))?;
+    }
+    Ok(())
+}
+
+/// Symlinks followed within one resolution, at most (the kernel's own limit).
+const MAX_LINK_DEPTH: usize = 40;
+
+/// A manifest's symlinks, resolved the way the kernel will resolve them in its tree: a
+/// target component that names another symlink of the release is replaced by where that
+/// one leads, so a `..` after it climbs from there, not from its name.
+struct Links<'a> {
+    targets: std::collections::HashMap<&'a str, &'a str>,
+    /// Where each symlink resolved to (components below the root); `None` while resolving.
+    resolved: std::collections::HashMap<&'a str, Option<Vec<&'a str>>>,
+}
+
+impl<'a> Links<'a> {
+    /// Where the symlink at `path` leads, as components below the release root; an error
+    /// when it leads out of the release, into a loop, or through too many symlinks. A name
+    /// the release does not hold (or one below a file) is taken as it is: it cannot lead
+    /// anywhere else, and the kernel refuses a `..` after it.
+    fn resolve(
+        &mut self,
+        path: &'a str,
+        depth: usize,
+    ) -> std::result::Result<Vec<&'a str>, String> {
+        match self.resolved.get(path) {
+            Some(Some(done)) => return Ok(done.clone()),
+            Some(None) => return Err("it is part of a loop of symlinks".into()),
+            None => {}
+        }
+        if depth > MAX_LINK_DEPTH {
+            return Err(format!(
+                "it goes through more than {MAX_LINK_DEPTH} symlinks"
+            ));
+        }
+        let target = self.targets[path];
+        self.resolved.insert(path, None);
+        let mut at: Vec<&'a str> = path.split('/').collect();
+        at.pop();
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if at.pop().is_none() {
+                        return Err(match depth {
+                            0 => "target points out of the release".into(),
+                            _ => format!("through symlink `{path}`, it points out of the release"),
+                        });
+                    }
+                }
+                name => {
+                    at.push(name);
+                    let here = at.join("/");
+                    if let Some((&link, _)) = self.targets.get_key_value(here.as_str()) {
+                        at = self.resolve(link, depth + 1)?;
+                    }
+                }
+            }
+        }
+        self.resolved.insert(path, Some(at.clone()));
+        Ok(at)
     }
 }
 
@@ -350,6 +433,88 @@ mod tests {
         manifest(vec![dir("a"), link("a/l", "../x"), link("b", "a/./l")])
             .validate("m")
             .unwrap();
+    }
+
+    #[test]
+    fn symlinks_are_resolved_through_the_links_they_pass() {
+        // Each link alone stays inside; `b` reaches the parent of the tree through `a/l`.
+        let err = manifest(vec![dir("a"), link("a/l", ".."), link("b", "a/l/..")])
+            .validate("m")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("symlink `b`") && err.contains("out of the release"),
+            "{err}"
+        );
+        // Twelve levels down, a link back up to the root, and one that climbs once more.
+        let mut entries = Vec::new();
+        let mut deep = String::new();
+        for i in 0..12 {
+            deep = if deep.is_empty() {
+                format!("d{i}")
+            } else {
+                format!("{deep}/d{i}")
+            };
+            entries.push(dir(&deep));
+        }
+        entries.push(link(&format!("{deep}/up"), &"../".repeat(12)));
+        entries.push(link("x", &format!("{deep}/up/../etc")));
+        let err = manifest(entries).validate("m").unwrap_err().to_string();
+        assert!(
+            err.contains("symlink `x`") && err.contains("out of the release"),
+            "{err}"
+        );
+        // Through a link to a link.
+        let err = manifest(vec![
+            dir("a"),
+            link("a/l", ".."),
+            link("a/m", "l"),
+            link("b", "a/m/../x"),
+        ])
+        .validate("m")
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("symlink `b`"), "{err}");
+        // Loops, short and long.
+        for entries in [
+            vec![link("l", "l")],
+            vec![link("a", "b"), link("b", "a")],
+            vec![dir("d"), link("d/l", "../l2/x"), link("l2", "d/l")],
+        ] {
+            let err = manifest(entries).validate("m").unwrap_err().to_string();
+            assert!(err.contains("loop"), "{err}");
+        }
+        // A chain longer than the kernel follows.
+        let mut entries: Vec<Entry> = (0..50)
+            .map(|i| link(&format!("l{i:02}"), &format!("l{:02}", i + 1)))
+            .collect();
+        entries.push(Entry::File {
+            path: "l50".into(),
+            mode: 0o644,
+            size: 0,
+            hash: Hash::of(b""),
+            chunks: vec![],
+        });
+        let err = manifest(entries).validate("m").unwrap_err().to_string();
+        assert!(err.contains("more than 40 symlinks"), "{err}");
+
+        // What stays inside still works: relative links, links to links, links through
+        // links that come back down, dangling links inside.
+        manifest(vec![
+            dir("a"),
+            dir("a/b"),
+            link("a/b/up", ".."),
+            link("a/l", "b/up/b"),
+            link("c", "a/l/up/../a/b/../../a"),
+            link("d", "c"),
+            link("e", "d/b/up/b/up/l"),
+            link("f", "missing/x"),
+            dir("z"),
+            link("z/root", ".."),
+            link("z/self", "root/z/root/z"),
+        ])
+        .validate("m")
+        .unwrap();
     }
 
     #[test]
