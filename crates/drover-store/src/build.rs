@@ -162,9 +162,9 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     walk(input.dir, input.dir, "", input.exclude, &mut walked)?;
     walked.sort_by(|a, b| walked_path(a).as_bytes().cmp(walked_path(b).as_bytes()));
     // Symlinks through symlinks, before any chunk is written (the manifest checks it again).
-    let links = walked.iter().filter_map(|w| match w {
-        Walked::Entry(Entry::Symlink { path, target }) => Some((path.as_str(), target.as_str())),
-        _ => None,
+    let links = walked.iter().map(|w| match w {
+        Walked::Entry(Entry::Symlink { path, target }) => (path.as_str(), Some(target.as_str())),
+        other => (walked_path(other), None),
     });
     crate::manifest::check_links(links).map_err(|(path, target, m)| {
         Error::invalid(

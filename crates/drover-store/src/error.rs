@@ -11,7 +11,11 @@ pub enum Error {
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
     /// An archive whose release expands to more than the import limit.
-    #[error("{what} expands to {size} bytes of files, more than the limit of {limit} bytes")]
+    #[error(
+        "{what} expands to {} of files, more than the limit of {}",
+        human(*size),
+        human(*limit)
+    )]
     TooLarge {
         /// The archive and the release.
         what: String,
@@ -73,6 +77,15 @@ impl Error {
             )),
             _ => None,
         }
+    }
+}
+
+/// A byte count for a message: bytes, and MiB or GiB where that reads better.
+fn human(n: u64) -> String {
+    match n {
+        0..1_048_576 => format!("{n} bytes"),
+        1_048_576..1_073_741_824 => format!("{n} bytes ({:.1} MiB)", n as f64 / 1_048_576.0),
+        _ => format!("{n} bytes ({:.1} GiB)", n as f64 / 1_073_741_824.0),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The release manifest: every directory, file and symlink of a release plus how to run it.
 //! Its canonical JSON bytes are hashed into the release id; `validate` refuses escaping paths.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
@@ -242,28 +242,41 @@ impl Manifest {
                 }
             }
         }
-        let links = self.entries.iter().filter_map(|e| match e {
-            Entry::Symlink { path, target } => Some((path.as_str(), target.as_str())),
-            _ => None,
+        let links = self.entries.iter().map(|e| match e {
+            Entry::Symlink { path, target } => (path.as_str(), Some(target.as_str())),
+            other => (other.path(), None),
         });
         check_links(links)
             .or_else(|(path, target, m)| bad(format!("symlink `{path}` -> `{target}`: {m}")))
     }
 }
 
-/// Resolves every symlink (path, target) of a release through the others, as the kernel will
-/// in its tree (see `Links`); the first that leads out of the release or loops, with why.
+/// Resolves every symlink of a release through the others, as the kernel will in its tree
+/// (see `Links`). `entries`: every path of the release with its symlink target (`None` for a
+/// directory or file), sorted, each after its parent directory. The first symlink that leads
+/// out of the release or loops, with why.
 pub(crate) fn check_links<'a>(
-    links: impl IntoIterator<Item = (&'a str, &'a str)>,
+    entries: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
 ) -> std::result::Result<(), (&'a str, &'a str, String)> {
-    let mut links = Links {
-        targets: links.into_iter().collect(),
-        resolved: Default::default(),
-    };
-    let mut all: Vec<(&str, &str)> = links.targets.iter().map(|(p, t)| (*p, *t)).collect();
-    all.sort();
-    for (path, target) in all {
-        links.resolve(path, 0).map_err(|m| (path, target, m))?;
+    let mut links = Links::default();
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    for (path, target) in entries {
+        let id = links.parent.len() as u32;
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((dir, name)) => (ids.get(dir).copied().unwrap_or(ROOT), name),
+            None => (ROOT, path),
+        };
+        links.parent.push(parent);
+        links.target.push(target);
+        links.path.push(path);
+        links.children.insert((parent, name), id);
+        ids.insert(path, id);
+    }
+    for id in 0..links.parent.len() as u32 {
+        if let Some(target) = links.target[id as usize] {
+            let path = links.path[id as usize];
+            links.resolve(id, 0).map_err(|m| (path, target, m))?;
+        }
     }
     Ok(())
 }
@@ -271,27 +284,39 @@ pub(crate) fn check_links<'a>(
 /// Symlinks followed within one resolution, at most (the kernel's own limit).
 const MAX_LINK_DEPTH: usize = 40;
 
-/// A manifest's symlinks, resolved the way the kernel will resolve them in its tree: a
-/// target component that names another symlink of the release is replaced by where that
-/// one leads, so a `..` after it climbs from there, not from its name.
-struct Links<'a> {
-    targets: std::collections::HashMap<&'a str, &'a str>,
-    /// Where each symlink resolved to (components below the root); `None` while resolving.
-    resolved: std::collections::HashMap<&'a str, Option<Vec<&'a str>>>,
+/// The release root's node id (no entry has it).
+const ROOT: u32 = u32::MAX;
+
+/// A place in a release tree: a node (an entry, or the root), and how many names below it
+/// that the release does not hold (or that are below a file). Such a name cannot lead
+/// anywhere else, and the kernel refuses a `..` after it; here it is taken as it reads.
+#[derive(Clone, Copy)]
+struct At {
+    node: u32,
+    beyond: u32,
 }
 
-impl<'a> Links<'a> {
-    /// Where the symlink at `path` leads, as components below the release root; an error
-    /// when it leads out of the release, into a loop, or through too many symlinks. A name
-    /// the release does not hold (or one below a file) is taken as it is: it cannot lead
-    /// anywhere else, and the kernel refuses a `..` after it.
-    fn resolve(
-        &mut self,
-        path: &'a str,
-        depth: usize,
-    ) -> std::result::Result<Vec<&'a str>, String> {
-        match self.resolved.get(path) {
-            Some(Some(done)) => return Ok(done.clone()),
+/// A manifest's tree, to resolve its symlinks the way the kernel will: a target component
+/// that names another symlink of the release is replaced by where that one leads, so a `..`
+/// after it climbs from there, not from its name.
+#[derive(Default)]
+struct Links<'a> {
+    /// By node id (an entry's place in the list): its parent's id, its symlink target,
+    /// its path.
+    parent: Vec<u32>,
+    target: Vec<Option<&'a str>>,
+    path: Vec<&'a str>,
+    children: HashMap<(u32, &'a str), u32>,
+    /// Where each symlink led; `None` while it is being resolved.
+    resolved: HashMap<u32, Option<At>>,
+}
+
+impl Links<'_> {
+    /// Where symlink `id` leads; an error when that is out of the release, or it loops or
+    /// goes through too many symlinks.
+    fn resolve(&mut self, id: u32, depth: usize) -> std::result::Result<At, String> {
+        match self.resolved.get(&id) {
+            Some(Some(done)) => return Ok(*done),
             Some(None) => return Err("it is part of a loop of symlinks".into()),
             None => {}
         }
@@ -300,31 +325,38 @@ impl<'a> Links<'a> {
                 "it goes through more than {MAX_LINK_DEPTH} symlinks"
             ));
         }
-        let target = self.targets[path];
-        self.resolved.insert(path, None);
-        let mut at: Vec<&'a str> = path.split('/').collect();
-        at.pop();
+        let target = self.target[id as usize].expect("a symlink");
+        self.resolved.insert(id, None);
+        let mut at = At {
+            node: self.parent[id as usize],
+            beyond: 0,
+        };
         for part in target.split('/') {
             match part {
                 "" | "." => {}
-                ".." => {
-                    if at.pop().is_none() {
-                        return Err(match depth {
-                            0 => "target points out of the release".into(),
-                            _ => format!("through symlink `{path}`, it points out of the release"),
-                        });
-                    }
+                ".." if at.beyond > 0 => at.beyond -= 1,
+                ".." if at.node == ROOT => {
+                    return Err(match depth {
+                        0 => "target points out of the release".into(),
+                        _ => format!(
+                            "through symlink `{}`, it points out of the release",
+                            self.path[id as usize]
+                        ),
+                    });
                 }
-                name => {
-                    at.push(name);
-                    let here = at.join("/");
-                    if let Some((&link, _)) = self.targets.get_key_value(here.as_str()) {
-                        at = self.resolve(link, depth + 1)?;
+                ".." => at.node = self.parent[at.node as usize],
+                name => match self.children.get(&(at.node, name)) {
+                    Some(&child) if at.beyond == 0 => {
+                        at.node = child;
+                        if self.target[child as usize].is_some() {
+                            at = self.resolve(child, depth + 1)?;
+                        }
                     }
-                }
+                    _ => at.beyond += 1,
+                },
             }
         }
-        self.resolved.insert(path, Some(at.clone()));
+        self.resolved.insert(id, Some(at));
         Ok(at)
     }
 }

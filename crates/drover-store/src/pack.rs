@@ -175,7 +175,7 @@ impl<R: Read> Reader<R> {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::invalid(
                     &self.what,
-                    "truncated archive (it ends before its end record)",
+                    "not a drover archive, or a truncated one (it ends before its end record)",
                 )
             } else {
                 Error::Io {
