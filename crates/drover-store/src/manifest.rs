@@ -194,6 +194,7 @@ impl Manifest {
         }
         let mut dirs: HashSet<&str> = HashSet::new();
         let mut prev: Option<&str> = None;
+        let mut has_links = false;
         for entry in &self.entries {
             let path = entry.path();
             check_path(path).or_else(|m| bad(format!("entry `{path}`: {m}")))?;
@@ -239,8 +240,13 @@ impl Manifest {
                 Entry::Symlink { target, .. } => {
                     check_symlink(path, target)
                         .or_else(|m| bad(format!("symlink `{path}` -> `{target}`: {m}")))?;
+                    has_links = true;
                 }
             }
+        }
+        // Every manifest read is validated: one without symlinks costs no tree.
+        if !has_links {
+            return Ok(());
         }
         let links = self.entries.iter().map(|e| match e {
             Entry::Symlink { path, target } => (path.as_str(), Some(target.as_str())),
