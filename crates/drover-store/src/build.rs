@@ -161,6 +161,17 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let mut walked = Vec::new();
     walk(input.dir, input.dir, "", input.exclude, &mut walked)?;
     walked.sort_by(|a, b| walked_path(a).as_bytes().cmp(walked_path(b).as_bytes()));
+    // Symlinks through symlinks, before any chunk is written (the manifest checks it again).
+    let links = walked.iter().map(|w| match w {
+        Walked::Entry(Entry::Symlink { path, target }) => (path.as_str(), Some(target.as_str())),
+        other => (walked_path(other), None),
+    });
+    crate::manifest::check_links(links).map_err(|(path, target, m)| {
+        Error::invalid(
+            format!("{}: symlink `{path}` -> `{target}`", input.dir.display()),
+            m,
+        )
+    })?;
     let record = input
         .remember
         .then(|| seen_path(store, input.dir))
@@ -260,6 +271,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
         file_results[*i] = Some(r?);
     }
     packs.finish()?;
+    crate::failpoint::hit("build.chunks_written");
     for (i, w) in walked.into_iter().enumerate() {
         entries.push(Some(match w {
             Walked::Entry(e) => e,
@@ -296,6 +308,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let id = manifest.id();
     let sig = store.keys().sign(&id)?;
     let committed = store.commit_release(&manifest, &sig)?;
+    crate::failpoint::hit("build.committed");
     if let Some(path) = &record {
         save_seen(store, path, &before, id, identities, started);
     }
@@ -306,11 +319,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
         release: id,
         files: manifest.file_count(),
         bytes: manifest.bytes(),
-        stored_bytes: if committed == 0 {
-            0
-        } else {
-            stored.load(Ordering::Relaxed) + committed
-        },
+        stored_bytes: stored.load(Ordering::Relaxed) + committed,
         chunks: chunk_count,
         new_chunks: new_chunks.load(Ordering::Relaxed) as usize,
         unchanged_files: unchanged.load(Ordering::Relaxed) as usize,

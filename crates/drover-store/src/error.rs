@@ -10,6 +10,20 @@ pub enum Error {
     /// Bad input: a file, archive, manifest or key that cannot be accepted.
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+    /// An archive whose release expands to more than the import limit.
+    #[error(
+        "{what} expands to {} of files, more than the limit of {}",
+        human(*size),
+        human(*limit)
+    )]
+    TooLarge {
+        /// The archive and the release.
+        what: String,
+        /// Where the archive came from, for the hint (`-` for stdin).
+        file: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("no release matches `{0}`")]
     NotFound(String),
     #[error("`{query}` is ambiguous: it matches {}", matches.join(", "))]
@@ -57,8 +71,21 @@ impl Error {
                 "run `drover verify` to list every bad object; re-import the release with `drover unpack`".into(),
             ),
             Error::Remote { hint, .. } => hint.clone(),
+            Error::TooLarge { file, size, .. } => Some(format!(
+                "if a release this large is expected, raise the limit: `drover unpack {file} --max-size {}G`",
+                size.div_ceil(1 << 30)
+            )),
             _ => None,
         }
+    }
+}
+
+/// A byte count for a message: bytes, and MiB or GiB where that reads better.
+fn human(n: u64) -> String {
+    match n {
+        0..1_048_576 => format!("{n} bytes"),
+        1_048_576..1_073_741_824 => format!("{n} bytes ({:.1} MiB)", n as f64 / 1_048_576.0),
+        _ => format!("{n} bytes ({:.1} GiB)", n as f64 / 1_073_741_824.0),
     }
 }
 

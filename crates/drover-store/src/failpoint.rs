@@ -24,6 +24,22 @@ pub const POINTS: &[&str] = &[
     "gc.after_merge",
     "gc.files_removed",
     "gc.tree_moved",
+    // A build: its chunks are in packs (not yet durable); its release is committed (the
+    // directory's build record not yet written).
+    "build.chunks_written",
+    "build.committed",
+    // An unpack: the whole archive checked (nothing outside staging yet); after each chunk
+    // moved into place; every chunk in place, the commit next.
+    "unpack.checked",
+    "unpack.chunk_adopted",
+    "unpack.adopted",
+    // A commit (of a build, an unpack or a transfer): chunks durable (`syncfs`); signature,
+    // metadata written; the manifest renamed in (the release exists), then made durable.
+    "commit.chunks_durable",
+    "commit.signature_written",
+    "commit.meta_written",
+    "commit.manifest_renamed",
+    "commit.durable",
 ];
 
 /// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod chunk;
+mod content;
 mod error;
 pub mod failpoint;
 #[doc(hidden)]

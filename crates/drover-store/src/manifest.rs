@@ -1,7 +1,7 @@
 //! The release manifest: every directory, file and symlink of a release plus how to run it.
 //! Its canonical JSON bytes are hashed into the release id; `validate` refuses escaping paths.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ impl<'de> Deserialize<'de> for Entry {
 }
 
 /// One content-defined chunk of a file: its hash and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, std::hash::Hash, Serialize, Deserialize)]
 pub struct ChunkRef(pub Hash, pub u32);
 
 impl Entry {
@@ -194,6 +194,7 @@ impl Manifest {
         }
         let mut dirs: HashSet<&str> = HashSet::new();
         let mut prev: Option<&str> = None;
+        let mut has_links = false;
         for entry in &self.entries {
             let path = entry.path();
             check_path(path).or_else(|m| bad(format!("entry `{path}`: {m}")))?;
@@ -239,10 +240,130 @@ impl Manifest {
                 Entry::Symlink { target, .. } => {
                     check_symlink(path, target)
                         .or_else(|m| bad(format!("symlink `{path}` -> `{target}`: {m}")))?;
+                    has_links = true;
                 }
             }
         }
-        Ok(())
+        // Every manifest read is validated: one without symlinks costs no tree.
+        if !has_links {
+            return Ok(());
+        }
+        let links = self.entries.iter().map(|e| match e {
+            Entry::Symlink { path, target } => (path.as_str(), Some(target.as_str())),
+            other => (other.path(), None),
+        });
+        check_links(links)
+            .or_else(|(path, target, m)| bad(format!("symlink `{path}` -> `{target}`: {m}")))
+    }
+}
+
+/// Resolves every symlink of a release through the others, as the kernel will in its tree
+/// (see `Links`). `entries`: every path of the release with its symlink target (`None` for a
+/// directory or file), sorted, each after its parent directory. The first symlink that leads
+/// out of the release or loops, with why.
+pub(crate) fn check_links<'a>(
+    entries: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> std::result::Result<(), (&'a str, &'a str, String)> {
+    let mut links = Links::default();
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    for (path, target) in entries {
+        let id = links.parent.len() as u32;
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((dir, name)) => (ids.get(dir).copied().unwrap_or(ROOT), name),
+            None => (ROOT, path),
+        };
+        links.parent.push(parent);
+        links.target.push(target);
+        links.path.push(path);
+        links.children.insert((parent, name), id);
+        ids.insert(path, id);
+    }
+    for id in 0..links.parent.len() as u32 {
+        if let Some(target) = links.target[id as usize] {
+            let path = links.path[id as usize];
+            links.resolve(id, 0).map_err(|m| (path, target, m))?;
+        }
+    }
+    Ok(())
+}
+
+/// Symlinks followed within one resolution, at most (the kernel's own limit).
+const MAX_LINK_DEPTH: usize = 40;
+
+/// The release root's node id (no entry has it).
+const ROOT: u32 = u32::MAX;
+
+/// A place in a release tree: a node (an entry, or the root), and how many names below it
+/// that the release does not hold (or that are below a file). Such a name cannot lead
+/// anywhere else, and the kernel refuses a `..` after it; here it is taken as it reads.
+#[derive(Clone, Copy)]
+struct At {
+    node: u32,
+    beyond: u32,
+}
+
+/// A manifest's tree, to resolve its symlinks the way the kernel will: a target component
+/// that names another symlink of the release is replaced by where that one leads, so a `..`
+/// after it climbs from there, not from its name.
+#[derive(Default)]
+struct Links<'a> {
+    /// By node id (an entry's place in the list): its parent's id, its symlink target,
+    /// its path.
+    parent: Vec<u32>,
+    target: Vec<Option<&'a str>>,
+    path: Vec<&'a str>,
+    children: HashMap<(u32, &'a str), u32>,
+    /// Where each symlink led; `None` while it is being resolved.
+    resolved: HashMap<u32, Option<At>>,
+}
+
+impl Links<'_> {
+    /// Where symlink `id` leads; an error when that is out of the release, or it loops or
+    /// goes through too many symlinks.
+    fn resolve(&mut self, id: u32, depth: usize) -> std::result::Result<At, String> {
+        match self.resolved.get(&id) {
+            Some(Some(done)) => return Ok(*done),
+            Some(None) => return Err("it is part of a loop of symlinks".into()),
+            None => {}
+        }
+        if depth > MAX_LINK_DEPTH {
+            return Err(format!(
+                "it goes through more than {MAX_LINK_DEPTH} symlinks"
+            ));
+        }
+        let target = self.target[id as usize].expect("a symlink");
+        self.resolved.insert(id, None);
+        let mut at = At {
+            node: self.parent[id as usize],
+            beyond: 0,
+        };
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." if at.beyond > 0 => at.beyond -= 1,
+                ".." if at.node == ROOT => {
+                    return Err(match depth {
+                        0 => "target points out of the release".into(),
+                        _ => format!(
+                            "through symlink `{}`, it points out of the release",
+                            self.path[id as usize]
+                        ),
+                    });
+                }
+                ".." => at.node = self.parent[at.node as usize],
+                name => match self.children.get(&(at.node, name)) {
+                    Some(&child) if at.beyond == 0 => {
+                        at.node = child;
+                        if self.target[child as usize].is_some() {
+                            at = self.resolve(child, depth + 1)?;
+                        }
+                    }
+                    _ => at.beyond += 1,
+                },
+            }
+        }
+        self.resolved.insert(id, Some(at));
+        Ok(at)
     }
 }
 
@@ -350,6 +471,88 @@ mod tests {
         manifest(vec![dir("a"), link("a/l", "../x"), link("b", "a/./l")])
             .validate("m")
             .unwrap();
+    }
+
+    #[test]
+    fn symlinks_are_resolved_through_the_links_they_pass() {
+        // Each link alone stays inside; `b` reaches the parent of the tree through `a/l`.
+        let err = manifest(vec![dir("a"), link("a/l", ".."), link("b", "a/l/..")])
+            .validate("m")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("symlink `b`") && err.contains("out of the release"),
+            "{err}"
+        );
+        // Twelve levels down, a link back up to the root, and one that climbs once more.
+        let mut entries = Vec::new();
+        let mut deep = String::new();
+        for i in 0..12 {
+            deep = if deep.is_empty() {
+                format!("d{i}")
+            } else {
+                format!("{deep}/d{i}")
+            };
+            entries.push(dir(&deep));
+        }
+        entries.push(link(&format!("{deep}/up"), &"../".repeat(12)));
+        entries.push(link("x", &format!("{deep}/up/../etc")));
+        let err = manifest(entries).validate("m").unwrap_err().to_string();
+        assert!(
+            err.contains("symlink `x`") && err.contains("out of the release"),
+            "{err}"
+        );
+        // Through a link to a link.
+        let err = manifest(vec![
+            dir("a"),
+            link("a/l", ".."),
+            link("a/m", "l"),
+            link("b", "a/m/../x"),
+        ])
+        .validate("m")
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("symlink `b`"), "{err}");
+        // Loops, short and long.
+        for entries in [
+            vec![link("l", "l")],
+            vec![link("a", "b"), link("b", "a")],
+            vec![dir("d"), link("d/l", "../l2/x"), link("l2", "d/l")],
+        ] {
+            let err = manifest(entries).validate("m").unwrap_err().to_string();
+            assert!(err.contains("loop"), "{err}");
+        }
+        // A chain longer than the kernel follows.
+        let mut entries: Vec<Entry> = (0..50)
+            .map(|i| link(&format!("l{i:02}"), &format!("l{:02}", i + 1)))
+            .collect();
+        entries.push(Entry::File {
+            path: "l50".into(),
+            mode: 0o644,
+            size: 0,
+            hash: Hash::of(b""),
+            chunks: vec![],
+        });
+        let err = manifest(entries).validate("m").unwrap_err().to_string();
+        assert!(err.contains("more than 40 symlinks"), "{err}");
+
+        // What stays inside still works: relative links, links to links, links through
+        // links that come back down, dangling links inside.
+        manifest(vec![
+            dir("a"),
+            dir("a/b"),
+            link("a/b/up", ".."),
+            link("a/l", "b/up/b"),
+            link("c", "a/l/up/../a/b/../../a"),
+            link("d", "c"),
+            link("e", "d/b/up/b/up/l"),
+            link("f", "missing/x"),
+            dir("z"),
+            link("z/root", ".."),
+            link("z/self", "root/z/root/z"),
+        ])
+        .validate("m")
+        .unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! holding the chunk count and the BLAKE3 of every byte before it. Unpacking checks all of it
 //! in a staging directory and adds nothing to the store unless the whole archive is good.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -93,12 +93,7 @@ pub fn pack(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
     chunks.sort();
     let mut bytes = 0;
     for h in &chunks {
-        let object = store.chunk_object(h)?;
-        chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
-            kind: "chunk",
-            id: h.to_hex(),
-            reason,
-        })?;
+        let (object, _) = store.chunk_verified(h)?;
         bytes += object.len() as u64;
         w.chunk(h, &object).map_err(io)?;
     }
@@ -125,17 +120,35 @@ pub struct Unpacked {
     /// False when the store already had this release.
     pub added: bool,
     pub new_chunks: usize,
+    /// Damaged objects of the store (chunks, the manifest or signature) replaced by the
+    /// archive's good ones.
+    pub repaired: usize,
 }
 
+/// The largest release `unpack` accepts by default: the sum of its file sizes.
+pub const DEFAULT_MAX_SIZE: u64 = 16 << 30;
+
 /// Options for `unpack`.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct UnpackOptions {
     /// Accept a release whose signer is not trusted (the signature must still be valid).
     pub allow_untrusted: bool,
+    /// Refuse a release whose files add up to more bytes than this.
+    pub max_size: u64,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> UnpackOptions {
+        UnpackOptions {
+            allow_untrusted: false,
+            max_size: DEFAULT_MAX_SIZE,
+        }
+    }
 }
 
 /// Reads an archive, checks everything, then adds it to the store; on any error the store
-/// is left exactly as it was. `what` names the archive in errors.
+/// is left exactly as it was. `what` names the archive in errors. Where the store already
+/// holds the release, a damaged object of it is replaced by the archive's.
 pub fn unpack(
     store: &Store,
     input: impl Read,
@@ -162,7 +175,7 @@ impl<R: Read> Reader<R> {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::invalid(
                     &self.what,
-                    "truncated archive (it ends before its end record)",
+                    "not a drover archive, or a truncated one (it ends before its end record)",
                 )
             } else {
                 Error::Io {
@@ -218,10 +231,18 @@ fn unpack_staged(
         what: what.to_string(),
     };
     let mut magic = [0u8; 8];
-    r.exact(&mut magic)
-        .map_err(|_| Error::invalid(what, "not a drover archive (too short)"))?;
+    r.exact(&mut magic).map_err(|e| match e {
+        Error::Invalid { .. } => Error::invalid(
+            what,
+            "not a drover archive (too short: it ends before the DRVPACK1 header)",
+        ),
+        other => other,
+    })?;
     if &magic != MAGIC {
-        return Err(Error::invalid(what, "not a drover archive (bad magic)"));
+        return Err(Error::invalid(
+            what,
+            "not a drover archive (it does not start with the DRVPACK1 header)",
+        ));
     }
     let (tag, manifest_bytes) = r.record()?;
     if tag != TAG_MANIFEST {
@@ -241,6 +262,16 @@ fn unpack_staged(
         manifest.app,
         manifest.version
     );
+    // The sizes are the manifest's word until the chunks are checked below: a lie there is
+    // refused then.
+    if manifest.bytes() > opts.max_size {
+        return Err(Error::TooLarge {
+            what: sig_what,
+            file: what.to_string(),
+            size: manifest.bytes(),
+            limit: opts.max_size,
+        });
+    }
     if opts.allow_untrusted {
         sig.check(&id, &sig_what)?;
     } else {
@@ -249,6 +280,10 @@ fn unpack_staged(
 
     let needed = manifest.chunk_set();
     let mut staged: HashSet<Hash> = HashSet::new();
+    // Every chunk's true length (the archive's copies are decoded as they come).
+    let mut lens: HashMap<Hash, u32> = HashMap::new();
+    // Chunks the store holds damaged, replaced from the archive.
+    let mut repaired = 0;
     let mut count = 0u64;
     loop {
         let before_end = r.hasher.clone();
@@ -267,10 +302,17 @@ fn unpack_staged(
                     ));
                 }
                 let object = &payload[32..];
-                chunk::decode(object, &h).map_err(|reason| {
+                let data = chunk::decode(object, &h).map_err(|reason| {
                     Error::invalid(what, format!("chunk {h} is corrupt: {reason}"))
                 })?;
-                if !store.has_chunk(&h) && staged.insert(h) {
+                if lens.insert(h, data.len() as u32).is_some() {
+                    continue;
+                }
+                // A stored copy is trusted only once it reads back as this chunk.
+                let stored = store.has_chunk(&h);
+                if !stored || store.read_chunk(&h).is_err() {
+                    repaired += usize::from(stored);
+                    staged.insert(h);
                     let p = staging.join(h.to_hex());
                     fs::write(&p, object).at(&p)?;
                 }
@@ -305,32 +347,110 @@ fn unpack_staged(
     if r.input.read(&mut rest).at(std::path::Path::new(what))? != 0 {
         return Err(Error::invalid(what, "trailing data after the end record"));
     }
+    // Chunks the archive left out must be in the store, and good.
     for h in &needed {
-        if !staged.contains(h) && !store.has_chunk(h) {
-            return Err(Error::invalid(
-                what,
-                format!("chunk {h} is missing from the archive"),
-            ));
+        if lens.contains_key(h) {
+            continue;
+        }
+        match store.read_chunk(h) {
+            Ok(data) => {
+                lens.insert(*h, data.len() as u32);
+            }
+            Err(Error::Missing { .. }) => {
+                return Err(Error::invalid(
+                    what,
+                    format!("chunk {h} is missing from the archive"),
+                ));
+            }
+            Err(e) => {
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "chunk {h} is missing from the archive, and this store's copy is bad: {e}"
+                    ),
+                ));
+            }
         }
     }
-    if store.has_release(&id) {
+    check_contents(store, &manifest, &lens, &staged, staging)
+        .map_err(|m| Error::invalid(&sig_what, m))?;
+    crate::failpoint::hit("unpack.checked");
+
+    let had = store.release_intact(&id);
+    if had && staged.is_empty() {
         return Ok(Unpacked {
             release: id,
             app: manifest.app,
             version: manifest.version,
             added: false,
             new_chunks: 0,
+            repaired: 0,
         });
     }
     for h in &staged {
         store.adopt_chunk_file(h, &staging.join(h.to_hex()))?;
+        crate::failpoint::hit("unpack.chunk_adopted");
     }
-    store.commit_release_with(&manifest, &sig, opts.allow_untrusted)?;
+    crate::failpoint::hit("unpack.adopted");
+    let new_chunks = staged.len() - repaired;
+    let mut added = false;
+    if !had {
+        // A damaged manifest or signature is replaced; a missing one is the release added.
+        repaired += usize::from(store.has_release(&id));
+        added = !store.has_release(&id);
+        store.commit_release_with(&manifest, &sig, opts.allow_untrusted)?;
+    } else {
+        // Repaired chunks are durable before this returns, as a commit's are.
+        store.sync()?;
+    }
     Ok(Unpacked {
         release: id,
         app: manifest.app,
         version: manifest.version,
-        added: true,
-        new_chunks: staged.len(),
+        added,
+        new_chunks,
+        repaired,
     })
+}
+
+/// Checks that every file of `manifest` is what its chunks make (see `content::check_file`):
+/// chunks just staged are read from `staging`, the rest from the store. `lens` holds every
+/// chunk's true length.
+fn check_contents(
+    store: &Store,
+    manifest: &Manifest,
+    lens: &HashMap<Hash, u32>,
+    staged: &HashSet<Hash>,
+    staging: &std::path::Path,
+) -> std::result::Result<(), String> {
+    let read = |h: &Hash| -> Result<Vec<u8>> {
+        if staged.contains(h) {
+            let p = staging.join(h.to_hex());
+            let object = fs::read(&p).at(&p)?;
+            chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
+                kind: "chunk",
+                id: h.to_hex(),
+                reason,
+            })
+        } else {
+            store.read_chunk(h)
+        }
+    };
+    let mut seen = HashSet::new();
+    let files: Vec<_> = manifest
+        .files()
+        .filter(|(_, _, _, hash, chunks)| seen.insert((**hash, *chunks)))
+        .collect();
+    let len = |h: &Hash| lens.get(h).copied();
+    let results =
+        crate::par::map(
+            &files,
+            |(path, _, _, hash, chunks)| match crate::content::check_file(hash, chunks, &len, &read)
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(format!("file `{path}`: {why}")),
+                Err(e) => Err(format!("file `{path}`: {e}")),
+            },
+        );
+    results.into_iter().collect()
 }

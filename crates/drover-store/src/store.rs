@@ -153,7 +153,8 @@ impl Store {
 
     /// Stores raw chunk data, encoded with a file's `Encoder` (which learns what does not
     /// compress), in `packs`; returns the bytes written (0 if it was already there). It counts
-    /// as stored once `packs` is finished.
+    /// as stored once `packs` is finished. A stored copy is trusted only once it reads back
+    /// as this chunk: a damaged one is replaced (see `repair_chunk`).
     pub fn put_chunk_packed(
         &self,
         h: &Hash,
@@ -161,15 +162,30 @@ impl Store {
         enc: &mut chunk::Encoder,
         packs: &PackWriter<'_>,
     ) -> Result<u64> {
-        if self.has_chunk(h) {
-            return Ok(0);
-        }
-        let object = enc.encode(data);
-        packs.put(h, &object)?;
+        let object = if self.has_chunk(h) {
+            if self.read_chunk(h).is_ok() {
+                return Ok(0);
+            }
+            let object = enc.encode(data);
+            self.repair_chunk(h, &object)?;
+            object
+        } else {
+            let object = enc.encode(data);
+            packs.put(h, &object)?;
+            object
+        };
         Ok(object.len() as u64)
     }
 
-    /// Moves a checked chunk object file (staged under `tmp/`) into place.
+    /// Replaces a damaged chunk with a good object (checked by the caller): a loose copy,
+    /// durable when this returns, which reads take over a damaged packed one (packs never
+    /// change; `gc` drops the damaged copy when it rewrites its pack).
+    fn repair_chunk(&self, h: &Hash, object: &[u8]) -> Result<()> {
+        self.write_atomic(&self.chunk_path(h), object, true)
+    }
+
+    /// Moves a checked chunk object file (staged under `tmp/`) into place, over a damaged
+    /// copy if there is one.
     pub fn adopt_chunk_file(&self, h: &Hash, staged: &Path) -> Result<()> {
         let path = self.chunk_path(h);
         fs::rename(staged, &path).at(&path)
@@ -216,12 +232,29 @@ impl Store {
 
     /// Reads and verifies a chunk: corrupt data is never returned.
     pub fn read_chunk(&self, h: &Hash) -> Result<Vec<u8>> {
+        self.chunk_verified(h).map(|(_, data)| data)
+    }
+
+    /// A chunk's stored object and its raw data, checked against its name. A damaged packed
+    /// copy gives way to a good loose one (what a repair leaves).
+    pub fn chunk_verified(&self, h: &Hash) -> Result<(Vec<u8>, Vec<u8>)> {
         let object = self.chunk_object(h)?;
-        chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
-            kind: "chunk",
-            id: h.to_hex(),
-            reason,
-        })
+        match chunk::decode(&object, h) {
+            Ok(data) => Ok((object, data)),
+            Err(reason) => {
+                if self.packs.locate(h).is_some()
+                    && let Ok(loose) = fs::read(self.chunk_path(h))
+                    && let Ok(data) = chunk::decode(&loose, h)
+                {
+                    return Ok((loose, data));
+                }
+                Err(Error::Corrupt {
+                    kind: "chunk",
+                    id: h.to_hex(),
+                    reason,
+                })
+            }
+        }
     }
 
     /// As `read_chunk`, through `cache`: read and verified once, then shared.
@@ -271,7 +304,8 @@ impl Store {
     ) -> Result<u64> {
         let bytes = manifest.to_bytes();
         let id = Hash::of(&bytes);
-        if self.manifest_path(&id).exists() {
+        // A damaged manifest or signature is written anew.
+        if self.release_intact(&id) {
             return Ok(0);
         }
         let chunks = manifest.chunk_set();
@@ -305,15 +339,31 @@ impl Store {
         let sig_bytes = sig.to_bytes();
         let meta_bytes = serde_json::to_vec_pretty(&meta).expect("meta serialises");
         self.sync()?;
+        crate::failpoint::hit("commit.chunks_durable");
         self.write_atomic(&self.sig_path(&id), &sig_bytes, true)?;
+        crate::failpoint::hit("commit.signature_written");
         self.write_atomic(&self.meta_path(&id), &meta_bytes, true)?;
+        crate::failpoint::hit("commit.meta_written");
         self.write_atomic(&self.manifest_path(&id), &bytes, true)?;
+        crate::failpoint::hit("commit.manifest_renamed");
         self.sync()?;
+        crate::failpoint::hit("commit.durable");
         Ok((bytes.len() + sig_bytes.len() + meta_bytes.len()) as u64)
     }
 
     pub fn has_release(&self, id: &Hash) -> bool {
         self.manifest_path(id).exists()
+    }
+
+    /// Whether a release is here whole: its manifest matches its id and its signature is
+    /// valid. (Its chunks are checked where they are relied on.)
+    pub fn release_intact(&self, id: &Hash) -> bool {
+        self.manifest_bytes(id)
+            .is_ok_and(|bytes| Hash::of(&bytes) == *id)
+            && self
+                .signature(id)
+                .and_then(|s| s.check(id, "signature"))
+                .is_ok()
     }
 
     pub fn manifest_bytes(&self, id: &Hash) -> Result<Vec<u8>> {
@@ -841,6 +891,9 @@ impl Store {
         };
         let mut chunks_needed: HashMap<Hash, Hash> = HashMap::new();
         let mut files_needed: HashMap<PathBuf, (Hash, Hash)> = HashMap::new();
+        // Each distinct file content (hash and chunks), with a release and path that have it.
+        let mut contents: HashMap<(Hash, Vec<crate::manifest::ChunkRef>), (Hash, String)> =
+            HashMap::new();
         for id in &ids {
             report.releases += 1;
             let manifest = match self.manifest(id) {
@@ -858,11 +911,14 @@ impl Store {
                     .problems
                     .push(Problem::new(&format!("signature {id}"), e.to_string())),
             }
-            for (_, mode, _, hash, chunks) in manifest.files() {
+            for (path, mode, _, hash, chunks) in manifest.files() {
                 for c in chunks {
                     chunks_needed.entry(c.0).or_insert(*id);
                 }
                 files_needed.insert(self.file_path(hash, mode), (*hash, *id));
+                contents
+                    .entry((*hash, chunks.to_vec()))
+                    .or_insert_with(|| (*id, path.to_string()));
             }
             let tree = self.tree_path(id);
             if fs::symlink_metadata(&tree).is_ok() {
@@ -872,24 +928,76 @@ impl Store {
             }
         }
 
+        // Files of several chunks are read in order and hashed whole; the chunks read so
+        // (and found good) are not read again below, where the rest are.
+        let contents: Vec<_> = contents.into_iter().collect();
+        let (several, single): (Vec<_>, Vec<_>) = contents
+            .into_iter()
+            .partition(|((_, chunks), _)| chunks.len() > 1);
+        let read_lens: std::sync::Mutex<HashMap<Hash, u32>> = Default::default();
+        let read = |h: &Hash| {
+            let data = self.read_chunk(h)?;
+            read_lens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(*h, data.len() as u32);
+            Ok(data)
+        };
+        let mut content_problems: Vec<Problem> =
+            crate::par::map(&several, |f| content_problem(f, &|_| None, &read))
+                .into_iter()
+                .flatten()
+                .collect();
+        let mut lens = read_lens.into_inner().unwrap_or_else(|e| e.into_inner());
+
         let all_chunks: Vec<Hash> = if only.is_some() {
             chunks_needed.keys().copied().collect()
         } else {
             self.all_chunks()?
         };
         report.chunks = all_chunks.len();
-        let chunk_problems = crate::par::map(&all_chunks, |h| match self.read_chunk(h) {
-            Ok(_) => None,
+        let unread: Vec<Hash> = all_chunks
+            .iter()
+            .filter(|h| !lens.contains_key(h))
+            .copied()
+            .collect();
+        let chunk_results = crate::par::map(&unread, |h| match self.read_chunk(h) {
+            Ok(data) => Ok(data.len() as u32),
             Err(e) => {
                 // A packed chunk is named with its pack: the file to look at.
                 let name = match self.packs.locate(h) {
                     Some(loc) => format!("chunk {h} in pack {}", loc.pack()),
                     None => format!("chunk {h}"),
                 };
-                Some(Problem::new(&name, e.to_string()))
+                Err(Problem::new(&name, e.to_string()))
             }
         });
-        report.problems.extend(chunk_problems.into_iter().flatten());
+        let mut damaged = false;
+        for (h, r) in unread.iter().zip(chunk_results) {
+            match r {
+                Ok(n) => {
+                    lens.insert(*h, n);
+                }
+                Err(p) => {
+                    damaged = true;
+                    report.problems.push(p);
+                }
+            }
+        }
+        // Files of one chunk: their hash is the chunk's, their length as just read.
+        let read = |h: &Hash| self.read_chunk(h);
+        content_problems.extend(
+            single
+                .iter()
+                .filter_map(|f| content_problem(f, &|h| lens.get(h).copied(), &read)),
+        );
+        report.problems.extend(content_problems);
+        if damaged {
+            // A build takes an unchanged file's chunks on trust from its directory's last
+            // build: with those records gone, the next build reads every file again and
+            // replaces a damaged chunk it finds.
+            self.forget_builds();
+        }
         for (name, why) in self.packs.bad() {
             report.problems.push(Problem::new(
                 &format!("pack {}", self.packs.path(&name).display()),
@@ -939,6 +1047,16 @@ impl Store {
         report.problems.extend(file_problems.into_iter().flatten());
         report.problems.sort_by(|a, b| a.object.cmp(&b.object));
         Ok(report)
+    }
+
+    /// Removes every directory's build record (see `build::Seen`); best effort.
+    fn forget_builds(&self) {
+        let dir = self.dir.join("builds");
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Checks a materialised tree against its manifest: every entry is there with its type,
@@ -1206,6 +1324,21 @@ impl Store {
             fs::remove_file(&p).at(&p)?;
         }
         self.packs.rescan()
+    }
+}
+
+type Content = ((Hash, Vec<crate::manifest::ChunkRef>), (Hash, String));
+
+/// The problem with a file content of `verify`, if its chunks do not make it. A chunk that
+/// cannot be read is left to the chunk check, which names it.
+fn content_problem(
+    ((hash, chunks), (id, path)): &Content,
+    len: &dyn Fn(&Hash) -> Option<u32>,
+    read: &dyn Fn(&Hash) -> Result<Vec<u8>>,
+) -> Option<Problem> {
+    match crate::content::check_file(hash, chunks, len, read) {
+        Ok(Err(why)) => Some(Problem::new(&format!("release {id} file `{path}`"), why)),
+        Ok(Ok(())) | Err(_) => None,
     }
 }
 

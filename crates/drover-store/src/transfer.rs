@@ -400,13 +400,8 @@ fn wire_form(
     places: Option<&Places<'_>>,
     bases: &ChunkCache,
 ) -> Result<(u64, Wire)> {
-    let object = store.chunk_object(h)?;
+    let (object, raw) = store.chunk_verified(h)?;
     let len = object.len() as u64;
-    let raw = chunk::decode(&object, h).map_err(|reason| Error::Corrupt {
-        kind: "chunk",
-        id: h.to_hex(),
-        reason,
-    })?;
     let delta = places.and_then(|p| p.base_for(h)).and_then(|bases_of_h| {
         let mut prefix = Vec::new();
         for b in &bases_of_h {

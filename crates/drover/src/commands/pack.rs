@@ -28,8 +28,37 @@ pub struct UnpackArgs {
     /// be valid). Insecure: prefer `drover keys trust KEY`.
     #[arg(long)]
     pub allow_untrusted: bool,
+    /// Refuse a release whose files add up to more than SIZE (bytes, or with a suffix:
+    /// 512M, 2G, 1T; powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
+    pub max_size: u64,
     #[command(flatten)]
     pub json: JsonFlag,
+}
+
+/// A size: bytes, or a number with a K, M, G or T suffix (powers of 1024; `KiB`, `MB` and
+/// the like are read the same way).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (examples: 1048576, 512M, 2G)"))?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown size suffix `{suffix}` (use K, M, G or T)"
+            ));
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 pub fn run_pack(root: &Path, args: PackArgs) -> anyhow::Result<()> {
@@ -65,23 +94,34 @@ pub fn run_pack(root: &Path, args: PackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Unpacks the archive at `file` (`-`: stdin) into `store` (also `verify --repair`'s).
+pub fn unpack_file(
+    store: &drover_store::Store,
+    file: &Path,
+    opts: UnpackOptions,
+) -> anyhow::Result<pack::Unpacked> {
+    let name = file.display().to_string();
+    if name == "-" {
+        let stdin = BufReader::new(std::io::stdin().lock());
+        return Ok(pack::unpack(store, stdin, "<stdin>", opts)?);
+    }
+    let f = File::open(file).with_context(|| format!("cannot open {name}"))?;
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(output::hinted(
+            format!("{name} is a directory, not a drover archive"),
+            "give the file `drover pack RELEASE -o FILE` wrote",
+        ));
+    }
+    Ok(pack::unpack(store, BufReader::new(f), &name, opts)?)
+}
+
 pub fn run_unpack(root: &Path, args: UnpackArgs) -> anyhow::Result<()> {
     let store = super::open_store(root)?;
     let opts = UnpackOptions {
         allow_untrusted: args.allow_untrusted,
+        max_size: args.max_size,
     };
-    let name = args.file.display().to_string();
-    let unpacked = if name == "-" {
-        pack::unpack(
-            &store,
-            BufReader::new(std::io::stdin().lock()),
-            "<stdin>",
-            opts,
-        )?
-    } else {
-        let f = File::open(&args.file).with_context(|| format!("cannot open {name}"))?;
-        pack::unpack(&store, BufReader::new(f), &name, opts)?
-    };
+    let unpacked = unpack_file(&store, &args.file, opts)?;
     if args.json.json {
         output::json(&unpacked)?;
     } else {
@@ -90,11 +130,36 @@ pub fn run_unpack(root: &Path, args: UnpackArgs) -> anyhow::Result<()> {
         } else {
             "already had"
         };
+        let repaired = match unpacked.repaired {
+            0 => String::new(),
+            n => format!(", {n} damaged objects replaced"),
+        };
         eprintln!(
-            "{what} {}@{} ({} new chunks)",
+            "{what} {}@{} ({} new chunks{repaired})",
             unpacked.app, unpacked.version, unpacked.new_chunks
         );
         println!("{}", unpacked.release);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("16GiB"), Ok(16 << 30));
+        assert_eq!(parse_size("1t"), Ok(1 << 40));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("2X").unwrap_err().contains("suffix"));
+        assert!(
+            parse_size("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
 }

@@ -741,6 +741,37 @@ fn unpack_refuses_hostile_archives_and_adds_nothing() {
             vec![link("l", "."), file_entry("l/x", &data)],
             "not a directory",
         ),
+        (
+            "symlink-chain",
+            vec![
+                dir("a"),
+                link("a/l", ".."),
+                link("b", "a/l/.."),
+                file_entry("f", &data),
+            ],
+            "out of the release",
+        ),
+        (
+            "symlink-chain-to-etc",
+            {
+                let mut deep = vec![dir("d")];
+                let mut path = "d".to_string();
+                for i in 0..11 {
+                    path = format!("{path}/d{i}");
+                    deep.push(dir(&path));
+                }
+                deep.push(link(&format!("{path}/up"), &"../".repeat(12)));
+                deep.push(link("etc", &format!("{path}/up/{}etc", "../".repeat(12))));
+                deep.push(file_entry("f", &data));
+                deep
+            },
+            "out of the release",
+        ),
+        (
+            "symlink-loop",
+            vec![link("a", "b"), link("b", "a"), file_entry("f", &data)],
+            "loop",
+        ),
     ];
     let before = cx.snapshot_root();
     for (name, entries, needle) in cases {
@@ -1045,4 +1076,452 @@ fn a_failed_checkout_removes_what_it_made_and_only_that() {
     assert!(empty.is_dir());
     assert_eq!(fs::read_to_string(full.join("mine.txt")).unwrap(), "mine");
     assert_eq!(fs::read_link(&link).unwrap(), Path::new("nowhere"));
+}
+
+#[test]
+fn symlinks_are_checked_through_the_links_they_pass() {
+    // Each link alone stays inside; through `a/l`, `b` is the tree's parent.
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let app = cx.app("chain", "[app]\nname = \"x\"\n", &[("a/f.txt", "f")]);
+    std::os::unix::fs::symlink("..", app.join("a/l")).unwrap();
+    std::os::unix::fs::symlink("a/l/..", app.join("b")).unwrap();
+    let before = cx.snapshot_root();
+    let run = cx.drover(&["build", app.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("symlink `b`") && run.stderr.contains("out of the release"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(cx.snapshot_root(), before);
+
+    // Links that stay inside, through links, still build and check out as they were.
+    let ok = cx.app("inside", "[app]\nname = \"y\"\n", &[("a/b/f.txt", "deep")]);
+    std::os::unix::fs::symlink("..", ok.join("a/b/up")).unwrap();
+    std::os::unix::fs::symlink("b/up/b", ok.join("a/l")).unwrap();
+    std::os::unix::fs::symlink("a/l/up/l/f.txt", ok.join("f")).unwrap();
+    let built = cx.build(&ok, &[]);
+    let co = cx.path("co");
+    cx.drover(&[
+        "checkout",
+        built["release"].as_str().unwrap(),
+        co.to_str().unwrap(),
+    ])
+    .success();
+    assert_eq!(fs::read_to_string(co.join("f")).unwrap(), "deep");
+}
+
+/// A trusted store and a keyring to sign hostile releases with.
+fn store_with_key() -> (TestContext, Keyring) {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let ring = Keyring::new(&cx.root);
+    (cx, ring)
+}
+
+fn file_of(path: &str, hash: Hash, chunks: Vec<ChunkRef>) -> Entry {
+    Entry::File {
+        path: path.into(),
+        mode: 0o644,
+        size: chunks.iter().map(|c| u64::from(c.1)).sum(),
+        hash,
+        chunks,
+    }
+}
+
+#[test]
+fn unpack_refuses_archives_that_lie_about_sizes() {
+    let (cx, ring) = store_with_key();
+    let before = cx.snapshot_root();
+    // One compressible chunk of 1 MiB, said to be one byte long, 50 times over: a file of
+    // 50 bytes by its manifest, 50 MiB on disk (its hash is that of the 50 MiB).
+    let mib = vec![0u8; 1 << 20];
+    let h = Hash::of(&mib);
+    let liar = cx.path("liar.pack");
+    hostile_archive(
+        &liar,
+        &ring,
+        vec![file_of(
+            "big",
+            Hash::of(&mib.repeat(50)),
+            vec![ChunkRef(h, 1); 50],
+        )],
+        &[(h, mib.clone())],
+    );
+    assert!(fs::metadata(&liar).unwrap().len() < 64 << 10);
+    let run = cx.drover(&["unpack", liar.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("liar.pack")
+            && run.stderr.contains("`big`")
+            && run.stderr.contains("1048576 bytes long, not 1"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(cx.snapshot_root(), before);
+
+    // Honest sizes, but more than the limit: 64 MiB from a few KiB.
+    let wide = cx.path("wide.pack");
+    hostile_archive(
+        &wide,
+        &ring,
+        vec![file_of(
+            "big",
+            Hash::of(&mib.repeat(64)),
+            vec![ChunkRef(h, 1 << 20); 64],
+        )],
+        &[(h, mib.clone())],
+    );
+    let run = cx
+        .drover(&["unpack", wide.to_str().unwrap(), "--max-size", "32M"])
+        .failure();
+    assert!(
+        run.stderr.contains("wide.pack")
+            && run.stderr.contains("evil@1")
+            && run.stderr.contains("more than the limit")
+            && run.stderr.contains("hint:")
+            && run.stderr.contains("--max-size"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(cx.snapshot_root(), before);
+    let run = cx
+        .drover(&["unpack", wide.to_str().unwrap(), "--max-size", "lots"])
+        .failure();
+    assert!(run.stderr.contains("not a size"), "{}", run.stderr);
+
+    // By default, up to 16 GiB: 17 GiB is refused before a chunk is read.
+    let huge = cx.path("huge.pack");
+    hostile_archive(
+        &huge,
+        &ring,
+        vec![file_of(
+            "big",
+            Hash::of(b"?"),
+            vec![ChunkRef(h, 1 << 20); 17 << 10],
+        )],
+        &[(h, mib.clone())],
+    );
+    let run = cx.drover(&["unpack", huge.to_str().unwrap()]).failure();
+    assert!(run.stderr.contains("more than the limit"), "{}", run.stderr);
+    assert_eq!(cx.snapshot_root(), before);
+
+    // Within the limit it goes in, and checks out at its size.
+    cx.drover(&["unpack", wide.to_str().unwrap(), "--max-size", "64M"])
+        .success();
+    let co = cx.path("co");
+    cx.drover(&["checkout", "evil", co.to_str().unwrap()])
+        .success();
+    assert_eq!(fs::metadata(co.join("big")).unwrap().len(), 64 << 20);
+}
+
+#[test]
+fn unpack_refuses_files_their_chunks_do_not_make_and_verify_finds_them() {
+    let (cx, ring) = store_with_key();
+    let before = cx.snapshot_root();
+    let (a, b) = (noise(1, 100_000), noise(2, 70_000));
+    let (ha, hb) = (Hash::of(&a), Hash::of(&b));
+    let whole = Hash::of(&[a.clone(), b.clone()].concat());
+    let (ra, rb) = (ChunkRef(ha, a.len() as u32), ChunkRef(hb, b.len() as u32));
+    let chunks = [(ha, a.clone()), (hb, b.clone())];
+    let cases: Vec<(&str, Entry, &str)> = vec![
+        (
+            "wrong-hash",
+            file_of("f", Hash::of(b"other"), vec![ra, rb]),
+            "hashes to",
+        ),
+        (
+            "out-of-order",
+            file_of("f", whole, vec![rb, ra]),
+            "hashes to",
+        ),
+        (
+            "wrong-lengths",
+            file_of(
+                "f",
+                whole,
+                vec![
+                    ChunkRef(ha, a.len() as u32 + 5),
+                    ChunkRef(hb, b.len() as u32 - 5),
+                ],
+            ),
+            "bytes long",
+        ),
+        ("one-chunk", file_of("f", hb, vec![ra]), "hashes to"),
+    ];
+    let good = file_of("f", whole, vec![ra, rb]);
+    for (name, entry, needle) in &cases {
+        let path = cx.path(&format!("{name}.pack"));
+        let only_a = [chunks[0].clone()];
+        let sent: &[(Hash, Vec<u8>)] = if *name == "one-chunk" {
+            &only_a
+        } else {
+            &chunks
+        };
+        hostile_archive(&path, &ring, vec![entry.clone()], sent);
+        let run = cx.drover(&["unpack", path.to_str().unwrap()]).failure();
+        assert!(
+            run.stderr.contains(&format!("{name}.pack"))
+                && run.stderr.contains("file `f`")
+                && run.stderr.contains(needle),
+            "{name}: {}",
+            run.stderr
+        );
+        assert_eq!(cx.snapshot_root(), before, "{name} changed the store");
+    }
+    let path = cx.path("good.pack");
+    hostile_archive(&path, &ring, vec![good], &chunks);
+    cx.drover(&["unpack", path.to_str().unwrap()]).success();
+    cx.drover(&["verify"]).success();
+
+    // Such releases already in a store (put there by the library, as an older drover's
+    // unpack did) are named by `verify`.
+    let store = drover_store::Store::open(&cx.root).unwrap();
+    for (name, entry, needle) in &cases {
+        let m = Manifest {
+            format: 1,
+            app: "evil".into(),
+            version: name.to_string(),
+            runtime: Default::default(),
+            entries: vec![entry.clone()],
+        };
+        store
+            .commit_release(&m, &ring.sign(&m.id()).unwrap())
+            .unwrap();
+        let run = cx.drover(&["verify"]).failure();
+        assert!(
+            run.stderr.contains(&format!("release {} file `f`", m.id()))
+                && run.stderr.contains(needle),
+            "{name}: {}",
+            run.stderr
+        );
+        let run = cx.drover(&["verify", &m.id().to_hex()]).failure();
+        assert!(run.stderr.contains(needle), "{name}: {}", run.stderr);
+        for dir in ["store/objects/manifests", "store/objects/sigs"] {
+            fs::remove_file(cx.root.join(dir).join(m.id().to_hex())).unwrap();
+        }
+    }
+    cx.drover(&["verify"]).success();
+}
+
+/// Flips the middle byte of a store object file (which is read-only).
+fn damage(path: &Path) {
+    make_writable(path);
+    let mut bytes = fs::read(path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(path, &bytes).unwrap();
+}
+
+#[test]
+fn unpack_and_build_replace_damaged_objects() {
+    let cx = TestContext::new();
+    let app = cx.app("app", "[app]\nname = \"app\"\n", &[]);
+    let data = noise(5, 300_000);
+    fs::write(app.join("data.bin"), &data).unwrap();
+    // Settled: the next builds take the file from the directory's build record.
+    std::thread::sleep(Duration::from_millis(2100));
+    let id = cx.build(&app, &["--version", "1"])["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(cx.build(&app, &["--version", "1"])["unchanged_files"], 2);
+    let archive = cx.path("app.pack");
+    cx.drover(&["pack", &id, "-o", archive.to_str().unwrap()])
+        .success();
+    let checkout = |name: &str| {
+        clear_file_cache(&cx.root);
+        let dest = cx.path(name);
+        cx.drover(&["checkout", &id, dest.to_str().unwrap()])
+            .success();
+        assert_eq!(fs::read(dest.join("data.bin")).unwrap(), data);
+    };
+    let manifest = cx.root.join("store/objects/manifests").join(&id);
+    // The pack with data.bin's chunks (drover.toml's may be in another).
+    let pack = packs(&cx.root)
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+
+    // A damaged chunk (packed, stored raw: the middle of the pack is in its data), then the
+    // manifest: unpack of a good archive replaces each.
+    for (n, object) in [&pack, &manifest].into_iter().enumerate() {
+        damage(object);
+        cx.drover(&["verify"]).failure();
+        let out = cx
+            .drover(&["unpack", archive.to_str().unwrap(), "--json"])
+            .success()
+            .json();
+        cx.drover(&["verify"]).success();
+        checkout(&format!("co-unpack-{n}"));
+        assert_eq!(out["repaired"], 1, "{out}");
+    }
+    // The repaired chunk is a loose copy now; damaged too, unpack replaces it as well.
+    let loose = objects(&cx.root)
+        .into_iter()
+        .find(|p| p.to_str().unwrap().contains("/chunks/"))
+        .unwrap();
+    damage(&loose);
+    cx.drover(&["verify"]).failure();
+    let out = cx
+        .drover(&["unpack", archive.to_str().unwrap(), "--json"])
+        .success()
+        .json();
+    assert_eq!(out["repaired"], 1, "{out}");
+    cx.drover(&["verify"]).success();
+    // As does `verify --repair`, before it checks.
+    damage(&loose);
+    let run = cx
+        .drover(&["verify", "--repair", archive.to_str().unwrap()])
+        .success();
+    assert!(
+        run.stderr.contains("1 damaged objects replaced"),
+        "{}",
+        run.stderr
+    );
+
+    // A build replaces them too: the chunk (even where the file is unchanged since the last
+    // build: `verify` saw the damage), then the manifest.
+    damage(&loose);
+    cx.drover(&["verify"]).failure();
+    let built = cx.build(&app, &["--version", "1"]);
+    assert_eq!(built["release"], id.as_str());
+    assert!(built["stored_bytes"].as_u64().unwrap() > 0, "{built}");
+    cx.drover(&["verify"]).success();
+    checkout("co-build-0");
+    damage(&manifest);
+    let built = cx.build(&app, &["--version", "1"]);
+    assert!(built["stored_bytes"].as_u64().unwrap() > 0, "{built}");
+    cx.drover(&["verify"]).success();
+    checkout("co-build-1");
+}
+
+#[test]
+fn unpack_names_what_is_not_an_archive() {
+    let cx = TestContext::new();
+    let dir = cx.path("somedir");
+    fs::create_dir(&dir).unwrap();
+    let run = cx.drover(&["unpack", dir.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains(&format!(
+            "{} is a directory, not a drover archive",
+            dir.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    for (name, bytes) in [
+        ("short.pack", &b"DRV"[..]),
+        ("text.pack", b"hello, not an archive"),
+    ] {
+        let p = cx.path(name);
+        fs::write(&p, bytes).unwrap();
+        let run = cx.drover(&["unpack", p.to_str().unwrap()]).failure();
+        assert!(
+            run.stderr.contains(name) && run.stderr.contains("not a drover archive"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_of_build_or_unpack_leaves_no_half_release() {
+    use std::os::unix::process::ExitStatusExt;
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("f{i}.bin"), noise(40 + i, 150_000)))
+        .collect();
+    let write_app = |cx: &TestContext| {
+        let app = cx.app("app", "[app]\nname = \"app\"\nversion = \"1\"\n", &[]);
+        for (name, data) in &files {
+            fs::write(app.join(name), data).unwrap();
+        }
+        app
+    };
+    // The release both commands make, and an archive of it.
+    let src = TestContext::new();
+    let id = src.build(&write_app(&src), &[])["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let archive = src.path("app.pack");
+    src.drover(&["pack", &id, "-o", archive.to_str().unwrap()])
+        .success();
+    let key = src.drover(&["keys"]).success().stdout.trim().to_string();
+
+    let points: Vec<&str> = drover_store::failpoint::POINTS
+        .iter()
+        .copied()
+        .filter(|p| {
+            ["build.", "unpack.", "commit."]
+                .iter()
+                .any(|a| p.starts_with(a))
+        })
+        .collect();
+    assert!(points.len() >= 8, "{points:?}");
+    let mut runs = 0;
+    for point in points {
+        for command in ["build", "unpack"] {
+            if point.starts_with(if command == "build" {
+                "unpack."
+            } else {
+                "build."
+            }) {
+                continue;
+            }
+            let cx = TestContext::new();
+            let args: Vec<String> = if command == "build" {
+                vec!["build".into(), write_app(&cx).display().to_string()]
+            } else {
+                cx.drover(&["keys", "trust", &key]).success();
+                vec!["unpack".into(), archive.display().to_string()]
+            };
+            let out = cx
+                .command()
+                .args(&args)
+                .env("DROVER_FAILPOINT", point)
+                .output()
+                .unwrap();
+            let run = to_run(out);
+            assert_eq!(
+                run.status.signal(),
+                Some(9),
+                "{command} did not reach {point}: {}\n{}",
+                run.status,
+                run.stderr
+            );
+            let what = format!("{command} killed at {point}");
+            let verify = cx.drover(&["verify"]);
+            assert!(verify.status.success(), "{what}: {}", verify.stderr);
+            // Either no release or the whole one.
+            let listed = cx.drover(&["releases", "--json"]).success().json();
+            let listed: Vec<&str> = listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["release"].as_str().unwrap())
+                .collect();
+            assert!(
+                listed.is_empty() || listed == [id.as_str()],
+                "{what}: {listed:?}"
+            );
+            if !listed.is_empty() {
+                let co = cx.path("co-crashed");
+                cx.drover(&["checkout", &id, co.to_str().unwrap()])
+                    .success();
+            }
+            // The same command again completes it.
+            let again = cx.drover(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let again = again.success();
+            assert_eq!(again.stdout.trim(), id, "{what}: {}", again.stderr);
+            cx.drover(&["verify", &id]).success();
+            let co = cx.path("co");
+            cx.drover(&["checkout", &id, co.to_str().unwrap()])
+                .success();
+            for (name, data) in &files {
+                assert_eq!(&fs::read(co.join(name)).unwrap(), data, "{what}");
+            }
+            runs += 1;
+        }
+    }
+    assert!(runs >= 13, "{runs}");
 }
