@@ -486,7 +486,7 @@ impl Agent {
         out: &mut Out,
     ) -> Result<String> {
         let id = self.store.resolve(query)?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         let app = manifest.app.clone();
         let _guard = self.claim(&app, who)?;
         if let Some((g, _)) = self.lock().get(&app).and_then(|rt| rt.canary) {
@@ -639,7 +639,7 @@ impl Agent {
             .and_then(|c| dir.generation(c))
             .ok_or_else(|| Failure::new(format!("app `{app}` has no live generation")))?;
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         Ok((dir, g, manifest))
     }
 
@@ -736,7 +736,7 @@ impl Agent {
             .release
             .parse()
             .map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         out.event(format!(
             "rolling back {app} to generation {} ({}@{})",
             target.generation, app, target.version
@@ -995,7 +995,7 @@ impl Agent {
             .generation(gen_n)
             .ok_or_else(|| Failure::new(format!("generation {gen_n} is unreadable")))?;
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         let pids = self.pids_of(app, gen_n);
         out.event(format!("promoting generation {gen_n} to all traffic"));
         self.go_live(&dir, &g, &manifest, &pids, Instant::now(), out)
@@ -1487,7 +1487,7 @@ impl Agent {
             Failure::new(format!("generation {current} of `{app}` is unreadable"))
         })?;
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         let tree = self.store.materialise(&id)?;
         let mut started = Vec::new();
         for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree) {

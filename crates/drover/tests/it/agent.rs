@@ -539,3 +539,70 @@ fn many_apps_side_by_side_and_logs_follow() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+// ---- what the agent trusts: signatures on every use, its socket ----------------------
+
+const SLEEPER: &str =
+    "[app]\nname = \"sleeper\"\nversion = \"1\"\n\n[process.main]\ncommand = \"sleep 600\"\n";
+
+#[test]
+fn deploy_checks_the_stored_signature_every_time() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let app = cx.app("sleeper", SLEEPER, &[("data.txt", "data")]);
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+    let sig = cx.root.join("store/objects/sigs").join(&id);
+    let good = fs::read(&sig).unwrap();
+
+    // Garbage in the signature file, then a valid signature over another release.
+    let other = drover_store::Keyring::new(&cx.root)
+        .sign(&drover_store::Hash::of(b"another release"))
+        .unwrap()
+        .to_bytes();
+    for bad in [b"garbage".to_vec(), other] {
+        fs::write(&sig, &bad).unwrap();
+        for args in [
+            vec!["deploy", id.as_str()],
+            vec!["deploy", app.to_str().unwrap()],
+        ] {
+            let run = cx.drover(&args).failure();
+            assert!(
+                run.stderr
+                    .contains(&format!("release sleeper@1 ({})", &id[..12]))
+                    && run.stderr.contains(&sig.display().to_string())
+                    && run.stderr.contains("does not check")
+                    && run.stderr.contains("hint: "),
+                "{}",
+                run.stderr
+            );
+            assert!(tagged_processes(&cx.root).is_empty());
+            assert!(!cx.root.join("apps/sleeper/gens").exists());
+        }
+    }
+    // Signed by a key the store does not trust (any more).
+    let stranger = tempfile::tempdir().unwrap();
+    let foreign = drover_store::Keyring::new(stranger.path())
+        .sign(&id.parse().unwrap())
+        .unwrap();
+    fs::write(&sig, foreign.to_bytes()).unwrap();
+    let run = cx.drover(&["deploy", &id]).failure();
+    assert!(
+        run.stderr.contains("which this store does not trust")
+            && run.stderr.contains(&sig.display().to_string()),
+        "{}",
+        run.stderr
+    );
+
+    // With its own signature back, it deploys; a signature damaged afterwards stops a start.
+    fs::write(&sig, &good).unwrap();
+    cx.drover(&["deploy", &id]).success();
+    cx.drover(&["stop", "sleeper"]).success();
+    fs::write(&sig, b"garbage").unwrap();
+    let run = cx.drover(&["start", "sleeper"]).failure();
+    assert!(run.stderr.contains("does not check"), "{}", run.stderr);
+    assert!(
+        tagged_processes(&cx.root).is_empty(),
+        "{:?}",
+        tagged_processes(&cx.root)
+    );
+}

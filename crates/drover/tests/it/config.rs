@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -428,4 +429,169 @@ fn a_missing_required_key_fails_before_anything_starts() {
         .success();
     cx.drover(&["deploy", v2.to_str().unwrap()]).success();
     assert_eq!(printenv(&cx, "DATABASE_URL"), "postgres://db/app");
+}
+
+// ---- a root another user could change -------------------------------------------------
+
+/// Every command that opens the root, with the arguments it needs to get that far.
+fn root_commands(app: &Path, archive: &Path, dest: &Path) -> Vec<Vec<String>> {
+    let app = app.to_str().unwrap();
+    let archive = archive.to_str().unwrap();
+    let dest = dest.to_str().unwrap();
+    [
+        vec!["releases"],
+        vec!["build", app],
+        vec!["verify"],
+        vec!["checkout", "plain", dest],
+        vec!["pack", "plain", "-o", dest],
+        vec!["unpack", archive],
+        vec!["gc"],
+        vec!["keys", "show"],
+        vec!["agent"],
+        vec!["up", app],
+        vec!["deploy", app],
+        vec!["rollback", "plain"],
+        vec!["status"],
+        vec!["history", "plain"],
+        vec!["logs", "plain"],
+        vec!["stop", "plain"],
+        vec!["start", "plain"],
+        vec!["run", "plain", "--", "true"],
+        vec!["config", "list", "plain"],
+        vec!["config", "set", "plain", "A=1"],
+        vec!["secrets", "--dir", app, "list"],
+        vec!["host", "key"],
+        vec!["diff", "plain", "1", "2"],
+        vec!["remote", "hello"],
+        vec!["remote", "serve"],
+    ]
+    .into_iter()
+    .map(|args| args.into_iter().map(String::from).collect())
+    .collect()
+}
+
+#[test]
+fn a_root_another_user_owns_or_can_write_is_refused_by_every_command() {
+    let cx = TestContext::new();
+    let app = cx.app(
+        "plain",
+        "[app]\nname = \"plain\"\nversion = \"1\"\n\n[process.main]\ncommand = \"sleep 600\"\n",
+        &[("data.txt", "data")],
+    );
+    cx.build(&app, &[]);
+    let archive = cx.path("plain.drover");
+    cx.drover(&["pack", "plain", "-o", archive.to_str().unwrap()])
+        .success();
+    let dest = cx.path("dest");
+    let before = cx.snapshot_root();
+    let root = cx.root.display().to_string();
+
+    let refused = |what: &str, expect: &[&str]| {
+        for args in root_commands(&app, &archive, &dest) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = cx.drover(&args).failure();
+            for e in expect {
+                assert!(
+                    run.stderr.contains(e),
+                    "{what}: `drover {}` did not say {e:?}:\n{}",
+                    args.join(" "),
+                    run.stderr
+                );
+            }
+            assert!(run.stderr.contains("hint: "), "{}", run.stderr);
+            assert_eq!(cx.snapshot_root(), before, "{what}: `{}`", args.join(" "));
+            assert!(!dest.exists());
+        }
+    };
+
+    // The root belongs to another user (she could swap in a store of her own).
+    let chown = |uid: &str, path: &Path| {
+        let ok = std::process::Command::new("chown")
+            .args(["-R", uid])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    chown("65534:65534", &cx.root);
+    refused(
+        "root owned by 65534",
+        &[&format!("{root} is owned by uid 65534"), "chown", "--root"],
+    );
+    chown("0:0", &cx.root);
+
+    // Its store, or its keys, belongs to another user.
+    for sub in ["store", "keys"] {
+        let p = cx.root.join(sub);
+        std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+        refused(
+            sub,
+            &[&format!("{} is owned by uid 65534", p.display()), "--root"],
+        );
+        std::os::unix::fs::chown(&p, Some(0), None).unwrap();
+    }
+
+    // Writable by group or others: the root, its store, its keys.
+    for p in [cx.root.clone(), cx.root.join("store"), cx.root.join("keys")] {
+        let mode = fs::metadata(&p).unwrap().permissions().mode();
+        for extra in [0o020, 0o002] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode | extra)).unwrap();
+            refused(
+                "writable",
+                &[
+                    &format!("{} is writable by", p.display()),
+                    &format!("chmod go-w {}", p.display()),
+                ],
+            );
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    // A parent others can write to (not sticky) lets them replace the root; sticky is safe.
+    let parent = cx.dir.path();
+    let mode = fs::metadata(parent).unwrap().permissions().mode();
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o777)).unwrap();
+    refused(
+        "open parent",
+        &[
+            &format!("{} (above the drover root", parent.display()),
+            "writable by group and others",
+        ],
+    );
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o1777)).unwrap();
+    cx.drover(&["releases"]).success();
+    // A parent owned by another user, likewise.
+    fs::set_permissions(parent, fs::Permissions::from_mode(mode)).unwrap();
+    std::os::unix::fs::chown(parent, Some(65534), None).unwrap();
+    let run = cx.drover(&["releases"]).failure();
+    assert!(
+        run.stderr.contains("is owned by uid 65534"),
+        "{}",
+        run.stderr
+    );
+    std::os::unix::fs::chown(parent, Some(0), None).unwrap();
+
+    // Back as it was, every command works again.
+    cx.drover(&["releases"]).success();
+    cx.drover(&["verify"]).success();
+}
+
+#[test]
+fn a_fresh_root_is_made_private() {
+    let cx = TestContext::new();
+    // Even with a permissive umask.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$0\" releases")
+        .arg(crate::common::drover_bin())
+        .env("DROVER_ROOT", &cx.root)
+        .output()
+        .unwrap();
+    to_run(out).success();
+    for p in [cx.root.clone(), cx.root.join("store"), cx.root.join("keys")] {
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", p.display());
+    }
+    cx.drover(&["releases"]).success();
 }
