@@ -258,9 +258,7 @@ impl Agent {
         }
 
         let sock = root.join("agent.sock");
-        let _ = fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock)?;
-        fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))?;
+        let listener = bind_private(&root, &sock)?;
         eprintln!(
             "drover agent: serving {} (pid {})",
             sock.display(),
@@ -2036,6 +2034,44 @@ struct Layers {
 }
 
 /// Where a root's host identity lives (`drover host key` prints its public key).
+/// Binds the agent's socket so that it is 0600 from the moment another user could reach
+/// it, whatever the umask: bound inside a fresh 0700 directory of the root (which nobody
+/// else can search, so nobody else can connect there), made 0600 there, then renamed over
+/// `sock` (replacing an old agent's socket in one step). The umask is process-wide and
+/// threads already run here (the proxy runtime, recovered instances), so it is not touched.
+fn bind_private(root: &Path, sock: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let at = |path: &Path| {
+        let path = path.to_owned();
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    };
+    // Only the agent holding `agent.lock` binds: any other such directory is a leftover of
+    // an agent killed between bind and rename.
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(SOCKET_DIR) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{SOCKET_DIR}{}", std::process::id()));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(at(&dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(at(&dir))?;
+    let tmp = dir.join("s");
+    let listener = UnixListener::bind(&tmp).map_err(at(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(at(&tmp))?;
+    drover_store::failpoint::hit("agent.socket_bound");
+    fs::rename(&tmp, sock).map_err(at(sock))?;
+    let _ = fs::remove_dir(&dir);
+    Ok(listener)
+}
+
+/// The name (then the pid) of the private directory the agent's socket is bound in.
+const SOCKET_DIR: &str = ".sock.";
+
 pub fn host_key_path(root: &Path) -> PathBuf {
     root.join("keys/host.age")
 }

@@ -7,7 +7,7 @@
 
 /// Every crash point, so a test can walk them all. A point not listed here is a bug
 /// (checked in debug builds).
-pub const POINTS: &[&str] = &[];
+pub const POINTS: &[&str] = &["agent.socket_bound"];
 
 /// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.
 #[cfg(debug_assertions)]

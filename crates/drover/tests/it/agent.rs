@@ -606,3 +606,72 @@ fn deploy_checks_the_stored_signature_every_time() {
         tagged_processes(&cx.root)
     );
 }
+
+/// `drover agent` under `umask 000`, its output in the test's dir.
+fn agent_with_umask_000(cx: &TestContext, failpoint: Option<&str>) -> std::process::Child {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("umask 000; exec \"$0\" agent")
+        .arg(crate::common::drover_bin())
+        .env("DROVER_ROOT", &cx.root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(f) = failpoint {
+        c.env("DROVER_FAILPOINT", f);
+    }
+    c.spawn().unwrap()
+}
+
+/// Every socket under `dir`, with whether a user other than its owner could connect to it
+/// (write on the socket, search on every directory from `dir` down to it).
+fn sockets(dir: &std::path::Path, open_above: bool, out: &mut Vec<(std::path::PathBuf, bool)>) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        let mode = m.permissions().mode();
+        if m.file_type().is_socket() {
+            out.push((e.path(), open_above && mode & 0o022 != 0));
+        } else if m.is_dir() {
+            sockets(&e.path(), open_above && mode & 0o011 != 0, out);
+        }
+    }
+}
+
+#[test]
+fn the_agent_socket_is_never_open_to_others_even_with_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let cx = TestContext::new();
+    let sock = cx.root.join("agent.sock");
+    // Killed right after its bind: no socket anyone else could reach is left at any path.
+    let mut child = agent_with_umask_000(&cx, Some("agent.socket_bound"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "the crash point was not reached");
+    let mut found = Vec::new();
+    sockets(&cx.root, true, &mut found);
+    assert!(!found.is_empty(), "no socket was bound");
+    assert!(
+        found.iter().all(|(_, open)| !open),
+        "reachable by others: {found:?}"
+    );
+
+    // Started again: the socket is 0600 from the first moment it exists at its path.
+    let mut child = agent_with_umask_000(&cx, None);
+    let mut first = None;
+    wait_for("agent.sock", Duration::from_secs(20), || {
+        first = fs::symlink_metadata(&sock)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777);
+        first.is_some()
+    });
+    assert_eq!(first, Some(0o600));
+    wait_for("the agent to answer", Duration::from_secs(20), || {
+        cx.drover(&["status", "--json"]).status.success()
+    });
+    // The crashed agent's private directory is gone; only agent.sock remains.
+    let mut found = Vec::new();
+    sockets(&cx.root, true, &mut found);
+    assert_eq!(found.iter().map(|(p, _)| p).collect::<Vec<_>>(), [&sock]);
+    let _ = child.kill();
+    let _ = child.wait();
+}
