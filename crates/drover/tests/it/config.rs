@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::common::{Run, TestContext, to_run};
@@ -594,4 +594,79 @@ fn a_fresh_root_is_made_private() {
         assert_eq!(mode, 0o700, "{}", p.display());
     }
     cx.drover(&["releases"]).success();
+}
+
+// ---- `secrets edit` killed --------------------------------------------------------------
+
+/// Starts `drover secrets edit TOKEN` with an editor that notes its pid and file, then
+/// waits; returns drover, the plaintext's path and the editor's pid.
+fn edit_and_wait(cx: &TestContext, app: &Path, tag: &str) -> (std::process::Child, PathBuf, u32) {
+    let mark = cx.path(&format!("editor-{tag}"));
+    let editor = cx.path("editor.sh");
+    fs::write(
+        &editor,
+        "#!/bin/sh\nprintf '%s\\n%s\\n' \"$$\" \"$1\" > \"$MARK.tmp\" && mv \"$MARK.tmp\" \"$MARK\"\nexec sleep 600\n",
+    )
+    .unwrap();
+    fs::set_permissions(&editor, fs::Permissions::from_mode(0o755)).unwrap();
+    let child = cx
+        .command()
+        .args(["secrets", "--dir", app.to_str().unwrap(), "edit", "TOKEN"])
+        .env("EDITOR", &editor)
+        .env_remove("VISUAL")
+        .env("MARK", &mark)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::common::wait_for("the editor", std::time::Duration::from_secs(20), || {
+        mark.exists()
+    });
+    let text = fs::read_to_string(&mark).unwrap();
+    let mut lines = text.lines();
+    let pid = lines.next().unwrap().parse().unwrap();
+    let file = PathBuf::from(lines.next().unwrap());
+    assert_eq!(fs::read_to_string(&file).unwrap(), "plain-value");
+    (child, file, pid)
+}
+
+fn kill(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+#[test]
+fn a_killed_secrets_edit_leaves_no_plaintext() {
+    use std::os::unix::process::ExitStatusExt;
+    let cx = TestContext::new();
+    let app = cx.app("plain", "[app]\nname = \"plain\"\nversion = \"1\"\n", &[]);
+    set_secret(&cx, &app, "TOKEN", "plain-value", &[]).success();
+    for (sig, n) in [("TERM", 15), ("HUP", 1), ("INT", 2)] {
+        let (mut drover, file, editor) = edit_and_wait(&cx, &app, sig);
+        kill(drover.id(), sig);
+        let status = drover.wait().unwrap();
+        assert_eq!(status.signal(), Some(n), "{sig}: {status}");
+        assert!(!file.exists(), "{sig}: {} is still there", file.display());
+        kill(editor, "KILL");
+    }
+
+    // SIGKILL cannot be caught: the next `drover secrets` removes what it left.
+    let (mut drover, file, editor) = edit_and_wait(&cx, &app, "KILL");
+    kill(drover.id(), "KILL");
+    drover.wait().unwrap();
+    assert!(file.exists());
+    let run = cx
+        .drover(&["secrets", "--dir", app.to_str().unwrap(), "list"])
+        .success();
+    assert!(!file.exists(), "{} is still there", file.display());
+    assert!(
+        run.stderr.contains(&format!("removed {}", file.display())),
+        "{}",
+        run.stderr
+    );
+    kill(editor, "KILL");
+    // The secret itself is unchanged.
+    assert!(run.stdout.contains("TOKEN"));
 }
