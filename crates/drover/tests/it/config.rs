@@ -670,3 +670,25 @@ fn a_killed_secrets_edit_leaves_no_plaintext() {
     // The secret itself is unchanged.
     assert!(run.stdout.contains("TOKEN"));
 }
+
+// ---- errors that name what went wrong ---------------------------------------------------
+
+#[test]
+fn a_closed_stdout_ends_drover_quietly() {
+    let cx = TestContext::new();
+    let app = cx.app("plain", "[app]\nname = \"plain\"\nversion = \"1\"\n", &[]);
+    cx.build(&app, &[]);
+    for args in [
+        vec!["releases"],
+        vec!["releases", "--json"],
+        vec!["keys", "show"],
+    ] {
+        // The reader is gone before drover writes: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = cx.command().args(&args).stdout(writer).output().unwrap();
+        let run = to_run(out);
+        assert_eq!(run.status.code(), Some(0), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr, "", "{args:?}");
+    }
+}
