@@ -206,10 +206,10 @@ impl Out<'_> {
 impl Agent {
     /// Runs the agent in the foreground until killed.
     pub fn run(root: &Path, opts: Options) -> std::io::Result<()> {
-        fs::create_dir_all(root)?;
-        let root = fs::canonicalize(root)?;
+        fs::create_dir_all(root).map_err(at(root))?;
+        let root = fs::canonicalize(root).map_err(at(root))?;
         let lock_path = root.join("agent.lock");
-        let lock = File::create(&lock_path)?;
+        let lock = File::create(&lock_path).map_err(at(&lock_path))?;
         let inherited = if opts.replace {
             let got = handover::receive(&root.join("agent.sock"))?;
             eprintln!("drover agent: took over {} listening sockets", got.len());
@@ -235,7 +235,8 @@ impl Agent {
                 pid.trim()
             )));
         }
-        fs::write(root.join("agent.pid"), std::process::id().to_string())?;
+        let pid_path = root.join("agent.pid");
+        fs::write(&pid_path, std::process::id().to_string()).map_err(at(&pid_path))?;
         let store = Store::open(&root).map_err(std::io::Error::other)?;
         let agent = Arc::new(Agent {
             tag: root.display().to_string(),
@@ -588,12 +589,17 @@ impl Agent {
             }
         }
         if let Some(text) = g.secrets.as_deref() {
-            let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")
-                .map_err(secrets_failure)?;
+            let what = format!(
+                "{} of `{}` (as deployed)",
+                drover_config::secrets::SecretsFile::file_name(g.environment.as_deref()),
+                manifest.app
+            );
+            let file =
+                drover_config::secrets::SecretsFile::parse(text, &what).map_err(secrets_failure)?;
             // Decrypting now proves this host can start the app; the values are dropped
             // (and zeroed) at once.
             drop(
-                file.decrypt_all(&self.identity, "the secrets file")
+                file.decrypt_all(&self.identity, &what)
                     .map_err(secrets_failure)?,
             );
             for key in file.secrets.keys() {
@@ -2041,10 +2047,6 @@ struct Layers {
 /// threads already run here (the proxy runtime, recovered instances), so it is not touched.
 fn bind_private(root: &Path, sock: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::DirBuilderExt;
-    let at = |path: &Path| {
-        let path = path.to_owned();
-        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-    };
     // Only the agent holding `agent.lock` binds: any other such directory is a leftover of
     // an agent killed between bind and rename.
     if let Ok(rd) = fs::read_dir(root) {
@@ -2067,6 +2069,12 @@ fn bind_private(root: &Path, sock: &Path) -> std::io::Result<UnixListener> {
     fs::rename(&tmp, sock).map_err(at(sock))?;
     let _ = fs::remove_dir(&dir);
     Ok(listener)
+}
+
+/// Names the path in an I/O error (keeping its kind).
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    let path = path.to_owned();
+    move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// The name (then the pid) of the private directory the agent's socket is bound in.

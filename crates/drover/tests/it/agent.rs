@@ -675,3 +675,74 @@ fn the_agent_socket_is_never_open_to_others_even_with_umask_000() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `drover ARGS` as the unprivileged user 65534, from `/`.
+fn as_nobody(cx: &TestContext, root: &std::path::Path, args: &[&str]) -> crate::common::Run {
+    use std::os::unix::process::CommandExt;
+    let out = cx
+        .command()
+        .env("DROVER_ROOT", root)
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .args(args)
+        .output()
+        .unwrap();
+    crate::common::to_run(out)
+}
+
+#[test]
+fn another_users_root_and_socket_are_named_with_the_way_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let cx = TestContext::new();
+    fs::set_permissions(cx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    cx.drover(&["releases"]).success();
+    let root = cx.root.display().to_string();
+
+    // root's root, for a user who is not root: named, with --root as the way out.
+    let run = as_nobody(&cx, &cx.root, &["agent"]).failure();
+    assert!(
+        run.stderr.contains(&format!("{root} is owned by uid 0")) && run.stderr.contains("--root"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    // One that cannot be made (or seen) there.
+    let private = cx.path("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let run = as_nobody(&cx, &private.join("root"), &["agent"]).failure();
+    assert!(
+        run.stderr
+            .contains(&private.join("root").display().to_string())
+            && run.stderr.contains("Permission denied")
+            && run.stderr.contains("--root"),
+        "{}",
+        run.stderr
+    );
+
+    // A root of its own whose socket is another user's: not "no agent is running".
+    let ok = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&cx.root)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let sock = cx.root.join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600)).unwrap();
+    let app = cx.app("sleeper", SLEEPER, &[]);
+    for args in [vec!["status"], vec!["up", app.to_str().unwrap()]] {
+        let run = as_nobody(&cx, &cx.root, &args).failure();
+        assert!(
+            run.stderr.contains(&format!(
+                "{} exists, but this user (uid 65534) may not connect to it",
+                sock.display()
+            )) && run.stderr.contains("hint: "),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("no drover agent"), "{}", run.stderr);
+    }
+}

@@ -692,3 +692,86 @@ fn a_closed_stdout_ends_drover_quietly() {
         assert_eq!(run.stderr, "", "{args:?}");
     }
 }
+
+#[test]
+fn config_set_over_the_request_limit_names_the_key_and_the_limit() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let pairs: Vec<String> = (0..10)
+        .map(|i| format!("K{i}={}", "x".repeat((120 << 10) - i)))
+        .collect();
+    let mut args = vec!["config", "set", "plain"];
+    args.extend(pairs.iter().map(String::as_str));
+    let run = cx.drover(&args).failure();
+    assert!(
+        run.stderr
+            .contains("the values of 10 keys are too large together (the largest, `K0`, is 120.0 KiB): the request would be")
+            && run.stderr.contains("more than the agent takes (1.0 MiB)")
+            && run.stderr.contains("hint: "),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("Broken pipe"), "{}", run.stderr);
+}
+
+/// Flips one base64 character of `key`'s armored value: `line` 0 is the first line of the
+/// body (the age header), `usize::MAX` the last (the payload).
+fn damage_secret(file: &Path, key: &str, line: usize) {
+    let text = fs::read_to_string(file).unwrap();
+    let start = text.find(&format!("{key} = ")).unwrap();
+    let body: Vec<(usize, &str)> = text[start..]
+        .split_inclusive('\n')
+        .scan(start, |at, l| {
+            let here = *at;
+            *at += l.len();
+            Some((here, l))
+        })
+        .skip_while(|(_, l)| !l.contains("BEGIN AGE"))
+        .skip(1)
+        .take_while(|(_, l)| !l.contains("END AGE"))
+        .collect();
+    let (at, l) = body[line.min(body.len() - 1)];
+    let i = at + 10.min(l.len() / 2);
+    let c = if &text[i..i + 1] == "A" { "B" } else { "A" };
+    let mut damaged = text.clone();
+    damaged.replace_range(i..i + 1, c);
+    fs::write(file, damaged).unwrap();
+}
+
+#[test]
+fn a_damaged_secret_names_its_file_and_key() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let app = cx.app(
+        "plain",
+        "[app]\nname = \"plain\"\nversion = \"1\"\n\n[process.main]\ncommand = \"sleep 600\"\n",
+        &[],
+    );
+    let file = app.join("drover.secrets.toml");
+    set_secret(&cx, &app, "TOKEN", "plain-value", &[]).success();
+    let good = fs::read_to_string(&file).unwrap();
+
+    // Damaged in its header: found before anything is sent, with the file's path.
+    damage_secret(&file, "TOKEN", 0);
+    let run = cx.drover(&["deploy", app.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains(&format!(
+            "{}: secret `TOKEN` cannot be decrypted",
+            file.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    // Damaged in its payload: only decrypting finds it, on the host; named as deployed.
+    fs::write(&file, &good).unwrap();
+    damage_secret(&file, "TOKEN", usize::MAX);
+    let run = cx.drover(&["deploy", app.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains(
+            "drover.secrets.toml of `plain` (as deployed): secret `TOKEN` cannot be decrypted"
+        ) && run.stderr.contains("hint: "),
+        "{}",
+        run.stderr
+    );
+    assert!(!cx.root.join("apps/plain/gens").exists());
+}
