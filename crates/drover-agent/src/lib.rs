@@ -1776,7 +1776,7 @@ impl Agent {
                 .release
                 .parse()
                 .ok()
-                .and_then(|id: drover_store::Hash| self.store.manifest(&id).ok());
+                .and_then(|id: drover_store::Hash| self.store.trusted_manifest(&id).ok());
             let tree = g
                 .release
                 .parse()
@@ -1784,7 +1784,7 @@ impl Agent {
                 .and_then(|id: drover_store::Hash| self.store.materialise(&id).ok());
             let (Some(manifest), Some(tree)) = (manifest, tree) else {
                 eprintln!(
-                    "drover agent: generation {} of {app} cannot be read; leaving it stopped",
+                    "drover agent: generation {} of {app} cannot be read or its signature does not check; leaving it stopped",
                     g.generation
                 );
                 continue;
@@ -2039,7 +2039,6 @@ struct Layers {
     processes: Option<Vec<String>>,
 }
 
-/// Where a root's host identity lives (`drover host key` prints its public key).
 /// Binds the agent's socket so that it is 0600 from the moment another user could reach
 /// it, whatever the umask: bound inside a fresh 0700 directory of the root (which nobody
 /// else can search, so nobody else can connect there), made 0600 there, then renamed over
@@ -2080,6 +2079,7 @@ fn at(path: &Path) -> impl FnOnce(std::io::Error) -> std::io::Error {
 /// The name (then the pid) of the private directory the agent's socket is bound in.
 const SOCKET_DIR: &str = ".sock.";
 
+/// Where a root's host identity lives (`drover host key` prints its public key).
 pub fn host_key_path(root: &Path) -> PathBuf {
     root.join("keys/host.age")
 }

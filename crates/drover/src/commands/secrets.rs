@@ -306,14 +306,15 @@ fn edit_in_memory(key: &str, old: &str) -> anyhow::Result<Zeroizing<String>> {
             .open(&path)
             .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", path.display()))?;
         e.file = Some(path.clone());
-        std::io::Write::write_all(&mut f, old.as_bytes())?;
-        drop(f);
-        let child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{editor} \"$1\""))
-            .arg("sh")
-            .arg(&path)
-            .spawn();
+        let child = std::io::Write::write_all(&mut f, old.as_bytes()).and_then(|()| {
+            drop(f);
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{editor} \"$1\""))
+                .arg("sh")
+                .arg(&path)
+                .spawn()
+        });
         if let Ok(c) = &child {
             e.editor = Some(c.id());
         }
