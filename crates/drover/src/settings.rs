@@ -57,6 +57,21 @@ pub fn check_root(root: &Path) -> anyhow::Result<()> {
     }
     let real = fs::canonicalize(&abs).map_err(|e| cannot_inspect(&abs, e))?;
     check_parents(&abs, uid)?;
+    // A root that is a symlink: its owner could point it elsewhere.
+    let link = fs::symlink_metadata(&abs).map_err(|e| cannot_inspect(&abs, e))?;
+    if link.file_type().is_symlink() && link.uid() != uid && link.uid() != 0 {
+        return Err(hinted(
+            format!(
+                "{} is a symlink owned by uid {}: that user could point it at a root of theirs",
+                abs.display(),
+                link.uid()
+            ),
+            format!(
+                "use the directory it points to, {}, or {PICK}",
+                real.display()
+            ),
+        ));
+    }
     if real != abs {
         check_parents(&real, uid)?;
     }

@@ -572,6 +572,30 @@ fn a_root_another_user_owns_or_can_write_is_refused_by_every_command() {
     );
     std::os::unix::fs::chown(parent, Some(0), None).unwrap();
 
+    // A symlink to the root, owned by another user: she could point it elsewhere.
+    let link = cx.path("link");
+    std::os::unix::fs::symlink(&cx.root, &link).unwrap();
+    let via_link = |args: &[&str]| {
+        to_run(
+            cx.command()
+                .env("DROVER_ROOT", &link)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    via_link(&["releases"]).success();
+    std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+    let run = via_link(&["releases"]).failure();
+    assert!(
+        run.stderr.contains(&format!(
+            "{} is a symlink owned by uid 65534",
+            link.display()
+        )),
+        "{}",
+        run.stderr
+    );
+
     // Back as it was, every command works again.
     cx.drover(&["releases"]).success();
     cx.drover(&["verify"]).success();
