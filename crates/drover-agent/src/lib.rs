@@ -206,10 +206,10 @@ impl Out<'_> {
 impl Agent {
     /// Runs the agent in the foreground until killed.
     pub fn run(root: &Path, opts: Options) -> std::io::Result<()> {
-        fs::create_dir_all(root)?;
-        let root = fs::canonicalize(root)?;
+        fs::create_dir_all(root).map_err(at(root))?;
+        let root = fs::canonicalize(root).map_err(at(root))?;
         let lock_path = root.join("agent.lock");
-        let lock = File::create(&lock_path)?;
+        let lock = File::create(&lock_path).map_err(at(&lock_path))?;
         let inherited = if opts.replace {
             let got = handover::receive(&root.join("agent.sock"))?;
             eprintln!("drover agent: took over {} listening sockets", got.len());
@@ -235,7 +235,8 @@ impl Agent {
                 pid.trim()
             )));
         }
-        fs::write(root.join("agent.pid"), std::process::id().to_string())?;
+        let pid_path = root.join("agent.pid");
+        fs::write(&pid_path, std::process::id().to_string()).map_err(at(&pid_path))?;
         let store = Store::open(&root).map_err(std::io::Error::other)?;
         let agent = Arc::new(Agent {
             tag: root.display().to_string(),
@@ -258,9 +259,7 @@ impl Agent {
         }
 
         let sock = root.join("agent.sock");
-        let _ = fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock)?;
-        fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))?;
+        let listener = bind_private(&root, &sock)?;
         eprintln!(
             "drover agent: serving {} (pid {})",
             sock.display(),
@@ -486,7 +485,7 @@ impl Agent {
         out: &mut Out,
     ) -> Result<String> {
         let id = self.store.resolve(query)?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         let app = manifest.app.clone();
         let _guard = self.claim(&app, who)?;
         if let Some((g, _)) = self.lock().get(&app).and_then(|rt| rt.canary) {
@@ -590,12 +589,17 @@ impl Agent {
             }
         }
         if let Some(text) = g.secrets.as_deref() {
-            let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")
-                .map_err(secrets_failure)?;
+            let what = format!(
+                "{} of `{}` (as deployed)",
+                drover_config::secrets::SecretsFile::file_name(g.environment.as_deref()),
+                manifest.app
+            );
+            let file =
+                drover_config::secrets::SecretsFile::parse(text, &what).map_err(secrets_failure)?;
             // Decrypting now proves this host can start the app; the values are dropped
             // (and zeroed) at once.
             drop(
-                file.decrypt_all(&self.identity, "the secrets file")
+                file.decrypt_all(&self.identity, &what)
                     .map_err(secrets_failure)?,
             );
             for key in file.secrets.keys() {
@@ -639,7 +643,7 @@ impl Agent {
             .and_then(|c| dir.generation(c))
             .ok_or_else(|| Failure::new(format!("app `{app}` has no live generation")))?;
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         Ok((dir, g, manifest))
     }
 
@@ -736,7 +740,7 @@ impl Agent {
             .release
             .parse()
             .map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         out.event(format!(
             "rolling back {app} to generation {} ({}@{})",
             target.generation, app, target.version
@@ -1015,7 +1019,7 @@ impl Agent {
             .generation(gen_n)
             .ok_or_else(|| Failure::new(format!("generation {gen_n} is unreadable")))?;
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         let pids = self.pids_of(app, gen_n);
         out.event(format!("promoting generation {gen_n} to all traffic"));
         self.go_live(&dir, &g, &manifest, &pids, Instant::now(), out)
@@ -1507,7 +1511,7 @@ impl Agent {
             Failure::new(format!("generation {current} of `{app}` is unreadable"))
         })?;
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.manifest(&id)?;
+        let manifest = self.store.trusted_manifest(&id)?;
         let tree = self.store.materialise(&id)?;
         let mut started = Vec::new();
         for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree) {
@@ -1792,7 +1796,7 @@ impl Agent {
                 .release
                 .parse()
                 .ok()
-                .and_then(|id: drover_store::Hash| self.store.manifest(&id).ok());
+                .and_then(|id: drover_store::Hash| self.store.trusted_manifest(&id).ok());
             let tree = g
                 .release
                 .parse()
@@ -1800,7 +1804,7 @@ impl Agent {
                 .and_then(|id: drover_store::Hash| self.store.materialise(&id).ok());
             let (Some(manifest), Some(tree)) = (manifest, tree) else {
                 eprintln!(
-                    "drover agent: generation {} of {app} cannot be read; leaving it stopped",
+                    "drover agent: generation {} of {app} cannot be read or its signature does not check; leaving it stopped",
                     g.generation
                 );
                 continue;
@@ -2054,6 +2058,46 @@ struct Layers {
     secrets: Option<String>,
     processes: Option<Vec<String>>,
 }
+
+/// Binds the agent's socket so that it is 0600 from the moment another user could reach
+/// it, whatever the umask: bound inside a fresh 0700 directory of the root (which nobody
+/// else can search, so nobody else can connect there), made 0600 there, then renamed over
+/// `sock` (replacing an old agent's socket in one step). The umask is process-wide and
+/// threads already run here (the proxy runtime, recovered instances), so it is not touched.
+fn bind_private(root: &Path, sock: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    // Only the agent holding `agent.lock` binds: any other such directory is a leftover of
+    // an agent killed between bind and rename.
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(SOCKET_DIR) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{SOCKET_DIR}{}", std::process::id()));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(at(&dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(at(&dir))?;
+    let tmp = dir.join("s");
+    let listener = UnixListener::bind(&tmp).map_err(at(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(at(&tmp))?;
+    drover_store::failpoint::hit("agent.socket_bound");
+    fs::rename(&tmp, sock).map_err(at(sock))?;
+    let _ = fs::remove_dir(&dir);
+    Ok(listener)
+}
+
+/// Names the path in an I/O error (keeping its kind).
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    let path = path.to_owned();
+    move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The name (then the pid) of the private directory the agent's socket is bound in.
+const SOCKET_DIR: &str = ".sock.";
 
 /// Where a root's host identity lives (`drover host key` prints its public key).
 pub fn host_key_path(root: &Path) -> PathBuf {

@@ -141,6 +141,12 @@ impl SecretsFile {
         }
     }
 
+    /// The file's name in an app directory (`drover.secrets.toml`, or with `.ENV`): how a
+    /// deployed copy, which travels without its directory, is named in messages.
+    pub fn file_name(environment: Option<&str>) -> String {
+        Self::path(Path::new(""), environment).display().to_string()
+    }
+
     /// Reads a secrets file; `None` when there is none.
     pub fn load(path: &Path) -> Result<Option<SecretsFile>> {
         match fs::read_to_string(path) {
@@ -171,6 +177,16 @@ impl SecretsFile {
                     what: what.to_string(),
                     key: key.clone(),
                     reason: "not an armored age message (truncated?)".into(),
+                });
+            }
+            // The header's structure is checked without a key: a value damaged there is
+            // named here, where the file is known, not only where it is decrypted.
+            let armored = age::armor::ArmoredReader::new(value.as_bytes());
+            if let Err(e) = age::Decryptor::new_buffered(armored) {
+                return Err(SecretsError::Corrupt {
+                    what: what.to_string(),
+                    key: key.clone(),
+                    reason: e.to_string(),
                 });
             }
         }

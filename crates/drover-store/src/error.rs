@@ -30,6 +30,14 @@ pub enum Error {
     Ambiguous { query: String, matches: Vec<String> },
     #[error("{what} is signed by {key}, which this store does not trust")]
     Untrusted { what: String, key: String },
+    /// A stored release's signature file that does not check (unreadable, garbage, or over
+    /// another release).
+    #[error("{release}: its signature {} does not check: {reason}", path.display())]
+    BadSignature {
+        release: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{kind} {id} is corrupt: {reason}")]
     Corrupt {
         kind: &'static str,
@@ -69,6 +77,9 @@ impl Error {
             )),
             Error::Corrupt { .. } | Error::Missing { .. } => Some(
                 "run `drover verify` to list every bad object; re-import the release with `drover unpack`".into(),
+            ),
+            Error::BadSignature { .. } => Some(
+                "the file was damaged or replaced: nothing of this release is used; `drover verify` lists every bad object; build the release again or re-import it with `drover unpack`".into(),
             ),
             Error::Remote { hint, .. } => hint.clone(),
             Error::TooLarge { file, size, .. } => Some(format!(

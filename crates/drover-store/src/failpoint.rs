@@ -40,6 +40,8 @@ pub const POINTS: &[&str] = &[
     "commit.meta_written",
     "commit.manifest_renamed",
     "commit.durable",
+    // The agent: its socket bound in a private directory, not yet renamed into place.
+    "agent.socket_bound",
 ];
 
 /// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.

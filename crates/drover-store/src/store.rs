@@ -399,6 +399,39 @@ impl Store {
             .map_err(|e| corrupt(e.to_string()))
     }
 
+    /// The manifest of a release about to be used (deployed, started, run, rolled back to):
+    /// checked against its id, and its stored signature checked against the trusted keys,
+    /// every time, so a signature file replaced or damaged since the import stops it here.
+    pub fn trusted_manifest(&self, id: &Hash) -> Result<Manifest> {
+        let manifest = self.manifest(id)?;
+        let path = self.sig_path(id);
+        let release = format!(
+            "release {}@{} ({})",
+            manifest.app,
+            manifest.version,
+            id.short()
+        );
+        let bad = |reason: String| Error::BadSignature {
+            release: release.clone(),
+            path: path.clone(),
+            reason,
+        };
+        let reason = |e: Error| match e {
+            Error::Invalid { message, .. } => message,
+            other => other.to_string(),
+        };
+        let bytes = fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        let sig = ReleaseSignature::from_bytes(&bytes, "signature").map_err(|e| bad(reason(e)))?;
+        let signer = sig.check(id, "signature").map_err(|e| bad(reason(e)))?;
+        if !self.keys.trusted()?.iter().any(|(_, k)| *k == signer) {
+            return Err(Error::Untrusted {
+                what: format!("{release} (signature {})", path.display()),
+                key: signer.to_string(),
+            });
+        }
+        Ok(manifest)
+    }
+
     pub fn signature(&self, id: &Hash) -> Result<ReleaseSignature> {
         let path = self.sig_path(id);
         let bytes = fs::read(&path).at(&path)?;

@@ -16,12 +16,51 @@ pub fn socket(root: &Path) -> PathBuf {
 }
 
 fn connect(root: &Path) -> anyhow::Result<UnixStream> {
-    UnixStream::connect(socket(root)).map_err(|e| {
+    UnixStream::connect(socket(root)).map_err(|e| connect_error(root, e))
+}
+
+/// Why the agent's socket cannot be used: there is none (or nobody listens), or it is
+/// another user's.
+fn connect_error(root: &Path, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        hinted(
+            format!(
+                "{} exists, but this user (uid {}) may not connect to it ({e})",
+                socket(root).display(),
+                rustix::process::geteuid().as_raw()
+            ),
+            "run drover as the user the agent runs as (e.g. with sudo), or use a root of your own with `--root DIR`",
+        )
+    } else {
         hinted(
             format!("no drover agent is running for {} ({e})", root.display()),
             "start one with `drover agent` (or `drover up`, which starts it for you)",
         )
-    })
+    }
+}
+
+/// The most a request may take on the wire (its JSON line, newline included).
+pub const MAX_REQUEST: usize = drover_wire::MAX_LINE;
+
+/// The bytes `req` takes on the wire.
+pub fn request_len(req: &Request) -> usize {
+    serde_json::to_vec(req).map_or(0, |v| v.len()) + 1
+}
+
+/// A request over the agent's limit; `what` names the part of it that is large.
+pub fn too_large(req: &Request, what: Option<&str>) -> anyhow::Error {
+    let size = format!(
+        "the request would be {}, more than the agent takes ({})",
+        crate::output::bytes(request_len(req) as u64),
+        crate::output::bytes(MAX_REQUEST as u64)
+    );
+    hinted(
+        match what {
+            Some(what) => format!("{what}: {size}"),
+            None => size,
+        },
+        "keep large data in the app's files, not in config values",
+    )
 }
 
 /// Sends a request; `on_line` sees every progress event and log line; returns the reply.
@@ -30,6 +69,9 @@ pub fn call(
     req: &Request,
     mut on_line: impl FnMut(&Line),
 ) -> anyhow::Result<serde_json::Value> {
+    if request_len(req) > MAX_REQUEST {
+        return Err(too_large(req, None));
+    }
     let mut stream = connect(root)?;
     drover_wire::write_line(&mut stream, req)?;
     let mut reader = BufReader::new(stream);
@@ -66,6 +108,12 @@ pub fn is_running(root: &Path) -> bool {
 /// Starts `drover agent` in the background (its own session, output to ROOT/agent.log)
 /// unless one answers already; waits until it does.
 pub fn ensure_agent(root: &Path) -> anyhow::Result<()> {
+    if let Err(e) = UnixStream::connect(socket(root))
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        // Another user's agent: starting one here would not help.
+        return Err(connect_error(root, e));
+    }
     if is_running(root) {
         return Ok(());
     }

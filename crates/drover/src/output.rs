@@ -114,6 +114,31 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// Writes data on stdout (what `println!` and `print!` do in this crate). A reader that has
+/// gone (EPIPE: `drover releases | head -0`) ends drover quietly with success, as it would
+/// a pipeline's writer; any other failure to write is an error and exit 1. Never a panic.
+pub fn data(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        message(format_args!(
+            "{} cannot write to stdout: {e}\n",
+            red("error:")
+        ));
+        std::process::exit(1);
+    }
+}
+
+/// Writes a message on stderr (what `eprintln!` does in this crate); one that cannot be
+/// written is dropped.
+pub fn message(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
 /// Prints one JSON value on stdout.
 pub fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use clap::Args;
 
+use crate::output::hinted;
+
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Serve Prometheus metrics of every app's proxy at http://ADDR/metrics.
@@ -23,6 +25,16 @@ pub fn run(root: &Path, args: AgentArgs) -> anyhow::Result<()> {
             metrics: args.metrics,
             replace: args.replace,
         },
-    )?;
-    Ok(())
+    )
+    .map_err(|e| {
+        let message = format!("cannot run the drover agent for {}: {e}", root.display());
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            hinted(
+                message,
+                "run the agent as the user who owns the root (e.g. with sudo), or give it a root of your own with `--root DIR`",
+            )
+        } else {
+            anyhow::anyhow!(message)
+        }
+    })
 }

@@ -51,12 +51,24 @@ pub fn run(root: &Path, args: ConfigArgs) -> anyhow::Result<()> {
                 })?;
                 set.insert(k.to_string(), v.to_string());
             }
+            let largest = set.iter().max_by_key(|(_, v)| v.len()).map(|(k, v)| {
+                let size = output::bytes(v.len() as u64);
+                match set.len() {
+                    1 => format!("the value of `{k}` ({size}) is too large"),
+                    n => format!(
+                        "the values of {n} keys are too large together (the largest, `{k}`, is {size})"
+                    ),
+                }
+            });
             let req = Request::ConfigSet {
                 app,
                 set,
                 unset: Vec::new(),
                 who: client::who(),
             };
+            if client::request_len(&req) > client::MAX_REQUEST {
+                return Err(client::too_large(&req, largest.as_deref()));
+            }
             let v = client::call(root, &req, client::print_events)?;
             super::status::print_status(&serde_json::from_value::<AppStatus>(v)?);
         }

@@ -21,11 +21,14 @@ pub mod up;
 pub mod verify;
 
 use crate::cli::{Cli, Command};
-use crate::settings::resolve_root;
+use crate::settings::{check_root, resolve_root};
 use drover_wire::Request;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let root = resolve_root(cli.root);
+    if uses_root(&cli.command) {
+        check_root(&root)?;
+    }
     match cli.command {
         Command::Init(a) => init::run(a),
         Command::Build(a) => build::run(&root, a),
@@ -59,6 +62,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remote(a) => remote::run(&root, a),
         Command::Lock(a) => fleet::run_lock(a),
     }
+}
+
+/// Every command but these reads or writes the root (and must be refused one that is
+/// unsafe before it touches anything).
+fn uses_root(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Init(_)
+            | Command::Lock(_)
+            | Command::Remote(remote::RemoteArgs {
+                command: remote::RemoteCommand::Relay { .. },
+            })
+    )
 }
 
 /// Opens the store of a root, naming the root on failure.

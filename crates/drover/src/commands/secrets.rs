@@ -3,6 +3,7 @@
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use clap::{Args, Subcommand};
 use drover_config::secrets::{Identity, SecretsFile};
@@ -90,6 +91,7 @@ struct Listing {
 }
 
 pub fn run(root: &Path, args: SecretsArgs) -> anyhow::Result<()> {
+    sweep_leftovers();
     if !args.dir.join(drover_config::FILE_NAME).is_file() {
         return Err(hinted(
             format!("{} has no {}", args.dir.display(), drover_config::FILE_NAME),
@@ -186,13 +188,100 @@ pub fn run(root: &Path, args: SecretsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where plaintext is edited: memory-backed directories, never a disk.
+fn memory_dirs() -> [PathBuf; 2] {
+    [
+        PathBuf::from("/dev/shm"),
+        PathBuf::from(format!("/run/user/{}", rustix::process::getuid().as_raw())),
+    ]
+}
+
+/// The plaintext files of `secrets edit` are named `drover-secret-PID-KEY`, PID the drover
+/// that made them.
+const EDIT_PREFIX: &str = "drover-secret-";
+
+/// Overwrites a file with zeros and removes it.
+fn wipe(path: &Path) {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::write(path, vec![0u8; len as usize]);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Removes the plaintext left by an edit whose drover was killed (SIGKILL cannot be caught):
+/// this user's files whose drover is gone.
+fn sweep_leftovers() {
+    use std::os::unix::fs::MetadataExt;
+    let uid = rustix::process::geteuid().as_raw();
+    for dir in memory_dirs() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(EDIT_PREFIX))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let mine = std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.uid() == uid);
+            let dead = rustix::process::Pid::from_raw(pid).is_none_or(|p| {
+                rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH)
+            });
+            if mine && dead {
+                wipe(&e.path());
+                eprintln!(
+                    "removed {}: the plaintext of an edit whose drover (pid {pid}) was killed",
+                    e.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// What a signal must clean up while an edit runs: the plaintext file and the editor.
+#[derive(Default)]
+struct Editing {
+    file: Option<PathBuf>,
+    editor: Option<u32>,
+}
+
+/// From now on, SIGTERM, SIGHUP or SIGINT wipe and remove the plaintext being edited, pass
+/// the signal on to the editor, and end drover by that signal. (SIGKILL cannot be caught:
+/// `sweep_leftovers` removes what it leaves.)
+fn on_signals_clean(editing: Arc<Mutex<Editing>>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGINT])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let mut e = editing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(file) = e.file.take() {
+                wipe(&file);
+            }
+            if let Some(pid) = e.editor.take().and_then(|p| i32::try_from(p).ok())
+                && let (Some(pid), Some(s)) = (
+                    rustix::process::Pid::from_raw(pid),
+                    rustix::process::Signal::from_named_raw(sig),
+                )
+            {
+                let _ = rustix::process::kill_process(pid, s);
+            }
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
+}
+
 /// Runs $EDITOR on a 0600 file under /dev/shm (memory, not disk); overwrites it with zeros
-/// and removes it afterwards, whatever happens.
+/// and removes it afterwards, whatever happens: on return, on SIGTERM/SIGHUP/SIGINT, and
+/// after SIGKILL at the next `drover secrets` run.
 fn edit_in_memory(key: &str, old: &str) -> anyhow::Result<Zeroizing<String>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = ["/dev/shm", "/run/user"]
-        .iter()
-        .map(PathBuf::from)
+    let dir = memory_dirs()
+        .into_iter()
         .find(|d| d.is_dir())
         .ok_or_else(|| {
             hinted(
@@ -200,27 +289,47 @@ fn edit_in_memory(key: &str, old: &str) -> anyhow::Result<Zeroizing<String>> {
                 "pipe the value into `drover secrets set` instead",
             )
         })?;
-    let path = dir.join(format!("drover-secret-{}-{key}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    std::io::Write::write_all(&mut f, old.as_bytes())?;
-    drop(f);
+    let editing = Arc::new(Mutex::new(Editing::default()));
+    on_signals_clean(Arc::clone(&editing))?;
+    let lock = || editing.lock().unwrap_or_else(|e| e.into_inner());
+    let path = dir.join(format!("{EDIT_PREFIX}{}-{key}", std::process::id()));
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("{editor} \"$1\""))
-        .arg("sh")
-        .arg(&path)
-        .status();
-    let result = std::fs::read_to_string(&path).map(Zeroizing::new);
-    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let _ = std::fs::write(&path, vec![0u8; len as usize]);
-    let _ = std::fs::remove_file(&path);
+    let status = {
+        // Under the lock, so a signal sees the file and the editor or neither.
+        let mut e = lock();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", path.display()))?;
+        e.file = Some(path.clone());
+        let child = std::io::Write::write_all(&mut f, old.as_bytes()).and_then(|()| {
+            drop(f);
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{editor} \"$1\""))
+                .arg("sh")
+                .arg(&path)
+                .spawn()
+        });
+        if let Ok(c) = &child {
+            e.editor = Some(c.id());
+        }
+        child
+    }
+    .and_then(|mut child| child.wait());
+    let result = {
+        let mut e = lock();
+        e.editor = None;
+        let result = std::fs::read_to_string(&path).map(Zeroizing::new);
+        if let Some(file) = e.file.take() {
+            wipe(&file);
+        }
+        result
+    };
     let status = status?;
     if !status.success() {
         return Err(hinted(

@@ -979,3 +979,214 @@ fn a_crash_at_each_step_of_gc_leaves_a_store_that_verifies() {
         serves(&cx, &live);
     }
 }
+
+// ---- what the agent trusts: signatures on every use, its socket ----------------------
+
+const SLEEPER: &str =
+    "[app]\nname = \"sleeper\"\nversion = \"1\"\n\n[process.main]\ncommand = \"sleep 600\"\n";
+
+#[test]
+fn deploy_checks_the_stored_signature_every_time() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let app = cx.app("sleeper", SLEEPER, &[("data.txt", "data")]);
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+    let sig = cx.root.join("store/objects/sigs").join(&id);
+    let good = fs::read(&sig).unwrap();
+
+    // Garbage in the signature file, then a valid signature over another release.
+    let other = drover_store::Keyring::new(&cx.root)
+        .sign(&drover_store::Hash::of(b"another release"))
+        .unwrap()
+        .to_bytes();
+    for bad in [b"garbage".to_vec(), other] {
+        fs::write(&sig, &bad).unwrap();
+        {
+            let run = cx.drover(&["deploy", &id]).failure();
+            assert!(
+                run.stderr
+                    .contains(&format!("release sleeper@1 ({})", &id[..12]))
+                    && run.stderr.contains(&sig.display().to_string())
+                    && run.stderr.contains("does not check")
+                    && run.stderr.contains("hint: "),
+                "{}",
+                run.stderr
+            );
+            assert!(tagged_processes(&cx.root).is_empty());
+            assert!(!cx.root.join("apps/sleeper/gens").exists());
+        }
+    }
+    // Signed by a key the store does not trust (any more).
+    let stranger = tempfile::tempdir().unwrap();
+    let foreign = drover_store::Keyring::new(stranger.path())
+        .sign(&id.parse().unwrap())
+        .unwrap();
+    fs::write(&sig, foreign.to_bytes()).unwrap();
+    let run = cx.drover(&["deploy", &id]).failure();
+    assert!(
+        run.stderr.contains("which this store does not trust")
+            && run.stderr.contains(&sig.display().to_string()),
+        "{}",
+        run.stderr
+    );
+
+    // A deploy from the source builds the release again: signed anew by this store's key.
+    fs::write(&sig, b"garbage").unwrap();
+    cx.drover(&["deploy", app.to_str().unwrap()]).success();
+    assert_ne!(fs::read(&sig).unwrap(), b"garbage");
+    cx.drover(&["verify"]).success();
+    cx.drover(&["stop", "sleeper"]).success();
+
+    // With its own signature back, it deploys; a signature damaged afterwards stops a start.
+    fs::write(&sig, &good).unwrap();
+    cx.drover(&["deploy", &id]).success();
+    cx.drover(&["stop", "sleeper"]).success();
+    fs::write(&sig, b"garbage").unwrap();
+    let run = cx.drover(&["start", "sleeper"]).failure();
+    assert!(run.stderr.contains("does not check"), "{}", run.stderr);
+    assert!(
+        tagged_processes(&cx.root).is_empty(),
+        "{:?}",
+        tagged_processes(&cx.root)
+    );
+}
+
+/// `drover agent` under `umask 000`, its output in the test's dir.
+fn agent_with_umask_000(cx: &TestContext, failpoint: Option<&str>) -> std::process::Child {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("umask 000; exec \"$0\" agent")
+        .arg(crate::common::drover_bin())
+        .env("DROVER_ROOT", &cx.root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(f) = failpoint {
+        c.env("DROVER_FAILPOINT", f);
+    }
+    c.spawn().unwrap()
+}
+
+/// Every socket under `dir`, with whether a user other than its owner could connect to it
+/// (write on the socket, search on every directory from `dir` down to it).
+fn sockets(dir: &std::path::Path, open_above: bool, out: &mut Vec<(std::path::PathBuf, bool)>) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        let mode = m.permissions().mode();
+        if m.file_type().is_socket() {
+            out.push((e.path(), open_above && mode & 0o022 != 0));
+        } else if m.is_dir() {
+            sockets(&e.path(), open_above && mode & 0o011 != 0, out);
+        }
+    }
+}
+
+#[test]
+fn the_agent_socket_is_never_open_to_others_even_with_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let cx = TestContext::new();
+    let sock = cx.root.join("agent.sock");
+    // Killed right after its bind: no socket anyone else could reach is left at any path.
+    let mut child = agent_with_umask_000(&cx, Some("agent.socket_bound"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "the crash point was not reached");
+    let mut found = Vec::new();
+    sockets(&cx.root, true, &mut found);
+    assert!(!found.is_empty(), "no socket was bound");
+    assert!(
+        found.iter().all(|(_, open)| !open),
+        "reachable by others: {found:?}"
+    );
+
+    // Started again: the socket is 0600 from the first moment it exists at its path.
+    let mut child = agent_with_umask_000(&cx, None);
+    let mut first = None;
+    wait_for("agent.sock", Duration::from_secs(20), || {
+        first = fs::symlink_metadata(&sock)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777);
+        first.is_some()
+    });
+    assert_eq!(first, Some(0o600));
+    wait_for("the agent to answer", Duration::from_secs(20), || {
+        cx.drover(&["status", "--json"]).status.success()
+    });
+    // The crashed agent's private directory is gone; only agent.sock remains.
+    let mut found = Vec::new();
+    sockets(&cx.root, true, &mut found);
+    assert_eq!(found.iter().map(|(p, _)| p).collect::<Vec<_>>(), [&sock]);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `drover ARGS` as the unprivileged user 65534, from `/`.
+fn as_nobody(cx: &TestContext, root: &std::path::Path, args: &[&str]) -> crate::common::Run {
+    use std::os::unix::process::CommandExt;
+    let out = cx
+        .command()
+        .env("DROVER_ROOT", root)
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .args(args)
+        .output()
+        .unwrap();
+    crate::common::to_run(out)
+}
+
+#[test]
+fn another_users_root_and_socket_are_named_with_the_way_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let cx = TestContext::new();
+    fs::set_permissions(cx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    cx.drover(&["releases"]).success();
+    let root = cx.root.display().to_string();
+
+    // root's root, for a user who is not root: named, with --root as the way out.
+    let run = as_nobody(&cx, &cx.root, &["agent"]).failure();
+    assert!(
+        run.stderr.contains(&format!("{root} is owned by uid 0")) && run.stderr.contains("--root"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    // One that cannot be made (or seen) there.
+    let private = cx.path("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let run = as_nobody(&cx, &private.join("root"), &["agent"]).failure();
+    assert!(
+        run.stderr
+            .contains(&private.join("root").display().to_string())
+            && run.stderr.contains("Permission denied")
+            && run.stderr.contains("--root"),
+        "{}",
+        run.stderr
+    );
+
+    // A root of its own whose socket is another user's: not "no agent is running".
+    let ok = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&cx.root)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let sock = cx.root.join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600)).unwrap();
+    let app = cx.app("sleeper", SLEEPER, &[]);
+    for args in [vec!["status"], vec!["up", app.to_str().unwrap()]] {
+        let run = as_nobody(&cx, &cx.root, &args).failure();
+        assert!(
+            run.stderr.contains(&format!(
+                "{} exists, but this user (uid 65534) may not connect to it",
+                sock.display()
+            )) && run.stderr.contains("hint: "),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("no drover agent"), "{}", run.stderr);
+    }
+}

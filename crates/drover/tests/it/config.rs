@@ -2,7 +2,8 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::common::{Run, TestContext, to_run};
@@ -428,4 +429,373 @@ fn a_missing_required_key_fails_before_anything_starts() {
         .success();
     cx.drover(&["deploy", v2.to_str().unwrap()]).success();
     assert_eq!(printenv(&cx, "DATABASE_URL"), "postgres://db/app");
+}
+
+// ---- a root another user could change -------------------------------------------------
+
+/// Every command that opens the root, with the arguments it needs to get that far.
+fn root_commands(app: &Path, archive: &Path, dest: &Path) -> Vec<Vec<String>> {
+    let app = app.to_str().unwrap();
+    let archive = archive.to_str().unwrap();
+    let dest = dest.to_str().unwrap();
+    [
+        vec!["releases"],
+        vec!["build", app],
+        vec!["verify"],
+        vec!["checkout", "plain", dest],
+        vec!["pack", "plain", "-o", dest],
+        vec!["unpack", archive],
+        vec!["gc"],
+        vec!["keys", "show"],
+        vec!["agent"],
+        vec!["up", app],
+        vec!["deploy", app],
+        vec!["rollback", "plain"],
+        vec!["status"],
+        vec!["history", "plain"],
+        vec!["logs", "plain"],
+        vec!["stop", "plain"],
+        vec!["start", "plain"],
+        vec!["run", "plain", "--", "true"],
+        vec!["config", "list", "plain"],
+        vec!["config", "set", "plain", "A=1"],
+        vec!["secrets", "--dir", app, "list"],
+        vec!["host", "key"],
+        vec!["diff", "plain", "1", "2"],
+        vec!["remote", "hello"],
+        vec!["remote", "serve"],
+    ]
+    .into_iter()
+    .map(|args| args.into_iter().map(String::from).collect())
+    .collect()
+}
+
+#[test]
+fn a_root_another_user_owns_or_can_write_is_refused_by_every_command() {
+    let cx = TestContext::new();
+    let app = cx.app(
+        "plain",
+        "[app]\nname = \"plain\"\nversion = \"1\"\n\n[process.main]\ncommand = \"sleep 600\"\n",
+        &[("data.txt", "data")],
+    );
+    cx.build(&app, &[]);
+    let archive = cx.path("plain.drover");
+    cx.drover(&["pack", "plain", "-o", archive.to_str().unwrap()])
+        .success();
+    let dest = cx.path("dest");
+    let before = cx.snapshot_root();
+    let root = cx.root.display().to_string();
+
+    let refused = |what: &str, expect: &[&str]| {
+        for args in root_commands(&app, &archive, &dest) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = cx.drover(&args).failure();
+            for e in expect {
+                assert!(
+                    run.stderr.contains(e),
+                    "{what}: `drover {}` did not say {e:?}:\n{}",
+                    args.join(" "),
+                    run.stderr
+                );
+            }
+            assert!(run.stderr.contains("hint: "), "{}", run.stderr);
+            assert_eq!(cx.snapshot_root(), before, "{what}: `{}`", args.join(" "));
+            assert!(!dest.exists());
+        }
+    };
+
+    // The root belongs to another user (she could swap in a store of her own).
+    let chown = |uid: &str, path: &Path| {
+        let ok = std::process::Command::new("chown")
+            .args(["-R", uid])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    chown("65534:65534", &cx.root);
+    refused(
+        "root owned by 65534",
+        &[&format!("{root} is owned by uid 65534"), "chown", "--root"],
+    );
+    chown("0:0", &cx.root);
+
+    // Its store, or its keys, belongs to another user.
+    for sub in ["store", "keys"] {
+        let p = cx.root.join(sub);
+        std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+        refused(
+            sub,
+            &[&format!("{} is owned by uid 65534", p.display()), "--root"],
+        );
+        std::os::unix::fs::chown(&p, Some(0), None).unwrap();
+    }
+
+    // Writable by group or others: the root, its store, its keys.
+    for p in [cx.root.clone(), cx.root.join("store"), cx.root.join("keys")] {
+        let mode = fs::metadata(&p).unwrap().permissions().mode();
+        for extra in [0o020, 0o002] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode | extra)).unwrap();
+            refused(
+                "writable",
+                &[
+                    &format!("{} is writable by", p.display()),
+                    &format!("chmod go-w {}", p.display()),
+                ],
+            );
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    // A parent others can write to (not sticky) lets them replace the root; sticky is safe.
+    let parent = cx.dir.path();
+    let mode = fs::metadata(parent).unwrap().permissions().mode();
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o777)).unwrap();
+    refused(
+        "open parent",
+        &[
+            &format!("{} (above the drover root", parent.display()),
+            "writable by group and others",
+        ],
+    );
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o1777)).unwrap();
+    cx.drover(&["releases"]).success();
+    // A parent owned by another user, likewise.
+    fs::set_permissions(parent, fs::Permissions::from_mode(mode)).unwrap();
+    std::os::unix::fs::chown(parent, Some(65534), None).unwrap();
+    let run = cx.drover(&["releases"]).failure();
+    assert!(
+        run.stderr.contains("is owned by uid 65534"),
+        "{}",
+        run.stderr
+    );
+    std::os::unix::fs::chown(parent, Some(0), None).unwrap();
+
+    // A symlink to the root, owned by another user: she could point it elsewhere.
+    let link = cx.path("link");
+    std::os::unix::fs::symlink(&cx.root, &link).unwrap();
+    let via_link = |args: &[&str]| {
+        to_run(
+            cx.command()
+                .env("DROVER_ROOT", &link)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    via_link(&["releases"]).success();
+    std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+    let run = via_link(&["releases"]).failure();
+    assert!(
+        run.stderr.contains(&format!(
+            "{} is a symlink owned by uid 65534",
+            link.display()
+        )),
+        "{}",
+        run.stderr
+    );
+
+    // Back as it was, every command works again.
+    cx.drover(&["releases"]).success();
+    cx.drover(&["verify"]).success();
+}
+
+#[test]
+fn a_fresh_root_is_made_private() {
+    let cx = TestContext::new();
+    // Even with a permissive umask.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$0\" releases")
+        .arg(crate::common::drover_bin())
+        .env("DROVER_ROOT", &cx.root)
+        .output()
+        .unwrap();
+    to_run(out).success();
+    for p in [cx.root.clone(), cx.root.join("store"), cx.root.join("keys")] {
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", p.display());
+    }
+    cx.drover(&["releases"]).success();
+}
+
+// ---- `secrets edit` killed --------------------------------------------------------------
+
+/// Starts `drover secrets edit TOKEN` with an editor that notes its pid and file, then
+/// waits; returns drover, the plaintext's path and the editor's pid.
+fn edit_and_wait(cx: &TestContext, app: &Path, tag: &str) -> (std::process::Child, PathBuf, u32) {
+    let mark = cx.path(&format!("editor-{tag}"));
+    let editor = cx.path("editor.sh");
+    fs::write(
+        &editor,
+        "#!/bin/sh\nprintf '%s\\n%s\\n' \"$$\" \"$1\" > \"$MARK.tmp\" && mv \"$MARK.tmp\" \"$MARK\"\nexec sleep 600\n",
+    )
+    .unwrap();
+    fs::set_permissions(&editor, fs::Permissions::from_mode(0o755)).unwrap();
+    let child = cx
+        .command()
+        .args(["secrets", "--dir", app.to_str().unwrap(), "edit", "TOKEN"])
+        .env("EDITOR", &editor)
+        .env_remove("VISUAL")
+        .env("MARK", &mark)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::common::wait_for("the editor", std::time::Duration::from_secs(20), || {
+        mark.exists()
+    });
+    let text = fs::read_to_string(&mark).unwrap();
+    let mut lines = text.lines();
+    let pid = lines.next().unwrap().parse().unwrap();
+    let file = PathBuf::from(lines.next().unwrap());
+    assert_eq!(fs::read_to_string(&file).unwrap(), "plain-value");
+    (child, file, pid)
+}
+
+fn kill(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+#[test]
+fn a_killed_secrets_edit_leaves_no_plaintext() {
+    use std::os::unix::process::ExitStatusExt;
+    let cx = TestContext::new();
+    let app = cx.app("plain", "[app]\nname = \"plain\"\nversion = \"1\"\n", &[]);
+    set_secret(&cx, &app, "TOKEN", "plain-value", &[]).success();
+    for (sig, n) in [("TERM", 15), ("HUP", 1), ("INT", 2)] {
+        let (mut drover, file, editor) = edit_and_wait(&cx, &app, sig);
+        kill(drover.id(), sig);
+        let status = drover.wait().unwrap();
+        assert_eq!(status.signal(), Some(n), "{sig}: {status}");
+        assert!(!file.exists(), "{sig}: {} is still there", file.display());
+        kill(editor, "KILL");
+    }
+
+    // SIGKILL cannot be caught: the next `drover secrets` removes what it left.
+    let (mut drover, file, editor) = edit_and_wait(&cx, &app, "KILL");
+    kill(drover.id(), "KILL");
+    drover.wait().unwrap();
+    assert!(file.exists());
+    let run = cx
+        .drover(&["secrets", "--dir", app.to_str().unwrap(), "list"])
+        .success();
+    assert!(!file.exists(), "{} is still there", file.display());
+    assert!(
+        run.stderr.contains(&format!("removed {}", file.display())),
+        "{}",
+        run.stderr
+    );
+    kill(editor, "KILL");
+    // The secret itself is unchanged.
+    assert!(run.stdout.contains("TOKEN"));
+}
+
+// ---- errors that name what went wrong ---------------------------------------------------
+
+#[test]
+fn a_closed_stdout_ends_drover_quietly() {
+    let cx = TestContext::new();
+    let app = cx.app("plain", "[app]\nname = \"plain\"\nversion = \"1\"\n", &[]);
+    cx.build(&app, &[]);
+    for args in [
+        vec!["releases"],
+        vec!["releases", "--json"],
+        vec!["keys", "show"],
+    ] {
+        // The reader is gone before drover writes: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = cx.command().args(&args).stdout(writer).output().unwrap();
+        let run = to_run(out);
+        assert_eq!(run.status.code(), Some(0), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr, "", "{args:?}");
+    }
+}
+
+#[test]
+fn config_set_over_the_request_limit_names_the_key_and_the_limit() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let pairs: Vec<String> = (0..10)
+        .map(|i| format!("K{i}={}", "x".repeat((120 << 10) - i)))
+        .collect();
+    let mut args = vec!["config", "set", "plain"];
+    args.extend(pairs.iter().map(String::as_str));
+    let run = cx.drover(&args).failure();
+    assert!(
+        run.stderr
+            .contains("the values of 10 keys are too large together (the largest, `K0`, is 120.0 KiB): the request would be")
+            && run.stderr.contains("more than the agent takes (1.0 MiB)")
+            && run.stderr.contains("hint: "),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("Broken pipe"), "{}", run.stderr);
+}
+
+/// Flips one base64 character of `key`'s armored value: `line` 0 is the first line of the
+/// body (the age header), `usize::MAX` the last (the payload).
+fn damage_secret(file: &Path, key: &str, line: usize) {
+    let text = fs::read_to_string(file).unwrap();
+    let start = text.find(&format!("{key} = ")).unwrap();
+    let body: Vec<(usize, &str)> = text[start..]
+        .split_inclusive('\n')
+        .scan(start, |at, l| {
+            let here = *at;
+            *at += l.len();
+            Some((here, l))
+        })
+        .skip_while(|(_, l)| !l.contains("BEGIN AGE"))
+        .skip(1)
+        .take_while(|(_, l)| !l.contains("END AGE"))
+        .collect();
+    let (at, l) = body[line.min(body.len() - 1)];
+    let i = at + 10.min(l.len() / 2);
+    let c = if &text[i..i + 1] == "A" { "B" } else { "A" };
+    let mut damaged = text.clone();
+    damaged.replace_range(i..i + 1, c);
+    fs::write(file, damaged).unwrap();
+}
+
+#[test]
+fn a_damaged_secret_names_its_file_and_key() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let app = cx.app(
+        "plain",
+        "[app]\nname = \"plain\"\nversion = \"1\"\n\n[process.main]\ncommand = \"sleep 600\"\n",
+        &[],
+    );
+    let file = app.join("drover.secrets.toml");
+    set_secret(&cx, &app, "TOKEN", "plain-value", &[]).success();
+    let good = fs::read_to_string(&file).unwrap();
+
+    // Damaged in its header: found before anything is sent, with the file's path.
+    damage_secret(&file, "TOKEN", 0);
+    let run = cx.drover(&["deploy", app.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains(&format!(
+            "{}: secret `TOKEN` cannot be decrypted",
+            file.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    // Damaged in its payload: only decrypting finds it, on the host; named as deployed.
+    fs::write(&file, &good).unwrap();
+    damage_secret(&file, "TOKEN", usize::MAX);
+    let run = cx.drover(&["deploy", app.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains(
+            "drover.secrets.toml of `plain` (as deployed): secret `TOKEN` cannot be decrypted"
+        ) && run.stderr.contains("hint: "),
+        "{}",
+        run.stderr
+    );
+    assert!(!cx.root.join("apps/plain/gens").exists());
 }
