@@ -201,6 +201,33 @@ impl Out<'_> {
     fn event(&mut self, msg: impl Into<String>) {
         let _ = drover_wire::write_line(self.stream, &Line::Event(Event { event: msg.into() }));
     }
+
+    /// One element of a list reply (`Line::Item`).
+    fn item(&mut self, item: serde_json::Value) -> Result<()> {
+        drover_wire::write_line(self.stream, &Line::Item { item })?;
+        Ok(())
+    }
+}
+
+/// A generation as one history line, shorter than the protocol's limit: one written before
+/// config values were bounded shows the sizes of its values, not the values.
+fn fit_line(mut g: drover_wire::GenerationInfo) -> serde_json::Value {
+    let fits = |g: &drover_wire::GenerationInfo| {
+        serde_json::to_vec(g).map_or(0, |v| v.len()) < drover_wire::MAX_LINE - 64
+    };
+    if !fits(&g) {
+        for v in g.env.values_mut() {
+            *v = format!("({} bytes, too long to show)", v.len());
+        }
+        if let Some(r) = g.reason.as_mut().filter(|r| r.len() > 4096) {
+            let mut end = 4096;
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r.truncate(end);
+        }
+    }
+    to_json(g)
 }
 
 impl Agent {
@@ -384,7 +411,11 @@ impl Agent {
             Request::Status { app } => self.status(app.as_deref()).map(to_json),
             Request::History { app } => {
                 let dir = self.app_dir(&app)?;
-                Ok(to_json(dir.history()))
+                // One line per generation: a long history never makes a long line.
+                for g in dir.history() {
+                    out.item(fit_line(g))?;
+                }
+                Ok(serde_json::Value::Array(Vec::new()))
             }
             Request::Stop { app, who } => {
                 self.stop_app(&app, &who)?;
@@ -488,6 +519,9 @@ impl Agent {
         let id = self.store.resolve(query)?;
         let manifest = self.store.manifest(&id)?;
         let app = manifest.app.clone();
+        manifest.runtime.check_bounds().map_err(|(m, h)| {
+            bounds_failure((format!("release {app}@{}: {m}", manifest.version), h))
+        })?;
         let _guard = self.claim(&app, who)?;
         if let Some((g, _)) = self.lock().get(&app).and_then(|rt| rt.canary) {
             return Err(Failure::new(format!(
@@ -576,6 +610,8 @@ impl Agent {
             (&g.role_layer, named("role", &g.role)),
             (&g.host_config, "host (drover config set)".to_string()),
         ] {
+            drover_config::check_env_values(layer, |k| format!("`{k}` ({source})"))
+                .map_err(bounds_failure)?;
             for (k, v) in layer {
                 env.insert(k.clone(), v.clone());
                 entries.insert(
@@ -589,6 +625,7 @@ impl Agent {
                 );
             }
         }
+        drover_config::check_env_total(&env).map_err(bounds_failure)?;
         if let Some(text) = g.secrets.as_deref() {
             let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")
                 .map_err(secrets_failure)?;
@@ -2038,6 +2075,13 @@ struct Layers {
 /// Where a root's host identity lives (`drover host key` prints its public key).
 pub fn host_key_path(root: &Path) -> PathBuf {
     root.join("keys/host.age")
+}
+
+/// A value out of `drover_config`'s bounds: its message and hint.
+fn bounds_failure((message, hint): (String, Option<String>)) -> Failure {
+    let mut f = Failure::new(message);
+    f.0.hint = hint;
+    f
 }
 
 fn secrets_failure(e: drover_config::secrets::SecretsError) -> Failure {
