@@ -167,6 +167,50 @@ struct AppRt {
     canary: Option<(u64, u8)>,
     /// The generation tag of the live instances, once known (saves reading `current`).
     live_gen: Option<u64>,
+    /// What the app's proxy serves with (the live generation's `[proxy]`).
+    proxy_conf: Option<ProxyConf>,
+}
+
+/// The settings an app's proxy serves with: what `[proxy]` says besides how to switch.
+#[derive(Debug, Clone, PartialEq)]
+struct ProxyConf {
+    port: u16,
+    max_body: u64,
+    request_timeout: Duration,
+    header_timeout: Duration,
+}
+
+impl ProxyConf {
+    fn of(cfg: &drover_config::Proxy) -> ProxyConf {
+        ProxyConf {
+            port: cfg.port,
+            max_body: cfg.max_body,
+            request_timeout: cfg.request_timeout.0,
+            header_timeout: cfg.header_timeout.0,
+        }
+    }
+
+    fn settings(&self) -> drover_proxy::Settings {
+        drover_proxy::Settings {
+            max_body: self.max_body,
+            request_timeout: self.request_timeout,
+            header_timeout: self.header_timeout,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a generation's `[proxy]` asks of the app's proxy: made ready before its switch
+/// (a port in use fails the deploy before anything starts) and put in place by the switch
+/// (`install_proxy`). Until then nothing changes what serves.
+enum ProxyPlan {
+    /// The proxy serves as asked already (or there is none and none is asked for).
+    Keep,
+    /// A new proxy on this listener (newly bound, or the live proxy's own socket when only
+    /// its settings change) takes over from the app's proxy.
+    Serve(std::net::TcpListener, ProxyConf),
+    /// No `[proxy]` any more: the app's proxy stops.
+    Remove,
 }
 
 pub struct Agent {
@@ -826,7 +870,12 @@ impl Agent {
                 "generation {} is still warm: switching without a start",
                 target.generation
             ));
-            return self.go_live(&dir, &g, &manifest, &warm_pids, Instant::now(), out);
+            let plan = self
+                .prepare_proxy(app, manifest.runtime.proxy.as_ref())
+                .inspect_err(|e| {
+                    let _ = dir.record(g.generation, "failed", Some(e.0.message.clone()));
+                })?;
+            return self.go_live(&dir, &g, &manifest, &warm_pids, Instant::now(), plan, out);
         }
         self.switch(&dir, &g, &manifest, false, None, out)
     }
@@ -874,9 +923,14 @@ impl Agent {
             .store
             .materialise(&id)
             .map_err(|e| fail(e.to_string(), vec![]))?;
-        if let Some(p) = &manifest.runtime.proxy {
-            self.ensure_proxy(&app, p)
-                .map_err(|e| fail(e.0.message, vec![]))?;
+        let plan = self
+            .prepare_proxy(&app, manifest.runtime.proxy.as_ref())
+            .map_err(|e| fail(e.0.message, vec![]))?;
+        if canary.is_some() && !matches!(plan, ProxyPlan::Keep) {
+            return Err(fail(
+                "a canary cannot change `[proxy]` (its port or settings): the live proxy serves both generations".into(),
+                vec![],
+            ));
         }
 
         if run_hook && let Some(hook) = &manifest.runtime.hooks.release {
@@ -943,11 +997,12 @@ impl Agent {
             ));
             return Ok(());
         }
-        self.go_live(dir, g, manifest, &started, healthy_at, out)
+        self.go_live(dir, g, manifest, &started, healthy_at, plan, out)
     }
 
     /// The switch: `current` is renamed into place, the proxy routes to the `new` instances,
     /// and the previous ones drain and stop (or stay warm, blue-green).
+    #[allow(clippy::too_many_arguments)]
     fn go_live(
         &self,
         dir: &AppDir,
@@ -955,6 +1010,7 @@ impl Agent {
         manifest: &Manifest,
         new: &[u32],
         healthy_at: Instant,
+        proxy: ProxyPlan,
         out: &mut Out,
     ) -> Result<()> {
         let app = manifest.app.clone();
@@ -979,6 +1035,11 @@ impl Agent {
                 .map(|i| i.pid)
                 .collect()
         };
+        // The proxy follows the generation that is live now, and only it.
+        if let Err(e) = self.install_proxy(&app, proxy) {
+            eprintln!("drover agent: {app}: {}", e.0.message);
+            out.event(format!("the proxy did not change: {}", e.0.message));
+        }
         self.refresh_routes(&app);
         let moved = healthy_at.elapsed();
         dir.sync()?;
@@ -1034,8 +1095,9 @@ impl Agent {
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
         let manifest = self.store.manifest(&id)?;
         let pids = self.pids_of(app, gen_n);
+        let plan = self.prepare_proxy(app, manifest.runtime.proxy.as_ref())?;
         out.event(format!("promoting generation {gen_n} to all traffic"));
-        self.go_live(&dir, &g, &manifest, &pids, Instant::now(), out)
+        self.go_live(&dir, &g, &manifest, &pids, Instant::now(), plan, out)
     }
 
     fn abort(&self, app: &str, who: &str, out: &mut Out) -> Result<()> {
@@ -1152,44 +1214,78 @@ impl Agent {
         })
     }
 
-    /// The app's proxy on its public port, bound once and kept for the app's life.
-    fn ensure_proxy(&self, app: &str, cfg: &drover_config::Proxy) -> Result<ProxyHandle> {
-        let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = proxies.get(app)
-            && p.port == cfg.port
-        {
-            return Ok(p.clone());
+    /// Makes ready what `cfg` (a generation's `[proxy]`) asks of the app's proxy; changes
+    /// nothing that serves (see `ProxyPlan`).
+    fn prepare_proxy(&self, app: &str, cfg: Option<&drover_config::Proxy>) -> Result<ProxyPlan> {
+        let current = self.proxy(app);
+        let Some(cfg) = cfg else {
+            return Ok(match current {
+                Some(_) => ProxyPlan::Remove,
+                None => ProxyPlan::Keep,
+            });
+        };
+        let want = ProxyConf::of(cfg);
+        if let Some(p) = &current {
+            if self.lock().get(app).and_then(|rt| rt.proxy_conf.as_ref()) == Some(&want) {
+                return Ok(ProxyPlan::Keep);
+            }
+            if p.port == want.port {
+                // Other settings, same port: a new proxy takes over the same socket.
+                return Ok(ProxyPlan::Serve(p.listener().try_clone()?, want));
+            }
         }
         let inherited = self
             .inherited
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&cfg.port);
+            .remove(&want.port);
         let listener = match inherited {
             Some(l) => Ok(l),
-            None => std::net::TcpListener::bind(("0.0.0.0", cfg.port)),
+            None => std::net::TcpListener::bind(("0.0.0.0", want.port)),
         }
         .map_err(|e| {
             Failure::new(format!(
                 "cannot bind port {} for the proxy of `{app}`: {e}",
-                cfg.port
+                want.port
             ))
             .hint("another program or app uses that port: change `[proxy] port`")
         })?;
-        let settings = drover_proxy::Settings {
-            max_body: cfg.max_body,
-            request_timeout: cfg.request_timeout.0,
-            header_timeout: cfg.header_timeout.0,
-            ..Default::default()
+        Ok(ProxyPlan::Serve(listener, want))
+    }
+
+    /// Puts a prepared proxy in place: the app's public port and settings become the ones
+    /// of the generation now live. The proxy it replaces stops accepting and finishes its
+    /// connections (routed like the new one).
+    fn install_proxy(&self, app: &str, plan: ProxyPlan) -> Result<()> {
+        let (handle, conf) = match plan {
+            ProxyPlan::Keep => return Ok(()),
+            ProxyPlan::Remove => (None, None),
+            ProxyPlan::Serve(listener, conf) => {
+                // Routed from its first connection: an agent taking over serves at once.
+                let handle =
+                    self.runtime()?
+                        .serve(app, listener, conf.settings(), self.routes_for(app))?;
+                (Some(handle), Some(conf))
+            }
         };
-        // Routed from its first connection: an agent taking over serves at once.
-        let handle = self
-            .runtime()?
-            .serve(app, listener, settings, self.routes_for(app))?;
-        if let Some(old) = proxies.insert(app.to_string(), handle.clone()) {
+        let old = {
+            let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+            match &handle {
+                Some(h) => proxies.insert(app.to_string(), h.clone()),
+                None => proxies.remove(app),
+            }
+        };
+        self.lock().entry(app.to_string()).or_default().proxy_conf = conf;
+        if let Some(old) = old {
+            if let Some(h) = &handle {
+                if old.paused() {
+                    h.pause();
+                }
+                old.set_routes(self.routes_for(app));
+            }
             old.shutdown();
         }
-        Ok(handle)
+        Ok(())
     }
 
     /// Points the app's proxy at the live generation's healthy instances (and the canary's).
@@ -1861,8 +1957,11 @@ impl Agent {
             }
             strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
             if let Some(p) = &manifest.runtime.proxy {
-                match self.ensure_proxy(&app, p) {
-                    Ok(_) => self.refresh_routes(&app),
+                match self
+                    .prepare_proxy(&app, Some(p))
+                    .and_then(|plan| self.install_proxy(&app, plan))
+                {
+                    Ok(()) => self.refresh_routes(&app),
                     Err(e) => eprintln!("drover agent: {}", e.0.message),
                 }
             }

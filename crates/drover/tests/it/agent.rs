@@ -539,3 +539,90 @@ fn many_apps_side_by_side_and_logs_follow() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status code the proxy on `port` answers a POST with a `len`-byte body.
+fn post_status(port: u16, len: usize) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len}\r\n\r\n{}",
+        "b".repeat(len)
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// What answers on the public port `port`: the version, or None when nothing listens.
+fn public_version(port: u16) -> Option<String> {
+    let (_, body) = http_get(port, "/").ok()?;
+    let v = body.split("version ").nth(1)?;
+    Some(
+        v.split(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+            .next()?
+            .to_string(),
+    )
+}
+
+#[test]
+fn the_public_port_and_proxy_settings_move_only_with_the_live_generation() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let (a, b) = (free_port(), free_port());
+    let proxied = |dir: &str, version: &str, port: u16, extra: &str| {
+        cx.hello_app(
+            dir,
+            version,
+            &format!("[proxy]\nport = {port}\nmax_body = 100000\n{extra}"),
+        )
+    };
+    let v1 = proxied("v1", "1", a, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    assert_eq!(public_version(a).as_deref(), Some("1"));
+
+    // Another port and body limit, and a health check that fails: nothing of it serves.
+    let v2 = cx.hello_app(
+        "v2",
+        "2",
+        &format!(
+            "[proxy]\nport = {b}\nmax_body = 10\n[health]\npath = \"/broken\"\ntimeout = \"2s\"\n"
+        ),
+    );
+    cx.drover(&["deploy", v2.to_str().unwrap()]).failure();
+    assert_eq!(public_version(a).as_deref(), Some("1"));
+    assert_eq!(public_version(b), None, "port {b} answers");
+    assert_ne!(post_status(a, 1000), 413);
+    assert_eq!(cx.app_status("hello")["proxy"]["port"], a);
+    let text = cx.drover(&["status", "hello"]).success().stdout;
+    assert!(text.contains(&format!("port {a}")), "{text}");
+
+    // A successful deploy moves port and settings with its generation.
+    let v3 = cx.hello_app("v3", "3", &format!("[proxy]\nport = {b}\nmax_body = 10\n"));
+    cx.drover(&["deploy", v3.to_str().unwrap()]).success();
+    assert_eq!(public_version(b).as_deref(), Some("3"));
+    assert_eq!(post_status(b, 1000), 413);
+    assert_eq!(cx.app_status("hello")["proxy"]["port"], b);
+    wait_for("port A to close", Duration::from_secs(10), || {
+        public_version(a).is_none()
+    });
+
+    // A rollback moves them back.
+    cx.drover(&["rollback", "hello"]).success();
+    assert_eq!(public_version(a).as_deref(), Some("1"));
+    assert_ne!(post_status(a, 1000), 413);
+    assert_eq!(cx.app_status("hello")["proxy"]["port"], a);
+    wait_for("port B to close", Duration::from_secs(10), || {
+        public_version(b).is_none()
+    });
+}
