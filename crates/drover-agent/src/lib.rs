@@ -32,6 +32,13 @@ const LOG_ROTATE_BYTES: u64 = 16 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
+/// Client connections the agent serves at once, in all.
+const MAX_CONNS: usize = 128;
+/// Client connections the agent serves at once from one client process.
+const MAX_CONNS_PER_CLIENT: usize = 16;
+/// How long a client has to send its request line once connected.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
 /// An error answered to the client: a message, a hint, and extra lines.
 #[derive(Debug)]
 pub struct Failure(WireError);
@@ -224,6 +231,91 @@ pub struct Agent {
     identity: drover_config::secrets::Identity,
     /// Listening sockets handed over by the agent this one replaced, by port.
     inherited: Mutex<HashMap<u16, std::net::TcpListener>>,
+    /// The client connections being served.
+    conns: Mutex<Conns>,
+}
+
+/// The client connections being served, in all and by client process: bounded, so that
+/// stalled or runaway clients cannot take every thread the host allows.
+#[derive(Debug, Default)]
+struct Conns {
+    total: usize,
+    by_client: HashMap<u32, usize>,
+}
+
+impl Conns {
+    /// Counts a new connection from process `client`, or says why it is refused.
+    fn admit(&mut self, client: u32) -> std::result::Result<(), String> {
+        let mine = self.by_client.get(&client).copied().unwrap_or(0);
+        if mine >= MAX_CONNS_PER_CLIENT {
+            return Err(format!(
+                "process {client} has {mine} connections to the agent open already (at most {MAX_CONNS_PER_CLIENT} per client)"
+            ));
+        }
+        if self.total >= MAX_CONNS {
+            return Err(format!(
+                "the agent serves {} connections already (at most {MAX_CONNS})",
+                self.total
+            ));
+        }
+        self.total += 1;
+        *self.by_client.entry(client).or_default() += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, client: u32) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_client.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_client.remove(&client);
+            }
+        }
+    }
+}
+
+/// One admitted connection; its count goes when this does (also when its thread panics,
+/// or could not be started).
+struct Admitted {
+    agent: Arc<Agent>,
+    client: u32,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.agent
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(self.client);
+    }
+}
+
+/// Runs `f` on a new thread, or here and now when no thread can be started (a pids or
+/// memory limit): the work is done either way, and the agent does not panic.
+fn spawn_or_run(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Option<std::thread::JoinHandle<()>> {
+    let job = Arc::new(Mutex::new(Some(f)));
+    let theirs = Arc::clone(&job);
+    let take = |j: &Mutex<Option<_>>| j.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Some(f) = take(&theirs) {
+                f()
+            }
+        }) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("drover agent: cannot start a thread ({e}): {name} runs on this one");
+            if let Some(f) = take(&job) {
+                f()
+            }
+            None
+        }
+    }
 }
 
 /// How the agent runs.
@@ -316,6 +408,7 @@ impl Agent {
             proxy_rt: std::sync::OnceLock::new(),
             proxies: Arc::new(Mutex::new(HashMap::new())),
             inherited: Mutex::new(inherited),
+            conns: Mutex::new(Conns::default()),
             identity: drover_config::secrets::Identity::load_or_create(&host_key_path(&root))
                 .map_err(std::io::Error::other)?,
         });
@@ -339,14 +432,66 @@ impl Agent {
         );
 
         let monitor = Arc::clone(&agent);
-        std::thread::spawn(move || monitor.monitor());
+        std::thread::Builder::new()
+            .name("drover-monitor".into())
+            .spawn(move || monitor.monitor())?;
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let agent = Arc::clone(&agent);
-            std::thread::spawn(move || agent.serve(conn));
+            agent.accept(conn);
         }
         drop(lock);
         Ok(())
+    }
+
+    /// Serves one client connection on its own thread, within the connection bounds; a
+    /// connection over them, or one no thread can be started for, gets an error reply.
+    fn accept(self: &Arc<Agent>, conn: UnixStream) {
+        let client = rustix::net::sockopt::socket_peercred(&conn)
+            .map(|c| c.pid.as_raw_nonzero().get() as u32)
+            .unwrap_or(0);
+        let refuse = |conn: &UnixStream, message: String, hint: &str| {
+            eprintln!("drover agent: refused a connection: {message}");
+            let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+            let reply = Reply::Error(WireError {
+                message,
+                hint: Some(hint.to_string()),
+                details: Vec::new(),
+            });
+            let _ = drover_wire::write_line(&mut &*conn, &Line::Reply(reply));
+        };
+        let admitted = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(client);
+        if let Err(message) = admitted {
+            refuse(
+                &conn,
+                message,
+                "wait for the other requests to finish (a `drover logs -f` holds one), then try again",
+            );
+            return;
+        }
+        let slot = Admitted {
+            agent: Arc::clone(self),
+            client,
+        };
+        let spare = conn.try_clone().ok();
+        let started = std::thread::Builder::new()
+            .name("drover-request".into())
+            .spawn(move || {
+                slot.agent.serve(conn);
+                drop(slot);
+            });
+        if let Err(e) = started
+            && let Some(conn) = spare
+        {
+            refuse(
+                &conn,
+                format!("the agent cannot start a thread for this request: {e}"),
+                "the host is out of threads or memory (a pids or process limit?): stop something, then try again",
+            );
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, AppRt>> {
@@ -358,10 +503,13 @@ impl Agent {
             Ok(s) => s,
             Err(_) => return,
         });
+        // A client that connects and says nothing gives its place up.
+        let _ = stream.set_read_timeout(Some(REQUEST_WAIT));
         let line = match drover_wire::read_line(&mut reader) {
             Ok(Some(l)) => l,
             _ => return,
         };
+        let _ = stream.set_read_timeout(None);
         if matches!(
             serde_json::from_str::<Request>(&line),
             Ok(Request::Handover)
@@ -870,12 +1018,21 @@ impl Agent {
                 "generation {} is still warm: switching without a start",
                 target.generation
             ));
+            // Nothing of its own to stop; recorded failed unless it goes live.
+            let attempt = Attempt::new(self, &dir, app, g.generation);
             let plan = self
                 .prepare_proxy(app, manifest.runtime.proxy.as_ref())
-                .inspect_err(|e| {
-                    let _ = dir.record(g.generation, "failed", Some(e.0.message.clone()));
-                })?;
-            return self.go_live(&dir, &g, &manifest, &warm_pids, Instant::now(), plan, out);
+                .inspect_err(|e| attempt.fail(e.0.message.clone()))?;
+            return self.go_live(
+                &dir,
+                &g,
+                &manifest,
+                &warm_pids,
+                Instant::now(),
+                plan,
+                Some(&attempt),
+                out,
+            );
         }
         self.switch(&dir, &g, &manifest, false, None, out)
     }
@@ -910,8 +1067,9 @@ impl Agent {
         out: &mut Out,
     ) -> Result<()> {
         let app = manifest.app.clone();
+        let attempt = Attempt::new(self, dir, &app, g.generation);
         let fail = |reason: String, details: Vec<String>| -> Failure {
-            let _ = dir.record(g.generation, "failed", Some(reason.clone()));
+            attempt.fail(reason.clone());
             Failure::new(format!(
                 "deploy of {}@{} (generation {}) failed: {reason}",
                 app, g.version, g.generation
@@ -959,29 +1117,29 @@ impl Agent {
 
         let specs = self.specs(dir, g, manifest, &tree);
         out.event(format!("starting {} instances", specs.len()));
-        let mut started = Vec::new();
         for (process, index, spec) in specs {
             match self.spawn_instance(&app, &process, index, g.generation, spec, false) {
-                Ok(pid) => started.push(pid),
+                Ok(pid) => attempt.started.borrow_mut().push(pid),
                 Err(e) => {
-                    self.stop_now(&app, &started);
                     return Err(fail(format!("cannot start {process}.{index}: {e}"), vec![]));
                 }
             }
         }
+        let started = attempt.started.borrow().clone();
         if canary.is_none() {
             // Prepared while the instances start: the switch will be a single rename.
-            dir.stage_current(g.generation)?;
+            dir.stage_current(g.generation)
+                .map_err(|e| fail(format!("cannot stage the switch: {e}"), vec![]))?;
         }
         if let Err((reason, details)) = self.wait_healthy(&app, &started, manifest, out) {
-            dir.unstage_current(g.generation);
-            self.stop_now(&app, &started);
             return Err(fail(reason, details));
         }
         let healthy_at = Instant::now();
 
         if let Some(weight) = canary {
-            dir.record(g.generation, "canary", None)?;
+            dir.record(g.generation, "canary", None)
+                .map_err(|e| fail(format!("cannot record the canary: {e}"), vec![]))?;
+            attempt.live.set(true);
             {
                 let mut apps = self.lock();
                 let rt = apps.entry(app.clone()).or_default();
@@ -997,7 +1155,16 @@ impl Agent {
             ));
             return Ok(());
         }
-        self.go_live(dir, g, manifest, &started, healthy_at, plan, out)
+        self.go_live(
+            dir,
+            g,
+            manifest,
+            &started,
+            healthy_at,
+            plan,
+            Some(&attempt),
+            out,
+        )
     }
 
     /// The switch: `current` is renamed into place, the proxy routes to the `new` instances,
@@ -1011,13 +1178,24 @@ impl Agent {
         new: &[u32],
         healthy_at: Instant,
         proxy: ProxyPlan,
+        attempt: Option<&Attempt>,
         out: &mut Out,
     ) -> Result<()> {
         let app = manifest.app.clone();
         let previous = dir.current();
         // The switch: `current` is renamed into place (prepared and fsynced beforehand),
         // traffic moves at once, then the directory is synced and the history written.
-        dir.switch_current(g.generation)?;
+        dir.switch_current(g.generation).map_err(|e| {
+            let reason = format!("cannot switch `current`: {e}");
+            if let Some(a) = attempt {
+                a.fail(reason.clone());
+            }
+            Failure::new(reason)
+        })?;
+        // Live from here on, whatever fails next.
+        if let Some(a) = attempt {
+            a.live.set(true);
+        }
         let old: Vec<u32> = {
             let mut apps = self.lock();
             let rt = apps.entry(app.clone()).or_default();
@@ -1097,7 +1275,7 @@ impl Agent {
         let pids = self.pids_of(app, gen_n);
         let plan = self.prepare_proxy(app, manifest.runtime.proxy.as_ref())?;
         out.event(format!("promoting generation {gen_n} to all traffic"));
-        self.go_live(&dir, &g, &manifest, &pids, Instant::now(), plan, out)
+        self.go_live(&dir, &g, &manifest, &pids, Instant::now(), plan, None, out)
     }
 
     fn abort(&self, app: &str, who: &str, out: &mut Out) -> Result<()> {
@@ -1338,12 +1516,15 @@ impl Agent {
 
     /// Takes instances out of traffic, lets their requests finish (up to `drain`), then
     /// stops them (SIGTERM to each group, SIGKILL after its stop timeout), in the background.
-    fn retire(&self, app: &str, pids: &[u32], drain: Duration) -> std::thread::JoinHandle<()> {
+    fn retire(
+        &self,
+        app: &str,
+        pids: &[u32],
+        drain: Duration,
+    ) -> Option<std::thread::JoinHandle<()>> {
         let (targets, backends) = {
             let mut apps = self.lock();
-            let Some(rt) = apps.get_mut(app) else {
-                return std::thread::spawn(|| {});
-            };
+            let rt = apps.get_mut(app)?;
             let mut t: Vec<(u32, Duration)> = Vec::new();
             let mut b: Vec<Arc<Backend>> = Vec::new();
             for i in rt.instances.iter_mut().filter(|i| pids.contains(&i.pid)) {
@@ -1356,7 +1537,7 @@ impl Agent {
         };
         self.refresh_routes(app);
         let proxy = self.proxy(app);
-        std::thread::spawn(move || {
+        spawn_or_run("drover-retire", move || {
             if let Some(p) = proxy {
                 p.drain(&backends, drain);
             }
@@ -1568,7 +1749,9 @@ impl Agent {
 
     /// Stops instances now (no drain) and waits until they are gone.
     fn stop_now(&self, app: &str, pids: &[u32]) {
-        let _ = self.retire(app, pids, Duration::ZERO).join();
+        if let Some(h) = self.retire(app, pids, Duration::ZERO) {
+            let _ = h.join();
+        }
         self.reap(app);
     }
 
@@ -2190,6 +2373,61 @@ fn secrets_failure(e: drover_config::secrets::SecretsError) -> Failure {
     f
 }
 
+/// A switch's new generation until it is live. Dropped before that (an error, an early
+/// return, a panic), it stops the instances it started and records the generation failed:
+/// a failed switch never leaves a generation pending or its instances running.
+struct Attempt<'a> {
+    agent: &'a Agent,
+    dir: &'a AppDir,
+    app: String,
+    generation: u64,
+    started: std::cell::RefCell<Vec<u32>>,
+    reason: std::cell::RefCell<Option<String>>,
+    live: std::cell::Cell<bool>,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(agent: &'a Agent, dir: &'a AppDir, app: &str, generation: u64) -> Attempt<'a> {
+        Attempt {
+            agent,
+            dir,
+            app: app.to_string(),
+            generation,
+            started: Default::default(),
+            reason: Default::default(),
+            live: Default::default(),
+        }
+    }
+
+    /// Why it failed (the first reason given is the one recorded).
+    fn fail(&self, reason: String) {
+        self.reason.borrow_mut().get_or_insert(reason);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.live.get() {
+            return;
+        }
+        self.dir.unstage_current(self.generation);
+        let started = self.started.take();
+        if !started.is_empty() {
+            self.agent.stop_now(&self.app, &started);
+        }
+        let reason = self
+            .reason
+            .take()
+            .unwrap_or_else(|| "the deploy ended before its generation went live".to_string());
+        if let Err(e) = self.dir.record(self.generation, "failed", Some(reason)) {
+            eprintln!(
+                "drover agent: {}: cannot record generation {} failed: {e}",
+                self.app, self.generation
+            );
+        }
+    }
+}
+
 struct ClaimGuard<'a> {
     agent: &'a Agent,
     app: String,
@@ -2274,4 +2512,41 @@ fn to_json(v: impl serde::Serialize) -> serde_json::Value {
 fn fmt_time(secs: u64) -> String {
     let ago = state::now().saturating_sub(secs);
     format!("{ago}s ago (unix time {secs})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_bounded_per_client_and_in_all() {
+        let mut c = Conns::default();
+        for _ in 0..MAX_CONNS_PER_CLIENT {
+            c.admit(7).unwrap();
+        }
+        let e = c.admit(7).unwrap_err();
+        assert!(
+            e.contains("process 7") && e.contains("at most 16 per client"),
+            "{e}"
+        );
+        c.release(7);
+        c.admit(7).unwrap();
+        for client in 100..(100 + MAX_CONNS - MAX_CONNS_PER_CLIENT) as u32 {
+            c.admit(client).unwrap();
+        }
+        let e = c.admit(1).unwrap_err();
+        assert!(e.contains("at most 128"), "{e}");
+        c.release(100);
+        c.admit(1).unwrap();
+        assert_eq!(c.total, MAX_CONNS);
+    }
+
+    #[test]
+    fn work_is_done_whether_or_not_a_thread_starts() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(h) = spawn_or_run("test", move || tx.send(1).unwrap()) {
+            h.join().unwrap();
+        }
+        assert_eq!(rx.recv().unwrap(), 1);
+    }
 }

@@ -31,11 +31,14 @@ pub fn call(
     mut on_line: impl FnMut(&Line),
 ) -> anyhow::Result<serde_json::Value> {
     let mut stream = connect(root)?;
-    drover_wire::write_line(&mut stream, req)?;
+    // An agent that refuses the connection (too many open, no thread to serve it) says why
+    // and closes before reading the request: its reply is read all the same.
+    let sent = drover_wire::write_line(&mut stream, req);
     let mut reader = BufReader::new(stream);
     let mut items = drover_wire::Items::default();
     loop {
         let Some(line) = drover_wire::read_line(&mut reader)? else {
+            sent?;
             anyhow::bail!(
                 "the agent closed the connection without an answer (did it crash? see {})",
                 root.join("agent.log").display()

@@ -626,3 +626,158 @@ fn the_public_port_and_proxy_settings_move_only_with_the_live_generation() {
         public_version(b).is_none()
     });
 }
+
+/// Reads what has arrived on each connection so far; true for those that got a whole line.
+fn lines_arrived(conns: &mut [(std::os::unix::net::UnixStream, Vec<u8>)]) -> usize {
+    use std::io::Read;
+    let mut done = 0;
+    for (s, buf) in conns.iter_mut() {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        if buf.contains(&b'\n') {
+            done += 1;
+        }
+    }
+    done
+}
+
+#[test]
+fn stalled_connections_beyond_the_bound_are_refused_and_the_agent_still_answers() {
+    let cx = TestContext::new();
+    let mut agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let sock = cx.root.join("agent.sock");
+    let mut held: Vec<(std::os::unix::net::UnixStream, Vec<u8>)> = (0..150)
+        .map(|_| {
+            let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            s.set_nonblocking(true).unwrap();
+            (s, Vec::new())
+        })
+        .collect();
+    // All but 16 (the bound per client) are answered at once, with a refusal.
+    wait_for("the refusals", Duration::from_secs(20), || {
+        lines_arrived(&mut held) == 150 - 16
+    });
+    let refusal = held
+        .iter()
+        .find(|(_, b)| !b.is_empty())
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .unwrap();
+    assert!(
+        refusal.contains("at most 16 per client") && refusal.contains("hint"),
+        "{refusal}"
+    );
+    // Other clients are served, and the agent is up.
+    assert_eq!(cx.app_status("hello")["state"], "running");
+    serves(&cx, "1");
+    assert!(agent.child.try_wait().unwrap().is_none());
+    let v2 = cx.hello_app("v2", "2", "");
+    cx.drover(&["deploy", v2.to_str().unwrap()]).success();
+    serves(&cx, "2");
+    drop(held);
+    assert!(agent.child.try_wait().unwrap().is_none());
+}
+
+/// A new pids cgroup (v1 or v2) for a test, removed on drop; None where there is none.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn new(name: &str) -> Option<PidsCgroup> {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let base = if v1.join("cgroup.procs").exists() {
+            v1.to_path_buf()
+        } else {
+            std::path::PathBuf::from("/sys/fs/cgroup")
+        };
+        let dir = base.join(name);
+        fs::create_dir(&dir).ok()?;
+        let cg = PidsCgroup(dir);
+        cg.0.join("pids.max").exists().then_some(cg)
+    }
+
+    fn current(&self) -> u64 {
+        fs::read_to_string(self.0.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn set_max(&self, max: &str) {
+        fs::write(self.0.join("pids.max"), max).unwrap();
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("pids.max"), "max");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn under_a_pids_limit_a_deploy_fails_cleanly_and_the_agent_stays_up() {
+    let cx = TestContext::new();
+    let Some(cgroup) = PidsCgroup::new(&format!("drover-test-{}", std::process::id())) else {
+        eprintln!("no pids cgroup can be made here: nothing to limit");
+        return;
+    };
+    let mut agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    let toml = fs::read_to_string(v1.join("drover.toml"))
+        .unwrap()
+        .replace("http = true", "http = true\ninstances = 8");
+    fs::write(v1.join("drover.toml"), toml).unwrap();
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    fs::write(cgroup.0.join("cgroup.procs"), agent.child.id().to_string()).unwrap();
+
+    // No thread to spare: the connection is refused, by a reply that says why.
+    cgroup.set_max(&cgroup.current().to_string());
+    let run = cx.drover(&["status"]).failure();
+    assert!(
+        run.stderr.contains("cannot start a thread") && run.stderr.contains("hint:"),
+        "{}",
+        run.stderr
+    );
+    // Room for the request and one instance: the new generation's second cannot start.
+    cgroup.set_max(&(cgroup.current() + 2).to_string());
+    let run = cx
+        .drover(&["config", "set", "hello", "GREETING=again"])
+        .failure();
+    assert!(run.stderr.contains("cannot start web."), "{}", run.stderr);
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    cgroup.set_max("max");
+
+    let app = cx.app_status("hello");
+    assert_eq!(app["generation"], 1);
+    let history = cx.drover(&["history", "hello", "--json"]).success().json();
+    assert_eq!(history[1]["outcome"], "failed", "{history}");
+    wait_for(
+        "the failed generation's instances to go",
+        Duration::from_secs(15),
+        || {
+            tagged_processes(&cx.root)
+                .iter()
+                .all(|(_, t)| t.starts_with("hello/1/"))
+                && cx.app_status("hello")["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|i| i["generation"] == 1 && i["state"] == "running")
+        },
+    );
+    serves(&cx, "1");
+    cx.drover(&["config", "set", "hello", "GREETING=again"])
+        .success();
+    serves(&cx, "1");
+    cx.drover(&["stop", "hello"]).success();
+}
