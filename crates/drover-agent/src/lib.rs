@@ -1066,6 +1066,7 @@ impl Agent {
         canary: Option<u8>,
         out: &mut Out,
     ) -> Result<()> {
+        drover_store::failpoint::hit("agent.switch.pending");
         let app = manifest.app.clone();
         let attempt = Attempt::new(self, dir, &app, g.generation);
         let fail = |reason: String, details: Vec<String>| -> Failure {
@@ -1185,6 +1186,7 @@ impl Agent {
         let previous = dir.current();
         // The switch: `current` is renamed into place (prepared and fsynced beforehand),
         // traffic moves at once, then the directory is synced and the history written.
+        drover_store::failpoint::hit("agent.switch.before_rename");
         dir.switch_current(g.generation).map_err(|e| {
             let reason = format!("cannot switch `current`: {e}");
             if let Some(a) = attempt {
@@ -1196,6 +1198,7 @@ impl Agent {
         if let Some(a) = attempt {
             a.live.set(true);
         }
+        drover_store::failpoint::hit("agent.switch.after_rename");
         let old: Vec<u32> = {
             let mut apps = self.lock();
             let rt = apps.entry(app.clone()).or_default();
@@ -1226,6 +1229,7 @@ impl Agent {
         if let Some(p) = previous.filter(|p| *p != g.generation) {
             let _ = dir.record(p, "superseded", None);
         }
+        drover_store::failpoint::hit("agent.switch.before_stop_old");
         let proxy = manifest.runtime.proxy.as_ref();
         if proxy.is_some_and(|p| p.strategy == drover_config::Strategy::BlueGreen) {
             let keep = proxy.map(|p| p.keep_warm.0).unwrap_or_default();
@@ -2065,6 +2069,11 @@ impl Agent {
             dir.sweep_staged();
             let current = dir.current();
             for h in dir.history() {
+                // An agent killed between the switch and its history: the one live
+                // generation is the one `current` names.
+                if h.outcome == "live" && Some(h.generation) != current {
+                    let _ = dir.record(h.generation, "superseded", None);
+                }
                 if h.outcome == "pending" {
                     if Some(h.generation) == current {
                         let _ = dir.record(h.generation, "live", None);

@@ -7,7 +7,14 @@
 
 /// Every crash point, so a test can walk them all. A point not listed here is a bug
 /// (checked in debug builds).
-pub const POINTS: &[&str] = &[];
+pub const POINTS: &[&str] = &[
+    // The agent's switch: the new generation recorded pending, `current` renamed, old
+    // instances stopped.
+    "agent.switch.pending",
+    "agent.switch.before_rename",
+    "agent.switch.after_rename",
+    "agent.switch.before_stop_old",
+];
 
 /// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.
 #[cfg(debug_assertions)]

@@ -627,6 +627,83 @@ fn the_public_port_and_proxy_settings_move_only_with_the_live_generation() {
     });
 }
 
+#[test]
+fn a_crash_at_each_durable_step_of_the_switch_leaves_exactly_one_generation_live() {
+    use std::os::unix::process::ExitStatusExt;
+    for (point, survivor) in [
+        ("agent.switch.pending", "1"),
+        ("agent.switch.before_rename", "1"),
+        ("agent.switch.after_rename", "2"),
+        ("agent.switch.before_stop_old", "2"),
+    ] {
+        let cx = TestContext::new();
+        let port = free_port();
+        let v1 = cx.hello_app("v1", "1", &format!("[proxy]\nport = {port}\n"));
+        let v2 = cx.hello_app("v2", "2", &format!("[proxy]\nport = {port}\n"));
+        // v1's deploy passes each point once; v2's dies at its second.
+        let failpoint = format!("{point}#2");
+        let mut agent = cx.start_agent_env(&[], &[("DROVER_FAILPOINT", &failpoint)]);
+        cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+        cx.drover(&["deploy", v2.to_str().unwrap()]).failure();
+        let mut status = None;
+        wait_for("the agent to die", Duration::from_secs(20), || {
+            status = agent.child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert_eq!(
+            status.unwrap().signal(),
+            Some(9),
+            "{point}: the agent was not killed there"
+        );
+
+        let _agent = cx.start_agent();
+        let app = cx.app_status("hello");
+        let generation = app["generation"].as_u64().unwrap();
+        assert_eq!(app["version"], survivor, "{point}: {app}");
+        let history = cx.drover(&["history", "hello", "--json"]).success().json();
+        let live: Vec<u64> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["outcome"] == "live")
+            .map(|g| g["generation"].as_u64().unwrap())
+            .collect();
+        assert_eq!(live, vec![generation], "{point}: {history}");
+        assert!(
+            history
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| g["outcome"] != "pending"),
+            "{point}: {history}"
+        );
+        wait_for(
+            "the other generation's instances to stop",
+            Duration::from_secs(15),
+            || {
+                let procs = tagged_processes(&cx.root);
+                !procs.is_empty()
+                    && procs
+                        .iter()
+                        .all(|(_, tag)| tag.starts_with(&format!("hello/{generation}/")))
+            },
+        );
+        assert_eq!(
+            public_version(port).as_deref(),
+            Some(survivor),
+            "{point}: the public port"
+        );
+        serves(&cx, survivor);
+
+        // A retried deploy goes through.
+        cx.drover(&["deploy", v2.to_str().unwrap()]).success();
+        assert_eq!(public_version(port).as_deref(), Some("2"), "{point}");
+        serves(&cx, "2");
+        drop(_agent);
+        drop(agent);
+    }
+}
+
 /// Reads what has arrived on each connection so far; true for those that got a whole line.
 fn lines_arrived(conns: &mut [(std::os::unix::net::UnixStream, Vec<u8>)]) -> usize {
     use std::io::Read;
