@@ -2551,6 +2551,34 @@ mod tests {
     }
 
     #[test]
+    fn a_generation_written_before_the_bounds_still_fits_one_history_line() {
+        let g = drover_wire::GenerationInfo {
+            generation: 1,
+            release: "r".into(),
+            version: "1".into(),
+            who: "me".into(),
+            created: 0,
+            from: None,
+            kind: "deploy".into(),
+            outcome: "live".into(),
+            reason: None,
+            env: BTreeMap::from([
+                ("BIG".to_string(), "x".repeat(2 << 20)),
+                ("SMALL".to_string(), "y".into()),
+            ]),
+            secrets: Vec::new(),
+        };
+        let v = fit_line(g);
+        assert!(serde_json::to_vec(&v).unwrap().len() < drover_wire::MAX_LINE);
+        assert_eq!(v["env"]["BIG"], "(2097152 bytes, too long to show)");
+        let small = fit_line(drover_wire::GenerationInfo {
+            env: BTreeMap::from([("SMALL".to_string(), "y".into())]),
+            ..serde_json::from_value(v).unwrap()
+        });
+        assert_eq!(small["env"]["SMALL"], "y");
+    }
+
+    #[test]
     fn work_is_done_whether_or_not_a_thread_starts() {
         let (tx, rx) = std::sync::mpsc::channel();
         if let Some(h) = spawn_or_run("test", move || tx.send(1).unwrap()) {

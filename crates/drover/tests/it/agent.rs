@@ -625,6 +625,13 @@ fn the_public_port_and_proxy_settings_move_only_with_the_live_generation() {
     wait_for("port B to close", Duration::from_secs(10), || {
         public_version(b).is_none()
     });
+
+    // Other settings on the same port: a new proxy on the same socket.
+    let v4 = cx.hello_app("v4", "4", &format!("[proxy]\nport = {a}\nmax_body = 10\n"));
+    cx.drover(&["deploy", v4.to_str().unwrap()]).success();
+    assert_eq!(public_version(a).as_deref(), Some("4"));
+    assert_eq!(post_status(a, 1000), 413);
+    assert_eq!(cx.app_status("hello")["proxy"]["port"], a);
 }
 
 #[test]
