@@ -85,6 +85,7 @@ pub enum Request {
     Status {
         app: Option<String>,
     },
+    /// The app's generations, oldest first: one `Line::Item` each, then an empty list.
     History {
         app: String,
     },
