@@ -32,6 +32,13 @@ const LOG_ROTATE_BYTES: u64 = 16 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
+/// Client connections the agent serves at once, in all.
+const MAX_CONNS: usize = 128;
+/// Client connections the agent serves at once from one client process.
+const MAX_CONNS_PER_CLIENT: usize = 16;
+/// How long a client has to send its request line once connected.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
 /// An error answered to the client: a message, a hint, and extra lines.
 #[derive(Debug)]
 pub struct Failure(WireError);
@@ -167,6 +174,50 @@ struct AppRt {
     canary: Option<(u64, u8)>,
     /// The generation tag of the live instances, once known (saves reading `current`).
     live_gen: Option<u64>,
+    /// What the app's proxy serves with (the live generation's `[proxy]`).
+    proxy_conf: Option<ProxyConf>,
+}
+
+/// The settings an app's proxy serves with: what `[proxy]` says besides how to switch.
+#[derive(Debug, Clone, PartialEq)]
+struct ProxyConf {
+    port: u16,
+    max_body: u64,
+    request_timeout: Duration,
+    header_timeout: Duration,
+}
+
+impl ProxyConf {
+    fn of(cfg: &drover_config::Proxy) -> ProxyConf {
+        ProxyConf {
+            port: cfg.port,
+            max_body: cfg.max_body,
+            request_timeout: cfg.request_timeout.0,
+            header_timeout: cfg.header_timeout.0,
+        }
+    }
+
+    fn settings(&self) -> drover_proxy::Settings {
+        drover_proxy::Settings {
+            max_body: self.max_body,
+            request_timeout: self.request_timeout,
+            header_timeout: self.header_timeout,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a generation's `[proxy]` asks of the app's proxy: made ready before its switch
+/// (a port in use fails the deploy before anything starts) and put in place by the switch
+/// (`install_proxy`). Until then nothing changes what serves.
+enum ProxyPlan {
+    /// The proxy serves as asked already (or there is none and none is asked for).
+    Keep,
+    /// A new proxy on this listener (newly bound, or the live proxy's own socket when only
+    /// its settings change) takes over from the app's proxy.
+    Serve(std::net::TcpListener, ProxyConf),
+    /// No `[proxy]` any more: the app's proxy stops.
+    Remove,
 }
 
 pub struct Agent {
@@ -180,6 +231,91 @@ pub struct Agent {
     identity: drover_config::secrets::Identity,
     /// Listening sockets handed over by the agent this one replaced, by port.
     inherited: Mutex<HashMap<u16, std::net::TcpListener>>,
+    /// The client connections being served.
+    conns: Mutex<Conns>,
+}
+
+/// The client connections being served, in all and by client process: bounded, so that
+/// stalled or runaway clients cannot take every thread the host allows.
+#[derive(Debug, Default)]
+struct Conns {
+    total: usize,
+    by_client: HashMap<u32, usize>,
+}
+
+impl Conns {
+    /// Counts a new connection from process `client`, or says why it is refused.
+    fn admit(&mut self, client: u32) -> std::result::Result<(), String> {
+        let mine = self.by_client.get(&client).copied().unwrap_or(0);
+        if mine >= MAX_CONNS_PER_CLIENT {
+            return Err(format!(
+                "process {client} has {mine} connections to the agent open already (at most {MAX_CONNS_PER_CLIENT} per client)"
+            ));
+        }
+        if self.total >= MAX_CONNS {
+            return Err(format!(
+                "the agent serves {} connections already (at most {MAX_CONNS})",
+                self.total
+            ));
+        }
+        self.total += 1;
+        *self.by_client.entry(client).or_default() += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, client: u32) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_client.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_client.remove(&client);
+            }
+        }
+    }
+}
+
+/// One admitted connection; its count goes when this does (also when its thread panics,
+/// or could not be started).
+struct Admitted {
+    agent: Arc<Agent>,
+    client: u32,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.agent
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(self.client);
+    }
+}
+
+/// Runs `f` on a new thread, or here and now when no thread can be started (a pids or
+/// memory limit): the work is done either way, and the agent does not panic.
+fn spawn_or_run(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Option<std::thread::JoinHandle<()>> {
+    let job = Arc::new(Mutex::new(Some(f)));
+    let theirs = Arc::clone(&job);
+    let take = |j: &Mutex<Option<_>>| j.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Some(f) = take(&theirs) {
+                f()
+            }
+        }) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("drover agent: cannot start a thread ({e}): {name} runs on this one");
+            if let Some(f) = take(&job) {
+                f()
+            }
+            None
+        }
+    }
 }
 
 /// How the agent runs.
@@ -201,6 +337,33 @@ impl Out<'_> {
     fn event(&mut self, msg: impl Into<String>) {
         let _ = drover_wire::write_line(self.stream, &Line::Event(Event { event: msg.into() }));
     }
+
+    /// One element of a list reply (`Line::Item`).
+    fn item(&mut self, item: serde_json::Value) -> Result<()> {
+        drover_wire::write_line(self.stream, &Line::Item { item })?;
+        Ok(())
+    }
+}
+
+/// A generation as one history line, shorter than the protocol's limit: one written before
+/// config values were bounded shows the sizes of its values, not the values.
+fn fit_line(mut g: drover_wire::GenerationInfo) -> serde_json::Value {
+    let fits = |g: &drover_wire::GenerationInfo| {
+        serde_json::to_vec(g).map_or(0, |v| v.len()) < drover_wire::MAX_LINE - 64
+    };
+    if !fits(&g) {
+        for v in g.env.values_mut() {
+            *v = format!("({} bytes, too long to show)", v.len());
+        }
+        if let Some(r) = g.reason.as_mut().filter(|r| r.len() > 4096) {
+            let mut end = 4096;
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r.truncate(end);
+        }
+    }
+    to_json(g)
 }
 
 impl Agent {
@@ -246,6 +409,7 @@ impl Agent {
             proxy_rt: std::sync::OnceLock::new(),
             proxies: Arc::new(Mutex::new(HashMap::new())),
             inherited: Mutex::new(inherited),
+            conns: Mutex::new(Conns::default()),
             identity: drover_config::secrets::Identity::load_or_create(&host_key_path(&root))
                 .map_err(std::io::Error::other)?,
         });
@@ -267,14 +431,66 @@ impl Agent {
         );
 
         let monitor = Arc::clone(&agent);
-        std::thread::spawn(move || monitor.monitor());
+        std::thread::Builder::new()
+            .name("drover-monitor".into())
+            .spawn(move || monitor.monitor())?;
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let agent = Arc::clone(&agent);
-            std::thread::spawn(move || agent.serve(conn));
+            agent.accept(conn);
         }
         drop(lock);
         Ok(())
+    }
+
+    /// Serves one client connection on its own thread, within the connection bounds; a
+    /// connection over them, or one no thread can be started for, gets an error reply.
+    fn accept(self: &Arc<Agent>, conn: UnixStream) {
+        let client = rustix::net::sockopt::socket_peercred(&conn)
+            .map(|c| c.pid.as_raw_nonzero().get() as u32)
+            .unwrap_or(0);
+        let refuse = |conn: &UnixStream, message: String, hint: &str| {
+            eprintln!("drover agent: refused a connection: {message}");
+            let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+            let reply = Reply::Error(WireError {
+                message,
+                hint: Some(hint.to_string()),
+                details: Vec::new(),
+            });
+            let _ = drover_wire::write_line(&mut &*conn, &Line::Reply(reply));
+        };
+        let admitted = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(client);
+        if let Err(message) = admitted {
+            refuse(
+                &conn,
+                message,
+                "wait for the other requests to finish (a `drover logs -f` holds one), then try again",
+            );
+            return;
+        }
+        let slot = Admitted {
+            agent: Arc::clone(self),
+            client,
+        };
+        let spare = conn.try_clone().ok();
+        let started = std::thread::Builder::new()
+            .name("drover-request".into())
+            .spawn(move || {
+                slot.agent.serve(conn);
+                drop(slot);
+            });
+        if let Err(e) = started
+            && let Some(conn) = spare
+        {
+            refuse(
+                &conn,
+                format!("the agent cannot start a thread for this request: {e}"),
+                "the host is out of threads or memory (a pids or process limit?): stop something, then try again",
+            );
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, AppRt>> {
@@ -286,10 +502,13 @@ impl Agent {
             Ok(s) => s,
             Err(_) => return,
         });
+        // A client that connects and says nothing gives its place up.
+        let _ = stream.set_read_timeout(Some(REQUEST_WAIT));
         let line = match drover_wire::read_line(&mut reader) {
             Ok(Some(l)) => l,
             _ => return,
         };
+        let _ = stream.set_read_timeout(None);
         if matches!(
             serde_json::from_str::<Request>(&line),
             Ok(Request::Handover)
@@ -383,7 +602,11 @@ impl Agent {
             Request::Status { app } => self.status(app.as_deref()).map(to_json),
             Request::History { app } => {
                 let dir = self.app_dir(&app)?;
-                Ok(to_json(dir.history()))
+                // One line per generation: a long history never makes a long line.
+                for g in dir.history() {
+                    out.item(fit_line(g))?;
+                }
+                Ok(serde_json::Value::Array(Vec::new()))
             }
             Request::Stop { app, who } => {
                 self.stop_app(&app, &who)?;
@@ -487,6 +710,9 @@ impl Agent {
         let id = self.store.resolve(query)?;
         let manifest = self.store.trusted_manifest(&id)?;
         let app = manifest.app.clone();
+        manifest.runtime.check_bounds().map_err(|(m, h)| {
+            bounds_failure((format!("release {app}@{}: {m}", manifest.version), h))
+        })?;
         let _guard = self.claim(&app, who)?;
         if let Some((g, _)) = self.lock().get(&app).and_then(|rt| rt.canary) {
             return Err(Failure::new(format!(
@@ -575,6 +801,8 @@ impl Agent {
             (&g.role_layer, named("role", &g.role)),
             (&g.host_config, "host (drover config set)".to_string()),
         ] {
+            drover_config::check_env_values(layer, |k| format!("`{k}` ({source})"))
+                .map_err(bounds_failure)?;
             for (k, v) in layer {
                 env.insert(k.clone(), v.clone());
                 entries.insert(
@@ -588,6 +816,7 @@ impl Agent {
                 );
             }
         }
+        drover_config::check_env_total(&env).map_err(bounds_failure)?;
         if let Some(text) = g.secrets.as_deref() {
             let what = format!(
                 "{} of `{}` (as deployed)",
@@ -793,7 +1022,21 @@ impl Agent {
                 "generation {} is still warm: switching without a start",
                 target.generation
             ));
-            return self.go_live(&dir, &g, &manifest, &warm_pids, Instant::now(), out);
+            // Nothing of its own to stop; recorded failed unless it goes live.
+            let attempt = Attempt::new(self, &dir, app, g.generation);
+            let plan = self
+                .prepare_proxy(app, manifest.runtime.proxy.as_ref())
+                .inspect_err(|e| attempt.fail(e.0.message.clone()))?;
+            return self.go_live(
+                &dir,
+                &g,
+                &manifest,
+                &warm_pids,
+                Instant::now(),
+                plan,
+                Some(&attempt),
+                out,
+            );
         }
         self.switch(&dir, &g, &manifest, false, None, out)
     }
@@ -827,9 +1070,11 @@ impl Agent {
         canary: Option<u8>,
         out: &mut Out,
     ) -> Result<()> {
+        drover_store::failpoint::hit("agent.switch.pending");
         let app = manifest.app.clone();
+        let attempt = Attempt::new(self, dir, &app, g.generation);
         let fail = |reason: String, details: Vec<String>| -> Failure {
-            let _ = dir.record(g.generation, "failed", Some(reason.clone()));
+            attempt.fail(reason.clone());
             Failure::new(format!(
                 "deploy of {}@{} (generation {}) failed: {reason}",
                 app, g.version, g.generation
@@ -861,9 +1106,14 @@ impl Agent {
             out.event(msg);
         }
         let tree = checked.path;
-        if let Some(p) = &manifest.runtime.proxy {
-            self.ensure_proxy(&app, p)
-                .map_err(|e| fail(e.0.message, vec![]))?;
+        let plan = self
+            .prepare_proxy(&app, manifest.runtime.proxy.as_ref())
+            .map_err(|e| fail(e.0.message, vec![]))?;
+        if canary.is_some() && !matches!(plan, ProxyPlan::Keep) {
+            return Err(fail(
+                "a canary cannot change `[proxy]` (its port or settings): the live proxy serves both generations".into(),
+                vec![],
+            ));
         }
 
         if run_hook && let Some(hook) = &manifest.runtime.hooks.release {
@@ -892,29 +1142,29 @@ impl Agent {
 
         let specs = self.specs(dir, g, manifest, &tree);
         out.event(format!("starting {} instances", specs.len()));
-        let mut started = Vec::new();
         for (process, index, spec) in specs {
             match self.spawn_instance(&app, &process, index, g.generation, spec, false) {
-                Ok(pid) => started.push(pid),
+                Ok(pid) => attempt.started.borrow_mut().push(pid),
                 Err(e) => {
-                    self.stop_now(&app, &started);
                     return Err(fail(format!("cannot start {process}.{index}: {e}"), vec![]));
                 }
             }
         }
+        let started = attempt.started.borrow().clone();
         if canary.is_none() {
             // Prepared while the instances start: the switch will be a single rename.
-            dir.stage_current(g.generation)?;
+            dir.stage_current(g.generation)
+                .map_err(|e| fail(format!("cannot stage the switch: {e}"), vec![]))?;
         }
         if let Err((reason, details)) = self.wait_healthy(&app, &started, manifest, out) {
-            dir.unstage_current(g.generation);
-            self.stop_now(&app, &started);
             return Err(fail(reason, details));
         }
         let healthy_at = Instant::now();
 
         if let Some(weight) = canary {
-            dir.record(g.generation, "canary", None)?;
+            dir.record(g.generation, "canary", None)
+                .map_err(|e| fail(format!("cannot record the canary: {e}"), vec![]))?;
+            attempt.live.set(true);
             {
                 let mut apps = self.lock();
                 let rt = apps.entry(app.clone()).or_default();
@@ -930,11 +1180,21 @@ impl Agent {
             ));
             return Ok(());
         }
-        self.go_live(dir, g, manifest, &started, healthy_at, out)
+        self.go_live(
+            dir,
+            g,
+            manifest,
+            &started,
+            healthy_at,
+            plan,
+            Some(&attempt),
+            out,
+        )
     }
 
     /// The switch: `current` is renamed into place, the proxy routes to the `new` instances,
     /// and the previous ones drain and stop (or stay warm, blue-green).
+    #[allow(clippy::too_many_arguments)]
     fn go_live(
         &self,
         dir: &AppDir,
@@ -942,13 +1202,27 @@ impl Agent {
         manifest: &Manifest,
         new: &[u32],
         healthy_at: Instant,
+        proxy: ProxyPlan,
+        attempt: Option<&Attempt>,
         out: &mut Out,
     ) -> Result<()> {
         let app = manifest.app.clone();
         let previous = dir.current();
         // The switch: `current` is renamed into place (prepared and fsynced beforehand),
         // traffic moves at once, then the directory is synced and the history written.
-        dir.switch_current(g.generation)?;
+        drover_store::failpoint::hit("agent.switch.before_rename");
+        dir.switch_current(g.generation).map_err(|e| {
+            let reason = format!("cannot switch `current`: {e}");
+            if let Some(a) = attempt {
+                a.fail(reason.clone());
+            }
+            Failure::new(reason)
+        })?;
+        // Live from here on, whatever fails next.
+        if let Some(a) = attempt {
+            a.live.set(true);
+        }
+        drover_store::failpoint::hit("agent.switch.after_rename");
         let old: Vec<u32> = {
             let mut apps = self.lock();
             let rt = apps.entry(app.clone()).or_default();
@@ -966,6 +1240,11 @@ impl Agent {
                 .map(|i| i.pid)
                 .collect()
         };
+        // The proxy follows the generation that is live now, and only it.
+        if let Err(e) = self.install_proxy(&app, proxy) {
+            eprintln!("drover agent: {app}: {}", e.0.message);
+            out.event(format!("the proxy did not change: {}", e.0.message));
+        }
         self.refresh_routes(&app);
         let moved = healthy_at.elapsed();
         dir.sync()?;
@@ -974,6 +1253,7 @@ impl Agent {
         if let Some(p) = previous.filter(|p| *p != g.generation) {
             let _ = dir.record(p, "superseded", None);
         }
+        drover_store::failpoint::hit("agent.switch.before_stop_old");
         let proxy = manifest.runtime.proxy.as_ref();
         if proxy.is_some_and(|p| p.strategy == drover_config::Strategy::BlueGreen) {
             let keep = proxy.map(|p| p.keep_warm.0).unwrap_or_default();
@@ -1021,8 +1301,9 @@ impl Agent {
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
         let manifest = self.store.trusted_manifest(&id)?;
         let pids = self.pids_of(app, gen_n);
+        let plan = self.prepare_proxy(app, manifest.runtime.proxy.as_ref())?;
         out.event(format!("promoting generation {gen_n} to all traffic"));
-        self.go_live(&dir, &g, &manifest, &pids, Instant::now(), out)
+        self.go_live(&dir, &g, &manifest, &pids, Instant::now(), plan, None, out)
     }
 
     fn abort(&self, app: &str, who: &str, out: &mut Out) -> Result<()> {
@@ -1139,44 +1420,78 @@ impl Agent {
         })
     }
 
-    /// The app's proxy on its public port, bound once and kept for the app's life.
-    fn ensure_proxy(&self, app: &str, cfg: &drover_config::Proxy) -> Result<ProxyHandle> {
-        let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = proxies.get(app)
-            && p.port == cfg.port
-        {
-            return Ok(p.clone());
+    /// Makes ready what `cfg` (a generation's `[proxy]`) asks of the app's proxy; changes
+    /// nothing that serves (see `ProxyPlan`).
+    fn prepare_proxy(&self, app: &str, cfg: Option<&drover_config::Proxy>) -> Result<ProxyPlan> {
+        let current = self.proxy(app);
+        let Some(cfg) = cfg else {
+            return Ok(match current {
+                Some(_) => ProxyPlan::Remove,
+                None => ProxyPlan::Keep,
+            });
+        };
+        let want = ProxyConf::of(cfg);
+        if let Some(p) = &current {
+            if self.lock().get(app).and_then(|rt| rt.proxy_conf.as_ref()) == Some(&want) {
+                return Ok(ProxyPlan::Keep);
+            }
+            if p.port == want.port {
+                // Other settings, same port: a new proxy takes over the same socket.
+                return Ok(ProxyPlan::Serve(p.listener().try_clone()?, want));
+            }
         }
         let inherited = self
             .inherited
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&cfg.port);
+            .remove(&want.port);
         let listener = match inherited {
             Some(l) => Ok(l),
-            None => std::net::TcpListener::bind(("0.0.0.0", cfg.port)),
+            None => std::net::TcpListener::bind(("0.0.0.0", want.port)),
         }
         .map_err(|e| {
             Failure::new(format!(
                 "cannot bind port {} for the proxy of `{app}`: {e}",
-                cfg.port
+                want.port
             ))
             .hint("another program or app uses that port: change `[proxy] port`")
         })?;
-        let settings = drover_proxy::Settings {
-            max_body: cfg.max_body,
-            request_timeout: cfg.request_timeout.0,
-            header_timeout: cfg.header_timeout.0,
-            ..Default::default()
+        Ok(ProxyPlan::Serve(listener, want))
+    }
+
+    /// Puts a prepared proxy in place: the app's public port and settings become the ones
+    /// of the generation now live. The proxy it replaces stops accepting and finishes its
+    /// connections (routed like the new one).
+    fn install_proxy(&self, app: &str, plan: ProxyPlan) -> Result<()> {
+        let (handle, conf) = match plan {
+            ProxyPlan::Keep => return Ok(()),
+            ProxyPlan::Remove => (None, None),
+            ProxyPlan::Serve(listener, conf) => {
+                // Routed from its first connection: an agent taking over serves at once.
+                let handle =
+                    self.runtime()?
+                        .serve(app, listener, conf.settings(), self.routes_for(app))?;
+                (Some(handle), Some(conf))
+            }
         };
-        // Routed from its first connection: an agent taking over serves at once.
-        let handle = self
-            .runtime()?
-            .serve(app, listener, settings, self.routes_for(app))?;
-        if let Some(old) = proxies.insert(app.to_string(), handle.clone()) {
+        let old = {
+            let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+            match &handle {
+                Some(h) => proxies.insert(app.to_string(), h.clone()),
+                None => proxies.remove(app),
+            }
+        };
+        self.lock().entry(app.to_string()).or_default().proxy_conf = conf;
+        if let Some(old) = old {
+            if let Some(h) = &handle {
+                if old.paused() {
+                    h.pause();
+                }
+                old.set_routes(self.routes_for(app));
+            }
             old.shutdown();
         }
-        Ok(handle)
+        Ok(())
     }
 
     /// Points the app's proxy at the live generation's healthy instances (and the canary's).
@@ -1229,12 +1544,15 @@ impl Agent {
 
     /// Takes instances out of traffic, lets their requests finish (up to `drain`), then
     /// stops them (SIGTERM to each group, SIGKILL after its stop timeout), in the background.
-    fn retire(&self, app: &str, pids: &[u32], drain: Duration) -> std::thread::JoinHandle<()> {
+    fn retire(
+        &self,
+        app: &str,
+        pids: &[u32],
+        drain: Duration,
+    ) -> Option<std::thread::JoinHandle<()>> {
         let (targets, backends) = {
             let mut apps = self.lock();
-            let Some(rt) = apps.get_mut(app) else {
-                return std::thread::spawn(|| {});
-            };
+            let rt = apps.get_mut(app)?;
             let mut t: Vec<(u32, Duration)> = Vec::new();
             let mut b: Vec<Arc<Backend>> = Vec::new();
             for i in rt.instances.iter_mut().filter(|i| pids.contains(&i.pid)) {
@@ -1247,7 +1565,7 @@ impl Agent {
         };
         self.refresh_routes(app);
         let proxy = self.proxy(app);
-        std::thread::spawn(move || {
+        spawn_or_run("drover-retire", move || {
             if let Some(p) = proxy {
                 p.drain(&backends, drain);
             }
@@ -1459,7 +1777,9 @@ impl Agent {
 
     /// Stops instances now (no drain) and waits until they are gone.
     fn stop_now(&self, app: &str, pids: &[u32]) {
-        let _ = self.retire(app, pids, Duration::ZERO).join();
+        if let Some(h) = self.retire(app, pids, Duration::ZERO) {
+            let _ = h.join();
+        }
         self.reap(app);
     }
 
@@ -1773,6 +2093,11 @@ impl Agent {
             dir.sweep_staged();
             let current = dir.current();
             for h in dir.history() {
+                // An agent killed between the switch and its history: the one live
+                // generation is the one `current` names.
+                if h.outcome == "live" && Some(h.generation) != current {
+                    let _ = dir.record(h.generation, "superseded", None);
+                }
                 if h.outcome == "pending" {
                     if Some(h.generation) == current {
                         let _ = dir.record(h.generation, "live", None);
@@ -1848,8 +2173,11 @@ impl Agent {
             }
             strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
             if let Some(p) = &manifest.runtime.proxy {
-                match self.ensure_proxy(&app, p) {
-                    Ok(_) => self.refresh_routes(&app),
+                match self
+                    .prepare_proxy(&app, Some(p))
+                    .and_then(|plan| self.install_proxy(&app, plan))
+                {
+                    Ok(()) => self.refresh_routes(&app),
                     Err(e) => eprintln!("drover agent: {}", e.0.message),
                 }
             }
@@ -2104,11 +2432,73 @@ pub fn host_key_path(root: &Path) -> PathBuf {
     root.join("keys/host.age")
 }
 
+/// A value out of `drover_config`'s bounds: its message and hint.
+fn bounds_failure((message, hint): (String, Option<String>)) -> Failure {
+    let mut f = Failure::new(message);
+    f.0.hint = hint;
+    f
+}
+
 fn secrets_failure(e: drover_config::secrets::SecretsError) -> Failure {
     let hint = e.hint();
     let mut f = Failure::new(e.to_string());
     f.0.hint = hint;
     f
+}
+
+/// A switch's new generation until it is live. Dropped before that (an error, an early
+/// return, a panic), it stops the instances it started and records the generation failed:
+/// a failed switch never leaves a generation pending or its instances running.
+struct Attempt<'a> {
+    agent: &'a Agent,
+    dir: &'a AppDir,
+    app: String,
+    generation: u64,
+    started: std::cell::RefCell<Vec<u32>>,
+    reason: std::cell::RefCell<Option<String>>,
+    live: std::cell::Cell<bool>,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(agent: &'a Agent, dir: &'a AppDir, app: &str, generation: u64) -> Attempt<'a> {
+        Attempt {
+            agent,
+            dir,
+            app: app.to_string(),
+            generation,
+            started: Default::default(),
+            reason: Default::default(),
+            live: Default::default(),
+        }
+    }
+
+    /// Why it failed (the first reason given is the one recorded).
+    fn fail(&self, reason: String) {
+        self.reason.borrow_mut().get_or_insert(reason);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.live.get() {
+            return;
+        }
+        self.dir.unstage_current(self.generation);
+        let started = self.started.take();
+        if !started.is_empty() {
+            self.agent.stop_now(&self.app, &started);
+        }
+        let reason = self
+            .reason
+            .take()
+            .unwrap_or_else(|| "the deploy ended before its generation went live".to_string());
+        if let Err(e) = self.dir.record(self.generation, "failed", Some(reason)) {
+            eprintln!(
+                "drover agent: {}: cannot record generation {} failed: {e}",
+                self.app, self.generation
+            );
+        }
+    }
 }
 
 struct ClaimGuard<'a> {
@@ -2195,4 +2585,69 @@ fn to_json(v: impl serde::Serialize) -> serde_json::Value {
 fn fmt_time(secs: u64) -> String {
     let ago = state::now().saturating_sub(secs);
     format!("{ago}s ago (unix time {secs})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_bounded_per_client_and_in_all() {
+        let mut c = Conns::default();
+        for _ in 0..MAX_CONNS_PER_CLIENT {
+            c.admit(7).unwrap();
+        }
+        let e = c.admit(7).unwrap_err();
+        assert!(
+            e.contains("process 7") && e.contains("at most 16 per client"),
+            "{e}"
+        );
+        c.release(7);
+        c.admit(7).unwrap();
+        for client in 100..(100 + MAX_CONNS - MAX_CONNS_PER_CLIENT) as u32 {
+            c.admit(client).unwrap();
+        }
+        let e = c.admit(1).unwrap_err();
+        assert!(e.contains("at most 128"), "{e}");
+        c.release(100);
+        c.admit(1).unwrap();
+        assert_eq!(c.total, MAX_CONNS);
+    }
+
+    #[test]
+    fn a_generation_written_before_the_bounds_still_fits_one_history_line() {
+        let g = drover_wire::GenerationInfo {
+            generation: 1,
+            release: "r".into(),
+            version: "1".into(),
+            who: "me".into(),
+            created: 0,
+            from: None,
+            kind: "deploy".into(),
+            outcome: "live".into(),
+            reason: None,
+            env: BTreeMap::from([
+                ("BIG".to_string(), "x".repeat(2 << 20)),
+                ("SMALL".to_string(), "y".into()),
+            ]),
+            secrets: Vec::new(),
+        };
+        let v = fit_line(g);
+        assert!(serde_json::to_vec(&v).unwrap().len() < drover_wire::MAX_LINE);
+        assert_eq!(v["env"]["BIG"], "(2097152 bytes, too long to show)");
+        let small = fit_line(drover_wire::GenerationInfo {
+            env: BTreeMap::from([("SMALL".to_string(), "y".into())]),
+            ..serde_json::from_value(v).unwrap()
+        });
+        assert_eq!(small["env"]["SMALL"], "y");
+    }
+
+    #[test]
+    fn work_is_done_whether_or_not_a_thread_starts() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(h) = spawn_or_run("test", move || tx.send(1).unwrap()) {
+            h.join().unwrap();
+        }
+        assert_eq!(rx.recv().unwrap(), 1);
+    }
 }

@@ -66,6 +66,87 @@ pub struct Runtime {
     pub hooks: Hooks,
 }
 
+/// The most instances one process may ask for (`[process.NAME] instances`).
+pub const MAX_INSTANCES: u32 = 256;
+
+/// The largest config value (one `[env]` entry, from any layer), in bytes.
+pub const MAX_ENV_VALUE: usize = 64 << 10;
+
+/// The largest merged environment of a generation (keys and values), in bytes.
+pub const MAX_ENV_TOTAL: usize = 256 << 10;
+
+/// Sizes in messages: `64 KiB`.
+fn kib(n: usize) -> String {
+    format!("{} KiB", n >> 10)
+}
+
+/// Checks one config layer's values against `MAX_ENV_VALUE`; `key_of` names a key as the
+/// message shows it (``key `env.NAME` ``, `` `NAME` (host config) ``).
+pub fn check_env_values<'a>(
+    layer: impl IntoIterator<Item = (&'a String, &'a String)>,
+    key_of: impl Fn(&str) -> String,
+) -> Result<(), (String, Option<String>)> {
+    for (k, v) in layer {
+        if v.len() > MAX_ENV_VALUE {
+            return Err((
+                format!(
+                    "{}: the value is {} bytes, more than the {} a config value may hold",
+                    key_of(k),
+                    v.len(),
+                    kib(MAX_ENV_VALUE)
+                ),
+                Some(
+                    "keep large data in a file of the release and put its path in the value".into(),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a merged environment against `MAX_ENV_TOTAL`.
+pub fn check_env_total(env: &BTreeMap<String, String>) -> Result<(), (String, Option<String>)> {
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ENV_TOTAL {
+        return Err((
+            format!(
+                "the config values add up to {total} bytes, more than the {} a generation may hold",
+                kib(MAX_ENV_TOTAL)
+            ),
+            Some("keep large data in a file of the release and put its path in a value".into()),
+        ));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// The bounds on values that the types do not give: ports, instance counts, config
+    /// value sizes. Messages name the key; the caller names the file or release.
+    pub fn check_bounds(&self) -> Result<(), (String, Option<String>)> {
+        for (name, p) in &self.process {
+            if p.instances == 0 || p.instances > MAX_INSTANCES {
+                return Err((
+                    format!(
+                        "key `process.{name}.instances` is {}: it must be from 1 to {MAX_INSTANCES}",
+                        p.instances
+                    ),
+                    (p.instances == 0).then_some("use `drover stop APP` to stop an app".into()),
+                ));
+            }
+        }
+        if let Some(proxy) = &self.proxy
+            && proxy.port == 0
+        {
+            return Err((
+                "key `proxy.port` is 0: it must be a port from 1 to 65535".into(),
+                Some("the proxy holds this port for the app's whole life: pick a fixed one".into()),
+            ));
+        }
+        check_env_values(&self.env, |k| format!("key `env.{k}`"))?;
+        check_env_total(&self.env)
+    }
+}
+
 impl Config {
     pub fn runtime(&self) -> Runtime {
         Runtime {
@@ -382,16 +463,8 @@ impl Config {
             if p.command.trim().is_empty() {
                 return Err((format!("key `process.{name}.command` is empty"), None));
             }
-            if p.instances == 0 {
-                return Err((
-                    format!("key `process.{name}.instances` must be at least 1"),
-                    Some(format!(
-                        "use `drover stop {}` to stop an app",
-                        self.app.name
-                    )),
-                ));
-            }
         }
+        self.runtime().check_bounds()?;
         if let Some(h) = &self.health {
             match (&h.path, &h.command) {
                 (None, None) => {
@@ -490,6 +563,12 @@ impl Config {
                         ));
                     }
                 }
+            }
+            check_env_values(&e.env, |k| format!("key `environments.{name}.env.{k}`"))?;
+            for (role, r) in &e.roles {
+                check_env_values(&r.env, |k| {
+                    format!("key `environments.{name}.roles.{role}.env.{k}`")
+                })?;
             }
             for key in e.env.keys() {
                 if !valid_env_key(key) {
@@ -630,6 +709,33 @@ mod tests {
         let err = parse("[app]\nname = \"x\"\n[health]\ntimeout = \"3 weeks\"\npath = \"/\"\n")
             .unwrap_err();
         assert!(err.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn ports_instances_and_config_values_are_bounded() {
+        let base = "[app]\nname = \"x\"\n[process.web]\ncommand = \"a\"\n";
+        let e = parse(&format!("{base}[proxy]\nport = 0\n")).unwrap_err();
+        assert!(
+            e.contains("app/drover.toml") && e.contains("proxy.port") && e.contains("1 to 65535"),
+            "{e}"
+        );
+        let e = parse(&format!("{base}[proxy]\nport = 70000\n")).unwrap_err();
+        assert!(e.contains("app/drover.toml") && e.contains("port"), "{e}");
+        let e = parse(&format!("{base}instances = 100000\n")).unwrap_err();
+        assert!(
+            e.contains("process.web.instances") && e.contains("from 1 to 256"),
+            "{e}"
+        );
+        parse(&format!("{base}instances = 256\n[proxy]\nport = 65535\n")).unwrap();
+        let big = "v".repeat(MAX_ENV_VALUE + 1);
+        let e = parse(&format!("{base}[env]\nBIG = \"{big}\"\n")).unwrap_err();
+        assert!(e.contains("env.BIG") && e.contains("64 KiB"), "{e}");
+        let e = parse(&format!("{base}[environments.p.env]\nBIG = \"{big}\"\n")).unwrap_err();
+        assert!(e.contains("environments.p.env.BIG"), "{e}");
+        let fit = "v".repeat(MAX_ENV_VALUE);
+        let many: String = (0..5).map(|i| format!("K{i} = \"{fit}\"\n")).collect();
+        let e = parse(&format!("{base}[env]\n{many}")).unwrap_err();
+        assert!(e.contains("256 KiB"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub const POINTS: &[&str] = &[
     "commit.durable",
     // The agent: its socket bound in a private directory, not yet renamed into place.
     "agent.socket_bound",
+    // The agent's switch: the new generation recorded pending, `current` renamed, old
+    // instances stopped.
+    "agent.switch.pending",
+    "agent.switch.before_rename",
+    "agent.switch.after_rename",
+    "agent.switch.before_stop_old",
 ];
 
 /// Dies here (SIGKILL, no destructors, no flushing) when `DROVER_FAILPOINT` names `name`.

@@ -1,5 +1,7 @@
 //! The agent protocol: what the CLI sends and what the agent answers, as JSON lines.
-//! One request line; then zero or more `Event` lines; then one final `Reply` line.
+//! One request line; then zero or more `Event` (or `Log`, or `Item`) lines; then one final
+//! `Reply` line. A reply that is a long list comes as one `Item` line per element, so no
+//! line grows with the list (see `Line::Item`).
 //! The same bytes travel over the local unix socket and (later) over an ssh channel.
 
 use std::collections::BTreeMap;
@@ -86,6 +88,7 @@ pub enum Request {
     Status {
         app: Option<String>,
     },
+    /// The app's generations, oldest first: one `Line::Item` each, then an empty list.
     History {
         app: String,
     },
@@ -148,8 +151,41 @@ pub struct WireError {
 #[serde(untagged)]
 pub enum Line {
     Event(Event),
-    Log { log: String },
+    Log {
+        log: String,
+    },
+    /// One element of a list reply, sent ahead of the final reply, whose value (a list)
+    /// holds the rest: the list is the items followed by that value's elements
+    /// (`Items::finish`). Each item is its own line, so a long history never makes a
+    /// line longer than `MAX_LINE`.
+    Item {
+        item: serde_json::Value,
+    },
     Reply(Reply),
+}
+
+/// Collects `Line::Item`s into the list reply they belong to.
+#[derive(Debug, Default)]
+pub struct Items(Vec<serde_json::Value>);
+
+impl Items {
+    pub fn push(&mut self, item: serde_json::Value) {
+        self.0.push(item);
+    }
+
+    /// The whole reply: the items received, then the final reply's own elements.
+    pub fn finish(self, reply: serde_json::Value) -> serde_json::Value {
+        if self.0.is_empty() {
+            return reply;
+        }
+        let mut all = self.0;
+        match reply {
+            serde_json::Value::Array(rest) => all.extend(rest),
+            serde_json::Value::Null => {}
+            other => all.push(other),
+        }
+        serde_json::Value::Array(all)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -372,6 +408,19 @@ mod tests {
         assert!(matches!(l, Line::Reply(Reply::Ok(_))));
         let l: Line = serde_json::from_str(r#"{"log":"x"}"#).unwrap();
         assert!(matches!(l, Line::Log { .. }));
+        let l: Line = serde_json::from_str(r#"{"item":{"generation":1}}"#).unwrap();
+        assert!(matches!(l, Line::Item { .. }));
+        let mut items = Items::default();
+        items.push(serde_json::json!(1));
+        items.push(serde_json::json!(2));
+        assert_eq!(
+            items.finish(serde_json::json!([3])),
+            serde_json::json!([1, 2, 3])
+        );
+        assert_eq!(
+            Items::default().finish(serde_json::json!([])),
+            serde_json::json!([])
+        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"nuke"}"#).is_err());
     }
 

@@ -73,10 +73,14 @@ pub fn call(
         return Err(too_large(req, None));
     }
     let mut stream = connect(root)?;
-    drover_wire::write_line(&mut stream, req)?;
+    // An agent that refuses the connection (too many open, no thread to serve it) says why
+    // and closes before reading the request: its reply is read all the same.
+    let sent = drover_wire::write_line(&mut stream, req);
     let mut reader = BufReader::new(stream);
+    let mut items = drover_wire::Items::default();
     loop {
         let Some(line) = drover_wire::read_line(&mut reader)? else {
+            sent?;
             anyhow::bail!(
                 "the agent closed the connection without an answer (did it crash? see {})",
                 root.join("agent.log").display()
@@ -85,7 +89,8 @@ pub fn call(
         let line: Line = serde_json::from_str(&line)
             .map_err(|e| anyhow::anyhow!("bad line from the agent: {e}: {line}"))?;
         match line {
-            Line::Reply(Reply::Ok(v)) => return Ok(v),
+            Line::Reply(Reply::Ok(v)) => return Ok(items.finish(v)),
+            Line::Item { item } => items.push(item),
             Line::Reply(Reply::Error(e)) => return Err(AgentError(e).into()),
             other => on_line(&other),
         }
@@ -97,7 +102,7 @@ pub fn print_events(line: &Line) {
     match line {
         Line::Event(e) => eprintln!("  {}", e.event),
         Line::Log { log } => println!("{log}"),
-        Line::Reply(_) => {}
+        Line::Item { .. } | Line::Reply(_) => {}
     }
 }
 

@@ -294,10 +294,12 @@ pub fn agent_call(
         serde_json::to_value(req).map_err(|e| HostError::new(format!("{}: {e}", s.name)))?;
     s.with_serve(|sv| {
         sv.send(&ServeOp::Agent { request })?;
+        let mut items = drover_wire::Items::default();
         let reply = loop {
             let line = sv.line()?;
             match serde_json::from_str::<Line>(&line) {
                 Ok(Line::Reply(r)) => break r,
+                Ok(Line::Item { item }) => items.push(item),
                 Ok(Line::Event(e)) => {
                     if confirm && e.event == drover_wire::AWAITING_CONFIRM {
                         drover_store::failpoint::hit("fleet.confirm-before-send");
@@ -312,7 +314,7 @@ pub fn agent_call(
         };
         sv.send(&EndOp { end: true })?;
         match reply {
-            Reply::Ok(v) => Ok(v),
+            Reply::Ok(v) => Ok(items.finish(v)),
             Reply::Error(e) => Err(OpError::Host(wire_error(s, e))),
         }
     })

@@ -1190,3 +1190,329 @@ fn another_users_root_and_socket_are_named_with_the_way_out() {
         assert!(!run.stderr.contains("no drover agent"), "{}", run.stderr);
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status code the proxy on `port` answers a POST with a `len`-byte body.
+fn post_status(port: u16, len: usize) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len}\r\n\r\n{}",
+        "b".repeat(len)
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// What answers on the public port `port`: the version, or None when nothing listens.
+fn public_version(port: u16) -> Option<String> {
+    let (_, body) = http_get(port, "/").ok()?;
+    let v = body.split("version ").nth(1)?;
+    Some(
+        v.split(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+            .next()?
+            .to_string(),
+    )
+}
+
+#[test]
+fn the_public_port_and_proxy_settings_move_only_with_the_live_generation() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let (a, b) = (free_port(), free_port());
+    let proxied = |dir: &str, version: &str, port: u16, extra: &str| {
+        cx.hello_app(
+            dir,
+            version,
+            &format!("[proxy]\nport = {port}\nmax_body = 100000\n{extra}"),
+        )
+    };
+    let v1 = proxied("v1", "1", a, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    assert_eq!(public_version(a).as_deref(), Some("1"));
+
+    // Another port and body limit, and a health check that fails: nothing of it serves.
+    let v2 = cx.hello_app(
+        "v2",
+        "2",
+        &format!(
+            "[proxy]\nport = {b}\nmax_body = 10\n[health]\npath = \"/broken\"\ntimeout = \"2s\"\n"
+        ),
+    );
+    cx.drover(&["deploy", v2.to_str().unwrap()]).failure();
+    assert_eq!(public_version(a).as_deref(), Some("1"));
+    assert_eq!(public_version(b), None, "port {b} answers");
+    assert_ne!(post_status(a, 1000), 413);
+    assert_eq!(cx.app_status("hello")["proxy"]["port"], a);
+    let text = cx.drover(&["status", "hello"]).success().stdout;
+    assert!(text.contains(&format!("port {a}")), "{text}");
+
+    // A successful deploy moves port and settings with its generation.
+    let v3 = cx.hello_app("v3", "3", &format!("[proxy]\nport = {b}\nmax_body = 10\n"));
+    cx.drover(&["deploy", v3.to_str().unwrap()]).success();
+    assert_eq!(public_version(b).as_deref(), Some("3"));
+    assert_eq!(post_status(b, 1000), 413);
+    assert_eq!(cx.app_status("hello")["proxy"]["port"], b);
+    wait_for("port A to close", Duration::from_secs(10), || {
+        public_version(a).is_none()
+    });
+
+    // A rollback moves them back.
+    cx.drover(&["rollback", "hello"]).success();
+    assert_eq!(public_version(a).as_deref(), Some("1"));
+    assert_ne!(post_status(a, 1000), 413);
+    assert_eq!(cx.app_status("hello")["proxy"]["port"], a);
+    wait_for("port B to close", Duration::from_secs(10), || {
+        public_version(b).is_none()
+    });
+
+    // Other settings on the same port: a new proxy on the same socket.
+    let v4 = cx.hello_app("v4", "4", &format!("[proxy]\nport = {a}\nmax_body = 10\n"));
+    cx.drover(&["deploy", v4.to_str().unwrap()]).success();
+    assert_eq!(public_version(a).as_deref(), Some("4"));
+    assert_eq!(post_status(a, 1000), 413);
+    assert_eq!(cx.app_status("hello")["proxy"]["port"], a);
+}
+
+#[test]
+fn a_crash_at_each_durable_step_of_the_switch_leaves_exactly_one_generation_live() {
+    use std::os::unix::process::ExitStatusExt;
+    for (point, survivor) in [
+        ("agent.switch.pending", "1"),
+        ("agent.switch.before_rename", "1"),
+        ("agent.switch.after_rename", "2"),
+        ("agent.switch.before_stop_old", "2"),
+    ] {
+        let cx = TestContext::new();
+        let port = free_port();
+        let v1 = cx.hello_app("v1", "1", &format!("[proxy]\nport = {port}\n"));
+        let v2 = cx.hello_app("v2", "2", &format!("[proxy]\nport = {port}\n"));
+        // v1's deploy passes each point once; v2's dies at its second.
+        let failpoint = format!("{point}#2");
+        let mut agent = cx.start_agent_env(&[], &[("DROVER_FAILPOINT", &failpoint)]);
+        cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+        cx.drover(&["deploy", v2.to_str().unwrap()]).failure();
+        let mut status = None;
+        wait_for("the agent to die", Duration::from_secs(20), || {
+            status = agent.child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert_eq!(
+            status.unwrap().signal(),
+            Some(9),
+            "{point}: the agent was not killed there"
+        );
+
+        let _agent = cx.start_agent();
+        let app = cx.app_status("hello");
+        let generation = app["generation"].as_u64().unwrap();
+        assert_eq!(app["version"], survivor, "{point}: {app}");
+        let history = cx.drover(&["history", "hello", "--json"]).success().json();
+        let live: Vec<u64> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["outcome"] == "live")
+            .map(|g| g["generation"].as_u64().unwrap())
+            .collect();
+        assert_eq!(live, vec![generation], "{point}: {history}");
+        assert!(
+            history
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| g["outcome"] != "pending"),
+            "{point}: {history}"
+        );
+        wait_for(
+            "the other generation's instances to stop",
+            Duration::from_secs(15),
+            || {
+                let procs = tagged_processes(&cx.root);
+                !procs.is_empty()
+                    && procs
+                        .iter()
+                        .all(|(_, tag)| tag.starts_with(&format!("hello/{generation}/")))
+            },
+        );
+        assert_eq!(
+            public_version(port).as_deref(),
+            Some(survivor),
+            "{point}: the public port"
+        );
+        serves(&cx, survivor);
+
+        // A retried deploy goes through.
+        cx.drover(&["deploy", v2.to_str().unwrap()]).success();
+        assert_eq!(public_version(port).as_deref(), Some("2"), "{point}");
+        serves(&cx, "2");
+        drop(_agent);
+        drop(agent);
+    }
+}
+
+/// Reads what has arrived on each connection so far; true for those that got a whole line.
+fn lines_arrived(conns: &mut [(std::os::unix::net::UnixStream, Vec<u8>)]) -> usize {
+    use std::io::Read;
+    let mut done = 0;
+    for (s, buf) in conns.iter_mut() {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        if buf.contains(&b'\n') {
+            done += 1;
+        }
+    }
+    done
+}
+
+#[test]
+fn stalled_connections_beyond_the_bound_are_refused_and_the_agent_still_answers() {
+    let cx = TestContext::new();
+    let mut agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let sock = cx.root.join("agent.sock");
+    let mut held: Vec<(std::os::unix::net::UnixStream, Vec<u8>)> = (0..150)
+        .map(|_| {
+            let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            s.set_nonblocking(true).unwrap();
+            (s, Vec::new())
+        })
+        .collect();
+    // All but 16 (the bound per client) are answered at once, with a refusal.
+    wait_for("the refusals", Duration::from_secs(20), || {
+        lines_arrived(&mut held) == 150 - 16
+    });
+    let refusal = held
+        .iter()
+        .find(|(_, b)| !b.is_empty())
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .unwrap();
+    assert!(
+        refusal.contains("at most 16 per client") && refusal.contains("hint"),
+        "{refusal}"
+    );
+    // Other clients are served, and the agent is up.
+    assert_eq!(cx.app_status("hello")["state"], "running");
+    serves(&cx, "1");
+    assert!(agent.child.try_wait().unwrap().is_none());
+    let v2 = cx.hello_app("v2", "2", "");
+    cx.drover(&["deploy", v2.to_str().unwrap()]).success();
+    serves(&cx, "2");
+    drop(held);
+    assert!(agent.child.try_wait().unwrap().is_none());
+}
+
+/// A new pids cgroup (v1 or v2) for a test, removed on drop; None where there is none.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn new(name: &str) -> Option<PidsCgroup> {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let base = if v1.join("cgroup.procs").exists() {
+            v1.to_path_buf()
+        } else {
+            std::path::PathBuf::from("/sys/fs/cgroup")
+        };
+        let dir = base.join(name);
+        fs::create_dir(&dir).ok()?;
+        let cg = PidsCgroup(dir);
+        cg.0.join("pids.max").exists().then_some(cg)
+    }
+
+    fn current(&self) -> u64 {
+        fs::read_to_string(self.0.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn set_max(&self, max: &str) {
+        fs::write(self.0.join("pids.max"), max).unwrap();
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("pids.max"), "max");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn under_a_pids_limit_a_deploy_fails_cleanly_and_the_agent_stays_up() {
+    let cx = TestContext::new();
+    let Some(cgroup) = PidsCgroup::new(&format!("drover-test-{}", std::process::id())) else {
+        eprintln!("no pids cgroup can be made here: nothing to limit");
+        return;
+    };
+    let mut agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    let toml = fs::read_to_string(v1.join("drover.toml"))
+        .unwrap()
+        .replace("http = true", "http = true\ninstances = 8");
+    fs::write(v1.join("drover.toml"), toml).unwrap();
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    fs::write(cgroup.0.join("cgroup.procs"), agent.child.id().to_string()).unwrap();
+
+    // No thread to spare: the connection is refused, by a reply that says why.
+    cgroup.set_max(&cgroup.current().to_string());
+    let run = cx.drover(&["status"]).failure();
+    assert!(
+        run.stderr.contains("cannot start a thread") && run.stderr.contains("hint:"),
+        "{}",
+        run.stderr
+    );
+    // Room for the request and one instance: the new generation's second cannot start.
+    cgroup.set_max(&(cgroup.current() + 2).to_string());
+    let run = cx
+        .drover(&["config", "set", "hello", "GREETING=again"])
+        .failure();
+    assert!(run.stderr.contains("cannot start web."), "{}", run.stderr);
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    cgroup.set_max("max");
+
+    let app = cx.app_status("hello");
+    assert_eq!(app["generation"], 1);
+    let history = cx.drover(&["history", "hello", "--json"]).success().json();
+    assert_eq!(history[1]["outcome"], "failed", "{history}");
+    wait_for(
+        "the failed generation's instances to go",
+        Duration::from_secs(15),
+        || {
+            tagged_processes(&cx.root)
+                .iter()
+                .all(|(_, t)| t.starts_with("hello/1/"))
+                && cx.app_status("hello")["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|i| i["generation"] == 1 && i["state"] == "running")
+        },
+    );
+    serves(&cx, "1");
+    cx.drover(&["config", "set", "hello", "GREETING=again"])
+        .success();
+    serves(&cx, "1");
+    cx.drover(&["stop", "hello"]).success();
+}

@@ -198,6 +198,11 @@ impl TestContext {
     }
 
     pub fn start_agent_with(&self, args: &[&str]) -> AgentHandle {
+        self.start_agent_env(args, &[])
+    }
+
+    /// `start_agent_with`, the agent alone getting the environment variables `env`.
+    pub fn start_agent_env(&self, args: &[&str], env: &[(&str, &str)]) -> AgentHandle {
         fs::create_dir_all(&self.root).unwrap();
         let log = fs::OpenOptions::new()
             .create(true)
@@ -208,6 +213,7 @@ impl TestContext {
             .command()
             .arg("agent")
             .args(args)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -799,3 +799,79 @@ fn a_damaged_secret_names_its_file_and_key() {
     );
     assert!(!cx.root.join("apps/plain/gens").exists());
 }
+
+#[test]
+fn ports_instances_and_config_values_are_bounded() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let history = cx.drover(&["history", "hello", "--json"]).success().stdout;
+
+    let big = "x".repeat(2 << 20);
+    for (extra, words) in [
+        (
+            format!("[env]\nBIG = \"{big}\"\n"),
+            &["env.BIG", "64 KiB"][..],
+        ),
+        (
+            "[proxy]\nport = 0\n".to_string(),
+            &["proxy.port", "1 to 65535"][..],
+        ),
+    ] {
+        let bad = cx.hello_app("bad", "2", &extra);
+        let run = cx.drover(&["deploy", bad.to_str().unwrap()]).failure();
+        assert!(run.stderr.contains("bad/drover.toml"), "{}", run.stderr);
+        for w in words {
+            assert!(run.stderr.contains(w), "no `{w}` in {}", run.stderr);
+        }
+    }
+    let bad = cx.hello_app("bad", "2", "");
+    let toml = fs::read_to_string(bad.join("drover.toml"))
+        .unwrap()
+        .replace("http = true", "http = true\ninstances = 100000");
+    fs::write(bad.join("drover.toml"), toml).unwrap();
+    let run = cx.drover(&["deploy", bad.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("bad/drover.toml")
+            && run.stderr.contains("process.web.instances")
+            && run.stderr.contains("from 1 to 256"),
+        "{}",
+        run.stderr
+    );
+    // A host value is bounded the same way, by name.
+    let run = cx
+        .drover(&[
+            "config",
+            "set",
+            "hello",
+            &format!("HUGE={}", "y".repeat(70 << 10)),
+        ])
+        .failure();
+    assert!(
+        run.stderr.contains("`HUGE`") && run.stderr.contains("64 KiB"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        cx.drover(&["history", "hello", "--json"]).success().stdout,
+        history
+    );
+
+    // Generations whose values add up to far more than one protocol line: `history` lists
+    // them all.
+    let fat: String = (0..4)
+        .map(|i| format!("V{i} = \"{}\"\n", "z".repeat(60 << 10)))
+        .collect();
+    let v2 = cx.hello_app("v2", "2", &format!("[env]\n{fat}"));
+    let id = cx.build(&v2, &[])["release"].as_str().unwrap().to_string();
+    for _ in 0..5 {
+        cx.drover(&["deploy", &id]).success();
+    }
+    let gens = cx.drover(&["history", "hello", "--json"]).success().json();
+    let gens = gens.as_array().unwrap();
+    assert_eq!(gens.len(), 6);
+    assert_eq!(gens[5]["env"]["V3"].as_str().unwrap().len(), 60 << 10);
+    let text = cx.drover(&["history", "hello"]).success().stdout;
+    assert_eq!(text.lines().count(), 7, "{text}");
+}
