@@ -1139,11 +1139,15 @@ impl Agent {
             ))
             .hint("another program or app uses that port: change `[proxy] port`")
         })?;
+        let d = drover_proxy::Settings::default();
         let settings = drover_proxy::Settings {
             max_body: cfg.max_body,
             request_timeout: cfg.request_timeout.0,
             header_timeout: cfg.header_timeout.0,
-            ..Default::default()
+            idle_timeout: cfg.idle_timeout.map_or(d.idle_timeout, |s| s.0),
+            body_timeout: cfg.body_timeout.map_or(d.body_timeout, |s| s.0),
+            max_connections: cfg.max_connections.map(|n| n.get()),
+            ..d
         };
         // Routed from its first connection: an agent taking over serves at once.
         let handle = self
