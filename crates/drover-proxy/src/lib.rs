@@ -33,6 +33,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body on its way to a backend (it may end in the proxy's own error, a timeout).
 type ReqBody = BoxBody<Bytes, BoxError>;
 
+/// What a 405 answer to CONNECT says the proxy forwards.
+const ALLOWED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 const SPLIT_COOKIE: &str = "drover-split";
 
 /// Responses up to this size (with a known length) are read whole before they are sent on.
@@ -655,6 +658,9 @@ async fn handle(
     peer: SocketAddr,
 ) -> Response<PBody> {
     let started = Instant::now();
+    if let Some(answer) = refuse_malformed(&req) {
+        return answer;
+    }
     // HTTP/1 connections are closed after a request whose body could not be read whole.
     let http1 = req.version() < http::Version::HTTP_2;
     if shared.paused.load(Ordering::SeqCst) {
@@ -732,6 +738,23 @@ async fn handle(
         None
     };
 
+    // Absolute-form (and HTTP/2's :authority): the target's authority is the host, whatever
+    // a Host header said (RFC 9112, 3.2.2). The backend gets origin-form and this Host.
+    if let Some(a) = parts.uri.authority()
+        && parts
+            .headers
+            .get(header::HOST)
+            .is_none_or(|h| h.as_bytes() != a.as_str().as_bytes())
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let origin: http::Uri = match parts.uri.path_and_query() {
+        Some(pq) => http::Uri::from(pq.clone()),
+        None => http::Uri::from_static("/"),
+    };
+    parts.uri = origin;
+
     // Forwarding headers.
     let host = parts.headers.get(header::HOST).cloned();
     let xff = match parts
@@ -764,21 +787,6 @@ async fn handle(
             parts.headers.remove(h);
         }
     }
-    // Origin-form for the backend (`/path?query`); the client's Host header stays.
-    let origin: http::Uri = match parts.uri.path_and_query() {
-        Some(pq) => http::Uri::from(pq.clone()),
-        None => http::Uri::from_static("/"),
-    };
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(a) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, a);
-    }
-    parts.uri = origin;
-
     // The request to the backend, built once; a failed attempt that never sent it hands it
     // back for the next one (no copies of the head per attempt).
     // A streamed body has until its deadline to arrive; then it ends the request in an error.
@@ -960,6 +968,37 @@ async fn handle(
     }
 }
 
+/// The proxy's own answer to a request it must not forward: CONNECT (RFC 9110, 9.3.6: a
+/// reverse proxy is no tunnel), more than one Host header or an invalid one, and HTTP/1.1
+/// without Host (RFC 9112, 3.2). A few comparisons, no allocation, for a request that passes.
+fn refuse_malformed(req: &Request<Incoming>) -> Option<Response<PBody>> {
+    if req.method() == http::Method::CONNECT {
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: this is a reverse proxy, not a tunnel",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        return Some(r);
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let problem = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => "more than one Host header",
+        (None, _) if req.version() == http::Version::HTTP_11 => {
+            "an HTTP/1.1 request needs a Host header"
+        }
+        (Some(h), None) if !valid_host(h.as_bytes()) => "invalid Host header",
+        _ => return None,
+    };
+    Some(plain(StatusCode::BAD_REQUEST, problem))
+}
+
+/// `host [ ":" port ]` of RFC 3986: a reg-name, IPv4 or bracketed IPv6 literal (or empty).
+fn valid_host(h: &[u8]) -> bool {
+    h.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+}
+
 /// A request body that did not arrive within `body_timeout`.
 #[derive(Debug)]
 struct BodyTimedOut;
@@ -1088,6 +1127,135 @@ mod tests {
                     .is_ok_and(|c| c.trim() == "drover-proxy")
             })
             .count()
+    }
+
+    /// A backend that records the head of every request it gets and answers 200.
+    fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut head = String::new();
+                        let mut len = 0;
+                        loop {
+                            let mut line = String::new();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        log.lock().unwrap().push(head);
+                        let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n");
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Sends raw bytes, returns everything the proxy answers until it closes.
+    fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn connect_and_bad_host_headers_are_answered_by_the_proxy_and_never_forwarded() {
+        let (backend, seen) = recording_backend();
+        let rt = Runtime::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes = Routes {
+            stable: vec![Backend::new(backend, "r1")],
+            ..Routes::default()
+        };
+        let _handle = rt
+            .serve("app", listener, Settings::default(), routes)
+            .unwrap();
+
+        let connect = raw(
+            addr,
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+        );
+        assert!(connect.starts_with("HTTP/1.1 405 "), "{connect:?}");
+        assert!(
+            connect
+                .to_ascii_lowercase()
+                .contains(&format!("\r\nallow: {}\r\n", ALLOWED.to_ascii_lowercase())),
+            "{connect:?}"
+        );
+        let two = raw(
+            addr,
+            b"GET /two HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        );
+        assert!(two.starts_with("HTTP/1.1 400 "), "{two:?}");
+        assert!(two.contains("more than one Host header"), "{two:?}");
+        let none = raw(addr, b"GET /none HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(none.starts_with("HTTP/1.1 400 "), "{none:?}");
+        assert!(none.contains("needs a Host header"), "{none:?}");
+        let invalid = raw(
+            addr,
+            b"GET /invalid HTTP/1.1\r\nHost: a b/c\r\nConnection: close\r\n\r\n",
+        );
+        assert!(invalid.starts_with("HTTP/1.1 400 "), "{invalid:?}");
+
+        // HTTP/1.0 may leave Host out; an absolute-form target names the host.
+        let old = raw(addr, b"GET /old HTTP/1.0\r\n\r\n");
+        assert!(
+            old.starts_with("HTTP/1.0 200 ") || old.starts_with("HTTP/1.1 200 "),
+            "{old:?}"
+        );
+        let absolute = raw(
+            addr,
+            b"GET http://right.example/abs HTTP/1.1\r\nHost: wrong.example\r\nConnection: close\r\n\r\n",
+        );
+        assert!(absolute.starts_with("HTTP/1.1 200 "), "{absolute:?}");
+        let good = raw(
+            addr,
+            b"GET /good HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        );
+        assert!(good.starts_with("HTTP/1.1 200 "), "{good:?}");
+
+        // The backend got the three good requests, in order, and nothing else.
+        let seen = seen.lock().unwrap().clone();
+        let lines: Vec<&str> = seen.iter().map(|h| h.lines().next().unwrap()).collect();
+        assert_eq!(
+            lines,
+            [
+                "GET /old HTTP/1.1",
+                "GET /abs HTTP/1.1",
+                "GET /good HTTP/1.1"
+            ],
+            "{seen:#?}"
+        );
+        let abs = seen[1].to_ascii_lowercase();
+        assert!(abs.contains("host: right.example\r\n"), "{abs}");
+        assert!(!abs.contains("wrong.example"), "{abs}");
     }
 
     #[test]

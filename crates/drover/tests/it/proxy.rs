@@ -840,3 +840,43 @@ fn many_idle_sockets_under_a_low_fd_limit_stop_neither_requests_nor_the_agent() 
     cx.drover(&["status", "--json"]).success();
     drop(idle);
 }
+
+#[test]
+fn connect_and_bad_host_headers_are_answered_by_the_proxy_itself() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let (code, _) = http_get(port, "/").unwrap();
+    assert_eq!(code, 200);
+    let forwarded = || -> u64 {
+        cx.app_status("hello")["proxy"]["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum()
+    };
+    let before = forwarded();
+
+    let raw = |bytes: &str| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(bytes.as_bytes()).unwrap();
+        read_all(&mut s)
+    };
+    let connect = raw(
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    );
+    assert!(connect.starts_with("HTTP/1.1 405 "), "{connect:?}");
+    assert!(
+        connect.to_ascii_lowercase().contains("\r\nallow: get,"),
+        "{connect:?}"
+    );
+    let two = raw("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n");
+    assert!(two.starts_with("HTTP/1.1 400 "), "{two:?}");
+    let none = raw("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(none.starts_with("HTTP/1.1 400 "), "{none:?}");
+    // None of them reached the app: its release counted no request.
+    assert_eq!(forwarded(), before);
+}
