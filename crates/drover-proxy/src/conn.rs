@@ -10,10 +10,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::fds::Fd;
+use crate::fds::{Fd, Held, OnRead};
 
 /// One client connection, as its I/O, its requests and the registry see it.
 #[derive(Debug, Default)]
@@ -30,76 +29,30 @@ pub struct Conn {
     pub close: tokio::sync::Notify,
 }
 
-/// The client's socket: counts reads for the registry, and holds its descriptor's place in
-/// the budget.
-pub struct ClientIo {
-    stream: TcpStream,
+/// The client's socket: its reads counted for the registry, its descriptor in the budget.
+pub type ClientIo = Held<TcpStream, Reads>;
+
+pub fn client_io(stream: TcpStream, conn: Arc<Conn>, fd: Fd) -> ClientIo {
+    Held::watched(stream, fd, Reads { conn, first: true })
+}
+
+/// Counts a client connection's reads, and tells HTTP/2 by its first bytes.
+pub struct Reads {
     conn: Arc<Conn>,
     first: bool,
-    _fd: Fd,
 }
 
-impl ClientIo {
-    pub fn new(stream: TcpStream, conn: Arc<Conn>, fd: Fd) -> ClientIo {
-        ClientIo {
-            stream,
-            conn,
-            first: true,
-            _fd: fd,
-        }
-    }
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            if self.first {
-                self.first = false;
-                if buf.filled()[before..].starts_with(b"PRI ") {
-                    self.conn.h2.store(true, Ordering::Relaxed);
-                }
+impl OnRead for Reads {
+    fn on_read(&mut self, data: &[u8]) {
+        if self.first {
+            self.first = false;
+            if data.starts_with(b"PRI ") {
+                self.conn.h2.store(true, Ordering::Relaxed);
             }
-            // Only this connection's task writes it: no read-modify-write needed.
-            let n = self.conn.reads.load(Ordering::Relaxed);
-            self.conn.reads.store(n + 1, Ordering::Relaxed);
         }
-        r
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        // Only this connection's task writes it: no read-modify-write needed.
+        let n = self.conn.reads.load(Ordering::Relaxed);
+        self.conn.reads.store(n + 1, Ordering::Relaxed);
     }
 }
 

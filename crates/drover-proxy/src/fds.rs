@@ -75,30 +75,56 @@ impl Drop for Fd {
     }
 }
 
+/// Told of each read that returned data.
+pub trait OnRead {
+    fn on_read(&mut self, data: &[u8]);
+}
+
+impl OnRead for () {
+    fn on_read(&mut self, _: &[u8]) {}
+}
+
 /// A socket with its descriptor counted: the count goes down when the socket is closed.
 #[derive(Debug)]
-pub struct Held<S> {
-    pub io: S,
+pub struct Held<S, R = ()> {
+    io: S,
+    on_read: R,
     _fd: Fd,
 }
 
 impl<S> Held<S> {
     pub fn new(io: S, fd: Fd) -> Held<S> {
-        Held { io, _fd: fd }
+        Held::watched(io, fd, ())
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
+impl<S, R> Held<S, R> {
+    /// With `on_read` told of every read.
+    pub fn watched(io: S, fd: Fd, on_read: R) -> Held<S, R> {
+        Held {
+            io,
+            on_read,
+            _fd: fd,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin, R: OnRead + Unpin> AsyncRead for Held<S, R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.on_read.on_read(&buf.filled()[before..]);
+        }
+        r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
+impl<S: AsyncWrite + Unpin, R: Unpin> AsyncWrite for Held<S, R> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

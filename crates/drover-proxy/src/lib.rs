@@ -520,7 +520,7 @@ async fn accept_loop(
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
-            let io = conn::ClientIo::new(stream, conn.clone(), fd);
+            let io = conn::client_io(stream, conn.clone(), fd);
             let svc_conn = conn.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let shared = svc_shared.clone();
@@ -1186,6 +1186,8 @@ mod tests {
 
     #[test]
     fn connect_and_bad_host_headers_are_answered_by_the_proxy_and_never_forwarded() {
+        let _one = ONE_RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+        let before = proxy_threads();
         let (backend, seen) = recording_backend();
         let rt = Runtime::new().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1256,10 +1258,24 @@ mod tests {
         let abs = seen[1].to_ascii_lowercase();
         assert!(abs.contains("host: right.example\r\n"), "{abs}");
         assert!(!abs.contains("wrong.example"), "{abs}");
+        drop(rt);
+        threads_end(before);
+    }
+
+    /// Tests that start a runtime run one at a time: one of them counts the proxy's threads.
+    static ONE_RUNTIME: Mutex<()> = Mutex::new(());
+
+    /// Waits (5 s at most) for the proxy's threads to be down to `n` again.
+    fn threads_end(n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy_threads() > n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
     fn a_dropped_runtime_stops_serving_and_its_threads_end() {
+        let _one = ONE_RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
         let before = proxy_threads();
         let rt = Runtime::new().unwrap();
         let workers = rt.workers.handles.len();
@@ -1283,10 +1299,7 @@ mod tests {
         assert!(ask().unwrap().starts_with("HTTP/1.1 503"));
 
         drop(rt);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while proxy_threads() > before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        threads_end(before);
         assert_eq!(
             proxy_threads(),
             before,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{TestContext, http_get, wait_for};
+use crate::common::{AgentHandle, TestContext, http_get, wait_for};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -634,9 +634,15 @@ fn upgrades_and_http2_pass_through() {
     );
 }
 
-/// An app with the proxy on `port` and exactly these `[proxy]` keys besides.
-fn proxied_with(cx: &TestContext, port: u16, keys: &str) -> PathBuf {
-    cx.hello_app("v1", "1", &format!("[proxy]\nport = {port}\n{keys}"))
+/// An agent serving the example app (version 1) through its proxy on a fresh port, with
+/// exactly these `[proxy]` keys besides the port.
+fn serving(keys: &str) -> (TestContext, AgentHandle, u16) {
+    let cx = TestContext::new();
+    let agent = cx.start_agent();
+    let port = free_port();
+    let v1 = cx.hello_app("v1", "1", &format!("[proxy]\nport = {port}\n{keys}"));
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    (cx, agent, port)
 }
 
 /// Has the proxy closed this connection? (Without waiting: what has arrived so far.)
@@ -674,16 +680,8 @@ fn streaming(port: u16, secs: u32) -> BufReader<TcpStream> {
 
 #[test]
 fn idle_connections_are_closed_after_the_idle_timeout_and_busy_ones_are_not() {
-    let cx = TestContext::new();
-    let _agent = cx.start_agent();
-    let port = free_port();
     // The header timeout is long: it is the idle timeout that must close them.
-    let v1 = proxied_with(
-        &cx,
-        port,
-        "header_timeout = \"60s\"\nidle_timeout = \"1s\"\n",
-    );
-    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let (_cx, _agent, port) = serving("header_timeout = \"60s\"\nidle_timeout = \"1s\"\n");
 
     // Connections that never say anything...
     let silent: Vec<TcpStream> = (0..20)
@@ -712,15 +710,7 @@ fn idle_connections_are_closed_after_the_idle_timeout_and_busy_ones_are_not() {
 
 #[test]
 fn a_trickled_request_body_is_cut_with_408() {
-    let cx = TestContext::new();
-    let _agent = cx.start_agent();
-    let port = free_port();
-    let v1 = proxied_with(
-        &cx,
-        port,
-        "body_timeout = \"2s\"\nrequest_timeout = \"60s\"\n",
-    );
-    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let (_cx, _agent, port) = serving("body_timeout = \"2s\"\nrequest_timeout = \"60s\"\n");
 
     // Bodies read whole before they are sent on (up to 1 MiB), and bodies streamed on.
     for declared in [1000, 2_000_000] {
@@ -761,11 +751,7 @@ fn a_trickled_request_body_is_cut_with_408() {
 
 #[test]
 fn over_max_connections_an_idle_one_makes_room_and_if_all_are_busy_the_new_one_gets_503() {
-    let cx = TestContext::new();
-    let _agent = cx.start_agent();
-    let port = free_port();
-    let v1 = proxied_with(&cx, port, "max_connections = 4\n");
-    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let (_cx, _agent, port) = serving("max_connections = 4\n");
 
     // Four connections, each with a response in flight: the fifth is refused, clearly.
     let mut busy: Vec<_> = (0..4).map(|_| streaming(port, 60)).collect();
@@ -843,11 +829,7 @@ fn many_idle_sockets_under_a_low_fd_limit_stop_neither_requests_nor_the_agent() 
 
 #[test]
 fn connect_and_bad_host_headers_are_answered_by_the_proxy_itself() {
-    let cx = TestContext::new();
-    let _agent = cx.start_agent();
-    let port = free_port();
-    let v1 = proxied(&cx, "v1", "1", port, "");
-    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let (cx, _agent, port) = serving("");
     let (code, _) = http_get(port, "/").unwrap();
     assert_eq!(code, 200);
     let forwarded = || -> u64 {
