@@ -185,6 +185,9 @@ struct ProxyConf {
     max_body: u64,
     request_timeout: Duration,
     header_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    body_timeout: Option<Duration>,
+    max_connections: Option<usize>,
 }
 
 impl ProxyConf {
@@ -194,15 +197,22 @@ impl ProxyConf {
             max_body: cfg.max_body,
             request_timeout: cfg.request_timeout.0,
             header_timeout: cfg.header_timeout.0,
+            idle_timeout: cfg.idle_timeout.map(|s| s.0),
+            body_timeout: cfg.body_timeout.map(|s| s.0),
+            max_connections: cfg.max_connections.map(|n| n.get()),
         }
     }
 
     fn settings(&self) -> drover_proxy::Settings {
+        let d = drover_proxy::Settings::default();
         drover_proxy::Settings {
             max_body: self.max_body,
             request_timeout: self.request_timeout,
             header_timeout: self.header_timeout,
-            ..Default::default()
+            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+            body_timeout: self.body_timeout.unwrap_or(d.body_timeout),
+            max_connections: self.max_connections,
+            ..d
         }
     }
 }

@@ -242,6 +242,37 @@ pub struct Proxy {
     /// A client must send its request head within this (slowloris guard).
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Seconds,
+    // The keys below are left out of a release's manifest when unset, so that releases of
+    // apps that do not set them keep their ids; their defaults are the proxy's own.
+    /// A client connection with no request in flight is closed after this (default 60s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "positive"
+    )]
+    pub idle_timeout: Option<Seconds>,
+    /// A request body must arrive whole within this, or the client gets 408 (default 60s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "positive"
+    )]
+    pub body_timeout: Option<Seconds>,
+    /// Client connections at most (default: half of the file descriptors the agent's proxy
+    /// may use); one more closes the longest idle one, or gets 503 if all are busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<std::num::NonZeroUsize>,
+}
+
+/// A duration that must be more than zero.
+fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
+    let s = Seconds::deserialize(d)?;
+    if s.0.is_zero() {
+        return Err(serde::de::Error::custom(
+            "a timeout of 0 would close every connection at once; use a duration such as \"60s\"",
+        ));
+    }
+    Ok(Some(s))
 }
 
 fn default_header_timeout() -> Seconds {
@@ -667,6 +698,34 @@ mod tests {
         let c = parse("[app]\nname = \"hello\"\n").unwrap();
         assert_eq!(c.app.name, "hello");
         assert!(c.process.is_empty());
+    }
+
+    #[test]
+    fn proxy_connection_keys() {
+        let base = "[app]\nname = \"a\"\n[process.web]\ncommand = \"x\"\nhttp = true\n[proxy]\nport = 8080\n";
+        let c = parse(&format!(
+            "{base}idle_timeout = \"5s\"\nbody_timeout = \"500ms\"\nmax_connections = 100\n"
+        ))
+        .unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!(p.idle_timeout, Some(Seconds(Duration::from_secs(5))));
+        assert_eq!(p.body_timeout, Some(Seconds(Duration::from_millis(500))));
+        assert_eq!(p.max_connections.map(|n| n.get()), Some(100));
+        for bad in [
+            "idle_timeout = \"0s\"",
+            "body_timeout = 0",
+            "max_connections = 0",
+        ] {
+            let e = parse(&format!("{base}{bad}\n")).unwrap_err();
+            assert!(e.contains("line 8") && e.contains(bad), "{bad}: {e}");
+        }
+        // Unset, they stay out of a release's manifest (its id does not change).
+        let p = parse(base).unwrap().proxy.unwrap();
+        let json = toml::to_string(&p).unwrap();
+        assert!(
+            !json.contains("idle_timeout") && !json.contains("max_connections"),
+            "{json}"
+        );
     }
 
     #[test]

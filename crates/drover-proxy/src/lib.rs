@@ -5,6 +5,8 @@
 //! The agent (sync, threads) drives it through `ProxyHandle`, whose methods never block on
 //! I/O: they swap the route table and read counters. The proxy runs on its own tokio runtime.
 
+mod conn;
+mod fds;
 mod metrics;
 mod pool;
 
@@ -27,6 +29,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 pub use metrics::{ReleaseMetrics, Snapshot};
 
 type PBody = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request body on its way to a backend (it may end in the proxy's own error, a timeout).
+type ReqBody = BoxBody<Bytes, BoxError>;
+
+/// What a 405 answer to CONNECT says the proxy forwards.
+const ALLOWED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 const SPLIT_COOKIE: &str = "drover-split";
 
@@ -38,7 +46,14 @@ const BUFFER_RESPONSE: u64 = 64 * 1024;
 pub struct Settings {
     pub max_body: u64,
     pub request_timeout: Duration,
+    /// From the first byte of a request head to its end, at most.
     pub header_timeout: Duration,
+    /// A client connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// A request body must have arrived whole within this after its head (else 408).
+    pub body_timeout: Duration,
+    /// Client connections at most; `None`: half of the descriptors the proxies may use.
+    pub max_connections: Option<usize>,
     /// Requests queued while paused, at most.
     pub max_queued: usize,
 }
@@ -49,6 +64,9 @@ impl Default for Settings {
             max_body: 16 << 20,
             request_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            max_connections: None,
             max_queued: 1024,
         }
     }
@@ -104,6 +122,12 @@ struct Shared {
     split_counter: AtomicU64,
     metrics: metrics::Registry,
     settings: Settings,
+    /// Open client connections.
+    conns: Arc<conn::Registry>,
+    max_connections: usize,
+    /// The answer to a connection over `max_connections`.
+    refusal: Bytes,
+    fds: Arc<fds::Budget>,
 }
 
 /// The agent's side of one app's proxy.
@@ -122,6 +146,8 @@ pub struct ProxyHandle {
 /// so proxying a request wakes no other thread.
 pub struct Runtime {
     workers: Arc<Workers>,
+    /// The descriptors all of this runtime's sockets may use together.
+    fds: Arc<fds::Budget>,
     /// Dropped with the runtime: each worker then ends, with its tasks.
     _stop: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -197,6 +223,7 @@ impl Runtime {
         let open = (0..n).map(|_| AtomicUsize::new(0)).collect();
         Ok(Runtime {
             workers: Arc::new(Workers { handles, open }),
+            fds: Arc::new(fds::Budget::from_rlimit()),
             _stop: stop,
         })
     }
@@ -217,6 +244,19 @@ impl Runtime {
     ) -> std::io::Result<ProxyHandle> {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
+        let max_connections = settings
+            .max_connections
+            .unwrap_or(self.fds.limit() / 2)
+            .max(1);
+        let refusal = {
+            let body = format!(
+                "too many connections to `{app}` (`[proxy] max_connections` is {max_connections})\n"
+            );
+            Bytes::from(format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            ))
+        };
 
         let shared = Arc::new(Shared {
             app: app.to_string(),
@@ -229,6 +269,10 @@ impl Runtime {
             split_counter: AtomicU64::new(0),
             metrics: metrics::Registry::default(),
             settings,
+            conns: Arc::default(),
+            max_connections,
+            refusal,
+            fds: self.fds.clone(),
         });
         let stop = Arc::new(tokio::sync::Notify::new());
         let handle = ProxyHandle {
@@ -248,6 +292,19 @@ impl Runtime {
             };
             accept_loop(listener, shared, stop, workers).await;
         });
+        let swept = handle.shared.clone();
+        self.main().spawn(async move {
+            let s = &swept.settings;
+            let mut tick =
+                tokio::time::interval(conn::sweep_interval(s.idle_timeout, s.header_timeout));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !swept.closed.load(Ordering::SeqCst) {
+                tick.tick().await;
+                swept
+                    .conns
+                    .sweep(Instant::now(), s.idle_timeout, s.header_timeout);
+            }
+        });
         Ok(handle)
     }
 
@@ -258,14 +315,24 @@ impl Runtime {
         proxies: Arc<Mutex<Proxies>>,
     ) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
+        let fds = self.fds.clone();
         self.main().spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
             };
+            let mut backoff = Duration::ZERO;
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors (none left in the budget, or EMFILE): wait, never spin.
+                let accepted = match fds.take() {
+                    Some(fd) => listener.accept().await.map(|(s, _)| (s, fd)).ok(),
+                    None => None,
+                };
+                let Some((stream, fd)) = accepted else {
+                    backoff = next_backoff(backoff);
+                    tokio::time::sleep(backoff).await;
                     continue;
                 };
+                backoff = Duration::ZERO;
                 let proxies = proxies.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
@@ -285,8 +352,11 @@ impl Runtime {
                             Ok::<_, Infallible>(resp)
                         }
                     });
+                    // A client that says nothing is closed after the header timeout.
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(fds::Held::new(stream, fd)), svc)
                         .await;
                 });
             }
@@ -378,10 +448,12 @@ async fn accept_loop(
     workers: Arc<Workers>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Idle and stalled connections are closed by the registry (conn.rs), not by hyper's
+    // header timer: that one also cuts a keep-alive connection idle for `header_timeout`, and
+    // never starts on a connection that sends nothing at all.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.settings.header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
     builder
         .http2()
@@ -390,20 +462,47 @@ async fn accept_loop(
     let builder = Arc::new(builder);
     // Tracks every connection so a shutdown can close idle keep-alive ones cleanly.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut backoff = Duration::ZERO;
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.notified() => break,
+        // Every descriptor the proxies may hold is in use (or accept failed, EMFILE and the
+        // like): free some and wait, leaving new connections queued in the listen backlog.
+        // The agent's own descriptors are never taken, and established connections go on.
+        let accepted = if shared.fds.has_room() {
+            tokio::select! {
+                a = listener.accept() => Some(a),
+                _ = stop.notified() => break,
+            }
+        } else {
+            None
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(_) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+            Some(Ok(a)) => a,
+            failed => {
+                if failed.is_none_or(|r| r.is_err_and(|e| fds::out_of_fds(&e))) {
+                    shared.make_room();
+                }
+                backoff = next_backoff(backoff);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = stop.notified() => break,
+                }
             }
         };
+        backoff = Duration::ZERO;
+        // Lost a race for the last descriptor to another proxy: closed at once.
+        let Some(fd) = shared.fds.take() else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let conn = Arc::new(conn::Conn::default());
+        let Some(registration) =
+            shared
+                .conns
+                .admit(conn.clone(), shared.max_connections, Instant::now())
+        else {
+            tokio::spawn(refuse(stream, fd, shared.refusal.clone()));
+            continue;
+        };
         // Moved to the least busy worker: registered there, served there until it closes.
         let Ok(stream) = stream.into_std() else {
             continue;
@@ -417,19 +516,34 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         workers.handles[w].spawn(async move {
             let _open = open;
+            let _registration = registration;
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
+            let io = conn::client_io(stream, conn.clone(), fd);
+            let svc_conn = conn.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let shared = svc_shared.clone();
+                // In flight from here until its response has been sent.
+                let active = conn::Active::start(svc_conn.clone());
                 // Boxed: the request's future is large, and moving it inline costs more
                 // than one allocation.
-                Box::pin(async move { Ok::<_, Infallible>(handle(shared, req, peer).await) })
+                Box::pin(async move {
+                    let resp = handle(shared, req, peer).await;
+                    Ok::<_, Infallible>(resp.map(|body| conn::Finished {
+                        body,
+                        _active: active,
+                    }))
+                })
             });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            let served = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
                 .into_owned();
-            let _ = watcher.watch(conn).await;
+            // Closed by the registry: idle too long, a stalled head, or room for another.
+            tokio::select! {
+                _ = watcher.watch(served) => {}
+                _ = conn.close.notified() => {}
+            }
         });
     }
     // Stop accepting (this copy of the listener closes), finish what is in flight.
@@ -439,6 +553,25 @@ async fn accept_loop(
     tokio::time::sleep(Duration::from_millis(250)).await;
     let _ = tokio::time::timeout(shared.settings.request_timeout, graceful.shutdown()).await;
     shared.closed.store(true, Ordering::SeqCst);
+}
+
+/// 10 ms, doubling up to 1 s.
+fn next_backoff(b: Duration) -> Duration {
+    (b * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Answers a connection over `max_connections` with a 503 and closes it, reading what the
+/// client sends meanwhile (a second at most) so that the close does not reset the answer away.
+async fn refuse(mut stream: tokio::net::TcpStream, _fd: fds::Fd, answer: Bytes) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 1024];
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<PBody> {
@@ -476,6 +609,19 @@ fn bucket(shared: &Shared, req: &Request<Incoming>) -> (u8, bool) {
 }
 
 impl Shared {
+    /// Frees descriptors: the longest idle client connection, and idle backend connections.
+    fn make_room(&self) {
+        self.conns.close_longest_idle(Instant::now());
+        let r = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for b in r.stable.iter().chain(r.canary.iter()) {
+            b.pool.drop_idle();
+        }
+    }
+
     /// Is this backend (the very same one, not just its address) in the route table?
     fn routed(&self, b: &Arc<Backend>) -> bool {
         let r = self.routes.read().unwrap_or_else(|e| e.into_inner());
@@ -512,6 +658,11 @@ async fn handle(
     peer: SocketAddr,
 ) -> Response<PBody> {
     let started = Instant::now();
+    if let Some(answer) = refuse_malformed(&req) {
+        return answer;
+    }
+    // HTTP/1 connections are closed after a request whose body could not be read whole.
+    let http1 = req.version() < http::Version::HTTP_2;
     if shared.paused.load(Ordering::SeqCst) {
         if shared.queued.fetch_add(1, Ordering::SeqCst) >= shared.settings.max_queued {
             shared.queued.fetch_sub(1, Ordering::SeqCst);
@@ -567,8 +718,12 @@ async fn handle(
         Some(Bytes::new())
     } else if !upgrade && declared.is_none_or(|l| l <= 1 << 20) {
         let limited = http_body_util::Limited::new(body, shared.settings.max_body as usize);
-        match limited.collect().await {
+        match tokio::time::timeout(shared.settings.body_timeout, limited.collect())
+            .await
+            .unwrap_or_else(|_| Err(BodyTimedOut.into()))
+        {
             Ok(c) => Some(c.to_bytes()),
+            Err(e) if e.is::<BodyTimedOut>() => return body_timed_out(&shared, http1),
             Err(e) => {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
@@ -582,6 +737,23 @@ async fn handle(
         streamed_body = Some(body);
         None
     };
+
+    // Absolute-form (and HTTP/2's :authority): the target's authority is the host, whatever
+    // a Host header said (RFC 9112, 3.2.2). The backend gets origin-form and this Host.
+    if let Some(a) = parts.uri.authority()
+        && parts
+            .headers
+            .get(header::HOST)
+            .is_none_or(|h| h.as_bytes() != a.as_str().as_bytes())
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let origin: http::Uri = match parts.uri.path_and_query() {
+        Some(pq) => http::Uri::from(pq.clone()),
+        None => http::Uri::from_static("/"),
+    };
+    parts.uri = origin;
 
     // Forwarding headers.
     let host = parts.headers.get(header::HOST).cloned();
@@ -615,27 +787,29 @@ async fn handle(
             parts.headers.remove(h);
         }
     }
-    // Origin-form for the backend (`/path?query`); the client's Host header stays.
-    let origin: http::Uri = match parts.uri.path_and_query() {
-        Some(pq) => http::Uri::from(pq.clone()),
-        None => http::Uri::from_static("/"),
-    };
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(a) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, a);
-    }
-    parts.uri = origin;
-
     // The request to the backend, built once; a failed attempt that never sent it hands it
     // back for the next one (no copies of the head per attempt).
-    let body: PBody = match (buffered, streamed_body.take()) {
+    // A streamed body has until its deadline to arrive; then it ends the request in an error.
+    let mut body_expired: Option<Arc<AtomicBool>> = None;
+    let body: ReqBody = match (buffered, streamed_body.take()) {
         (Some(b), _) => Full::new(b).map_err(|n| match n {}).boxed(),
-        (None, Some(incoming)) => incoming.boxed(),
+        (None, Some(incoming)) if upgrade => incoming.map_err(BoxError::from).boxed(),
+        (None, Some(incoming)) => {
+            let expired = Arc::new(AtomicBool::new(false));
+            body_expired = Some(expired.clone());
+            Deadline {
+                inner: incoming,
+                sleep: Box::pin(tokio::time::sleep(shared.settings.body_timeout)),
+                expired,
+            }
+            .boxed()
+        }
         (None, None) => Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
+    };
+    let body_late = || {
+        body_expired
+            .as_ref()
+            .is_some_and(|e| e.load(Ordering::Acquire))
     };
     parts.version = http::Version::HTTP_11;
     let mut pending = Some(Request::from_parts(parts, body));
@@ -677,8 +851,11 @@ async fn handle(
             .get_or_init(|| shared.metrics.release(&backend.release))
             .clone();
         m.open.fetch_add(1, Ordering::Relaxed);
-        let result =
-            tokio::time::timeout(shared.settings.request_timeout, backend.pool.send(out)).await;
+        let result = tokio::time::timeout(
+            shared.settings.request_timeout,
+            backend.pool.send(out, &shared.fds),
+        )
+        .await;
         match result {
             Ok(Ok(mut resp)) => {
                 let upgrading =
@@ -752,6 +929,19 @@ async fn handle(
                 };
                 return Response::from_parts(p, tracked.boxed());
             }
+            Ok(Err(_)) | Err(_) if body_late() => {
+                m.open.fetch_sub(1, Ordering::Relaxed);
+                m.record(408, started.elapsed());
+                return body_timed_out(&shared, http1);
+            }
+            Ok(Err((pool::SendError::NoFd, _))) => {
+                m.open.fetch_sub(1, Ordering::Relaxed);
+                m.record(503, started.elapsed());
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many open connections: no file descriptor left for the upstream",
+                );
+            }
             Ok(Err((e, unsent))) => {
                 m.open.fetch_sub(1, Ordering::Relaxed);
                 drop(guard);
@@ -775,6 +965,99 @@ async fn handle(
                 return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
             }
         }
+    }
+}
+
+/// The proxy's own answer to a request it must not forward: CONNECT (RFC 9110, 9.3.6: a
+/// reverse proxy is no tunnel), more than one Host header or an invalid one, and HTTP/1.1
+/// without Host (RFC 9112, 3.2). A few comparisons, no allocation, for a request that passes.
+fn refuse_malformed(req: &Request<Incoming>) -> Option<Response<PBody>> {
+    if req.method() == http::Method::CONNECT {
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: this is a reverse proxy, not a tunnel",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        return Some(r);
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let problem = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => "more than one Host header",
+        (None, _) if req.version() == http::Version::HTTP_11 => {
+            "an HTTP/1.1 request needs a Host header"
+        }
+        (Some(h), None) if !valid_host(h.as_bytes()) => "invalid Host header",
+        _ => return None,
+    };
+    Some(plain(StatusCode::BAD_REQUEST, problem))
+}
+
+/// `host [ ":" port ]` of RFC 3986: a reg-name, IPv4 or bracketed IPv6 literal (or empty).
+fn valid_host(h: &[u8]) -> bool {
+    h.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+}
+
+/// A request body that did not arrive within `body_timeout`.
+#[derive(Debug)]
+struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+fn body_timed_out(shared: &Shared, close: bool) -> Response<PBody> {
+    let mut r = plain(
+        StatusCode::REQUEST_TIMEOUT,
+        &format!(
+            "the request body did not arrive within {:?} (`[proxy] body_timeout`)",
+            shared.settings.body_timeout
+        ),
+    );
+    if close {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// A streamed request body with a deadline: past it, the body ends in `BodyTimedOut` (and
+/// `expired` tells the request why its upstream failed).
+struct Deadline {
+    inner: Incoming,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl Body for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.expired.store(true, Ordering::Release);
+            return Poll::Ready(Some(Err(BodyTimedOut.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -846,8 +1129,153 @@ mod tests {
             .count()
     }
 
+    /// A backend that records the head of every request it gets and answers 200.
+    fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut head = String::new();
+                        let mut len = 0;
+                        loop {
+                            let mut line = String::new();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        log.lock().unwrap().push(head);
+                        let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n");
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Sends raw bytes, returns everything the proxy answers until it closes.
+    fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn connect_and_bad_host_headers_are_answered_by_the_proxy_and_never_forwarded() {
+        let _one = ONE_RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+        let before = proxy_threads();
+        let (backend, seen) = recording_backend();
+        let rt = Runtime::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes = Routes {
+            stable: vec![Backend::new(backend, "r1")],
+            ..Routes::default()
+        };
+        let _handle = rt
+            .serve("app", listener, Settings::default(), routes)
+            .unwrap();
+
+        let connect = raw(
+            addr,
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+        );
+        assert!(connect.starts_with("HTTP/1.1 405 "), "{connect:?}");
+        assert!(
+            connect
+                .to_ascii_lowercase()
+                .contains(&format!("\r\nallow: {}\r\n", ALLOWED.to_ascii_lowercase())),
+            "{connect:?}"
+        );
+        let two = raw(
+            addr,
+            b"GET /two HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        );
+        assert!(two.starts_with("HTTP/1.1 400 "), "{two:?}");
+        assert!(two.contains("more than one Host header"), "{two:?}");
+        let none = raw(addr, b"GET /none HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(none.starts_with("HTTP/1.1 400 "), "{none:?}");
+        assert!(none.contains("needs a Host header"), "{none:?}");
+        let invalid = raw(
+            addr,
+            b"GET /invalid HTTP/1.1\r\nHost: a b/c\r\nConnection: close\r\n\r\n",
+        );
+        assert!(invalid.starts_with("HTTP/1.1 400 "), "{invalid:?}");
+
+        // HTTP/1.0 may leave Host out; an absolute-form target names the host.
+        let old = raw(addr, b"GET /old HTTP/1.0\r\n\r\n");
+        assert!(
+            old.starts_with("HTTP/1.0 200 ") || old.starts_with("HTTP/1.1 200 "),
+            "{old:?}"
+        );
+        let absolute = raw(
+            addr,
+            b"GET http://right.example/abs HTTP/1.1\r\nHost: wrong.example\r\nConnection: close\r\n\r\n",
+        );
+        assert!(absolute.starts_with("HTTP/1.1 200 "), "{absolute:?}");
+        let good = raw(
+            addr,
+            b"GET /good HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        );
+        assert!(good.starts_with("HTTP/1.1 200 "), "{good:?}");
+
+        // The backend got the three good requests, in order, and nothing else.
+        let seen = seen.lock().unwrap().clone();
+        let lines: Vec<&str> = seen.iter().map(|h| h.lines().next().unwrap()).collect();
+        assert_eq!(
+            lines,
+            [
+                "GET /old HTTP/1.1",
+                "GET /abs HTTP/1.1",
+                "GET /good HTTP/1.1"
+            ],
+            "{seen:#?}"
+        );
+        let abs = seen[1].to_ascii_lowercase();
+        assert!(abs.contains("host: right.example\r\n"), "{abs}");
+        assert!(!abs.contains("wrong.example"), "{abs}");
+        drop(rt);
+        threads_end(before);
+    }
+
+    /// Tests that start a runtime run one at a time: one of them counts the proxy's threads.
+    static ONE_RUNTIME: Mutex<()> = Mutex::new(());
+
+    /// Waits (5 s at most) for the proxy's threads to be down to `n` again.
+    fn threads_end(n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy_threads() > n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn a_dropped_runtime_stops_serving_and_its_threads_end() {
+        let _one = ONE_RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
         let before = proxy_threads();
         let rt = Runtime::new().unwrap();
         let workers = rt.workers.handles.len();
@@ -871,10 +1299,7 @@ mod tests {
         assert!(ask().unwrap().starts_with("HTTP/1.1 503"));
 
         drop(rt);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while proxy_threads() > before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        threads_end(before);
         assert_eq!(
             proxy_threads(),
             before,

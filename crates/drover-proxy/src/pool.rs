@@ -3,7 +3,7 @@
 //! one address, no DNS, no per-request pool key.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use crate::PBody;
+use crate::ReqBody;
+use crate::fds::{Budget, Held};
 
 const MAX_IDLE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -21,6 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum SendError {
     /// Never reached the backend: safe to try another instance.
     Connect(String),
+    /// No descriptor left in the proxies' budget for a new connection.
+    NoFd,
     Http(hyper::Error),
 }
 
@@ -28,6 +31,7 @@ impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::NoFd => write!(f, "no file descriptor left for a new connection"),
             SendError::Http(e) => write!(f, "{e}"),
         }
     }
@@ -38,7 +42,7 @@ pub struct Pool {
     addr: SocketAddr,
     /// Idle connections, each with the proxy worker whose runtime drives it: a request
     /// takes only its own worker's, so it never wakes another thread.
-    idle: Mutex<Vec<(usize, SendRequest<PBody>)>>,
+    idle: Mutex<Vec<(usize, SendRequest<ReqBody>)>>,
 }
 
 impl Pool {
@@ -51,7 +55,7 @@ impl Pool {
 
     /// An idle connection that can take a request now, if any. Busy ones (a body still
     /// streaming) stay for later; closed ones go.
-    fn take_idle(&self) -> Option<SendRequest<PBody>> {
+    fn take_idle(&self) -> Option<SendRequest<ReqBody>> {
         let me = crate::current_worker();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|(_, s)| !s.is_closed());
@@ -59,16 +63,26 @@ impl Pool {
         Some(idle.swap_remove(i).1)
     }
 
-    async fn connect(&self) -> Result<SendRequest<PBody>, SendError> {
+    /// Drops the idle connections (of every worker): their descriptors are wanted elsewhere.
+    pub fn drop_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    async fn connect(&self, fds: &Arc<Budget>) -> Result<SendRequest<ReqBody>, SendError> {
+        let Some(fd) = fds.take() else {
+            self.drop_idle();
+            return Err(SendError::NoFd);
+        };
         let stream =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
                 .await
                 .map_err(|_| SendError::Connect("timed out".into()))?
                 .map_err(|e| SendError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(e.to_string()))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(Held::new(stream, fd)))
+                .await
+                .map_err(|e| SendError::Connect(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -78,11 +92,12 @@ impl Pool {
     /// Sends a request; on failure, hands the request back when it never left.
     pub async fn send(
         &self,
-        req: Request<PBody>,
-    ) -> Result<Response<Incoming>, (SendError, Option<Request<PBody>>)> {
+        req: Request<ReqBody>,
+        fds: &Arc<Budget>,
+    ) -> Result<Response<Incoming>, (SendError, Option<Request<ReqBody>>)> {
         let (mut sender, reused) = match self.take_idle() {
             Some(s) => (s, true),
-            None => match self.connect().await {
+            None => match self.connect(fds).await {
                 Ok(s) => (s, false),
                 Err(e) => return Err((e, Some(req))),
             },

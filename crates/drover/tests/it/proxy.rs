@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{TestContext, http_get, wait_for};
+use crate::common::{AgentHandle, TestContext, http_get, wait_for};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -632,4 +632,233 @@ fn upgrades_and_http2_pass_through() {
         text.contains("version 1") && text.trim_end().ends_with('2'),
         "{text}"
     );
+}
+
+/// An agent serving the example app (version 1) through its proxy on a fresh port, with
+/// exactly these `[proxy]` keys besides the port.
+fn serving(keys: &str) -> (TestContext, AgentHandle, u16) {
+    let cx = TestContext::new();
+    let agent = cx.start_agent();
+    let port = free_port();
+    let v1 = cx.hello_app("v1", "1", &format!("[proxy]\nport = {port}\n{keys}"));
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    (cx, agent, port)
+}
+
+/// Has the proxy closed this connection? (Without waiting: what has arrived so far.)
+fn closed(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let r = (&*s).read(&mut buf);
+    s.set_nonblocking(false).unwrap();
+    match r {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Everything the server sends on `s` until it closes the connection.
+fn read_all(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `/stream?secs=N` request in flight on its own connection, its head read.
+fn streaming(port: u16, secs: u32) -> BufReader<TcpStream> {
+    let mut s = connect(port).unwrap();
+    s.get_mut()
+        .write_all(format!("GET /stream?secs={secs} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    s.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
+    s
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout_and_busy_ones_are_not() {
+    // The header timeout is long: it is the idle timeout that must close them.
+    let (_cx, _agent, port) = serving("header_timeout = \"60s\"\nidle_timeout = \"1s\"\n");
+
+    // Connections that never say anything...
+    let silent: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // ...one that made a request and keeps the connection...
+    let mut kept = connect(port).unwrap();
+    let (code, _, _) = exchange(&mut kept, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(code, 200);
+    // ...and a response that streams for three times the idle timeout.
+    let mut stream = streaming(port, 3);
+
+    wait_for(
+        "the idle connections to be closed",
+        Duration::from_secs(20),
+        || silent.iter().all(closed) && closed(kept.get_ref()),
+    );
+    // The streaming response was not cut: it ran to its last chunk.
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap_or_default();
+    assert!(rest.contains("tick 30 from version 1"), "{rest:?}");
+    assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
+    let (code, _) = http_get(port, "/").unwrap();
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn a_trickled_request_body_is_cut_with_408() {
+    let (_cx, _agent, port) = serving("body_timeout = \"2s\"\nrequest_timeout = \"60s\"\n");
+
+    // Bodies read whole before they are sent on (up to 1 MiB), and bodies streamed on.
+    for declared in [1000, 2_000_000] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(
+            format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {declared}\r\n\r\nx").as_bytes(),
+        )
+        .unwrap();
+        // One byte every 100 ms, for far longer than the body timeout, until cut off.
+        let mut w = s.try_clone().unwrap();
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..600 {
+                std::thread::sleep(Duration::from_millis(100));
+                if w.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        });
+        let answer = read_all(&mut s);
+        assert!(
+            answer.starts_with("HTTP/1.1 408 "),
+            "{declared}: {answer:?}"
+        );
+        assert!(answer.contains("body_timeout"), "{answer:?}");
+        // The connection is closed after the answer: the trickle's writes fail.
+        trickle.join().unwrap();
+    }
+    // A body sent at once still goes through.
+    let mut c = connect(port).unwrap();
+    let body = "y".repeat(5000);
+    let (code, _, text) = exchange(
+        &mut c,
+        &format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n{body}"),
+    )
+    .unwrap();
+    assert_eq!((code, text.trim()), (200, "version 1 got 5000 bytes"));
+}
+
+#[test]
+fn over_max_connections_an_idle_one_makes_room_and_if_all_are_busy_the_new_one_gets_503() {
+    let (_cx, _agent, port) = serving("max_connections = 4\n");
+
+    // Four connections, each with a response in flight: the fifth is refused, clearly.
+    let mut busy: Vec<_> = (0..4).map(|_| streaming(port, 60)).collect();
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let refused = read_all(&mut extra);
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused:?}");
+    assert!(
+        refused.contains("`[proxy] max_connections` is 4"),
+        "{refused:?}"
+    );
+
+    // Two of them end: requests are served again.
+    busy.truncate(2);
+    wait_for("a request to be served", Duration::from_secs(10), || {
+        http_get(port, "/").is_ok_and(|(code, _)| code == 200)
+    });
+    // Idle connections filling the rest never keep a request out: the longest idle makes room.
+    let silent: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for _ in 0..5 {
+        let (code, body) = http_get(port, "/").unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    wait_for(
+        "the longest idle connection to be closed",
+        Duration::from_secs(10),
+        || closed(&silent[0]),
+    );
+    drop(busy);
+}
+
+#[test]
+fn many_idle_sockets_under_a_low_fd_limit_stop_neither_requests_nor_the_agent() {
+    let cx = TestContext::new();
+    let agent = cx.start_agent();
+    // The agent's descriptors: 256 in all, before its proxy starts.
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &agent.child.id().to_string(), "--nofile=256:256"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let port = free_port();
+    let v1 = proxied(&cx, "v1", "1", port, "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+
+    // Far more idle connections than the agent has descriptors.
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        match TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        ) {
+            Ok(s) => idle.push(s),
+            // The proxy stopped accepting: the requests below show what that costs.
+            Err(_) => break,
+        }
+    }
+    // Served, and promptly (a request left in the listen queue would time out here).
+    for _ in 0..5 {
+        let c = TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(5),
+        )
+        .expect("connect to the proxy");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (code, _, body) =
+            exchange(&mut BufReader::new(c), "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    cx.drover(&["status", "--json"]).success();
+    drop(idle);
+}
+
+#[test]
+fn connect_and_bad_host_headers_are_answered_by_the_proxy_itself() {
+    let (cx, _agent, port) = serving("");
+    let (code, _) = http_get(port, "/").unwrap();
+    assert_eq!(code, 200);
+    let forwarded = || -> u64 {
+        cx.app_status("hello")["proxy"]["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum()
+    };
+    let before = forwarded();
+
+    let raw = |bytes: &str| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(bytes.as_bytes()).unwrap();
+        read_all(&mut s)
+    };
+    let connect = raw(
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    );
+    assert!(connect.starts_with("HTTP/1.1 405 "), "{connect:?}");
+    assert!(
+        connect.to_ascii_lowercase().contains("\r\nallow: get,"),
+        "{connect:?}"
+    );
+    let two = raw("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n");
+    assert!(two.starts_with("HTTP/1.1 400 "), "{two:?}");
+    let none = raw("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(none.starts_with("HTTP/1.1 400 "), "{none:?}");
+    // None of them reached the app: its release counted no request.
+    assert_eq!(forwarded(), before);
 }
