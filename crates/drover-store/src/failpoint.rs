@@ -33,6 +33,10 @@ pub const POINTS: &[&str] = &[
     "unpack.checked",
     "unpack.chunk_adopted",
     "unpack.adopted",
+    // A transfer's receiver: every chunk in (sealed in packs), the commit next; committed,
+    // the tree drafted while the chunks came not yet put in place.
+    "receive.chunks_in",
+    "receive.tree_completed",
     // A commit (of a build, an unpack or a transfer): chunks durable (`syncfs`); signature,
     // metadata written; the manifest renamed in (the release exists), then made durable.
     "commit.chunks_durable",

@@ -657,6 +657,7 @@ fn receive_inner(
             format!("the transfer ended without chunk {h}"),
         ));
     }
+    crate::failpoint::hit("receive.chunks_in");
     // The commit and the rest of the tree side by side; the tree goes in place after both.
     let (committed, completed) = std::thread::scope(|s| {
         let completed = match draft {
@@ -670,6 +671,7 @@ fn receive_inner(
     });
     committed?;
     if let Some(Ok(Ok(draft))) = completed {
+        crate::failpoint::hit("receive.tree_completed");
         let _ = store.place_tree(draft);
     }
     Ok(Received {

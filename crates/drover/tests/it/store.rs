@@ -1525,3 +1525,96 @@ fn a_crash_at_any_step_of_build_or_unpack_leaves_no_half_release() {
     }
     assert!(runs >= 13, "{runs}");
 }
+
+#[test]
+fn a_receiver_killed_at_any_step_leaves_no_half_release_and_the_next_transfer_completes() {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("f{i}.bin"), noise(70 + i, 150_000)))
+        .collect();
+    let src = TestContext::new();
+    let app = src.app("app", "[app]\nname = \"app\"\nversion = \"1\"\n", &[]);
+    for (name, data) in &files {
+        fs::write(app.join(name), data).unwrap();
+    }
+    let id = src.build(&app, &[])["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = src.drover(&["keys"]).success().stdout.trim().to_string();
+    let store = drover_store::Store::open(&src.root).unwrap();
+    let hash: Hash = id.parse().unwrap();
+
+    // A transfer into `dst`'s `remote serve`, as a fleet deploy makes it over ssh.
+    let transfer = |dst: &TestContext, point: Option<&str>| {
+        let mut cmd = dst.command();
+        cmd.args(["remote", "serve"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(p) = point {
+            cmd.env("DROVER_FAILPOINT", p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut to = child.stdin.take().unwrap();
+        let from = child.stdout.take().unwrap();
+        to.write_all(b"{\"op\":\"receive\"}\n").unwrap();
+        let sent = drover_store::transfer::send(
+            &store,
+            &hash,
+            &drover_store::transfer::Encoded::default(),
+            from,
+            &mut to,
+            "dst",
+            |_| {},
+        );
+        drop(to);
+        let out = child.wait_with_output().unwrap();
+        (sent.is_ok(), to_run(out))
+    };
+
+    let points: Vec<&str> = drover_store::failpoint::POINTS
+        .iter()
+        .copied()
+        .filter(|p| p.starts_with("receive.") || p.starts_with("commit."))
+        .collect();
+    assert!(points.len() >= 7, "{points:?}");
+    for point in points {
+        let dst = TestContext::new();
+        dst.drover(&["keys", "trust", &key]).success();
+        let (sent, run) = transfer(&dst, Some(point));
+        assert!(!sent, "{point}: the transfer went through");
+        assert_eq!(
+            run.status.signal(),
+            Some(9),
+            "the receiver did not reach {point}: {}\n{}",
+            run.status,
+            run.stderr
+        );
+        let what = format!("receiver killed at {point}");
+        let verify = dst.drover(&["verify"]);
+        assert!(verify.status.success(), "{what}: {}", verify.stderr);
+        let listed = dst.drover(&["releases", "--json"]).success().json();
+        let listed: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["release"].as_str().unwrap())
+            .collect();
+        assert!(
+            listed.is_empty() || listed == [id.as_str()],
+            "{what}: {listed:?}"
+        );
+        // The next transfer completes it, and the release checks out whole.
+        let (sent, run) = transfer(&dst, None);
+        assert!(sent && run.status.success(), "{what}: {}", run.stderr);
+        dst.drover(&["verify", &id]).success();
+        let co = dst.path("co");
+        dst.drover(&["checkout", &id, co.to_str().unwrap()])
+            .success();
+        for (name, data) in &files {
+            assert_eq!(&fs::read(co.join(name)).unwrap(), data, "{what}");
+        }
+    }
+}
