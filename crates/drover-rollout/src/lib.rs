@@ -345,37 +345,33 @@ impl Rollout {
     pub fn observe(&mut self, now: Duration, obs: Observation) -> Vec<Action> {
         self.now = self.now.max(now);
         let mut out = Vec::new();
+        let switching = |r: &Rollout, b: usize, host: HostId| {
+            r.in_batch(b, host)
+                && r.hosts
+                    .get(host)
+                    .is_some_and(|h| matches!(h.state, HostState::Switching | HostState::Healthy))
+        };
         match (&self.phase, obs) {
-            (Phase::Transferring, Observation::Sent { host }) => {
-                if self.is(host, HostState::Sending) {
-                    self.set(host, HostState::Sent, None);
-                    self.after_transfer(&mut out);
-                }
+            (Phase::Transferring, Observation::Sent { host })
+                if self.is(host, HostState::Sending) =>
+            {
+                self.set(host, HostState::Sent, None);
+                self.after_transfer(&mut out);
             }
-            (
-                Phase::Transferring,
-                Observation::SendFailed {
-                    host,
-                    error,
-                    unreachable: _,
-                },
-            ) => {
-                if self.is(host, HostState::Sending) {
-                    // Whether lost or refused, a host without the release failed the deploy.
-                    self.set(host, HostState::Failed, Some(error));
-                    self.after_transfer(&mut out);
-                }
+            // Whether lost or refused, a host without the release failed the deploy.
+            (Phase::Transferring, Observation::SendFailed { host, error, .. })
+                if self.is(host, HostState::Sending) =>
+            {
+                self.set(host, HostState::Failed, Some(error));
+                self.after_transfer(&mut out);
             }
-            (&Phase::Pausing(b, at), Observation::Tick) => {
-                if self.now >= at {
-                    self.check_batch(b, &mut out);
-                } else {
-                    out.push(Action::WaitUntil {
-                        at,
-                        hosts: self.plan.batches[b].clone(),
-                    });
-                }
+            (&Phase::Pausing(b, at), Observation::Tick) if self.now >= at => {
+                self.check_batch(b, &mut out);
             }
+            (&Phase::Pausing(b, at), Observation::Tick) => out.push(Action::WaitUntil {
+                at,
+                hosts: self.plan.batches[b].clone(),
+            }),
             (&Phase::Checking(b), Observation::Availability { mut down }) => {
                 let max = self.plan.max_unavailable.unwrap_or(usize::MAX);
                 let size = self.plan.batches[b].len();
@@ -383,25 +379,24 @@ impl Rollout {
                 down.dedup();
                 down.retain(|h| *h < self.hosts.len() && !self.plan.batches[b].contains(h));
                 if down.len().saturating_add(size) > max {
-                    self.fail(
-                        Failure::Unavailable {
-                            batch: b,
-                            of: self.plan.batches.len(),
-                            down,
-                            size,
-                            max,
-                        },
-                        &mut out,
-                    );
+                    let of = self.plan.batches.len();
+                    let failure = Failure::Unavailable {
+                        batch: b,
+                        of,
+                        down,
+                        size,
+                        max,
+                    };
+                    self.fail(failure, &mut out);
                 } else {
                     self.switch_batch(b, &mut out);
                 }
             }
-            (&Phase::Switching(b), Observation::Healthy { host }) => {
-                if self.in_batch(b, host) && self.is(host, HostState::Switching) {
-                    self.set(host, HostState::Healthy, None);
-                    out.push(Action::Confirm { host });
-                }
+            (&Phase::Switching(b), Observation::Healthy { host })
+                if self.in_batch(b, host) && self.is(host, HostState::Switching) =>
+            {
+                self.set(host, HostState::Healthy, None);
+                out.push(Action::Confirm { host });
             }
             (
                 &Phase::Switching(b),
@@ -410,20 +405,13 @@ impl Rollout {
                     generation,
                     previous,
                 },
-            ) => {
-                if self.in_batch(b, host)
-                    && matches!(
-                        self.hosts[host].state,
-                        HostState::Switching | HostState::Healthy
-                    )
-                {
-                    self.set(host, HostState::Live, None);
-                    let h = &mut self.hosts[host];
-                    h.switched = true;
-                    h.generation = generation;
-                    h.previous = previous;
-                    self.after_switch(b, &mut out);
-                }
+            ) if switching(self, b, host) => {
+                self.set(host, HostState::Live, None);
+                let h = &mut self.hosts[host];
+                h.switched = true;
+                h.generation = generation;
+                h.previous = previous;
+                self.after_switch(b, &mut out);
             }
             (
                 &Phase::Switching(b),
@@ -432,37 +420,27 @@ impl Rollout {
                     error,
                     unreachable,
                 },
-            ) => {
-                if self.in_batch(b, host)
-                    && matches!(
-                        self.hosts[host].state,
-                        HostState::Switching | HostState::Healthy
-                    )
-                {
-                    let state = if unreachable {
-                        HostState::Unreachable
-                    } else {
-                        HostState::Failed
-                    };
-                    self.set(host, state, Some(error));
-                    self.after_switch(b, &mut out);
-                }
+            ) if switching(self, b, host) => {
+                let state = if unreachable {
+                    HostState::Unreachable
+                } else {
+                    HostState::Failed
+                };
+                self.set(host, state, Some(error));
+                self.after_switch(b, &mut out);
             }
-            (Phase::Reverting, Observation::Reverted { host }) => {
-                if self.is(host, HostState::Reverting) {
-                    self.set(host, HostState::Reverted, None);
-                    self.after_revert(&mut out);
-                }
+            (Phase::Reverting, Observation::Reverted { host })
+                if self.is(host, HostState::Reverting) =>
+            {
+                self.set(host, HostState::Reverted, None);
+                self.after_revert(&mut out);
             }
-            (Phase::Reverting, Observation::RevertFailed { host, error }) => {
-                if self.is(host, HostState::Reverting) {
-                    self.set(
-                        host,
-                        HostState::Failed,
-                        Some(format!("could not revert: {error}")),
-                    );
-                    self.after_revert(&mut out);
-                }
+            (Phase::Reverting, Observation::RevertFailed { host, error })
+                if self.is(host, HostState::Reverting) =>
+            {
+                let error = format!("could not revert: {error}");
+                self.set(host, HostState::Failed, Some(error));
+                self.after_revert(&mut out);
             }
             _ => {}
         }
