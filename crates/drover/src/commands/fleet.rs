@@ -179,7 +179,7 @@ pub fn rollback(
                 to,
                 who: client::who(),
             },
-            false,
+            None,
             |_| {},
         );
         let entry = AuditEntry {
@@ -231,7 +231,7 @@ pub fn rollback(
 pub fn status(target: Target, app: Option<String>, json: bool) -> anyhow::Result<()> {
     let results: Vec<HostResult<Vec<AppStatus>>> = target
         .each(None, |s| {
-            fleet::agent_typed(s, &Request::Status { app: app.clone() }, false, |_| {})
+            fleet::agent_typed(s, &Request::Status { app: app.clone() }, None, |_| {})
         })?
         .into_iter()
         .map(|(h, r)| split(&h, r))
@@ -344,7 +344,7 @@ pub fn logs(target: Target, app: String, lines: usize, follow: bool) -> anyhow::
                 lines,
                 follow,
             },
-            false,
+            None,
             |line| {
                 let mut out = stdout.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = writeln!(out, "{:width$} | {line}", s.name);

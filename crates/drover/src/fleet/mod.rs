@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use drover_rollout::{Action, Failure, Observation, Outcome, Rollout};
 use drover_wire::{AuditEntry, Line, Reply, Request};
 use serde::Serialize;
 
@@ -282,12 +283,12 @@ pub fn check_version(s: &Session, hello: &Hello) -> Result<(), HostError> {
 }
 
 /// Sends one request to the host's agent over its serve session. `on_event` sees progress
-/// events and log lines; with `confirm`, an `AWAITING_CONFIRM` event is answered at once
-/// with `Confirm`.
+/// events and log lines; with `confirm`, an `AWAITING_CONFIRM` event is answered with a
+/// `Confirm` saying what it decides (without, the host reverts once its wait is over).
 pub fn agent_call(
     s: &Session,
     req: &Request,
-    confirm: bool,
+    confirm: Option<&dyn Fn() -> bool>,
     mut on_event: impl FnMut(&str),
 ) -> Result<serde_json::Value, HostError> {
     let request =
@@ -301,9 +302,12 @@ pub fn agent_call(
                 Ok(Line::Reply(r)) => break r,
                 Ok(Line::Item { item }) => items.push(item),
                 Ok(Line::Event(e)) => {
-                    if confirm && e.event == drover_wire::AWAITING_CONFIRM {
+                    if let Some(decide) =
+                        confirm.filter(|_| e.event == drover_wire::AWAITING_CONFIRM)
+                    {
+                        let confirm = decide();
                         drover_store::failpoint::hit("fleet.confirm-before-send");
-                        sv.send(&drover_wire::Confirm { confirm: true })?;
+                        sv.send(&drover_wire::Confirm { confirm })?;
                         drover_store::failpoint::hit("fleet.confirm-after-send");
                     }
                     on_event(&e.event);
@@ -352,12 +356,9 @@ fn serve_reply<T: serde::de::DeserializeOwned>(s: &Session, sv: &mut Serve) -> R
 /// Whether a host serves the app: it is not stopped there and has a healthy instance (a host
 /// that never ran the app is not counted as down).
 fn available(s: &Session, app: &str) -> bool {
-    let Ok(apps) = agent_typed::<Vec<drover_wire::AppStatus>>(
-        s,
-        &Request::Status { app: None },
-        false,
-        |_| {},
-    ) else {
+    let Ok(apps) =
+        agent_typed::<Vec<drover_wire::AppStatus>>(s, &Request::Status { app: None }, None, |_| {})
+    else {
         return false;
     };
     match apps.iter().find(|a| a.app == app) {
@@ -370,7 +371,7 @@ fn available(s: &Session, app: &str) -> bool {
 pub fn agent_typed<T: serde::de::DeserializeOwned>(
     s: &Session,
     req: &Request,
-    confirm: bool,
+    confirm: Option<&dyn Fn() -> bool>,
     on_event: impl FnMut(&str),
 ) -> Result<T, HostError> {
     let v = agent_call(s, req, confirm, on_event)?;
@@ -381,7 +382,7 @@ pub fn agent_typed<T: serde::de::DeserializeOwned>(
 /// The app's live generation on a host (`None`: not deployed there yet).
 pub fn current_generation(s: &Session, app: &str) -> Result<Option<u64>, HostError> {
     let apps: Vec<drover_wire::AppStatus> =
-        agent_typed(s, &Request::Status { app: None }, false, |_| {})?;
+        agent_typed(s, &Request::Status { app: None }, None, |_| {})?;
     Ok(apps
         .into_iter()
         .find(|a| a.app == app)
@@ -615,16 +616,10 @@ pub struct DeployPlan {
     pub json: bool,
 }
 
-#[derive(Default)]
+/// A host as the rollout left it, and the bytes its transfer sent.
 struct HostState {
-    previous: Option<u64>,
-    generation: Option<u64>,
-    switched: bool,
-    state: &'static str,
-    error: Option<String>,
+    host: drover_rollout::Host,
     bytes: u64,
-    /// When the host reached its final state, from the start of the deploy.
-    seconds: f64,
 }
 
 /// The whole fleet deploy: preflight, transfer, batches, and all-or-back.
@@ -697,12 +692,12 @@ fn deploy_connected(
             .zip(&sessions)
             .map(|(st, s)| HostReport {
                 host: s.name.clone(),
-                state: st.state.to_string(),
-                generation: st.generation,
-                previous: st.previous,
-                error: st.error.clone(),
+                state: st.host.outcome().as_str().to_string(),
+                generation: st.host.generation,
+                previous: st.host.previous,
+                error: st.host.error.clone(),
                 bytes_sent: st.bytes,
-                seconds: st.seconds,
+                seconds: st.host.at.as_secs_f64(),
             })
             .collect(),
     };
@@ -769,7 +764,27 @@ fn print_summary(r: &DeployReport) {
     }
 }
 
-/// Transfer, then the batches; returns each host's state and the failure, if any.
+/// What an executor thread saw on a host, for the rollout engine; `error` keeps the host's
+/// own error (with its hint) for the deploy's message.
+struct Seen {
+    obs: Observation,
+    error: Option<HostError>,
+    bytes: Option<u64>,
+}
+
+impl From<Observation> for Seen {
+    fn from(obs: Observation) -> Seen {
+        Seen {
+            obs,
+            error: None,
+            bytes: None,
+        }
+    }
+}
+
+/// Carries out a rollout (`drover_rollout` decides every step) on the environment's
+/// sessions: transfers, availability checks, pauses, health-gated switches with their
+/// confirms, reverts. Returns each host's state, the failure, if any, and the audit entries.
 fn rollout(
     store: &drover_store::Store,
     target: &Target,
@@ -784,22 +799,170 @@ fn rollout(
 ) {
     let parallel = target.config.ssh.parallel.max(1);
     let n = sessions.len();
-    let mut states: Vec<HostState> = (0..n)
-        .map(|_| HostState {
-            state: "unchanged",
-            ..Default::default()
+    let strategy = &target.env.strategy;
+    let mut engine = Rollout::new(drover_rollout::Plan {
+        hosts: sessions.iter().map(|s| s.name.clone()).collect(),
+        batches: strategy.batches(n),
+        pause: strategy.pause(),
+        max_unavailable: strategy.max_unavailable(n),
+        keep_partial: plan.keep_partial,
+    });
+    let mut bytes = vec![0u64; n];
+    let mut errors: Vec<Option<HostError>> = (0..n).map(|_| None).collect();
+    let encoded = drover_store::transfer::Encoded::default();
+    let confirm_within = target.settings.timeout.as_secs().max(1);
+    let (tx, rx) = std::sync::mpsc::channel::<Seen>();
+
+    let failure = std::thread::scope(|scope| {
+        let mut confirms: BTreeMap<usize, std::sync::mpsc::Sender<bool>> = BTreeMap::new();
+        let mut actions = std::collections::VecDeque::from(engine.start());
+        let mut deadline: Option<std::time::Instant> = None;
+        loop {
+            let mut reverts: Vec<(usize, drover_rollout::Revert)> = Vec::new();
+            while let Some(action) = actions.pop_front() {
+                match action {
+                    Action::Transfer { hosts } => {
+                        let tx = tx.clone();
+                        let encoded = &encoded;
+                        scope.spawn(move || {
+                            par(&hosts, parallel, |_, &i| {
+                                let seen =
+                                    send_release(store, plan, encoded, sessions[i], i, progress);
+                                let _ = tx.send(seen);
+                            });
+                        });
+                    }
+                    Action::CheckAvailable { hosts } => {
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let down: Vec<usize> = par(&hosts, parallel, |_, &i| {
+                                (!available(sessions[i], &plan.app)).then_some(i)
+                            })
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                            let _ = tx.send(Observation::Availability { down }.into());
+                        });
+                    }
+                    Action::WaitUntil { at, hosts } => {
+                        if let Some(p) = strategy.pause() {
+                            for &i in &hosts {
+                                progress.phase(i, format!("waiting {}", drover_config::Seconds(p)));
+                            }
+                        }
+                        deadline = Some(started + at);
+                    }
+                    Action::Switch { hosts, .. } => {
+                        for i in hosts {
+                            let (confirm_tx, confirm_rx) = std::sync::mpsc::channel();
+                            confirms.insert(i, confirm_tx);
+                            let tx = tx.clone();
+                            scope.spawn(move || {
+                                let seen = switch_host(
+                                    target,
+                                    plan,
+                                    sessions[i],
+                                    i,
+                                    confirm_within,
+                                    progress,
+                                    &tx,
+                                    confirm_rx,
+                                );
+                                let _ = tx.send(seen);
+                            });
+                        }
+                    }
+                    Action::Confirm { host } => {
+                        if let Some(c) = confirms.remove(&host) {
+                            let _ = c.send(true);
+                        }
+                    }
+                    Action::Revert { host, to } => reverts.push((host, to)),
+                    Action::Done { failure } => return failure,
+                }
+            }
+            if !reverts.is_empty() {
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    par(&reverts, parallel, |_, &(i, to)| {
+                        let _ = tx.send(revert_host(plan, sessions[i], i, to, progress));
+                    });
+                });
+            }
+            let seen = match deadline {
+                Some(d) => {
+                    match rx.recv_timeout(d.saturating_duration_since(std::time::Instant::now())) {
+                        Ok(seen) => seen,
+                        Err(_) => {
+                            deadline = None;
+                            Observation::Tick.into()
+                        }
+                    }
+                }
+                // The engine waits only on what a thread of this scope will send.
+                None => rx.recv().expect("a rollout thread answers"),
+            };
+            if let Some(h) = observed_host(&seen.obs) {
+                if let Some(b) = seen.bytes {
+                    bytes[h] = b;
+                }
+                if seen.error.is_some() {
+                    errors[h] = seen.error;
+                }
+            }
+            actions.extend(engine.observe(started.elapsed(), seen.obs));
+        }
+    });
+
+    let failure = failure.map(|f| failure_error(&f, engine.hosts(), &errors, sessions));
+    if failure.is_some() && plan.keep_partial {
+        eprintln!(
+            "{} --keep-partial: the hosts already switched STAY on the new release; the fleet runs mixed versions",
+            output::red("warning:")
+        );
+    }
+    let states: Vec<HostState> = engine
+        .hosts()
+        .iter()
+        .zip(bytes)
+        .map(|(h, bytes)| HostState {
+            host: h.clone(),
+            bytes,
         })
         .collect();
+    let audit = audit_entries(target, plan, sessions, &states, failure.as_ref());
+    (states, failure, audit)
+}
 
-    // 1. Every host gets the release before any switches.
-    let encoded = drover_store::transfer::Encoded::default();
-    let sent = par(sessions, parallel, |i, s| {
-        progress.phase(i, "sending");
-        let r = transfer(store, &plan.release, &encoded, s, |sent, total| {
-            progress.bytes(i, sent, total)
-        });
-        match &r {
-            Ok(x) => progress.phase(
+/// The host an observation is about.
+fn observed_host(obs: &Observation) -> Option<usize> {
+    match obs {
+        Observation::Sent { host }
+        | Observation::SendFailed { host, .. }
+        | Observation::Healthy { host }
+        | Observation::Live { host, .. }
+        | Observation::SwitchFailed { host, .. }
+        | Observation::Reverted { host }
+        | Observation::RevertFailed { host, .. } => Some(*host),
+        Observation::Availability { .. } | Observation::Tick => None,
+    }
+}
+
+/// Sends the release to host `i`.
+fn send_release(
+    store: &drover_store::Store,
+    plan: &DeployPlan,
+    encoded: &drover_store::transfer::Encoded,
+    s: &Session,
+    i: usize,
+    progress: &Progress,
+) -> Seen {
+    progress.phase(i, "sending");
+    match transfer(store, &plan.release, encoded, s, |sent, total| {
+        progress.bytes(i, sent, total)
+    }) {
+        Ok(x) => {
+            progress.phase(
                 i,
                 format!(
                     "sent {} ({} of {} chunks were there, {} went as deltas)",
@@ -808,198 +971,199 @@ fn rollout(
                     x.received.had_chunks + x.received.new_chunks,
                     x.chunks_delta
                 ),
-            ),
-            Err(e) => progress.phase(i, format!("transfer failed: {}", e.message)),
-        }
-        r
-    });
-    let mut failed: Vec<HostError> = Vec::new();
-    for (i, r) in sent.into_iter().enumerate() {
-        match r {
-            Ok(x) => {
-                states[i].bytes = x.bytes_sent;
-                states[i].seconds = started.elapsed().as_secs_f64();
-            }
-            Err(e) => {
-                states[i].seconds = started.elapsed().as_secs_f64();
-                states[i].state = "failed";
-                states[i].error = Some(e.message.clone());
-                failed.push(e);
-            }
-        }
-    }
-    if !failed.is_empty() {
-        let refs: Vec<&HostError> = failed.iter().collect();
-        let failure = host_errors_after(
-            Some("the release did not reach every host, so no host was switched".into()),
-            &refs,
-        );
-        let audit = audit_entries(target, plan, sessions, &states, Some(&failure));
-        return (states, Some(failure), audit);
-    }
-
-    // 2. Batch by batch, each healthy before the next.
-    let batches = target.env.strategy.batches(n);
-    let confirm_within = target.settings.timeout.as_secs().max(1);
-    let mut failure: Option<anyhow::Error> = None;
-    for (b, batch) in batches.iter().enumerate() {
-        if b > 0
-            && let Some(p) = target.env.strategy.pause()
-        {
-            for &i in batch {
-                progress.phase(i, format!("waiting {}", drover_config::Seconds(p)));
-            }
-            std::thread::sleep(p);
-        }
-        if let Some(max) = target.env.strategy.max_unavailable(n) {
-            let others: Vec<usize> = (0..n).filter(|i| !batch.contains(i)).collect();
-            let down: Vec<usize> = par(&others, parallel, |_, &i| {
-                !available(sessions[i], &plan.app)
-            })
-            .into_iter()
-            .zip(&others)
-            .filter_map(|(down, &i)| down.then_some(i))
-            .collect();
-            if down.len() + batch.len() > max {
-                let names: Vec<&str> = down.iter().map(|&i| sessions[i].name.as_str()).collect();
-                failure = Some(hinted(
-                    format!(
-                        "batch {} of {} not started: {} hosts are unavailable ({}) and the batch has {}, more than max_unavailable = {max}",
-                        b + 1,
-                        batches.len(),
-                        down.len(),
-                        names.join(", "),
-                        batch.len()
-                    ),
-                    "`drover status -e ENV` shows what is unhealthy",
-                ));
-                break;
-            }
-        }
-        let members: Vec<usize> = batch.clone();
-        let results = par(&members, members.len(), |_, &i| {
-            let s = sessions[i];
-            progress.phase(i, "switching");
-            let host = &target.env.hosts[i];
-            let (role, role_layer, processes) = match target.role_of(host) {
-                Some((name, r)) => (
-                    Some(name.clone()),
-                    r.env.clone(),
-                    (!r.processes.is_empty()).then(|| r.processes.clone()),
-                ),
-                None => (None, BTreeMap::new(), None),
-            };
-            let req = Request::Deploy {
-                release: plan.release.to_hex(),
-                who: client::who(),
-                canary: None,
-                environment: Some(target.name.clone()),
-                env_layer: target.env.env.clone(),
-                role,
-                role_layer,
-                secrets: plan.secrets.clone(),
-                confirm_within: Some(confirm_within),
-                processes,
-            };
-            let r = agent_typed::<drover_wire::AppStatus>(s, &req, true, |e| {
-                if e != drover_wire::AWAITING_CONFIRM {
-                    progress.phase(i, e.to_string());
-                }
-            });
-            match &r {
-                Ok(st) => progress.phase(
-                    i,
-                    format!("live: generation {}", st.generation.unwrap_or_default()),
-                ),
-                Err(e) => progress.phase(i, format!("failed: {}", e.message)),
-            }
-            r.map(|st| (st.from, st))
-        });
-        let mut batch_failed = Vec::new();
-        for (&i, r) in members.iter().zip(results) {
-            match r {
-                Ok((previous, st)) => {
-                    states[i].seconds = started.elapsed().as_secs_f64();
-                    states[i].switched = true;
-                    states[i].state = "live";
-                    states[i].generation = st.generation;
-                    states[i].previous = previous;
-                }
-                Err(e) => {
-                    states[i].seconds = started.elapsed().as_secs_f64();
-                    states[i].state = if e.unreachable {
-                        "unreachable"
-                    } else {
-                        "failed"
-                    };
-                    states[i].error = Some(e.message.clone());
-                    batch_failed.push(e);
-                }
-            }
-        }
-        if !batch_failed.is_empty() {
-            let refs: Vec<&HostError> = batch_failed.iter().collect();
-            failure = Some(host_errors_after(
-                Some(format!(
-                    "batch {} of {} failed; the rollout stopped",
-                    b + 1,
-                    batches.len()
-                )),
-                &refs,
-            ));
-            break;
-        }
-    }
-
-    // 3. All or back.
-    if failure.is_some() {
-        if plan.keep_partial {
-            for st in states.iter_mut().filter(|s| s.switched) {
-                st.state = "kept";
-            }
-            eprintln!(
-                "{} --keep-partial: the hosts already switched STAY on the new release; the fleet runs mixed versions",
-                output::red("warning:")
             );
-        } else {
-            let switched: Vec<usize> = (0..n).filter(|&i| states[i].switched).collect();
-            let reverted = par(&switched, parallel, |_, &i| {
-                let s = sessions[i];
-                progress.phase(i, "reverting");
-                let req = match states[i].previous {
-                    Some(g) => Request::Rollback {
-                        app: plan.app.clone(),
-                        to: Some(g),
-                        who: client::who(),
-                    },
-                    None => Request::Stop {
-                        app: plan.app.clone(),
-                        who: client::who(),
-                    },
-                };
-                let r = agent_call(s, &req, false, |_| {});
-                match &r {
-                    Ok(_) => progress.phase(i, "reverted"),
-                    Err(e) => progress.phase(i, format!("revert failed: {}", e.message)),
-                }
-                r
-            });
-            for (&i, r) in switched.iter().zip(reverted) {
-                states[i].seconds = started.elapsed().as_secs_f64();
-                match r {
-                    Ok(_) => states[i].state = "reverted",
-                    Err(e) => {
-                        states[i].state = "failed";
-                        states[i].error = Some(format!("could not revert: {}", e.message));
-                    }
-                }
+            Seen {
+                obs: Observation::Sent { host: i },
+                error: None,
+                bytes: Some(x.bytes_sent),
+            }
+        }
+        Err(e) => {
+            progress.phase(i, format!("transfer failed: {}", e.message));
+            Seen {
+                obs: Observation::SendFailed {
+                    host: i,
+                    error: e.message.clone(),
+                    unreachable: e.unreachable,
+                },
+                error: Some(e),
+                bytes: None,
             }
         }
     }
+}
 
-    // 4. Every host's audit log will say what happened to it.
-    let audit = audit_entries(target, plan, sessions, &states, failure.as_ref());
-    (states, failure, audit)
+/// Switches host `i` to the release, health-gated; its `Healthy` goes to the engine at once
+/// (over `tx`), and the confirm waits for the engine's word (over `confirm`).
+#[allow(clippy::too_many_arguments)]
+fn switch_host(
+    target: &Target,
+    plan: &DeployPlan,
+    s: &Session,
+    i: usize,
+    confirm_within: u64,
+    progress: &Progress,
+    tx: &std::sync::mpsc::Sender<Seen>,
+    confirm: std::sync::mpsc::Receiver<bool>,
+) -> Seen {
+    progress.phase(i, "switching");
+    let host = &target.env.hosts[i];
+    let (role, role_layer, processes) = match target.role_of(host) {
+        Some((name, r)) => (
+            Some(name.clone()),
+            r.env.clone(),
+            (!r.processes.is_empty()).then(|| r.processes.clone()),
+        ),
+        None => (None, BTreeMap::new(), None),
+    };
+    let req = Request::Deploy {
+        release: plan.release.to_hex(),
+        who: client::who(),
+        canary: None,
+        environment: Some(target.name.clone()),
+        env_layer: target.env.env.clone(),
+        role,
+        role_layer,
+        secrets: plan.secrets.clone(),
+        confirm_within: Some(confirm_within),
+        processes,
+    };
+    let decide = || {
+        let _ = tx.send(Observation::Healthy { host: i }.into());
+        confirm.recv().unwrap_or(false)
+    };
+    let r = agent_typed::<drover_wire::AppStatus>(s, &req, Some(&decide), |e| {
+        if e != drover_wire::AWAITING_CONFIRM {
+            progress.phase(i, e.to_string());
+        }
+    });
+    match r {
+        Ok(st) => {
+            progress.phase(
+                i,
+                format!("live: generation {}", st.generation.unwrap_or_default()),
+            );
+            Observation::Live {
+                host: i,
+                generation: st.generation,
+                previous: st.from,
+            }
+            .into()
+        }
+        Err(e) => {
+            progress.phase(i, format!("failed: {}", e.message));
+            Seen {
+                obs: Observation::SwitchFailed {
+                    host: i,
+                    error: e.message.clone(),
+                    unreachable: e.unreachable,
+                },
+                error: Some(e),
+                bytes: None,
+            }
+        }
+    }
+}
+
+/// Returns host `i` from the new generation, as the engine's revert rule said.
+fn revert_host(
+    plan: &DeployPlan,
+    s: &Session,
+    i: usize,
+    to: drover_rollout::Revert,
+    progress: &Progress,
+) -> Seen {
+    progress.phase(i, "reverting");
+    let req = match to {
+        drover_rollout::Revert::Rollback { generation } => Request::Rollback {
+            app: plan.app.clone(),
+            to: Some(generation),
+            who: client::who(),
+        },
+        drover_rollout::Revert::Stop => Request::Stop {
+            app: plan.app.clone(),
+            who: client::who(),
+        },
+    };
+    match agent_call(s, &req, None, |_| {}) {
+        Ok(_) => {
+            progress.phase(i, "reverted");
+            Observation::Reverted { host: i }.into()
+        }
+        Err(e) => {
+            progress.phase(i, format!("revert failed: {}", e.message));
+            Observation::RevertFailed {
+                host: i,
+                error: e.message,
+            }
+            .into()
+        }
+    }
+}
+
+/// Why the rollout stopped, as the deploy's error: the engine's reason and each host's own
+/// error (with its hint).
+fn failure_error(
+    failure: &Failure,
+    hosts: &[drover_rollout::Host],
+    errors: &[Option<HostError>],
+    sessions: &[&Session],
+) -> anyhow::Error {
+    let of_hosts = |ids: &[usize]| -> Vec<HostError> {
+        ids.iter()
+            .map(|&i| {
+                errors[i].clone().unwrap_or_else(|| {
+                    HostError::new(
+                        hosts[i]
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| format!("{}: failed", sessions[i].name)),
+                    )
+                })
+            })
+            .collect()
+    };
+    match failure {
+        Failure::Transfer { hosts: ids } => {
+            let errs = of_hosts(ids);
+            host_errors_after(
+                Some("the release did not reach every host, so no host was switched".into()),
+                &errs.iter().collect::<Vec<_>>(),
+            )
+        }
+        Failure::Batch {
+            batch,
+            of,
+            hosts: ids,
+        } => {
+            let errs = of_hosts(ids);
+            host_errors_after(
+                Some(format!(
+                    "batch {} of {of} failed; the rollout stopped",
+                    batch + 1
+                )),
+                &errs.iter().collect::<Vec<_>>(),
+            )
+        }
+        Failure::Unavailable {
+            batch,
+            of,
+            down,
+            size,
+            max,
+        } => {
+            let names: Vec<&str> = down.iter().map(|&i| sessions[i].name.as_str()).collect();
+            hinted(
+                format!(
+                    "batch {} of {of} not started: {} hosts are unavailable ({}) and the batch has {size}, more than max_unavailable = {max}",
+                    batch + 1,
+                    down.len(),
+                    names.join(", "),
+                ),
+                "`drover status -e ENV` shows what is unhealthy",
+            )
+        }
+    }
 }
 
 fn audit_entries(
@@ -1012,7 +1176,7 @@ fn audit_entries(
     states
         .iter()
         .zip(sessions)
-        .filter(|(st, _)| st.state != "unreachable")
+        .filter(|(st, _)| st.host.outcome() != Outcome::Unreachable)
         .map(|(st, s)| {
             (
                 s.name.clone(),
@@ -1023,19 +1187,12 @@ fn audit_entries(
                     app: plan.app.clone(),
                     action: "deploy".into(),
                     version: Some(plan.version.clone()),
-                    from: st.previous,
-                    to: st.generation,
-                    outcome: match st.state {
-                        "live" => "ok",
-                        "reverted" => "reverted",
-                        "kept" => "kept-partial",
-                        "unchanged" => "not-started",
-                        _ => "failed",
-                    }
-                    .into(),
-                    reason: st.error.clone().or_else(|| {
+                    from: st.host.previous,
+                    to: st.host.generation,
+                    outcome: st.host.outcome().audit().into(),
+                    reason: st.host.error.clone().or_else(|| {
                         failure
-                            .filter(|_| st.state != "live")
+                            .filter(|_| st.host.outcome() != Outcome::Live)
                             .map(|f| format!("{f}").lines().next().unwrap_or("").to_string())
                     }),
                     host: None,
