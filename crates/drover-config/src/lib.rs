@@ -411,12 +411,22 @@ impl<'de> Deserialize<'de> for Seconds {
 pub enum ConfigError {
     #[error("cannot read {}: {err}", path.display())]
     Read { path: PathBuf, err: std::io::Error },
-    #[error("{}: {message}{}", path.display(), hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    #[error("{}: {message}", path.display())]
     Invalid {
         path: PathBuf,
         message: String,
         hint: Option<String>,
     },
+}
+
+impl ConfigError {
+    /// The likely fix, where there is one (never part of the message).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid { hint, .. } => hint.clone(),
+        }
+    }
 }
 
 impl Config {
@@ -656,7 +666,11 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Config, String> {
-        Config::parse(s, Path::new("app/drover.toml")).map_err(|e| e.to_string())
+        // The message, then its hint, as the binary prints them.
+        Config::parse(s, Path::new("app/drover.toml")).map_err(|e| match e.hint() {
+            Some(h) => format!("{e}\nhint: {h}"),
+            None => e.to_string(),
+        })
     }
 
     #[test]

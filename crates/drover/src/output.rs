@@ -101,17 +101,82 @@ pub fn hint_of(err: &anyhow::Error) -> Option<String> {
             e.hint()
         } else if let Some(e) = cause.downcast_ref::<drover_config::secrets::SecretsError>() {
             e.hint()
+        } else if let Some(e) = cause.downcast_ref::<drover_config::ConfigError>() {
+            e.hint()
+        } else if let Some(k) = cause.downcast_ref::<Kinded>() {
+            k.hint.clone()
         } else {
             cause.downcast_ref::<Hinted>().map(|h| h.hint.clone())
         }
     })
 }
 
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    match err.downcast_ref::<ExitWith>() {
-        Some(ExitWith(code)) => *code,
-        None => 1,
+/// What kind of failure an error is: its exit code (listed in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Anything else that failed.
+    Failed = 1,
+    /// Bad usage or input: flags, `drover.toml`, an archive or manifest, a release name.
+    Input = 2,
+    /// A deploy failed and every host is back on (or never left) its previous generation.
+    RolledBack = 3,
+    /// A deploy failed and left hosts on the new release (`--keep-partial`) or in a state
+    /// drover could not learn (a host lost, a revert that failed).
+    Partial = 4,
+    /// Another holder has the environment's lock.
+    Locked = 5,
+}
+
+/// An error of a kind other than a plain failure: its message (with its causes) and hint
+/// as they were, and its exit code.
+#[derive(Debug)]
+pub struct Kinded {
+    pub exit: Exit,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for Kinded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
+}
+
+impl std::error::Error for Kinded {}
+
+/// `err`, exiting with `exit`'s code.
+pub fn kinded(exit: Exit, err: anyhow::Error) -> anyhow::Error {
+    Kinded {
+        exit,
+        message: format!("{err:#}"),
+        hint: hint_of(&err),
+    }
+    .into()
+}
+
+/// The one mapping from errors to exit codes.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(ExitWith(code)) = err.downcast_ref::<ExitWith>() {
+        return *code;
+    }
+    let kind = err.chain().find_map(|cause| {
+        if let Some(k) = cause.downcast_ref::<Kinded>() {
+            Some(k.exit)
+        } else if cause.is::<drover_config::ConfigError>() || cause.is::<clap::Error>() {
+            Some(Exit::Input)
+        } else {
+            match cause.downcast_ref::<drover_store::Error>() {
+                Some(
+                    drover_store::Error::Invalid { .. }
+                    | drover_store::Error::TooLarge { .. }
+                    | drover_store::Error::NotFound(_)
+                    | drover_store::Error::Ambiguous { .. },
+                ) => Some(Exit::Input),
+                _ => None,
+            }
+        }
+    });
+    kind.unwrap_or(Exit::Failed) as u8
 }
 
 /// Writes data on stdout (what `println!` and `print!` do in this crate). A reader that has
@@ -158,5 +223,33 @@ pub fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_by_kind() {
+        let plain = anyhow::anyhow!("it failed");
+        assert_eq!(exit_code(&plain), 1);
+        let config = drover_config::Config::parse("[app\n", std::path::Path::new("drover.toml"))
+            .unwrap_err();
+        assert_eq!(exit_code(&anyhow::Error::from(config).context("deploy")), 2);
+        let unknown = drover_store::Error::NotFound("nope".into());
+        assert_eq!(exit_code(&unknown.into()), 2);
+        let back = kinded(
+            Exit::RolledBack,
+            hinted("batch 1 of 2 failed", "look at h2"),
+        );
+        assert_eq!(exit_code(&back), 3);
+        // The kind keeps the message and the hint.
+        assert_eq!(back.to_string(), "batch 1 of 2 failed");
+        assert_eq!(hint_of(&back).as_deref(), Some("look at h2"));
+        assert_eq!(exit_code(&kinded(Exit::Partial, plain)), 4);
+        let locked = kinded(Exit::Locked, anyhow::anyhow!("locked")).context("deploy of x");
+        assert_eq!(exit_code(&locked), 5);
+        assert_eq!(exit_code(&ExitWith(7).into()), 7);
     }
 }

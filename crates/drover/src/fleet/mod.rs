@@ -525,19 +525,22 @@ impl<'a> Locks<'a> {
         }
         if let Some((host, h)) = taken_by_other {
             locks.release();
-            return Err(match h {
-                Some(h) => hinted(
-                    format!(
-                        "environment `{env}` is locked on {host}: {} has held it since {}",
-                        h.holder,
-                        fmt_time(h.since)
+            return Err(output::kinded(
+                output::Exit::Locked,
+                match h {
+                    Some(h) => hinted(
+                        format!(
+                            "environment `{env}` is locked on {host}: {} has held it since {}",
+                            h.holder,
+                            fmt_time(h.since)
+                        ),
+                        format!(
+                            "wait for that deploy to finish; if it is dead, `drover lock release -e {env}`"
+                        ),
                     ),
-                    format!(
-                        "wait for that deploy to finish; if it is dead, `drover lock release -e {env}`"
-                    ),
-                ),
-                None => anyhow::anyhow!("environment `{env}` is locked on {host}"),
-            });
+                    None => anyhow::anyhow!("environment `{env}` is locked on {host}"),
+                },
+            ));
         }
         Ok(locks)
     }
@@ -717,7 +720,20 @@ fn deploy_connected(
     }
     match failure {
         None => Ok(()),
-        Some(f) => Err(f),
+        Some(f) => {
+            // Kept on the new release, lost, or switched and not reverted: not all back.
+            let partial = states.iter().any(|st| match st.host.outcome() {
+                Outcome::Kept | Outcome::Unreachable => true,
+                Outcome::Failed => st.host.switched,
+                _ => false,
+            });
+            let exit = if partial {
+                output::Exit::Partial
+            } else {
+                output::Exit::RolledBack
+            };
+            Err(output::kinded(exit, f))
+        }
     }
 }
 

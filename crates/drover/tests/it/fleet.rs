@@ -286,6 +286,8 @@ fn a_host_failing_its_health_check_returns_every_host_to_v1() {
     )
     .unwrap();
     let run = deploy(&cx, &dir).failure();
+    // Failed, and every host back on (or never off) its previous generation.
+    assert_eq!(run.status.code(), Some(3), "{}", run.stderr);
     let r = report(&run);
     assert_eq!(r["ok"], false);
     assert_eq!(r["hosts"][0]["state"], "reverted", "{r:#}");
@@ -324,6 +326,7 @@ fn a_host_failing_its_health_check_returns_every_host_to_v1() {
         ])
         .failure();
     assert!(run.stderr.contains("--keep-partial"), "{}", run.stderr);
+    assert_eq!(run.status.code(), Some(4), "hosts left on the new release");
     assert!(run.stdout.contains("LEFT on hello@2.0"), "{}", run.stdout);
     assert_eq!(serving(&fleet, 0).as_deref(), Some("2.0"));
     assert_eq!(serving(&fleet, 1).as_deref(), Some("1.0"));
@@ -363,6 +366,7 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
     let took = started.elapsed();
     assert!(!run.status.success());
     assert!(took < Duration::from_secs(45), "took {took:?}");
+    assert_eq!(run.status.code(), Some(3), "no host switched");
     let r = report(&run);
     assert_eq!(r["hosts"][2]["state"], "failed", "{r:#}");
     let full = r["hosts"][0]["bytes_sent"].as_u64().unwrap();
@@ -409,6 +413,7 @@ fn a_host_cut_off_mid_transfer_or_mid_switch_ends_all_or_back_within_the_timeout
     let run = crate::common::to_run(child.wait_with_output().unwrap());
     assert!(!run.status.success());
     assert!(started.elapsed() < Duration::from_secs(45));
+    assert_eq!(run.status.code(), Some(4), "h2's state is unknown");
     let r = report(&run);
     assert_eq!(r["hosts"][0]["state"], "reverted", "{r:#}");
     assert_eq!(r["hosts"][1]["state"], "unreachable", "{r:#}");
@@ -442,6 +447,7 @@ fn two_deploys_at_once_the_second_fails_fast_naming_the_lock_holder() {
         .drover(&["deploy", dir.to_str().unwrap(), "-e", "prod"])
         .failure();
     assert!(run.stderr.contains("strategy"), "{}", run.stderr);
+    assert_eq!(run.status.code(), Some(2), "bad input");
     let dir = fleet_app(
         &cx,
         &fleet,
@@ -462,6 +468,7 @@ fn two_deploys_at_once_the_second_fails_fast_naming_the_lock_holder() {
         .drover(&["deploy", dir.to_str().unwrap(), "-e", "prod"])
         .failure();
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(second.status.code(), Some(5), "locked by another holder");
     assert!(
         second.stderr.contains("is locked on h1") && second.stderr.contains("deploy of hello@1.0"),
         "{}",
@@ -918,8 +925,9 @@ fn killed_at_the_confirm(point: &str, on_host: bool, h1_ends_on: &str) {
     let run = crate::common::to_run(cmd.output().unwrap());
     let said = format!("{}\n{}", run.stdout, run.stderr);
     if on_host {
-        // The deployer lives on, and names what ended h1's session.
-        assert_eq!(run.status.code(), Some(1), "{said}");
+        // The deployer lives on, and names what ended h1's session. h1 never went live
+        // for it (unconfirmed, it goes back by itself) and no other host switched: exit 3.
+        assert_eq!(run.status.code(), Some(3), "{said}");
         assert!(
             run.stderr
                 .contains(&format!("h1: drover: crash point {point}")),
