@@ -352,6 +352,39 @@ pub struct LockRequest {
     pub token: String,
 }
 
+/// What the deployer sends while it has nothing else to say (an empty line, skipped between
+/// and within ops), so that `remote serve --timeout` can tell a silent deployer from a gone one.
+pub const KEEPALIVE: &[u8] = b"\n";
+
+/// What `drover remote hello` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: String,
+    /// The BLAKE3 of the running drover binary: two builds of one version differ here.
+    pub build: String,
+    pub root: String,
+    pub agent: bool,
+    /// With `--lock`: whether it was taken, and who holds it.
+    #[serde(default)]
+    pub lock: Option<LockOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockOutcome {
+    pub acquired: bool,
+    /// The holder: us when acquired, else whoever has it (`None`: not attempted, the build
+    /// differs).
+    pub holder: Option<LockHolder>,
+}
+
+/// An environment's lock, as held on a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub holder: String,
+    pub since: u64,
+    pub token: String,
+}
+
 /// Reads one line (at most `MAX_LINE` bytes); `None` at end of stream.
 pub fn read_line<R: BufRead>(r: &mut R) -> std::io::Result<Option<String>> {
     read_line_max(r, MAX_LINE)

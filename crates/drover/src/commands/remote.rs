@@ -7,7 +7,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
 
 use crate::client;
 
@@ -91,83 +90,9 @@ pub enum LockOp {
     Show { env: String },
 }
 
-pub use drover_wire::{EndOp, LockRequest, ServeOp};
+pub use drover_wire::{EndOp, Hello, LockHolder, LockOutcome, LockRequest, ServeOp};
 
-/// What the deployer sends while it has nothing else to say (an empty line, skipped between
-/// and within ops), so that `remote serve --timeout` can tell a silent deployer from a gone one.
-pub const KEEPALIVE: &[u8] = b"\n";
-
-/// What `drover remote hello` prints.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Hello {
-    pub version: String,
-    /// The BLAKE3 of the running drover binary: two builds of one version differ here.
-    pub build: String,
-    pub root: String,
-    pub agent: bool,
-    /// With `--lock`: whether it was taken, and who holds it.
-    #[serde(default)]
-    pub lock: Option<LockOutcome>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LockOutcome {
-    pub acquired: bool,
-    /// The holder: us when acquired, else whoever has it (`None`: not attempted, the build
-    /// differs).
-    pub holder: Option<LockHolder>,
-}
-
-/// An environment's lock, as held on a host.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LockHolder {
-    pub holder: String,
-    pub since: u64,
-    pub token: String,
-}
-
-/// The fingerprint of the running binary.
-pub fn build_id() -> String {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        let Ok(exe) = std::env::current_exe() else {
-            return "unknown".into();
-        };
-        // Hashing the binary costs tens of milliseconds, on every ssh session of a deploy:
-        // the id is kept beside it, keyed by the file's identity (a new binary is a new
-        // inode, size and mtime).
-        use std::os::unix::fs::MetadataExt;
-        let key = std::fs::metadata(&exe)
-            .map(|m| {
-                format!(
-                    "{}:{}:{}:{}",
-                    m.dev(),
-                    m.ino(),
-                    m.size(),
-                    m.mtime_nsec() + m.mtime() * 1_000_000_000
-                )
-            })
-            .unwrap_or_default();
-        let cache = exe.with_file_name(".drover.build-id");
-        if let Ok(text) = std::fs::read_to_string(&cache)
-            && let Some((k, id)) = text.trim().split_once(' ')
-            && k == key
-        {
-            return id.to_string();
-        }
-        let id = std::fs::read(&exe)
-            .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        if !key.is_empty() {
-            let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-            if std::fs::write(&tmp, format!("{key} {id}\n")).is_ok() {
-                let _ = std::fs::rename(&tmp, &cache);
-            }
-        }
-        id
-    })
-    .clone()
-}
+pub use crate::fleet::build_id;
 
 pub fn lock_path(root: &Path, env: &str) -> PathBuf {
     root.join("locks").join(format!("{env}.json"))

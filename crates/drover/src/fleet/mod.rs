@@ -20,10 +20,53 @@ use drover_wire::{AuditEntry, Line, Reply, Request};
 use serde::Serialize;
 
 use crate::client;
-use crate::commands::remote::{EndOp, Hello, LockRequest, ServeOp};
 use crate::output::{self, hinted};
+use drover_wire::{EndOp, Hello, LockRequest, ServeOp};
 pub use progress::Progress;
 pub use ssh::{HostError, OpError, Serve, Session, SshSettings};
+
+/// The fingerprint of the running binary.
+pub fn build_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let Ok(exe) = std::env::current_exe() else {
+            return "unknown".into();
+        };
+        // Hashing the binary costs tens of milliseconds, on every ssh session of a deploy:
+        // the id is kept beside it, keyed by the file's identity (a new binary is a new
+        // inode, size and mtime).
+        use std::os::unix::fs::MetadataExt;
+        let key = std::fs::metadata(&exe)
+            .map(|m| {
+                format!(
+                    "{}:{}:{}:{}",
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000
+                )
+            })
+            .unwrap_or_default();
+        let cache = exe.with_file_name(".drover.build-id");
+        if let Ok(text) = std::fs::read_to_string(&cache)
+            && let Some((k, id)) = text.trim().split_once(' ')
+            && k == key
+        {
+            return id.to_string();
+        }
+        let id = std::fs::read(&exe)
+            .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        if !key.is_empty() {
+            let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, format!("{key} {id}\n")).is_ok() {
+                let _ = std::fs::rename(&tmp, &cache);
+            }
+        }
+        id
+    })
+    .clone()
+}
 
 /// An environment with hosts, read from an app directory's drover.toml.
 pub struct Target {
@@ -259,7 +302,7 @@ pub fn hello(s: &Session) -> Result<Hello, HostError> {
 }
 
 pub fn check_version(s: &Session, hello: &Hello) -> Result<(), HostError> {
-    let ours = crate::commands::remote::build_id();
+    let ours = build_id();
     if hello.version != env!("CARGO_PKG_VERSION") || hello.build != ours {
         return Err(HostError::new(format!(
             "{}: runs drover {} (build {}), this is drover {} (build {ours})",
@@ -464,7 +507,7 @@ impl<'a> Locks<'a> {
         .to_hex()[..16]
             .to_string();
         let holder = format!("{} ({what}, pid {})", client::who(), std::process::id());
-        let build = crate::commands::remote::build_id();
+        let build = build_id();
         let mut order: Vec<&Session> = sessions.to_vec();
         order.sort_by(|a, b| a.name.cmp(&b.name));
         let rest = if order.is_empty() {

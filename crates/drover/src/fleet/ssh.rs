@@ -145,9 +145,7 @@ fn keep_alive(
             continue;
         };
         let Some(w) = slot.as_mut() else { break };
-        let sent = w
-            .write_all(crate::commands::remote::KEEPALIVE)
-            .and_then(|()| w.flush());
+        let sent = w.write_all(drover_wire::KEEPALIVE).and_then(|()| w.flush());
         if sent.is_err() {
             break;
         }
