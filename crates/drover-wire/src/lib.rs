@@ -290,6 +290,41 @@ pub struct AuditEntry {
     pub host: Option<String>,
 }
 
+impl AuditEntry {
+    /// An entry of `action` on `app` by `who` at `at` (Unix seconds): every audit entry is
+    /// begun here, then told what moved (`moved`) and how it ended (`ended`).
+    pub fn new(at: u64, who: &str, environment: Option<&str>, app: &str, action: &str) -> Self {
+        AuditEntry {
+            at,
+            who: who.to_string(),
+            environment: environment.map(str::to_string),
+            app: app.to_string(),
+            action: action.to_string(),
+            version: None,
+            from: None,
+            to: None,
+            outcome: String::new(),
+            reason: None,
+            host: None,
+        }
+    }
+
+    /// The version deployed and the generations left and reached.
+    pub fn moved(mut self, version: Option<String>, from: Option<u64>, to: Option<u64>) -> Self {
+        self.version = version;
+        self.from = from;
+        self.to = to;
+        self
+    }
+
+    /// How it ended (`ok`, `failed`, `reverted`, ...) and why, when not `ok`.
+    pub fn ended(mut self, outcome: &str, reason: Option<String>) -> Self {
+        self.outcome = outcome.to_string();
+        self.reason = reason;
+        self
+    }
+}
+
 /// One config key of an app: its value (none for a secret) and the layer it comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigEntry {

@@ -182,19 +182,22 @@ pub fn rollback(
             None,
             |_| {},
         );
-        let entry = AuditEntry {
-            at: drover_agent::now(),
-            who: client::who(),
-            environment: Some(target.name.clone()),
-            app: app.clone(),
-            action: "rollback".into(),
-            version: r.as_ref().ok().and_then(|st| st.version.clone()),
-            from: before,
-            to: r.as_ref().ok().and_then(|st| st.generation),
-            outcome: if r.is_ok() { "ok" } else { "failed" }.into(),
-            reason: r.as_ref().err().map(|e| e.message.clone()),
-            host: None,
-        };
+        let entry = AuditEntry::new(
+            drover_agent::now(),
+            &client::who(),
+            Some(&target.name),
+            &app,
+            "rollback",
+        )
+        .moved(
+            r.as_ref().ok().and_then(|st| st.version.clone()),
+            before,
+            r.as_ref().ok().and_then(|st| st.generation),
+        )
+        .ended(
+            if r.is_ok() { "ok" } else { "failed" },
+            r.as_ref().err().map(|e| e.message.clone()),
+        );
         (r, (s.name.clone(), entry))
     });
     let (results, audit): (Vec<_>, Vec<_>) = results.into_iter().unzip();

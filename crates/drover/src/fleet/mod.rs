@@ -1239,23 +1239,26 @@ fn audit_entries(
         .map(|(st, s)| {
             (
                 s.name.clone(),
-                AuditEntry {
-                    at: drover_agent::now(),
-                    who: client::who(),
-                    environment: Some(target.name.clone()),
-                    app: plan.app.clone(),
-                    action: "deploy".into(),
-                    version: Some(plan.version.clone()),
-                    from: st.host.previous,
-                    to: st.host.generation,
-                    outcome: st.host.outcome().audit().into(),
-                    reason: st.host.error.clone().or_else(|| {
+                AuditEntry::new(
+                    drover_agent::now(),
+                    &client::who(),
+                    Some(&target.name),
+                    &plan.app,
+                    "deploy",
+                )
+                .moved(
+                    Some(plan.version.clone()),
+                    st.host.previous,
+                    st.host.generation,
+                )
+                .ended(
+                    st.host.outcome().audit(),
+                    st.host.error.clone().or_else(|| {
                         failure
                             .filter(|_| st.host.outcome() != Outcome::Live)
                             .map(|f| format!("{f}").lines().next().unwrap_or("").to_string())
                     }),
-                    host: None,
-                },
+                ),
             )
         })
         .collect()
