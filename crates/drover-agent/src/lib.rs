@@ -6,6 +6,7 @@
 
 mod handover;
 mod proc;
+mod routes;
 mod server;
 mod state;
 
@@ -18,13 +19,14 @@ use std::process::Child;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use drover_proxy::{Backend, ProxyHandle, Routes};
+use drover_proxy::{Backend, ProxyHandle};
 use drover_store::{Manifest, Store};
 use drover_wire::{
     AppStatus, CanaryStatus, Event, InstanceStatus, Line, ProxyStatus, RunSpec, WireError,
 };
 use rustix::process::Signal;
 
+use routes::{ProxyConf, ProxyPlan};
 use server::Conns;
 pub use state::{AppDir, append_audit, apps, now, read_audit};
 
@@ -169,58 +171,6 @@ struct AppRt {
     live_gen: Option<u64>,
     /// What the app's proxy serves with (the live generation's `[proxy]`).
     proxy_conf: Option<ProxyConf>,
-}
-
-/// The settings an app's proxy serves with: what `[proxy]` says besides how to switch.
-#[derive(Debug, Clone, PartialEq)]
-struct ProxyConf {
-    port: u16,
-    max_body: u64,
-    request_timeout: Duration,
-    header_timeout: Duration,
-    idle_timeout: Option<Duration>,
-    body_timeout: Option<Duration>,
-    max_connections: Option<usize>,
-}
-
-impl ProxyConf {
-    fn of(cfg: &drover_config::Proxy) -> ProxyConf {
-        ProxyConf {
-            port: cfg.port,
-            max_body: cfg.max_body,
-            request_timeout: cfg.request_timeout.0,
-            header_timeout: cfg.header_timeout.0,
-            idle_timeout: cfg.idle_timeout.map(|s| s.0),
-            body_timeout: cfg.body_timeout.map(|s| s.0),
-            max_connections: cfg.max_connections.map(|n| n.get()),
-        }
-    }
-
-    fn settings(&self) -> drover_proxy::Settings {
-        let d = drover_proxy::Settings::default();
-        drover_proxy::Settings {
-            max_body: self.max_body,
-            request_timeout: self.request_timeout,
-            header_timeout: self.header_timeout,
-            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
-            body_timeout: self.body_timeout.unwrap_or(d.body_timeout),
-            max_connections: self.max_connections,
-            ..d
-        }
-    }
-}
-
-/// What a generation's `[proxy]` asks of the app's proxy: made ready before its switch
-/// (a port in use fails the deploy before anything starts) and put in place by the switch
-/// (`install_proxy`). Until then nothing changes what serves.
-enum ProxyPlan {
-    /// The proxy serves as asked already (or there is none and none is asked for).
-    Keep,
-    /// A new proxy on this listener (newly bound, or the live proxy's own socket when only
-    /// its settings change) takes over from the app's proxy.
-    Serve(std::net::TcpListener, ProxyConf),
-    /// No `[proxy]` any more: the app's proxy stops.
-    Remove,
 }
 
 pub struct Agent {
@@ -1067,155 +1017,6 @@ impl Agent {
     }
 
     // ---- the proxy ------------------------------------------------------------------
-
-    fn proxies_now(&self) -> HashMap<String, ProxyHandle> {
-        self.proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn proxy(&self, app: &str) -> Option<ProxyHandle> {
-        self.proxies_now().remove(app)
-    }
-
-    fn runtime(&self) -> std::io::Result<&drover_proxy::Runtime> {
-        if let Some(rt) = self.proxy_rt.get() {
-            return Ok(rt);
-        }
-        let rt = drover_proxy::Runtime::new()?;
-        Ok(self.proxy_rt.get_or_init(|| rt))
-    }
-
-    fn proxy_of(&self, app: &str) -> Result<ProxyHandle> {
-        self.app_dir(app)?;
-        self.proxy(app).ok_or_else(|| {
-            Failure::new(format!("`{app}` has no proxy"))
-                .hint("set `[proxy] port` in its drover.toml")
-        })
-    }
-
-    /// Makes ready what `cfg` (a generation's `[proxy]`) asks of the app's proxy; changes
-    /// nothing that serves (see `ProxyPlan`).
-    fn prepare_proxy(&self, app: &str, cfg: Option<&drover_config::Proxy>) -> Result<ProxyPlan> {
-        let current = self.proxy(app);
-        let Some(cfg) = cfg else {
-            return Ok(match current {
-                Some(_) => ProxyPlan::Remove,
-                None => ProxyPlan::Keep,
-            });
-        };
-        let want = ProxyConf::of(cfg);
-        if let Some(p) = &current {
-            if self.lock().get(app).and_then(|rt| rt.proxy_conf.as_ref()) == Some(&want) {
-                return Ok(ProxyPlan::Keep);
-            }
-            if p.port == want.port {
-                // Other settings, same port: a new proxy takes over the same socket.
-                return Ok(ProxyPlan::Serve(p.listener().try_clone()?, want));
-            }
-        }
-        let inherited = self
-            .inherited
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&want.port);
-        let listener = match inherited {
-            Some(l) => Ok(l),
-            None => std::net::TcpListener::bind(("0.0.0.0", want.port)),
-        }
-        .map_err(|e| {
-            Failure::new(format!(
-                "cannot bind port {} for the proxy of `{app}`: {e}",
-                want.port
-            ))
-            .hint("another program or app uses that port: change `[proxy] port`")
-        })?;
-        Ok(ProxyPlan::Serve(listener, want))
-    }
-
-    /// Puts a prepared proxy in place: the app's public port and settings become the ones
-    /// of the generation now live. The proxy it replaces stops accepting and finishes its
-    /// connections (routed like the new one).
-    fn install_proxy(&self, app: &str, plan: ProxyPlan) -> Result<()> {
-        let (handle, conf) = match plan {
-            ProxyPlan::Keep => return Ok(()),
-            ProxyPlan::Remove => (None, None),
-            ProxyPlan::Serve(listener, conf) => {
-                // Routed from its first connection: an agent taking over serves at once.
-                let handle =
-                    self.runtime()?
-                        .serve(app, listener, conf.settings(), self.routes_for(app))?;
-                (Some(handle), Some(conf))
-            }
-        };
-        let old = {
-            let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-            match &handle {
-                Some(h) => proxies.insert(app.to_string(), h.clone()),
-                None => proxies.remove(app),
-            }
-        };
-        self.lock().entry(app.to_string()).or_default().proxy_conf = conf;
-        if let Some(old) = old {
-            if let Some(h) = &handle {
-                if old.paused() {
-                    h.pause();
-                }
-                old.set_routes(self.routes_for(app));
-            }
-            old.shutdown();
-        }
-        Ok(())
-    }
-
-    /// Points the app's proxy at the live generation's healthy instances (and the canary's).
-    fn refresh_routes(&self, app: &str) {
-        if let Some(proxy) = self.proxy(app) {
-            proxy.set_routes(self.routes_for(app));
-        }
-    }
-
-    /// The live generation's healthy instances (and the canary's), as the proxy routes.
-    fn routes_for(&self, app: &str) -> Routes {
-        let cached = self.lock().get(app).and_then(|rt| rt.live_gen);
-        let live = cached.or_else(|| {
-            let dir = AppDir::new(&self.root, app);
-            dir.current()
-                .and_then(|c| dir.generation(c))
-                .map(|g| g.instance_gen())
-        });
-        let apps = self.lock();
-        let Some(rt) = apps.get(app) else {
-            return Routes::default();
-        };
-        let pick = |gen_n: Option<u64>, strict: bool| -> Vec<Arc<Backend>> {
-            rt.instances
-                .iter()
-                .filter(|i| {
-                    Some(i.generation) == gen_n
-                        && i.phase == Phase::Running
-                        && i.warm_until.is_none()
-                })
-                .filter(|i| !strict || i.healthy)
-                .filter_map(|i| i.backend.clone())
-                .collect()
-        };
-        let mut stable = pick(live, true);
-        if stable.is_empty() {
-            // Better an instance that failed a probe than no instance at all.
-            stable = pick(live, false);
-        }
-        let (canary, weight) = match rt.canary {
-            Some((g, w)) => (pick(Some(g), false), w),
-            None => (Vec::new(), 0),
-        };
-        Routes {
-            stable,
-            canary,
-            canary_weight: weight,
-        }
-    }
 
     /// Takes instances out of traffic, lets their requests finish (up to `drain`), then
     /// stops them (SIGTERM to each group, SIGKILL after its stop timeout), in the background.
