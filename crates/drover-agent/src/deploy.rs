@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use drover_store::Manifest;
 
-use crate::{
-    Agent, AppDir, Failure, Instance, Layers, Out, Phase, ProxyPlan, Result, base_env,
-    bounds_failure, last_lines, proc, run_to_end, state, zero_values,
-};
+use crate::instances::{base_env, last_lines, run_to_end, zero_values};
+use crate::layers::Layers;
+use crate::routes::ProxyPlan;
+use crate::{Agent, AppDir, Failure, Instance, Out, Phase, Result, bounds_failure, proc, state};
 
 impl Agent {
     /// A fleet deploy is live here but not yet kept: waits `secs` for the deployer's

@@ -8,6 +8,7 @@ mod deploy;
 mod handover;
 mod instances;
 mod layers;
+mod monitor;
 mod proc;
 mod reads;
 mod recover;
@@ -16,7 +17,6 @@ mod server;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -27,15 +27,10 @@ use drover_proxy::{Backend, ProxyHandle};
 use drover_store::{Manifest, Store};
 use drover_wire::{Event, Line, WireError};
 
-use instances::{base_env, last_lines, run_to_end, stop_groups, zero_values};
-use layers::Layers;
-use routes::{ProxyConf, ProxyPlan};
+use monitor::FIRST_BACKOFF;
+use routes::ProxyConf;
 use server::Conns;
 pub use state::{AppDir, append_audit, apps, now, read_audit};
-
-const LOG_ROTATE_BYTES: u64 = 16 << 20;
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// An error answered to the client: a message, a hint, and extra lines.
 #[derive(Debug)]
@@ -259,8 +254,6 @@ impl Agent {
         Ok(dir)
     }
 
-    // ---- deploys ----------------------------------------------------------------
-
     fn live_generation(&self, app: &str) -> Result<(AppDir, state::Generation, Manifest)> {
         let dir = self.app_dir(app)?;
         let g = dir
@@ -270,182 +263,6 @@ impl Agent {
         let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
         let manifest = self.store.trusted_manifest(&id)?;
         Ok((dir, g, manifest))
-    }
-
-    // ---- secrets ----------------------------------------------------------------------
-
-    // ---- the proxy ------------------------------------------------------------------
-
-    // ---- reads ---------------------------------------------------------------------
-
-    // ---- supervision ------------------------------------------------------------------
-
-    fn monitor(&self) {
-        let mut last_probe = Instant::now();
-        loop {
-            std::thread::sleep(Duration::from_millis(100));
-            let mut respawn: Vec<(String, usize)> = Vec::new();
-            let mut changed: Vec<String> = Vec::new();
-            let mut expired: Vec<(String, u32)> = Vec::new();
-            {
-                let mut apps = self.lock();
-                for (app, rt) in apps.iter_mut() {
-                    let before = rt.instances.len();
-                    let mut died = false;
-                    rt.instances.retain_mut(|i| {
-                        let dead = match i.child.as_mut() {
-                            Some(c) => !matches!(c.try_wait(), Ok(None)),
-                            None => !proc::alive(i.pid, i.started),
-                        };
-                        if i.phase == Phase::Stopping {
-                            return !dead;
-                        }
-                        if let Some(until) = i.warm_until {
-                            if dead {
-                                return false;
-                            }
-                            if Instant::now() >= until && !i.supervised {
-                                expired.push((app.clone(), i.pid));
-                            }
-                            return true;
-                        }
-                        if !i.supervised {
-                            return true;
-                        }
-                        match i.phase {
-                            Phase::Running if dead => {
-                                died = true;
-                                i.healthy = false;
-                                if i.last_start.elapsed() > Duration::from_secs(30) {
-                                    i.backoff = FIRST_BACKOFF;
-                                }
-                                eprintln!(
-                                    "drover agent: {app} {}.{} exited; restarting in {:?}",
-                                    i.process, i.index, i.backoff
-                                );
-                                i.phase = Phase::Backoff(Instant::now() + i.backoff);
-                                i.backoff = (i.backoff * 2).min(MAX_BACKOFF);
-                            }
-                            _ => {}
-                        }
-                        true
-                    });
-                    if died || before != rt.instances.len() {
-                        changed.push(app.clone());
-                    }
-                    for (k, i) in rt.instances.iter().enumerate() {
-                        if let Phase::Backoff(at) = i.phase
-                            && Instant::now() >= at
-                        {
-                            respawn.push((app.clone(), k));
-                        }
-                    }
-                }
-                for (app, k) in respawn.iter().rev() {
-                    let Some(rt) = apps.get_mut(app) else {
-                        continue;
-                    };
-                    let i = &mut rt.instances[*k];
-                    let mut env = i.spec.env.clone();
-                    if i.spec.http
-                        && let Ok(p) = proc::free_port()
-                    {
-                        env.insert("PORT".into(), p.to_string());
-                        i.port = Some(p);
-                    }
-                    match self.launch(&i.spec, env) {
-                        Ok(child) => {
-                            i.pid = child.id();
-                            i.started = proc::start_time(i.pid).unwrap_or(0);
-                            i.child = Some(child);
-                            i.restarts += 1;
-                            i.phase = Phase::Running;
-                            i.last_start = Instant::now();
-                            i.probe_failures = 0;
-                            i.backend = i.port.map(|p| backend_for(&i.spec, p));
-                            changed.push(app.clone());
-                        }
-                        Err(e) => {
-                            eprintln!("drover agent: cannot restart {}: {e}", i.spec.app);
-                            i.phase = Phase::Backoff(Instant::now() + i.backoff);
-                        }
-                    }
-                }
-            }
-            for (app, pid) in expired {
-                self.retire(&app, &[pid], Duration::from_secs(5));
-            }
-            changed.sort();
-            changed.dedup();
-            for app in changed {
-                self.refresh_routes(&app);
-            }
-            if last_probe.elapsed() >= Duration::from_millis(500) {
-                last_probe = Instant::now();
-                self.probe_all();
-                self.rotate_logs();
-            }
-        }
-    }
-
-    /// Copy-truncates instance logs grown past the limit (on the probe cadence, not the
-    /// monitor's 100 ms tick: a stat per log is not free).
-    fn rotate_logs(&self) {
-        let logs: Vec<PathBuf> = self
-            .lock()
-            .values()
-            .flat_map(|rt| rt.instances.iter().map(|i| i.spec.log.clone()))
-            .collect();
-        for log in logs {
-            if fs::metadata(&log).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
-                rotate(&log);
-            }
-        }
-    }
-
-    /// Refreshes `healthy` of the live instances.
-    fn probe_all(&self) {
-        let targets: Vec<(String, u32, Option<u16>, Option<String>)> = {
-            let apps = self.lock();
-            apps.iter()
-                .flat_map(|(app, rt)| {
-                    rt.instances
-                        .iter()
-                        .filter(|i| i.supervised && i.phase == Phase::Running)
-                        .map(|i| (app.clone(), i.pid, i.port, i.spec.health_path.clone()))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
-        for (app, pid, port, path) in targets {
-            let healthy = match (port, path) {
-                (Some(port), Some(p)) => {
-                    proc::probe_http(port, &p, Duration::from_millis(300)).is_ok()
-                }
-                (Some(port), None) => proc::probe_tcp(port, Duration::from_millis(300)).is_ok(),
-                (None, _) => true,
-            };
-            let flipped = {
-                let mut apps = self.lock();
-                match apps
-                    .get_mut(&app)
-                    .and_then(|rt| rt.instances.iter_mut().find(|i| i.pid == pid))
-                {
-                    Some(i) => {
-                        // Three failed probes in a row take an instance out of traffic.
-                        i.probe_failures = if healthy { 0 } else { i.probe_failures + 1 };
-                        let now = healthy || (i.healthy && i.probe_failures < 3);
-                        let flipped = now != i.healthy;
-                        i.healthy = now;
-                        flipped
-                    }
-                    None => false,
-                }
-            };
-            if flipped {
-                self.refresh_routes(&app);
-            }
-        }
     }
 }
 
@@ -466,16 +283,6 @@ fn secrets_failure(e: drover_config::secrets::SecretsError) -> Failure {
     let mut f = Failure::new(e.to_string());
     f.0.hint = hint;
     f
-}
-
-/// Copy-truncate: the process keeps writing (O_APPEND) into the emptied file.
-fn rotate(log: &Path) {
-    let old = log.with_extension("log.1");
-    if fs::copy(log, &old).is_ok()
-        && let Ok(f) = fs::OpenOptions::new().write(true).open(log)
-    {
-        let _ = f.set_len(0);
-    }
 }
 
 fn to_json(v: impl serde::Serialize) -> serde_json::Value {

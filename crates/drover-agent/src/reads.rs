@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use drover_wire::{AppStatus, CanaryStatus, InstanceStatus, Line, ProxyStatus, RunSpec};
 
-use crate::{Agent, AppDir, Failure, Phase, Result, apps, base_env, proc, to_json};
+use crate::instances::base_env;
+use crate::{Agent, AppDir, Failure, Phase, Result, apps, proc, to_json};
 
 /// A generation as one history line, shorter than the protocol's limit: one written before
 /// config values were bounded shows the sizes of its values, not the values.

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::{Agent, AppDir, Instance, apps, proc, stop_groups};
+use crate::instances::stop_groups;
+use crate::{Agent, AppDir, Instance, apps, proc};
 
 impl Agent {
     /// Finds the apps' processes after an agent restart: adopts the live generation's,

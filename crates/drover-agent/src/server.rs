@@ -14,8 +14,9 @@ use drover_proxy::ProxyHandle;
 use drover_store::Store;
 use drover_wire::{Line, Reply, Request, WireError};
 
+use crate::layers::Layers;
 use crate::reads::fit_line;
-use crate::{Agent, Failure, Layers, Options, Out, Result, handover, host_key_path, to_json};
+use crate::{Agent, Failure, Options, Out, Result, handover, host_key_path, to_json};
 
 /// Client connections the agent serves at once, in all.
 pub(crate) const MAX_CONNS: usize = 128;
