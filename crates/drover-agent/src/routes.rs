@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use drover_proxy::{Backend, ProxyHandle, Routes};
 
-use crate::{Agent, AppDir, Failure, Phase, Result};
+use crate::{Agent, AppDir, Failure, Instance, Phase, Result};
 
 /// The settings an app's proxy serves with: what `[proxy]` says besides how to switch.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,31 +187,137 @@ impl Agent {
         let Some(rt) = apps.get(app) else {
             return Routes::default();
         };
-        let pick = |gen_n: Option<u64>, strict: bool| -> Vec<Arc<Backend>> {
-            rt.instances
-                .iter()
-                .filter(|i| {
-                    Some(i.generation) == gen_n
-                        && i.phase == Phase::Running
-                        && i.warm_until.is_none()
-                })
-                .filter(|i| !strict || i.healthy)
-                .filter_map(|i| i.backend.clone())
-                .collect()
-        };
-        let mut stable = pick(live, true);
-        if stable.is_empty() {
-            // Better an instance that failed a probe than no instance at all.
-            stable = pick(live, false);
+        route_table(&rt.instances, live, rt.canary)
+    }
+}
+
+/// The routes to an app's `instances`: of generation `live`, those in traffic (running,
+/// not kept warm) that are healthy, or all of them when none is; with a `canary` (its
+/// generation and weight), all of the canary's in traffic, at its weight.
+fn route_table(instances: &[Instance], live: Option<u64>, canary: Option<(u64, u8)>) -> Routes {
+    let pick = |gen_n: Option<u64>, strict: bool| -> Vec<Arc<Backend>> {
+        instances
+            .iter()
+            .filter(|i| {
+                Some(i.generation) == gen_n && i.phase == Phase::Running && i.warm_until.is_none()
+            })
+            .filter(|i| !strict || i.healthy)
+            .filter_map(|i| i.backend.clone())
+            .collect()
+    };
+    let mut stable = pick(live, true);
+    if stable.is_empty() {
+        // Better an instance that failed a probe than no instance at all.
+        stable = pick(live, false);
+    }
+    let (canary, weight) = match canary {
+        Some((g, w)) => (pick(Some(g), false), w),
+        None => (Vec::new(), 0),
+    };
+    Routes {
+        stable,
+        canary,
+        canary_weight: weight,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::InstanceSpec;
+
+    fn instance(generation: u64, port: u16, healthy: bool) -> Instance {
+        let spec = Arc::new(InstanceSpec {
+            app: "web".into(),
+            command: "true".into(),
+            dir: PathBuf::new(),
+            env: BTreeMap::new(),
+            http: true,
+            health_path: None,
+            log: PathBuf::new(),
+            stop_timeout: Duration::ZERO,
+            release: "r".into(),
+            secrets: None,
+        });
+        Instance {
+            healthy,
+            ..Instance::running(spec, "web", 0, generation, u32::from(port), 0, Some(port))
         }
-        let (canary, weight) = match rt.canary {
-            Some((g, w)) => (pick(Some(g), false), w),
-            None => (Vec::new(), 0),
-        };
-        Routes {
-            stable,
-            canary,
-            canary_weight: weight,
+    }
+
+    fn ports(backends: &[Arc<Backend>]) -> Vec<u16> {
+        backends.iter().map(|b| b.addr.port()).collect()
+    }
+
+    #[test]
+    fn the_live_generations_healthy_instances_take_the_traffic() {
+        let instances = [
+            instance(1, 8001, true),
+            instance(2, 8002, true),
+            instance(2, 8003, false),
+            instance(2, 8004, true),
+        ];
+        let r = route_table(&instances, Some(2), None);
+        assert_eq!(ports(&r.stable), [8002, 8004]);
+        assert!(r.canary.is_empty());
+        assert_eq!(r.canary_weight, 0);
+    }
+
+    #[test]
+    fn with_no_healthy_instance_the_live_ones_still_serve() {
+        let instances = [
+            instance(1, 8001, true),
+            instance(2, 8002, false),
+            instance(2, 8003, false),
+        ];
+        let r = route_table(&instances, Some(2), None);
+        assert_eq!(ports(&r.stable), [8002, 8003]);
+    }
+
+    #[test]
+    fn stopping_restarting_warm_and_portless_instances_are_out_of_traffic() {
+        let mut stopping = instance(2, 8001, true);
+        stopping.phase = Phase::Stopping;
+        let mut restarting = instance(2, 8002, true);
+        restarting.phase = Phase::Backoff(Instant::now());
+        let mut warm = instance(2, 8003, true);
+        warm.warm_until = Some(Instant::now());
+        let mut worker = instance(2, 8004, true);
+        worker.backend = None;
+        let instances = [stopping, restarting, warm, worker];
+        let r = route_table(&instances, Some(2), None);
+        assert!(r.stable.is_empty());
+        // Not even as the fallback for want of a healthy one.
+        let r = route_table(&instances[..3], Some(2), Some((2, 50)));
+        assert!(r.stable.is_empty() && r.canary.is_empty());
+    }
+
+    #[test]
+    fn no_live_generation_or_no_instance_routes_nowhere() {
+        let r = route_table(&[instance(1, 8001, true)], None, None);
+        assert!(r.stable.is_empty());
+        let r = route_table(&[], Some(1), Some((2, 10)));
+        assert!(r.stable.is_empty() && r.canary.is_empty());
+        assert_eq!(r.canary_weight, 10);
+    }
+
+    #[test]
+    fn a_canary_gets_all_its_instances_at_its_weight() {
+        let instances = [
+            instance(1, 8001, true),
+            instance(2, 8002, false),
+            instance(2, 8003, true),
+        ];
+        for weight in [0, 1, 99, 100] {
+            let r = route_table(&instances, Some(1), Some((2, weight)));
+            assert_eq!(ports(&r.stable), [8001]);
+            // Healthy or not: the canary's health wait passed, and its probes do not drop it.
+            assert_eq!(ports(&r.canary), [8002, 8003]);
+            assert_eq!(r.canary_weight, weight);
         }
     }
 }
