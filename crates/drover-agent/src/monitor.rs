@@ -10,6 +10,9 @@ use crate::{Agent, Phase, backend_for, proc};
 const LOG_ROTATE_BYTES: u64 = 16 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// An instance that ran longer than this before it died is restarted after `FIRST_BACKOFF`
+/// again.
+const STABLE_RUN: Duration = Duration::from_secs(30);
 
 impl Agent {
     pub(crate) fn monitor(&self) {
@@ -48,15 +51,14 @@ impl Agent {
                             Phase::Running if dead => {
                                 died = true;
                                 i.healthy = false;
-                                if i.last_start.elapsed() > Duration::from_secs(30) {
-                                    i.backoff = FIRST_BACKOFF;
-                                }
+                                let (delay, next) =
+                                    restart_backoff(i.backoff, i.last_start.elapsed());
                                 eprintln!(
                                     "drover agent: {app} {}.{} exited; restarting in {:?}",
-                                    i.process, i.index, i.backoff
+                                    i.process, i.index, delay
                                 );
-                                i.phase = Phase::Backoff(Instant::now() + i.backoff);
-                                i.backoff = (i.backoff * 2).min(MAX_BACKOFF);
+                                i.phase = Phase::Backoff(Instant::now() + delay);
+                                i.backoff = next;
                             }
                             _ => {}
                         }
@@ -181,6 +183,19 @@ impl Agent {
     }
 }
 
+/// The restart of a supervised instance that died after running for `ran_for`, when the
+/// delay due before its next restart is `due`: returns the delay before this restart and the
+/// one due before the next. A run longer than `STABLE_RUN` starts again from
+/// `FIRST_BACKOFF`; each restart doubles the delay, up to `MAX_BACKOFF`.
+fn restart_backoff(due: Duration, ran_for: Duration) -> (Duration, Duration) {
+    let delay = if ran_for > STABLE_RUN {
+        FIRST_BACKOFF
+    } else {
+        due
+    };
+    (delay, (delay * 2).min(MAX_BACKOFF))
+}
+
 /// Copy-truncate: the process keeps writing (O_APPEND) into the emptied file.
 fn rotate(log: &Path) {
     let old = log.with_extension("log.1");
@@ -188,5 +203,34 @@ fn rotate(log: &Path) {
         && let Ok(f) = fs::OpenOptions::new().write(true).open(log)
     {
         let _ = f.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_doubling_up_to_the_cap() {
+        let mut next = FIRST_BACKOFF;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let (delay, after) = restart_backoff(next, Duration::from_secs(1));
+            delays.push(delay.as_millis());
+            next = after;
+        }
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(next, MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_long_run_starts_the_backoff_again() {
+        let (delay, after) = restart_backoff(MAX_BACKOFF, Duration::from_secs(31));
+        assert_eq!((delay, after), (FIRST_BACKOFF, FIRST_BACKOFF * 2));
+        // Thirty seconds exactly is still a short run.
+        let (delay, after) = restart_backoff(MAX_BACKOFF, STABLE_RUN);
+        assert_eq!((delay, after), (MAX_BACKOFF, MAX_BACKOFF));
+        let (delay, _) = restart_backoff(Duration::from_millis(800), Duration::ZERO);
+        assert_eq!(delay, Duration::from_millis(800));
     }
 }
