@@ -19,10 +19,10 @@ use crate::reads::fit_line;
 use crate::{Agent, Failure, Options, Out, Result, handover, host_key_path, to_json};
 
 /// Client connections the agent serves at once, in all.
-pub(crate) const MAX_CONNS: usize = 128;
+const MAX_CONNS: usize = 128;
 
 /// Client connections the agent serves at once from one client process.
-pub(crate) const MAX_CONNS_PER_CLIENT: usize = 16;
+const MAX_CONNS_PER_CLIENT: usize = 16;
 
 /// How long a client has to send its request line once connected.
 const REQUEST_WAIT: Duration = Duration::from_secs(10);
