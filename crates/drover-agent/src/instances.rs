@@ -1,0 +1,437 @@
+//! The app's instances: their specs, starting them (with their secrets and ports), waiting
+//! for their health, stopping them, and starting and stopping a whole app.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_proxy::Backend;
+use drover_store::Manifest;
+use rustix::process::Signal;
+
+use crate::{
+    Agent, AppDir, Failure, Instance, InstanceSpec, Out, Phase, Result, proc, secrets_failure,
+    spawn_or_run, state,
+};
+
+impl Agent {
+    pub(crate) fn secrets_of(
+        &self,
+        text: Option<&str>,
+    ) -> Result<BTreeMap<String, zeroize::Zeroizing<String>>> {
+        let Some(text) = text else {
+            return Ok(BTreeMap::new());
+        };
+        let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")
+            .map_err(secrets_failure)?;
+        file.decrypt_all(&self.identity, "the secrets file")
+            .map_err(secrets_failure)
+    }
+
+    /// Starts an instance with its secrets decrypted into its environment; the agent's
+    /// copies are zeroed as soon as the process exists.
+    pub(crate) fn launch(
+        &self,
+        spec: &InstanceSpec,
+        mut env: BTreeMap<String, String>,
+    ) -> std::io::Result<Child> {
+        let secrets = self
+            .secrets_of(spec.secrets.as_deref())
+            .map_err(|f| std::io::Error::other(f.0.message))?;
+        for (k, v) in &secrets {
+            env.insert(k.clone(), v.to_string());
+        }
+        let child = proc::spawn(&spec.command, &spec.dir, &env, &spec.log);
+        zero_values(&mut env);
+        child
+    }
+
+    /// Takes instances out of traffic, lets their requests finish (up to `drain`), then
+    /// stops them (SIGTERM to each group, SIGKILL after its stop timeout), in the background.
+    pub(crate) fn retire(
+        &self,
+        app: &str,
+        pids: &[u32],
+        drain: Duration,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let (targets, backends) = {
+            let mut apps = self.lock();
+            let rt = apps.get_mut(app)?;
+            let mut t: Vec<(u32, Duration)> = Vec::new();
+            let mut b: Vec<Arc<Backend>> = Vec::new();
+            for i in rt.instances.iter_mut().filter(|i| pids.contains(&i.pid)) {
+                i.supervised = false;
+                i.phase = Phase::Stopping;
+                t.push((i.pid, i.spec.stop_timeout));
+                b.extend(i.backend.clone());
+            }
+            (t, b)
+        };
+        self.refresh_routes(app);
+        let proxy = self.proxy(app);
+        spawn_or_run("drover-retire", move || {
+            if let Some(p) = proxy {
+                p.drain(&backends, drain);
+            }
+            stop_groups(&targets);
+        })
+    }
+
+    pub(crate) fn specs(
+        &self,
+        dir: &AppDir,
+        g: &state::Generation,
+        manifest: &Manifest,
+        tree: &Path,
+    ) -> Vec<(String, u32, Arc<InstanceSpec>)> {
+        let mut out = Vec::new();
+        for (name, p) in &manifest.runtime.process {
+            if g.processes
+                .as_ref()
+                .is_some_and(|only| !only.contains(name))
+            {
+                continue;
+            }
+            for index in 0..p.instances {
+                let mut env = base_env(&self.tag, &manifest.app, g, manifest);
+                env.insert(
+                    proc::ENV_INSTANCE.into(),
+                    format!("{}/{}/{name}/{index}", manifest.app, g.instance_gen()),
+                );
+                env.insert("DROVER_PROCESS".into(), format!("{name}.{index}"));
+                out.push((
+                    name.clone(),
+                    index,
+                    Arc::new(InstanceSpec {
+                        app: manifest.app.clone(),
+                        command: p.command.clone(),
+                        dir: tree.to_path_buf(),
+                        env,
+                        http: p.http,
+                        health_path: manifest
+                            .runtime
+                            .health
+                            .as_ref()
+                            .and_then(|h| h.path.clone()),
+                        log: dir
+                            .logs_dir()
+                            .join(format!("{}-{name}-{index}.log", g.instance_gen())),
+                        stop_timeout: p.stop_timeout.0,
+                        release: g.release[..12.min(g.release.len())].to_string(),
+                        secrets: g.secrets.clone(),
+                    }),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Spawns one instance and registers it; returns its pid.
+    pub(crate) fn spawn_instance(
+        &self,
+        app: &str,
+        process: &str,
+        index: u32,
+        generation: u64,
+        spec: Arc<InstanceSpec>,
+        supervised: bool,
+    ) -> std::io::Result<u32> {
+        let mut env = spec.env.clone();
+        let port = if spec.http {
+            let port = proc::free_port()?;
+            env.insert("PORT".into(), port.to_string());
+            Some(port)
+        } else {
+            None
+        };
+        let child = self.launch(&spec, env)?;
+        let pid = child.id();
+        let started = proc::start_time(pid).unwrap_or(0);
+        let mut apps = self.lock();
+        apps.entry(app.to_string())
+            .or_default()
+            .instances
+            .push(Instance {
+                child: Some(child),
+                supervised,
+                ..Instance::running(spec, process, index, generation, pid, started, port)
+            });
+        Ok(pid)
+    }
+
+    /// Waits until every instance in `pids` passes the health check, or explains why not.
+    pub(crate) fn wait_healthy(
+        &self,
+        app: &str,
+        pids: &[u32],
+        manifest: &Manifest,
+        out: &mut Out,
+    ) -> std::result::Result<(), (String, Vec<String>)> {
+        let health = manifest.runtime.health.as_ref();
+        let timeout = health
+            .map(|h| h.timeout.0)
+            .unwrap_or(Duration::from_secs(30));
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<u32> = pids.to_vec();
+        let mut last_answer: HashMap<u32, String> = HashMap::new();
+        let settle = Instant::now() + Duration::from_millis(300);
+        let mut poll = Duration::from_micros(500);
+        loop {
+            let snapshot: Vec<Probe> = {
+                let mut apps = self.lock();
+                let rt = apps.entry(app.to_string()).or_default();
+                let mut snap = Vec::new();
+                for i in rt.instances.iter_mut().filter(|i| pending.contains(&i.pid)) {
+                    let exited = match i.child.as_mut().map(|c| c.try_wait()) {
+                        Some(Ok(Some(status))) => Some(status.to_string()),
+                        _ => None,
+                    };
+                    snap.push((
+                        i.pid,
+                        format!("{}.{}", i.process, i.index),
+                        i.port,
+                        exited,
+                        i.spec.clone(),
+                    ));
+                }
+                snap
+            };
+            for (pid, name, port, exited, spec) in snapshot {
+                if let Some(status) = exited {
+                    let mut details = vec![format!("last lines of {name}:")];
+                    details.extend(last_lines(&name, &spec.log));
+                    return Err((format!("{name} exited during start-up ({status})"), details));
+                }
+                let result = match (health, port) {
+                    (Some(h), Some(port)) if h.path.is_some() => proc::probe_http(
+                        port,
+                        h.path.as_deref().unwrap_or("/"),
+                        Duration::from_millis(500),
+                    )
+                    .map(|_| ()),
+                    (Some(h), _) if h.command.is_some() => {
+                        let mut env = spec.env.clone();
+                        if let Some(p) = port {
+                            env.insert("PORT".into(), p.to_string());
+                        }
+                        let cmd = h.command.as_deref().unwrap_or("true");
+                        match run_to_end(cmd, &spec.dir, &env, &spec.log) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err(format!("health command `{cmd}` failed")),
+                            Err(e) => Err(format!("health command `{cmd}`: {e}")),
+                        }
+                    }
+                    (_, Some(port)) => proc::probe_tcp(port, Duration::from_millis(500)),
+                    (_, None) => {
+                        if Instant::now() >= settle {
+                            Ok(())
+                        } else {
+                            Err("starting".into())
+                        }
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        pending.retain(|p| *p != pid);
+                        out.event(format!("{name} is healthy"));
+                        let mut apps = self.lock();
+                        if let Some(i) = apps
+                            .get_mut(app)
+                            .and_then(|rt| rt.instances.iter_mut().find(|i| i.pid == pid))
+                        {
+                            i.healthy = true;
+                        }
+                    }
+                    Err(answer) => {
+                        last_answer.insert(pid, format!("{name}: {answer}"));
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let mut details = Vec::new();
+                let apps = self.lock();
+                for pid in &pending {
+                    if let Some(a) = last_answer.get(pid) {
+                        details.push(format!("last health answer: {a}"));
+                    }
+                    if let Some(i) = apps
+                        .get(app)
+                        .and_then(|rt| rt.instances.iter().find(|i| i.pid == *pid))
+                    {
+                        details.push(format!("last lines of {}.{}:", i.process, i.index));
+                        details.extend(last_lines(&i.process, &i.spec.log));
+                    }
+                }
+                return Err((
+                    format!(
+                        "health check did not pass within {}",
+                        drover_config::Seconds(timeout)
+                    ),
+                    details,
+                ));
+            }
+            // Probe often at first (most apps are up within milliseconds), then back off.
+            poll = (poll * 2).min(Duration::from_millis(20));
+            std::thread::sleep(poll);
+        }
+    }
+
+    /// Stops instances now (no drain) and waits until they are gone.
+    pub(crate) fn stop_now(&self, app: &str, pids: &[u32]) {
+        if let Some(h) = self.retire(app, pids, Duration::ZERO) {
+            let _ = h.join();
+        }
+        self.reap(app);
+    }
+
+    /// Drops stopped instances that are gone (reaping our own children).
+    fn reap(&self, app: &str) {
+        let mut apps = self.lock();
+        if let Some(rt) = apps.get_mut(app) {
+            rt.instances.retain_mut(|i| {
+                let gone = match i.child.as_mut() {
+                    Some(c) => !matches!(c.try_wait(), Ok(None)),
+                    None => !proc::alive(i.pid, i.started),
+                };
+                !(gone && i.phase == Phase::Stopping)
+            });
+        }
+    }
+
+    pub(crate) fn stop_app(&self, app: &str, who: &str) -> Result<()> {
+        let dir = self.app_dir(app)?;
+        let _guard = self.claim(app, who)?;
+        dir.set_stopped(true)?;
+        let pids: Vec<u32> = self
+            .lock()
+            .get(app)
+            .map(|rt| rt.instances.iter().map(|i| i.pid).collect())
+            .unwrap_or_default();
+        self.stop_now(app, &pids);
+        Ok(())
+    }
+
+    pub(crate) fn start_app(&self, app: &str, who: &str, out: &mut Out) -> Result<()> {
+        let dir = self.app_dir(app)?;
+        let _guard = self.claim(app, who)?;
+        let Some(current) = dir.current() else {
+            return Err(
+                Failure::new(format!("app `{app}` has no live generation to start"))
+                    .hint("deploy it first: `drover deploy DIR`".to_string()),
+            );
+        };
+        let running = self.lock().get(app).is_some_and(|rt| {
+            rt.instances
+                .iter()
+                .any(|i| i.generation == current && i.phase != Phase::Stopping)
+        });
+        if running && !dir.stopped() {
+            return Ok(());
+        }
+        let g = dir.generation(current).ok_or_else(|| {
+            Failure::new(format!("generation {current} of `{app}` is unreadable"))
+        })?;
+        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let manifest = self.store.trusted_manifest(&id)?;
+        let tree = self.store.materialise(&id)?;
+        let mut started = Vec::new();
+        for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree) {
+            started.push(self.spawn_instance(
+                app,
+                &process,
+                index,
+                g.instance_gen(),
+                spec,
+                false,
+            )?);
+        }
+        if let Err((reason, details)) = self.wait_healthy(app, &started, &manifest, out) {
+            self.stop_now(app, &started);
+            return Err(Failure::new(format!("start of `{app}` failed: {reason}")).details(details));
+        }
+        dir.set_stopped(false)?;
+        let mut apps = self.lock();
+        for i in apps
+            .entry(app.to_string())
+            .or_default()
+            .instances
+            .iter_mut()
+        {
+            if started.contains(&i.pid) {
+                i.supervised = true;
+            }
+        }
+        drop(apps);
+        let _ = who;
+        Ok(())
+    }
+}
+
+/// One new instance as seen by a health-wait round: pid, name, port, exit status, spec.
+type Probe = (u32, String, Option<u16>, Option<String>, Arc<InstanceSpec>);
+
+pub(crate) fn zero_values(env: &mut BTreeMap<String, String>) {
+    use zeroize::Zeroize;
+    for v in env.values_mut() {
+        v.zeroize();
+    }
+}
+
+/// The environment every process of a generation sees (before `PORT` and instance tags).
+pub(crate) fn base_env(
+    tag: &str,
+    app: &str,
+    g: &state::Generation,
+    manifest: &Manifest,
+) -> BTreeMap<String, String> {
+    let mut env = g.env.clone();
+    env.insert(proc::ENV_ROOT.into(), tag.to_string());
+    env.insert("DROVER_APP".into(), app.to_string());
+    env.insert("DROVER_VERSION".into(), g.version.clone());
+    env.insert("DROVER_RELEASE".into(), g.release.clone());
+    env.insert("DROVER_GENERATION".into(), g.generation.to_string());
+    let _ = manifest;
+    env
+}
+
+/// Runs a command to completion with output appended to `log`; true when it exits 0.
+pub(crate) fn run_to_end(
+    cmd: &str,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Path,
+) -> std::io::Result<bool> {
+    let mut env = env.clone();
+    env.remove(proc::ENV_ROOT);
+    env.remove(proc::ENV_INSTANCE);
+    let mut child = proc::spawn(cmd, dir, &env, log)?;
+    Ok(child.wait()?.success())
+}
+
+pub(crate) fn last_lines(name: &str, log: &Path) -> Vec<String> {
+    proc::tail(log, 10)
+        .into_iter()
+        .map(|l| format!("  {name} | {l}"))
+        .collect()
+}
+
+/// SIGTERM each group, wait up to its timeout, then SIGKILL what is left.
+pub(crate) fn stop_groups(targets: &[(u32, Duration)]) {
+    for (pgid, _) in targets {
+        proc::signal_group(*pgid, Signal::TERM);
+    }
+    let start = Instant::now();
+    for (pgid, timeout) in targets {
+        while proc::group_alive(*pgid) && start.elapsed() < *timeout {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if proc::group_alive(*pgid) {
+            proc::signal_group(*pgid, Signal::KILL);
+        }
+    }
+}

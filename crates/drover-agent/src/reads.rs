@@ -1,0 +1,280 @@
+//! What the agent answers without changing anything: status, history lines, logs (followed
+//! or not) and the live generation's run spec.
+
+use std::fs::{self, File};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_wire::{AppStatus, CanaryStatus, InstanceStatus, Line, ProxyStatus, RunSpec};
+
+use crate::instances::base_env;
+use crate::{Agent, AppDir, Failure, Phase, Result, apps, proc, to_json};
+
+/// A generation as one history line, shorter than the protocol's limit: one written before
+/// config values were bounded shows the sizes of its values, not the values.
+pub(crate) fn fit_line(mut g: drover_wire::GenerationInfo) -> serde_json::Value {
+    let fits = |g: &drover_wire::GenerationInfo| {
+        serde_json::to_vec(g).map_or(0, |v| v.len()) < drover_wire::MAX_LINE - 64
+    };
+    if !fits(&g) {
+        for v in g.env.values_mut() {
+            *v = format!("({} bytes, too long to show)", v.len());
+        }
+        if let Some(r) = g.reason.as_mut().filter(|r| r.len() > 4096) {
+            let mut end = 4096;
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r.truncate(end);
+        }
+    }
+    to_json(g)
+}
+
+impl Agent {
+    pub(crate) fn status(&self, app: Option<&str>) -> Result<Vec<AppStatus>> {
+        match app {
+            Some(a) => {
+                self.app_dir(a)?;
+                Ok(vec![self.status_of(a)?])
+            }
+            None => apps(&self.root).iter().map(|a| self.status_of(a)).collect(),
+        }
+    }
+
+    pub(crate) fn status_of(&self, app: &str) -> Result<AppStatus> {
+        let dir = AppDir::new(&self.root, app);
+        let current = dir.current();
+        let g = current.and_then(|c| dir.generation(c));
+        let proxy = self.proxy(app);
+        let routes = proxy.as_ref().map(|p| p.routes());
+        let apps = self.lock();
+        let rt = apps.get(app);
+        let serving: Vec<u32> = rt
+            .map(|rt| {
+                rt.instances
+                    .iter()
+                    .filter(|i| {
+                        i.backend.as_ref().is_some_and(|b| {
+                            routes.as_ref().is_some_and(|r| {
+                                r.stable
+                                    .iter()
+                                    .chain(r.canary.iter())
+                                    .any(|x| Arc::ptr_eq(x, b))
+                            })
+                        })
+                    })
+                    .map(|i| i.pid)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut instances: Vec<InstanceStatus> = rt
+            .map(|rt| {
+                rt.instances
+                    .iter()
+                    .filter(|i| i.phase != Phase::Stopping || proc::alive(i.pid, i.started))
+                    .map(|i| InstanceStatus {
+                        process: i.process.clone(),
+                        index: i.index,
+                        generation: i.generation,
+                        // Stopped-and-gone instances were filtered out just above.
+                        pid: Some(i.pid),
+                        port: i.port,
+                        healthy: i.healthy && i.phase == Phase::Running,
+                        restarts: i.restarts,
+                        serving: serving.contains(&i.pid),
+                        state: match i.phase {
+                            Phase::Running => "running".into(),
+                            Phase::Backoff(_) => "restarting".into(),
+                            Phase::Stopping => "stopping".into(),
+                        },
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        instances.sort_by(|a, b| {
+            (a.generation, &a.process, a.index).cmp(&(b.generation, &b.process, b.index))
+        });
+        let state = if rt.is_some_and(|rt| rt.deploying.is_some()) {
+            "deploying"
+        } else if dir.stopped() {
+            "stopped"
+        } else if current.is_none() {
+            "not deployed"
+        } else {
+            "running"
+        };
+        Ok(AppStatus {
+            app: app.to_string(),
+            generation: current,
+            from: g.as_ref().and_then(|g| g.from),
+            version: g.as_ref().map(|g| g.version.clone()),
+            release: g.as_ref().map(|g| g.release.clone()),
+            state: state.into(),
+            instances,
+            proxy: proxy.map(|p| ProxyStatus {
+                port: p.port,
+                paused: p.paused(),
+                releases: p.metrics(),
+            }),
+            canary: rt
+                .and_then(|rt| rt.canary)
+                .map(|(generation, weight)| CanaryStatus {
+                    generation,
+                    version: dir
+                        .generation(generation)
+                        .map(|g| g.version)
+                        .unwrap_or_default(),
+                    weight,
+                }),
+        })
+    }
+
+    pub(crate) fn logs(
+        &self,
+        app: &str,
+        lines: usize,
+        follow: bool,
+        stream: &mut UnixStream,
+    ) -> Result<serde_json::Value> {
+        let dir = self.app_dir(app)?;
+        let current = dir.current();
+        let files: Vec<(String, PathBuf)> = match current.and_then(|c| dir.generation(c)) {
+            Some(g) => {
+                let id: drover_store::Hash =
+                    g.release.parse().map_err(|e: String| Failure::new(e))?;
+                let manifest = self.store.manifest(&id)?;
+                let mut v = Vec::new();
+                let hook = dir.logs_dir().join(format!("{}-release.log", g.generation));
+                if hook.exists() {
+                    v.push(("release".to_string(), hook));
+                }
+                for (name, p) in &manifest.runtime.process {
+                    for i in 0..p.instances {
+                        v.push((
+                            format!("{name}.{i}"),
+                            dir.logs_dir()
+                                .join(format!("{}-{name}-{i}.log", g.instance_gen())),
+                        ));
+                    }
+                }
+                v
+            }
+            None => Vec::new(),
+        };
+        let mut offsets = Vec::new();
+        for (name, path) in &files {
+            for l in proc::tail(path, lines) {
+                let _ = drover_wire::write_line(
+                    stream,
+                    &Line::Log {
+                        log: format!("{name} | {l}"),
+                    },
+                );
+            }
+            offsets.push(fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+        }
+        if !follow {
+            return Ok(serde_json::json!({"files": files.len()}));
+        }
+        stream.set_nonblocking(true).ok();
+        let mut partial: Vec<String> = vec![String::new(); files.len()];
+        loop {
+            // The client closing its end is the only way out of a follow.
+            let mut probe = [0u8; 1];
+            match std::io::Read::read(stream, &mut probe) {
+                Ok(0) => return Ok(serde_json::Value::Null),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    return Ok(serde_json::Value::Null);
+                }
+                _ => {}
+            }
+            for (k, (name, path)) in files.iter().enumerate() {
+                let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                if len < offsets[k] {
+                    offsets[k] = 0; // rotated
+                }
+                if len > offsets[k]
+                    && let Ok(mut f) = File::open(path)
+                {
+                    use std::io::{Read, Seek};
+                    let _ = f.seek(std::io::SeekFrom::Start(offsets[k]));
+                    let mut buf = Vec::new();
+                    let _ = f.take(len - offsets[k]).read_to_end(&mut buf);
+                    offsets[k] = len;
+                    partial[k].push_str(&String::from_utf8_lossy(&buf));
+                    while let Some(pos) = partial[k].find('\n') {
+                        let l: String = partial[k].drain(..=pos).collect();
+                        stream.set_nonblocking(false).ok();
+                        if drover_wire::write_line(
+                            stream,
+                            &Line::Log {
+                                log: format!("{name} | {}", l.trim_end()),
+                            },
+                        )
+                        .is_err()
+                        {
+                            return Ok(serde_json::Value::Null);
+                        }
+                        stream.set_nonblocking(true).ok();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub(crate) fn run_spec(&self, app: &str) -> Result<RunSpec> {
+        let (_, g, manifest) = self.live_generation(app)?;
+        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let tree = self.store.materialise(&id)?;
+        let mut env = base_env(&self.tag, app, &g, &manifest);
+        env.remove(proc::ENV_ROOT);
+        // Over the 0600 socket to the CLI, which puts them in the task's environment.
+        for (k, v) in self.secrets_of(g.secrets.as_deref())? {
+            env.insert(k, v.to_string());
+        }
+        Ok(RunSpec {
+            dir: tree.display().to_string(),
+            env,
+            generation: g.generation,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn a_generation_written_before_the_bounds_still_fits_one_history_line() {
+        let g = drover_wire::GenerationInfo {
+            generation: 1,
+            release: "r".into(),
+            version: "1".into(),
+            who: "me".into(),
+            created: 0,
+            from: None,
+            kind: "deploy".into(),
+            outcome: "live".into(),
+            reason: None,
+            env: BTreeMap::from([
+                ("BIG".to_string(), "x".repeat(2 << 20)),
+                ("SMALL".to_string(), "y".into()),
+            ]),
+            secrets: Vec::new(),
+        };
+        let v = fit_line(g);
+        assert!(serde_json::to_vec(&v).unwrap().len() < drover_wire::MAX_LINE);
+        assert_eq!(v["env"]["BIG"], "(2097152 bytes, too long to show)");
+        let small = fit_line(drover_wire::GenerationInfo {
+            env: BTreeMap::from([("SMALL".to_string(), "y".into())]),
+            ..serde_json::from_value(v).unwrap()
+        });
+        assert_eq!(small["env"]["SMALL"], "y");
+    }
+}

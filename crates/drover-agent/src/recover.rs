@@ -1,0 +1,130 @@
+//! Recovery after an agent restart: the history made consistent with `current`, the live
+//! generation's instances adopted or restarted, and every other process stopped.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::instances::stop_groups;
+use crate::{Agent, AppDir, Instance, apps, proc};
+
+impl Agent {
+    /// Finds the apps' processes after an agent restart: adopts the live generation's,
+    /// stops any other (an interrupted deploy's), and restarts what is missing.
+    pub(crate) fn recover(&self) {
+        let found = proc::scan(&self.tag);
+        let mut by_app: HashMap<String, Vec<proc::Found>> = HashMap::new();
+        for f in found {
+            let app = f.instance.split('/').next().unwrap_or("").to_string();
+            by_app.entry(app).or_default().push(f);
+        }
+        let mut strays: Vec<(u32, Duration)> = Vec::new();
+        for app in apps(&self.root) {
+            let dir = AppDir::new(&self.root, &app);
+            dir.sweep_staged();
+            let current = dir.current();
+            for h in dir.history() {
+                // An agent killed between the switch and its history: the one live
+                // generation is the one `current` names.
+                if h.outcome == "live" && Some(h.generation) != current {
+                    let _ = dir.record(h.generation, "superseded", None);
+                }
+                if h.outcome == "pending" {
+                    if Some(h.generation) == current {
+                        let _ = dir.record(h.generation, "live", None);
+                    } else {
+                        let _ = dir.record(
+                            h.generation,
+                            "failed",
+                            Some(
+                                "interrupted: the agent stopped before this deploy finished".into(),
+                            ),
+                        );
+                    }
+                }
+            }
+            let mut procs = by_app.remove(&app).unwrap_or_default();
+            let Some(g) = current.and_then(|c| dir.generation(c)) else {
+                strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+                continue;
+            };
+            let manifest = g
+                .release
+                .parse()
+                .ok()
+                .and_then(|id: drover_store::Hash| self.store.trusted_manifest(&id).ok());
+            let tree = g
+                .release
+                .parse()
+                .ok()
+                .and_then(|id: drover_store::Hash| self.store.materialise(&id).ok());
+            let (Some(manifest), Some(tree)) = (manifest, tree) else {
+                eprintln!(
+                    "drover agent: generation {} of {app} cannot be read or its signature does not check; leaving it stopped",
+                    g.generation
+                );
+                continue;
+            };
+            let specs = self.specs(&dir, &g, &manifest, &tree);
+            let stopped = dir.stopped();
+            for (process, index, spec) in specs {
+                let tag = format!("{app}/{}/{process}/{index}", g.instance_gen());
+                let pos = procs.iter().position(|f| f.instance == tag);
+                match (pos, stopped) {
+                    (Some(p), false) => {
+                        let f = procs.remove(p);
+                        let mut apps = self.lock();
+                        apps.entry(app.clone())
+                            .or_default()
+                            .instances
+                            .push(Instance {
+                                // Adopted: not our child, and it was serving already.
+                                healthy: true,
+                                supervised: true,
+                                ..Instance::running(
+                                    spec,
+                                    &process,
+                                    index,
+                                    g.instance_gen(),
+                                    f.pid,
+                                    f.started,
+                                    f.port,
+                                )
+                            });
+                    }
+                    (None, false) => {
+                        if let Err(e) =
+                            self.spawn_instance(&app, &process, index, g.instance_gen(), spec, true)
+                        {
+                            eprintln!("drover agent: cannot start {app} {process}.{index}: {e}");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+            if let Some(p) = &manifest.runtime.proxy {
+                match self
+                    .prepare_proxy(&app, Some(p))
+                    .and_then(|plan| self.install_proxy(&app, plan))
+                {
+                    Ok(()) => self.refresh_routes(&app),
+                    Err(e) => eprintln!("drover agent: {}", e.0.message),
+                }
+            }
+        }
+        for (app, procs) in by_app {
+            eprintln!(
+                "drover agent: stopping {} processes of unknown app {app}",
+                procs.len()
+            );
+            strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+        }
+        if !strays.is_empty() {
+            eprintln!(
+                "drover agent: stopping {} processes left by an interrupted deploy",
+                strays.len()
+            );
+            stop_groups(&strays);
+        }
+    }
+}
