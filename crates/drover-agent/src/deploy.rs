@@ -30,47 +30,57 @@ impl Agent {
         let _ = reader
             .get_ref()
             .set_read_timeout(Some(Duration::from_secs(secs.max(1))));
-        let confirmed = matches!(
-            drover_wire::read_line(reader),
-            Ok(Some(line)) if serde_json::from_str::<drover_wire::Confirm>(&line)
-                .is_ok_and(|c| c.confirm)
-        );
+        // Some(true): confirmed; Some(false): the deployer declined; None: no word in time.
+        let word = match drover_wire::read_line(reader) {
+            Ok(Some(line)) => serde_json::from_str::<drover_wire::Confirm>(&line)
+                .ok()
+                .map(|c| c.confirm),
+            _ => None,
+        };
         let _ = reader.get_ref().set_read_timeout(None);
-        if confirmed {
+        if word == Some(true) {
             return Ok(());
         }
         let dir = self.app_dir(app)?;
         let live = dir.current().and_then(|c| dir.generation(c));
         let from = live.as_ref().and_then(|g| g.from);
-        let reason = format!("the deployer did not confirm within {secs}s");
+        let reason = match word {
+            Some(_) => "the deployer declined the new generation".to_string(),
+            None => format!("the deployer did not confirm within {secs}s"),
+        };
         let _ = dir.record(
             live.as_ref().map_or(0, |g| g.generation),
             "unconfirmed",
             Some(reason.clone()),
         );
         let who_revert = format!("{who} (unconfirmed)");
-        let reverted = match from {
-            Some(g) => self.rollback(app, Some(g), &who_revert, out),
-            None => self.stop_app(app, &who_revert),
+        // The fleet's revert rule, the same as its all-or-back.
+        let reverted = match drover_rollout::revert_to(from) {
+            drover_rollout::Revert::Rollback { generation } => {
+                self.rollback(app, Some(generation), &who_revert, out)
+            }
+            drover_rollout::Revert::Stop => self.stop_app(app, &who_revert),
         };
-        let entry = drover_wire::AuditEntry {
-            at: state::now(),
-            who: who.to_string(),
-            environment,
-            app: app.to_string(),
-            action: "auto-revert".into(),
-            version: live.as_ref().map(|g| g.version.clone()),
-            from: live.as_ref().map(|g| g.generation),
-            to: from,
-            outcome: if reverted.is_ok() {
+        let entry = drover_wire::AuditEntry::new(
+            state::now(),
+            who,
+            environment.as_deref(),
+            app,
+            "auto-revert",
+        )
+        .moved(
+            live.as_ref().map(|g| g.version.clone()),
+            live.as_ref().map(|g| g.generation),
+            from,
+        )
+        .ended(
+            if reverted.is_ok() {
                 "reverted"
             } else {
                 "failed"
-            }
-            .into(),
-            reason: Some(reason.clone()),
-            host: None,
-        };
+            },
+            Some(reason.clone()),
+        );
         let _ = state::append_audit(&self.root, &entry);
         reverted?;
         Err(Failure::new(format!(

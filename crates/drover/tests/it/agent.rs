@@ -1516,3 +1516,93 @@ fn under_a_pids_limit_a_deploy_fails_cleanly_and_the_agent_stays_up() {
     serves(&cx, "1");
     cx.drover(&["stop", "hello"]).success();
 }
+
+// ---- a fleet deploy's confirm, spoken to the agent directly ------------------------------
+
+/// A fleet-style deploy of `release` over the agent's socket: waits for the confirm request
+/// and answers `word` (none: says nothing and closes nothing until the reply). Returns the
+/// reply line.
+fn deploy_and_confirm(cx: &TestContext, release: &str, word: Option<bool>, within: u64) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut sock = std::os::unix::net::UnixStream::connect(cx.root.join("agent.sock")).unwrap();
+    let req = drover_wire::Request::Deploy {
+        release: release.into(),
+        who: "tester".into(),
+        canary: None,
+        environment: Some("prod".into()),
+        env_layer: Default::default(),
+        role: None,
+        role_layer: Default::default(),
+        secrets: None,
+        confirm_within: Some(within),
+        processes: None,
+    };
+    writeln!(sock, "{}", serde_json::to_string(&req).unwrap()).unwrap();
+    let mut reader = BufReader::new(sock.try_clone().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the agent hung up"
+        );
+        if line.contains(drover_wire::AWAITING_CONFIRM) {
+            if let Some(confirm) = word {
+                let c = drover_wire::Confirm { confirm };
+                writeln!(sock, "{}", serde_json::to_string(&c).unwrap()).unwrap();
+            }
+        } else if line.starts_with("{\"ok\"") || line.starts_with("{\"error\"") {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn a_deploy_the_deployer_declines_or_never_confirms_goes_back_by_the_revert_rule() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    serves(&cx, "1");
+    let v2 = cx.hello_app("v2", "2", "");
+    let id = cx.build(&v2, &[])["release"].as_str().unwrap().to_string();
+
+    // Declined: back on generation 1 at once, and the audit log says why.
+    let reply = deploy_and_confirm(&cx, &id, Some(false), 60);
+    assert!(
+        reply.contains("the deployer declined the new generation")
+            && reply.contains("back on generation 1"),
+        "{reply}"
+    );
+    serves(&cx, "1");
+    // Confirmed: kept.
+    let reply = deploy_and_confirm(&cx, &id, Some(true), 60);
+    assert!(reply.starts_with("{\"ok\""), "{reply}");
+    serves(&cx, "2");
+    // No word within the time: back on the generation it came from (4, on v2: the
+    // declined deploy was 2, its revert 3).
+    let v3 = cx.hello_app("v3", "3", "");
+    let id3 = cx.build(&v3, &[])["release"].as_str().unwrap().to_string();
+    let reply = deploy_and_confirm(&cx, &id3, None, 1);
+    assert!(
+        reply.contains("did not confirm within 1s") && reply.contains("back on generation 4"),
+        "{reply}"
+    );
+    serves(&cx, "2");
+    let audit = fs::read_to_string(cx.root.join("audit.jsonl")).unwrap();
+    let reverts: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["action"] == "auto-revert")
+        .collect();
+    assert_eq!(reverts.len(), 2, "{audit}");
+    assert_eq!(reverts[0]["outcome"], "reverted");
+    assert_eq!(reverts[0]["to"], 1);
+    assert_eq!(reverts[0]["environment"], "prod");
+    assert!(reverts[0]["reason"].as_str().unwrap().contains("declined"));
+    assert_eq!(
+        (&reverts[0]["from"], &reverts[1]["from"]),
+        (&2.into(), &5.into())
+    );
+    assert_eq!(reverts[1]["to"], 4);
+}
