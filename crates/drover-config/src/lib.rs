@@ -370,8 +370,17 @@ impl Seconds {
                 ));
             }
         };
+        // Longer would overflow a deadline (`Instant + d`) somewhere; no wait needs a year.
+        if d > Seconds::MAX {
+            return Err(format!(
+                "`{s}` is too long a duration (at most 366 days, \"8784h\")"
+            ));
+        }
         Ok(Seconds(d))
     }
+
+    /// The longest duration any setting takes.
+    pub const MAX: Duration = Duration::from_secs(366 * 24 * 3600);
 }
 
 impl fmt::Display for Seconds {
@@ -750,6 +759,23 @@ mod tests {
         assert!(web.http);
         assert_eq!(web.instances, 1);
         assert_eq!(c.health.unwrap().timeout, Seconds(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(Seconds::parse("8784h").unwrap().0, Seconds::MAX);
+        for long in [
+            "8785h",
+            "31622401",
+            "99999999999999s",
+            "18446744073709551615m",
+        ] {
+            let e = Seconds::parse(long).unwrap_err();
+            assert!(e.contains("too long a duration"), "{long}: {e}");
+        }
+        let e = parse("[app]\nname = \"x\"\n[health]\ntimeout = \"99999999999s\"\n").unwrap_err();
+        assert!(e.contains("health.timeout") || e.contains("timeout"), "{e}");
+        assert!(e.contains("too long a duration"), "{e}");
     }
 
     #[test]
