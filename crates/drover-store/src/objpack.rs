@@ -481,8 +481,13 @@ impl<'a> PackWriter<'a> {
                     let (path, t) = flushing.remove(0);
                     join_flush(t).at(&path)?;
                 }
-                let file = o.file;
-                flushing.push((to, std::thread::spawn(move || file.sync_data())));
+                let file = std::sync::Arc::new(o.file);
+                let theirs = file.clone();
+                match std::thread::Builder::new().spawn(move || theirs.sync_data()) {
+                    Ok(t) => flushing.push((to, t)),
+                    // No thread to spare: written back here, now.
+                    Err(_) => file.sync_data().at(&to)?,
+                }
                 Ok(())
             }
             Err(e) => {

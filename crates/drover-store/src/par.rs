@@ -27,17 +27,23 @@ pub fn map_on<T: Sync, R: Send>(limit: usize, items: &[T], f: impl Fn(&T) -> R +
     }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    let r = f(item);
-                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
-                }
-            });
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            let r = f(item);
+            results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
         }
+    };
+    std::thread::scope(|s| {
+        // The caller's thread is one of them; a thread that cannot start (a pids or memory
+        // limit) is one fewer, never a panic: the caller alone still does all the work.
+        for _ in 1..threads {
+            if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
+                break;
+            }
+        }
+        work();
     });
     results
         .into_inner()

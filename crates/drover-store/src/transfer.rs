@@ -641,13 +641,16 @@ fn receive_inner(
     // files it already has), and finished once they are in. Only a head start: when that
     // fails, `materialise` does the whole tree when the release is deployed.
     let (arrived, sealed, draft) = std::thread::scope(|s| {
-        let draft = s.spawn(|| store.draft_tree(&id, &manifest, &present, &stop));
+        // No thread to spare: no head start.
+        let draft = std::thread::Builder::new()
+            .spawn_scoped(s, || store.draft_tree(&id, &manifest, &present, &stop))
+            .ok();
         let arrived = receive_chunks(store, input, &mut pending, &packs, &cache);
         // In, or broken off: the draft stops, and what arrived is kept at once (verified,
         // the next transfer resumes from it).
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let sealed = packs.finish();
-        (arrived, sealed, draft.join())
+        (arrived, sealed, draft.map(|d| d.join()))
     });
     arrived?;
     sealed?;
@@ -661,9 +664,11 @@ fn receive_inner(
     // The commit and the rest of the tree side by side; the tree goes in place after both.
     let (committed, completed) = std::thread::scope(|s| {
         let completed = match draft {
-            Ok(Ok(Some(mut d))) => {
-                Some(s.spawn(|| store.complete_tree(&mut d, &manifest, &cache).map(|()| d)))
-            }
+            Some(Ok(Ok(Some(mut d)))) => std::thread::Builder::new()
+                .spawn_scoped(s, || {
+                    store.complete_tree(&mut d, &manifest, &cache).map(|()| d)
+                })
+                .ok(),
             _ => None,
         };
         let committed = store.commit_release(&manifest, &sig);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use drover_store::remove_tree;
 
 use crate::common::{
-    TestContext, drover_bin, http_get, kill_tagged, make_writable, tagged_processes, to_run,
-    wait_for,
+    PidsCgroup, TestContext, drover_bin, http_get, kill_tagged, make_writable, tagged_processes,
+    to_run, wait_for,
 };
 
 fn serves(cx: &TestContext, version: &str) {
@@ -1417,46 +1417,6 @@ fn stalled_connections_beyond_the_bound_are_refused_and_the_agent_still_answers(
     serves(&cx, "2");
     drop(held);
     assert!(agent.child.try_wait().unwrap().is_none());
-}
-
-/// A new pids cgroup (v1 or v2) for a test, removed on drop; None where there is none.
-struct PidsCgroup(std::path::PathBuf);
-
-impl PidsCgroup {
-    fn new(name: &str) -> Option<PidsCgroup> {
-        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
-        let base = if v1.join("cgroup.procs").exists() {
-            v1.to_path_buf()
-        } else {
-            std::path::PathBuf::from("/sys/fs/cgroup")
-        };
-        let dir = base.join(name);
-        fs::create_dir(&dir).ok()?;
-        let cg = PidsCgroup(dir);
-        cg.0.join("pids.max").exists().then_some(cg)
-    }
-
-    fn current(&self) -> u64 {
-        fs::read_to_string(self.0.join("pids.current"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn set_max(&self, max: &str) {
-        fs::write(self.0.join("pids.max"), max).unwrap();
-    }
-}
-
-impl Drop for PidsCgroup {
-    fn drop(&mut self) {
-        let _ = fs::write(self.0.join("pids.max"), "max");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 #[test]

@@ -398,3 +398,43 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
         .unwrap_or_default();
     Ok((code, body))
 }
+
+/// A new pids cgroup (v1 or v2) for a test, removed on drop; None where there is none.
+pub struct PidsCgroup(pub std::path::PathBuf);
+
+impl PidsCgroup {
+    pub fn new(name: &str) -> Option<PidsCgroup> {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let base = if v1.join("cgroup.procs").exists() {
+            v1.to_path_buf()
+        } else {
+            std::path::PathBuf::from("/sys/fs/cgroup")
+        };
+        let dir = base.join(name);
+        fs::create_dir(&dir).ok()?;
+        let cg = PidsCgroup(dir);
+        cg.0.join("pids.max").exists().then_some(cg)
+    }
+
+    pub fn current(&self) -> u64 {
+        fs::read_to_string(self.0.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn set_max(&self, max: &str) {
+        fs::write(self.0.join("pids.max"), max).unwrap();
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("pids.max"), "max");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

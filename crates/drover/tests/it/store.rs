@@ -1618,3 +1618,56 @@ fn a_receiver_killed_at_any_step_leaves_no_half_release_and_the_next_transfer_co
         }
     }
 }
+
+#[test]
+fn with_no_thread_to_spare_build_checkout_and_verify_still_work() {
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("d{}/f{i}.bin", i % 4), noise(90 + i, 20_000)))
+        .collect();
+    let cx = TestContext::new();
+    let app = cx.app("app", "[app]\nname = \"app\"\nversion = \"1\"\n", &[]);
+    for (name, data) in &files {
+        fs::create_dir_all(app.join(name).parent().unwrap()).unwrap();
+        fs::write(app.join(name), data).unwrap();
+    }
+    cx.drover(&["keys"]).success();
+    let Some(cgroup) =
+        crate::common::PidsCgroup::new(&format!("drover-test-par-{}", std::process::id()))
+    else {
+        assert!(
+            !rustix::process::geteuid().is_root(),
+            "as root, a pids cgroup must be possible here"
+        );
+        eprintln!("no pids cgroup can be made by this user: nothing to limit");
+        return;
+    };
+    // One task in all: the command's own thread. Each command joins the cgroup, then
+    // becomes drover.
+    cgroup.set_max("1");
+    let procs = cgroup.0.join("cgroup.procs");
+    let limited = |args: &[&str]| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && exec \"$@\"", procs.display()))
+            .arg("sh")
+            .arg(crate::common::drover_bin())
+            .args(args)
+            .env("DROVER_ROOT", &cx.root)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        to_run(out)
+    };
+    let built = limited(&["build", app.to_str().unwrap(), "--json"]);
+    assert!(built.status.success(), "{}", built.stderr);
+    let id = built.json()["release"].as_str().unwrap().to_string();
+    let co = cx.path("co");
+    let run = limited(&["checkout", &id, co.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let run = limited(&["verify"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    cgroup.set_max("max");
+    for (name, data) in &files {
+        assert_eq!(&fs::read(co.join(name)).unwrap(), data);
+    }
+}
