@@ -222,14 +222,8 @@ impl Agent {
             _ => return,
         };
         let _ = stream.set_read_timeout(None);
-        if matches!(
-            serde_json::from_str::<Request>(&line),
-            Ok(Request::Handover)
-        ) {
-            self.hand_over(&mut stream);
-            return;
-        }
         let result = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Handover) => return self.hand_over(&mut stream),
             Ok(req) => self.handle(req, &mut stream, &mut reader),
             Err(e) => Err(Failure::new(format!("bad request: {e}"))
                 .hint("the CLI and the agent may be different drover versions")),
