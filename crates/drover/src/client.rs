@@ -182,13 +182,4 @@ pub fn start_agent(root: &Path, replace: bool) -> anyhow::Result<()> {
 }
 
 /// Who is acting: `user@host`.
-pub fn who() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid{}", rustix::process::getuid().as_raw()));
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    format!("{user}@{host}")
-}
+pub use drover_fleet::who;

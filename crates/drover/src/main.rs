@@ -25,8 +25,8 @@ macro_rules! print {
 mod cli;
 mod client;
 mod commands;
-mod fleet;
 mod output;
+mod progress;
 mod settings;
 
 use std::process::ExitCode;

@@ -15,28 +15,8 @@ impl std::fmt::Display for Failed {
 
 impl std::error::Error for Failed {}
 
-/// A hint attached at the binary edge.
-#[derive(Debug)]
-pub struct Hinted {
-    pub message: String,
-    pub hint: String,
-}
-
-impl std::fmt::Display for Hinted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Hinted {}
-
-pub fn hinted(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
-    Hinted {
-        message: message.into(),
-        hint: hint.into(),
-    }
-    .into()
-}
+pub use drover_fleet::bytes;
+pub use drover_fleet::error::{Exit, Kinded, hint_of, hinted};
 
 fn color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
@@ -92,66 +72,6 @@ pub fn report_error(err: &anyhow::Error) {
     if let Some(h) = hint_of(err) {
         eprintln!("hint: {h}");
     }
-}
-
-/// The first hint along an error's chain of causes.
-pub fn hint_of(err: &anyhow::Error) -> Option<String> {
-    err.chain().find_map(|cause| {
-        if let Some(e) = cause.downcast_ref::<drover_store::Error>() {
-            e.hint()
-        } else if let Some(e) = cause.downcast_ref::<drover_config::secrets::SecretsError>() {
-            e.hint()
-        } else if let Some(e) = cause.downcast_ref::<drover_config::ConfigError>() {
-            e.hint()
-        } else if let Some(k) = cause.downcast_ref::<Kinded>() {
-            k.hint.clone()
-        } else {
-            cause.downcast_ref::<Hinted>().map(|h| h.hint.clone())
-        }
-    })
-}
-
-/// What kind of failure an error is: its exit code (listed in the README).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Anything else that failed.
-    Failed = 1,
-    /// Bad usage or input: flags, `drover.toml`, an archive or manifest, a release name.
-    Input = 2,
-    /// A deploy failed and every host is back on (or never left) its previous generation.
-    RolledBack = 3,
-    /// A deploy failed and left hosts on the new release (`--keep-partial`) or in a state
-    /// drover could not learn (a host lost, a revert that failed).
-    Partial = 4,
-    /// Another holder has the environment's lock.
-    Locked = 5,
-}
-
-/// An error of a kind other than a plain failure: its message (with its causes) and hint
-/// as they were, and its exit code.
-#[derive(Debug)]
-pub struct Kinded {
-    pub exit: Exit,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl std::fmt::Display for Kinded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Kinded {}
-
-/// `err`, exiting with `exit`'s code.
-pub fn kinded(exit: Exit, err: anyhow::Error) -> anyhow::Error {
-    Kinded {
-        exit,
-        message: format!("{err:#}"),
-        hint: hint_of(&err),
-    }
-    .into()
 }
 
 /// The one mapping from errors to exit codes.
@@ -210,25 +130,10 @@ pub fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Human-readable byte counts.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_fleet::error::kinded;
 
     #[test]
     fn exit_codes_by_kind() {

@@ -183,7 +183,7 @@ pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
         && Path::new(&args.target)
             .join(drover_config::FILE_NAME)
             .is_file()
-        && let Some(target) = crate::fleet::Target::load(Path::new(&args.target), e)?
+        && let Some(target) = drover_fleet::Target::load(Path::new(&args.target), e)?
     {
         return super::fleet::deploy(root, target, args);
     }

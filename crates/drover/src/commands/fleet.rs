@@ -1,5 +1,6 @@
 //! The fleet side of the commands: `deploy -e`, `rollback -e`, `status -e`, `history -e`,
-//! `logs -e`, `lock`, and `host setup`, over ssh (see `crate::fleet`).
+//! `logs -e`, `lock`, and `host setup`, over ssh (see `drover_fleet`): their arguments and
+//! what they print.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,8 @@ use serde::Serialize;
 
 use crate::cli::JsonFlag;
 use crate::client;
-use crate::fleet::{self, Connected, HostError, Locks, Target, agent_call, par};
 use crate::output::{self, hinted};
+use drover_fleet::{Connected, HostError, Locks, Target, agent_call, par};
 
 /// `-e ENV` (an environment with hosts, from the app directory's drover.toml) and `--dir`.
 #[derive(Debug, Args, Clone)]
@@ -112,20 +113,94 @@ pub fn deploy(root: &Path, target: Target, args: super::deploy::DeployArgs) -> a
             return Err(e);
         }
     };
-    fleet::deploy(
-        &store,
-        &target,
-        fleet::DeployPlan {
-            release: id,
-            app: manifest.app.clone(),
-            version: manifest.version.clone(),
-            secrets: layers.secrets,
-            keep_partial: args.keep_partial,
-            json: args.json.json,
-        },
-        conn,
-        started,
-    )
+    let plan = drover_fleet::DeployPlan {
+        release: id,
+        app: manifest.app.clone(),
+        version: manifest.version.clone(),
+        secrets: layers.secrets,
+        keep_partial: args.keep_partial,
+    };
+    let json = args.json.json;
+    let progress = crate::progress::Progress::new(&target.env.hosts, json);
+    if !json {
+        eprintln!(
+            "deploying {}@{} ({}) to {} hosts of `{}` ({})",
+            plan.app,
+            plan.version,
+            plan.release.short(),
+            target.env.hosts.len(),
+            target.name,
+            target.env.strategy
+        );
+    }
+    let done = drover_fleet::deploy(&store, &target, &plan, conn, &progress, started)?;
+    if done.failure.is_some() && plan.keep_partial {
+        eprintln!(
+            "{} --keep-partial: the hosts already switched STAY on the new release; the fleet runs mixed versions",
+            output::red("warning:")
+        );
+    }
+    if json {
+        output::json(&done.report)?;
+    } else {
+        print_summary(&done.report);
+    }
+    if !done.stuck.is_empty() {
+        eprintln!(
+            "{} the lock of `{}` is still held on {} (unreachable); `drover lock release -e {}` once it is back",
+            output::red("warning:"),
+            target.name,
+            done.stuck.join(", "),
+            target.name
+        );
+    }
+    match done.failure {
+        None => Ok(()),
+        Some(f) => Err(f),
+    }
+}
+
+fn print_summary(r: &drover_fleet::DeployReport) {
+    let width = r.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4);
+    println!();
+    for h in &r.hosts {
+        let what = match h.state.as_str() {
+            "live" => format!(
+                "live on {}@{} (generation {})",
+                r.app,
+                r.version,
+                h.generation.map_or("?".into(), |g| g.to_string())
+            ),
+            "reverted" => format!(
+                "reverted to generation {}",
+                h.previous
+                    .map_or("none (stopped)".into(), |g| g.to_string())
+            ),
+            "kept" => format!(
+                "LEFT on {}@{} (generation {}): --keep-partial",
+                r.app,
+                r.version,
+                h.generation.map_or("?".into(), |g| g.to_string())
+            ),
+            "unchanged" => "unchanged (still on its previous generation)".into(),
+            other => other.to_string(),
+        };
+        let err = h
+            .error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        println!("  {:width$}  {what}{err}", h.host);
+    }
+    if r.ok {
+        println!(
+            "{}@{} is live on all {} hosts of `{}`",
+            r.app,
+            r.version,
+            r.hosts.len(),
+            r.environment
+        );
+    }
 }
 
 #[derive(Serialize)]
@@ -171,8 +246,8 @@ pub fn rollback(
     let sessions = conn.all()?;
     let mut locks = Locks::acquire(&target.name, &sessions, &format!("rollback of {app}"))?;
     let results = par(&sessions, target.config.ssh.parallel, |_, s| {
-        let before = fleet::current_generation(s, &app).ok().flatten();
-        let r = fleet::agent_typed::<AppStatus>(
+        let before = drover_fleet::current_generation(s, &app).ok().flatten();
+        let r = drover_fleet::agent_typed::<AppStatus>(
             s,
             &Request::Rollback {
                 app: app.clone(),
@@ -234,7 +309,7 @@ pub fn rollback(
 pub fn status(target: Target, app: Option<String>, json: bool) -> anyhow::Result<()> {
     let results: Vec<HostResult<Vec<AppStatus>>> = target
         .each(None, |s| {
-            fleet::agent_typed(s, &Request::Status { app: app.clone() }, None, |_| {})
+            drover_fleet::agent_typed(s, &Request::Status { app: app.clone() }, None, |_| {})
         })?
         .into_iter()
         .map(|(h, r)| split(&h, r))
@@ -308,7 +383,9 @@ pub fn history(target: Target, app: Option<String>, json: bool) -> anyhow::Resul
     }
     if !errors.is_empty() {
         let refs: Vec<&HostError> = errors.iter().collect();
-        return Err(fleet::host_errors(&refs).context("some hosts' audit logs are missing above"));
+        return Err(
+            drover_fleet::host_errors(&refs).context("some hosts' audit logs are missing above")
+        );
     }
     Ok(())
 }
@@ -365,7 +442,7 @@ fn all_ok(results: Vec<(String, Result<(), HostError>)>) -> anyhow::Result<()> {
         return Ok(());
     }
     let refs: Vec<&HostError> = errors.iter().collect();
-    Err(fleet::host_errors(&refs))
+    Err(drover_fleet::host_errors(&refs))
 }
 
 #[derive(Debug, Args)]
@@ -413,7 +490,7 @@ pub fn run_lock(args: LockArgs) -> anyhow::Result<()> {
                         r.host,
                         h.holder,
                         fmt_utc(h.since),
-                        fleet::fmt_time(h.since)
+                        drover_fleet::fmt_time(h.since)
                     ),
                     (Some(None), _) => println!("  {}  free", r.host),
                     (_, Some(e)) => println!("  {}  unknown: {e}", r.host),
@@ -480,7 +557,7 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
             }
             (
                 args.hosts.clone(),
-                fleet::SshSettings::from_config(&cfg, &args.env.dir),
+                drover_fleet::SshSettings::from_config(&cfg, &args.env.dir),
                 cfg.parallel,
             )
         }
@@ -500,10 +577,10 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
     let outcomes: Vec<Result<SetupReport, HostError>> = par(&conn.sessions, parallel, |_, s| {
         (|| {
             let s = s.as_ref().map_err(Clone::clone)?;
-            let before = fleet::hello(s).ok();
+            let before = drover_fleet::hello(s).ok();
             let same = before
                 .as_ref()
-                .is_some_and(|h| h.build == ours && h.version == env!("CARGO_PKG_VERSION"));
+                .is_some_and(|h| h.build == ours && h.version == drover_fleet::VERSION);
             if !same || args.force {
                 let out = s.run_raw(&s.install_command(), &exe)?;
                 if !out.status.success() {
@@ -522,8 +599,8 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
                 },
                 b"",
             )?;
-            let after = fleet::hello(s)?;
-            fleet::check_version(s, &after)?;
+            let after = drover_fleet::hello(s)?;
+            drover_fleet::check_version(s, &after)?;
             let out = s.run(&["host-key"], b"")?;
             Ok(SetupReport {
                 installed: !same || args.force,
@@ -564,7 +641,7 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
     }
     if !errors.is_empty() {
         let refs: Vec<&HostError> = errors.iter().collect();
-        return Err(fleet::host_errors(&refs));
+        return Err(drover_fleet::host_errors(&refs));
     }
     Ok(())
 }

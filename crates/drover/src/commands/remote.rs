@@ -92,7 +92,7 @@ pub enum LockOp {
 
 pub use drover_wire::{EndOp, Hello, LockHolder, LockOutcome, LockRequest, ServeOp};
 
-pub use crate::fleet::build_id;
+pub use drover_fleet::build_id;
 
 pub fn lock_path(root: &Path, env: &str) -> PathBuf {
     root.join("locks").join(format!("{env}.json"))
@@ -123,7 +123,7 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
         } => {
             let timeout = std::time::Duration::from_secs(timeout.max(1));
             // A failure is in the log already, or printed.
-            if crate::fleet::relay::run(&host, port, &family, timeout, log.as_deref()).is_err() {
+            if drover_fleet::relay::run(&host, port, &family, timeout, log.as_deref()).is_err() {
                 std::process::exit(255);
             }
         }
@@ -185,7 +185,7 @@ fn hello(
         }),
     };
     Ok(Hello {
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: drover_fleet::VERSION.to_string(),
         build,
         root: root.display().to_string(),
         agent: client::is_running(root),

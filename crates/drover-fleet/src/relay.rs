@@ -132,7 +132,7 @@ pub fn run(
                     .is_ok()
         });
         if !logged {
-            eprintln!("{message}");
+            let _ = writeln!(std::io::stderr(), "{message}");
         }
         message
     };

@@ -1,5 +1,5 @@
-//! Fleet progress: one line per host (phase, bytes, time), redrawn in place on a terminal;
-//! plain lines on each change off a terminal; JSON events with `--json`.
+//! A fleet deploy's progress: one line per host (phase, bytes, time), redrawn in place on a
+//! terminal; plain lines on each change off a terminal; JSON events with `--json`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -67,11 +67,36 @@ impl Progress {
         }
     }
 
+    fn draw(&self, g: &mut (Vec<Row>, usize, Instant)) {
+        let mut err = std::io::stderr().lock();
+        if g.1 > 0 {
+            let _ = write!(err, "\x1b[{}A", g.1);
+        }
+        let width = g.0.iter().map(|r| r.host.len()).max().unwrap_or(0);
+        for r in &g.0 {
+            let bytes = r
+                .bytes
+                .map(|(s, t)| format!("  {} / {}", output::bytes(s), output::bytes(t)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                err,
+                "\x1b[2K  {:width$}  {}{bytes}  {:.1}s",
+                r.host,
+                r.phase,
+                r.since.elapsed().as_secs_f64()
+            );
+        }
+        g.1 = g.0.len();
+        g.2 = Instant::now();
+    }
+}
+
+impl drover_fleet::Progress for Progress {
     /// Host `i` enters `phase`.
-    pub fn phase(&self, i: usize, phase: impl Into<String>) {
+    fn phase(&self, i: usize, phase: &str) {
         let mut g = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         // Errors name their host; on the host's own line that is said already.
-        let phase = phase.into().replacen(&format!("{}: ", g.0[i].host), "", 1);
+        let phase = phase.replacen(&format!("{}: ", g.0[i].host), "", 1);
         g.0[i].phase = phase.clone();
         g.0[i].bytes = None;
         g.0[i].since = Instant::now();
@@ -95,7 +120,7 @@ impl Progress {
     }
 
     /// Host `i` has sent `sent` of `total` bytes.
-    pub fn bytes(&self, i: usize, sent: u64, total: u64) {
+    fn bytes(&self, i: usize, sent: u64, total: u64) {
         let mut g = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         g.0[i].bytes = Some((sent, total));
         if self.mode == Mode::Terminal
@@ -105,31 +130,8 @@ impl Progress {
         }
     }
 
-    fn draw(&self, g: &mut (Vec<Row>, usize, Instant)) {
-        let mut err = std::io::stderr().lock();
-        if g.1 > 0 {
-            let _ = write!(err, "\x1b[{}A", g.1);
-        }
-        let width = g.0.iter().map(|r| r.host.len()).max().unwrap_or(0);
-        for r in &g.0 {
-            let bytes = r
-                .bytes
-                .map(|(s, t)| format!("  {} / {}", output::bytes(s), output::bytes(t)))
-                .unwrap_or_default();
-            let _ = writeln!(
-                err,
-                "\x1b[2K  {:width$}  {}{bytes}  {:.1}s",
-                r.host,
-                r.phase,
-                r.since.elapsed().as_secs_f64()
-            );
-        }
-        g.1 = g.0.len();
-        g.2 = Instant::now();
-    }
-
     /// Redraws a last time (a terminal); nothing otherwise.
-    pub fn finish(&self) {
+    fn finish(&self) {
         if self.mode == Mode::Terminal {
             let mut g = self.rows.lock().unwrap_or_else(|e| e.into_inner());
             self.draw(&mut g);

@@ -7,7 +7,7 @@
 //! host's agent with the same JSON-lines protocol as the local socket, all in one
 //! `drover remote serve` session per host.
 
-pub mod progress;
+pub mod error;
 pub mod relay;
 pub mod ssh;
 
@@ -19,11 +19,51 @@ use drover_rollout::{Action, Failure, Observation, Outcome, Rollout};
 use drover_wire::{AuditEntry, Line, Reply, Request};
 use serde::Serialize;
 
-use crate::client;
-use crate::output::{self, hinted};
 use drover_wire::{EndOp, Hello, LockRequest, ServeOp};
-pub use progress::Progress;
+use error::{Exit, hinted, kinded};
 pub use ssh::{HostError, OpError, Serve, Session, SshSettings};
+
+/// The version of drover, as a host's `hello` tells it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Who is acting: `user@host`.
+pub fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid{}", rustix::process::getuid().as_raw()));
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    format!("{user}@{host}")
+}
+
+/// Human-readable byte counts.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// What a fleet deploy tells as it goes, host by host (`host` is the host's place in the
+/// environment's list).
+pub trait Progress: Sync {
+    /// Host `host` enters a phase.
+    fn phase(&self, host: usize, text: &str);
+    /// Host `host` has sent `sent` of `total` bytes.
+    fn bytes(&self, host: usize, sent: u64, total: u64);
+    /// The deploy's hosts are done.
+    fn finish(&self);
+}
 
 /// The fingerprint of the running binary.
 pub fn build_id() -> String {
@@ -303,13 +343,10 @@ pub fn hello(s: &Session) -> Result<Hello, HostError> {
 
 pub fn check_version(s: &Session, hello: &Hello) -> Result<(), HostError> {
     let ours = build_id();
-    if hello.version != env!("CARGO_PKG_VERSION") || hello.build != ours {
+    if hello.version != VERSION || hello.build != ours {
         return Err(HostError::new(format!(
             "{}: runs drover {} (build {}), this is drover {} (build {ours})",
-            s.name,
-            hello.version,
-            hello.build,
-            env!("CARGO_PKG_VERSION")
+            s.name, hello.version, hello.build, VERSION
         ))
         .hint(format!(
             "`drover host setup {}` installs this drover there",
@@ -506,7 +543,7 @@ impl<'a> Locks<'a> {
         )
         .to_hex()[..16]
             .to_string();
-        let holder = format!("{} ({what}, pid {})", client::who(), std::process::id());
+        let holder = format!("{} ({what}, pid {})", who(), std::process::id());
         let build = build_id();
         let mut order: Vec<&Session> = sessions.to_vec();
         order.sort_by(|a, b| a.name.cmp(&b.name));
@@ -568,8 +605,8 @@ impl<'a> Locks<'a> {
         }
         if let Some((host, h)) = taken_by_other {
             locks.release();
-            return Err(output::kinded(
-                output::Exit::Locked,
+            return Err(kinded(
+                Exit::Locked,
                 match h {
                     Some(h) => hinted(
                         format!(
@@ -659,7 +696,15 @@ pub struct DeployPlan {
     pub version: String,
     pub secrets: Option<String>,
     pub keep_partial: bool,
-    pub json: bool,
+}
+
+/// How a fleet deploy ended.
+pub struct Deployed {
+    pub report: DeployReport,
+    /// The hosts whose lock could not be given back (unreachable at the end).
+    pub stuck: Vec<String>,
+    /// Why the rollout stopped, of the kind its exit code says (every host back, or not).
+    pub failure: Option<anyhow::Error>,
 }
 
 /// A host as the rollout left it, and the bytes its transfer sent.
@@ -668,30 +713,18 @@ struct HostState {
     bytes: u64,
 }
 
-/// The whole fleet deploy: preflight, transfer, batches, and all-or-back.
 /// The whole fleet deploy over `conn`, connections opened by the caller (while it built
-/// the release).
+/// the release): preflight, transfer, batches, and all-or-back. An error is one that
+/// stopped it before any host was touched (a host unreachable, the lock not taken).
 pub fn deploy(
     store: &drover_store::Store,
     target: &Target,
-    plan: DeployPlan,
+    plan: &DeployPlan,
     conn: Connected,
+    progress: &dyn Progress,
     started: std::time::Instant,
-) -> anyhow::Result<()> {
-    let hosts = target.env.hosts.clone();
-    let progress = Progress::new(&hosts, plan.json);
-    if !plan.json {
-        eprintln!(
-            "deploying {}@{} ({}) to {} hosts of `{}` ({})",
-            plan.app,
-            plan.version,
-            plan.release.short(),
-            hosts.len(),
-            target.name,
-            target.env.strategy
-        );
-    }
-    let result = deploy_connected(store, target, &plan, &conn, &progress, started);
+) -> anyhow::Result<Deployed> {
+    let result = deploy_connected(store, target, plan, &conn, progress, started);
     conn.close();
     result
 }
@@ -701,12 +734,12 @@ fn deploy_connected(
     target: &Target,
     plan: &DeployPlan,
     conn: &Connected,
-    progress: &Progress,
+    progress: &dyn Progress,
     started: std::time::Instant,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Deployed> {
     for (i, s) in conn.sessions.iter().enumerate() {
         if let Err(e) = s {
-            progress.phase(i, format!("unreachable: {}", e.message));
+            progress.phase(i, &format!("unreachable: {}", e.message));
         }
     }
     let sessions = conn.all()?;
@@ -747,80 +780,25 @@ fn deploy_connected(
             })
             .collect(),
     };
-    if plan.json {
-        output::json(&report)?;
-    } else {
-        print_summary(&report);
-    }
-    if !stuck.is_empty() {
-        eprintln!(
-            "{} the lock of `{}` is still held on {} (unreachable); `drover lock release -e {}` once it is back",
-            output::red("warning:"),
-            target.name,
-            stuck.join(", "),
-            target.name
-        );
-    }
-    match failure {
-        None => Ok(()),
-        Some(f) => {
-            // Kept on the new release, lost, or switched and not reverted: not all back.
-            let partial = states.iter().any(|st| match st.host.outcome() {
-                Outcome::Kept | Outcome::Unreachable => true,
-                Outcome::Failed => st.host.switched,
-                _ => false,
-            });
-            let exit = if partial {
-                output::Exit::Partial
-            } else {
-                output::Exit::RolledBack
-            };
-            Err(output::kinded(exit, f))
-        }
-    }
-}
-
-fn print_summary(r: &DeployReport) {
-    let width = r.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4);
-    println!();
-    for h in &r.hosts {
-        let what = match h.state.as_str() {
-            "live" => format!(
-                "live on {}@{} (generation {})",
-                r.app,
-                r.version,
-                h.generation.map_or("?".into(), |g| g.to_string())
-            ),
-            "reverted" => format!(
-                "reverted to generation {}",
-                h.previous
-                    .map_or("none (stopped)".into(), |g| g.to_string())
-            ),
-            "kept" => format!(
-                "LEFT on {}@{} (generation {}): --keep-partial",
-                r.app,
-                r.version,
-                h.generation.map_or("?".into(), |g| g.to_string())
-            ),
-            "unchanged" => "unchanged (still on its previous generation)".into(),
-            other => other.to_string(),
+    let failure = failure.map(|f| {
+        // Kept on the new release, lost, or switched and not reverted: not all back.
+        let partial = states.iter().any(|st| match st.host.outcome() {
+            Outcome::Kept | Outcome::Unreachable => true,
+            Outcome::Failed => st.host.switched,
+            _ => false,
+        });
+        let exit = if partial {
+            Exit::Partial
+        } else {
+            Exit::RolledBack
         };
-        let err = h
-            .error
-            .as_ref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default();
-        println!("  {:width$}  {what}{err}", h.host);
-    }
-    if r.ok {
-        println!(
-            "{}@{} is live on all {} hosts of `{}`",
-            r.app,
-            r.version,
-            r.hosts.len(),
-            r.environment
-        );
-    }
+        kinded(exit, f)
+    });
+    Ok(Deployed {
+        report,
+        stuck,
+        failure,
+    })
 }
 
 /// What an executor thread saw on a host, for the rollout engine; `error` keeps the host's
@@ -849,7 +827,7 @@ fn rollout(
     target: &Target,
     plan: &DeployPlan,
     sessions: &[&Session],
-    progress: &Progress,
+    progress: &dyn Progress,
     started: std::time::Instant,
 ) -> (
     Vec<HostState>,
@@ -906,7 +884,8 @@ fn rollout(
                     Action::WaitUntil { at, hosts } => {
                         if let Some(p) = strategy.pause() {
                             for &i in &hosts {
-                                progress.phase(i, format!("waiting {}", drover_config::Seconds(p)));
+                                progress
+                                    .phase(i, &format!("waiting {}", drover_config::Seconds(p)));
                             }
                         }
                         deadline = Some(started + at);
@@ -974,12 +953,6 @@ fn rollout(
     });
 
     let failure = failure.map(|f| failure_error(&f, engine.hosts(), &errors, sessions));
-    if failure.is_some() && plan.keep_partial {
-        eprintln!(
-            "{} --keep-partial: the hosts already switched STAY on the new release; the fleet runs mixed versions",
-            output::red("warning:")
-        );
-    }
     let states: Vec<HostState> = engine
         .hosts()
         .iter()
@@ -1014,7 +987,7 @@ fn send_release(
     encoded: &drover_store::transfer::Encoded,
     s: &Session,
     i: usize,
-    progress: &Progress,
+    progress: &dyn Progress,
 ) -> Seen {
     progress.phase(i, "sending");
     match transfer(store, &plan.release, encoded, s, |sent, total| {
@@ -1023,9 +996,9 @@ fn send_release(
         Ok(x) => {
             progress.phase(
                 i,
-                format!(
+                &format!(
                     "sent {} ({} of {} chunks were there, {} went as deltas)",
-                    output::bytes(x.bytes_sent),
+                    bytes(x.bytes_sent),
                     x.received.had_chunks,
                     x.received.had_chunks + x.received.new_chunks,
                     x.chunks_delta
@@ -1038,7 +1011,7 @@ fn send_release(
             }
         }
         Err(e) => {
-            progress.phase(i, format!("transfer failed: {}", e.message));
+            progress.phase(i, &format!("transfer failed: {}", e.message));
             Seen {
                 obs: Observation::SendFailed {
                     host: i,
@@ -1061,7 +1034,7 @@ fn switch_host(
     s: &Session,
     i: usize,
     confirm_within: u64,
-    progress: &Progress,
+    progress: &dyn Progress,
     tx: &std::sync::mpsc::Sender<Seen>,
     confirm: std::sync::mpsc::Receiver<bool>,
 ) -> Seen {
@@ -1077,7 +1050,7 @@ fn switch_host(
     };
     let req = Request::Deploy {
         release: plan.release.to_hex(),
-        who: client::who(),
+        who: who(),
         canary: None,
         environment: Some(target.name.clone()),
         env_layer: target.env.env.clone(),
@@ -1093,14 +1066,14 @@ fn switch_host(
     };
     let r = agent_typed::<drover_wire::AppStatus>(s, &req, Some(&decide), |e| {
         if e != drover_wire::AWAITING_CONFIRM {
-            progress.phase(i, e.to_string());
+            progress.phase(i, e);
         }
     });
     match r {
         Ok(st) => {
             progress.phase(
                 i,
-                format!("live: generation {}", st.generation.unwrap_or_default()),
+                &format!("live: generation {}", st.generation.unwrap_or_default()),
             );
             Observation::Live {
                 host: i,
@@ -1110,7 +1083,7 @@ fn switch_host(
             .into()
         }
         Err(e) => {
-            progress.phase(i, format!("failed: {}", e.message));
+            progress.phase(i, &format!("failed: {}", e.message));
             Seen {
                 obs: Observation::SwitchFailed {
                     host: i,
@@ -1130,18 +1103,18 @@ fn revert_host(
     s: &Session,
     i: usize,
     to: drover_rollout::Revert,
-    progress: &Progress,
+    progress: &dyn Progress,
 ) -> Seen {
     progress.phase(i, "reverting");
     let req = match to {
         drover_rollout::Revert::Rollback { generation } => Request::Rollback {
             app: plan.app.clone(),
             to: Some(generation),
-            who: client::who(),
+            who: who(),
         },
         drover_rollout::Revert::Stop => Request::Stop {
             app: plan.app.clone(),
-            who: client::who(),
+            who: who(),
         },
     };
     match agent_call(s, &req, None, |_| {}) {
@@ -1150,7 +1123,7 @@ fn revert_host(
             Observation::Reverted { host: i }.into()
         }
         Err(e) => {
-            progress.phase(i, format!("revert failed: {}", e.message));
+            progress.phase(i, &format!("revert failed: {}", e.message));
             Observation::RevertFailed {
                 host: i,
                 error: e.message,
@@ -1241,7 +1214,7 @@ fn audit_entries(
                 s.name.clone(),
                 AuditEntry::new(
                     drover_agent::now(),
-                    &client::who(),
+                    &who(),
                     Some(&target.name),
                     &plan.app,
                     "deploy",
