@@ -371,10 +371,10 @@ pub fn agent_call(
     confirm: Option<&dyn Fn() -> bool>,
     mut on_event: impl FnMut(&str),
 ) -> Result<serde_json::Value, HostError> {
-    let request =
-        serde_json::to_value(req).map_err(|e| HostError::new(format!("{}: {e}", s.name)))?;
     s.with_serve(|sv| {
-        sv.send(&ServeOp::Agent { request })?;
+        sv.send(&ServeOp::Agent {
+            request: req.clone(),
+        })?;
         let mut items = drover_wire::Items::default();
         let reply = loop {
             let line = sv.line()?;

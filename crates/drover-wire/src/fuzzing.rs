@@ -34,9 +34,14 @@ pub fn parse_line(line: &str) -> usize {
     }
     if let Ok(op) = serde_json::from_str::<ServeOp>(line) {
         if let ServeOp::Agent { request } = &op {
-            // `remote serve` passes the request on to the agent, which reads it as a line.
-            let forwarded = serde_json::to_string(request).expect("a value serialises");
-            let _ = serde_json::from_str::<Request>(&forwarded);
+            // `remote serve` passes the request on to the agent, which reads it as a line:
+            // the same request.
+            let forwarded = serde_json::to_string(request).expect("a request serialises");
+            assert_eq!(
+                serde_json::from_str::<Request>(&forwarded).ok().as_ref(),
+                Some(request),
+                "a forwarded request reads back as it was"
+            );
         }
         n += 1;
     }
@@ -273,7 +278,7 @@ mod tests {
             (
                 "serve-agent",
                 j(&ServeOp::Agent {
-                    request: serde_json::to_value(&deploy).unwrap(),
+                    request: deploy.clone(),
                 }),
             ),
             (

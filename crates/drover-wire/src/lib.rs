@@ -363,7 +363,7 @@ pub enum ServeOp {
     /// `request` goes to the host's agent, whose lines (events, logs, the `Reply`) come back.
     /// Until the deployer sends an `EndOp`, its lines (a `Confirm`) go to the agent too;
     /// when stdin ends instead, the agent sees the deployer is gone.
-    Agent { request: serde_json::Value },
+    Agent { request: Request },
     /// Appends the audit entry, then gives back the lock held with `token`; answered with a
     /// `Reply`.
     Finish {

@@ -318,7 +318,7 @@ fn error_reply(message: String, hint: Option<String>) -> drover_wire::Reply {
 fn agent_op(
     root: &Path,
     input: &mut impl std::io::BufRead,
-    request: &serde_json::Value,
+    request: &drover_wire::Request,
 ) -> anyhow::Result<bool> {
     let to_stdout = |line: &str| {
         let mut out = std::io::stdout().lock();
