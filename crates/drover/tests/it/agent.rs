@@ -7,8 +7,8 @@ use std::time::Duration;
 use drover_store::remove_tree;
 
 use crate::common::{
-    PidsCgroup, TestContext, drover_bin, http_get, kill_tagged, make_writable, tagged_processes,
-    to_run, wait_for,
+    PidsCgroup, TestContext, drover_bin, free_port, http_get, kill_tagged, make_writable,
+    release_ids, tagged_processes, to_run, wait_for,
 };
 
 fn serves(cx: &TestContext, version: &str) {
@@ -431,12 +431,7 @@ fn gc_keeps_what_generations_point_to() {
     }
     cx.drover(&["deploy", &ids[0]]).success();
     let report = cx.drover(&["gc", "--keep", "1", "--json"]).success().json();
-    let removed: Vec<&str> = report["releases_removed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["release"].as_str().unwrap())
-        .collect();
+    let removed = release_ids(&report["releases_removed"]);
     assert_eq!(removed, vec![ids[1].as_str()]);
     cx.drover(&["verify"]).success();
     serves(&cx, "1");
@@ -693,12 +688,7 @@ fn an_unprivileged_user_brings_an_app_up_rolls_back_and_collects() {
     // its tree.
     build(&dirs[2]);
     let report = drover(&["gc", "--keep", "1", "--json"]).success().json();
-    let removed: Vec<&str> = report["releases_removed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["release"].as_str().unwrap())
-        .collect();
+    let removed = release_ids(&report["releases_removed"]);
     assert_eq!(removed, vec![ids[1].as_str()]);
     assert!(!trees.join(&ids[1]).exists(), "gc removed v2's tree");
     assert!(trees.join(&ids[0]).exists());
@@ -1189,14 +1179,6 @@ fn another_users_root_and_socket_are_named_with_the_way_out() {
         );
         assert!(!run.stderr.contains("no drover agent"), "{}", run.stderr);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The status code the proxy on `port` answers a POST with a `len`-byte body.

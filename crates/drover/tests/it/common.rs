@@ -438,3 +438,32 @@ impl Drop for PidsCgroup {
         }
     }
 }
+
+/// A port nothing listens on (it was free a moment ago).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `release` ids of a JSON array of releases (`releases --json`, gc's `releases_removed`).
+pub fn release_ids(list: &serde_json::Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["release"].as_str().unwrap())
+        .collect()
+}
+
+/// After a crash (`what`): the store verifies and holds no release or just `id`, whole.
+/// Returns whether it holds `id`.
+pub fn whole_or_none(cx: &TestContext, id: &str, what: &str) -> bool {
+    let verify = cx.drover(&["verify"]);
+    assert!(verify.status.success(), "{what}: {}", verify.stderr);
+    let listed = cx.drover(&["releases", "--json"]).success().json();
+    let listed = release_ids(&listed);
+    assert!(listed.is_empty() || listed == [id], "{what}: {listed:?}");
+    !listed.is_empty()
+}

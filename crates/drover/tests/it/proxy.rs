@@ -7,15 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{AgentHandle, TestContext, http_get, wait_for};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::common::{AgentHandle, TestContext, free_port, http_get, wait_for};
 
 /// An app with the proxy on `port`.
 fn proxied(cx: &TestContext, dir: &str, version: &str, port: u16, extra: &str) -> PathBuf {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use drover_store::pack::{PackWriter, TAG_MANIFEST, TAG_SIGNATURE};
 use drover_store::{ChunkRef, Entry, Hash, Keyring, Manifest};
 
-use crate::common::{TestContext, make_writable, noise, to_run, wait_for};
+use crate::common::{TestContext, make_writable, noise, to_run, wait_for, whole_or_none};
 
 const HELLO: &str = "[app]\nname = \"hello\"\nversion = \"1.0.0\"\n\n[process.web]\ncommand = \"./run\"\nhttp = true\n\n[health]\npath = \"/up\"\n";
 
@@ -1490,21 +1490,8 @@ fn a_crash_at_any_step_of_build_or_unpack_leaves_no_half_release() {
                 run.stderr
             );
             let what = format!("{command} killed at {point}");
-            let verify = cx.drover(&["verify"]);
-            assert!(verify.status.success(), "{what}: {}", verify.stderr);
             // Either no release or the whole one.
-            let listed = cx.drover(&["releases", "--json"]).success().json();
-            let listed: Vec<&str> = listed
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["release"].as_str().unwrap())
-                .collect();
-            assert!(
-                listed.is_empty() || listed == [id.as_str()],
-                "{what}: {listed:?}"
-            );
-            if !listed.is_empty() {
+            if whole_or_none(&cx, &id, &what) {
                 let co = cx.path("co-crashed");
                 cx.drover(&["checkout", &id, co.to_str().unwrap()])
                     .success();
@@ -1593,19 +1580,7 @@ fn a_receiver_killed_at_any_step_leaves_no_half_release_and_the_next_transfer_co
             run.stderr
         );
         let what = format!("receiver killed at {point}");
-        let verify = dst.drover(&["verify"]);
-        assert!(verify.status.success(), "{what}: {}", verify.stderr);
-        let listed = dst.drover(&["releases", "--json"]).success().json();
-        let listed: Vec<&str> = listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["release"].as_str().unwrap())
-            .collect();
-        assert!(
-            listed.is_empty() || listed == [id.as_str()],
-            "{what}: {listed:?}"
-        );
+        whole_or_none(&dst, &id, &what);
         // The next transfer completes it, and the release checks out whole.
         let (sent, run) = transfer(&dst, None);
         assert!(sent && run.status.success(), "{what}: {}", run.stderr);
