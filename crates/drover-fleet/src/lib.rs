@@ -108,6 +108,29 @@ pub fn build_id() -> String {
     .clone()
 }
 
+/// Environment `name` of the `drover.toml` in `dir`; an unknown one is an error naming
+/// the file and the environments it has.
+pub fn environment<'a>(
+    config: &'a drover_config::Config,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<&'a drover_config::Environment> {
+    config.environments.get(name).ok_or_else(|| {
+        let known: Vec<&str> = config.environments.keys().map(String::as_str).collect();
+        hinted(
+            format!(
+                "{}: no environment `{name}`",
+                dir.join(drover_config::FILE_NAME).display()
+            ),
+            if known.is_empty() {
+                "add an [environments.NAME] table".to_string()
+            } else {
+                format!("known environments: {}", known.join(", "))
+            },
+        )
+    })
+}
+
 /// An environment with hosts, read from an app directory's drover.toml.
 pub struct Target {
     pub config: drover_config::Config,
@@ -120,20 +143,7 @@ impl Target {
     /// `Ok(None)` when the environment has no hosts (a local config layer).
     pub fn load(dir: &Path, name: &str) -> anyhow::Result<Option<Target>> {
         let config = drover_config::Config::load_dir(dir)?;
-        let env = config.environments.get(name).cloned().ok_or_else(|| {
-            let known: Vec<&str> = config.environments.keys().map(String::as_str).collect();
-            hinted(
-                format!(
-                    "{}: no environment `{name}`",
-                    dir.join(drover_config::FILE_NAME).display()
-                ),
-                if known.is_empty() {
-                    "add an [environments.NAME] table with `hosts`".to_string()
-                } else {
-                    format!("known environments: {}", known.join(", "))
-                },
-            )
-        })?;
+        let env = environment(&config, dir, name)?.clone();
         if env.hosts.is_empty() {
             return Ok(None);
         }
@@ -882,11 +892,11 @@ fn rollout(
                         });
                     }
                     Action::WaitUntil { at, hosts } => {
-                        if let Some(p) = strategy.pause() {
-                            for &i in &hosts {
-                                progress
-                                    .phase(i, &format!("waiting {}", drover_config::Seconds(p)));
-                            }
+                        // In whole seconds, as a pause is written.
+                        let left = at.saturating_sub(started.elapsed()).as_secs_f64().round();
+                        let left = std::time::Duration::from_secs(left as u64);
+                        for &i in &hosts {
+                            progress.phase(i, &format!("waiting {}", drover_config::Seconds(left)));
                         }
                         deadline = Some(started + at);
                     }

@@ -112,20 +112,7 @@ pub fn layers_for(
     let config = drover_config::Config::load_dir(&dir)?;
     let mut layers = Layers::default();
     if let Some(e) = environment {
-        let env = config.environments.get(e).ok_or_else(|| {
-            let known: Vec<&str> = config.environments.keys().map(String::as_str).collect();
-            output::hinted(
-                format!(
-                    "{}: no environment `{e}`",
-                    dir.join(drover_config::FILE_NAME).display()
-                ),
-                if known.is_empty() {
-                    "add an [environments.NAME] table".to_string()
-                } else {
-                    format!("known environments: {}", known.join(", "))
-                },
-            )
-        })?;
+        let env = drover_fleet::environment(&config, &dir, e)?;
         layers.environment = Some(e.to_string());
         layers.env_layer = env.env.clone();
         if let Some(r) = role {
