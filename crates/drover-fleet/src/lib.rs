@@ -791,13 +791,7 @@ fn deploy_connected(
             .collect(),
     };
     let failure = failure.map(|f| {
-        // Kept on the new release, lost, or switched and not reverted: not all back.
-        let partial = states.iter().any(|st| match st.host.outcome() {
-            Outcome::Kept | Outcome::Unreachable => true,
-            Outcome::Failed => st.host.switched,
-            _ => false,
-        });
-        let exit = if partial {
+        let exit = if states.iter().any(|st| !st.host.is_back()) {
             Exit::Partial
         } else {
             Exit::RolledBack

@@ -249,6 +249,16 @@ pub struct Host {
 }
 
 impl Host {
+    /// Whether it is on the generation it had (or never left it): not kept on the new
+    /// release, not lost, not switched and left there by a revert that failed.
+    pub fn is_back(&self) -> bool {
+        match self.outcome() {
+            Outcome::Reverted | Outcome::Unchanged => true,
+            Outcome::Failed => !self.switched,
+            Outcome::Live | Outcome::Kept | Outcome::Unreachable => false,
+        }
+    }
+
     /// Where it ended, once the rollout is done.
     pub fn outcome(&self) -> Outcome {
         match self.state {

@@ -297,6 +297,10 @@ fn a_failed_batch_reverts_every_switched_host_by_the_revert_rule() {
         Some("could not revert: h1: gone")
     );
     assert_eq!(r.hosts()[0].at, secs(5));
+    // h1 switched and could not be returned; h2 is back; h3 failed its own switch (its
+    // agent keeps the old generation).
+    let back: Vec<bool> = r.hosts().iter().map(Host::is_back).collect();
+    assert_eq!(back, [false, true, true]);
 }
 
 #[test]
@@ -313,6 +317,7 @@ fn keep_partial_keeps_the_switched_hosts() {
     assert!(matches!(&next[..], [Action::Done { failure: Some(_) }]));
     assert_eq!(r.hosts()[0].outcome(), Outcome::Kept);
     assert_eq!(r.hosts()[1].outcome(), Outcome::Failed);
+    assert!(!r.hosts()[0].is_back() && r.hosts()[1].is_back());
 }
 
 #[test]
@@ -333,6 +338,7 @@ fn a_host_lost_in_its_switch_is_not_reverted_by_the_deployer() {
         }]
     );
     assert_eq!(r.hosts()[1].outcome(), Outcome::Unreachable);
+    assert!(!r.hosts()[1].is_back());
 }
 
 #[test]
