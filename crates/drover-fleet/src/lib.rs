@@ -8,6 +8,8 @@
 //! `drover remote serve` session per host.
 
 pub mod error;
+pub mod host;
+pub mod link;
 pub mod relay;
 pub mod ssh;
 
@@ -21,7 +23,8 @@ use serde::Serialize;
 
 use drover_wire::{EndOp, Hello, LockRequest, ServeOp};
 use error::{Exit, hinted, kinded};
-pub use ssh::{HostError, OpError, Serve, Session, SshSettings};
+pub use link::{HostError, HostLink, InProcess, OpError, Serve};
+pub use ssh::{Session, SshSettings};
 
 /// The version of drover, as a host's `hello` tells it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -253,14 +256,14 @@ impl Drop for CtlDir {
     }
 }
 
-/// Connections to every host (in config order); a host that cannot be reached is an `Err`.
-pub struct Connected {
+/// Links to every host (in config order); a host that cannot be reached is an `Err`.
+pub struct Connected<L = Session> {
     pub hosts: Vec<String>,
-    pub sessions: Vec<Result<Session, HostError>>,
-    _ctl: CtlDir,
+    pub sessions: Vec<Result<L, HostError>>,
+    _ctl: Option<CtlDir>,
 }
 
-impl Connected {
+impl Connected<Session> {
     pub fn open(
         hosts: &[String],
         settings: &SshSettings,
@@ -273,12 +276,23 @@ impl Connected {
         Ok(Connected {
             hosts: hosts.to_vec(),
             sessions,
-            _ctl: ctl,
+            _ctl: Some(ctl),
         })
+    }
+}
+
+impl<L: HostLink> Connected<L> {
+    /// Links made by the caller, one per host of `hosts`.
+    pub fn of(hosts: &[String], links: Vec<Result<L, HostError>>) -> Connected<L> {
+        Connected {
+            hosts: hosts.to_vec(),
+            sessions: links,
+            _ctl: None,
+        }
     }
 
     /// Every host reachable, or an error naming each one that is not.
-    pub fn all(&self) -> anyhow::Result<Vec<&Session>> {
+    pub fn all(&self) -> anyhow::Result<Vec<&L>> {
         let errors: Vec<&HostError> = self
             .sessions
             .iter()
@@ -337,7 +351,7 @@ pub fn host_errors_after(lead: Option<String>, errors: &[&HostError]) -> anyhow:
         Some(lead) => format!("{lead}\n{message}"),
         None => message,
     };
-    match errors.iter().find_map(|e| e.hint.clone()) {
+    match errors.iter().find_map(|e| e.hint()) {
         Some(h) => hinted(message, h),
         None => anyhow::anyhow!(message),
     }
@@ -351,22 +365,21 @@ pub fn hello(s: &Session) -> Result<Hello, HostError> {
     Ok(hello)
 }
 
-pub fn check_version(s: &Session, hello: &Hello) -> Result<(), HostError> {
+pub fn check_version(host: &str, hello: &Hello) -> Result<(), HostError> {
     let ours = build_id();
     if hello.version != VERSION || hello.build != ours {
         return Err(HostError::new(format!(
             "{}: runs drover {} (build {}), this is drover {} (build {ours})",
-            s.name, hello.version, hello.build, VERSION
+            host, hello.version, hello.build, VERSION
         ))
-        .hint(format!(
-            "`drover host setup {}` installs this drover there",
-            s.name
+        .with_hint(format!(
+            "`drover host setup {host}` installs this drover there"
         )));
     }
     if !hello.agent {
         return Err(
-            HostError::new(format!("{}: no drover agent is running there", s.name))
-                .hint(format!("`drover host setup {}` starts it", s.name)),
+            HostError::new(format!("{host}: no drover agent is running there"))
+                .with_hint(format!("`drover host setup {host}` starts it")),
         );
     }
     Ok(())
@@ -375,8 +388,8 @@ pub fn check_version(s: &Session, hello: &Hello) -> Result<(), HostError> {
 /// Sends one request to the host's agent over its serve session. `on_event` sees progress
 /// events and log lines; with `confirm`, an `AWAITING_CONFIRM` event is answered with a
 /// `Confirm` saying what it decides (without, the host reverts once its wait is over).
-pub fn agent_call(
-    s: &Session,
+pub fn agent_call<L: HostLink>(
+    s: &L,
     req: &Request,
     confirm: Option<&dyn Fn() -> bool>,
     mut on_event: impl FnMut(&str),
@@ -409,43 +422,35 @@ pub fn agent_call(
         sv.send(&EndOp { end: true })?;
         match reply {
             Reply::Ok(v) => Ok(items.finish(v)),
-            Reply::Error(e) => Err(OpError::Host(wire_error(s, e))),
+            Reply::Error(e) => Err(OpError::Host(wire_error(s.name(), e))),
         }
     })
 }
 
 /// An error the host answered with, as this host's error.
-fn wire_error(s: &Session, e: drover_wire::WireError) -> HostError {
+fn wire_error(host: &str, e: drover_wire::WireError) -> HostError {
     let details = if e.details.is_empty() {
         String::new()
     } else {
         format!(" ({})", e.details.join("; "))
     };
-    HostError {
-        message: format!("{}: {}{details}", s.name, e.message),
-        hint: e.hint,
-        unreachable: false,
-    }
+    HostError::new(format!("{host}: {}{details}", e.message)).with_hint_opt(e.hint)
 }
 
 /// A `Reply` line from the serve session, its `Ok` value read as `T`.
-fn serve_reply<T: serde::de::DeserializeOwned>(s: &Session, sv: &mut Serve) -> Result<T, OpError> {
+fn serve_reply<T: serde::de::DeserializeOwned>(host: &str, sv: &mut Serve) -> Result<T, OpError> {
     let line = sv.line()?;
     match serde_json::from_str::<Reply>(&line) {
-        Ok(Reply::Ok(v)) => serde_json::from_value(v).map_err(|e| {
-            OpError::Host(HostError::new(format!(
-                "{}: unexpected answer: {e}",
-                s.name
-            )))
-        }),
-        Ok(Reply::Error(e)) => Err(OpError::Host(wire_error(s, e))),
+        Ok(Reply::Ok(v)) => serde_json::from_value(v)
+            .map_err(|e| OpError::Host(HostError::new(format!("{host}: unexpected answer: {e}")))),
+        Ok(Reply::Error(e)) => Err(OpError::Host(wire_error(host, e))),
         Err(e) => Err(OpError::Broken(format!("unexpected answer ({e})"))),
     }
 }
 
 /// Whether a host serves the app: it is not stopped there and has a healthy instance (a host
 /// that never ran the app is not counted as down).
-fn available(s: &Session, app: &str) -> bool {
+fn available<L: HostLink>(s: &L, app: &str) -> bool {
     let Ok(apps) =
         agent_typed::<Vec<drover_wire::AppStatus>>(s, &Request::Status { app: None }, None, |_| {})
     else {
@@ -459,18 +464,22 @@ fn available(s: &Session, app: &str) -> bool {
 
 /// `agent_call`, its answer read as `T`.
 pub fn agent_typed<T: serde::de::DeserializeOwned>(
-    s: &Session,
+    s: &impl HostLink,
     req: &Request,
     confirm: Option<&dyn Fn() -> bool>,
     on_event: impl FnMut(&str),
 ) -> Result<T, HostError> {
     let v = agent_call(s, req, confirm, on_event)?;
-    serde_json::from_value(v)
-        .map_err(|e| HostError::new(format!("{}: unexpected answer from the agent: {e}", s.name)))
+    serde_json::from_value(v).map_err(|e| {
+        HostError::new(format!(
+            "{}: unexpected answer from the agent: {e}",
+            s.name()
+        ))
+    })
 }
 
 /// The app's live generation on a host (`None`: not deployed there yet).
-pub fn current_generation(s: &Session, app: &str) -> Result<Option<u64>, HostError> {
+pub fn current_generation<L: HostLink>(s: &L, app: &str) -> Result<Option<u64>, HostError> {
     let apps: Vec<drover_wire::AppStatus> =
         agent_typed(s, &Request::Status { app: None }, None, |_| {})?;
     Ok(apps
@@ -480,11 +489,11 @@ pub fn current_generation(s: &Session, app: &str) -> Result<Option<u64>, HostErr
 }
 
 /// Sends release `id` to a host over its serve session; returns what was sent.
-pub fn transfer(
+pub fn transfer<L: HostLink>(
     store: &drover_store::Store,
     id: &drover_store::Hash,
     encoded: &drover_store::transfer::Encoded,
-    s: &Session,
+    s: &L,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<drover_store::transfer::Sent, HostError> {
     s.with_serve(|sv| {
@@ -497,7 +506,7 @@ pub fn transfer(
             encoded,
             from_host,
             &mut to_host,
-            &s.name,
+            s.name(),
             |p| progress(p.sent, p.total),
         );
         match sent {
@@ -511,16 +520,14 @@ pub fn transfer(
                 let hint = if untrusted {
                     Some(format!(
                         "`drover host setup {}` trusts this machine's signing key there",
-                        s.name
+                        s.name()
                     ))
                 } else {
                     hint
                 };
-                Err(OpError::Ended(HostError {
-                    message: format!("{}: {message}", s.name),
-                    hint,
-                    unreachable: false,
-                }))
+                Err(OpError::Ended(
+                    HostError::new(format!("{}: {message}", s.name())).with_hint_opt(hint),
+                ))
             }
             // The stream to the host broke: what ssh says about it is the better message.
             Err(e @ drover_store::Error::Stream { .. }) => {
@@ -529,7 +536,7 @@ pub fn transfer(
             // This machine's store failed (reading the release): that is the message.
             Err(e) => Err(OpError::Ended(HostError::new(format!(
                 "{}: transfer failed here: {e}",
-                s.name
+                s.name()
             )))),
         }
     })
@@ -540,14 +547,14 @@ pub fn transfer(
 /// The environment's lock, held on every host. The first host in name order decides
 /// between racing deployers; the others are then taken together. Taking it also checks that
 /// each host runs this drover and its agent (one ssh session per host for both).
-pub struct Locks<'a> {
+pub struct Locks<'a, L: HostLink = Session> {
     env: String,
     token: String,
-    held: Vec<&'a Session>,
+    held: Vec<&'a L>,
 }
 
-impl<'a> Locks<'a> {
-    pub fn acquire(env: &str, sessions: &[&'a Session], what: &str) -> anyhow::Result<Locks<'a>> {
+impl<'a, L: HostLink> Locks<'a, L> {
+    pub fn acquire(env: &str, sessions: &[&'a L], what: &str) -> anyhow::Result<Locks<'a, L>> {
         let token = blake3::hash(
             format!("{}-{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes(),
         )
@@ -555,8 +562,8 @@ impl<'a> Locks<'a> {
             .to_string();
         let holder = format!("{} ({what}, pid {})", who(), std::process::id());
         let build = build_id();
-        let mut order: Vec<&Session> = sessions.to_vec();
-        order.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut order: Vec<&L> = sessions.to_vec();
+        order.sort_by(|a, b| a.name().cmp(b.name()));
         let rest = if order.is_empty() {
             Vec::new()
         } else {
@@ -567,7 +574,7 @@ impl<'a> Locks<'a> {
             token: token.clone(),
             held: Vec::new(),
         };
-        let attempt = |hosts: &[&'a Session]| {
+        let attempt = |hosts: &[&'a L]| {
             par(hosts, 16, |_, s| {
                 let hello = s.with_serve_bounded(|sv| {
                     sv.send(&ServeOp::Hello {
@@ -578,7 +585,7 @@ impl<'a> Locks<'a> {
                             token: token.clone(),
                         }),
                     })?;
-                    serve_reply::<Hello>(s, sv)
+                    serve_reply::<Hello>(s.name(), sv)
                 });
                 (*s, hello)
             })
@@ -599,10 +606,10 @@ impl<'a> Locks<'a> {
                     if hello.lock.as_ref().is_some_and(|l| l.acquired) {
                         locks.held.push(s);
                     }
-                    if let Err(e) = check_version(s, &hello) {
+                    if let Err(e) = check_version(s.name(), &hello) {
                         errors.push(e);
                     } else if let Some(l) = hello.lock.filter(|l| !l.acquired) {
-                        taken_by_other.get_or_insert((s.name.clone(), l.holder));
+                        taken_by_other.get_or_insert((s.name().to_string(), l.holder));
                     }
                 }
                 Err(e) => errors.push(e),
@@ -647,7 +654,7 @@ impl<'a> Locks<'a> {
         let results = par(&held, 16, |_, s| {
             let entry = audit
                 .iter()
-                .find(|(h, _)| *h == s.name)
+                .find(|(h, _)| h == s.name())
                 .map(|(_, e)| e.clone());
             s.with_serve_bounded(|sv| {
                 sv.send(&ServeOp::Finish {
@@ -655,9 +662,9 @@ impl<'a> Locks<'a> {
                     token: self.token.clone(),
                     audit: entry,
                 })?;
-                serve_reply::<serde_json::Value>(s, sv)
+                serve_reply::<serde_json::Value>(s.name(), sv)
             })
-            .map_err(|_| s.name.clone())
+            .map_err(|_| s.name().to_string())
         });
         results.into_iter().filter_map(Result::err).collect()
     }
@@ -726,11 +733,11 @@ struct HostState {
 /// The whole fleet deploy over `conn`, connections opened by the caller (while it built
 /// the release): preflight, transfer, batches, and all-or-back. An error is one that
 /// stopped it before any host was touched (a host unreachable, the lock not taken).
-pub fn deploy(
+pub fn deploy<L: HostLink>(
     store: &drover_store::Store,
     target: &Target,
     plan: &DeployPlan,
-    conn: Connected,
+    conn: Connected<L>,
     progress: &dyn Progress,
     started: std::time::Instant,
 ) -> anyhow::Result<Deployed> {
@@ -739,11 +746,11 @@ pub fn deploy(
     result
 }
 
-fn deploy_connected(
+fn deploy_connected<L: HostLink>(
     store: &drover_store::Store,
     target: &Target,
     plan: &DeployPlan,
-    conn: &Connected,
+    conn: &Connected<L>,
     progress: &dyn Progress,
     started: std::time::Instant,
 ) -> anyhow::Result<Deployed> {
@@ -780,7 +787,7 @@ fn deploy_connected(
             .iter()
             .zip(&sessions)
             .map(|(st, s)| HostReport {
-                host: s.name.clone(),
+                host: s.name().to_string(),
                 state: st.host.outcome().as_str().to_string(),
                 generation: st.host.generation,
                 previous: st.host.previous,
@@ -826,11 +833,11 @@ impl From<Observation> for Seen {
 /// Carries out a rollout (`drover_rollout` decides every step) on the environment's
 /// sessions: transfers, availability checks, pauses, health-gated switches with their
 /// confirms, reverts. Returns each host's state, the failure, if any, and the audit entries.
-fn rollout(
+fn rollout<L: HostLink>(
     store: &drover_store::Store,
     target: &Target,
     plan: &DeployPlan,
-    sessions: &[&Session],
+    sessions: &[&L],
     progress: &dyn Progress,
     started: std::time::Instant,
 ) -> (
@@ -842,7 +849,7 @@ fn rollout(
     let n = sessions.len();
     let strategy = &target.env.strategy;
     let mut engine = Rollout::new(drover_rollout::Plan {
-        hosts: sessions.iter().map(|s| s.name.clone()).collect(),
+        hosts: sessions.iter().map(|s| s.name().to_string()).collect(),
         batches: strategy.batches(n),
         pause: strategy.pause(),
         max_unavailable: strategy.max_unavailable(n),
@@ -985,11 +992,11 @@ fn observed_host(obs: &Observation) -> Option<usize> {
 }
 
 /// Sends the release to host `i`.
-fn send_release(
+fn send_release<L: HostLink>(
     store: &drover_store::Store,
     plan: &DeployPlan,
     encoded: &drover_store::transfer::Encoded,
-    s: &Session,
+    s: &L,
     i: usize,
     progress: &dyn Progress,
 ) -> Seen {
@@ -1032,10 +1039,10 @@ fn send_release(
 /// Switches host `i` to the release, health-gated; its `Healthy` goes to the engine at once
 /// (over `tx`), and the confirm waits for the engine's word (over `confirm`).
 #[allow(clippy::too_many_arguments)]
-fn switch_host(
+fn switch_host<L: HostLink>(
     target: &Target,
     plan: &DeployPlan,
-    s: &Session,
+    s: &L,
     i: usize,
     confirm_within: u64,
     progress: &dyn Progress,
@@ -1102,9 +1109,9 @@ fn switch_host(
 }
 
 /// Returns host `i` from the new generation, as the engine's revert rule said.
-fn revert_host(
+fn revert_host<L: HostLink>(
     plan: &DeployPlan,
-    s: &Session,
+    s: &L,
     i: usize,
     to: drover_rollout::Revert,
     progress: &dyn Progress,
@@ -1139,11 +1146,11 @@ fn revert_host(
 
 /// Why the rollout stopped, as the deploy's error: the engine's reason and each host's own
 /// error (with its hint).
-fn failure_error(
+fn failure_error<L: HostLink>(
     failure: &Failure,
     hosts: &[drover_rollout::Host],
     errors: &[Option<HostError>],
-    sessions: &[&Session],
+    sessions: &[&L],
 ) -> anyhow::Error {
     let of_hosts = |ids: &[usize]| -> Vec<HostError> {
         ids.iter()
@@ -1153,7 +1160,7 @@ fn failure_error(
                         hosts[i]
                             .error
                             .clone()
-                            .unwrap_or_else(|| format!("{}: failed", sessions[i].name)),
+                            .unwrap_or_else(|| format!("{}: failed", sessions[i].name())),
                     )
                 })
             })
@@ -1188,7 +1195,7 @@ fn failure_error(
             size,
             max,
         } => {
-            let names: Vec<&str> = down.iter().map(|&i| sessions[i].name.as_str()).collect();
+            let names: Vec<&str> = down.iter().map(|&i| sessions[i].name()).collect();
             hinted(
                 format!(
                     "batch {} of {of} not started: {} hosts are unavailable ({}) and the batch has {size}, more than max_unavailable = {max}",
@@ -1202,10 +1209,10 @@ fn failure_error(
     }
 }
 
-fn audit_entries(
+fn audit_entries<L: HostLink>(
     target: &Target,
     plan: &DeployPlan,
-    sessions: &[&Session],
+    sessions: &[&L],
     states: &[HostState],
     failure: Option<&anyhow::Error>,
 ) -> Vec<(String, AuditEntry)> {
@@ -1215,7 +1222,7 @@ fn audit_entries(
         .filter(|(st, _)| st.host.outcome() != Outcome::Unreachable)
         .map(|(st, s)| {
             (
-                s.name.clone(),
+                s.name().to_string(),
                 AuditEntry::new(
                     drover_agent::now(),
                     &who(),

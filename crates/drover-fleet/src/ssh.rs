@@ -3,43 +3,14 @@
 //! fleet action's requests, and short `ssh -S CTL` commands for the rest. The user's ssh
 //! config, agent, ProxyJump and known_hosts apply as they do for `ssh` itself.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::link::{Ending, HostError, HostLink, OpError, Peer, Serve, Slot};
+
 use drover_config::fleet::HostSpec;
-
-/// A failure on one host, in words fit for the summary, with the likely fix.
-#[derive(Debug, Clone)]
-pub struct HostError {
-    pub message: String,
-    pub hint: Option<String>,
-    /// The host could not be reached or the connection died: its state is unknown.
-    pub unreachable: bool,
-}
-
-impl HostError {
-    pub fn new(message: impl Into<String>) -> HostError {
-        HostError {
-            message: message.into(),
-            hint: None,
-            unreachable: false,
-        }
-    }
-
-    pub fn hint(mut self, hint: impl Into<String>) -> HostError {
-        self.hint = Some(hint.into());
-        self
-    }
-}
-
-impl std::fmt::Display for HostError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
 
 /// Settings shared by every connection of one command.
 #[derive(Debug, Clone)]
@@ -92,142 +63,7 @@ pub struct Session {
     master: Option<Child>,
     master_log: PathBuf,
     /// The `drover remote serve` session, started on first use.
-    serve: Mutex<Option<Serve>>,
-}
-
-/// A running `drover remote serve`: requests go in, answers come out. While no op writes,
-/// a keep-alive goes to the host every third of `[ssh] timeout`: the host ends a session
-/// silent for longer (`remote serve --timeout`).
-pub struct Serve {
-    child: Child,
-    /// `None` once hung up. Shared with the keep-alive thread, which writes only when it
-    /// finds it free.
-    to_host: Arc<Mutex<Option<BufWriter<ChildStdin>>>>,
-    from_host: BufReader<ChildStdout>,
-    /// What the session printed on stderr, once it closed.
-    stderr: std::sync::mpsc::Receiver<Vec<u8>>,
-    /// Dropped to end the keep-alive thread.
-    _keep_alive: std::sync::mpsc::Sender<()>,
-}
-
-/// The stream to the host, held: nothing else (no keep-alive) goes out while it is.
-pub struct ToHost<'a>(MutexGuard<'a, Option<BufWriter<ChildStdin>>>);
-
-impl ToHost<'_> {
-    fn stream(&mut self) -> std::io::Result<&mut BufWriter<ChildStdin>> {
-        self.0.as_mut().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the session was closed")
-        })
-    }
-}
-
-impl Write for ToHost<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream()?.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.stream()?.flush()
-    }
-}
-
-/// Writes a keep-alive to `to_host` every `every` while it is free, until `stop` is dropped
-/// or the stream is closed or broken.
-fn keep_alive(
-    to_host: Arc<Mutex<Option<BufWriter<ChildStdin>>>>,
-    every: Duration,
-    stop: std::sync::mpsc::Receiver<()>,
-) {
-    use std::sync::mpsc::RecvTimeoutError;
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-        // Held by an op (a transfer, a request being sent): that op speaks for us.
-        let Ok(mut slot) = to_host.try_lock() else {
-            continue;
-        };
-        let Some(w) = slot.as_mut() else { break };
-        let sent = w.write_all(drover_wire::KEEPALIVE).and_then(|()| w.flush());
-        if sent.is_err() {
-            break;
-        }
-    }
-}
-
-/// Why an operation over the serve session failed.
-pub enum OpError {
-    /// The host answered with an error; the session goes on.
-    Host(HostError),
-    /// The host said why, and the session is over (a refused transfer).
-    Ended(HostError),
-    /// The stream broke (what went wrong, for when ssh itself says nothing).
-    Broken(String),
-}
-
-impl From<std::io::Error> for OpError {
-    fn from(e: std::io::Error) -> OpError {
-        OpError::Broken(e.to_string())
-    }
-}
-
-impl Serve {
-    /// Writes one JSON line and flushes it.
-    pub fn send(&mut self, value: &impl serde::Serialize) -> Result<(), OpError> {
-        Ok(drover_wire::write_line(&mut self.writer()?, value)?)
-    }
-
-    /// The stream to the host, held until dropped.
-    pub fn writer(&mut self) -> Result<ToHost<'_>, OpError> {
-        let slot = self.to_host.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            return Err(OpError::Broken("the session was closed".into()));
-        }
-        Ok(ToHost(slot))
-    }
-
-    /// Both streams at once (a transfer reads one while it writes the other).
-    pub fn streams(&mut self) -> Result<(&mut BufReader<ChildStdout>, ToHost<'_>), OpError> {
-        let slot = self.to_host.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            return Err(OpError::Broken("the session was closed".into()));
-        }
-        Ok((&mut self.from_host, ToHost(slot)))
-    }
-
-    /// Closes the stream to the host (which then ends the session).
-    fn hang_up(&self) {
-        let taken = self
-            .to_host
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(mut w) = taken {
-            let _ = w.flush();
-        }
-    }
-
-    /// The next line from the host; the end of the stream is an error.
-    pub fn line(&mut self) -> Result<String, OpError> {
-        drover_wire::read_line(&mut self.from_host)?
-            .ok_or_else(|| OpError::Broken("the session ended before answering".into()))
-    }
-
-    /// Closes its input (the host side then exits) and waits for it, at most `grace`.
-    fn end(self, grace: Duration) -> (Option<std::process::ExitStatus>, Vec<u8>) {
-        self.hang_up();
-        let Serve {
-            mut child,
-            from_host,
-            stderr,
-            ..
-        } = self;
-        drop(from_host);
-        let deadline = Instant::now() + grace;
-        let status = wait_until(&mut child, deadline).ok().flatten();
-        // The master connection may hold the session's stderr open a while longer.
-        let stderr = stderr
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_default();
-        (status, stderr)
-    }
+    serve: Slot,
 }
 
 /// Reads `r` to its end on a thread of its own; the bytes arrive on the channel.
@@ -243,7 +79,7 @@ fn drain(mut r: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<Vec<u8>
 
 /// Waits for `child` until `deadline`; `None` when it was still running then (it is killed
 /// and reaped).
-fn wait_until(
+pub(crate) fn wait_until(
     child: &mut Child,
     deadline: Instant,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
@@ -318,7 +154,7 @@ impl Session {
                     ctl: ctl.clone(),
                     master: None,
                     master_log: log.clone(),
-                    serve: Mutex::new(None),
+                    serve: Slot::default(),
                 });
             }
         }
@@ -357,7 +193,7 @@ impl Session {
             .stdout(Stdio::null())
             .stderr(log);
         let mut master = cmd.spawn().map_err(|e| {
-            HostError::new(format!("cannot run ssh: {e}")).hint("install openssh-client")
+            HostError::new(format!("cannot run ssh: {e}")).with_hint("install openssh-client")
         })?;
         let deadline = Instant::now() + settings.timeout * 2 + Duration::from_secs(5);
         loop {
@@ -379,7 +215,9 @@ impl Session {
                     "{name}: no ssh connection within {}s",
                     deadline.elapsed().as_secs() + settings.timeout.as_secs() * 2 + 5
                 ))
-                .hint("check the host is up and reachable (`ssh HOST`), or raise [ssh] timeout"));
+                .with_hint(
+                    "check the host is up and reachable (`ssh HOST`), or raise [ssh] timeout",
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -391,27 +229,8 @@ impl Session {
             // A persistent master outlives this command: it is not ours to stop.
             master: settings.persist.is_zero().then_some(master),
             master_log,
-            serve: Mutex::new(None),
+            serve: Slot::default(),
         })
-    }
-
-    /// Runs `op` over this host's `drover remote serve` session, starting the session on
-    /// first use. One op at a time. When the session breaks it is ended, and what ssh or
-    /// the host said about it becomes the error; the next op starts a new session.
-    pub fn with_serve<R>(
-        &self,
-        op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
-    ) -> Result<R, HostError> {
-        self.serve_within(None, op)
-    }
-
-    /// `with_serve` for an op that must be answered soon: past the deadline of a short
-    /// command (as `run`), the session is killed and the host named as stalled.
-    pub fn with_serve_bounded<R>(
-        &self,
-        op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
-    ) -> Result<R, HostError> {
-        self.serve_within(Some(self.deadline()), op)
     }
 
     /// How long a short command may take before the connection counts as stalled.
@@ -420,15 +239,11 @@ impl Session {
     }
 
     fn stalled(&self) -> HostError {
-        HostError {
-            message: format!(
-                "{}: no answer within {}s (the connection stalled)",
-                self.name,
-                self.deadline().as_secs()
-            ),
-            hint: None,
-            unreachable: true,
-        }
+        HostError::lost(format!(
+            "{}: no answer within {}s (the connection stalled)",
+            self.name,
+            self.deadline().as_secs()
+        ))
     }
 
     fn serve_within<R>(
@@ -436,7 +251,7 @@ impl Session {
         limit: Option<Duration>,
         op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
     ) -> Result<R, HostError> {
-        let mut slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.serve.lock();
         if slot.is_none() {
             *slot = Some(self.start_serve()?);
         }
@@ -444,7 +259,10 @@ impl Session {
         let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (done, wait) = std::sync::mpsc::channel::<()>();
         let watchdog = limit.map(|limit| {
-            let pid = serve.child.id();
+            let pid = match &serve.peer {
+                Peer::Ssh { child, .. } => child.id(),
+                Peer::Thread(_) => unreachable!("an ssh session runs ssh"),
+            };
             let stalled = stalled.clone();
             std::thread::spawn(move || {
                 if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
@@ -462,24 +280,28 @@ impl Session {
             let _ = w.join();
         }
         if stalled.load(std::sync::atomic::Ordering::SeqCst) {
-            let _ = slot.take().expect("started").end(Duration::from_secs(2));
+            slot.take().expect("started").end(Duration::from_secs(2));
             return Err(self.stalled());
         }
         match result {
             Ok(r) => Ok(r),
             Err(OpError::Host(e)) => Err(e),
             Err(OpError::Ended(e)) => {
-                let _ = slot.take().expect("started").end(Duration::from_secs(2));
+                slot.take().expect("started").end(Duration::from_secs(2));
                 Err(e)
             }
             Err(OpError::Broken(what)) => {
-                let (status, stderr) = slot.take().expect("started").end(Duration::from_secs(5));
+                let Ending {
+                    status,
+                    said: stderr,
+                } = slot.take().expect("started").end(Duration::from_secs(5));
                 let text = String::from_utf8_lossy(&stderr);
                 if text.contains("unrecognized subcommand")
                     || text.contains("unexpected argument '--timeout'")
                 {
                     // A drover without `remote serve`: which build it runs, and the fix.
-                    let other = super::hello(self).and_then(|h| super::check_version(self, &h));
+                    let other =
+                        super::hello(self).and_then(|h| super::check_version(self.name(), &h));
                     return Err(other.err().unwrap_or_else(|| {
                         HostError::new(format!("{}: {}", self.name, text.trim()))
                     }));
@@ -499,14 +321,6 @@ impl Session {
         }
     }
 
-    /// Starts the serve session now, unless it runs (a failure shows at the first op).
-    pub fn start_serving(&self) {
-        let mut slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = self.start_serve().ok();
-        }
-    }
-
     fn start_serve(&self) -> Result<Serve, HostError> {
         let timeout = self.settings.timeout.as_secs().max(1).to_string();
         let mut child = self
@@ -517,21 +331,14 @@ impl Session {
             .spawn()
             .map_err(|e| HostError::new(format!("{}: cannot run ssh: {e}", self.name)))?;
         let stderr = drain(child.stderr.take().expect("piped"));
-        let to_host = Arc::new(Mutex::new(Some(BufWriter::with_capacity(
-            64 << 10,
-            child.stdin.take().expect("piped"),
-        ))));
-        let (stop, stopped) = std::sync::mpsc::channel();
-        let every = (self.settings.timeout / 3).max(Duration::from_millis(100));
-        let shared = to_host.clone();
-        std::thread::spawn(move || keep_alive(shared, every, stopped));
-        Ok(Serve {
-            to_host,
-            from_host: BufReader::with_capacity(64 << 10, child.stdout.take().expect("piped")),
-            stderr,
-            child,
-            _keep_alive: stop,
-        })
+        let to_host = child.stdin.take().expect("piped");
+        let from_host = child.stdout.take().expect("piped");
+        Ok(Serve::new(
+            Box::new(to_host),
+            Box::new(from_host),
+            Peer::Ssh { child, stderr },
+            (self.settings.timeout / 3).max(Duration::from_millis(100)),
+        ))
     }
 
     /// An `ssh` command running `remote` over the master connection.
@@ -609,7 +416,7 @@ impl Session {
         let text = String::from_utf8_lossy(&out.stderr);
         if out.status.code() == Some(127) || text.contains("bin/drover: not found") {
             return HostError::new(format!("{}: drover is not installed there", self.name))
-                .hint(format!("run `drover host setup {}`", self.name));
+                .with_hint(format!("run `drover host setup {}`", self.name));
         }
         // ssh exits with 255 when the connection is lost, and also when the command on the
         // host was killed: then the connection still answers, and drover there said why.
@@ -630,19 +437,16 @@ impl Session {
             .find_map(|l| l.strip_prefix("hint: "))
             .map(str::to_string);
         let message = body.join("; ").trim_start_matches("error: ").to_string();
-        HostError {
-            message: format!(
-                "{}: {}",
-                self.name,
-                if message.is_empty() {
-                    format!("failed ({})", out.status)
-                } else {
-                    message
-                }
-            ),
-            hint,
-            unreachable: false,
-        }
+        HostError::new(format!(
+            "{}: {}",
+            self.name,
+            if message.is_empty() {
+                format!("failed ({})", out.status)
+            } else {
+                message
+            }
+        ))
+        .with_hint_opt(hint)
     }
 
     /// The connection is gone (or never was): what ssh said about it.
@@ -658,26 +462,42 @@ impl Session {
                 self.settings.timeout.as_secs()
             ))
         });
-        HostError {
-            unreachable: true,
-            ..e
-        }
+        e.as_lost()
+    }
+}
+
+impl HostLink for Session {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    /// Tells the serve session to end (closes its input) without waiting; `close` waits.
-    pub fn hang_up(&self) {
-        let slot = self.serve.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sv) = slot.as_ref() {
-            sv.hang_up();
-        }
+    fn with_serve<R>(
+        &self,
+        op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
+    ) -> Result<R, HostError> {
+        self.serve_within(None, op)
+    }
+
+    /// Past the deadline of a short command (as `run`), the session is killed and the host
+    /// named as stalled.
+    fn with_serve_bounded<R>(
+        &self,
+        op: impl FnOnce(&mut Serve) -> Result<R, OpError>,
+    ) -> Result<R, HostError> {
+        self.serve_within(Some(self.deadline()), op)
+    }
+
+    fn start_serving(&self) {
+        self.serve.start_serving(|| self.start_serve());
+    }
+
+    fn hang_up(&self) {
+        self.serve.hang_up();
     }
 
     /// Ends the serve session, then the master connection unless it is a persistent one.
-    pub fn close(self) {
-        let serve = self.serve.into_inner().unwrap_or_else(|e| e.into_inner());
-        if let Some(serve) = serve {
-            let _ = serve.end(Duration::from_secs(2));
-        }
+    fn close(self) {
+        self.serve.end(Duration::from_secs(2));
         if let Some(mut m) = self.master {
             let _ = m.kill();
             let _ = m.wait();
@@ -745,13 +565,13 @@ fn classify_known(name: &str, stderr: &str) -> Option<HostError> {
         || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
     {
         return Some(HostError::new(format!("{name}: unknown or changed host key (ssh refused to trust it)"))
-            .hint(format!(
+            .with_hint(format!(
                 "check the host's key, then add it to known_hosts (e.g. `ssh-keyscan {} >> ~/.ssh/known_hosts`)",
                 name.rsplit('@').next().unwrap_or(name).split(':').next().unwrap_or(name)
             )));
     }
     if stderr.contains("Permission denied") {
-        return Some(HostError::new(format!("{name}: login refused ({last})")).hint(format!(
+        return Some(HostError::new(format!("{name}: login refused ({last})")).with_hint(format!(
             "`ssh {name}` must log in without a password: check the user, the key ([ssh] identity) and the host's authorized_keys"
         )));
     }
@@ -766,7 +586,7 @@ fn classify_known(name: &str, stderr: &str) -> Option<HostError> {
     if let Some(line) = line_with(&["Could not resolve hostname"]) {
         return Some(
             HostError::new(format!("{name}: unknown host name ({line})"))
-                .hint("check the name, or add a Host entry to your ssh config"),
+                .with_hint("check the name, or add a Host entry to your ssh config"),
         );
     }
     if let Some(line) = line_with(&[
@@ -777,7 +597,7 @@ fn classify_known(name: &str, stderr: &str) -> Option<HostError> {
     ]) {
         return Some(
             HostError::new(format!("{name}: unreachable ({line})"))
-                .hint("check the host is up and its sshd listening"),
+                .with_hint("check the host is up and its sshd listening"),
         );
     }
     if stderr.contains("Timeout, server") || stderr.contains("Broken pipe") {

@@ -3,7 +3,7 @@
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,9 +11,7 @@ use drover_wire::{Line, Reply, Request};
 
 use crate::output::{AgentError, hinted};
 
-pub fn socket(root: &Path) -> PathBuf {
-    root.join("agent.sock")
-}
+pub use drover_fleet::host::agent_socket as socket;
 
 fn connect(root: &Path) -> anyhow::Result<UnixStream> {
     UnixStream::connect(socket(root)).map_err(|e| connect_error(root, e))

@@ -246,9 +246,9 @@ pub fn rollback(
     let sessions = conn.all()?;
     let mut locks = Locks::acquire(&target.name, &sessions, &format!("rollback of {app}"))?;
     let results = par(&sessions, target.config.ssh.parallel, |_, s| {
-        let before = drover_fleet::current_generation(s, &app).ok().flatten();
+        let before = drover_fleet::current_generation(*s, &app).ok().flatten();
         let r = drover_fleet::agent_typed::<AppStatus>(
-            s,
+            *s,
             &Request::Rollback {
                 app: app.clone(),
                 to,
@@ -471,7 +471,7 @@ pub fn run_lock(args: LockArgs) -> anyhow::Result<()> {
     match args.command {
         LockCommand::Status { env, json } => {
             let target = env.require()?;
-            let results: Vec<HostResult<Option<crate::commands::remote::LockHolder>>> = target
+            let results: Vec<HostResult<Option<drover_wire::LockHolder>>> = target
                 .each(None, |s| {
                     let o = s.run(&["lock", "show", &target.name], b"")?;
                     serde_json::from_slice(&o.stdout)
@@ -572,7 +572,7 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
             .collect::<String>()
     );
     let exe = std::fs::read(std::env::current_exe()?)?;
-    let ours = crate::commands::remote::build_id();
+    let ours = drover_fleet::build_id();
     let conn = Connected::open(&hosts, &settings, parallel)?;
     let outcomes: Vec<Result<SetupReport, HostError>> = par(&conn.sessions, parallel, |_, s| {
         (|| {
@@ -600,7 +600,7 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
                 b"",
             )?;
             let after = drover_fleet::hello(s)?;
-            drover_fleet::check_version(s, &after)?;
+            drover_fleet::check_version(&s.name, &after)?;
             let out = s.run(&["host-key"], b"")?;
             Ok(SetupReport {
                 installed: !same || args.force,

@@ -5,5 +5,6 @@ mod common;
 mod config;
 mod fleet;
 mod hosts;
+mod link;
 mod proxy;
 mod store;
