@@ -30,11 +30,13 @@ pub fn agent_answers(root: &Path) -> bool {
     let mut from = std::io::BufReader::new(sock);
     loop {
         match drover_wire::read_line(&mut from) {
-            Ok(Some(l)) => match serde_json::from_str::<drover_wire::Line>(&l) {
-                Ok(drover_wire::Line::Reply(Reply::Ok(_))) => return true,
-                Ok(drover_wire::Line::Reply(Reply::Error(_))) | Err(_) => return false,
-                Ok(_) => {}
-            },
+            Ok(Some(l)) => {
+                match drover_wire::read_answer::<serde::de::IgnoredAny, serde::de::IgnoredAny>(&l) {
+                    Ok(drover_wire::Answer::Ok(_)) => return true,
+                    Ok(drover_wire::Answer::Error(_)) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
             _ => return false,
         }
     }
@@ -147,14 +149,17 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let mut input = std::io::BufReader::with_capacity(64 << 10, DeployerInput::new(input, timeout));
     let output: Output = Arc::new(Mutex::new(output));
-    let answer = |r: anyhow::Result<serde_json::Value>| -> anyhow::Result<()> {
-        let reply = match r {
-            Ok(v) => Reply::Ok(v),
-            Err(e) => error_reply(format!("{e:#}"), crate::error::hint_of(&e)),
-        };
-        write_reply(&output, &reply)?;
+    fn answer<T: serde::Serialize>(output: &Output, r: anyhow::Result<T>) -> anyhow::Result<()> {
+        let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(v) => drover_wire::write_ok(&mut *out, &v)?,
+            Err(e) => drover_wire::write_line(
+                &mut *out,
+                &error_reply(format!("{e:#}"), crate::error::hint_of(&e)),
+            )?,
+        }
         Ok(())
-    };
+    }
     // An op line wraps an agent request of up to `MAX_LINE`.
     let max = drover_wire::MAX_LINE + (64 << 10);
     while let Some(line) = drover_wire::read_line_max(&mut input, max)? {
@@ -169,10 +174,9 @@ pub fn serve(
             }
         };
         match op {
-            ServeOp::Hello { expect_build, lock } => answer(
-                hello(root, expect_build.as_deref(), lock)
-                    .and_then(|h| Ok(serde_json::to_value(h)?)),
-            )?,
+            ServeOp::Hello { expect_build, lock } => {
+                answer(&output, hello(root, expect_build.as_deref(), lock))?
+            }
             ServeOp::Receive => {
                 let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
                 let store = match drover_store::Store::open(root) {
@@ -194,17 +198,20 @@ pub fn serve(
                     return Ok(());
                 }
             }
-            ServeOp::Finish { env, token, audit } => answer((|| {
-                // The lock is given back even when the audit entry cannot be written.
-                let audited = match audit {
-                    Some(entry) => std::fs::create_dir_all(root)
-                        .map_err(anyhow::Error::from)
-                        .and_then(|()| Ok(drover_agent::append_audit(root, &entry)?)),
-                    None => Ok(()),
-                };
-                unlock(root, &env, Some(&token), false)?;
-                audited.map(|()| serde_json::Value::Null)
-            })())?,
+            ServeOp::Finish { env, token, audit } => answer(
+                &output,
+                (|| {
+                    // The lock is given back even when the audit entry cannot be written.
+                    let audited = match audit {
+                        Some(entry) => std::fs::create_dir_all(root)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|()| Ok(drover_agent::append_audit(root, &entry)?)),
+                        None => Ok(()),
+                    };
+                    unlock(root, &env, Some(&token), false)?;
+                    audited
+                })(),
+            )?,
         }
     }
     Ok(())
@@ -266,10 +273,7 @@ fn agent_op(
                     if passed.is_err() {
                         break;
                     }
-                    if matches!(
-                        serde_json::from_str::<drover_wire::Line>(&line),
-                        Ok(drover_wire::Line::Reply(_))
-                    ) {
+                    if drover_wire::is_reply(&line) {
                         break;
                     }
                 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use drover_rollout::{Action, Failure, Observation, Outcome, Rollout};
-use drover_wire::{AuditEntry, Line, Reply, Request};
+use drover_wire::{Answer, AuditEntry, Request};
 use serde::Serialize;
 
 use drover_wire::{EndOp, Hello, LockRequest, ServeOp};
@@ -385,26 +385,27 @@ pub fn check_version(host: &str, hello: &Hello) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Sends one request to the host's agent over its serve session. `on_event` sees progress
-/// events and log lines; with `confirm`, an `AWAITING_CONFIRM` event is answered with a
-/// `Confirm` saying what it decides (without, the host reverts once its wait is over).
-pub fn agent_call<L: HostLink>(
-    s: &L,
+/// Sends one request to the host's agent over its serve session; its reply read as `T`
+/// (`serde::de::IgnoredAny` when it does not matter). `on_event` sees progress events and
+/// log lines; with `confirm`, an `AWAITING_CONFIRM` event is answered with a `Confirm`
+/// saying what it decides (without, the host reverts once its wait is over).
+pub fn agent_call<T: serde::de::DeserializeOwned>(
+    s: &impl HostLink,
     req: &Request,
     confirm: Option<&dyn Fn() -> bool>,
     mut on_event: impl FnMut(&str),
-) -> Result<serde_json::Value, HostError> {
+) -> Result<T, HostError> {
     s.with_serve(|sv| {
         sv.send(&ServeOp::Agent {
             request: req.clone(),
         })?;
-        let mut items = drover_wire::Items::default();
+        let mut items = 0;
         let reply = loop {
             let line = sv.line()?;
-            match serde_json::from_str::<Line>(&line) {
-                Ok(Line::Reply(r)) => break r,
-                Ok(Line::Item { item }) => items.push(item),
-                Ok(Line::Event(e)) => {
+            match drover_wire::read_answer::<T, serde::de::IgnoredAny>(&line) {
+                Ok(Answer::Ok(v)) => break Ok(v),
+                Ok(Answer::Error(e)) => break Err(wire_error(s.name(), e)),
+                Ok(Answer::Event(e)) => {
                     if let Some(decide) =
                         confirm.filter(|_| e.event == drover_wire::AWAITING_CONFIRM)
                     {
@@ -415,15 +416,24 @@ pub fn agent_call<L: HostLink>(
                     }
                     on_event(&e.event);
                 }
-                Ok(Line::Log { log }) => on_event(&log),
+                Ok(Answer::Log(log)) => on_event(&log),
+                Ok(Answer::Item(_)) => items += 1,
+                Err(why) if drover_wire::is_reply(&line) => {
+                    break Err(HostError::new(format!("{}: {why}", s.name())));
+                }
+                // Not a line of ours (a newer agent's): passed over.
                 Err(_) => {}
             }
         };
         sv.send(&EndOp { end: true })?;
-        match reply {
-            Reply::Ok(v) => Ok(items.finish(v)),
-            Reply::Error(e) => Err(OpError::Host(wire_error(s.name(), e))),
+        if items > 0 && reply.is_ok() {
+            // No fleet request asks for a list sent item by item (only history is).
+            return Err(OpError::Host(HostError::new(format!(
+                "{}: unexpected answer: a list in {items} lines",
+                s.name()
+            ))));
         }
+        reply.map_err(OpError::Host)
     })
 }
 
@@ -440,11 +450,13 @@ fn wire_error(host: &str, e: drover_wire::WireError) -> HostError {
 /// A `Reply` line from the serve session, its `Ok` value read as `T`.
 fn serve_reply<T: serde::de::DeserializeOwned>(host: &str, sv: &mut Serve) -> Result<T, OpError> {
     let line = sv.line()?;
-    match serde_json::from_str::<Reply>(&line) {
-        Ok(Reply::Ok(v)) => serde_json::from_value(v)
-            .map_err(|e| OpError::Host(HostError::new(format!("{host}: unexpected answer: {e}")))),
-        Ok(Reply::Error(e)) => Err(OpError::Host(wire_error(host, e))),
-        Err(e) => Err(OpError::Broken(format!("unexpected answer ({e})"))),
+    match drover_wire::read_reply::<T>(&line) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(OpError::Host(wire_error(host, e))),
+        Err(why) if drover_wire::is_reply(&line) => {
+            Err(OpError::Host(HostError::new(format!("{host}: {why}"))))
+        }
+        Err(why) => Err(OpError::Broken(why)),
     }
 }
 
@@ -452,7 +464,7 @@ fn serve_reply<T: serde::de::DeserializeOwned>(host: &str, sv: &mut Serve) -> Re
 /// that never ran the app is not counted as down).
 fn available<L: HostLink>(s: &L, app: &str) -> bool {
     let Ok(apps) =
-        agent_typed::<Vec<drover_wire::AppStatus>>(s, &Request::Status { app: None }, None, |_| {})
+        agent_call::<Vec<drover_wire::AppStatus>>(s, &Request::Status { app: None }, None, |_| {})
     else {
         return false;
     };
@@ -462,26 +474,10 @@ fn available<L: HostLink>(s: &L, app: &str) -> bool {
     }
 }
 
-/// `agent_call`, its answer read as `T`.
-pub fn agent_typed<T: serde::de::DeserializeOwned>(
-    s: &impl HostLink,
-    req: &Request,
-    confirm: Option<&dyn Fn() -> bool>,
-    on_event: impl FnMut(&str),
-) -> Result<T, HostError> {
-    let v = agent_call(s, req, confirm, on_event)?;
-    serde_json::from_value(v).map_err(|e| {
-        HostError::new(format!(
-            "{}: unexpected answer from the agent: {e}",
-            s.name()
-        ))
-    })
-}
-
 /// The app's live generation on a host (`None`: not deployed there yet).
 pub fn current_generation<L: HostLink>(s: &L, app: &str) -> Result<Option<u64>, HostError> {
     let apps: Vec<drover_wire::AppStatus> =
-        agent_typed(s, &Request::Status { app: None }, None, |_| {})?;
+        agent_call(s, &Request::Status { app: None }, None, |_| {})?;
     Ok(apps
         .into_iter()
         .find(|a| a.app == app)
@@ -662,7 +658,7 @@ impl<'a, L: HostLink> Locks<'a, L> {
                     token: self.token.clone(),
                     audit: entry,
                 })?;
-                serve_reply::<serde_json::Value>(s.name(), sv)
+                serve_reply::<()>(s.name(), sv)
             })
             .map_err(|_| s.name().to_string())
         });
@@ -1075,7 +1071,7 @@ fn switch_host<L: HostLink>(
         let _ = tx.send(Observation::Healthy { host: i }.into());
         confirm.recv().unwrap_or(false)
     };
-    let r = agent_typed::<drover_wire::AppStatus>(s, &req, Some(&decide), |e| {
+    let r = agent_call::<drover_wire::AppStatus>(s, &req, Some(&decide), |e| {
         if e != drover_wire::AWAITING_CONFIRM {
             progress.phase(i, e);
         }
@@ -1128,7 +1124,7 @@ fn revert_host<L: HostLink>(
             who: who(),
         },
     };
-    match agent_call(s, &req, None, |_| {}) {
+    match agent_call::<serde::de::IgnoredAny>(s, &req, None, |_| {}) {
         Ok(_) => {
             progress.phase(i, "reverted");
             Observation::Reverted { host: i }.into()

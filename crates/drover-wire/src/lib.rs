@@ -112,6 +112,13 @@ pub enum Request {
     },
 }
 
+/// The agent's answer to `Request::Ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    pub pid: u32,
+    pub version: String,
+}
+
 /// The event an agent sends when a deploy with `confirm_within` is live and unconfirmed.
 pub const AWAITING_CONFIRM: &str = "awaiting confirmation";
 
@@ -156,7 +163,7 @@ pub enum Line {
     },
     /// One element of a list reply, sent ahead of the final reply, whose value (a list)
     /// holds the rest: the list is the items followed by that value's elements
-    /// (`Items::finish`). Each item is its own line, so a long history never makes a
+    /// (`Answer::Item`, gathered by the reader). Each item is its own line, so a long history never makes a
     /// line longer than `MAX_LINE`.
     Item {
         item: serde_json::Value,
@@ -164,27 +171,93 @@ pub enum Line {
     Reply(Reply),
 }
 
-/// Collects `Line::Item`s into the list reply they belong to.
-#[derive(Debug, Default)]
-pub struct Items(Vec<serde_json::Value>);
+/// One line of an answer read as what the caller asked for: the reply as `T` and each list
+/// item as `I`, with no `serde_json::Value` in between (`Line` is the agent's side).
+#[derive(Debug)]
+pub enum Answer<T, I = serde::de::IgnoredAny> {
+    Event(Event),
+    Log(String),
+    Item(I),
+    Ok(T),
+    Error(WireError),
+}
 
-impl Items {
-    pub fn push(&mut self, item: serde_json::Value) {
-        self.0.push(item);
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnswerLine<T, I> {
+    Event(Event),
+    Log { log: String },
+    Item { item: I },
+    Reply(TypedReply<T>),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum TypedReply<T> {
+    Ok(T),
+    Error(WireError),
+}
+
+/// Reads one line of an answer whose reply is a `T` and whose list items are `I`s. `Err`
+/// says what is wrong: a reply (or item) that is not of the type asked for, or a line that
+/// is no part of an answer at all.
+pub fn read_answer<T, I>(line: &str) -> Result<Answer<T, I>, String>
+where
+    T: serde::de::DeserializeOwned,
+    I: serde::de::DeserializeOwned,
+{
+    match serde_json::from_str::<AnswerLine<T, I>>(line) {
+        Ok(AnswerLine::Event(e)) => Ok(Answer::Event(e)),
+        Ok(AnswerLine::Log { log }) => Ok(Answer::Log(log)),
+        Ok(AnswerLine::Item { item }) => Ok(Answer::Item(item)),
+        Ok(AnswerLine::Reply(TypedReply::Ok(v))) => Ok(Answer::Ok(v)),
+        Ok(AnswerLine::Reply(TypedReply::Error(e))) => Ok(Answer::Error(e)),
+        Err(_) => {
+            // Which part did not fit: the reply's value (or an item's), or the whole line.
+            use serde::de::IgnoredAny;
+            match serde_json::from_str::<AnswerLine<IgnoredAny, IgnoredAny>>(line) {
+                Ok(AnswerLine::Reply(_)) => Err(format!(
+                    "unexpected answer: {}",
+                    serde_json::from_str::<TypedReply<T>>(line)
+                        .err()
+                        .map_or_else(String::new, |e| e.to_string())
+                )),
+                Ok(AnswerLine::Item { .. }) => Err(format!(
+                    "unexpected list item: {}",
+                    serde_json::from_str::<AnswerLine<IgnoredAny, I>>(line)
+                        .err()
+                        .map_or_else(String::new, |e| e.to_string())
+                )),
+                Ok(_) => Err("unexpected line".into()),
+                Err(e) => Err(format!("not a line of an answer: {e}")),
+            }
+        }
     }
+}
 
-    /// The whole reply: the items received, then the final reply's own elements.
-    pub fn finish(self, reply: serde_json::Value) -> serde_json::Value {
-        if self.0.is_empty() {
-            return reply;
-        }
-        let mut all = self.0;
-        match reply {
-            serde_json::Value::Array(rest) => all.extend(rest),
-            serde_json::Value::Null => {}
-            other => all.push(other),
-        }
-        serde_json::Value::Array(all)
+/// Whether `line` is an answer's last (its reply), without reading its value.
+pub fn is_reply(line: &str) -> bool {
+    use serde::de::IgnoredAny;
+    matches!(
+        serde_json::from_str::<AnswerLine<IgnoredAny, IgnoredAny>>(line),
+        Ok(AnswerLine::Reply(_))
+    )
+}
+
+/// Writes the reply `Ok(value)` as one line, as `Reply::Ok` would be written.
+pub fn write_ok<W: Write>(w: &mut W, value: &impl Serialize) -> std::io::Result<()> {
+    write_line(w, &TypedReply::Ok(value))
+}
+
+/// Reads a reply line (no events before it) whose value is a `T`: `Ok(Err(..))` is the
+/// error the other side answered with.
+pub fn read_reply<T: serde::de::DeserializeOwned>(
+    line: &str,
+) -> Result<Result<T, WireError>, String> {
+    match read_answer::<T, serde::de::IgnoredAny>(line)? {
+        Answer::Ok(v) => Ok(Ok(v)),
+        Answer::Error(e) => Ok(Err(e)),
+        _ => Err("not a reply".into()),
     }
 }
 
@@ -453,6 +526,7 @@ pub fn write_line(w: &mut impl Write, value: &impl Serialize) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::de::IgnoredAny;
 
     #[test]
     fn round_trips() {
@@ -478,18 +552,54 @@ mod tests {
         assert!(matches!(l, Line::Log { .. }));
         let l: Line = serde_json::from_str(r#"{"item":{"generation":1}}"#).unwrap();
         assert!(matches!(l, Line::Item { .. }));
-        let mut items = Items::default();
-        items.push(serde_json::json!(1));
-        items.push(serde_json::json!(2));
-        assert_eq!(
-            items.finish(serde_json::json!([3])),
-            serde_json::json!([1, 2, 3])
-        );
-        assert_eq!(
-            Items::default().finish(serde_json::json!([])),
-            serde_json::json!([])
-        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"nuke"}"#).is_err());
+    }
+
+    #[test]
+    fn an_answer_reads_as_the_types_asked_for_and_says_what_did_not_fit() {
+        let status = r#"{"ok":{"pid":7,"version":"1"}}"#;
+        assert!(matches!(
+            read_answer::<Pong, IgnoredAny>(status),
+            Ok(Answer::Ok(Pong { pid: 7, .. }))
+        ));
+        assert!(matches!(
+            read_answer::<Pong, IgnoredAny>(r#"{"event":"starting"}"#),
+            Ok(Answer::Event(_))
+        ));
+        assert!(matches!(
+            read_answer::<Vec<u64>, u64>(r#"{"item":3}"#),
+            Ok(Answer::Item(3))
+        ));
+        assert!(matches!(
+            read_answer::<Pong, IgnoredAny>(r#"{"error":{"message":"no","hint":null}}"#),
+            Ok(Answer::Error(WireError { .. }))
+        ));
+        // A reply of another shape is named as such, and is still a reply.
+        let wrong = r#"{"ok":{"pid":"seven"}}"#;
+        let e = read_answer::<Pong, IgnoredAny>(wrong).unwrap_err();
+        assert!(e.starts_with("unexpected answer: "), "{e}");
+        assert!(is_reply(wrong));
+        let e = read_answer::<Vec<u64>, u64>(r#"{"item":"x"}"#).unwrap_err();
+        assert!(e.starts_with("unexpected list item: "), "{e}");
+        assert!(!is_reply(r#"{"item":"x"}"#));
+        let e = read_answer::<Pong, IgnoredAny>("[1]").unwrap_err();
+        assert!(e.starts_with("not a line of an answer"), "{e}");
+        // What write_ok writes reads back as the agent's own reply line.
+        let mut out = Vec::new();
+        write_ok(
+            &mut out,
+            &Pong {
+                pid: 1,
+                version: "v".into(),
+            },
+        )
+        .unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert!(matches!(
+            serde_json::from_str::<Line>(line.trim()).unwrap(),
+            Line::Reply(Reply::Ok(_))
+        ));
+        assert!(matches!(read_reply::<()>(r#"{"ok":null}"#), Ok(Ok(()))));
     }
 
     #[test]

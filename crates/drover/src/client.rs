@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drover_wire::{Line, Reply, Request};
+use drover_wire::{Answer, Line, Request};
 
 use crate::output::{AgentError, hinted};
 
@@ -61,12 +61,41 @@ pub fn too_large(req: &Request, what: Option<&str>) -> anyhow::Error {
     )
 }
 
-/// Sends a request; `on_line` sees every progress event and log line; returns the reply.
-pub fn call(
+/// Sends a request; `on_line` sees every progress event and log line; returns the reply,
+/// read as `T` (`serde::de::IgnoredAny` when it does not matter).
+pub fn call<T: serde::de::DeserializeOwned>(
+    root: &Path,
+    req: &Request,
+    on_line: impl FnMut(&Line),
+) -> anyhow::Result<T> {
+    let (items, reply) = exchange::<T, serde::de::IgnoredAny>(root, req, on_line)?;
+    if !items.is_empty() {
+        anyhow::bail!("unexpected answer from the agent: a list sent item by item");
+    }
+    Ok(reply)
+}
+
+/// `call` for a list reply, which the agent may send item by item (a long history).
+pub fn call_list<X: serde::de::DeserializeOwned>(
+    root: &Path,
+    req: &Request,
+    on_line: impl FnMut(&Line),
+) -> anyhow::Result<Vec<X>> {
+    let (mut items, rest) = exchange::<Vec<X>, X>(root, req, on_line)?;
+    items.extend(rest);
+    Ok(items)
+}
+
+/// One request and its whole answer: the items sent ahead of the reply, and the reply.
+fn exchange<T, I>(
     root: &Path,
     req: &Request,
     mut on_line: impl FnMut(&Line),
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<(Vec<I>, T)>
+where
+    T: serde::de::DeserializeOwned,
+    I: serde::de::DeserializeOwned,
+{
     if request_len(req) > MAX_REQUEST {
         return Err(too_large(req, None));
     }
@@ -75,7 +104,7 @@ pub fn call(
     // and closes before reading the request: its reply is read all the same.
     let sent = drover_wire::write_line(&mut stream, req);
     let mut reader = BufReader::new(stream);
-    let mut items = drover_wire::Items::default();
+    let mut items = Vec::new();
     loop {
         let Some(line) = drover_wire::read_line(&mut reader)? else {
             sent?;
@@ -84,13 +113,14 @@ pub fn call(
                 root.join("agent.log").display()
             );
         };
-        let line: Line = serde_json::from_str(&line)
-            .map_err(|e| anyhow::anyhow!("bad line from the agent: {e}: {line}"))?;
-        match line {
-            Line::Reply(Reply::Ok(v)) => return Ok(items.finish(v)),
-            Line::Item { item } => items.push(item),
-            Line::Reply(Reply::Error(e)) => return Err(AgentError(e).into()),
-            other => on_line(&other),
+        match drover_wire::read_answer::<T, I>(&line)
+            .map_err(|e| anyhow::anyhow!("bad line from the agent: {e}: {line}"))?
+        {
+            Answer::Ok(v) => return Ok((items, v)),
+            Answer::Item(item) => items.push(item),
+            Answer::Error(e) => return Err(AgentError(e).into()),
+            Answer::Event(e) => on_line(&Line::Event(e)),
+            Answer::Log(log) => on_line(&Line::Log { log }),
         }
     }
 }
@@ -105,7 +135,7 @@ pub fn print_events(line: &Line) {
 }
 
 pub fn is_running(root: &Path) -> bool {
-    call(root, &Request::Ping, |_| {}).is_ok()
+    call::<serde::de::IgnoredAny>(root, &Request::Ping, |_| {}).is_ok()
 }
 
 /// Starts `drover agent` in the background (its own session, output to ROOT/agent.log)
@@ -125,9 +155,9 @@ pub fn ensure_agent(root: &Path) -> anyhow::Result<()> {
 
 /// The running agent's pid, if one answers.
 fn agent_pid(root: &Path) -> Option<u64> {
-    call(root, &Request::Ping, |_| {})
+    call::<drover_wire::Pong>(root, &Request::Ping, |_| {})
         .ok()
-        .and_then(|v| v["pid"].as_u64())
+        .map(|p| u64::from(p.pid))
 }
 
 /// Starts `drover agent` in the background; with `replace`, as the successor of the running

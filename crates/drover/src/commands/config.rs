@@ -69,8 +69,8 @@ pub fn run(root: &Path, args: ConfigArgs) -> anyhow::Result<()> {
             if client::request_len(&req) > client::MAX_REQUEST {
                 return Err(client::too_large(&req, largest.as_deref()));
             }
-            let v = client::call(root, &req, client::print_events)?;
-            super::status::print_status(&serde_json::from_value::<AppStatus>(v)?);
+            let v: AppStatus = client::call(root, &req, client::print_events)?;
+            super::status::print_status(&v);
         }
         ConfigCommand::Unset { app, keys } => {
             let req = Request::ConfigSet {
@@ -79,12 +79,12 @@ pub fn run(root: &Path, args: ConfigArgs) -> anyhow::Result<()> {
                 unset: keys,
                 who: client::who(),
             };
-            let v = client::call(root, &req, client::print_events)?;
-            super::status::print_status(&serde_json::from_value::<AppStatus>(v)?);
+            let v: AppStatus = client::call(root, &req, client::print_events)?;
+            super::status::print_status(&v);
         }
         ConfigCommand::List { app, json } => {
-            let v = client::call(root, &Request::ConfigList { app }, |_| {})?;
-            let entries: Vec<ConfigEntry> = serde_json::from_value(v)?;
+            let entries: Vec<ConfigEntry> =
+                client::call(root, &Request::ConfigList { app }, |_| {})?;
             if json.json {
                 return output::json(&entries);
             }

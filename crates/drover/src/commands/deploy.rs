@@ -146,7 +146,7 @@ pub fn deploy(
     canary: Option<u8>,
     layers: Layers,
 ) -> anyhow::Result<AppStatus> {
-    let v = client::call(
+    let v: AppStatus = client::call(
         root,
         &Request::Deploy {
             release,
@@ -162,7 +162,7 @@ pub fn deploy(
         },
         client::print_events,
     )?;
-    Ok(serde_json::from_value(v)?)
+    Ok(v)
 }
 
 pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
@@ -198,7 +198,7 @@ pub fn run_rollback(root: &Path, args: RollbackArgs) -> anyhow::Result<()> {
         Some(a) => a,
         None => only_app(root)?,
     };
-    let v = client::call(
+    let v: AppStatus = client::call(
         root,
         &Request::Rollback {
             app,
@@ -207,7 +207,7 @@ pub fn run_rollback(root: &Path, args: RollbackArgs) -> anyhow::Result<()> {
         },
         client::print_events,
     )?;
-    show(&serde_json::from_value(v)?, args.json.json)
+    show(&v, args.json.json)
 }
 
 /// The app-only requests: stop, start, promote, abort, pause, resume.
@@ -216,8 +216,8 @@ pub fn run_app_op(
     args: AppArg,
     op: fn(String, String) -> Request,
 ) -> anyhow::Result<()> {
-    let v = client::call(root, &op(args.app, client::who()), client::print_events)?;
-    show(&serde_json::from_value(v)?, args.json.json)
+    let v: AppStatus = client::call(root, &op(args.app, client::who()), client::print_events)?;
+    show(&v, args.json.json)
 }
 
 /// The app, when the host runs exactly one.

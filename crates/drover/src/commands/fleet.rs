@@ -247,7 +247,7 @@ pub fn rollback(
     let mut locks = Locks::acquire(&target.name, &sessions, &format!("rollback of {app}"))?;
     let results = par(&sessions, target.config.ssh.parallel, |_, s| {
         let before = drover_fleet::current_generation(*s, &app).ok().flatten();
-        let r = drover_fleet::agent_typed::<AppStatus>(
+        let r = drover_fleet::agent_call::<AppStatus>(
             *s,
             &Request::Rollback {
                 app: app.clone(),
@@ -309,7 +309,7 @@ pub fn rollback(
 pub fn status(target: Target, app: Option<String>, json: bool) -> anyhow::Result<()> {
     let results: Vec<HostResult<Vec<AppStatus>>> = target
         .each(None, |s| {
-            drover_fleet::agent_typed(s, &Request::Status { app: app.clone() }, None, |_| {})
+            drover_fleet::agent_call(s, &Request::Status { app: app.clone() }, None, |_| {})
         })?
         .into_iter()
         .map(|(h, r)| split(&h, r))
@@ -417,7 +417,7 @@ pub fn logs(target: Target, app: String, lines: usize, follow: bool) -> anyhow::
     let stdout = std::sync::Mutex::new(std::io::stdout());
     // Every host at once: with --follow, none of them ends.
     let results = target.each(Some(target.env.hosts.len()), |s| {
-        agent_call(
+        agent_call::<serde::de::IgnoredAny>(
             s,
             &Request::Logs {
                 app: app.clone(),

@@ -23,7 +23,7 @@ pub fn run(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
     if let Some(target) = args.fleet.target()? {
         return crate::commands::fleet::logs(target, args.app, args.lines, args.follow);
     }
-    crate::client::call(
+    crate::client::call::<serde::de::IgnoredAny>(
         root,
         &Request::Logs {
             app: args.app,

@@ -18,14 +18,13 @@ pub struct RunArgs {
 }
 
 pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
-    let v = crate::client::call(
+    let spec: RunSpec = crate::client::call(
         root,
         &Request::RunSpec {
             app: args.app.clone(),
         },
         |_| {},
     )?;
-    let spec: RunSpec = serde_json::from_value(v)?;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .current_dir(&spec.dir)

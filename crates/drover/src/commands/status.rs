@@ -34,8 +34,7 @@ pub fn run_status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
     if let Some(target) = args.fleet.target()? {
         return super::fleet::status(target, args.app, args.json.json);
     }
-    let v = client::call(root, &Request::Status { app: args.app }, |_| {})?;
-    let apps: Vec<AppStatus> = serde_json::from_value(v)?;
+    let apps: Vec<AppStatus> = client::call(root, &Request::Status { app: args.app }, |_| {})?;
     if args.json.json {
         return output::json(&apps);
     }
@@ -111,8 +110,7 @@ pub fn run_history(root: &Path, args: HistoryArgs) -> anyhow::Result<()> {
         Some(a) => a,
         None => super::deploy::only_app(root)?,
     };
-    let v = client::call(root, &Request::History { app }, |_| {})?;
-    let gens: Vec<GenerationInfo> = serde_json::from_value(v)?;
+    let gens: Vec<GenerationInfo> = client::call_list(root, &Request::History { app }, |_| {})?;
     if args.json.json {
         return output::json(&gens);
     }
