@@ -10,6 +10,7 @@
 pub mod error;
 pub mod host;
 pub mod link;
+pub mod ops;
 pub mod relay;
 pub mod ssh;
 

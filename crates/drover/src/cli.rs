@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use drover_fleet::Target;
+
+use crate::output::hinted;
 
 /// drover delivers apps to Linux servers as immutable, signed, content-addressed releases.
 #[derive(Debug, Parser)]
@@ -45,11 +48,11 @@ pub enum Command {
     /// over ssh); exits 0 only when it is live and healthy everywhere.
     Deploy(crate::commands::deploy::DeployArgs),
     /// Switch an app back to an earlier generation.
-    Rollback(crate::commands::deploy::RollbackArgs),
+    Rollback(crate::commands::rollback::RollbackArgs),
     /// Show apps, their live generation and instances.
     Status(crate::commands::status::StatusArgs),
     /// Show an app's generations, newest first.
-    History(crate::commands::status::HistoryArgs),
+    History(crate::commands::history::HistoryArgs),
     /// Show an app's process output.
     Logs(crate::commands::logs::LogsArgs),
     /// Stop an app's processes (its generation stays; `drover start` brings it back).
@@ -71,11 +74,11 @@ pub enum Command {
     /// Age-encrypted secrets in the app directory (`set`, `list`, `edit`, `rm`, `rekey`).
     Secrets(crate::commands::secrets::SecretsArgs),
     /// This host's age key (`drover host key`); set up other hosts (`drover host setup`).
-    Host(crate::commands::secrets::HostArgs),
+    Host(crate::commands::host::HostArgs),
     /// Show the files and config keys changed between two generations of an app.
     Diff(crate::commands::diff::DiffArgs),
     /// An environment's deploy lock on its hosts: `status`, or `release` a dead holder's.
-    Lock(crate::commands::fleet::LockArgs),
+    Lock(crate::commands::lock::LockArgs),
     /// What a fleet deploy runs on each host over ssh (machine formats, not for people).
     #[command(hide = true)]
     Remote(crate::commands::remote::RemoteArgs),
@@ -87,4 +90,50 @@ pub struct JsonFlag {
     /// Print machine-readable JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `-e ENV` (an environment with hosts, from the app directory's drover.toml) and `--dir`.
+#[derive(Debug, Args, Clone)]
+pub struct EnvArgs {
+    /// Act on this environment's hosts (`[environments.ENV] hosts`) over ssh.
+    #[arg(short = 'e', long = "env", value_name = "ENV")]
+    pub environment: Option<String>,
+    /// The app directory whose drover.toml names the environment.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+impl EnvArgs {
+    /// The fleet target, when `-e` names an environment with hosts.
+    pub fn target(&self) -> anyhow::Result<Option<Target>> {
+        match &self.environment {
+            None => Ok(None),
+            Some(e) => {
+                if !self.dir.join(drover_config::FILE_NAME).is_file() {
+                    return Err(hinted(
+                        format!(
+                            "-e {e}: {} has no {}",
+                            self.dir.display(),
+                            drover_config::FILE_NAME
+                        ),
+                        "run it in the app directory, or pass --dir DIR",
+                    ));
+                }
+                Target::load(&self.dir, e)
+            }
+        }
+    }
+
+    pub fn require(&self) -> anyhow::Result<Target> {
+        let Some(e) = &self.environment else {
+            return Err(hinted(
+                "this needs -e ENV",
+                "name an environment with hosts",
+            ));
+        };
+        match self.target()? {
+            Some(t) => Ok(t),
+            None => Target::require(&self.dir, e),
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! `drover deploy`, `rollback`, `stop`, `start`: change what an app runs, through the agent.
+//! `drover deploy` (to this machine's agent, or with -e to an environment's hosts) and the
+//! app operations `stop`, `start`, `promote`, `abort`, `pause`, `resume`.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,8 @@ use drover_wire::{AppStatus, Request};
 use crate::cli::JsonFlag;
 use crate::client;
 use crate::output;
+use crate::output::hinted;
+use drover_fleet::{Connected, Target};
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
@@ -34,19 +37,6 @@ pub struct DeployArgs {
     /// release instead of returning them to their previous generation.
     #[arg(long)]
     pub keep_partial: bool,
-    #[command(flatten)]
-    pub json: JsonFlag,
-}
-
-#[derive(Debug, Args)]
-pub struct RollbackArgs {
-    /// The app (default: the only app on this host, or the app in --dir with -e).
-    pub app: Option<String>,
-    /// The generation to return to (default: the previous live one).
-    #[arg(long)]
-    pub to: Option<u64>,
-    #[command(flatten)]
-    pub fleet: crate::commands::fleet::EnvArgs,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -172,7 +162,7 @@ pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
             .is_file()
         && let Some(target) = drover_fleet::Target::load(Path::new(&args.target), e)?
     {
-        return super::fleet::deploy(root, target, args);
+        return deploy_fleet(root, target, args);
     }
     if args.keep_partial {
         return Err(output::hinted(
@@ -188,26 +178,6 @@ pub fn run_deploy(root: &Path, args: DeployArgs) -> anyhow::Result<()> {
     let release = release_for(root, &args.target, args.version.as_deref())?;
     let status = deploy(root, release, args.canary, layers)?;
     show(&status, args.json.json)
-}
-
-pub fn run_rollback(root: &Path, args: RollbackArgs) -> anyhow::Result<()> {
-    if let Some(target) = args.fleet.target()? {
-        return super::fleet::rollback(target, args.app, args.to, args.json.json);
-    }
-    let app = match args.app {
-        Some(a) => a,
-        None => only_app(root)?,
-    };
-    let v: AppStatus = client::call(
-        root,
-        &Request::Rollback {
-            app,
-            to: args.to,
-            who: client::who(),
-        },
-        client::print_events,
-    )?;
-    show(&v, args.json.json)
 }
 
 /// The app-only requests: stop, start, promote, abort, pause, resume.
@@ -236,10 +206,154 @@ pub fn only_app(root: &Path) -> anyhow::Result<String> {
     }
 }
 
-fn show(status: &AppStatus, json: bool) -> anyhow::Result<()> {
+pub fn show(status: &AppStatus, json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(status);
     }
     super::status::print_status(status);
     Ok(())
+}
+
+/// `deploy -e ENV` to an environment with hosts: build, then the rollout over ssh.
+fn deploy_fleet(root: &Path, target: Target, args: DeployArgs) -> anyhow::Result<()> {
+    if args.canary.is_some() {
+        return Err(hinted(
+            "--canary splits one host's traffic; a fleet deploy does not take it",
+            format!(
+                "for a fleet canary set `strategy = {{ kind = \"canary\", hosts = 1 }}` in [environments.{}]",
+                target.name
+            ),
+        ));
+    }
+    if args.role.is_some() {
+        return Err(hinted(
+            "--role is for deploys to this machine",
+            format!(
+                "a fleet's roles come from [environments.{}.roles.ROLE] hosts",
+                target.name
+            ),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let layers = layers_for(&args.target, Some(&target.name), None)?;
+    // The ssh connections open while the release builds.
+    let (conn, release) = std::thread::scope(|s| {
+        let conn = s.spawn(|| {
+            let conn = Connected::open(
+                &target.env.hosts,
+                &target.settings,
+                target.config.ssh.parallel,
+            )?;
+            conn.start_serving();
+            anyhow::Ok(conn)
+        });
+        let release = release_for(root, &args.target, args.version.as_deref());
+        (
+            conn.join().expect("the connecting thread does not panic"),
+            release,
+        )
+    });
+    let conn = conn?;
+    let built = (|| {
+        let release = release?;
+        let store = super::open_store(root)?;
+        let id: drover_store::Hash = release.parse().map_err(anyhow::Error::msg)?;
+        let manifest = store.manifest(&id)?;
+        anyhow::Ok((store, id, manifest))
+    })();
+    let (store, id, manifest) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            conn.close();
+            return Err(e);
+        }
+    };
+    let plan = drover_fleet::DeployPlan {
+        release: id,
+        app: manifest.app.clone(),
+        version: manifest.version.clone(),
+        secrets: layers.secrets,
+        keep_partial: args.keep_partial,
+    };
+    let json = args.json.json;
+    let progress = crate::progress::Progress::new(&target.env.hosts, json);
+    if !json {
+        eprintln!(
+            "deploying {}@{} ({}) to {} hosts of `{}` ({})",
+            plan.app,
+            plan.version,
+            plan.release.short(),
+            target.env.hosts.len(),
+            target.name,
+            target.env.strategy
+        );
+    }
+    let done = drover_fleet::deploy(&store, &target, &plan, conn, &progress, started)?;
+    if done.failure.is_some() && plan.keep_partial {
+        eprintln!(
+            "{} --keep-partial: the hosts already switched STAY on the new release; the fleet runs mixed versions",
+            output::red("warning:")
+        );
+    }
+    if json {
+        output::json(&done.report)?;
+    } else {
+        print_summary(&done.report);
+    }
+    if !done.stuck.is_empty() {
+        eprintln!(
+            "{} the lock of `{}` is still held on {} (unreachable); `drover lock release -e {}` once it is back",
+            output::red("warning:"),
+            target.name,
+            done.stuck.join(", "),
+            target.name
+        );
+    }
+    match done.failure {
+        None => Ok(()),
+        Some(f) => Err(f),
+    }
+}
+
+fn print_summary(r: &drover_fleet::DeployReport) {
+    let width = r.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4);
+    println!();
+    for h in &r.hosts {
+        let what = match h.state.as_str() {
+            "live" => format!(
+                "live on {}@{} (generation {})",
+                r.app,
+                r.version,
+                h.generation.map_or("?".into(), |g| g.to_string())
+            ),
+            "reverted" => format!(
+                "reverted to generation {}",
+                h.previous
+                    .map_or("none (stopped)".into(), |g| g.to_string())
+            ),
+            "kept" => format!(
+                "LEFT on {}@{} (generation {}): --keep-partial",
+                r.app,
+                r.version,
+                h.generation.map_or("?".into(), |g| g.to_string())
+            ),
+            "unchanged" => "unchanged (still on its previous generation)".into(),
+            other => other.to_string(),
+        };
+        let err = h
+            .error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        println!("  {:width$}  {what}{err}", h.host);
+    }
+    if r.ok {
+        println!(
+            "{}@{} is live on all {} hosts of `{}`",
+            r.app,
+            r.version,
+            r.hosts.len(),
+            r.environment
+        );
+    }
 }

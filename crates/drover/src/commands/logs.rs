@@ -16,12 +16,24 @@ pub struct LogsArgs {
     pub lines: usize,
     /// With -e: every host's lines, each prefixed by its host.
     #[command(flatten)]
-    pub fleet: crate::commands::fleet::EnvArgs,
+    pub fleet: crate::cli::EnvArgs,
 }
 
 pub fn run(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
     if let Some(target) = args.fleet.target()? {
-        return crate::commands::fleet::logs(target, args.app, args.lines, args.follow);
+        let width = target.env.hosts.iter().map(String::len).max().unwrap_or(0);
+        let stdout = std::sync::Mutex::new(std::io::stdout());
+        return drover_fleet::ops::logs(
+            &target,
+            &args.app,
+            args.lines,
+            args.follow,
+            |host, line| {
+                use std::io::Write;
+                let mut out = stdout.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = writeln!(out, "{host:width$} | {line}");
+            },
+        );
     }
     crate::client::call::<serde::de::IgnoredAny>(
         root,

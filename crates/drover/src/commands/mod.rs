@@ -6,14 +6,17 @@ pub mod checkout;
 pub mod config;
 pub mod deploy;
 pub mod diff;
-pub mod fleet;
 pub mod gc;
+pub mod history;
+pub mod host;
 pub mod init;
 pub mod keys;
+pub mod lock;
 pub mod logs;
 pub mod pack;
 pub mod releases;
 pub mod remote;
+pub mod rollback;
 pub mod run;
 pub mod secrets;
 pub mod status;
@@ -42,9 +45,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(a) => agent::run(&root, a),
         Command::Up(a) => up::run(&root, a),
         Command::Deploy(a) => deploy::run_deploy(&root, a),
-        Command::Rollback(a) => deploy::run_rollback(&root, a),
+        Command::Rollback(a) => rollback::run_rollback(&root, a),
         Command::Status(a) => status::run_status(&root, a),
-        Command::History(a) => status::run_history(&root, a),
+        Command::History(a) => history::run_history(&root, a),
         Command::Logs(a) => logs::run(&root, a),
         Command::Stop(a) => deploy::run_app_op(&root, a, |app, who| Request::Stop { app, who }),
         Command::Start(a) => deploy::run_app_op(&root, a, |app, who| Request::Start { app, who }),
@@ -58,9 +61,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(a) => diff::run(&root, a),
         Command::Config(a) => config::run(&root, a),
         Command::Secrets(a) => secrets::run(&root, a),
-        Command::Host(a) => secrets::run_host(&root, a),
+        Command::Host(a) => host::run(&root, a),
         Command::Remote(a) => remote::run(&root, a),
-        Command::Lock(a) => fleet::run_lock(a),
+        Command::Lock(a) => lock::run(a),
     }
 }
 

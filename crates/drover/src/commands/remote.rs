@@ -123,12 +123,7 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
                 std::process::exit(255);
             }
         }
-        RemoteCommand::HostKey => super::secrets::run_host(
-            root,
-            super::secrets::HostArgs {
-                command: super::secrets::HostCommand::Key,
-            },
-        )?,
+        RemoteCommand::HostKey => println!("{}", super::secrets::host(root)?.public()),
         RemoteCommand::StartAgent { replace } => {
             if replace && client::is_running(root) {
                 client::start_agent(root, true)?

@@ -49,38 +49,15 @@ pub enum SecretsCommand {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct HostArgs {
-    #[command(subcommand)]
-    pub command: HostCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum HostCommand {
-    /// Print this host's age public key: secrets must be encrypted to it to run here.
-    Key,
-    /// Install this drover on hosts over ssh, start their agents, and make them trust this
-    /// machine's release-signing key. Reports hosts that ran another drover version.
-    Setup(crate::commands::fleet::SetupArgs),
-}
-
 /// The operator's identity on this machine: lets `rekey` decrypt what it re-encrypts.
 fn operator(root: &Path) -> anyhow::Result<Identity> {
     Ok(Identity::load_or_create(&root.join("keys/operator.age"))?)
 }
 
-fn host(root: &Path) -> anyhow::Result<Identity> {
+pub fn host(root: &Path) -> anyhow::Result<Identity> {
     Ok(Identity::load_or_create(&drover_agent::host_key_path(
         root,
     ))?)
-}
-
-pub fn run_host(root: &Path, args: HostArgs) -> anyhow::Result<()> {
-    match args.command {
-        HostCommand::Key => println!("{}", host(root)?.public()),
-        HostCommand::Setup(a) => return crate::commands::fleet::setup(root, a),
-    }
-    Ok(())
 }
 
 #[derive(Serialize)]

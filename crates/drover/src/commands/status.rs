@@ -1,9 +1,9 @@
-//! `drover status` and `drover history`: what runs, and what ran.
+//! `drover status`: what runs, on this machine or with -e on every host.
 
 use std::path::Path;
 
 use clap::Args;
-use drover_wire::{AppStatus, GenerationInfo, Request};
+use drover_wire::{AppStatus, Request};
 
 use crate::cli::JsonFlag;
 use crate::client;
@@ -14,25 +14,14 @@ pub struct StatusArgs {
     /// Only this app.
     pub app: Option<String>,
     #[command(flatten)]
-    pub fleet: crate::commands::fleet::EnvArgs,
-    #[command(flatten)]
-    pub json: JsonFlag,
-}
-
-#[derive(Debug, Args)]
-pub struct HistoryArgs {
-    /// The app (default: the only app on this host). With -e: the environment's audit log,
-    /// merged from every host.
-    pub app: Option<String>,
-    #[command(flatten)]
-    pub fleet: crate::commands::fleet::EnvArgs,
+    pub fleet: crate::cli::EnvArgs,
     #[command(flatten)]
     pub json: JsonFlag,
 }
 
 pub fn run_status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
     if let Some(target) = args.fleet.target()? {
-        return super::fleet::status(target, args.app, args.json.json);
+        return status_fleet(target, args.app, args.json.json);
     }
     let apps: Vec<AppStatus> = client::call(root, &Request::Status { app: args.app }, |_| {})?;
     if args.json.json {
@@ -102,36 +91,28 @@ pub fn print_status(a: &AppStatus) {
     }
 }
 
-pub fn run_history(root: &Path, args: HistoryArgs) -> anyhow::Result<()> {
-    if let Some(target) = args.fleet.target()? {
-        return super::fleet::history(target, args.app, args.json.json);
+fn status_fleet(
+    target: drover_fleet::Target,
+    app: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let results = drover_fleet::ops::status(&target, app.as_deref())?;
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    if json {
+        output::json(&results)?;
+    } else {
+        for r in &results {
+            println!("== {}", r.host);
+            if let Some(e) = &r.error {
+                println!("  {}: {e}", output::red("unreachable"));
+            }
+            for a in r.result.iter().flatten() {
+                print_status(a);
+            }
+        }
     }
-    let app = match args.app {
-        Some(a) => a,
-        None => super::deploy::only_app(root)?,
-    };
-    let gens: Vec<GenerationInfo> = client::call_list(root, &Request::History { app }, |_| {})?;
-    if args.json.json {
-        return output::json(&gens);
-    }
-    println!(
-        "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} REASON",
-        "GEN", "OUTCOME", "VERSION", "RELEASE", "KIND", "WHO"
-    );
-    for g in gens.iter().rev() {
-        println!(
-            "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} {}",
-            g.generation,
-            g.outcome,
-            g.version,
-            &g.release[..12.min(g.release.len())],
-            match g.from {
-                Some(f) if g.kind == "rollback" => format!("rollback:{f}"),
-                _ => g.kind.clone(),
-            },
-            g.who,
-            g.reason.as_deref().unwrap_or("")
-        );
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} hosts did not answer", results.len());
     }
     Ok(())
 }

@@ -1,0 +1,116 @@
+//! `drover history`: what ran, on this machine (its generations) or with -e (the
+//! environment's audit log, merged from every host).
+
+use std::path::Path;
+
+use clap::Args;
+use drover_fleet::HostError;
+use drover_wire::{GenerationInfo, Request};
+
+use crate::cli::JsonFlag;
+use crate::client;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The app (default: the only app on this host). With -e: the environment's audit log,
+    /// merged from every host.
+    pub app: Option<String>,
+    #[command(flatten)]
+    pub fleet: crate::cli::EnvArgs,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+pub fn run_history(root: &Path, args: HistoryArgs) -> anyhow::Result<()> {
+    if let Some(target) = args.fleet.target()? {
+        return history_fleet(target, args.app, args.json.json);
+    }
+    let app = match args.app {
+        Some(a) => a,
+        None => super::deploy::only_app(root)?,
+    };
+    let gens: Vec<GenerationInfo> = client::call_list(root, &Request::History { app }, |_| {})?;
+    if args.json.json {
+        return output::json(&gens);
+    }
+    println!(
+        "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} REASON",
+        "GEN", "OUTCOME", "VERSION", "RELEASE", "KIND", "WHO"
+    );
+    for g in gens.iter().rev() {
+        println!(
+            "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} {}",
+            g.generation,
+            g.outcome,
+            g.version,
+            &g.release[..12.min(g.release.len())],
+            match g.from {
+                Some(f) if g.kind == "rollback" => format!("rollback:{f}"),
+                _ => g.kind.clone(),
+            },
+            g.who,
+            g.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn history_fleet(
+    target: drover_fleet::Target,
+    app: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (merged, errors) = drover_fleet::ops::history(&target, app.as_deref())?;
+    if json {
+        output::json(&merged)?;
+    } else {
+        for e in &merged {
+            println!(
+                "{}  {}  {} {} {}  {} -> {}  {}  by {}{}",
+                fmt_utc(e.at),
+                e.host.as_deref().unwrap_or("-"),
+                e.action,
+                e.app,
+                e.version.as_deref().unwrap_or("-"),
+                e.from.map_or("-".into(), |g| g.to_string()),
+                e.to.map_or("-".into(), |g| g.to_string()),
+                e.outcome,
+                e.who,
+                e.reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if !errors.is_empty() {
+        let refs: Vec<&HostError> = errors.iter().collect();
+        return Err(
+            drover_fleet::host_errors(&refs).context("some hosts' audit logs are missing above")
+        );
+    }
+    Ok(())
+}
+
+/// `2026-11-22 10:04:05Z`.
+pub fn fmt_utc(secs: u64) -> String {
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
