@@ -170,6 +170,14 @@ impl Target {
         })
     }
 
+    /// Connects to every host (at most `[ssh] parallel` at once), and starts each one's
+    /// serve session in the background.
+    pub fn connect(&self) -> anyhow::Result<Connected> {
+        let conn = Connected::open(&self.env.hosts, &self.settings, self.config.ssh.parallel)?;
+        conn.start_serving();
+        Ok(conn)
+    }
+
     /// Connects to every host and runs `f` on each reachable one (at most `[ssh] parallel`
     /// at once, or `limit`); an unreachable host gets its connection error.
     pub fn each<R: Send>(

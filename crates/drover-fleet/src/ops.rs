@@ -71,12 +71,7 @@ pub fn rollback(
     app: &str,
     to: Option<u64>,
 ) -> anyhow::Result<Vec<HostResult<AppStatus>>> {
-    let conn = Connected::open(
-        &target.env.hosts,
-        &target.settings,
-        target.config.ssh.parallel,
-    )?;
-    conn.start_serving();
+    let conn = target.connect()?;
     let result = rollback_on(target, &conn, app, to);
     conn.close();
     result

@@ -10,7 +10,7 @@ use crate::cli::JsonFlag;
 use crate::client;
 use crate::output;
 use crate::output::hinted;
-use drover_fleet::{Connected, Target};
+use drover_fleet::Target;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
@@ -238,15 +238,7 @@ fn deploy_fleet(root: &Path, target: Target, args: DeployArgs) -> anyhow::Result
     let layers = layers_for(&args.target, Some(&target.name), None)?;
     // The ssh connections open while the release builds.
     let (conn, release) = std::thread::scope(|s| {
-        let conn = s.spawn(|| {
-            let conn = Connected::open(
-                &target.env.hosts,
-                &target.settings,
-                target.config.ssh.parallel,
-            )?;
-            conn.start_serving();
-            anyhow::Ok(conn)
-        });
+        let conn = s.spawn(|| target.connect());
         let release = release_for(root, &args.target, args.version.as_deref());
         (
             conn.join().expect("the connecting thread does not panic"),
