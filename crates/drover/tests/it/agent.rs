@@ -1464,6 +1464,49 @@ fn under_a_pids_limit_a_deploy_fails_cleanly_and_the_agent_stays_up() {
     cx.drover(&["stop", "hello"]).success();
 }
 
+#[test]
+fn a_start_that_cannot_start_every_instance_leaves_none_running() {
+    let cx = TestContext::new();
+    let Some(cgroup) = PidsCgroup::new(&format!("drover-test-start-{}", std::process::id())) else {
+        assert!(
+            !rustix::process::geteuid().is_root(),
+            "as root, a pids cgroup must be possible here"
+        );
+        eprintln!("no pids cgroup can be made by this user: nothing to limit");
+        return;
+    };
+    let mut agent = cx.start_agent();
+    let v1 = cx.hello_app("v1", "1", "");
+    let toml = fs::read_to_string(v1.join("drover.toml"))
+        .unwrap()
+        .replace("http = true", "http = true\ninstances = 4");
+    fs::write(v1.join("drover.toml"), toml).unwrap();
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    cx.drover(&["stop", "hello"]).success();
+    wait_for("the app to stop", Duration::from_secs(15), || {
+        tagged_processes(&cx.root).is_empty()
+    });
+    fs::write(cgroup.0.join("cgroup.procs"), agent.child.id().to_string()).unwrap();
+
+    // Room for the request and one instance: the second cannot start.
+    cgroup.set_max(&(cgroup.current() + 2).to_string());
+    let run = cx.drover(&["start", "hello"]).failure();
+    assert!(run.stderr.contains("cannot start web."), "{}", run.stderr);
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    // The one that did start is stopped again: a failed start runs nothing.
+    wait_for(
+        "the started instance to go",
+        Duration::from_secs(15),
+        || tagged_processes(&cx.root).is_empty(),
+    );
+    assert_eq!(cx.app_status("hello")["state"], "stopped");
+    cgroup.set_max("max");
+
+    cx.drover(&["start", "hello"]).success();
+    serves(&cx, "1");
+    cx.drover(&["stop", "hello"]).success();
+}
+
 // ---- a fleet deploy's confirm, spoken to the agent directly ------------------------------
 
 /// A fleet-style deploy of `release` over the agent's socket: waits for the confirm request
