@@ -11,7 +11,9 @@ use drover_store::Manifest;
 use crate::instances::{base_env, last_lines, run_to_end, zero_values};
 use crate::layers::Layers;
 use crate::routes::ProxyPlan;
-use crate::{Agent, AppDir, Error, Instance, Out, Phase, Result, proc, release_of, state};
+use crate::{
+    Agent, AppDir, Error, Instance, Out, Phase, Result, proc, read_generation, release_of, state,
+};
 
 impl Agent {
     /// A fleet deploy is live here but not yet kept: waits `secs` for the deployer's
@@ -202,12 +204,7 @@ impl Agent {
                 generation: target.generation,
             });
         }
-        let full =
-            dir.generation(target.generation)
-                .ok_or_else(|| Error::UnreadableGeneration {
-                    app: app.to_string(),
-                    generation: target.generation,
-                })?;
+        let full = read_generation(&dir, app, target.generation)?;
         let manifest = self.store.trusted_manifest(&release_of(app, &full)?)?;
         out.event(format!(
             "rolling back {app} to generation {} ({}@{})",
@@ -530,12 +527,7 @@ impl Agent {
                 app: app.to_string(),
             });
         };
-        let g = dir
-            .generation(gen_n)
-            .ok_or_else(|| Error::UnreadableGeneration {
-                app: app.to_string(),
-                generation: gen_n,
-            })?;
+        let g = read_generation(&dir, app, gen_n)?;
         let manifest = self.store.trusted_manifest(&release_of(app, &g)?)?;
         let pids = self.pids_of(app, gen_n);
         let plan = self.prepare_proxy(app, manifest.runtime.proxy.as_ref())?;

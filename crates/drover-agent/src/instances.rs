@@ -12,8 +12,8 @@ use drover_store::Manifest;
 use rustix::process::Signal;
 
 use crate::{
-    Agent, AppDir, Error, Instance, InstanceSpec, Out, Phase, Result, proc, release_of,
-    spawn_or_run, state,
+    Agent, AppDir, Error, Instance, InstanceSpec, Out, Phase, Result, proc, read_generation,
+    release_of, spawn_or_run, state,
 };
 
 impl Agent {
@@ -329,12 +329,7 @@ impl Agent {
         if running && !dir.stopped() {
             return Ok(());
         }
-        let g = dir
-            .generation(current)
-            .ok_or_else(|| Error::UnreadableGeneration {
-                app: app.to_string(),
-                generation: current,
-            })?;
+        let g = read_generation(&dir, app, current)?;
         let id = release_of(app, &g)?;
         let manifest = self.store.trusted_manifest(&id)?;
         let tree = self.store.materialise(&id)?;

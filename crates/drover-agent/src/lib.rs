@@ -219,16 +219,10 @@ impl Agent {
 
     fn live_generation(&self, app: &str) -> Result<(AppDir, state::Generation, Manifest)> {
         let dir = self.app_dir(app)?;
-        let not_deployed = || Error::NotDeployed {
+        let current = dir.current().ok_or_else(|| Error::NotDeployed {
             app: app.to_string(),
-        };
-        let current = dir.current().ok_or_else(not_deployed)?;
-        let g = dir
-            .generation(current)
-            .ok_or_else(|| Error::UnreadableGeneration {
-                app: app.to_string(),
-                generation: current,
-            })?;
+        })?;
+        let g = read_generation(&dir, app, current)?;
         let manifest = self.store.trusted_manifest(&release_of(app, &g)?)?;
         Ok((dir, g, manifest))
     }
@@ -237,6 +231,15 @@ impl Agent {
 /// Where a root's host identity lives (`drover host key` prints its public key).
 pub fn host_key_path(root: &Path) -> PathBuf {
     root.join("keys/host.age")
+}
+
+/// Generation `n` of `app`, read from its file.
+fn read_generation(dir: &AppDir, app: &str, n: u64) -> Result<state::Generation> {
+    dir.generation(n)
+        .ok_or_else(|| Error::UnreadableGeneration {
+            app: app.to_string(),
+            generation: n,
+        })
 }
 
 /// The release a generation runs.
