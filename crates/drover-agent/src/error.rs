@@ -191,7 +191,7 @@ impl Error {
             Error::Secrets(e) => e.hint(),
             Error::Store(e) => e.hint(),
             Error::Unhealthy { .. } => Some(
-                "the lines above are its last answer and output; if the app needs longer to start, raise `[health] timeout` in its drover.toml"
+                "if the app needs longer to start, raise `[health] timeout` in its drover.toml"
                     .into(),
             ),
             Error::DeployFailed { cause, .. } | Error::StartFailed { cause, .. } => cause.hint(),

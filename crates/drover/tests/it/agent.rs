@@ -55,6 +55,12 @@ fn deploy_rollback_and_a_failed_deploy_that_keeps_the_old_version() {
         run.stderr
     );
     assert!(
+        run.stderr
+            .contains("\nhint: if the app needs longer to start, raise `[health] timeout`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
         run.stderr.contains("404"),
         "the last health answer is shown: {}",
         run.stderr
