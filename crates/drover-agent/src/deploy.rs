@@ -11,7 +11,9 @@ use drover_store::Manifest;
 use crate::instances::{base_env, last_lines, run_to_end, zero_values};
 use crate::layers::Layers;
 use crate::routes::ProxyPlan;
-use crate::{Agent, AppDir, Failure, Instance, Out, Phase, Result, bounds_failure, proc, state};
+use crate::{
+    Agent, AppDir, Error, Instance, Out, Phase, Result, proc, read_generation, release_of, state,
+};
 
 impl Agent {
     /// A fleet deploy is live here but not yet kept: waits `secs` for the deployer's
@@ -83,12 +85,11 @@ impl Agent {
         );
         let _ = state::append_audit(&self.root, &entry);
         reverted?;
-        Err(Failure::new(format!(
-            "{reason}: `{app}` is back on {}",
-            from.map_or("no generation (stopped)".to_string(), |g| format!(
-                "generation {g}"
-            ))
-        )))
+        Err(Error::Unconfirmed {
+            app: app.to_string(),
+            reason,
+            back_on: from,
+        })
     }
 
     pub(crate) fn deploy(
@@ -103,16 +104,11 @@ impl Agent {
         let manifest = self.store.trusted_manifest(&id)?;
         let app = manifest.app.clone();
         manifest.runtime.check_bounds().map_err(|(m, h)| {
-            bounds_failure((format!("release {app}@{}: {m}", manifest.version), h))
+            Error::bounds((format!("release {app}@{}: {m}", manifest.version), h))
         })?;
         let _guard = self.claim(&app, who)?;
-        if let Some((g, _)) = self.lock().get(&app).and_then(|rt| rt.canary) {
-            return Err(Failure::new(format!(
-                "a canary of `{app}` (generation {g}) is in progress"
-            ))
-            .hint(format!(
-                "finish it first: `drover promote {app}` or `drover abort {app}`"
-            )));
+        if let Some((generation, _)) = self.lock().get(&app).and_then(|rt| rt.canary) {
+            return Err(Error::CanaryInProgress { app, generation });
         }
         out.event(format!(
             "deploying {}@{} ({})",
@@ -150,25 +146,19 @@ impl Agent {
         };
         for p in g.processes.iter().flatten() {
             if !manifest.runtime.process.contains_key(p) {
-                return Err(Failure::new(format!(
-                    "release {}@{} has no process `{p}`",
-                    app, manifest.version
-                ))
-                .hint(format!(
-                    "its processes: {}",
-                    manifest
-                        .runtime
-                        .process
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+                return Err(Error::UnknownProcess {
+                    app,
+                    version: manifest.version.clone(),
+                    process: p.clone(),
+                    processes: manifest.runtime.process.keys().cloned().collect(),
+                });
             }
         }
         g.env = self.check_config(&manifest, &g)?.0;
-        dir.create()?;
-        dir.write_generation(&g)?;
+        dir.create()
+            .map_err(Error::io(format!("cannot create the state of `{app}`")))?;
+        dir.write_generation(&g)
+            .map_err(write_failed(&app, g.generation))?;
         self.switch(&dir, &g, &manifest, true, canary, out)?;
         Ok(app)
     }
@@ -186,8 +176,10 @@ impl Agent {
         let history = dir.history();
         let target = match to {
             Some(n) => history.iter().find(|g| g.generation == n).ok_or_else(|| {
-                Failure::new(format!("app `{app}` has no generation {n}"))
-                    .hint(format!("`drover history {app}` lists its generations"))
+                Error::UnknownGeneration {
+                    app: app.to_string(),
+                    generation: n,
+                }
             })?,
             None => {
                 let cur_release = current
@@ -201,25 +193,19 @@ impl Agent {
                         matches!(g.outcome.as_str(), "live" | "superseded")
                             && Some(&g.release) != cur_release.as_ref()
                     })
-                    .ok_or_else(|| {
-                        Failure::new(format!(
-                            "app `{app}` has no earlier live generation to roll back to"
-                        ))
-                        .hint(format!("`drover history {app}` lists its generations"))
+                    .ok_or_else(|| Error::NoEarlierGeneration {
+                        app: app.to_string(),
                     })?
             }
         };
         if Some(target.generation) == current {
-            return Err(Failure::new(format!(
-                "generation {} is already the live generation of `{app}`",
-                target.generation
-            )));
+            return Err(Error::AlreadyLive {
+                app: app.to_string(),
+                generation: target.generation,
+            });
         }
-        let id: drover_store::Hash = target
-            .release
-            .parse()
-            .map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.trusted_manifest(&id)?;
+        let full = read_generation(&dir, app, target.generation)?;
+        let manifest = self.store.trusted_manifest(&release_of(app, &full)?)?;
         out.event(format!(
             "rolling back {app} to generation {} ({}@{})",
             target.generation, app, target.version
@@ -250,12 +236,6 @@ impl Agent {
                 Vec::new()
             }
         };
-        let full = dir.generation(target.generation).ok_or_else(|| {
-            Failure::new(format!(
-                "generation {} of `{app}` is unreadable",
-                target.generation
-            ))
-        })?;
         // The target's release, config and secrets, as a new generation.
         let g = state::Generation {
             generation: dir.next_number(),
@@ -266,7 +246,8 @@ impl Agent {
             instances_of: (!warm_pids.is_empty()).then_some(target_inst_gen),
             ..full
         };
-        dir.write_generation(&g)?;
+        dir.write_generation(&g)
+            .map_err(write_failed(app, g.generation))?;
         if !warm_pids.is_empty() {
             out.event(format!(
                 "generation {} is still warm: switching without a start",
@@ -276,7 +257,7 @@ impl Agent {
             let attempt = Attempt::new(self, &dir, app, g.generation);
             let plan = self
                 .prepare_proxy(app, manifest.runtime.proxy.as_ref())
-                .inspect_err(|e| attempt.fail(e.0.message.clone()))?;
+                .inspect_err(|e| attempt.fail(e.to_string()))?;
             return self.go_live(
                 &dir,
                 &g,
@@ -296,11 +277,11 @@ impl Agent {
         let mut apps = self.lock();
         let rt = apps.entry(app.to_string()).or_default();
         if let Some((holder, since)) = &rt.deploying {
-            return Err(Failure::new(format!(
-                "app `{app}` is locked: a deploy by {holder} has been running since {}",
-                fmt_time(*since)
-            ))
-            .hint("wait for it to finish, then try again"));
+            return Err(Error::Locked {
+                app: app.to_string(),
+                holder: holder.clone(),
+                since: *since,
+            });
         }
         rt.deploying = Some((who.to_string(), state::now()));
         Ok(ClaimGuard {
@@ -323,19 +304,20 @@ impl Agent {
         drover_store::failpoint::hit("agent.switch.pending");
         let app = manifest.app.clone();
         let attempt = Attempt::new(self, dir, &app, g.generation);
-        let fail = |reason: String, details: Vec<String>| -> Failure {
-            attempt.fail(reason.clone());
-            Failure::new(format!(
-                "deploy of {}@{} (generation {}) failed: {reason}",
-                app, g.version, g.generation
-            ))
-            .details(details)
+        let fail = |cause: Error| -> Error {
+            attempt.fail(cause.to_string());
+            Error::DeployFailed {
+                app: app.clone(),
+                version: g.version.clone(),
+                generation: g.generation,
+                cause: Box::new(cause),
+            }
         };
-        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let id = release_of(&app, g)?;
         let checked = self
             .store
             .materialise_checked(&id)
-            .map_err(|e| fail(e.to_string(), vec![]))?;
+            .map_err(|e| fail(e.into()))?;
         if !checked.rebuilt.is_empty() {
             let damage: Vec<String> = checked
                 .rebuilt
@@ -358,22 +340,16 @@ impl Agent {
         let tree = checked.path;
         let plan = self
             .prepare_proxy(&app, manifest.runtime.proxy.as_ref())
-            .map_err(|e| fail(e.0.message, vec![]))?;
+            .map_err(fail)?;
         if canary.is_some() && !matches!(plan, ProxyPlan::Keep) {
-            return Err(fail(
-                "a canary cannot change `[proxy]` (its port or settings): the live proxy serves both generations".into(),
-                vec![],
-            ));
+            return Err(fail(Error::CanaryChangesProxy));
         }
 
         if run_hook && let Some(hook) = &manifest.runtime.hooks.release {
             out.event(format!("running release hook `{hook}`"));
             let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
             let mut env = base_env(&self.tag, &app, g, manifest);
-            for (k, v) in self
-                .secrets_of(g.secrets.as_deref())
-                .map_err(|e| fail(e.0.message, vec![]))?
-            {
+            for (k, v) in self.secrets_of(g.secrets.as_deref()).map_err(fail)? {
                 env.insert(k, v.to_string());
             }
             let ran = run_to_end(hook, &tree, &env, &log);
@@ -381,12 +357,12 @@ impl Agent {
             match ran {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Err(fail(
-                        format!("release hook `{hook}` failed"),
-                        last_lines("release", &log),
-                    ));
+                    return Err(fail(Error::HookFailed {
+                        hook: hook.clone(),
+                        details: last_lines("release", &log),
+                    }));
                 }
-                Err(e) => return Err(fail(format!("cannot run release hook: {e}"), vec![])),
+                Err(e) => return Err(fail(Error::io("cannot run release hook")(e))),
             }
         }
 
@@ -396,7 +372,9 @@ impl Agent {
             match self.spawn_instance(&app, &process, index, g.generation, spec, false) {
                 Ok(pid) => attempt.started.borrow_mut().push(pid),
                 Err(e) => {
-                    return Err(fail(format!("cannot start {process}.{index}: {e}"), vec![]));
+                    return Err(fail(Error::io(format!("cannot start {process}.{index}"))(
+                        e,
+                    )));
                 }
             }
         }
@@ -404,16 +382,15 @@ impl Agent {
         if canary.is_none() {
             // Prepared while the instances start: the switch will be a single rename.
             dir.stage_current(g.generation)
-                .map_err(|e| fail(format!("cannot stage the switch: {e}"), vec![]))?;
+                .map_err(|e| fail(Error::io("cannot stage the switch")(e)))?;
         }
-        if let Err((reason, details)) = self.wait_healthy(&app, &started, manifest, out) {
-            return Err(fail(reason, details));
-        }
+        self.wait_healthy(&app, &started, manifest, out)
+            .map_err(fail)?;
         let healthy_at = Instant::now();
 
         if let Some(weight) = canary {
             dir.record(g.generation, "canary", None)
-                .map_err(|e| fail(format!("cannot record the canary: {e}"), vec![]))?;
+                .map_err(|e| fail(Error::io("cannot record the canary")(e)))?;
             attempt.live.set(true);
             {
                 let mut apps = self.lock();
@@ -462,11 +439,11 @@ impl Agent {
         // traffic moves at once, then the directory is synced and the history written.
         drover_store::failpoint::hit("agent.switch.before_rename");
         dir.switch_current(g.generation).map_err(|e| {
-            let reason = format!("cannot switch `current`: {e}");
+            let e = Error::io("cannot switch `current`")(e);
             if let Some(a) = attempt {
-                a.fail(reason.clone());
+                a.fail(e.to_string());
             }
-            Failure::new(reason)
+            e
         })?;
         // Live from here on, whatever fails next.
         if let Some(a) = attempt {
@@ -492,14 +469,17 @@ impl Agent {
         };
         // The proxy follows the generation that is live now, and only it.
         if let Err(e) = self.install_proxy(&app, proxy) {
-            eprintln!("drover agent: {app}: {}", e.0.message);
-            out.event(format!("the proxy did not change: {}", e.0.message));
+            eprintln!("drover agent: {app}: {e}");
+            out.event(format!("the proxy did not change: {e}"));
         }
         self.refresh_routes(&app);
         let moved = healthy_at.elapsed();
-        dir.sync()?;
-        dir.record(g.generation, "live", None)?;
-        dir.set_stopped(false)?;
+        dir.sync()
+            .map_err(Error::io(format!("cannot sync the switch of `{app}`")))?;
+        dir.record(g.generation, "live", None)
+            .map_err(record_failed(&app, g.generation))?;
+        dir.set_stopped(false)
+            .map_err(Error::io(format!("cannot mark `{app}` started")))?;
         if let Some(p) = previous.filter(|p| *p != g.generation) {
             let _ = dir.record(p, "superseded", None);
         }
@@ -543,13 +523,12 @@ impl Agent {
         let dir = self.app_dir(app)?;
         let _guard = self.claim(app, who)?;
         let Some((gen_n, _)) = self.lock().get(app).and_then(|rt| rt.canary) else {
-            return Err(Failure::new(format!("`{app}` has no canary in progress")));
+            return Err(Error::NoCanary {
+                app: app.to_string(),
+            });
         };
-        let g = dir
-            .generation(gen_n)
-            .ok_or_else(|| Failure::new(format!("generation {gen_n} is unreadable")))?;
-        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.trusted_manifest(&id)?;
+        let g = read_generation(&dir, app, gen_n)?;
+        let manifest = self.store.trusted_manifest(&release_of(app, &g)?)?;
         let pids = self.pids_of(app, gen_n);
         let plan = self.prepare_proxy(app, manifest.runtime.proxy.as_ref())?;
         out.event(format!("promoting generation {gen_n} to all traffic"));
@@ -560,10 +539,13 @@ impl Agent {
         let dir = self.app_dir(app)?;
         let _guard = self.claim(app, who)?;
         let Some((gen_n, _)) = self.lock().get_mut(app).and_then(|rt| rt.canary.take()) else {
-            return Err(Failure::new(format!("`{app}` has no canary in progress")));
+            return Err(Error::NoCanary {
+                app: app.to_string(),
+            });
         };
         self.refresh_routes(app);
-        dir.record(gen_n, "aborted", Some(format!("aborted by {who}")))?;
+        dir.record(gen_n, "aborted", Some(format!("aborted by {who}")))
+            .map_err(record_failed(app, gen_n))?;
         let pids = self.pids_of(app, gen_n);
         out.event(format!(
             "all traffic is back on the stable generation; stopping {} canary instances",
@@ -655,7 +637,14 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-fn fmt_time(secs: u64) -> String {
-    let ago = state::now().saturating_sub(secs);
-    format!("{ago}s ago (unix time {secs})")
+/// A generation's file that could not be written.
+pub(crate) fn write_failed(app: &str, generation: u64) -> impl FnOnce(std::io::Error) -> Error {
+    Error::io(format!("cannot write generation {generation} of `{app}`"))
+}
+
+/// A generation's outcome that could not be recorded.
+fn record_failed(app: &str, generation: u64) -> impl FnOnce(std::io::Error) -> Error {
+    Error::io(format!(
+        "cannot record the outcome of generation {generation} of `{app}`"
+    ))
 }

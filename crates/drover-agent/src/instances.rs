@@ -12,8 +12,8 @@ use drover_store::Manifest;
 use rustix::process::Signal;
 
 use crate::{
-    Agent, AppDir, Failure, Instance, InstanceSpec, Out, Phase, Result, proc, secrets_failure,
-    spawn_or_run, state,
+    Agent, AppDir, Error, Instance, InstanceSpec, Out, Phase, Result, proc, read_generation,
+    release_of, spawn_or_run, state,
 };
 
 impl Agent {
@@ -24,10 +24,8 @@ impl Agent {
         let Some(text) = text else {
             return Ok(BTreeMap::new());
         };
-        let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")
-            .map_err(secrets_failure)?;
-        file.decrypt_all(&self.identity, "the secrets file")
-            .map_err(secrets_failure)
+        let file = drover_config::secrets::SecretsFile::parse(text, "the secrets file")?;
+        Ok(file.decrypt_all(&self.identity, "the secrets file")?)
     }
 
     /// Starts an instance with its secrets decrypted into its environment; the agent's
@@ -39,7 +37,7 @@ impl Agent {
     ) -> std::io::Result<Child> {
         let secrets = self
             .secrets_of(spec.secrets.as_deref())
-            .map_err(|f| std::io::Error::other(f.0.message))?;
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         for (k, v) in &secrets {
             env.insert(k.clone(), v.to_string());
         }
@@ -168,7 +166,7 @@ impl Agent {
         pids: &[u32],
         manifest: &Manifest,
         out: &mut Out,
-    ) -> std::result::Result<(), (String, Vec<String>)> {
+    ) -> Result<()> {
         let health = manifest.runtime.health.as_ref();
         let timeout = health
             .map(|h| h.timeout.0)
@@ -202,7 +200,11 @@ impl Agent {
                 if let Some(status) = exited {
                     let mut details = vec![format!("last lines of {name}:")];
                     details.extend(last_lines(&name, &spec.log));
-                    return Err((format!("{name} exited during start-up ({status})"), details));
+                    return Err(Error::Exited {
+                        instance: name,
+                        status,
+                        details,
+                    });
                 }
                 let result = match (health, port) {
                     (Some(h), Some(port)) if h.path.is_some() => proc::probe_http(
@@ -267,13 +269,7 @@ impl Agent {
                         details.extend(last_lines(&i.process, &i.spec.log));
                     }
                 }
-                return Err((
-                    format!(
-                        "health check did not pass within {}",
-                        drover_config::Seconds(timeout)
-                    ),
-                    details,
-                ));
+                return Err(Error::Unhealthy { timeout, details });
             }
             // Probe often at first (most apps are up within milliseconds), then back off.
             poll = (poll * 2).min(Duration::from_millis(20));
@@ -306,7 +302,8 @@ impl Agent {
     pub(crate) fn stop_app(&self, app: &str, who: &str) -> Result<()> {
         let dir = self.app_dir(app)?;
         let _guard = self.claim(app, who)?;
-        dir.set_stopped(true)?;
+        dir.set_stopped(true)
+            .map_err(Error::io(format!("cannot mark `{app}` stopped")))?;
         let pids: Vec<u32> = self
             .lock()
             .get(app)
@@ -320,10 +317,9 @@ impl Agent {
         let dir = self.app_dir(app)?;
         let _guard = self.claim(app, who)?;
         let Some(current) = dir.current() else {
-            return Err(
-                Failure::new(format!("app `{app}` has no live generation to start"))
-                    .hint("deploy it first: `drover deploy DIR`".to_string()),
-            );
+            return Err(Error::NotDeployed {
+                app: app.to_string(),
+            });
         };
         let running = self.lock().get(app).is_some_and(|rt| {
             rt.instances
@@ -333,28 +329,32 @@ impl Agent {
         if running && !dir.stopped() {
             return Ok(());
         }
-        let g = dir.generation(current).ok_or_else(|| {
-            Failure::new(format!("generation {current} of `{app}` is unreadable"))
-        })?;
-        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
+        let g = read_generation(&dir, app, current)?;
+        let id = release_of(app, &g)?;
         let manifest = self.store.trusted_manifest(&id)?;
         let tree = self.store.materialise(&id)?;
         let mut started = Vec::new();
         for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree) {
-            started.push(self.spawn_instance(
-                app,
-                &process,
-                index,
-                g.instance_gen(),
-                spec,
-                false,
-            )?);
+            let pid = self
+                .spawn_instance(app, &process, index, g.instance_gen(), spec, false)
+                .map_err(Error::io(format!("cannot start {process}.{index}")));
+            match pid {
+                Ok(pid) => started.push(pid),
+                Err(e) => {
+                    self.stop_now(app, &started);
+                    return Err(e);
+                }
+            }
         }
-        if let Err((reason, details)) = self.wait_healthy(app, &started, &manifest, out) {
+        if let Err(e) = self.wait_healthy(app, &started, &manifest, out) {
             self.stop_now(app, &started);
-            return Err(Failure::new(format!("start of `{app}` failed: {reason}")).details(details));
+            return Err(Error::StartFailed {
+                app: app.to_string(),
+                cause: Box::new(e),
+            });
         }
-        dir.set_stopped(false)?;
+        dir.set_stopped(false)
+            .map_err(Error::io(format!("cannot mark `{app}` started")))?;
         let mut apps = self.lock();
         for i in apps
             .entry(app.to_string())

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use drover_store::Manifest;
 
-use crate::{Agent, Failure, Out, Result, bounds_failure, secrets_failure, state};
+use crate::deploy::write_failed;
+use crate::{Agent, Error, Out, Result, state};
 
 impl Agent {
     /// Merges a generation's config layers (release < environment < role < host) and checks
@@ -34,14 +35,10 @@ impl Agent {
                 drover_config::secrets::SecretsFile::file_name(g.environment.as_deref()),
                 manifest.app
             );
-            let file =
-                drover_config::secrets::SecretsFile::parse(text, &what).map_err(secrets_failure)?;
+            let file = drover_config::secrets::SecretsFile::parse(text, &what)?;
             // Decrypting now proves this host can start the app; the values are dropped
             // (and zeroed) at once.
-            drop(
-                file.decrypt_all(&self.identity, &what)
-                    .map_err(secrets_failure)?,
-            );
+            drop(file.decrypt_all(&self.identity, &what)?);
             secrets.extend(file.secrets.keys().cloned());
         }
         let entries = check_keys(
@@ -67,18 +64,15 @@ impl Agent {
         let mut host_config = live.host_config.clone();
         for key in &unset {
             if host_config.remove(key).is_none() {
-                return Err(
-                    Failure::new(format!("`{key}` is not a host config value of `{app}`")).hint(
-                        format!("`drover config list {app}` shows each value's source"),
-                    ),
-                );
+                return Err(Error::NotHostConfig {
+                    app: app.to_string(),
+                    key: key.clone(),
+                });
             }
         }
         for (k, v) in set {
             if !drover_config::valid_env_key(&k) {
-                return Err(Failure::new(format!(
-                    "`{k}` is not a valid environment variable name"
-                )));
+                return Err(Error::BadEnvKey { key: k });
             }
             host_config.insert(k, v);
         }
@@ -94,7 +88,8 @@ impl Agent {
             ..live
         };
         g.env = self.check_config(&manifest, &g)?.0;
-        dir.write_generation(&g)?;
+        dir.write_generation(&g)
+            .map_err(write_failed(app, g.generation))?;
         out.event(format!(
             "config changed: generation {} restarts {}@{}",
             g.generation, app, g.version
@@ -132,7 +127,7 @@ fn merge_layers(
     let mut entries = Entries::new();
     for (layer, source) in layers {
         drover_config::check_env_values(*layer, |k| format!("`{k}` ({source})"))
-            .map_err(bounds_failure)?;
+            .map_err(Error::bounds)?;
         for (k, v) in *layer {
             env.insert(k.clone(), v.clone());
             entries.insert(
@@ -146,7 +141,7 @@ fn merge_layers(
             );
         }
     }
-    drover_config::check_env_total(&env).map_err(bounds_failure)?;
+    drover_config::check_env_total(&env).map_err(Error::bounds)?;
     Ok((env, entries))
 }
 
@@ -162,11 +157,7 @@ fn check_keys(
 ) -> Result<Vec<drover_wire::ConfigEntry>> {
     for key in secrets {
         if env.contains_key(key) {
-            return Err(
-                Failure::new(format!("`{key}` is both a config value and a secret")).hint(format!(
-                    "remove one of them: `drover secrets rm {key}` or the [env] entry"
-                )),
-            );
+            return Err(Error::SecretShadowsValue { key: key.clone() });
         }
         entries.insert(
             key.clone(),
@@ -180,12 +171,10 @@ fn check_keys(
     }
     for key in required {
         if !entries.contains_key(key) {
-            return Err(Failure::new(format!(
-                "required config key `{key}` is not set (drover.toml [config] required)"
-            ))
-            .hint(format!(
-                "set it in [env], in the environment's env, with `drover config set {app} {key}=...`, or as a secret"
-            )));
+            return Err(Error::RequiredKeyUnset {
+                app: app.to_string(),
+                key: key.clone(),
+            });
         }
     }
     Ok(entries.into_values().collect())
@@ -237,12 +226,12 @@ mod tests {
             (&role, "role db".into()),
         ])
         .unwrap_err();
+        let message = e.to_string();
         assert!(
-            e.0.message.starts_with("`BIG` (role db): the value is"),
-            "{}",
-            e.0.message
+            message.starts_with("`BIG` (role db): the value is"),
+            "{message}"
         );
-        assert!(e.0.hint.is_some());
+        assert!(e.hint().is_some());
         // Each value within its bound, all of them together beyond theirs.
         let value = "x".repeat(drover_config::MAX_ENV_VALUE);
         let many: BTreeMap<String, String> = (0..=drover_config::MAX_ENV_TOTAL
@@ -250,10 +239,10 @@ mod tests {
             .map(|i| (format!("K{i}"), value.clone()))
             .collect();
         let e = merge_layers(&[(&many, "release".into())]).unwrap_err();
+        let message = e.to_string();
         assert!(
-            e.0.message.starts_with("the config values add up to"),
-            "{}",
-            e.0.message
+            message.starts_with("the config values add up to"),
+            "{message}"
         );
     }
 
@@ -266,7 +255,7 @@ mod tests {
         assert_eq!(all[1].value, None);
         assert_eq!(all[1].source, "secret");
         let e = check_keys(&env, entries, &keys(&["A"]), &[], "web").unwrap_err();
-        assert_eq!(e.0.message, "`A` is both a config value and a secret");
+        assert_eq!(e.to_string(), "`A` is both a config value and a secret");
     }
 
     #[test]
@@ -282,9 +271,9 @@ mod tests {
         .unwrap();
         let e = check_keys(&env, entries, &[], &keys(&["A", "B"]), "web").unwrap_err();
         assert_eq!(
-            e.0.message,
+            e.to_string(),
             "required config key `B` is not set (drover.toml [config] required)"
         );
-        assert!(e.0.hint.unwrap().contains("drover config set web B=..."));
+        assert!(e.hint().unwrap().contains("drover config set web B=..."));
     }
 }

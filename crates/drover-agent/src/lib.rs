@@ -5,6 +5,7 @@
 //! outlive the agent; a restarted agent finds them again through their environment tag.
 
 mod deploy;
+mod error;
 mod handover;
 mod instances;
 mod layers;
@@ -25,53 +26,14 @@ use std::time::{Duration, Instant};
 
 use drover_proxy::{Backend, ProxyHandle};
 use drover_store::{Manifest, Store};
-use drover_wire::{Event, Line, WireError};
+use drover_wire::{Event, Line};
 
+pub use error::Error;
+use error::Result;
 use monitor::FIRST_BACKOFF;
 use routes::ProxyConf;
 use server::Conns;
 pub use state::{AppDir, append_audit, apps, now, read_audit};
-
-/// An error answered to the client: a message, a hint, and extra lines.
-#[derive(Debug)]
-pub struct Failure(WireError);
-
-impl Failure {
-    fn new(message: impl Into<String>) -> Failure {
-        Failure(WireError {
-            message: message.into(),
-            hint: None,
-            details: Vec::new(),
-        })
-    }
-
-    fn hint(mut self, hint: impl Into<String>) -> Failure {
-        self.0.hint = Some(hint.into());
-        self
-    }
-
-    fn details(mut self, details: Vec<String>) -> Failure {
-        self.0.details = details;
-        self
-    }
-}
-
-impl From<drover_store::Error> for Failure {
-    fn from(e: drover_store::Error) -> Failure {
-        let hint = e.hint();
-        let mut f = Failure::new(e.to_string());
-        f.0.hint = hint;
-        f
-    }
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Failure {
-        Failure::new(format!("agent I/O error: {e}"))
-    }
-}
-
-type Result<T, E = Failure> = std::result::Result<T, E>;
 
 #[derive(Debug, PartialEq)]
 enum Phase {
@@ -235,8 +197,8 @@ impl Out<'_> {
 
     /// One element of a list reply (`Line::Item`).
     fn item(&mut self, item: serde_json::Value) -> Result<()> {
-        drover_wire::write_line(self.stream, &Line::Item { item })?;
-        Ok(())
+        drover_wire::write_line(self.stream, &Line::Item { item })
+            .map_err(Error::io("cannot answer the client"))
     }
 }
 
@@ -248,20 +210,20 @@ impl Agent {
     fn app_dir(&self, app: &str) -> Result<AppDir> {
         let dir = AppDir::new(&self.root, app);
         if !drover_config::valid_name(app) || !dir.exists() {
-            return Err(Failure::new(format!("no app named `{app}` on this host"))
-                .hint("`drover status` lists the apps this host runs"));
+            return Err(Error::UnknownApp {
+                app: app.to_string(),
+            });
         }
         Ok(dir)
     }
 
     fn live_generation(&self, app: &str) -> Result<(AppDir, state::Generation, Manifest)> {
         let dir = self.app_dir(app)?;
-        let g = dir
-            .current()
-            .and_then(|c| dir.generation(c))
-            .ok_or_else(|| Failure::new(format!("app `{app}` has no live generation")))?;
-        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let manifest = self.store.trusted_manifest(&id)?;
+        let current = dir.current().ok_or_else(|| Error::NotDeployed {
+            app: app.to_string(),
+        })?;
+        let g = read_generation(&dir, app, current)?;
+        let manifest = self.store.trusted_manifest(&release_of(app, &g)?)?;
         Ok((dir, g, manifest))
     }
 }
@@ -271,18 +233,22 @@ pub fn host_key_path(root: &Path) -> PathBuf {
     root.join("keys/host.age")
 }
 
-/// A value out of `drover_config`'s bounds: its message and hint.
-fn bounds_failure((message, hint): (String, Option<String>)) -> Failure {
-    let mut f = Failure::new(message);
-    f.0.hint = hint;
-    f
+/// Generation `n` of `app`, read from its file.
+fn read_generation(dir: &AppDir, app: &str, n: u64) -> Result<state::Generation> {
+    dir.generation(n)
+        .ok_or_else(|| Error::UnreadableGeneration {
+            app: app.to_string(),
+            generation: n,
+        })
 }
 
-fn secrets_failure(e: drover_config::secrets::SecretsError) -> Failure {
-    let hint = e.hint();
-    let mut f = Failure::new(e.to_string());
-    f.0.hint = hint;
-    f
+/// The release a generation runs.
+fn release_of(app: &str, g: &state::Generation) -> Result<drover_store::Hash> {
+    g.release.parse().map_err(|message| Error::BadReleaseId {
+        app: app.to_string(),
+        generation: g.generation,
+        message,
+    })
 }
 
 fn to_json(v: impl serde::Serialize) -> serde_json::Value {

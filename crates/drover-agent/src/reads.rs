@@ -10,7 +10,7 @@ use std::time::Duration;
 use drover_wire::{AppStatus, CanaryStatus, InstanceStatus, Line, ProxyStatus, RunSpec};
 
 use crate::instances::base_env;
-use crate::{Agent, AppDir, Failure, Phase, Result, apps, proc, to_json};
+use crate::{Agent, AppDir, Phase, Result, apps, proc, release_of, to_json};
 
 /// A generation as one history line, shorter than the protocol's limit: one written before
 /// config values were bounded shows the sizes of its values, not the values.
@@ -143,9 +143,7 @@ impl Agent {
         let current = dir.current();
         let files: Vec<(String, PathBuf)> = match current.and_then(|c| dir.generation(c)) {
             Some(g) => {
-                let id: drover_store::Hash =
-                    g.release.parse().map_err(|e: String| Failure::new(e))?;
-                let manifest = self.store.manifest(&id)?;
+                let manifest = self.store.manifest(&release_of(app, &g)?)?;
                 let mut v = Vec::new();
                 let hook = dir.logs_dir().join(format!("{}-release.log", g.generation));
                 if hook.exists() {
@@ -228,8 +226,7 @@ impl Agent {
 
     pub(crate) fn run_spec(&self, app: &str) -> Result<RunSpec> {
         let (_, g, manifest) = self.live_generation(app)?;
-        let id: drover_store::Hash = g.release.parse().map_err(|e: String| Failure::new(e))?;
-        let tree = self.store.materialise(&id)?;
+        let tree = self.store.materialise(&release_of(app, &g)?)?;
         let mut env = base_env(&self.tag, app, &g, &manifest);
         env.remove(proc::ENV_ROOT);
         // Over the 0600 socket to the CLI, which puts them in the task's environment.

@@ -108,7 +108,7 @@ impl Agent {
                     .and_then(|plan| self.install_proxy(&app, plan))
                 {
                     Ok(()) => self.refresh_routes(&app),
-                    Err(e) => eprintln!("drover agent: {}", e.0.message),
+                    Err(e) => eprintln!("drover agent: {e}"),
                 }
             }
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use drover_proxy::{Backend, ProxyHandle, Routes};
 
-use crate::{Agent, AppDir, Failure, Instance, Phase, Result};
+use crate::{Agent, AppDir, Error, Instance, Phase, Result};
 
 /// The settings an app's proxy serves with: what `[proxy]` says besides how to switch.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,9 +83,8 @@ impl Agent {
 
     pub(crate) fn proxy_of(&self, app: &str) -> Result<ProxyHandle> {
         self.app_dir(app)?;
-        self.proxy(app).ok_or_else(|| {
-            Failure::new(format!("`{app}` has no proxy"))
-                .hint("set `[proxy] port` in its drover.toml")
+        self.proxy(app).ok_or_else(|| Error::NoProxy {
+            app: app.to_string(),
         })
     }
 
@@ -110,7 +109,10 @@ impl Agent {
             }
             if p.port == want.port {
                 // Other settings, same port: a new proxy takes over the same socket.
-                return Ok(ProxyPlan::Serve(p.listener().try_clone()?, want));
+                let listener = p.listener().try_clone().map_err(Error::io(format!(
+                    "cannot take over the socket of the proxy of `{app}`"
+                )))?;
+                return Ok(ProxyPlan::Serve(listener, want));
             }
         }
         let inherited = self
@@ -122,12 +124,10 @@ impl Agent {
             Some(l) => Ok(l),
             None => std::net::TcpListener::bind(("0.0.0.0", want.port)),
         }
-        .map_err(|e| {
-            Failure::new(format!(
-                "cannot bind port {} for the proxy of `{app}`: {e}",
-                want.port
-            ))
-            .hint("another program or app uses that port: change `[proxy] port`")
+        .map_err(|err| Error::PortInUse {
+            app: app.to_string(),
+            port: want.port,
+            err,
         })?;
         Ok(ProxyPlan::Serve(listener, want))
     }
@@ -141,9 +141,13 @@ impl Agent {
             ProxyPlan::Remove => (None, None),
             ProxyPlan::Serve(listener, conf) => {
                 // Routed from its first connection: an agent taking over serves at once.
-                let handle =
-                    self.runtime()?
-                        .serve(app, listener, conf.settings(), self.routes_for(app))?;
+                let handle = self
+                    .runtime()
+                    .and_then(|rt| rt.serve(app, listener, conf.settings(), self.routes_for(app)))
+                    .map_err(Error::io(format!(
+                        "cannot start the proxy of `{app}` on port {}",
+                        conf.port
+                    )))?;
                 (Some(handle), Some(conf))
             }
         };

@@ -16,7 +16,7 @@ use drover_wire::{Line, Reply, Request, WireError};
 
 use crate::layers::Layers;
 use crate::reads::fit_line;
-use crate::{Agent, Failure, Options, Out, Result, handover, host_key_path, to_json};
+use crate::{Agent, Error, Options, Out, Result, handover, host_key_path, to_json};
 
 /// Client connections the agent serves at once, in all.
 const MAX_CONNS: usize = 128;
@@ -37,18 +37,20 @@ pub(crate) struct Conns {
 
 impl Conns {
     /// Counts a new connection from process `client`, or says why it is refused.
-    fn admit(&mut self, client: u32) -> std::result::Result<(), String> {
+    fn admit(&mut self, client: u32) -> Result<()> {
         let mine = self.by_client.get(&client).copied().unwrap_or(0);
         if mine >= MAX_CONNS_PER_CLIENT {
-            return Err(format!(
-                "process {client} has {mine} connections to the agent open already (at most {MAX_CONNS_PER_CLIENT} per client)"
-            ));
+            return Err(Error::ClientBusy {
+                client,
+                open: mine,
+                max: MAX_CONNS_PER_CLIENT,
+            });
         }
         if self.total >= MAX_CONNS {
-            return Err(format!(
-                "the agent serves {} connections already (at most {MAX_CONNS})",
-                self.total
-            ));
+            return Err(Error::AgentBusy {
+                open: self.total,
+                max: MAX_CONNS,
+            });
         }
         self.total += 1;
         *self.by_client.entry(client).or_default() += 1;
@@ -165,14 +167,10 @@ impl Agent {
         let client = rustix::net::sockopt::socket_peercred(&conn)
             .map(|c| c.pid.as_raw_nonzero().get() as u32)
             .unwrap_or(0);
-        let refuse = |conn: &UnixStream, message: String, hint: &str| {
-            eprintln!("drover agent: refused a connection: {message}");
+        let refuse = |conn: &UnixStream, e: Error| {
+            eprintln!("drover agent: refused a connection: {e}");
             let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
-            let reply = Reply::Error(WireError {
-                message,
-                hint: Some(hint.to_string()),
-                details: Vec::new(),
-            });
+            let reply = Reply::Error(WireError::from(&e));
             let _ = drover_wire::write_line(&mut &*conn, &Line::Reply(reply));
         };
         let admitted = self
@@ -180,12 +178,8 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .admit(client);
-        if let Err(message) = admitted {
-            refuse(
-                &conn,
-                message,
-                "wait for the other requests to finish (a `drover logs -f` holds one), then try again",
-            );
+        if let Err(e) = admitted {
+            refuse(&conn, e);
             return;
         }
         let slot = Admitted {
@@ -202,11 +196,7 @@ impl Agent {
         if let Err(e) = started
             && let Some(conn) = spare
         {
-            refuse(
-                &conn,
-                format!("the agent cannot start a thread for this request: {e}"),
-                "the host is out of threads or memory (a pids or process limit?): stop something, then try again",
-            );
+            refuse(&conn, Error::NoThread { err: e });
         }
     }
 
@@ -225,12 +215,11 @@ impl Agent {
         let result = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Handover) => return self.hand_over(&mut stream),
             Ok(req) => self.handle(req, &mut stream, &mut reader),
-            Err(e) => Err(Failure::new(format!("bad request: {e}"))
-                .hint("the CLI and the agent may be different drover versions")),
+            Err(e) => Err(Error::BadRequest(e.to_string())),
         };
         let reply = match result {
             Ok(v) => Reply::Ok(v),
-            Err(Failure(e)) => Reply::Error(e),
+            Err(e) => Reply::Error(WireError::from(&e)),
         };
         let _ = drover_wire::write_line(&mut stream, &Line::Reply(reply));
     }
@@ -243,7 +232,9 @@ impl Agent {
     ) -> Result<serde_json::Value> {
         let mut out = Out { stream };
         match req {
-            Request::Handover => Err(Failure::new("a handover is answered before dispatch")),
+            Request::Handover => Err(Error::BadRequest(
+                "a handover is answered before dispatch".into(),
+            )),
             Request::Ping => Ok(
                 serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
             ),
@@ -259,8 +250,8 @@ impl Agent {
                 confirm_within,
                 processes,
             } => {
-                if canary.is_some_and(|w| w == 0 || w >= 100) {
-                    return Err(Failure::new("--canary takes a percentage from 1 to 99"));
+                if let Some(weight) = canary.filter(|w| *w == 0 || *w >= 100) {
+                    return Err(Error::CanaryOutOfRange { weight });
                 }
                 let layers = Layers {
                     environment: environment.clone(),
@@ -401,7 +392,7 @@ mod tests {
         for _ in 0..MAX_CONNS_PER_CLIENT {
             c.admit(7).unwrap();
         }
-        let e = c.admit(7).unwrap_err();
+        let e = c.admit(7).unwrap_err().to_string();
         assert!(
             e.contains("process 7") && e.contains("at most 16 per client"),
             "{e}"
@@ -411,7 +402,7 @@ mod tests {
         for client in 100..(100 + MAX_CONNS - MAX_CONNS_PER_CLIENT) as u32 {
             c.admit(client).unwrap();
         }
-        let e = c.admit(1).unwrap_err();
+        let e = c.admit(1).unwrap_err().to_string();
         assert!(e.contains("at most 128"), "{e}");
         c.release(100);
         c.admit(1).unwrap();

@@ -97,10 +97,24 @@ pub struct HostSpec {
 }
 
 impl HostSpec {
+    /// The fix for a host that does not parse.
+    pub const HINT: &str = "write `[user@]host[:port]`";
+
+    /// The host, or a message saying why `s` is none, with the fix (`HINT`): for callers
+    /// that have no hint of their own to give.
     pub fn parse(s: &str) -> Result<HostSpec, String> {
-        let bad = |why: &str| format!("`{s}` is not a host ({why}); write `[user@]host[:port]`");
+        HostSpec::checked(s).map_err(|m| format!("{m}; {}", HostSpec::HINT))
+    }
+
+    /// The host, or a message saying why `s` is none (without the fix: `HINT`).
+    pub fn checked(s: &str) -> Result<HostSpec, String> {
+        HostSpec::read(s).map_err(|why| format!("`{s}` is not a host ({why})"))
+    }
+
+    /// The host, or why `s` is none.
+    fn read(s: &str) -> Result<HostSpec, &'static str> {
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("empty, or has spaces"));
+            return Err("empty, or has spaces");
         }
         let (user, rest) = match s.split_once('@') {
             Some((u, r)) => (Some(u.to_string()), r),
@@ -110,17 +124,17 @@ impl HostSpec {
             .as_deref()
             .is_some_and(|u| u.is_empty() || u.contains('@'))
         {
-            return Err(bad("bad user"));
+            return Err("bad user");
         }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => {
-                let port = p.parse::<u16>().map_err(|_| bad("bad port"))?;
+                let port = p.parse::<u16>().map_err(|_| "bad port")?;
                 (h.to_string(), Some(port))
             }
             _ => (rest.to_string(), None),
         };
         if host.is_empty() || host.starts_with('-') {
-            return Err(bad("bad host name"));
+            return Err("bad host name");
         }
         Ok(HostSpec { user, host, port })
     }

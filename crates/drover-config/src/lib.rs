@@ -268,9 +268,7 @@ pub struct Proxy {
 fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seconds>, D::Error> {
     let s = Seconds::deserialize(d)?;
     if s.0.is_zero() {
-        return Err(serde::de::Error::custom(
-            "a timeout of 0 would close every connection at once; use a duration such as \"60s\"",
-        ));
+        return Err(serde::de::Error::custom(ZERO_TIMEOUT.0));
     }
     Ok(Some(s))
 }
@@ -353,7 +351,7 @@ impl Seconds {
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("`{s}` is not a duration (try \"30s\", \"500ms\", \"2m\")"))?;
+            .map_err(|_| format!("`{s}` {}", NOT_A_DURATION.0))?;
         let secs = |per: u64| {
             n.checked_mul(per)
                 .map(Duration::from_secs)
@@ -365,9 +363,7 @@ impl Seconds {
             "m" => secs(60)?,
             "h" => secs(3600)?,
             other => {
-                return Err(format!(
-                    "`{other}` is not a duration unit in `{s}` (use ms, s, m or h)"
-                ));
+                return Err(format!("`{other}` {} `{s}`", NOT_A_UNIT.0));
             }
         };
         // Longer would overflow a deadline (`Instant + d`) somewhere; no wait needs a year.
@@ -456,7 +452,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let message = e.to_string().trim_end().to_string();
-            let hint = did_you_mean(&message);
+            let hint = did_you_mean(&message).or_else(|| value_fix(&message));
             ConfigError::Invalid {
                 path: path.to_owned(),
                 message: format!("invalid drover.toml\n{message}"),
@@ -571,8 +567,12 @@ impl Config {
         for (name, e) in &self.environments {
             let mut seen = std::collections::BTreeSet::new();
             for h in &e.hosts {
-                let spec = fleet::HostSpec::parse(h)
-                    .map_err(|m| (format!("key `environments.{name}.hosts`: {m}"), None))?;
+                let spec = fleet::HostSpec::checked(h).map_err(|m| {
+                    (
+                        format!("key `environments.{name}.hosts`: {m}"),
+                        Some(fleet::HostSpec::HINT.into()),
+                    )
+                })?;
                 if !seen.insert(spec) {
                     return Err((
                         format!("key `environments.{name}.hosts`: `{h}` is listed twice"),
@@ -657,6 +657,32 @@ pub fn valid_env_key(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Messages of values that do not read (raised while toml reads them, so they reach
+/// `Config::parse` inside toml's message, never as an error of their own), each with its
+/// fix: `value_fix` finds it for the hint.
+const ZERO_TIMEOUT: (&str, &str) = (
+    "a timeout of 0 would close every connection at once",
+    "use a duration such as \"60s\"",
+);
+const NOT_A_UNIT: (&str, &str) = (
+    "is not a duration unit in",
+    "the units are ms, s, m and h: \"500ms\", \"30s\", \"2m\", \"1h\"",
+);
+const NOT_A_DURATION: (&str, &str) = (
+    "is not a duration",
+    "write a duration such as \"30s\", \"500ms\" or \"2m\"",
+);
+
+/// The fix for a value toml could not read because of one of our own checks (its message
+/// is the last line of toml's, under the line it quotes).
+fn value_fix(message: &str) -> Option<String> {
+    let last = message.lines().last()?;
+    [ZERO_TIMEOUT, NOT_A_UNIT, NOT_A_DURATION]
+        .iter()
+        .find(|(m, _)| last.contains(m))
+        .map(|(_, fix)| fix.to_string())
+}
+
 /// Turns toml's "unknown field `x`, expected one of `a`, `b`" into a "did you mean" hint.
 fn did_you_mean(message: &str) -> Option<String> {
     let rest = message.split("unknown field `").nth(1)?;
@@ -721,6 +747,49 @@ mod tests {
         let c = parse("[app]\nname = \"hello\"\n").unwrap();
         assert_eq!(c.app.name, "hello");
         assert!(c.process.is_empty());
+    }
+
+    #[test]
+    fn a_values_fix_is_its_hint_never_its_message() {
+        let proxy = "[app]\nname = \"a\"\n[process.web]\ncommand = \"x\"\nhttp = true\n[proxy]\nport = 8080\n";
+        let hosts = "[app]\nname = \"a\"\n[environments.p]\nhosts = [\"a b\"]\n";
+        for (text, message, hint) in [
+            (
+                format!("{proxy}idle_timeout = \"0s\"\n"),
+                "a timeout of 0 would close every connection at once",
+                "use a duration such as \"60s\"",
+            ),
+            (
+                format!("{proxy}drain_timeout = \"soon\"\n"),
+                "`soon` is not a duration",
+                "write a duration such as \"30s\", \"500ms\" or \"2m\"",
+            ),
+            (
+                format!("{proxy}drain_timeout = \"5d\"\n"),
+                "`d` is not a duration unit in `5d`",
+                "the units are ms, s, m and h",
+            ),
+            (
+                hosts.to_string(),
+                "`a b` is not a host (empty, or has spaces)",
+                "write `[user@]host[:port]`",
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("drover.toml")).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.contains(message), "{shown}");
+            assert!(!shown.contains(hint), "{shown} holds its hint");
+            let got = e.hint().unwrap_or_default();
+            assert!(got.starts_with(hint), "{text}: {got}");
+        }
+        // A value quoting those words gets no such hint.
+        let e = Config::parse(
+            &format!("{proxy}[env]\nA = [\"is not a duration\"]\n"),
+            Path::new("drover.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("A = [\"is not a duration\"]"), "{e}");
+        assert_eq!(e.hint(), None, "{e}");
     }
 
     #[test]

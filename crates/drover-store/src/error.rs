@@ -9,7 +9,12 @@ pub enum Error {
     Io { path: PathBuf, err: std::io::Error },
     /// Bad input: a file, archive, manifest or key that cannot be accepted.
     #[error("{what}: {message}")]
-    Invalid { what: String, message: String },
+    Invalid {
+        what: String,
+        message: String,
+        /// The fix, where there is one.
+        hint: Option<String>,
+    },
     /// An archive whose release expands to more than the import limit.
     #[error(
         "{what} expands to {} of files, more than the limit of {}",
@@ -64,6 +69,20 @@ impl Error {
         Error::Invalid {
             what: what.into(),
             message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Bad input, with the fix.
+    pub fn invalid_hinted(
+        what: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Error {
+        Error::Invalid {
+            what: what.into(),
+            message: message.into(),
+            hint: Some(hint.into()),
         }
     }
 
@@ -81,7 +100,7 @@ impl Error {
             Error::BadSignature { .. } => Some(
                 "the file was damaged or replaced: nothing of this release is used; `drover verify` lists every bad object; build the release again or re-import it with `drover unpack`".into(),
             ),
-            Error::Remote { hint, .. } => hint.clone(),
+            Error::Remote { hint, .. } | Error::Invalid { hint, .. } => hint.clone(),
             Error::TooLarge { file, size, .. } => Some(format!(
                 "if a release this large is expected, raise the limit: `drover unpack {file} --max-size {}G`",
                 size.div_ceil(1 << 30)

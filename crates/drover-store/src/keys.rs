@@ -187,8 +187,9 @@ impl Keyring {
 
     pub fn trust(&self, key: &PublicKey, name: &str) -> Result<PathBuf> {
         if !drover_config::valid_name(name) {
-            return Err(Error::invalid(
+            return Err(Error::invalid_hinted(
                 format!("key name `{name}`"),
+                "not a valid name",
                 "use letters, digits, `-` and `_`",
             ));
         }
@@ -266,6 +267,19 @@ mod tests {
         assert!(matches!(err, Error::Untrusted { .. }), "{err}");
         ring.trust(&other.public_key().unwrap(), "ci").unwrap();
         ring.check_trusted(&id, &foreign, "r").unwrap();
+    }
+
+    #[test]
+    fn a_bad_key_name_says_what_names_are_in_the_hint_not_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::new(dir.path());
+        let err = ring.trust(&ring.public_key().unwrap(), "a b").unwrap_err();
+        assert_eq!(err.to_string(), "key name `a b`: not a valid name");
+        assert_eq!(
+            err.hint().as_deref(),
+            Some("use letters, digits, `-` and `_`")
+        );
+        assert!(!dir.path().join("keys/trusted/a b.pub").exists());
     }
 
     #[test]

@@ -659,9 +659,10 @@ impl Store {
     pub fn checkout(&self, id: &Hash, dest: &Path) -> Result<()> {
         let manifest = self.manifest(id)?;
         let exists = || {
-            Error::invalid(
+            Error::invalid_hinted(
                 dest.display().to_string(),
-                "already exists; checkout writes a new directory",
+                "already exists",
+                "checkout writes a new directory: give a path that does not exist yet",
             )
         };
         if fs::symlink_metadata(dest).is_ok() {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use drover_store::remove_tree;
 
 use crate::common::{
-    PidsCgroup, TestContext, drover_bin, free_port, http_get, kill_tagged, make_writable,
-    release_ids, tagged_processes, to_run, wait_for,
+    AgentHandle, PidsCgroup, TestContext, drover_bin, free_port, http_get, kill_tagged,
+    make_writable, release_ids, tagged_processes, to_run, wait_for,
 };
 
 fn serves(cx: &TestContext, version: &str) {
@@ -51,6 +51,12 @@ fn deploy_rollback_and_a_failed_deploy_that_keeps_the_old_version() {
     let run = cx.drover(&["deploy", v3.to_str().unwrap()]).failure();
     assert!(
         run.stderr.contains("health check did not pass"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("\nhint: if the app needs longer to start, raise `[health] timeout`"),
         "{}",
         run.stderr
     );
@@ -1401,28 +1407,59 @@ fn stalled_connections_beyond_the_bound_are_refused_and_the_agent_still_answers(
     assert!(agent.child.try_wait().unwrap().is_none());
 }
 
-#[test]
-fn under_a_pids_limit_a_deploy_fails_cleanly_and_the_agent_stays_up() {
-    let cx = TestContext::new();
-    let Some(cgroup) = PidsCgroup::new(&format!("drover-test-{}", std::process::id())) else {
+/// Waits until the agent runs no request or retire thread: the tasks it holds then are the
+/// ones it keeps (its monitor, its proxies), so that a pids limit set from them is exact.
+fn wait_settled(agent: &AgentHandle) {
+    let tasks = format!("/proc/{}/task", agent.child.id());
+    wait_for(
+        "the agent's requests to end",
+        Duration::from_secs(15),
+        || {
+            fs::read_dir(&tasks).unwrap().flatten().all(|t| {
+                let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                !matches!(comm.trim(), "drover-request" | "drover-retire")
+            })
+        },
+    );
+}
+
+/// A pids cgroup named `name` to put the agent in, and the agent, serving `hello` 1 with
+/// `instances` web instances; None when this user can make no pids cgroup.
+fn hello_and_a_pids_cgroup(
+    cx: &TestContext,
+    name: &str,
+    instances: u32,
+) -> Option<(PidsCgroup, AgentHandle)> {
+    let Some(cgroup) = PidsCgroup::new(&format!("{name}-{}", std::process::id())) else {
         // Root can make one wherever the suite runs (cgroup v1 or v2); another user may not.
         assert!(
             !rustix::process::geteuid().is_root(),
             "as root, a pids cgroup must be possible here"
         );
         eprintln!("no pids cgroup can be made by this user: nothing to limit");
-        return;
+        return None;
     };
-    let mut agent = cx.start_agent();
+    let agent = cx.start_agent();
     let v1 = cx.hello_app("v1", "1", "");
-    let toml = fs::read_to_string(v1.join("drover.toml"))
-        .unwrap()
-        .replace("http = true", "http = true\ninstances = 8");
+    let toml = fs::read_to_string(v1.join("drover.toml")).unwrap().replace(
+        "http = true",
+        &format!("http = true\ninstances = {instances}"),
+    );
     fs::write(v1.join("drover.toml"), toml).unwrap();
     cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    Some((cgroup, agent))
+}
+
+#[test]
+fn under_a_pids_limit_a_deploy_fails_cleanly_and_the_agent_stays_up() {
+    let cx = TestContext::new();
+    let Some((cgroup, mut agent)) = hello_and_a_pids_cgroup(&cx, "drover-test", 8) else {
+        return;
+    };
     fs::write(cgroup.0.join("cgroup.procs"), agent.child.id().to_string()).unwrap();
 
     // No thread to spare: the connection is refused, by a reply that says why.
+    wait_settled(&agent);
     cgroup.set_max(&cgroup.current().to_string());
     let run = cx.drover(&["status"]).failure();
     assert!(
@@ -1460,6 +1497,38 @@ fn under_a_pids_limit_a_deploy_fails_cleanly_and_the_agent_stays_up() {
     serves(&cx, "1");
     cx.drover(&["config", "set", "hello", "GREETING=again"])
         .success();
+    serves(&cx, "1");
+    cx.drover(&["stop", "hello"]).success();
+}
+
+#[test]
+fn a_start_that_cannot_start_every_instance_leaves_none_running() {
+    let cx = TestContext::new();
+    let Some((cgroup, mut agent)) = hello_and_a_pids_cgroup(&cx, "drover-test-start", 4) else {
+        return;
+    };
+    cx.drover(&["stop", "hello"]).success();
+    wait_for("the app to stop", Duration::from_secs(15), || {
+        tagged_processes(&cx.root).is_empty()
+    });
+    fs::write(cgroup.0.join("cgroup.procs"), agent.child.id().to_string()).unwrap();
+
+    // Room for the request and one instance: the second cannot start.
+    wait_settled(&agent);
+    cgroup.set_max(&(cgroup.current() + 2).to_string());
+    let run = cx.drover(&["start", "hello"]).failure();
+    assert!(run.stderr.contains("cannot start web."), "{}", run.stderr);
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    // The one that did start is stopped again: a failed start runs nothing.
+    wait_for(
+        "the started instance to go",
+        Duration::from_secs(15),
+        || tagged_processes(&cx.root).is_empty(),
+    );
+    assert_eq!(cx.app_status("hello")["state"], "stopped");
+    cgroup.set_max("max");
+
+    cx.drover(&["start", "hello"]).success();
     serves(&cx, "1");
     cx.drover(&["stop", "hello"]).success();
 }

@@ -319,6 +319,13 @@ fn checkout_is_read_only_and_shares_disk() {
         .drover(&["checkout", "hello@1", a.to_str().unwrap()])
         .failure();
     assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "\nhint: checkout writes a new directory: give a path that does not exist yet"
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
