@@ -228,6 +228,11 @@ impl Agent {
     }
 }
 
+/// Where the agent of a root listens.
+pub fn socket_path(root: &Path) -> PathBuf {
+    root.join("agent.sock")
+}
+
 /// Where a root's host identity lives (`drover host key` prints its public key).
 pub fn host_key_path(root: &Path) -> PathBuf {
     root.join("keys/host.age")

@@ -93,7 +93,7 @@ impl Agent {
         let lock_path = root.join("agent.lock");
         let lock = File::create(&lock_path).map_err(at(&lock_path))?;
         let inherited = if opts.replace {
-            let got = handover::receive(&root.join("agent.sock"))?;
+            let got = handover::receive(&crate::socket_path(&root))?;
             eprintln!("drover agent: took over {} listening sockets", got.len());
             // The old agent exits once its in-flight requests are done.
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -141,7 +141,7 @@ impl Agent {
             eprintln!("drover agent: metrics on http://{addr}/metrics");
         }
 
-        let sock = root.join("agent.sock");
+        let sock = crate::socket_path(&root);
         let listener = bind_private(&root, &sock)?;
         eprintln!(
             "drover agent: serving {} (pid {})",
@@ -235,9 +235,10 @@ impl Agent {
             Request::Handover => Err(Error::BadRequest(
                 "a handover is answered before dispatch".into(),
             )),
-            Request::Ping => Ok(
-                serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
-            ),
+            Request::Ping => Ok(to_json(drover_wire::Pong {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
             Request::Deploy {
                 release,
                 who,

@@ -13,10 +13,7 @@ use std::time::Duration;
 
 use drover_wire::{EndOp, Hello, LockHolder, LockOutcome, LockRequest, Reply, ServeOp, WireError};
 
-/// Where the agent of `root` listens.
-pub fn agent_socket(root: &Path) -> PathBuf {
-    root.join("agent.sock")
-}
+pub use drover_agent::socket_path as agent_socket;
 
 /// Whether an agent answers on `root`'s socket.
 pub fn agent_answers(root: &Path) -> bool {
