@@ -712,6 +712,10 @@ fn unpack_refuses_hostile_archives_and_adds_nothing() {
         target: t.into(),
     };
 
+    // A link out of the release is kept as it is, never written through.
+    let outside = cx.path("outside");
+    fs::create_dir(&outside).unwrap();
+    let outside_path = outside.to_str().unwrap();
     let cases: Vec<(&str, Vec<Entry>, &str)> = vec![
         (
             "dotdot",
@@ -731,6 +735,11 @@ fn unpack_refuses_hostile_archives_and_adds_nothing() {
         (
             "through-symlink",
             vec![link("l", "."), file_entry("l/x", &data)],
+            "not a directory",
+        ),
+        (
+            "through-symlink-outside",
+            vec![link("l", outside_path), file_entry("l/x", &data)],
             "not a directory",
         ),
         (
@@ -900,6 +909,7 @@ fn unpack_refuses_hostile_archives_and_adds_nothing() {
     );
     // And the good one goes in.
     cx.drover(&["unpack", good.to_str().unwrap()]).success();
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
 }
 
 #[test]
