@@ -7,8 +7,8 @@ use std::time::Duration;
 use drover_store::remove_tree;
 
 use crate::common::{
-    PidsCgroup, TestContext, drover_bin, free_port, http_get, kill_tagged, make_writable,
-    release_ids, tagged_processes, to_run, wait_for,
+    PidsCgroup, TestContext, drover_bin, free_port, http_get, in_writable, kill_tagged,
+    make_writable, release_ids, tagged_processes, to_run, wait_for,
 };
 
 fn serves(cx: &TestContext, version: &str) {
@@ -721,14 +721,6 @@ fn greets(cx: &TestContext, greeting: &str) {
         assert_eq!(code, 200);
         assert!(body.starts_with(greeting), "port {port} answered {body}");
     }
-}
-
-/// Runs `edit` on a read-only directory, made writable for it.
-fn in_writable(dir: &std::path::Path, edit: impl FnOnce()) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-    edit();
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
 }
 
 #[test]

@@ -9,7 +9,9 @@ use std::time::Duration;
 use drover_store::pack::{PackWriter, TAG_MANIFEST, TAG_SIGNATURE};
 use drover_store::{ChunkRef, Entry, Hash, Keyring, Manifest};
 
-use crate::common::{TestContext, make_writable, noise, to_run, wait_for, whole_or_none};
+use crate::common::{
+    TestContext, in_writable, make_writable, noise, to_run, wait_for, whole_or_none,
+};
 
 const HELLO: &str = "[app]\nname = \"hello\"\nversion = \"1.0.0\"\n\n[process.web]\ncommand = \"./run\"\nhttp = true\n\n[health]\npath = \"/up\"\n";
 
@@ -1761,4 +1763,200 @@ fn a_python_virtualenv_builds_runs_from_its_tree_and_travels() {
     let run = other.drover(&["checkout", &id]).success();
     runs_in(Path::new(run.stdout.trim()));
     other.drover(&["verify"]).success();
+}
+
+/// Every file and directory of `tree` (its top included) carries no write bit, not even
+/// its owner's.
+fn assert_read_only(tree: &Path) {
+    fn walk(p: &Path) {
+        let m = fs::symlink_metadata(p).unwrap();
+        if m.file_type().is_symlink() {
+            return;
+        }
+        assert_eq!(
+            m.permissions().mode() & 0o222,
+            0,
+            "{} is writable",
+            p.display()
+        );
+        if m.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path());
+            }
+        }
+    }
+    walk(tree);
+}
+
+#[test]
+fn a_changed_tree_is_named_by_verify_and_repaired() {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let app = cx.app(
+        "tree",
+        "[app]\nname = \"tree\"\nversion = \"1\"\n",
+        &[("a.txt", "a"), ("sub/b.txt", "b"), ("c.txt", "c")],
+    );
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+    let tree = std::path::PathBuf::from(cx.drover(&["checkout", &id]).success().stdout.trim());
+    assert_read_only(&tree);
+    let damage = || {
+        // a.txt written through the tree (so into the cache file it is a link to), its
+        // mtime kept; sub/b.txt made writable; a file added; one removed.
+        let a = tree.join("a.txt");
+        let mtime = fs::metadata(&a).unwrap().modified().unwrap();
+        make_writable(&a);
+        fs::write(&a, "A").unwrap();
+        fs::set_permissions(&a, fs::Permissions::from_mode(0o444)).unwrap();
+        fs::File::open(&a)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(mtime))
+            .unwrap();
+        make_writable(&tree.join("sub/b.txt"));
+        in_writable(&tree.join("sub"), || {
+            fs::write(tree.join("sub/new.txt"), "new").unwrap()
+        });
+        in_writable(&tree, || fs::remove_file(tree.join("c.txt")).unwrap());
+    };
+    damage();
+    let run = cx.drover(&["verify"]).failure();
+    for (rel, why) in [
+        ("a.txt", "content changed"),
+        ("sub/b.txt", "writable"),
+        ("sub/new.txt", "not in the release"),
+        ("c.txt", "missing"),
+    ] {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("`{rel}`")))
+            .unwrap_or_else(|| panic!("verify did not name {rel}:\n{}", run.stderr));
+        assert!(
+            line.contains("release tree@1") && line.contains(&id) && line.contains(why),
+            "{rel}: {line}"
+        );
+    }
+    // The cache file a.txt is a link to is bad too.
+    assert!(run.stderr.contains("store/files/"), "{}", run.stderr);
+
+    let run = cx.drover(&["verify", "--repair"]).success();
+    assert!(
+        run.stderr.contains("rebuilt the tree of release tree@1"),
+        "{}",
+        run.stderr
+    );
+    cx.drover(&["verify"]).success();
+    assert_eq!(fs::read_to_string(tree.join("a.txt")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(tree.join("c.txt")).unwrap(), "c");
+    assert!(!tree.join("sub/new.txt").exists());
+    assert_read_only(&tree);
+    // The cache file was made again: a new checkout links the good content.
+    let co = cx.path("co");
+    cx.drover(&["checkout", &id, co.to_str().unwrap()])
+        .success();
+    assert_eq!(fs::read_to_string(co.join("a.txt")).unwrap(), "a");
+
+    // Once verify has named the damage, the next materialise (the agent's, before it
+    // starts an instance) rebuilds the tree too.
+    damage();
+    cx.drover(&["verify"]).failure();
+    let store = drover_store::Store::open(&cx.root).unwrap();
+    let path = store.materialise(&id.parse().unwrap()).unwrap();
+    assert_eq!(path, tree);
+    cx.drover(&["verify"]).success();
+    assert_eq!(fs::read_to_string(tree.join("a.txt")).unwrap(), "a");
+    assert_read_only(&tree);
+}
+
+#[test]
+fn a_tree_takes_no_write_even_from_its_owner() {
+    const NOBODY: u32 = 65534;
+    let root = rustix::process::geteuid().is_root();
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let app = cx.app(
+        "ro",
+        "[app]\nname = \"ro\"\n",
+        &[
+            ("a.txt", "a"),
+            ("bin/run", "#!/bin/sh\n"),
+            ("sub/b.txt", "b"),
+        ],
+    );
+    fs::set_permissions(app.join("bin/run"), fs::Permissions::from_mode(0o755)).unwrap();
+    let id = cx.build(&app, &["--version", "1"])["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let co = cx.path("co");
+    cx.drover(&["checkout", &id, co.to_str().unwrap()])
+        .success();
+    let tree = std::path::PathBuf::from(cx.drover(&["checkout", &id]).success().stdout.trim());
+    for t in [&co, &tree] {
+        assert_read_only(t);
+    }
+    // Owned by an unprivileged user, which then tries to write into them.
+    let user = |script: &str| {
+        let mut c = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.arg(format!("--reuid={NOBODY}"))
+                .arg(format!("--regid={NOBODY}"))
+                .arg("--clear-groups")
+                .arg("sh");
+            c
+        } else {
+            std::process::Command::new("sh")
+        };
+        c.arg("-c").arg(script).output().unwrap()
+    };
+    if root {
+        // The way down to the trees open to that user (nothing else of theirs).
+        for d in [
+            cx.dir.path(),
+            &cx.root,
+            &cx.root.join("store"),
+            &cx.root.join("store/trees"),
+        ] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        for t in [&co, &tree] {
+            let status = std::process::Command::new("chown")
+                .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+                .arg(t)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    for t in [&co, &tree] {
+        let t = t.display();
+        let out = user(&format!("test -r {t}/a.txt && cat {t}/a.txt"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a", "{out:?}");
+        for write in [
+            format!("echo x >> {t}/a.txt"),
+            format!("echo x > {t}/sub/b.txt"),
+            format!("echo x > {t}/new.txt"),
+            format!("echo x > {t}/sub/new.txt"),
+            format!("rm -f {t}/a.txt"),
+            format!("mkdir {t}/d"),
+            format!("mv {t}/sub {t}/moved"),
+        ] {
+            let out = user(&write);
+            assert!(!out.status.success(), "`{write}` succeeded");
+        }
+    }
+    assert_eq!(fs::read_to_string(co.join("a.txt")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(tree.join("sub/b.txt")).unwrap(), "b");
+    assert!(!tree.join("new.txt").exists() && tree.join("sub").exists());
+    cx.drover(&["verify"]).success();
+    // gc still removes such a tree, once its release goes.
+    fs::write(app.join("a.txt"), "a2").unwrap();
+    cx.build(&app, &["--version", "2"]);
+    cx.drover(&["gc", "--keep", "1"]).success();
+    assert!(
+        fs::symlink_metadata(&tree).is_err(),
+        "gc left {}",
+        tree.display()
+    );
+    cx.drover(&["verify"]).success();
 }
