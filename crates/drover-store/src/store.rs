@@ -1172,7 +1172,7 @@ impl Store {
     /// Each problem names the release and the entry's path in it.
     fn check_tree(&self, manifest: &Manifest, tree: &Path, trust: &TrustCache<'_>) -> Vec<Problem> {
         let release = format!("release {}@{}", manifest.app, manifest.version);
-        let name = |p: &str| format!("{release} `{p}` ({}/{p})", tree.display());
+        let name = |p: &str| format!("{release} `{p}` in tree {}/{p}", tree.display());
         if !fs::symlink_metadata(tree).is_ok_and(|m| m.is_dir()) {
             return vec![Problem::new(
                 &format!("{release} tree {}", tree.display()),
