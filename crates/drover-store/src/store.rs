@@ -1087,9 +1087,9 @@ impl Store {
                 report.problems.push(p);
             }
         }
-        let good_files: HashSet<&PathBuf> = files
+        let good_files: HashSet<&Path> = files
             .iter()
-            .map(|(p, _)| p)
+            .map(|(p, _)| p.as_path())
             .filter(|p| !bad_files.contains(*p))
             .collect();
         // Each tree's files: one that is a link to a cache file just checked is as good as
@@ -1097,7 +1097,7 @@ impl Store {
         let trust = |path: &Path, _: &fs::Metadata, _: &Hash, _: u64| {
             if bad_files.contains(path) {
                 Trust::Bad
-            } else if good_files.contains(&path.to_path_buf()) {
+            } else if good_files.contains(path) {
                 Trust::Good
             } else {
                 Trust::Unknown
@@ -1183,10 +1183,9 @@ impl Store {
         // The release's directories, parents first; those that are whole directories in
         // the tree, with the root ("").
         let mut dirs: HashSet<&str> = HashSet::from([""]);
-        let parent = |p: &str| p.rsplit_once('/').map_or("", |(dir, _)| dir).to_string();
         for entry in &manifest.entries {
             if let Entry::Dir { path, .. } = entry
-                && dirs.contains(parent(path).as_str())
+                && dirs.contains(parent_dir(path))
             {
                 match self.check_entry(tree, entry, trust) {
                     Some(why) => problems.push(Problem::new(&name(path), why)),
@@ -1199,7 +1198,7 @@ impl Store {
         let others: Vec<&Entry> = manifest
             .entries
             .iter()
-            .filter(|e| !matches!(e, Entry::Dir { .. }) && dirs.contains(parent(e.path()).as_str()))
+            .filter(|e| !matches!(e, Entry::Dir { .. }) && dirs.contains(parent_dir(e.path())))
             .collect();
         // In slices, so each thread takes a run of entries (they share directories).
         let slices: Vec<&[&Entry]> = others.chunks(256).collect();
@@ -1756,6 +1755,11 @@ fn place_entry(dest: &Path, entry: &Entry, cached: Option<&Path>) -> Result<()> 
         )),
         (Entry::Dir { .. }, _) => Ok(()),
     }
+}
+
+/// The directory of a release path (`""`: the release root).
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
 /// Makes a tree's directories in its root `dest`.
