@@ -10,7 +10,7 @@ use drover_store::pack::{PackWriter, TAG_MANIFEST, TAG_SIGNATURE};
 use drover_store::{ChunkRef, Entry, Hash, Keyring, Manifest};
 
 use crate::common::{
-    TestContext, in_writable, make_writable, noise, to_run, wait_for, whole_or_none,
+    TestContext, http_get, in_writable, make_writable, noise, to_run, wait_for, whole_or_none,
 };
 
 const HELLO: &str = "[app]\nname = \"hello\"\nversion = \"1.0.0\"\n\n[process.web]\ncommand = \"./run\"\nhttp = true\n\n[health]\npath = \"/up\"\n";
@@ -1702,18 +1702,48 @@ fn a_python_virtualenv_builds_runs_from_its_tree_and_travels() {
     cx.drover(&["keys"]).success();
     let app = cx.app(
         "pyapp",
-        "[app]\nname = \"pyapp\"\n\n[process.main]\ncommand = \"venv/bin/python -c 'import greet'\"\n",
+        "[app]\nname = \"pyapp\"\nversion = \"1\"\n\n[process.web]\ncommand = \"exec venv/bin/python -m web\"\nhttp = true\n\n[health]\npath = \"/up\"\ntimeout = \"10s\"\n",
         &[],
     );
     python_venv(&app.join("venv"));
-    // A module of the app's, installed in the venv.
+    // The app's modules, installed in the venv: one that greets, one that serves HTTP.
     let lib = app.join("venv/lib");
     let python = fs::read_dir(&lib).unwrap().next().unwrap().unwrap().path();
+    let site = python.join("site-packages");
     fs::write(
-        python.join("site-packages/greet.py"),
+        site.join("greet.py"),
         "import sys\nprint('hello from', sys.prefix)\n",
     )
     .unwrap();
+    fs::write(
+        site.join("web.py"),
+        "import http.server, os, sys\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       body = ('hello from ' + sys.prefix).encode()\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('Content-Length', str(len(body)))\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(body)\n\
+         \x20   def log_message(self, *args):\n\
+         \x20       pass\n\
+         http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n",
+    )
+    .unwrap();
+    // Compiled ahead, checked by nothing but their own hash: python then writes no
+    // __pycache__ into a tree (which it could as root).
+    let status = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "unchecked-hash",
+        ])
+        .arg(&site)
+        .status()
+        .unwrap();
+    assert!(status.success());
     let mut links = Vec::new();
     links_under(&app, "", &mut links);
     assert!(
@@ -1729,6 +1759,7 @@ fn a_python_virtualenv_builds_runs_from_its_tree_and_travels() {
         }
         let out = std::process::Command::new(tree.join("venv/bin/python"))
             .args(["-c", "import greet"])
+            .env_remove("PYTHONDONTWRITEBYTECODE")
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -1750,6 +1781,18 @@ fn a_python_virtualenv_builds_runs_from_its_tree_and_travels() {
         run.stdout
     );
     runs_in(&tree);
+    cx.drover(&["verify"]).success();
+
+    // Deployed: the agent runs it from its tree.
+    let _agent = cx.start_agent();
+    cx.drover(&["deploy", &id]).success();
+    let ports = cx.live_ports("pyapp");
+    assert!(!ports.is_empty(), "{}", cx.status());
+    for port in ports {
+        let (code, body) = http_get(port, "/").unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(body, format!("hello from {}", tree.join("venv").display()));
+    }
     cx.drover(&["verify"]).success();
 
     // Packed, unpacked into another root, and run there.
