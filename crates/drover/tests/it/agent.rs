@@ -7,8 +7,8 @@ use std::time::Duration;
 use drover_store::remove_tree;
 
 use crate::common::{
-    PidsCgroup, TestContext, drover_bin, free_port, http_get, in_writable, kill_tagged,
-    make_writable, release_ids, tagged_processes, to_run, wait_for,
+    NOBODY, PidsCgroup, TestContext, free_port, http_get, in_writable, kill_tagged, make_writable,
+    release_ids, tagged_processes, to_run, unprivileged, wait_for,
 };
 
 fn serves(cx: &TestContext, version: &str) {
@@ -574,30 +574,6 @@ impl Drop for OwnAgent {
         let _ = self.child.wait();
         kill_tagged(&self.root);
     }
-}
-
-/// The unprivileged user the test runs drover as, when the tests run as root.
-const NOBODY: u32 = 65534;
-
-/// drover run as an unprivileged user: uid and gid 65534 through `setpriv` when the tests
-/// run as root, else as the user running them.
-fn unprivileged(cx: &TestContext) -> Command {
-    let mut c = if rustix::process::geteuid().is_root() {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={NOBODY}"))
-            .arg(format!("--regid={NOBODY}"))
-            .arg("--clear-groups")
-            .arg(drover_bin());
-        c
-    } else {
-        Command::new(drover_bin())
-    };
-    c.env("DROVER_ROOT", &cx.root)
-        .env("HOME", cx.dir.path())
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_BACKTRACE")
-        .current_dir(cx.dir.path());
-    c
 }
 
 fn serves_on(ports: Vec<u16>, version: &str) {

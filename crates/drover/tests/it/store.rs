@@ -10,7 +10,8 @@ use drover_store::pack::{PackWriter, TAG_MANIFEST, TAG_SIGNATURE};
 use drover_store::{ChunkRef, Entry, Hash, Keyring, Manifest};
 
 use crate::common::{
-    TestContext, http_get, in_writable, make_writable, noise, to_run, wait_for, whole_or_none,
+    NOBODY, TestContext, http_get, in_writable, make_writable, noise, to_run, unprivileged,
+    wait_for, whole_or_none,
 };
 
 const HELLO: &str = "[app]\nname = \"hello\"\nversion = \"1.0.0\"\n\n[process.web]\ncommand = \"./run\"\nhttp = true\n\n[health]\npath = \"/up\"\n";
@@ -1913,7 +1914,6 @@ fn a_changed_tree_is_named_by_verify_and_repaired() {
 
 #[test]
 fn a_tree_takes_no_write_even_from_its_owner() {
-    const NOBODY: u32 = 65534;
     let root = rustix::process::geteuid().is_root();
     let cx = TestContext::new();
     cx.drover(&["keys"]).success();
@@ -2002,4 +2002,66 @@ fn a_tree_takes_no_write_even_from_its_owner() {
         tree.display()
     );
     cx.drover(&["verify"]).success();
+}
+
+#[test]
+fn an_unprivileged_owner_repairs_and_collects_its_trees() {
+    let cx = TestContext::new();
+    let app = cx.app(
+        "own",
+        "[app]\nname = \"own\"\nversion = \"1\"\n",
+        &[("a.txt", "a"), ("sub/b.txt", "b")],
+    );
+    // The user's own root, 0700, and the whole test directory theirs.
+    fs::create_dir(&cx.root).unwrap();
+    fs::set_permissions(&cx.root, fs::Permissions::from_mode(0o700)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        let status = std::process::Command::new("chown")
+            .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+            .arg(cx.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let drover = |args: &[&str]| to_run(unprivileged(&cx).args(args).output().unwrap());
+    drover(&["keys"]).success();
+    let id = drover(&["build", app.to_str().unwrap(), "--json"])
+        .success()
+        .json()["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tree = std::path::PathBuf::from(drover(&["checkout", &id]).success().stdout.trim());
+    let damage = || {
+        in_writable(&tree.join("sub"), || {
+            fs::write(tree.join("sub/extra.txt"), "x").unwrap()
+        });
+        in_writable(&tree, || fs::remove_file(tree.join("a.txt")).unwrap());
+    };
+    damage();
+    drover(&["verify"]).failure();
+    let run = drover(&["verify", "--repair"]).success();
+    assert!(run.stderr.contains("rebuilt the tree"), "{}", run.stderr);
+    drover(&["verify"]).success();
+    assert_eq!(fs::read_to_string(tree.join("a.txt")).unwrap(), "a");
+    assert!(!tree.join("sub/extra.txt").exists());
+    assert_read_only(&tree);
+
+    // The next materialise rebuilds it as well.
+    damage();
+    let run = drover(&["checkout", &id]).success();
+    assert!(run.stderr.contains("rebuilt"), "{}", run.stderr);
+    drover(&["verify"]).success();
+    assert_read_only(&tree);
+
+    // gc removes it with its release.
+    fs::write(app.join("a.txt"), "a2").unwrap();
+    drover(&["build", app.to_str().unwrap(), "--version", "2"]).success();
+    drover(&["gc", "--keep", "1"]).success();
+    assert!(
+        fs::symlink_metadata(&tree).is_err(),
+        "gc left {}",
+        tree.display()
+    );
+    drover(&["verify"]).success();
 }
