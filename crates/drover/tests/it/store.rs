@@ -2065,3 +2065,63 @@ fn an_unprivileged_owner_repairs_and_collects_its_trees() {
     );
     drover(&["verify"]).success();
 }
+
+#[test]
+fn links_out_of_a_release_are_never_followed_by_materialise_repair_or_gc() {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    // A directory outside, writable, that the release's links point to.
+    let outside = cx.path("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep.txt"), "keep").unwrap();
+    let app = cx.app(
+        "links",
+        "[app]\nname = \"links\"\nversion = \"1\"\n",
+        &[("a.txt", "a"), ("sub/b.txt", "b")],
+    );
+    std::os::unix::fs::symlink(&outside, app.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../outside", app.join("sub/rel")).unwrap();
+    std::os::unix::fs::symlink("abs/keep.txt", app.join("through")).unwrap();
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+    let tree = std::path::PathBuf::from(cx.drover(&["checkout", &id]).success().stdout.trim());
+    assert_eq!(fs::read_link(tree.join("abs")).unwrap(), outside);
+    assert_eq!(
+        fs::read_link(tree.join("sub/rel")).unwrap(),
+        Path::new("../../outside")
+    );
+    // Damaged, repaired, rebuilt by the next materialise, collected: through none of it
+    // is anything written or removed where the links point.
+    in_writable(&tree, || fs::remove_file(tree.join("a.txt")).unwrap());
+    cx.drover(&["verify", "--repair"]).success();
+    in_writable(&tree, || fs::remove_file(tree.join("abs")).unwrap());
+    in_writable(&tree, || {
+        std::os::unix::fs::symlink(outside.join("keep.txt"), tree.join("abs")).unwrap()
+    });
+    let run = cx.drover(&["verify"]).failure();
+    assert!(
+        run.stderr.contains("`abs`") && run.stderr.contains("symlink target changed"),
+        "{}",
+        run.stderr
+    );
+    let run = cx.drover(&["checkout", &id]).success();
+    assert!(run.stderr.contains("rebuilt"), "{}", run.stderr);
+    assert_eq!(fs::read_link(tree.join("abs")).unwrap(), outside);
+    let co = cx.path("co");
+    cx.drover(&["checkout", &id, co.to_str().unwrap()])
+        .success();
+    fs::write(app.join("a.txt"), "a2").unwrap();
+    cx.build(&app, &["--version", "2"]);
+    cx.drover(&["gc", "--keep", "1"]).success();
+    assert!(fs::symlink_metadata(&tree).is_err());
+    drover_store::remove_tree(&co);
+    let left: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["keep.txt"]);
+    assert_eq!(
+        fs::read_to_string(outside.join("keep.txt")).unwrap(),
+        "keep"
+    );
+    cx.drover(&["verify"]).success();
+}
