@@ -382,7 +382,7 @@ fn walk(
                     "symlink target is not valid UTF-8",
                 )
             })?;
-            crate::manifest::check_symlink(&rel, target).map_err(|m| {
+            crate::manifest::check_symlink(target).map_err(|m| {
                 Error::invalid(
                     format!("{}: symlink `{rel}` -> `{target}`", root.display()),
                     m,

@@ -238,7 +238,7 @@ impl Manifest {
                     }
                 }
                 Entry::Symlink { target, .. } => {
-                    check_symlink(path, target)
+                    check_symlink(target)
                         .or_else(|m| bad(format!("symlink `{path}` -> `{target}`: {m}")))?;
                     has_links = true;
                 }
@@ -259,8 +259,10 @@ impl Manifest {
 
 /// Resolves every symlink of a release through the others, as the kernel will in its tree
 /// (see `Links`). `entries`: every path of the release with its symlink target (`None` for a
-/// directory or file), sorted, each after its parent directory. The first symlink that leads
-/// out of the release or loops, with why.
+/// directory or file), sorted, each after its parent directory. A link whose target reads as
+/// outside the release (absolute, or climbing above its root: see `points_outside`) is a
+/// leaf, never resolved further; one that reads as inside must resolve inside, also through
+/// the release's other links. The first symlink that does not, or loops, with why.
 pub(crate) fn check_links<'a>(
     entries: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
 ) -> std::result::Result<(), (&'a str, &'a str, String)> {
@@ -292,6 +294,9 @@ const MAX_LINK_DEPTH: usize = 40;
 
 /// The release root's node id (no entry has it).
 const ROOT: u32 = u32::MAX;
+
+/// Where a link leads that points outside the release (no entry has it).
+const OUTSIDE: u32 = u32::MAX - 1;
 
 /// A place in a release tree: a node (an entry, or the root), and how many names below it
 /// that the release does not hold (or that are below a file). Such a name cannot lead
@@ -332,6 +337,14 @@ impl Links<'_> {
             ));
         }
         let target = self.target[id as usize].expect("a symlink");
+        let outside = At {
+            node: OUTSIDE,
+            beyond: 0,
+        };
+        if points_outside(self.path[id as usize], target) {
+            self.resolved.insert(id, Some(outside));
+            return Ok(outside);
+        }
         self.resolved.insert(id, None);
         let mut at = At {
             node: self.parent[id as usize],
@@ -356,6 +369,11 @@ impl Links<'_> {
                         at.node = child;
                         if self.target[child as usize].is_some() {
                             at = self.resolve(child, depth + 1)?;
+                            if at.node == OUTSIDE {
+                                // Past a link out of the release: nothing of it any more.
+                                self.resolved.insert(id, Some(outside));
+                                return Ok(outside);
+                            }
                         }
                     }
                     _ => at.beyond += 1,
@@ -388,13 +406,21 @@ pub(crate) fn check_path(path: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A symlink must point inside the release: relative, and never climbing above the root.
-pub(crate) fn check_symlink(path: &str, target: &str) -> std::result::Result<(), String> {
+/// A symlink's target as a release may hold it: any text but an empty one or one with a NUL.
+/// Where it leads is `check_links`' concern.
+pub(crate) fn check_symlink(target: &str) -> std::result::Result<(), String> {
     if target.is_empty() || target.contains('\0') {
         return Err("empty target".into());
     }
-    if Path::new(target).is_absolute() {
-        return Err("absolute target points out of the release".into());
+    Ok(())
+}
+
+/// Whether the target of the symlink at `path` reads as outside the release: absolute, or
+/// climbing above the release root by its own `..`s. Such a link is kept as it is, a leaf
+/// whose target is the host's business; drover never follows it.
+pub(crate) fn points_outside(path: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return true;
     }
     // Depth of the link's directory below the release root.
     let mut depth = path.matches('/').count() as i64;
@@ -403,15 +429,13 @@ pub(crate) fn check_symlink(path: &str, target: &str) -> std::result::Result<(),
             Component::ParentDir => depth -= 1,
             Component::Normal(_) => depth += 1,
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => {
-                return Err("absolute target points out of the release".into());
-            }
+            Component::RootDir | Component::Prefix(_) => return true,
         }
         if depth < 0 {
-            return Err("target points out of the release".into());
+            return true;
         }
     }
-    Ok(())
+    false
 }
 
 #[cfg(test)]
@@ -459,9 +483,7 @@ mod tests {
             (vec![dir("/etc")], "absolute"),
             (vec![dir("a//b")], "empty path component"),
             (vec![dir("a/b")], "parent `a`"),
-            (vec![link("l", "/etc/passwd")], "absolute target"),
-            (vec![link("l", "../x")], "out of the release"),
-            (vec![dir("a"), link("a/l", "../../x")], "out of the release"),
+            (vec![link("l", "")], "empty target"),
             (vec![dir("b"), dir("a")], "out of order"),
             (vec![dir("a"), dir("a")], "duplicated"),
         ] {
@@ -471,6 +493,65 @@ mod tests {
         manifest(vec![dir("a"), link("a/l", "../x"), link("b", "a/./l")])
             .validate("m")
             .unwrap();
+    }
+
+    #[test]
+    fn links_that_point_outside_are_leaves() {
+        // A virtualenv: its interpreter is the host's, by absolute path, and links to it.
+        manifest(vec![
+            link("etc", "../etc"),
+            // Through a link out of the release, the rest is the host's.
+            link("passwd", "etc/passwd"),
+            link("through", "venv/bin/python3/../.."),
+            dir("venv"),
+            dir("venv/bin"),
+            link("venv/bin/python", "python3"),
+            link("venv/bin/python3", "/usr/bin/python3"),
+            link("venv/bin/python3.12", "python3"),
+            link("venv/lib64", "lib"),
+            link("venv/up", "../../x"),
+            dir("z"),
+            link("z/far", "root/../.."),
+            link("z/root", "/"),
+        ])
+        .validate("m")
+        .unwrap();
+        // Read as inside, it must stay inside: a link to the tree's parent hidden in a chain
+        // of links that each read as inside is still refused.
+        let err = manifest(vec![
+            dir("a"),
+            link("a/l", ".."),
+            link("a/out", "/usr"),
+            link("b", "a/l/.."),
+        ])
+        .validate("m")
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("symlink `b`") && err.contains("out of the release"),
+            "{err}"
+        );
+        // Loops stay refused, also next to links outside.
+        let err = manifest(vec![link("a", "b"), link("b", "a"), link("c", "/a")])
+            .validate("m")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loop"), "{err}");
+        // Still no entry under a link, wherever it points.
+        let err = manifest(vec![
+            link("l", "/tmp"),
+            Entry::File {
+                path: "l/x".into(),
+                mode: 0o644,
+                size: 0,
+                hash: Hash::of(b""),
+                chunks: vec![],
+            },
+        ])
+        .validate("m")
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not a directory"), "{err}");
     }
 
     #[test]

@@ -557,6 +557,11 @@ impl Store {
             // Shared into another tree only when it is what it was: stamped and whole, or
             // re-hashed. A write through any of its links changes its mtime, and a damaged
             // copy is rebuilt.
+            let ro = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+            if m.mode() & 0o7777 != ro {
+                // Made writable since (the trees linking it with it): read-only again.
+                set_mode(&path, ro)?;
+            }
             if is_stamped(&m, hash, size) {
                 return Ok((path, None));
             }
@@ -601,33 +606,33 @@ impl Store {
     }
 
     /// Materialises a release at its stable read-only path (idempotent) and returns it. A
-    /// tree already in place is taken as it is: see `materialise_checked`.
+    /// tree already in place is checked first, and rebuilt when it fails: see
+    /// `materialise_checked`.
     pub fn materialise(&self, id: &Hash) -> Result<PathBuf> {
-        let dest = self.tree_path(id);
-        if dest.exists() {
-            return Ok(dest);
-        }
-        let _lock = self.lock_shared()?;
-        let manifest = self.manifest(id)?;
-        let tree = self.write_new_tree(id, &manifest)?;
-        self.place(tree, false)
+        self.materialise_checked(id).map(|m| m.path)
     }
 
-    /// As `materialise`, for a tree about to be switched to: one already in place is checked
-    /// first (`check_tree`: every entry there with its type, size and symlink target, no
-    /// other entry, each file a link to its stamped cache file or re-hashed), and replaced
-    /// by one rebuilt from verified chunks when it fails.
+    /// As `materialise`, saying what was wrong with a tree in place: it is checked first
+    /// (`check_tree`: every entry there with its type, size, symlink target and no write
+    /// bit, no other entry, each file a link to its stamped cache file or re-hashed), and
+    /// replaced by one rebuilt from verified chunks when it fails.
     pub fn materialise_checked(&self, id: &Hash) -> Result<Materialised> {
         let dest = self.tree_path(id);
+        let _lock = self.lock_shared()?;
+        let manifest = self.manifest(id)?;
         if fs::symlink_metadata(&dest).is_err() {
+            let tree = self.write_new_tree(id, &manifest)?;
             return Ok(Materialised {
-                path: self.materialise(id)?,
+                path: self.place(tree, false)?,
                 rebuilt: Vec::new(),
             });
         }
-        let _lock = self.lock_shared()?;
-        let manifest = self.manifest(id)?;
-        let problems = self.check_tree(&manifest, &dest);
+        let problems = self.check_tree(&manifest, &dest, &|_, cache, hash, size| match is_stamped(
+            cache, hash, size,
+        ) {
+            true => Trust::Good,
+            false => Trust::Unknown,
+        });
         if problems.is_empty() {
             // Left writable by a crash between its rename and its seal?
             if fs::metadata(&dest).at(&dest)?.mode() & 0o777 != 0o555 {
@@ -923,6 +928,7 @@ impl Store {
             Some(id) => vec![*id],
             None => self.release_ids()?,
         };
+        let mut trees: Vec<(Hash, Manifest)> = Vec::new();
         let mut chunks_needed: HashMap<Hash, Hash> = HashMap::new();
         let mut files_needed: HashMap<PathBuf, (Hash, Hash)> = HashMap::new();
         // Each distinct file content (hash and chunks), with a release and path that have it.
@@ -954,11 +960,8 @@ impl Store {
                     .entry((*hash, chunks.to_vec()))
                     .or_insert_with(|| (*id, path.to_string()));
             }
-            let tree = self.tree_path(id);
-            if fs::symlink_metadata(&tree).is_ok() {
-                for p in self.check_tree(&manifest, &tree) {
-                    report.problems.push(p);
-                }
+            if fs::symlink_metadata(self.tree_path(id)).is_ok() {
+                trees.push((*id, manifest));
             }
         }
 
@@ -1078,9 +1081,78 @@ impl Store {
                 e.to_string(),
             )),
         });
-        report.problems.extend(file_problems.into_iter().flatten());
+        let mut bad_files = HashSet::new();
+        for ((path, _), problem) in files.iter().zip(file_problems) {
+            if let Some(p) = problem {
+                bad_files.insert(path.clone());
+                report.problems.push(p);
+            }
+        }
+        let good_files: HashSet<&Path> = files
+            .iter()
+            .map(|(p, _)| p.as_path())
+            .filter(|p| !bad_files.contains(*p))
+            .collect();
+        // Each tree's files: one that is a link to a cache file just checked is as good as
+        // that file (whatever its stamp); any other is re-hashed.
+        let trust = |path: &Path, _: &fs::Metadata, _: &Hash, _: u64| {
+            if bad_files.contains(path) {
+                Trust::Bad
+            } else if good_files.contains(path) {
+                Trust::Good
+            } else {
+                Trust::Unknown
+            }
+        };
+        for (id, manifest) in &trees {
+            let problems = self.check_tree(manifest, &self.tree_path(id), &trust);
+            if !problems.is_empty() {
+                report.damaged_trees.push(*id);
+                report.problems.extend(problems);
+            }
+        }
+        report.bad_files = bad_files.into_iter().collect();
         report.problems.sort_by(|a, b| a.object.cmp(&b.object));
         Ok(report)
+    }
+
+    /// Rebuilds from verified chunks what `verify` found damaged (`report`): each bad cache
+    /// file is removed (made again when a tree next needs it), then each damaged tree (a
+    /// tree with a link to a bad cache file is one) is rebuilt and swapped in by one
+    /// exchanging rename, as `materialise_checked` does.
+    pub fn repair(&self, report: &VerifyReport) -> Result<Repaired> {
+        let _lock = self.lock_shared()?;
+        let mut repaired = Repaired::default();
+        for path in &report.bad_files {
+            match fs::remove_file(path) {
+                Ok(()) => repaired.files += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => repaired.failed.push(Problem::new(
+                    &format!("file {}", path.display()),
+                    format!("cannot remove it: {e}"),
+                )),
+            }
+        }
+        for id in &report.damaged_trees {
+            let rebuilt = self.manifest(id).and_then(|manifest| {
+                let tree = self.write_new_tree(id, &manifest)?;
+                self.place(tree, true)?;
+                Ok(format!(
+                    "release {}@{} ({})",
+                    manifest.app,
+                    manifest.version,
+                    id.short()
+                ))
+            });
+            match rebuilt {
+                Ok(release) => repaired.trees.push(release),
+                Err(e) => repaired.failed.push(Problem::new(
+                    &format!("tree {}", self.tree_path(id).display()),
+                    format!("cannot rebuild it: {e}"),
+                )),
+            }
+        }
+        Ok(repaired)
     }
 
     /// Removes every directory's build record (see `build::Seen`); best effort.
@@ -1094,47 +1166,62 @@ impl Store {
     }
 
     /// Checks a materialised tree against its manifest: every entry is there with its type,
-    /// size and symlink target, and nothing else is. A file that is a link to its stamped
-    /// cache file is trusted as the cache file is (`verify` re-hashes those); any other
-    /// file is re-hashed. Reads no file a deploy made, unless a stamp is gone.
-    fn check_tree(&self, manifest: &Manifest, tree: &Path) -> Vec<Problem> {
-        let name = |p: &str| format!("tree {}/{p}", tree.display());
+    /// size and symlink target and no write bit, and nothing else is. A file that is a link
+    /// to its cache file is as good as `trust` says that file is (a materialise trusts its
+    /// stamp; `verify`, its own re-hash); any other file is re-hashed. Nothing is looked up
+    /// below a directory that is not one in the tree: a symlink there is never followed.
+    /// Each problem names the release and the entry's path in it.
+    fn check_tree(&self, manifest: &Manifest, tree: &Path, trust: &TrustCache<'_>) -> Vec<Problem> {
+        let release = format!("release {}@{}", manifest.app, manifest.version);
+        let name = |p: &str| format!("{release} `{p}` in tree {}/{p}", tree.display());
         if !fs::symlink_metadata(tree).is_ok_and(|m| m.is_dir()) {
             return vec![Problem::new(
-                &format!("tree {}", tree.display()),
+                &format!("{release} tree {}", tree.display()),
                 "is not a directory".into(),
             )];
         }
+        let mut problems = Vec::new();
+        // The release's directories, parents first; those that are whole directories in
+        // the tree, with the root ("").
+        let mut dirs: HashSet<&str> = HashSet::from([""]);
+        for entry in &manifest.entries {
+            if let Entry::Dir { path, .. } = entry
+                && dirs.contains(parent_dir(path))
+            {
+                match self.check_entry(tree, entry, trust) {
+                    Some(why) => problems.push(Problem::new(&name(path), why)),
+                    None => {
+                        dirs.insert(path);
+                    }
+                }
+            }
+        }
+        let others: Vec<&Entry> = manifest
+            .entries
+            .iter()
+            .filter(|e| !matches!(e, Entry::Dir { .. }) && dirs.contains(parent_dir(e.path())))
+            .collect();
         // In slices, so each thread takes a run of entries (they share directories).
-        let slices: Vec<&[Entry]> = manifest.entries.chunks(256).collect();
+        let slices: Vec<&[&Entry]> = others.chunks(256).collect();
         let found = crate::par::map(&slices, |slice| {
             slice
                 .iter()
-                .filter_map(|e| self.check_entry(tree, e).map(|why| (e.path(), why)))
+                .filter_map(|e| self.check_entry(tree, e, trust).map(|why| (e.path(), why)))
                 .collect::<Vec<_>>()
         });
-        let mut problems: Vec<Problem> = found
-            .into_iter()
-            .flatten()
-            .map(|(path, why)| Problem::new(&name(path), why))
-            .collect();
-        let known: HashSet<&str> = manifest.entries.iter().map(|e| e.path()).collect();
-        let dirs = std::iter::once("").chain(
-            manifest
-                .entries
-                .iter()
-                .filter(|e| matches!(e, Entry::Dir { .. }))
-                .map(|e| e.path()),
+        problems.extend(
+            found
+                .into_iter()
+                .flatten()
+                .map(|(path, why)| Problem::new(&name(path), why)),
         );
-        for dir in dirs {
+        let known: HashSet<&str> = manifest.entries.iter().map(|e| e.path()).collect();
+        for dir in &dirs {
             let path = tree.join(dir);
-            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                continue;
-            }
             for e in fs::read_dir(&path).into_iter().flatten().flatten() {
                 let file_name = e.file_name();
                 let file_name = file_name.to_string_lossy();
-                let rel = match dir {
+                let rel = match *dir {
                     "" => file_name.into_owned(),
                     _ => format!("{dir}/{file_name}"),
                 };
@@ -1147,27 +1234,49 @@ impl Store {
     }
 
     /// What is wrong with one entry of a tree (see `check_tree`), if anything.
-    fn check_entry(&self, tree: &Path, entry: &Entry) -> Option<String> {
+    fn check_entry(&self, tree: &Path, entry: &Entry, trust: &TrustCache<'_>) -> Option<String> {
         let path = tree.join(entry.path());
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("missing".into()),
             Err(e) => return Some(e.to_string()),
         };
+        let writable = || (meta.mode() & 0o222 != 0).then(|| "writable".to_string());
         match entry {
-            Entry::Dir { .. } => (!meta.is_dir()).then(|| "is not a directory".into()),
+            Entry::Dir { .. } if !meta.is_dir() => Some("is not a directory".into()),
+            Entry::Dir { .. } => writable(),
+            Entry::Symlink { .. } if !meta.file_type().is_symlink() => {
+                Some("is not a symlink".into())
+            }
             Entry::Symlink { target, .. } => (fs::read_link(&path).ok().as_deref()
                 != Some(Path::new(target)))
             .then(|| "symlink target changed".into()),
+            Entry::File { .. } if !meta.is_file() => Some("is not a file".into()),
+            Entry::File { size, .. } if meta.len() != *size => Some(format!(
+                "content changed ({} bytes, not {size})",
+                meta.len()
+            )),
             Entry::File {
                 mode, hash, size, ..
             } => {
-                if !meta.is_file() || meta.len() != *size {
-                    return Some("wrong type or size".into());
+                let cache = self.file_path(hash, *mode);
+                let trusted = fs::metadata(&cache)
+                    .ok()
+                    .filter(|c| c.ino() == meta.ino() && c.dev() == meta.dev())
+                    .map_or(Trust::Unknown, |c| trust(&cache, &c, hash, *size));
+                let good = match trusted {
+                    Trust::Good => true,
+                    Trust::Bad => false,
+                    Trust::Unknown => hash_file(&path).ok() == Some(*hash),
+                };
+                match good {
+                    false if trusted == Trust::Bad => Some(format!(
+                        "content changed (as in its cache file {}, the same file)",
+                        cache.display()
+                    )),
+                    false => Some("content changed".into()),
+                    true => writable(),
                 }
-                let trusted = fs::metadata(self.file_path(hash, *mode)).is_ok_and(|c| {
-                    c.ino() == meta.ino() && c.dev() == meta.dev() && is_stamped(&c, hash, *size)
-                });
-                (!trusted && hash_file(&path).ok() != Some(*hash)).then(|| "content changed".into())
             }
         }
     }
@@ -1382,7 +1491,48 @@ pub struct VerifyReport {
     pub chunks: usize,
     pub files: usize,
     pub problems: Vec<Problem>,
+    /// What `repair` rebuilt before this report was made (set by its caller).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
+    /// The releases whose materialised tree differs from their manifest.
+    #[serde(skip)]
+    pub damaged_trees: Vec<Hash>,
+    /// The cache files whose content is not what their name says.
+    #[serde(skip)]
+    pub bad_files: Vec<PathBuf>,
 }
+
+impl VerifyReport {
+    /// Whether `Store::repair` has something to rebuild.
+    pub fn repairable(&self) -> bool {
+        !self.damaged_trees.is_empty() || !self.bad_files.is_empty()
+    }
+}
+
+/// What `Store::repair` did.
+#[derive(Debug, Default)]
+pub struct Repaired {
+    /// The releases whose tree was rebuilt.
+    pub trees: Vec<String>,
+    /// Bad cache files removed.
+    pub files: usize,
+    /// What could not be rebuilt, with why.
+    pub failed: Vec<Problem>,
+}
+
+/// What a tree check makes of a file that is a link to its cache file (`check_tree`).
+#[derive(Clone, Copy, PartialEq)]
+enum Trust {
+    /// As good as it is named: the file is not read.
+    Good,
+    /// Known bad: the file is changed.
+    Bad,
+    /// Not known: the file is re-hashed.
+    Unknown,
+}
+
+/// How a tree check trusts a cache file: by its path, its metadata, its hash and size.
+type TrustCache<'a> = dyn Fn(&Path, &fs::Metadata, &Hash, u64) -> Trust + Sync + 'a;
 
 /// A release's tree, as `materialise_checked` found it.
 #[derive(Debug)]
@@ -1606,6 +1756,11 @@ fn place_entry(dest: &Path, entry: &Entry, cached: Option<&Path>) -> Result<()> 
         )),
         (Entry::Dir { .. }, _) => Ok(()),
     }
+}
+
+/// The directory of a release path (`""`: the release root).
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
 /// Makes a tree's directories in its root `dest`.

@@ -1092,6 +1092,9 @@ mod tests {
         let mut big = noise(8 << 20, 7);
         std::fs::write(src.join("big.bin"), &big).unwrap();
         std::fs::write(src.join("small.txt"), "v1").unwrap();
+        // Links out of the release (a virtualenv's interpreter) travel as they are.
+        std::os::unix::fs::symlink("/usr/bin/python3", src.join("python3")).unwrap();
+        std::os::unix::fs::symlink("../shared/data", src.join("data")).unwrap();
         let a = store_in(&tmp.path().join("a"));
         let v1 = release(&a, &src, "1");
         let b_root = tmp.path().join("b");
@@ -1115,6 +1118,13 @@ mod tests {
             "incompressible data travels whole"
         );
         assert!(store_in(&b_root).has_release(&v1));
+        let tree = store_in(&b_root).materialise(&v1).unwrap();
+        for (link, target) in [("python3", "/usr/bin/python3"), ("data", "../shared/data")] {
+            assert_eq!(
+                std::fs::read_link(tree.join(link)).unwrap(),
+                std::path::Path::new(target)
+            );
+        }
         assert!(
             store_in(&b_root)
                 .verify(Some(&v1))

@@ -7,8 +7,8 @@ use std::time::Duration;
 use drover_store::remove_tree;
 
 use crate::common::{
-    AgentHandle, PidsCgroup, TestContext, drover_bin, free_port, http_get, kill_tagged,
-    make_writable, release_ids, tagged_processes, to_run, wait_for,
+    AgentHandle, NOBODY, PidsCgroup, TestContext, free_port, http_get, in_writable, kill_tagged,
+    make_writable, release_ids, tagged_processes, to_run, unprivileged, wait_for,
 };
 
 fn serves(cx: &TestContext, version: &str) {
@@ -582,30 +582,6 @@ impl Drop for OwnAgent {
     }
 }
 
-/// The unprivileged user the test runs drover as, when the tests run as root.
-const NOBODY: u32 = 65534;
-
-/// drover run as an unprivileged user: uid and gid 65534 through `setpriv` when the tests
-/// run as root, else as the user running them.
-fn unprivileged(cx: &TestContext) -> Command {
-    let mut c = if rustix::process::geteuid().is_root() {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={NOBODY}"))
-            .arg(format!("--regid={NOBODY}"))
-            .arg("--clear-groups")
-            .arg(drover_bin());
-        c
-    } else {
-        Command::new(drover_bin())
-    };
-    c.env("DROVER_ROOT", &cx.root)
-        .env("HOME", cx.dir.path())
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_BACKTRACE")
-        .current_dir(cx.dir.path());
-    c
-}
-
 fn serves_on(ports: Vec<u16>, version: &str) {
     assert!(!ports.is_empty(), "no live instances");
     for port in ports {
@@ -727,14 +703,6 @@ fn greets(cx: &TestContext, greeting: &str) {
         assert_eq!(code, 200);
         assert!(body.starts_with(greeting), "port {port} answered {body}");
     }
-}
-
-/// Runs `edit` on a read-only directory, made writable for it.
-fn in_writable(dir: &std::path::Path, edit: impl FnOnce()) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-    edit();
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
 }
 
 #[test]

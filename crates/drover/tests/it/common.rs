@@ -158,6 +158,37 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// The unprivileged user the test runs drover as, when the tests run as root.
+pub const NOBODY: u32 = 65534;
+
+/// drover run as an unprivileged user: uid and gid 65534 through `setpriv` when the tests
+/// run as root, else as the user running them.
+pub fn unprivileged(cx: &TestContext) -> Command {
+    let mut c = if rustix::process::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(drover_bin());
+        c
+    } else {
+        Command::new(drover_bin())
+    };
+    c.env("DROVER_ROOT", &cx.root)
+        .env("HOME", cx.dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_BACKTRACE")
+        .current_dir(cx.dir.path());
+    c
+}
+
+/// Runs `edit` on a read-only directory, made writable for it.
+pub fn in_writable(dir: &Path, edit: impl FnOnce()) {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    edit();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
+}
+
 pub fn make_writable(path: &Path) {
     let mut p = fs::metadata(path).unwrap().permissions();
     p.set_mode(p.mode() | 0o200);

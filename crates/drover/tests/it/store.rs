@@ -9,7 +9,10 @@ use std::time::Duration;
 use drover_store::pack::{PackWriter, TAG_MANIFEST, TAG_SIGNATURE};
 use drover_store::{ChunkRef, Entry, Hash, Keyring, Manifest};
 
-use crate::common::{TestContext, make_writable, noise, to_run, wait_for, whole_or_none};
+use crate::common::{
+    NOBODY, TestContext, http_get, in_writable, make_writable, noise, to_run, unprivileged,
+    wait_for, whole_or_none,
+};
 
 const HELLO: &str = "[app]\nname = \"hello\"\nversion = \"1.0.0\"\n\n[process.web]\ncommand = \"./run\"\nhttp = true\n\n[health]\npath = \"/up\"\n";
 
@@ -493,8 +496,10 @@ fn bad_input_is_named_and_changes_nothing() {
         run.stderr
     );
 
-    let escape = cx.app("escape", "[app]\nname = \"x\"\n", &[]);
-    std::os::unix::fs::symlink("../../etc/passwd", escape.join("pw")).unwrap();
+    // A link that reads as inside the release but leads out of it through another link.
+    let escape = cx.app("escape", "[app]\nname = \"x\"\n", &[("d/f", "f")]);
+    std::os::unix::fs::symlink("..", escape.join("d/up")).unwrap();
+    std::os::unix::fs::symlink("d/up/../etc/passwd", escape.join("pw")).unwrap();
     let run = cx.drover(&["build", escape.to_str().unwrap()]).failure();
     assert!(
         run.stderr.contains("`pw`") && run.stderr.contains("out of the release"),
@@ -717,6 +722,10 @@ fn unpack_refuses_hostile_archives_and_adds_nothing() {
         target: t.into(),
     };
 
+    // A link out of the release is kept as it is, never written through.
+    let outside = cx.path("outside");
+    fs::create_dir(&outside).unwrap();
+    let outside_path = outside.to_str().unwrap();
     let cases: Vec<(&str, Vec<Entry>, &str)> = vec![
         (
             "dotdot",
@@ -734,18 +743,13 @@ fn unpack_refuses_hostile_archives_and_adds_nothing() {
             "absolute path",
         ),
         (
-            "symlink-out",
-            vec![link("l", "../../../etc/passwd")],
-            "out of the release",
-        ),
-        (
-            "symlink-abs",
-            vec![link("l", "/etc/passwd")],
-            "absolute target",
-        ),
-        (
             "through-symlink",
             vec![link("l", "."), file_entry("l/x", &data)],
+            "not a directory",
+        ),
+        (
+            "through-symlink-outside",
+            vec![link("l", outside_path), file_entry("l/x", &data)],
             "not a directory",
         ),
         (
@@ -915,6 +919,7 @@ fn unpack_refuses_hostile_archives_and_adds_nothing() {
     );
     // And the good one goes in.
     cx.drover(&["unpack", good.to_str().unwrap()]).success();
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
 }
 
 #[test]
@@ -1652,4 +1657,478 @@ fn with_no_thread_to_spare_build_checkout_and_verify_still_work() {
     for (name, data) in &files {
         assert_eq!(&fs::read(co.join(name)).unwrap(), data);
     }
+}
+
+/// A Python virtualenv in `dir` (`python3 -m venv`). As root, the venv module is installed
+/// (`python3-venv`) when it is missing.
+fn python_venv(dir: &Path) {
+    let make = || {
+        std::process::Command::new("python3")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(dir)
+            .output()
+    };
+    let made =
+        |out: &std::io::Result<std::process::Output>| matches!(out, Ok(o) if o.status.success());
+    let mut out = make();
+    if !made(&out) && rustix::process::geteuid().is_root() {
+        let status = std::process::Command::new("apt-get")
+            .args(["install", "-y", "python3-venv"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "apt-get install -y python3-venv failed: {status:?}"
+        );
+        out = make();
+    }
+    assert!(
+        made(&out),
+        "python3 -m venv {} failed (install python3-venv): {out:?}",
+        dir.display()
+    );
+}
+
+/// Every symlink under `dir`, by its path below `dir`, with its target.
+fn links_under(dir: &Path, prefix: &str, out: &mut Vec<(String, std::path::PathBuf)>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let rel = format!("{prefix}{}", e.file_name().to_str().unwrap());
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            out.push((rel, fs::read_link(e.path()).unwrap()));
+        } else if ft.is_dir() {
+            links_under(&e.path(), &format!("{rel}/"), out);
+        }
+    }
+}
+
+#[test]
+fn a_python_virtualenv_builds_runs_from_its_tree_and_travels() {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let app = cx.app(
+        "pyapp",
+        "[app]\nname = \"pyapp\"\nversion = \"1\"\n\n[process.web]\ncommand = \"exec venv/bin/python -m web\"\nhttp = true\n\n[health]\npath = \"/up\"\ntimeout = \"10s\"\n",
+        &[],
+    );
+    python_venv(&app.join("venv"));
+    // The app's modules, installed in the venv: one that greets, one that serves HTTP.
+    let lib = app.join("venv/lib");
+    let python = fs::read_dir(&lib).unwrap().next().unwrap().unwrap().path();
+    let site = python.join("site-packages");
+    fs::write(
+        site.join("greet.py"),
+        "import sys\nprint('hello from', sys.prefix)\n",
+    )
+    .unwrap();
+    fs::write(
+        site.join("web.py"),
+        "import http.server, os, sys\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       body = ('hello from ' + sys.prefix).encode()\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('Content-Length', str(len(body)))\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(body)\n\
+         \x20   def log_message(self, *args):\n\
+         \x20       pass\n\
+         http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n",
+    )
+    .unwrap();
+    // Compiled ahead, checked by nothing but their own hash: python then writes no
+    // __pycache__ into a tree (which it could as root).
+    let status = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "unchecked-hash",
+        ])
+        .arg(&site)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut links = Vec::new();
+    links_under(&app, "", &mut links);
+    assert!(
+        links.iter().any(|(_, t)| t.is_absolute()),
+        "a virtualenv links its interpreter by absolute path: {links:?}"
+    );
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+
+    // Its links as they were, and its python runs from the tree, taking the tree's venv.
+    let runs_in = |tree: &Path| {
+        for (rel, target) in &links {
+            assert_eq!(&fs::read_link(tree.join(rel)).unwrap(), target, "{rel}");
+        }
+        let out = std::process::Command::new(tree.join("venv/bin/python"))
+            .args(["-c", "import greet"])
+            .env_remove("PYTHONDONTWRITEBYTECODE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("hello from {}\n", tree.join("venv").display())
+        );
+    };
+    let co = cx.path("co");
+    cx.drover(&["checkout", &id, co.to_str().unwrap()])
+        .success();
+    runs_in(&co);
+    // Materialised in the store, where the agent runs it.
+    let run = cx.drover(&["checkout", &id]).success();
+    let tree = std::path::PathBuf::from(run.stdout.trim());
+    assert!(
+        tree.ends_with(format!("store/trees/{id}")),
+        "{}",
+        run.stdout
+    );
+    runs_in(&tree);
+    cx.drover(&["verify"]).success();
+
+    // Deployed: the agent runs it from its tree.
+    let _agent = cx.start_agent();
+    cx.drover(&["deploy", &id]).success();
+    let ports = cx.live_ports("pyapp");
+    assert!(!ports.is_empty(), "{}", cx.status());
+    for port in ports {
+        let (code, body) = http_get(port, "/").unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(body, format!("hello from {}", tree.join("venv").display()));
+    }
+    cx.drover(&["verify"]).success();
+
+    // Packed, unpacked into another root, and run there.
+    let archive = cx.path("pyapp.pack");
+    cx.drover(&["pack", &id, "-o", archive.to_str().unwrap()])
+        .success();
+    let other = TestContext::new();
+    other
+        .drover(&["unpack", archive.to_str().unwrap(), "--allow-untrusted"])
+        .success();
+    let run = other.drover(&["checkout", &id]).success();
+    runs_in(Path::new(run.stdout.trim()));
+    other.drover(&["verify"]).success();
+}
+
+/// Every file and directory of `tree` (its top included) carries no write bit, not even
+/// its owner's.
+fn assert_read_only(tree: &Path) {
+    fn walk(p: &Path) {
+        let m = fs::symlink_metadata(p).unwrap();
+        if m.file_type().is_symlink() {
+            return;
+        }
+        assert_eq!(
+            m.permissions().mode() & 0o222,
+            0,
+            "{} is writable",
+            p.display()
+        );
+        if m.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path());
+            }
+        }
+    }
+    walk(tree);
+}
+
+#[test]
+fn a_changed_tree_is_named_by_verify_and_repaired() {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let app = cx.app(
+        "tree",
+        "[app]\nname = \"tree\"\nversion = \"1\"\n",
+        &[("a.txt", "a"), ("sub/b.txt", "b"), ("c.txt", "c")],
+    );
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+    let tree = std::path::PathBuf::from(cx.drover(&["checkout", &id]).success().stdout.trim());
+    assert_read_only(&tree);
+    let damage = || {
+        // a.txt written through the tree (so into the cache file it is a link to), its
+        // mtime kept; sub/b.txt made writable; a file added; one removed.
+        let a = tree.join("a.txt");
+        let mtime = fs::metadata(&a).unwrap().modified().unwrap();
+        make_writable(&a);
+        fs::write(&a, "A").unwrap();
+        fs::set_permissions(&a, fs::Permissions::from_mode(0o444)).unwrap();
+        fs::File::open(&a)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(mtime))
+            .unwrap();
+        make_writable(&tree.join("sub/b.txt"));
+        in_writable(&tree.join("sub"), || {
+            fs::write(tree.join("sub/new.txt"), "new").unwrap()
+        });
+        in_writable(&tree, || fs::remove_file(tree.join("c.txt")).unwrap());
+    };
+    damage();
+    let run = cx.drover(&["verify"]).failure();
+    for (rel, why) in [
+        ("a.txt", "content changed"),
+        ("sub/b.txt", "writable"),
+        ("sub/new.txt", "not in the release"),
+        ("c.txt", "missing"),
+    ] {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("`{rel}`")))
+            .unwrap_or_else(|| panic!("verify did not name {rel}:\n{}", run.stderr));
+        assert!(
+            line.contains("release tree@1") && line.contains(&id) && line.contains(why),
+            "{rel}: {line}"
+        );
+    }
+    // The cache file a.txt is a link to is bad too.
+    assert!(run.stderr.contains("store/files/"), "{}", run.stderr);
+
+    let run = cx.drover(&["verify", "--repair"]).success();
+    assert!(
+        run.stderr.contains("rebuilt the tree of release tree@1"),
+        "{}",
+        run.stderr
+    );
+    cx.drover(&["verify"]).success();
+    assert_eq!(fs::read_to_string(tree.join("a.txt")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(tree.join("c.txt")).unwrap(), "c");
+    assert!(!tree.join("sub/new.txt").exists());
+    assert_read_only(&tree);
+    // The cache file was made again: a new checkout links the good content.
+    let co = cx.path("co");
+    cx.drover(&["checkout", &id, co.to_str().unwrap()])
+        .success();
+    assert_eq!(fs::read_to_string(co.join("a.txt")).unwrap(), "a");
+
+    // Once verify has named the damage, the next materialise (the agent's, before it
+    // starts an instance) rebuilds the tree too.
+    damage();
+    cx.drover(&["verify"]).failure();
+    let store = drover_store::Store::open(&cx.root).unwrap();
+    let path = store.materialise(&id.parse().unwrap()).unwrap();
+    assert_eq!(path, tree);
+    cx.drover(&["verify"]).success();
+    assert_eq!(fs::read_to_string(tree.join("a.txt")).unwrap(), "a");
+    assert_read_only(&tree);
+}
+
+#[test]
+fn a_tree_takes_no_write_even_from_its_owner() {
+    let root = rustix::process::geteuid().is_root();
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let app = cx.app(
+        "ro",
+        "[app]\nname = \"ro\"\n",
+        &[
+            ("a.txt", "a"),
+            ("bin/run", "#!/bin/sh\n"),
+            ("sub/b.txt", "b"),
+        ],
+    );
+    fs::set_permissions(app.join("bin/run"), fs::Permissions::from_mode(0o755)).unwrap();
+    let id = cx.build(&app, &["--version", "1"])["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let co = cx.path("co");
+    cx.drover(&["checkout", &id, co.to_str().unwrap()])
+        .success();
+    let tree = std::path::PathBuf::from(cx.drover(&["checkout", &id]).success().stdout.trim());
+    for t in [&co, &tree] {
+        assert_read_only(t);
+    }
+    // Owned by an unprivileged user, which then tries to write into them.
+    let user = |script: &str| {
+        let mut c = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.arg(format!("--reuid={NOBODY}"))
+                .arg(format!("--regid={NOBODY}"))
+                .arg("--clear-groups")
+                .arg("sh");
+            c
+        } else {
+            std::process::Command::new("sh")
+        };
+        c.arg("-c").arg(script).output().unwrap()
+    };
+    if root {
+        // The way down to the trees open to that user (nothing else of theirs).
+        for d in [
+            cx.dir.path(),
+            &cx.root,
+            &cx.root.join("store"),
+            &cx.root.join("store/trees"),
+        ] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        for t in [&co, &tree] {
+            let status = std::process::Command::new("chown")
+                .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+                .arg(t)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+    for t in [&co, &tree] {
+        let t = t.display();
+        let out = user(&format!("test -r {t}/a.txt && cat {t}/a.txt"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a", "{out:?}");
+        for write in [
+            format!("echo x >> {t}/a.txt"),
+            format!("echo x > {t}/sub/b.txt"),
+            format!("echo x > {t}/new.txt"),
+            format!("echo x > {t}/sub/new.txt"),
+            format!("rm -f {t}/a.txt"),
+            format!("mkdir {t}/d"),
+            format!("mv {t}/sub {t}/moved"),
+        ] {
+            let out = user(&write);
+            assert!(!out.status.success(), "`{write}` succeeded");
+        }
+    }
+    assert_eq!(fs::read_to_string(co.join("a.txt")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(tree.join("sub/b.txt")).unwrap(), "b");
+    assert!(!tree.join("new.txt").exists() && tree.join("sub").exists());
+    cx.drover(&["verify"]).success();
+    // gc still removes such a tree, once its release goes.
+    fs::write(app.join("a.txt"), "a2").unwrap();
+    cx.build(&app, &["--version", "2"]);
+    cx.drover(&["gc", "--keep", "1"]).success();
+    assert!(
+        fs::symlink_metadata(&tree).is_err(),
+        "gc left {}",
+        tree.display()
+    );
+    cx.drover(&["verify"]).success();
+}
+
+#[test]
+fn an_unprivileged_owner_repairs_and_collects_its_trees() {
+    let cx = TestContext::new();
+    let app = cx.app(
+        "own",
+        "[app]\nname = \"own\"\nversion = \"1\"\n",
+        &[("a.txt", "a"), ("sub/b.txt", "b")],
+    );
+    // The user's own root, 0700, and the whole test directory theirs.
+    fs::create_dir(&cx.root).unwrap();
+    fs::set_permissions(&cx.root, fs::Permissions::from_mode(0o700)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        let status = std::process::Command::new("chown")
+            .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+            .arg(cx.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let drover = |args: &[&str]| to_run(unprivileged(&cx).args(args).output().unwrap());
+    drover(&["keys"]).success();
+    let id = drover(&["build", app.to_str().unwrap(), "--json"])
+        .success()
+        .json()["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tree = std::path::PathBuf::from(drover(&["checkout", &id]).success().stdout.trim());
+    let damage = || {
+        in_writable(&tree.join("sub"), || {
+            fs::write(tree.join("sub/extra.txt"), "x").unwrap()
+        });
+        in_writable(&tree, || fs::remove_file(tree.join("a.txt")).unwrap());
+    };
+    damage();
+    drover(&["verify"]).failure();
+    let run = drover(&["verify", "--repair"]).success();
+    assert!(run.stderr.contains("rebuilt the tree"), "{}", run.stderr);
+    drover(&["verify"]).success();
+    assert_eq!(fs::read_to_string(tree.join("a.txt")).unwrap(), "a");
+    assert!(!tree.join("sub/extra.txt").exists());
+    assert_read_only(&tree);
+
+    // The next materialise rebuilds it as well.
+    damage();
+    let run = drover(&["checkout", &id]).success();
+    assert!(run.stderr.contains("rebuilt"), "{}", run.stderr);
+    drover(&["verify"]).success();
+    assert_read_only(&tree);
+
+    // gc removes it with its release.
+    fs::write(app.join("a.txt"), "a2").unwrap();
+    drover(&["build", app.to_str().unwrap(), "--version", "2"]).success();
+    drover(&["gc", "--keep", "1"]).success();
+    assert!(
+        fs::symlink_metadata(&tree).is_err(),
+        "gc left {}",
+        tree.display()
+    );
+    drover(&["verify"]).success();
+}
+
+#[test]
+fn links_out_of_a_release_are_never_followed_by_materialise_repair_or_gc() {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    // A directory outside, writable, that the release's links point to.
+    let outside = cx.path("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep.txt"), "keep").unwrap();
+    let app = cx.app(
+        "links",
+        "[app]\nname = \"links\"\nversion = \"1\"\n",
+        &[("a.txt", "a"), ("sub/b.txt", "b")],
+    );
+    std::os::unix::fs::symlink(&outside, app.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../outside", app.join("sub/rel")).unwrap();
+    std::os::unix::fs::symlink("abs/keep.txt", app.join("through")).unwrap();
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+    let tree = std::path::PathBuf::from(cx.drover(&["checkout", &id]).success().stdout.trim());
+    assert_eq!(fs::read_link(tree.join("abs")).unwrap(), outside);
+    assert_eq!(
+        fs::read_link(tree.join("sub/rel")).unwrap(),
+        Path::new("../../outside")
+    );
+    // Damaged, repaired, rebuilt by the next materialise, collected: through none of it
+    // is anything written or removed where the links point.
+    in_writable(&tree, || fs::remove_file(tree.join("a.txt")).unwrap());
+    cx.drover(&["verify", "--repair"]).success();
+    in_writable(&tree, || fs::remove_file(tree.join("abs")).unwrap());
+    in_writable(&tree, || {
+        std::os::unix::fs::symlink(outside.join("keep.txt"), tree.join("abs")).unwrap()
+    });
+    let run = cx.drover(&["verify"]).failure();
+    assert!(
+        run.stderr.contains("`abs`") && run.stderr.contains("symlink target changed"),
+        "{}",
+        run.stderr
+    );
+    let run = cx.drover(&["checkout", &id]).success();
+    assert!(run.stderr.contains("rebuilt"), "{}", run.stderr);
+    assert_eq!(fs::read_link(tree.join("abs")).unwrap(), outside);
+    let co = cx.path("co");
+    cx.drover(&["checkout", &id, co.to_str().unwrap()])
+        .success();
+    fs::write(app.join("a.txt"), "a2").unwrap();
+    cx.build(&app, &["--version", "2"]);
+    cx.drover(&["gc", "--keep", "1"]).success();
+    assert!(fs::symlink_metadata(&tree).is_err());
+    drover_store::remove_tree(&co);
+    let left: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["keep.txt"]);
+    assert_eq!(
+        fs::read_to_string(outside.join("keep.txt")).unwrap(),
+        "keep"
+    );
+    cx.drover(&["verify"]).success();
 }
