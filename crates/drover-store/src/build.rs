@@ -151,6 +151,9 @@ enum Walked {
     },
 }
 
+/// The largest `.pyc` a build reads whole to make it valid for the release's tree.
+const PYC_LIMIT: u64 = 64 << 20;
+
 pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     let _lock = store.lock_shared()?;
     // Before any file is looked at: what settled before this instant stays settled.
@@ -198,16 +201,28 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
     // Small objects go into a few pack files instead of one file each.
     let packs = store.pack_writer();
     let results = crate::par::map(&files, |(_, rel, size, id)| {
+        // Python bytecode beside its source: read again every time (whether it is stored as
+        // it is depends on its source too), and stored valid for the release's tree.
+        let pyc_source = crate::pyc::source_of(rel);
         // Untouched since the last build, its chunks still here: nothing to read.
         if let Some((was, hash, chunks)) = before.files.get(*rel)
             && was == id
+            && pyc_source.is_none()
             && chunks.iter().all(|c| store.has_chunk(&c.0))
         {
             unchanged.fetch_add(1, Ordering::Relaxed);
             return Ok((*hash, chunks.clone(), *size));
         }
         let path = input.dir.join(rel);
-        let f = File::open(&path).at(&path)?;
+        let f: Box<dyn std::io::Read + Send> =
+            match pyc_source.as_deref().filter(|_| *size <= PYC_LIMIT) {
+                Some(src) => {
+                    let pyc = fs::read(&path).at(&path)?;
+                    let bytes = crate::pyc::portable(&pyc, &input.dir.join(src)).unwrap_or(pyc);
+                    Box::new(std::io::Cursor::new(bytes))
+                }
+                None => Box::new(File::open(&path).at(&path)?),
+            };
         let mut chunks = Vec::new();
         let mut hasher = blake3::Hasher::new();
         // A file no bigger than the smallest chunk is one chunk: its hash is the file's.

@@ -17,6 +17,7 @@ pub mod manifest;
 mod objpack;
 pub mod pack;
 mod par;
+mod pyc;
 mod store;
 pub mod transfer;
 

@@ -2132,3 +2132,63 @@ fn links_out_of_a_release_are_never_followed_by_materialise_repair_or_gc() {
     );
     cx.drover(&["verify"]).success();
 }
+
+/// `python3 -v -c 'import NAME'` in `dir`, writing bytecode if it wants to with `write`:
+/// what it said (stderr) and printed.
+fn python_import(dir: &Path, name: &str, write: bool) -> (String, String) {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-v", "-c", &format!("import {name}; print({name}.X)")])
+        .current_dir(dir)
+        .env_remove("PYTHONDONTWRITEBYTECODE")
+        .env_remove("PYTHONPYCACHEPREFIX");
+    if !write {
+        // Root writes through a tree's mode bits (only the agent's apps get a read-only
+        // store): this one may not.
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn bytecode_compiled_before_the_build_is_used_from_the_tree_and_a_stale_one_is_not() {
+    let cx = TestContext::new();
+    let app = cx.app(
+        "pyc",
+        "[app]\nname = \"pyc\"\nversion = \"1\"\n",
+        &[("fresh.py", "X = 'fresh'\n"), ("stale.py", "X = 'old'\n")],
+    );
+    // Timestamp pycs, as compileall and pip write them; then stale.py changes after.
+    let status = std::process::Command::new("python3")
+        .args(["-m", "compileall", "-q", "."])
+        .current_dir(&app)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fs::write(app.join("stale.py"), "X = 'new'\n").unwrap();
+
+    let id = cx.build(&app, &[])["release"].as_str().unwrap().to_string();
+    let run = cx.drover(&["checkout", &id]).success();
+    let tree = std::path::PathBuf::from(run.stdout.trim());
+
+    // In the tree, whose files' times are not the build directory's: the fresh pyc is
+    // taken as it is, and nothing is compiled or written.
+    let (said, printed) = python_import(&tree, "fresh", true);
+    assert_eq!(printed, "fresh");
+    assert!(
+        said.contains("__pycache__/fresh.cpython-") && said.contains(" matches "),
+        "{said}"
+    );
+    assert!(!said.contains("bytecode is stale for 'fresh'"), "{said}");
+    assert!(!said.contains("created '"), "{said}");
+    // The stale one was not made to look valid: the new source runs.
+    let (said, printed) = python_import(&tree, "stale", false);
+    assert!(said.contains("bytecode is stale for 'stale'"), "{said}");
+    assert_eq!(printed, "new");
+    cx.drover(&["verify"]).success();
+}
