@@ -13,6 +13,10 @@ command -v curl >/dev/null || need_pkgs+=(curl)
 command -v ssh >/dev/null || need_pkgs+=(openssh-client)
 command -v ip >/dev/null && command -v tc >/dev/null || need_pkgs+=(iproute2)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+# Apps nobody here wrote: Flask and gunicorn vendored with pip; man pages rendered by man.
+python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
+command -v man >/dev/null || need_pkgs+=(man-db)
+command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 if ((${#need_pkgs[@]})); then
     apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
 fi

@@ -79,6 +79,11 @@ pub enum Command {
     Diff(crate::commands::diff::DiffArgs),
     /// An environment's deploy lock on its hosts: `status`, or `release` a dead holder's.
     Lock(crate::commands::lock::LockArgs),
+    /// Print a shell's completion script: `source <(drover completions bash)`.
+    Completions(crate::commands::completions::CompletionsArgs),
+    /// Write drover's man pages (drover.1 and one per command) into a directory, or print
+    /// drover.1.
+    Man(crate::commands::completions::ManArgs),
     /// What a fleet deploy runs on each host over ssh (machine formats, not for people).
     #[command(hide = true)]
     Remote(crate::commands::remote::RemoteArgs),

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod build;
 pub mod checkout;
+pub mod completions;
 pub mod config;
 pub mod deploy;
 pub mod diff;
@@ -64,6 +65,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(a) => host::run(&root, a),
         Command::Remote(a) => remote::run(&root, a),
         Command::Lock(a) => lock::run(a),
+        Command::Completions(a) => completions::run_completions(a),
+        Command::Man(a) => completions::run_man(a),
     }
 }
 
@@ -74,6 +77,8 @@ fn uses_root(command: &Command) -> bool {
         command,
         Command::Init(_)
             | Command::Lock(_)
+            | Command::Completions(_)
+            | Command::Man(_)
             | Command::Remote(remote::RemoteArgs {
                 command: remote::RemoteCommand::Relay { .. },
             })
