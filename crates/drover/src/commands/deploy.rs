@@ -70,7 +70,21 @@ pub fn release_for(root: &Path, target: &str, version: Option<&str>) -> anyhow::
         ));
     }
     let store = super::open_store(root)?;
-    Ok(store.resolve(target)?.to_hex())
+    match store.resolve(target) {
+        // Written as a path (a release name has no `/` and does not start with `.`).
+        Err(drover_store::Error::NotFound(_))
+            if target.contains('/') || target.starts_with('.') =>
+        {
+            Err(drover_fleet::error::kinded(
+                drover_fleet::error::Exit::Input,
+                output::hinted(
+                    format!("{target}: no such directory, and no release of that name"),
+                    "give an app directory (with a drover.toml) or a stored release (`drover releases` lists them)",
+                ),
+            ))
+        }
+        r => Ok(r?.to_hex()),
+    }
 }
 
 /// The config layer and secrets a deploy of an app directory brings.

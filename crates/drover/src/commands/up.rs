@@ -40,7 +40,15 @@ pub fn run(root: &Path, args: UpArgs) -> anyhow::Result<()> {
             .find_map(|i| i.port)
     });
     match port {
-        Some(p) => println!("http://127.0.0.1:{p}/"),
+        Some(p) => {
+            println!("http://127.0.0.1:{p}/");
+            if status.proxy.is_none() {
+                eprintln!(
+                    "{} this is the instance's own port, which changes with every deploy; give the app a fixed one with `[proxy] port = N` in drover.toml",
+                    output::red("note:")
+                );
+            }
+        }
         None => eprintln!("{} is up (no HTTP process)", status.app),
     }
     Ok(())

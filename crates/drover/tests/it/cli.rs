@@ -73,3 +73,55 @@ fn shells_complete_commands_and_flags_and_man_pages_render() {
     let page = cx.drover(&["man"]).success();
     assert!(page.stdout.starts_with(".ie") || page.stdout.contains(".TH drover 1"));
 }
+
+#[test]
+fn a_path_that_is_not_there_is_named_as_a_path_and_up_says_when_its_url_will_move() {
+    let cx = TestContext::new();
+    cx.drover(&["keys"]).success();
+    let missing = cx.path("nonexist");
+    let run = cx.drover(&["deploy", missing.to_str().unwrap()]).failure();
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("{}: no such directory", missing.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: give an app directory"),
+        "{}",
+        run.stderr
+    );
+    // A release name that is no path keeps its own message.
+    let run = cx.drover(&["deploy", "nosuchapp"]).failure();
+    assert!(run.stderr.contains("no release matches"), "{}", run.stderr);
+
+    let _agent = cx.start_agent();
+    let bare = cx.hello_app("bare", "1", "");
+    let run = cx.drover(&["up", bare.to_str().unwrap()]).success();
+    assert!(run.stdout.contains("http://127.0.0.1:"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("changes with every deploy"),
+        "{}",
+        run.stderr
+    );
+    let port = crate::common::free_port();
+    let fixed = cx.hello_app("fixed", "1", &format!("[proxy]\nport = {port}\n"));
+    let toml = std::fs::read_to_string(fixed.join("drover.toml")).unwrap();
+    std::fs::write(
+        fixed.join("drover.toml"),
+        toml.replace("name = \"hello\"", "name = \"fixed\""),
+    )
+    .unwrap();
+    let run = cx.drover(&["up", fixed.to_str().unwrap()]).success();
+    assert!(
+        run.stdout.contains(&format!("http://127.0.0.1:{port}/")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stderr.contains("changes with every deploy"),
+        "{}",
+        run.stderr
+    );
+}
