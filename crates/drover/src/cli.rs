@@ -142,3 +142,233 @@ impl EnvArgs {
         }
     }
 }
+
+/// Examples for each command, shown under its `--help` and in its man page.
+const EXAMPLES: &[(&str, &[&str])] = &[
+    (
+        "init",
+        &[
+            "drover init myapp",
+            "drover init          # in the current directory",
+        ],
+    ),
+    (
+        "build",
+        &[
+            "drover build myapp",
+            "drover build . --version 1.4.2 --json",
+        ],
+    ),
+    (
+        "releases",
+        &["drover releases", "drover releases web --json"],
+    ),
+    (
+        "verify",
+        &[
+            "drover verify",
+            "drover verify web@1.4.2 --repair",
+            "drover verify web@1.4.2 --repair web-1.4.2.drover   # objects from an archive first",
+        ],
+    ),
+    (
+        "checkout",
+        &[
+            "drover checkout web@1.4.2 /tmp/web   # a copy of its files",
+            "drover checkout web@1.4.2            # its tree in the store",
+        ],
+    ),
+    ("pack", &["drover pack web@1.4.2 -o web-1.4.2.drover"]),
+    (
+        "unpack",
+        &[
+            "drover unpack web-1.4.2.drover",
+            "ssh build1 drover pack web -o - | drover unpack - --max-size 2G",
+        ],
+    ),
+    ("gc", &["drover gc", "drover gc --keep 2"]),
+    ("keys show", &["drover keys show"]),
+    ("keys list", &["drover keys list --json"]),
+    ("keys trust", &["drover keys trust ed25519:3f1c… --name ci"]),
+    (
+        "keys export",
+        &["drover keys export > signing.key   # keep it secret"],
+    ),
+    ("keys import", &["drover keys import signing.key"]),
+    (
+        "agent",
+        &[
+            "drover agent",
+            "drover agent --metrics 127.0.0.1:9464",
+            "drover agent --replace   # after installing a new drover",
+        ],
+    ),
+    ("up", &["drover up", "drover up examples/hello"]),
+    (
+        "deploy",
+        &[
+            "drover deploy                        # the app in the current directory",
+            "drover deploy web@1.4.2 --canary 10",
+            "drover deploy . -e prod --json       # to the environment's hosts",
+        ],
+    ),
+    (
+        "rollback",
+        &[
+            "drover rollback web",
+            "drover rollback web --to 12",
+            "drover rollback -e prod",
+        ],
+    ),
+    (
+        "status",
+        &[
+            "drover status",
+            "drover status web --json",
+            "drover status -e prod",
+        ],
+    ),
+    (
+        "history",
+        &["drover history web", "drover history -e prod --json"],
+    ),
+    (
+        "logs",
+        &["drover logs web -f", "drover logs web -n 200 -e prod"],
+    ),
+    ("stop", &["drover stop web"]),
+    ("start", &["drover start web"]),
+    (
+        "promote",
+        &["drover deploy --canary 10 && drover promote web"],
+    ),
+    ("abort", &["drover abort web"]),
+    (
+        "pause",
+        &["drover pause web && ./migrate && drover resume web"],
+    ),
+    ("resume", &["drover resume web"]),
+    (
+        "run",
+        &[
+            "drover run web -- ./manage.py migrate",
+            "drover run web -- env",
+        ],
+    ),
+    (
+        "config set",
+        &["drover config set web LOG_LEVEL=debug WORKERS=4"],
+    ),
+    ("config unset", &["drover config unset web LOG_LEVEL"]),
+    ("config list", &["drover config list web --json"]),
+    (
+        "secrets set",
+        &[
+            "drover secrets set DATABASE_URL",
+            "printf %s \"$TOKEN\" | drover secrets -e prod set API_TOKEN",
+        ],
+    ),
+    (
+        "secrets list",
+        &["drover secrets list", "drover secrets -e prod list"],
+    ),
+    ("secrets edit", &["drover secrets edit DATABASE_URL"]),
+    ("secrets rm", &["drover secrets rm OLD_TOKEN"]),
+    (
+        "secrets rekey",
+        &["drover secrets rekey --recipient age1…   # after `drover host setup` printed it"],
+    ),
+    ("host key", &["drover host key"]),
+    (
+        "host setup",
+        &[
+            "drover host setup web1 web2 deploy@db1:2222",
+            "drover host setup -e prod --force",
+        ],
+    ),
+    (
+        "diff",
+        &["drover diff web 11 12", "drover diff 11 12 --json"],
+    ),
+    ("lock status", &["drover lock status -e prod"]),
+    (
+        "lock release",
+        &["drover lock release -e prod   # its holder died"],
+    ),
+    (
+        "completions",
+        &[
+            "source <(drover completions bash)",
+            "drover completions zsh > \"${fpath[1]}/_drover\"",
+            "drover completions fish > ~/.config/fish/completions/drover.fish",
+        ],
+    ),
+    (
+        "man",
+        &[
+            "drover man | man -l -",
+            "drover man --dir /usr/local/share/man/man1",
+        ],
+    ),
+];
+
+/// The command line with each command's examples: what parses, completes and documents.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    fn with(cmd: clap::Command, path: &[&str], lines: &[&str]) -> clap::Command {
+        match path.split_first() {
+            None => cmd.after_help(format!("Examples:\n  {}", lines.join("\n  "))),
+            Some((first, rest)) => cmd.mut_subcommand(*first, |c| with(c, rest, lines)),
+        }
+    }
+    EXAMPLES.iter().fold(Cli::command(), |cmd, (path, lines)| {
+        with(cmd, &path.split(' ').collect::<Vec<_>>(), lines)
+    })
+}
+
+/// Parses the process's arguments (exiting with clap's message and code 2 when they are bad).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let mut matches = command().get_matches();
+    Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every command's arguments and subcommands, with the command's path.
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.to_string(), cmd.clone()));
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_is_described_and_every_command_has_an_example() {
+        let mut all = Vec::new();
+        walk(&super::command(), "drover", &mut all);
+        let mut missing = Vec::new();
+        for (path, cmd) in &all {
+            if cmd.get_about().is_none() && path != "drover" {
+                missing.push(format!("{path}: no description"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: argument `{id}` has no description"));
+                }
+            }
+            let leaf = cmd.get_subcommands().next().is_none();
+            let example = cmd
+                .get_after_help()
+                .is_some_and(|h| h.to_string().contains("Example"));
+            if leaf && !example {
+                missing.push(format!("{path}: no example"));
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+}

@@ -3,23 +3,15 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory};
-
-use crate::cli::Cli;
+use clap::Args;
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  source <(drover completions bash)\n  drover completions zsh > \"${fpath[1]}/_drover\"\n  drover completions fish > ~/.config/fish/completions/drover.fish"
-)]
 pub struct CompletionsArgs {
     /// The shell: bash, zsh, fish, elvish or powershell.
     pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  drover man | man -l -\n  drover man --dir /usr/local/share/man/man1"
-)]
 pub struct ManArgs {
     /// Write drover.1 and drover-COMMAND.1 (one per command) into DIR instead of printing
     /// drover.1.
@@ -28,7 +20,7 @@ pub struct ManArgs {
 }
 
 pub fn run_completions(args: CompletionsArgs) -> anyhow::Result<()> {
-    let mut cmd = Cli::command();
+    let mut cmd = crate::cli::command();
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut cmd, "drover", &mut out);
     print!("{}", String::from_utf8_lossy(&out));
@@ -36,7 +28,7 @@ pub fn run_completions(args: CompletionsArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_man(args: ManArgs) -> anyhow::Result<()> {
-    let cmd = Cli::command();
+    let cmd = crate::cli::command();
     match args.dir {
         None => {
             let mut out = Vec::new();

@@ -20,18 +20,23 @@ pub struct ConfigArgs {
 pub enum ConfigCommand {
     /// Set KEY=VALUE pairs on this host: a new generation (same release), health-gated.
     Set {
+        /// The app.
         app: String,
+        /// What to set.
         #[arg(required = true, value_name = "KEY=VALUE")]
         pairs: Vec<String>,
     },
     /// Remove host-side keys: a new generation.
     Unset {
+        /// The app.
         app: String,
+        /// The keys to remove.
         #[arg(required = true)]
         keys: Vec<String>,
     },
     /// The live generation's merged config and where each value comes from (secrets by name).
     List {
+        /// The app.
         app: String,
         #[command(flatten)]
         json: JsonFlag,

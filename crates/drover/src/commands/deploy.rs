@@ -43,6 +43,7 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct AppArg {
+    /// The app.
     pub app: String,
     #[command(flatten)]
     pub json: JsonFlag,

@@ -23,6 +23,7 @@ pub enum KeysCommand {
     List(JsonFlag),
     /// Trust releases signed by KEY (`ed25519:<hex>`, as `drover keys` prints it).
     Trust {
+        /// The public key, `ed25519:<hex>`.
         key: String,
         /// A name for the key (default: derived from the key).
         #[arg(long)]
@@ -31,7 +32,10 @@ pub enum KeysCommand {
     /// Print the local secret signing key (to move it to another machine: keep it secret).
     Export,
     /// Replace the local signing key with one from FILE (written by `drover keys export`).
-    Import { file: PathBuf },
+    Import {
+        /// The file `drover keys export` wrote.
+        file: PathBuf,
+    },
 }
 
 #[derive(Serialize)]

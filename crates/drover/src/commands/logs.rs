@@ -7,6 +7,7 @@ use drover_wire::{Line, Request};
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
+    /// The app.
     pub app: String,
     /// Keep printing new lines until interrupted.
     #[arg(short, long)]

@@ -11,6 +11,7 @@ use crate::output::ExitWith;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The app whose live generation the command runs in.
     pub app: String,
     /// The command and its arguments (run directly, not through a shell).
     #[arg(last = true, required = true)]

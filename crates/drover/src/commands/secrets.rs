@@ -29,6 +29,7 @@ pub struct SecretsArgs {
 pub enum SecretsCommand {
     /// Set KEY; the value is read from stdin (or a hidden prompt), never from the command line.
     Set {
+        /// The secret's name (as the app sees it in its environment).
         key: String,
         /// Also encrypt to this age public key (a host's `drover host key`, an operator's).
         #[arg(long = "recipient", value_name = "AGE_KEY")]
@@ -37,13 +38,21 @@ pub enum SecretsCommand {
     /// List the secrets' names and the recipients (never the values).
     List(JsonFlag),
     /// Edit KEY's value in $EDITOR (a 0600 file in memory-backed /dev/shm, wiped after).
-    Edit { key: String },
+    Edit {
+        /// The secret's name.
+        key: String,
+    },
     /// Remove KEY.
-    Rm { key: String },
+    Rm {
+        /// The secret's name.
+        key: String,
+    },
     /// Re-encrypt every value to the recipients (after adding or removing some).
     Rekey {
+        /// Add this recipient (an age public key), then re-encrypt.
         #[arg(long = "recipient", value_name = "AGE_KEY")]
         add: Vec<String>,
+        /// Remove this recipient, then re-encrypt (it can no longer read new values).
         #[arg(long = "remove-recipient", value_name = "AGE_KEY")]
         remove: Vec<String>,
     },
