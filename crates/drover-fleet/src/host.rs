@@ -56,16 +56,18 @@ pub fn hello(
             acquired: false,
             holder: None,
         }),
-        Some(l) => Some(match try_lock(root, &l.env, l.holder, l.token)? {
-            Ok(mine) => LockOutcome {
-                acquired: true,
-                holder: Some(mine),
+        Some(l) => Some(
+            match try_lock(root, &l.env, l.holder, l.token, l.message)? {
+                Ok(mine) => LockOutcome {
+                    acquired: true,
+                    holder: Some(mine),
+                },
+                Err(theirs) => LockOutcome {
+                    acquired: false,
+                    holder: theirs,
+                },
             },
-            Err(theirs) => LockOutcome {
-                acquired: false,
-                holder: theirs,
-            },
-        }),
+        ),
     };
     Ok(Hello {
         version: crate::VERSION.to_string(),
@@ -335,6 +337,7 @@ fn try_lock(
     env: &str,
     holder: String,
     token: String,
+    message: Option<String>,
 ) -> anyhow::Result<Result<LockHolder, Option<LockHolder>>> {
     check_env(env)?;
     let path = lock_path(root, env);
@@ -343,6 +346,7 @@ fn try_lock(
         holder,
         since: drover_agent::now(),
         token,
+        message,
     };
     // Written aside then linked into place: the lock exists whole or not at all, and of two
     // deployers racing for it exactly one link succeeds.

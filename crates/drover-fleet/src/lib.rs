@@ -558,8 +558,61 @@ pub struct Locks<'a, L: HostLink = Session> {
     held: Vec<&'a L>,
 }
 
+/// How a lock is asked for: who for, why, and how long to wait for a holder to finish.
+#[derive(Debug, Clone, Default)]
+pub struct LockAsk {
+    /// Said to whoever finds the lock taken (`drover lock acquire -m`).
+    pub message: Option<String>,
+    /// Wait this long for another holder to let go, instead of failing at once.
+    pub wait: Option<std::time::Duration>,
+}
+
 impl<'a, L: HostLink> Locks<'a, L> {
     pub fn acquire(env: &str, sessions: &[&'a L], what: &str) -> anyhow::Result<Locks<'a, L>> {
+        Locks::acquire_with(env, sessions, what, &LockAsk::default(), |_| {})
+    }
+
+    /// `acquire`, with a message for others, and waiting up to `ask.wait` while another
+    /// holder has it (`on_wait` hears who, each time the holder changes).
+    pub fn acquire_with(
+        env: &str,
+        sessions: &[&'a L],
+        what: &str,
+        ask: &LockAsk,
+        on_wait: impl Fn(&str),
+    ) -> anyhow::Result<Locks<'a, L>> {
+        let deadline = ask.wait.map(|w| std::time::Instant::now() + w);
+        let mut told = String::new();
+        loop {
+            match Locks::try_acquire(env, sessions, what, ask.message.as_deref()) {
+                Err(e)
+                    if deadline.is_some_and(|d| std::time::Instant::now() < d)
+                        && e.downcast_ref::<error::Kinded>()
+                            .is_some_and(|k| k.exit == Exit::Locked) =>
+                {
+                    let first = format!("{e}");
+                    let first = first.lines().next().unwrap_or("").to_string();
+                    if first != told {
+                        on_wait(&first);
+                        told = first;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Holds the lock past this command (`drover lock acquire`): it stays on every host
+    /// until `drover lock release` (nothing gives a lock back but `release` and `finish`).
+    pub fn keep(self) {}
+
+    fn try_acquire(
+        env: &str,
+        sessions: &[&'a L],
+        what: &str,
+        message: Option<&str>,
+    ) -> anyhow::Result<Locks<'a, L>> {
         let token = blake3::hash(
             format!("{}-{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes(),
         )
@@ -588,6 +641,7 @@ impl<'a, L: HostLink> Locks<'a, L> {
                             env: env.to_string(),
                             holder: holder.clone(),
                             token: token.clone(),
+                            message: message.map(str::to_string),
                         }),
                     })?;
                     serve_reply::<Hello>(s.name(), sv)
@@ -632,9 +686,10 @@ impl<'a, L: HostLink> Locks<'a, L> {
                 match h {
                     Some(h) => hinted(
                         format!(
-                            "environment `{env}` is locked on {host}: {} has held it since {}",
+                            "environment `{env}` is locked on {host}: {} has held it since {}{}",
                             h.holder,
-                            fmt_time(h.since)
+                            fmt_time(h.since),
+                            h.message.map(|m| format!(": \"{m}\"")).unwrap_or_default()
                         ),
                         format!(
                             "wait for that deploy to finish; if it is dead, `drover lock release -e {env}`"
@@ -718,6 +773,8 @@ pub struct DeployPlan {
     pub version: String,
     pub secrets: Option<String>,
     pub keep_partial: bool,
+    /// Wait this long for the environment's lock while another holder has it.
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 /// How a fleet deploy ended.
@@ -768,10 +825,20 @@ fn deploy_connected<L: HostLink>(
     for i in 0..sessions.len() {
         progress.phase(i, "checking and locking");
     }
-    let mut locks = match Locks::acquire(
+    let ask = LockAsk {
+        message: None,
+        wait: plan.lock_wait,
+    };
+    let mut locks = match Locks::acquire_with(
         &target.name,
         &sessions,
         &format!("deploy of {}@{}", plan.app, plan.version),
+        &ask,
+        |holder| {
+            for i in 0..sessions.len() {
+                progress.phase(i, &format!("waiting for the lock: {holder}"));
+            }
+        },
     ) {
         Ok(l) => l,
         Err(e) => {

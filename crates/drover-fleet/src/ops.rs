@@ -206,6 +206,23 @@ pub fn lock_status(target: &Target) -> anyhow::Result<Vec<HostResult<Option<Lock
         .collect())
 }
 
+/// Takes the environment's lock on every host and keeps it (deploys are held off, told
+/// `message`) until `lock release`.
+pub fn lock_acquire(target: &Target, message: &str) -> anyhow::Result<()> {
+    let conn = target.connect()?;
+    let result = (|| {
+        let sessions = conn.all()?;
+        let ask = crate::LockAsk {
+            message: Some(message.to_string()),
+            wait: None,
+        };
+        Locks::acquire_with(&target.name, &sessions, "drover lock acquire", &ask, |_| {})?.keep();
+        Ok(())
+    })();
+    conn.close();
+    result
+}
+
 /// Breaks the environment's lock on every host.
 pub fn lock_release(target: &Target) -> anyhow::Result<()> {
     let results = target.each(None, |s| {

@@ -271,6 +271,7 @@ mod tests {
                         env: "production".into(),
                         holder: "ops@laptop".into(),
                         token: "t0k3n".into(),
+                        message: Some("release freeze".into()),
                     }),
                 }),
             ),

@@ -458,6 +458,9 @@ pub struct LockRequest {
     pub env: String,
     pub holder: String,
     pub token: String,
+    /// Why it is held, for whoever finds it taken (`drover lock acquire -m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the deployer sends while it has nothing else to say (an empty line, skipped between
@@ -491,6 +494,8 @@ pub struct LockHolder {
     pub holder: String,
     pub since: u64,
     pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Reads one line (at most `MAX_LINE` bytes); `None` at end of stream.

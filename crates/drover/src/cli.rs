@@ -210,6 +210,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
             "drover deploy                        # the app in the current directory",
             "drover deploy web@1.4.2 --canary 10",
             "drover deploy . -e prod --json       # to the environment's hosts",
+            "drover deploy . -e prod --lock-wait 10m",
         ],
     ),
     (
@@ -291,6 +292,10 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &["drover diff web 11 12", "drover diff 11 12 --json"],
     ),
     ("lock status", &["drover lock status -e prod"]),
+    (
+        "lock acquire",
+        &["drover lock acquire -e prod -m \"release freeze until Monday\""],
+    ),
     (
         "lock release",
         &["drover lock release -e prod   # its holder died"],

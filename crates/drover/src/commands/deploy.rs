@@ -37,6 +37,10 @@ pub struct DeployArgs {
     /// release instead of returning them to their previous generation.
     #[arg(long)]
     pub keep_partial: bool,
+    /// Fleet deploys: when another holder has the environment's lock, wait up to this long
+    /// (`30s`, `5m`) for it to let go instead of failing at once.
+    #[arg(long, value_name = "DURATION", value_parser = drover_config::Seconds::parse)]
+    pub lock_wait: Option<drover_config::Seconds>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -281,6 +285,7 @@ fn deploy_fleet(root: &Path, target: Target, args: DeployArgs) -> anyhow::Result
         version: manifest.version.clone(),
         secrets: layers.secrets,
         keep_partial: args.keep_partial,
+        lock_wait: args.lock_wait.map(|s| s.0),
     };
     let json = args.json.json;
     let progress = crate::progress::Progress::new(&target.env.hosts, json);

@@ -20,6 +20,14 @@ pub enum LockCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Hold the environment's lock on every host, deploys held off, until `lock release`.
+    Acquire {
+        #[command(flatten)]
+        env: EnvArgs,
+        /// Why: shown to whoever finds it taken, and by `lock status`.
+        #[arg(short, long, value_name = "MESSAGE")]
+        message: String,
+    },
     /// Break the environment's lock on every host (when its holder died).
     Release {
         #[command(flatten)]
@@ -38,17 +46,30 @@ pub fn run(args: LockArgs) -> anyhow::Result<()> {
             for r in &results {
                 match (&r.result, &r.error) {
                     (Some(Some(h)), _) => println!(
-                        "  {}  locked by {} since {} ({})",
+                        "  {}  locked by {} since {} ({}){}",
                         r.host,
                         h.holder,
                         super::history::fmt_utc(h.since),
-                        drover_fleet::fmt_time(h.since)
+                        drover_fleet::fmt_time(h.since),
+                        h.message
+                            .as_ref()
+                            .map(|m| format!(": \"{m}\""))
+                            .unwrap_or_default()
                     ),
                     (Some(None), _) => println!("  {}  free", r.host),
                     (_, Some(e)) => println!("  {}  unknown: {e}", r.host),
                     _ => {}
                 }
             }
+            Ok(())
+        }
+        LockCommand::Acquire { env, message } => {
+            let target = env.require()?;
+            drover_fleet::ops::lock_acquire(&target, &message)?;
+            eprintln!(
+                "holding the lock of `{}` on every host: \"{message}\"; `drover lock release -e {}` gives it back",
+                target.name, target.name
+            );
             Ok(())
         }
         LockCommand::Release { env } => {

@@ -514,6 +514,57 @@ fn two_deploys_at_once_the_second_fails_fast_naming_the_lock_holder() {
 }
 
 #[test]
+fn a_lock_held_with_a_message_holds_deploys_off_and_a_deploy_can_wait_for_it() {
+    let fleet = Fleet::new(1);
+    let cx = TestContext::new();
+    let dir = fleet_app(&cx, &fleet, "1.0", ONE_BY_ONE, "./hello");
+    setup(&cx, &dir);
+    let run = env_ok(&cx, &dir, &["lock", "acquire", "-m", "release freeze"]);
+    assert!(
+        run.stderr.contains("holding the lock of `prod`"),
+        "{}",
+        run.stderr
+    );
+    let st = env_ok(&cx, &dir, &["lock", "status"]);
+    assert!(st.stdout.contains("\"release freeze\""), "{}", st.stdout);
+    // A deploy fails at once, saying why the lock is held.
+    let run = cx
+        .drover(&["deploy", dir.to_str().unwrap(), "-e", "prod"])
+        .failure();
+    assert_eq!(run.status.code(), Some(5), "{}", run.stderr);
+    assert!(run.stderr.contains("\"release freeze\""), "{}", run.stderr);
+
+    // With --lock-wait it waits, and deploys once the lock is given back.
+    let said = cx.path("waiting.err");
+    let waiting = cx
+        .command()
+        .args([
+            "deploy",
+            dir.to_str().unwrap(),
+            "-e",
+            "prod",
+            "--lock-wait",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&said).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the deploy to wait for the lock",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&said).is_ok_and(|t| t.contains("waiting for the lock")),
+    );
+    env_ok(&cx, &dir, &["lock", "release"]);
+    let out = waiting.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&said).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert_eq!(serving(&fleet, 0).as_deref(), Some("1.0"));
+    let st = env_ok(&cx, &dir, &["lock", "status"]);
+    assert!(st.stdout.contains("free"), "{}", st.stdout);
+}
+
+#[test]
 fn ssh_and_install_problems_are_named_per_host() {
     let fleet = Fleet::with(FleetOptions {
         hosts: 3,

@@ -87,6 +87,17 @@ fn deploy(
     hosts: &[Host],
     phases: &Phases,
 ) -> anyhow::Result<drover_fleet::Deployed> {
+    deploy_waiting(deployer, dir, hosts, phases, None)
+}
+
+/// `deploy`, waiting up to `lock_wait` for another holder's lock.
+fn deploy_waiting(
+    deployer: &TestContext,
+    dir: &Path,
+    hosts: &[Host],
+    phases: &Phases,
+    lock_wait: Option<Duration>,
+) -> anyhow::Result<drover_fleet::Deployed> {
     let built = deployer.build(dir, &[]);
     let store = drover_store::Store::open(&deployer.root).unwrap();
     let target = Target::require(dir, "prod").unwrap();
@@ -96,6 +107,7 @@ fn deploy(
         version: built["version"].as_str().unwrap_or("").to_string(),
         secrets: None,
         keep_partial: false,
+        lock_wait,
     };
     let conn = Connected::of(
         &target.env.hosts,
@@ -222,7 +234,11 @@ fn in_process_a_held_lock_stops_a_second_deployer_naming_its_holder() {
     let dir = app(&cx, 2, "1.0", None);
     let held = links(&hosts);
     let refs: Vec<&InProcess> = held.iter().collect();
-    let mut lock = Locks::acquire("prod", &refs, "a test's deploy").unwrap();
+    let ask = drover_fleet::LockAsk {
+        message: Some("release freeze".into()),
+        wait: None,
+    };
+    let mut lock = Locks::acquire_with("prod", &refs, "a test's deploy", &ask, |_| {}).unwrap();
     assert!(hosts[0].cx.root.join("locks/prod.json").exists());
 
     let err = match deploy(&cx, &dir, &hosts, &Phases::default()) {
@@ -233,7 +249,9 @@ fn in_process_a_held_lock_stops_a_second_deployer_naming_its_holder() {
     assert_eq!(kind.exit, Exit::Locked);
     let text = format!("{err:#}");
     assert!(
-        text.contains("environment `prod` is locked on h1") && text.contains("a test's deploy"),
+        text.contains("environment `prod` is locked on h1")
+            && text.contains("a test's deploy")
+            && text.contains("\"release freeze\""),
         "{text}"
     );
     // Nothing was deployed, and the holder still holds it.
@@ -246,10 +264,31 @@ fn in_process_a_held_lock_stops_a_second_deployer_naming_its_holder() {
     }
     assert!(hosts[0].cx.root.join("locks/prod.json").exists());
 
-    assert!(lock.release().is_empty());
+    // A deploy that may wait: it waits while the lock is held, saying for whom, and goes on
+    // once it is given back.
+    let phases = Phases::default();
+    let done = std::thread::scope(|s| {
+        let waiting =
+            s.spawn(|| deploy_waiting(&cx, &dir, &hosts, &phases, Some(Duration::from_secs(60))));
+        crate::common::wait_for("the deploy to wait", Duration::from_secs(30), || {
+            phases
+                .of(0)
+                .iter()
+                .any(|p| p.starts_with("waiting for the lock"))
+        });
+        assert!(!waiting.is_finished());
+        assert!(lock.release().is_empty());
+        waiting.join().unwrap()
+    })
+    .unwrap();
+    assert!(done.report.ok, "{:?}", done.report.hosts);
+    let said = phases.of(0);
+    assert!(
+        said.iter()
+            .any(|p| p.contains("waiting for the lock") && p.contains("release freeze")),
+        "{said:?}"
+    );
     for l in held {
         l.close();
     }
-    let done = deploy(&cx, &dir, &hosts, &Phases::default()).unwrap();
-    assert!(done.report.ok, "{:?}", done.report.hosts);
 }
