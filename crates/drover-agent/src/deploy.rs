@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use drover_store::Manifest;
 
-use crate::instances::{base_env, last_lines, run_to_end, zero_values};
+use crate::instances::{base_env, last_lines, run_streaming, run_to_end, zero_values};
 use crate::layers::Layers;
 use crate::routes::ProxyPlan;
 use crate::{
@@ -98,14 +98,11 @@ impl Agent {
         who: &str,
         canary: Option<u8>,
         layers: Layers,
+        run_hook: bool,
         out: &mut Out,
     ) -> Result<String> {
-        let id = self.store.resolve(query)?;
-        let manifest = self.store.trusted_manifest(&id)?;
+        let (id, manifest) = self.release_to_run(query)?;
         let app = manifest.app.clone();
-        manifest.runtime.check_bounds().map_err(|(m, h)| {
-            Error::bounds((format!("release {app}@{}: {m}", manifest.version), h))
-        })?;
         let _guard = self.claim(&app, who)?;
         if let Some((generation, _)) = self.lock().get(&app).and_then(|rt| rt.canary) {
             return Err(Error::CanaryInProgress { app, generation });
@@ -116,6 +113,39 @@ impl Agent {
             manifest.version,
             id.short()
         ));
+        let (dir, g) = self.next_generation(&id, &manifest, who, canary, layers)?;
+        dir.create()
+            .map_err(Error::io(format!("cannot create the state of `{app}`")))?;
+        dir.write_generation(&g)
+            .map_err(write_failed(&app, g.generation))?;
+        self.switch(&dir, &g, &manifest, run_hook, canary, out)?;
+        Ok(app)
+    }
+
+    /// A stored release, its signature checked, within the bounds a release may ask for.
+    fn release_to_run(&self, query: &str) -> Result<(drover_store::Hash, Manifest)> {
+        let id = self.store.resolve(query)?;
+        let manifest = self.store.trusted_manifest(&id)?;
+        manifest.runtime.check_bounds().map_err(|(m, h)| {
+            Error::bounds((
+                format!("release {}@{}: {m}", manifest.app, manifest.version),
+                h,
+            ))
+        })?;
+        Ok((id, manifest))
+    }
+
+    /// The generation a deploy of `manifest` with `layers` would make next (not written),
+    /// its config merged and checked.
+    fn next_generation(
+        &self,
+        id: &drover_store::Hash,
+        manifest: &Manifest,
+        who: &str,
+        canary: Option<u8>,
+        layers: Layers,
+    ) -> Result<(AppDir, state::Generation)> {
+        let app = manifest.app.clone();
         let dir = AppDir::new(&self.root, &app);
         let from = dir.current();
         let mut g = state::Generation {
@@ -154,13 +184,47 @@ impl Agent {
                 });
             }
         }
-        g.env = self.check_config(&manifest, &g)?.0;
+        g.env = self.check_config(manifest, &g)?.0;
+        Ok((dir, g))
+    }
+
+    /// The release hook of `query`, run as a deploy with `layers` would run it, its output
+    /// sent line by line; no generation is made (a fleet deploy runs it once, then deploys
+    /// with the hook skipped).
+    pub(crate) fn release_hook(
+        &self,
+        query: &str,
+        who: &str,
+        layers: Layers,
+        out: &mut Out,
+    ) -> Result<()> {
+        let (id, manifest) = self.release_to_run(query)?;
+        let app = manifest.app.clone();
+        let _guard = self.claim(&app, who)?;
+        let Some(hook) = manifest.runtime.hooks.release.clone() else {
+            out.event("the release has no release hook");
+            return Ok(());
+        };
+        let (dir, g) = self.next_generation(&id, &manifest, who, None, layers)?;
         dir.create()
             .map_err(Error::io(format!("cannot create the state of `{app}`")))?;
-        dir.write_generation(&g)
-            .map_err(write_failed(&app, g.generation))?;
-        self.switch(&dir, &g, &manifest, true, canary, out)?;
-        Ok(app)
+        let tree = self.store.materialise_checked(&id)?.path;
+        out.event(format!("running release hook `{hook}`"));
+        let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
+        let mut env = base_env(&self.tag, &app, &g, &manifest);
+        for (k, v) in self.secrets_of(g.secrets.as_deref())? {
+            env.insert(k, v.to_string());
+        }
+        let ran = run_streaming(&hook, &tree, &env, &log, |line| out.log(line));
+        zero_values(&mut env);
+        match ran {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::HookFailed {
+                hook,
+                details: last_lines("release", &log),
+            }),
+            Err(e) => Err(Error::io("cannot run release hook")(e)),
+        }
     }
 
     pub(crate) fn rollback(

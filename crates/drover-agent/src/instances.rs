@@ -413,6 +413,52 @@ pub(crate) fn run_to_end(
     Ok(child.wait()?.success())
 }
 
+/// `run_to_end`, each line of output passed to `on_line` as it is written.
+pub(crate) fn run_streaming(
+    cmd: &str,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Path,
+    mut on_line: impl FnMut(&str),
+) -> std::io::Result<bool> {
+    use std::io::{BufRead, Seek};
+    let from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    std::thread::scope(|s| {
+        let run = s.spawn(|| run_to_end(cmd, dir, env, log));
+        let mut reader: Option<std::io::BufReader<std::fs::File>> = None;
+        let mut partial = String::new();
+        loop {
+            let finished = run.is_finished();
+            if reader.is_none()
+                && let Ok(mut f) = std::fs::File::open(log)
+                && f.seek(std::io::SeekFrom::Start(from)).is_ok()
+            {
+                reader = Some(std::io::BufReader::new(f));
+            }
+            if let Some(r) = reader.as_mut() {
+                let mut buf = Vec::new();
+                while r.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+                    partial.push_str(&String::from_utf8_lossy(&buf));
+                    buf.clear();
+                    if partial.ends_with('\n') {
+                        on_line(partial.trim_end_matches('\n'));
+                        partial.clear();
+                    }
+                }
+            }
+            if finished {
+                if !partial.is_empty() {
+                    on_line(&partial);
+                }
+                return run
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("panicked")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
 pub(crate) fn last_lines(name: &str, log: &Path) -> Vec<String> {
     proc::tail(log, 10)
         .into_iter()

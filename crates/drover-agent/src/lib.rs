@@ -195,6 +195,16 @@ impl Out<'_> {
         let _ = drover_wire::write_line(self.stream, &Line::Event(Event { event: msg.into() }));
     }
 
+    /// A line of a command's output (a release hook's).
+    fn log(&mut self, line: &str) {
+        let _ = drover_wire::write_line(
+            self.stream,
+            &Line::Log {
+                log: line.to_string(),
+            },
+        );
+    }
+
     /// One element of a list reply (`Line::Item`).
     fn item(&mut self, item: serde_json::Value) -> Result<()> {
         drover_wire::write_line(self.stream, &Line::Item { item })

@@ -250,6 +250,7 @@ impl Agent {
                 secrets,
                 confirm_within,
                 processes,
+                skip_release_hook,
             } => {
                 if let Some(weight) = canary.filter(|w| *w == 0 || *w >= 100) {
                     return Err(Error::CanaryOutOfRange { weight });
@@ -262,11 +263,32 @@ impl Agent {
                     secrets,
                     processes,
                 };
-                let app = self.deploy(&release, &who, canary, layers, &mut out)?;
+                let app =
+                    self.deploy(&release, &who, canary, layers, !skip_release_hook, &mut out)?;
                 if let Some(secs) = confirm_within.filter(|_| canary.is_none()) {
                     self.await_confirm(&app, &who, environment, secs, reader, &mut out)?;
                 }
                 self.status_of(&app).map(to_json)
+            }
+            Request::ReleaseHook {
+                release,
+                who,
+                environment,
+                env_layer,
+                role,
+                role_layer,
+                secrets,
+            } => {
+                let layers = Layers {
+                    environment,
+                    env_layer,
+                    role,
+                    role_layer,
+                    secrets,
+                    processes: None,
+                };
+                self.release_hook(&release, &who, layers, &mut out)?;
+                Ok(serde_json::Value::Null)
             }
             Request::ConfigSet {
                 app,

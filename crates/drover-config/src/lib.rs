@@ -307,6 +307,10 @@ pub struct Hooks {
     /// Runs once per deploy, before any switch (migrations).
     #[serde(default)]
     pub release: Option<String>,
+    /// Fleet deploys: the role on whose first host the release hook runs (default: the
+    /// environment's first host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_on: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -775,6 +775,70 @@ pub struct DeployPlan {
     pub keep_partial: bool,
     /// Wait this long for the environment's lock while another holder has it.
     pub lock_wait: Option<std::time::Duration>,
+    /// The release's `[hooks] release`, run once for the fleet, and `release_on`, the role
+    /// on whose first host it runs (default: the environment's first host).
+    pub release_hook: Option<String>,
+    pub release_on: Option<String>,
+}
+
+impl DeployPlan {
+    /// The plan to deploy release `id` (whose manifest is `manifest`), with the
+    /// environment's secrets file; the rest as a plain deploy has it.
+    pub fn of(
+        id: drover_store::Hash,
+        manifest: &drover_store::Manifest,
+        secrets: Option<String>,
+    ) -> DeployPlan {
+        DeployPlan {
+            release: id,
+            app: manifest.app.clone(),
+            version: manifest.version.clone(),
+            secrets,
+            keep_partial: false,
+            lock_wait: None,
+            release_hook: manifest.runtime.hooks.release.clone(),
+            release_on: manifest.runtime.hooks.release_on.clone(),
+        }
+    }
+
+    /// The host the release hook runs on, if the release has one; a role that is not the
+    /// environment's is an error naming the key.
+    pub fn hook_host(&self, target: &Target) -> anyhow::Result<Option<usize>> {
+        if self.release_hook.is_none() {
+            return Ok(None);
+        }
+        let Some(role) = &self.release_on else {
+            return Ok(Some(0));
+        };
+        let first = target
+            .env
+            .roles
+            .get(role)
+            .and_then(|r| r.hosts.first())
+            .and_then(|h| target.env.hosts.iter().position(|x| x == h));
+        match first {
+            Some(i) => Ok(Some(i)),
+            None => Err(error::kinded(
+                Exit::Input,
+                hinted(
+                    format!(
+                        "[hooks] release_on = \"{role}\": environment `{}` has no role `{role}` with hosts",
+                        target.name
+                    ),
+                    format!(
+                        "name one of its roles ({}), or leave release_on out to run the hook on its first host",
+                        target
+                            .env
+                            .roles
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            )),
+        }
+    }
 }
 
 /// How a fleet deploy ended.
@@ -822,6 +886,7 @@ fn deploy_connected<L: HostLink>(
         }
     }
     let sessions = conn.all()?;
+    let hook_on = plan.hook_host(target)?;
     for i in 0..sessions.len() {
         progress.phase(i, "checking and locking");
     }
@@ -846,7 +911,8 @@ fn deploy_connected<L: HostLink>(
             return Err(e);
         }
     };
-    let (states, failure, audit) = rollout(store, target, plan, &sessions, progress, started);
+    let (states, failure, audit) =
+        rollout(store, target, plan, hook_on, &sessions, progress, started);
     let stuck = locks.finish(&audit);
     progress.finish();
     let report = DeployReport {
@@ -905,10 +971,12 @@ impl From<Observation> for Seen {
 /// Carries out a rollout (`drover_rollout` decides every step) on the environment's
 /// sessions: transfers, availability checks, pauses, health-gated switches with their
 /// confirms, reverts. Returns each host's state, the failure, if any, and the audit entries.
+#[allow(clippy::too_many_arguments)]
 fn rollout<L: HostLink>(
     store: &drover_store::Store,
     target: &Target,
     plan: &DeployPlan,
+    hook_on: Option<usize>,
     sessions: &[&L],
     progress: &dyn Progress,
     started: std::time::Instant,
@@ -926,6 +994,7 @@ fn rollout<L: HostLink>(
         pause: strategy.pause(),
         max_unavailable: strategy.max_unavailable(n),
         keep_partial: plan.keep_partial,
+        hook_on,
     });
     let mut bytes = vec![0u64; n];
     let mut errors: Vec<Option<HostError>> = (0..n).map(|_| None).collect();
@@ -993,6 +1062,19 @@ fn rollout<L: HostLink>(
                             });
                         }
                     }
+                    Action::RunHook { host } => {
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let error = run_hook(target, plan, sessions[host], host, progress);
+                            let _ = tx.send(Seen {
+                                obs: Observation::HookRan {
+                                    error: error.as_ref().map(|e| e.message.clone()),
+                                },
+                                error,
+                                bytes: None,
+                            });
+                        });
+                    }
                     Action::Confirm { host } => {
                         if let Some(c) = confirms.remove(&host) {
                             let _ = c.send(true);
@@ -1023,7 +1105,7 @@ fn rollout<L: HostLink>(
                 // The engine waits only on what a thread of this scope will send.
                 None => rx.recv().expect("a rollout thread answers"),
             };
-            if let Some(h) = observed_host(&seen.obs) {
+            if let Some(h) = observed_host(&seen.obs, hook_on) {
                 if let Some(b) = seen.bytes {
                     bytes[h] = b;
                 }
@@ -1050,7 +1132,7 @@ fn rollout<L: HostLink>(
 }
 
 /// The host an observation is about.
-fn observed_host(obs: &Observation) -> Option<usize> {
+fn observed_host(obs: &Observation, hook_on: Option<usize>) -> Option<usize> {
     match obs {
         Observation::Sent { host }
         | Observation::SendFailed { host, .. }
@@ -1059,6 +1141,7 @@ fn observed_host(obs: &Observation) -> Option<usize> {
         | Observation::SwitchFailed { host, .. }
         | Observation::Reverted { host }
         | Observation::RevertFailed { host, .. } => Some(*host),
+        Observation::HookRan { .. } => hook_on,
         Observation::Availability { .. } | Observation::Tick => None,
     }
 }
@@ -1108,6 +1191,59 @@ fn send_release<L: HostLink>(
     }
 }
 
+/// Host `i`'s role, its config layer, and the processes it runs (`None`: all).
+fn host_layers(
+    target: &Target,
+    i: usize,
+) -> (
+    Option<String>,
+    BTreeMap<String, String>,
+    Option<Vec<String>>,
+) {
+    match target.role_of(&target.env.hosts[i]) {
+        Some((name, r)) => (
+            Some(name.clone()),
+            r.env.clone(),
+            (!r.processes.is_empty()).then(|| r.processes.clone()),
+        ),
+        None => (None, BTreeMap::new(), None),
+    }
+}
+
+/// Runs the release hook on host `i`, in that host's config layers, its output told as
+/// progress; the error when it failed.
+fn run_hook<L: HostLink>(
+    target: &Target,
+    plan: &DeployPlan,
+    s: &L,
+    i: usize,
+    progress: &dyn Progress,
+) -> Option<HostError> {
+    progress.phase(i, "running the release hook");
+    let (role, role_layer, _) = host_layers(target, i);
+    let req = Request::ReleaseHook {
+        release: plan.release.to_hex(),
+        who: who(),
+        environment: Some(target.name.clone()),
+        env_layer: target.env.env.clone(),
+        role,
+        role_layer,
+        secrets: plan.secrets.clone(),
+    };
+    match agent_call::<serde::de::IgnoredAny>(s, &req, None, |line| {
+        progress.phase(i, &format!("hook | {line}"))
+    }) {
+        Ok(_) => {
+            progress.phase(i, "release hook done");
+            None
+        }
+        Err(e) => {
+            progress.phase(i, &format!("release hook failed: {}", e.message));
+            Some(e)
+        }
+    }
+}
+
 /// Switches host `i` to the release, health-gated; its `Healthy` goes to the engine at once
 /// (over `tx`), and the confirm waits for the engine's word (over `confirm`).
 #[allow(clippy::too_many_arguments)]
@@ -1122,15 +1258,7 @@ fn switch_host<L: HostLink>(
     confirm: std::sync::mpsc::Receiver<bool>,
 ) -> Seen {
     progress.phase(i, "switching");
-    let host = &target.env.hosts[i];
-    let (role, role_layer, processes) = match target.role_of(host) {
-        Some((name, r)) => (
-            Some(name.clone()),
-            r.env.clone(),
-            (!r.processes.is_empty()).then(|| r.processes.clone()),
-        ),
-        None => (None, BTreeMap::new(), None),
-    };
+    let (role, role_layer, processes) = host_layers(target, i);
     let req = Request::Deploy {
         release: plan.release.to_hex(),
         who: who(),
@@ -1142,6 +1270,8 @@ fn switch_host<L: HostLink>(
         secrets: plan.secrets.clone(),
         confirm_within: Some(confirm_within),
         processes,
+        // Run once for the fleet before any switch (`run_hook`).
+        skip_release_hook: plan.release_hook.is_some(),
     };
     let decide = || {
         let _ = tx.send(Observation::Healthy { host: i }.into());
@@ -1239,6 +1369,16 @@ fn failure_error<L: HostLink>(
             .collect()
     };
     match failure {
+        Failure::Hook { host, .. } => {
+            let errs = of_hosts(&[*host]);
+            host_errors_after(
+                Some(format!(
+                    "the release hook failed on {}, so no host was switched",
+                    sessions[*host].name()
+                )),
+                &errs.iter().collect::<Vec<_>>(),
+            )
+        }
         Failure::Transfer { hosts: ids } => {
             let errs = of_hosts(ids);
             host_errors_after(

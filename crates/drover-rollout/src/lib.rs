@@ -36,6 +36,9 @@ pub struct Plan {
     pub max_unavailable: Option<usize>,
     /// On failure, leave the hosts that switched on the new release.
     pub keep_partial: bool,
+    /// Run the release's hook (migrations) once, on this host, after every host holds the
+    /// release and before any switches; the switches then skip it.
+    pub hook_on: Option<HostId>,
 }
 
 impl Plan {
@@ -184,6 +187,10 @@ pub enum Observation {
         host: HostId,
         error: String,
     },
+    /// The answer to [`Action::RunHook`]: `None` when it succeeded, else why not.
+    HookRan {
+        error: Option<String>,
+    },
 }
 
 /// What the executor is to do next.
@@ -195,6 +202,8 @@ pub enum Action {
     CheckAvailable { hosts: Vec<HostId> },
     /// Report a `Tick` at `at` (these hosts wait for it).
     WaitUntil { at: Duration, hosts: Vec<HostId> },
+    /// Run the release hook once, on `host` (one `HookRan`).
+    RunHook { host: HostId },
     /// Switch batch `batch` (0-based, of `of`) to the new release, health-gated: each host
     /// reports `Healthy`, then `Live` once confirmed, or `SwitchFailed`.
     Switch {
@@ -231,6 +240,8 @@ pub enum Failure {
         of: usize,
         hosts: Vec<HostId>,
     },
+    /// The release hook failed on `host`, so no host switched.
+    Hook { host: HostId, error: String },
 }
 
 /// One host as the engine knows it.
@@ -275,6 +286,8 @@ impl Host {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Transferring,
+    /// The release hook runs on one host.
+    Hooking,
     /// Batch `n` waits for `at`.
     Pausing(usize, Duration),
     /// Batch `n` waits for the availability of the other hosts.
@@ -374,6 +387,12 @@ impl Rollout {
             {
                 self.set(host, HostState::Failed, Some(error));
                 self.after_transfer(&mut out);
+            }
+            (Phase::Hooking, Observation::HookRan { error: None }) => self.start_batch(0, &mut out),
+            (Phase::Hooking, Observation::HookRan { error: Some(error) }) => {
+                let host = self.plan.hook_on.unwrap_or_default();
+                self.set(host, HostState::Failed, Some(error.clone()));
+                self.fail(Failure::Hook { host, error }, &mut out);
             }
             (&Phase::Pausing(b, at), Observation::Tick) if self.now >= at => {
                 self.check_batch(b, &mut out);
@@ -481,10 +500,13 @@ impl Rollout {
         let failed: Vec<HostId> = (0..self.hosts.len())
             .filter(|&i| self.hosts[i].state == HostState::Failed)
             .collect();
-        if failed.is_empty() {
-            self.start_batch(0, out);
-        } else {
+        if !failed.is_empty() {
             self.fail(Failure::Transfer { hosts: failed }, out);
+        } else if let Some(host) = self.plan.hook_on.filter(|&h| h < self.hosts.len()) {
+            self.phase = Phase::Hooking;
+            out.push(Action::RunHook { host });
+        } else {
+            self.start_batch(0, out);
         }
     }
 

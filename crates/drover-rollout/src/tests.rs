@@ -7,6 +7,7 @@ fn plan(n: usize, batches: &[&[HostId]]) -> Plan {
         pause: None,
         max_unavailable: None,
         keep_partial: false,
+        hook_on: None,
     }
 }
 
@@ -30,6 +31,7 @@ fn run(plan: Plan, script: &[(u64, Observation)]) -> (String, Rollout) {
             format!("switch batch {}/{of}: {}", batch + 1, list(hosts))
         }
         Action::Confirm { host } => format!("confirm {}", name(host)),
+        Action::RunHook { host } => format!("run-hook on {}", name(host)),
         Action::Revert { host, to } => format!("revert {} {to:?}", name(host)),
         Action::Done { failure } => format!("done {failure:?}"),
     };
@@ -342,6 +344,56 @@ fn a_host_lost_in_its_switch_is_not_reverted_by_the_deployer() {
 }
 
 #[test]
+fn the_release_hook_runs_once_after_every_transfer_and_before_any_switch() {
+    let mut p = plan(3, &[&[0], &[1, 2]]);
+    p.hook_on = Some(1);
+    let mut r = Rollout::new(p);
+    r.start();
+    assert!(r.observe(secs(0), sent(0)).is_empty());
+    assert!(r.observe(secs(0), sent(1)).is_empty());
+    assert_eq!(r.observe(secs(0), sent(2)), [Action::RunHook { host: 1 }]);
+    // Nothing else moves it on while it runs.
+    assert!(r.observe(secs(1), healthy(0)).is_empty());
+    assert!(r.observe(secs(1), Observation::Tick).is_empty());
+    let next = r.observe(secs(2), Observation::HookRan { error: None });
+    assert!(
+        matches!(last(&next), Action::Switch { batch: 0, .. }),
+        "{next:?}"
+    );
+    // A second answer is out of place.
+    assert!(
+        r.observe(secs(2), Observation::HookRan { error: None })
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_failed_release_hook_switches_nothing() {
+    let mut p = plan(2, &[&[0], &[1]]);
+    p.hook_on = Some(0);
+    let mut r = Rollout::new(p);
+    r.start();
+    r.observe(secs(0), sent(0));
+    r.observe(secs(0), sent(1));
+    let next = r.observe(
+        secs(1),
+        Observation::HookRan {
+            error: Some("h1: release hook `./migrate` failed".into()),
+        },
+    );
+    assert!(matches!(last(&next), Action::Done { .. }), "{next:?}");
+    assert!(
+        !next
+            .iter()
+            .any(|a| matches!(a, Action::Switch { .. } | Action::Revert { .. }))
+    );
+    assert!(matches!(r.failure(), Some(Failure::Hook { host: 0, .. })));
+    assert_eq!(r.hosts()[0].outcome(), Outcome::Failed);
+    assert_eq!(r.hosts()[1].outcome(), Outcome::Unchanged);
+    assert!(r.hosts().iter().all(Host::is_back));
+}
+
+#[test]
 fn observations_out_of_place_change_nothing() {
     let mut r = Rollout::new(plan(2, &[&[0], &[1]]));
     r.start();
@@ -462,6 +514,19 @@ fn canary_hosts_then_the_rest() {
     s.extend(up(2, &[0]));
     s.push((62, Observation::Tick));
     s.extend(up(63, &[1, 2, 3, 4]));
+    let (log, r) = run(p, &s);
+    assert_eq!(r.failure(), None);
+    insta::assert_snapshot!(log);
+}
+
+#[test]
+fn a_release_hook_between_the_transfer_and_the_first_batch() {
+    let mut s = all_sent(0, 3);
+    s.push((4, Observation::HookRan { error: None }));
+    s.extend(up(5, &[0]));
+    s.extend(up(6, &[1, 2]));
+    let mut p = plan(3, &[&[0], &[1, 2]]);
+    p.hook_on = Some(0);
     let (log, r) = run(p, &s);
     assert_eq!(r.failure(), None);
     insta::assert_snapshot!(log);

@@ -112,6 +112,7 @@ mod tests {
             secrets: Some("recipients = []\n[secrets]\n".into()),
             confirm_within: Some(30),
             processes: Some(vec!["web".into()]),
+            skip_release_hook: false,
         };
         let audit = AuditEntry {
             at: 1_780_000_000,

@@ -52,6 +52,27 @@ pub enum Request {
         /// `None` runs them all.
         #[serde(default)]
         processes: Option<Vec<String>>,
+        /// Fleet deploys: the release hook ran once for the whole fleet (`ReleaseHook`):
+        /// this host's deploy does not run it again.
+        #[serde(default, skip_serializing_if = "is_false")]
+        skip_release_hook: bool,
+    },
+    /// Run the release's `[hooks] release` in the environment a `Deploy` with the same
+    /// fields would give it, its output as log lines; nothing else changes (a fleet deploy
+    /// runs it once, on one host, before any host switches).
+    ReleaseHook {
+        release: String,
+        who: String,
+        #[serde(default)]
+        environment: Option<String>,
+        #[serde(default)]
+        env_layer: BTreeMap<String, String>,
+        #[serde(default)]
+        role: Option<String>,
+        #[serde(default)]
+        role_layer: BTreeMap<String, String>,
+        #[serde(default)]
+        secrets: Option<String>,
     },
     /// Change host-side config values: a new generation with the same release.
     ConfigSet {
@@ -117,6 +138,10 @@ pub enum Request {
 pub struct Pong {
     pub pid: u32,
     pub version: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The event an agent sends when a deploy with `confirm_within` is live and unconfirmed.
@@ -546,6 +571,7 @@ mod tests {
             secrets: None,
             confirm_within: None,
             processes: None,
+            skip_release_hook: false,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

@@ -168,6 +168,7 @@ pub fn deploy(
             secrets: layers.secrets,
             confirm_within: None,
             processes: None,
+            skip_release_hook: false,
         },
         client::print_events,
     )?;
@@ -280,12 +281,9 @@ fn deploy_fleet(root: &Path, target: Target, args: DeployArgs) -> anyhow::Result
         }
     };
     let plan = drover_fleet::DeployPlan {
-        release: id,
-        app: manifest.app.clone(),
-        version: manifest.version.clone(),
-        secrets: layers.secrets,
         keep_partial: args.keep_partial,
         lock_wait: args.lock_wait.map(|s| s.0),
+        ..drover_fleet::DeployPlan::of(id, &manifest, layers.secrets)
     };
     let json = args.json.json;
     let progress = crate::progress::Progress::new(&target.env.hosts, json);

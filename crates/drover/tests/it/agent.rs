@@ -1520,6 +1520,7 @@ fn deploy_and_confirm(cx: &TestContext, release: &str, word: Option<bool>, withi
         secrets: None,
         confirm_within: Some(within),
         processes: None,
+        skip_release_hook: false,
     };
     writeln!(sock, "{}", serde_json::to_string(&req).unwrap()).unwrap();
     let mut reader = BufReader::new(sock.try_clone().unwrap());

@@ -101,13 +101,10 @@ fn deploy_waiting(
     let built = deployer.build(dir, &[]);
     let store = drover_store::Store::open(&deployer.root).unwrap();
     let target = Target::require(dir, "prod").unwrap();
+    let id: drover_store::Hash = built["release"].as_str().unwrap().parse().unwrap();
     let plan = DeployPlan {
-        release: built["release"].as_str().unwrap().parse().unwrap(),
-        app: "hello".into(),
-        version: built["version"].as_str().unwrap_or("").to_string(),
-        secrets: None,
-        keep_partial: false,
         lock_wait,
+        ..DeployPlan::of(id, &store.manifest(&id).unwrap(), None)
     };
     let conn = Connected::of(
         &target.env.hosts,
@@ -290,5 +287,96 @@ fn in_process_a_held_lock_stops_a_second_deployer_naming_its_holder() {
     );
     for l in held {
         l.close();
+    }
+}
+
+#[test]
+fn in_process_the_release_hook_runs_once_for_the_fleet_before_any_switch() {
+    let cx = TestContext::new();
+    let hosts = hosts(&cx, 3);
+    let ran = cx.path("hooks.log");
+    // The hook says where it ran (its tree is under the host's root) and appends a line.
+    let hook = |extra: &str| {
+        format!(
+            "[hooks]\nrelease = \"sh -c 'echo migrating; pwd >> {}{extra}'\"\n",
+            ran.display()
+        )
+    };
+    let with_hook = |version: &str, hooks: &str| {
+        let dir = app(&cx, 3, version, None);
+        let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+        std::fs::write(dir.join("drover.toml"), format!("{toml}\n{hooks}")).unwrap();
+        dir
+    };
+    let phases = Phases::default();
+    let done = deploy(&cx, &with_hook("1.0", &hook("")), &hosts, &phases).unwrap();
+    assert!(done.failure.is_none(), "{:?}", done.failure);
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(
+        lines.starts_with(hosts[0].cx.root.to_str().unwrap()),
+        "{lines}"
+    );
+    // Its output reached the deployer, before any host switched.
+    let seen = phases.of(0);
+    let at = |p: &str| seen.iter().position(|s| s.starts_with(p));
+    let hook_said = at("hook | migrating").unwrap_or_else(|| panic!("{seen:?}"));
+    assert!(hook_said < at("switching").unwrap(), "{seen:?}");
+    for i in 1..3 {
+        assert!(
+            !phases.of(i).iter().any(|p| p.contains("hook")),
+            "{:?}",
+            phases.of(i)
+        );
+    }
+    for h in &hosts {
+        assert_eq!(generation(h), 1);
+    }
+
+    // With release_on, on the first host of that role.
+    let dir = with_hook("2.0", &format!("{}release_on = \"db\"\n", hook("")));
+    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+    std::fs::write(
+        dir.join("drover.toml"),
+        format!("{toml}\n[environments.prod.roles.db]\nhosts = [\"h2\"]\n"),
+    )
+    .unwrap();
+    let done = deploy(&cx, &dir, &hosts, &Phases::default()).unwrap();
+    assert!(done.failure.is_none(), "{:?}", done.failure);
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert!(
+        lines
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(hosts[1].cx.root.to_str().unwrap()),
+        "{lines}"
+    );
+
+    // A failing hook switches nothing: every host stays on generation 2.
+    let done = deploy(
+        &cx,
+        &with_hook("3.0", &hook("; exit 3")),
+        &hosts,
+        &Phases::default(),
+    )
+    .unwrap();
+    let failure = done.failure.expect("the hook failed");
+    assert_eq!(
+        failure.downcast_ref::<Kinded>().unwrap().exit,
+        Exit::RolledBack
+    );
+    let text = format!("{failure:#}");
+    assert!(
+        text.contains("the release hook failed on h1, so no host was switched"),
+        "{text}"
+    );
+    let states: Vec<&str> = done.report.hosts.iter().map(|h| h.state.as_str()).collect();
+    assert_eq!(states, ["failed", "unchanged", "unchanged"]);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap().lines().count(), 3);
+    for h in &hosts {
+        assert_eq!(generation(h), 2);
+        assert_eq!(h.cx.app_status("hello")["version"], "2.0");
     }
 }
