@@ -4,10 +4,12 @@
 //! its signature, one record per chunk (32-byte hash + stored object), and an end record
 //! holding the chunk count and the BLAKE3 of every byte before it. Unpacking checks all of it
 //! in a staging directory and adds nothing to the store unless the whole archive is good.
+//! A release that depends on others is packed after them, each as such an archive, in one
+//! file: dependencies first, each unpacked (all or nothing) before the next.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 
 use crate::chunk;
@@ -77,8 +79,25 @@ impl<W: Write> PackWriter<W> {
     }
 }
 
-/// Writes a release, its signature and every chunk it needs (each verified) to `out`.
-pub fn pack(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
+/// Writes a release's dependencies (`Store::closure`, each before what depends on it), then
+/// the release: each its manifest, signature and every chunk it needs (each verified).
+pub fn pack(store: &Store, id: &Hash, mut out: impl Write) -> Result<PackStats> {
+    let dependencies = store.closure(id)?;
+    let mut chunks = 0;
+    let mut chunk_bytes = 0;
+    for dep in &dependencies {
+        let s = pack_one(store, dep, &mut out)?;
+        chunks += s.chunks;
+        chunk_bytes += s.chunk_bytes;
+    }
+    let mut stats = pack_one(store, id, &mut out)?;
+    stats.chunks += chunks;
+    stats.chunk_bytes += chunk_bytes;
+    stats.dependencies = dependencies;
+    Ok(stats)
+}
+
+fn pack_one(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
     let manifest_bytes = store.manifest_bytes(id)?;
     let manifest = store.manifest(id)?;
     let sig = store.signature(id)?;
@@ -102,14 +121,18 @@ pub fn pack(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
         release: *id,
         chunks: chunks.len(),
         chunk_bytes: bytes,
+        dependencies: Vec::new(),
     })
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct PackStats {
     pub release: Hash,
+    /// Chunks and their bytes, of the release and its dependencies.
     pub chunks: usize,
     pub chunk_bytes: u64,
+    /// The releases packed before it, which it runs with.
+    pub dependencies: Vec<Hash>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -123,6 +146,8 @@ pub struct Unpacked {
     /// Damaged objects of the store (chunks, the manifest or signature) replaced by the
     /// archive's good ones.
     pub repaired: usize,
+    /// The releases unpacked before it from the same file, which it runs with.
+    pub dependencies: Vec<Unpacked>,
 }
 
 /// The largest release `unpack` accepts by default: the sum of its file sizes.
@@ -156,11 +181,26 @@ pub fn unpack(
     opts: UnpackOptions,
 ) -> Result<Unpacked> {
     let _lock = store.lock_shared()?;
-    let staging = store.tmp_path("unpack");
-    fs::create_dir(&staging).at(&staging)?;
-    let result = unpack_staged(store, input, what, opts, &staging);
-    remove_tree(&staging);
-    result
+    let mut input = std::io::BufReader::new(input);
+    let mut dependencies = Vec::new();
+    loop {
+        let staging = store.tmp_path("unpack");
+        fs::create_dir(&staging).at(&staging)?;
+        let result = unpack_staged(store, &mut input, what, opts, &staging);
+        remove_tree(&staging);
+        let mut unpacked = result?;
+        // Another archive follows: this one was a dependency of what comes after.
+        let rest = input.fill_buf().at(std::path::Path::new(what))?;
+        if rest.is_empty() {
+            unpacked.dependencies = dependencies;
+            return Ok(unpacked);
+        }
+        let n = rest.len().min(MAGIC.len());
+        if rest[..n] != MAGIC[..n] {
+            return Err(Error::invalid(what, "trailing data after the end record"));
+        }
+        dependencies.push(unpacked);
+    }
 }
 
 struct Reader<R: Read> {
@@ -343,10 +383,6 @@ fn unpack_staged(
             }
         }
     }
-    let mut rest = [0u8; 1];
-    if r.input.read(&mut rest).at(std::path::Path::new(what))? != 0 {
-        return Err(Error::invalid(what, "trailing data after the end record"));
-    }
     // Chunks the archive left out must be in the store, and good.
     for h in &needed {
         if lens.contains_key(h) {
@@ -385,6 +421,7 @@ fn unpack_staged(
             added: false,
             new_chunks: 0,
             repaired: 0,
+            dependencies: Vec::new(),
         });
     }
     for h in &staged {
@@ -410,6 +447,7 @@ fn unpack_staged(
         added,
         new_chunks,
         repaired,
+        dependencies: Vec::new(),
     })
 }
 

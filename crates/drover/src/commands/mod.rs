@@ -9,6 +9,7 @@ pub mod diff;
 pub mod gc;
 pub mod history;
 pub mod host;
+pub mod import;
 pub mod init;
 pub mod keys;
 pub mod lock;
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => init::run(a),
         Command::Build(a) => build::run(&root, a),
+        Command::Import(a) => import::run(&root, a),
         Command::Releases(a) => releases::run(&root, a),
         Command::Verify(a) => verify::run(&root, a),
         Command::Checkout(a) => checkout::run(&root, a),
@@ -85,4 +87,22 @@ pub fn open_store(root: &std::path::Path) -> anyhow::Result<drover_store::Store>
     use anyhow::Context;
     drover_store::Store::open(root)
         .with_context(|| format!("cannot open the drover store under {}", root.display()))
+}
+
+/// `node=node@24.1.0 (ab12cd34ef56)`, one per dependency, or `-`.
+pub fn depends_line(
+    store: &drover_store::Store,
+    depends: &std::collections::BTreeMap<String, drover_store::Hash>,
+) -> String {
+    if depends.is_empty() {
+        return "-".into();
+    }
+    depends
+        .iter()
+        .map(|(name, id)| match store.meta(id) {
+            Ok(m) => format!("{name}={}@{} ({})", m.app, m.version, id.short()),
+            Err(_) => format!("{name}={} (missing)", id.short()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
