@@ -182,25 +182,75 @@ pub fn unpack(
 ) -> Result<Unpacked> {
     let _lock = store.lock_shared()?;
     let mut input = std::io::BufReader::new(input);
-    let mut dependencies = Vec::new();
-    loop {
-        let staging = store.tmp_path("unpack");
-        fs::create_dir(&staging).at(&staging)?;
-        let result = unpack_staged(store, &mut input, what, opts, &staging);
-        remove_tree(&staging);
-        let mut unpacked = result?;
-        // Another archive follows: this one was a dependency of what comes after.
-        let rest = input.fill_buf().at(std::path::Path::new(what))?;
-        if rest.is_empty() {
-            unpacked.dependencies = dependencies;
-            return Ok(unpacked);
+    // Every archive in the file is read and checked before any of them is stored.
+    let mut checked: Vec<Checked> = Vec::new();
+    let result = (|| {
+        loop {
+            let staging = store.tmp_path("unpack");
+            fs::create_dir(&staging).at(&staging)?;
+            let c = unpack_staged(store, &mut input, what, opts, &staging);
+            match c {
+                Ok(c) => checked.push(c),
+                Err(e) => {
+                    remove_tree(&staging);
+                    return Err(e);
+                }
+            }
+            // Another archive follows: this one was a dependency of what comes after.
+            let rest = input.fill_buf().at(std::path::Path::new(what))?;
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(MAGIC.len());
+            if rest[..n] != MAGIC[..n] {
+                return Err(Error::invalid(what, "trailing data after the end record"));
+            }
         }
-        let n = rest.len().min(MAGIC.len());
-        if rest[..n] != MAGIC[..n] {
-            return Err(Error::invalid(what, "trailing data after the end record"));
+        // Each release's dependencies come before it in the file, or are here already.
+        let mut before: HashSet<Hash> = HashSet::new();
+        for c in &checked {
+            for (name, dep) in &c.manifest.depends {
+                if !before.contains(dep) && !store.has_release(dep) {
+                    return Err(Error::invalid_hinted(
+                        format!(
+                            "{what}: release {}@{} ({})",
+                            c.manifest.app,
+                            c.manifest.version,
+                            c.id.short()
+                        ),
+                        format!(
+                            "its dependency `{name}` ({}) is neither in the archive nor in the store",
+                            dep.short()
+                        ),
+                        "pack the release with this drover (it carries the dependencies), or unpack the dependency first",
+                    ));
+                }
+            }
+            before.insert(c.id);
         }
-        dependencies.push(unpacked);
+        crate::failpoint::hit("unpack.checked");
+        let mut done = Vec::new();
+        for c in &checked {
+            done.push(commit_checked(store, c, opts)?);
+        }
+        let mut last = done.pop().expect("at least one archive was read");
+        last.dependencies = done;
+        Ok(last)
+    })();
+    for c in &checked {
+        remove_tree(&c.staging);
     }
+    result
+}
+
+/// One archive of a file, read and checked, its new chunks in `staging`.
+struct Checked {
+    id: Hash,
+    manifest: Manifest,
+    sig: ReleaseSignature,
+    staged: HashSet<Hash>,
+    repaired: usize,
+    staging: PathBuf,
 }
 
 struct Reader<R: Read> {
@@ -264,7 +314,7 @@ fn unpack_staged(
     what: &str,
     opts: UnpackOptions,
     staging: &std::path::Path,
-) -> Result<Unpacked> {
+) -> Result<Checked> {
     let mut r = Reader {
         input,
         hasher: blake3::Hasher::new(),
@@ -410,21 +460,41 @@ fn unpack_staged(
     }
     check_contents(store, &manifest, &lens, &staged, staging)
         .map_err(|m| Error::invalid(&sig_what, m))?;
-    crate::failpoint::hit("unpack.checked");
+    Ok(Checked {
+        id,
+        manifest,
+        sig,
+        staged,
+        repaired,
+        staging: staging.to_path_buf(),
+    })
+}
 
+/// Adds one checked archive's release (and its new or repaired chunks) to the store.
+fn commit_checked(store: &Store, c: &Checked, opts: UnpackOptions) -> Result<Unpacked> {
+    let Checked {
+        id,
+        manifest,
+        sig,
+        staged,
+        staging,
+        ..
+    } = c;
+    let (id, staging) = (*id, staging.as_path());
+    let mut repaired = c.repaired;
     let had = store.release_intact(&id);
     if had && staged.is_empty() {
         return Ok(Unpacked {
             release: id,
-            app: manifest.app,
-            version: manifest.version,
+            app: manifest.app.clone(),
+            version: manifest.version.clone(),
             added: false,
             new_chunks: 0,
             repaired: 0,
             dependencies: Vec::new(),
         });
     }
-    for h in &staged {
+    for h in staged {
         store.adopt_chunk_file(h, &staging.join(h.to_hex()))?;
         crate::failpoint::hit("unpack.chunk_adopted");
     }
@@ -435,15 +505,15 @@ fn unpack_staged(
         // A damaged manifest or signature is replaced; a missing one is the release added.
         repaired += usize::from(store.has_release(&id));
         added = !store.has_release(&id);
-        store.commit_release_with(&manifest, &sig, opts.allow_untrusted)?;
+        store.commit_release_with(manifest, sig, opts.allow_untrusted)?;
     } else {
         // Repaired chunks are durable before this returns, as a commit's are.
         store.sync()?;
     }
     Ok(Unpacked {
         release: id,
-        app: manifest.app,
-        version: manifest.version,
+        app: manifest.app.clone(),
+        version: manifest.version.clone(),
         added,
         new_chunks,
         repaired,

@@ -371,6 +371,26 @@ fn gc_keeps_every_dependency_of_what_it_keeps_and_pack_carries_them() {
     there
         .drover(&["keys", "trust", &key, "--name", "builder"])
         .success();
+    // The tool's part alone (the file less rt's archive) is refused, naming what it lacks.
+    let rt_alone = cx.path("rt.drover");
+    cx.drover(&["pack", &rt1, "-o", rt_alone.to_str().unwrap()])
+        .success();
+    let whole = fs::read(&archive).unwrap();
+    let skip = fs::metadata(&rt_alone).unwrap().len() as usize;
+    let tool_alone = cx.path("tool-alone.drover");
+    fs::write(&tool_alone, &whole[skip..]).unwrap();
+    there.drover(&["keys"]).success();
+    let before = there.snapshot_root();
+    let err = there
+        .drover(&["unpack", tool_alone.to_str().unwrap()])
+        .failure()
+        .stderr;
+    assert!(
+        err.contains("its dependency `rt`")
+            && err.contains("neither in the archive nor in the store"),
+        "{err}"
+    );
+    assert_eq!(there.snapshot_root(), before);
     there
         .drover(&["unpack", archive.to_str().unwrap()])
         .success();
