@@ -342,7 +342,13 @@ fn an_unknown_untrusted_or_cyclic_dependency_is_refused_naming_it_and_nothing_is
 fn gc_keeps_every_dependency_of_what_it_keeps_and_pack_carries_them() {
     let cx = TestContext::new();
     let rt1 = small_runtime(&cx, "1", 1);
-    let dir = cx.app("tool", ON_RT, &[]);
+    // Its release hook finds rt's `greet` on its PATH too.
+    let hook_out = cx.path("hook.out");
+    let toml = format!(
+        "{ON_RT}\n[hooks]\nrelease = \"greet > {}\"\n",
+        hook_out.display()
+    );
+    let dir = cx.app("tool", &toml, &[]);
     let tool = cx.build(&dir, &[])["release"].as_str().unwrap().to_string();
     // A newer rt: gc --keep 1 keeps only it of the app `rt`, but for the tool's pin.
     let rt2 = small_runtime(&cx, "2", 2);
@@ -401,6 +407,7 @@ fn gc_keeps_every_dependency_of_what_it_keeps_and_pack_carries_them() {
     // The tool's process sees rt's PATH entry and its provided env.
     let _agent = there.start_agent();
     there.drover(&["deploy", &tool]).success();
+    assert_eq!(fs::read_to_string(&hook_out).unwrap(), "greet 1\n");
     let out = there
         .drover(&["run", "tool", "--", "sh", "-c", "greet; echo $RT_HOME"])
         .success()
