@@ -469,3 +469,66 @@ fn a_second_app_on_a_runtime_the_host_has_is_sent_without_the_runtime() {
     let st = host.app_status("second");
     assert_eq!(st["depends"][0]["release"], rt.as_str(), "{st}");
 }
+
+#[test]
+fn import_takes_a_tar_xz_strips_its_top_directory_and_provides_its_bin() {
+    let cx = TestContext::new();
+    let top = cx.path("src/tool-1.0-linux");
+    fs::create_dir_all(top.join("bin")).unwrap();
+    fs::write(top.join("bin/hi"), "#!/bin/sh\necho hi\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(top.join("bin/hi"), fs::Permissions::from_mode(0o755)).unwrap();
+    let xz = cx.path("tool-1.0-linux.tar.xz");
+    let ok = Command::new("tar")
+        .arg("-cJf")
+        .arg(&xz)
+        .arg("-C")
+        .arg(cx.path("src"))
+        .arg("tool-1.0-linux")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let id = import(&cx, &xz, "tool", "1.0");
+    let m = drover_store::Store::open(&cx.root)
+        .unwrap()
+        .manifest(&id.parse().unwrap())
+        .unwrap();
+    let paths: Vec<&str> = m.entries.iter().map(|e| e.path()).collect();
+    assert_eq!(paths, ["bin", "bin/hi"]);
+    assert_eq!(m.runtime.provides.path, ["bin"]);
+
+    // What is neither a tarball nor a directory is refused, naming it; nothing is stored.
+    fs::write(cx.path("notes.txt"), "x").unwrap();
+    let before = listed(&cx);
+    let err = cx
+        .drover(&[
+            "import",
+            cx.path("notes.txt").to_str().unwrap(),
+            "--name",
+            "x",
+            "--version",
+            "1",
+        ])
+        .failure()
+        .stderr;
+    assert!(
+        err.contains("notes.txt: not a .tar.gz, .tgz or .tar.xz"),
+        "{err}"
+    );
+    let err = cx
+        .drover(&[
+            "import",
+            xz.to_str().unwrap(),
+            "--name",
+            "tool",
+            "--version",
+            "2",
+            "--provides-path",
+            "sbin",
+        ])
+        .failure()
+        .stderr;
+    assert!(err.contains("no directory `sbin`"), "{err}");
+    assert_eq!(listed(&cx), before);
+}
