@@ -17,7 +17,8 @@ pub const ENV_ROOT: &str = "DROVER_AGENT_ROOT";
 pub const ENV_INSTANCE: &str = "DROVER_INSTANCE";
 
 /// Spawns `sh -c command` in `dir` as the leader of a new process group, with exactly
-/// `env` (plus HOME/LANG/TZ from the agent; PATH from `env`, else the system's) and output appended to `log`.
+/// `env` (plus HOME/LANG/TZ from the agent; PATH from `env`, else the system's) and output
+/// appended to `log`.
 pub fn spawn(
     command: &str,
     dir: &Path,

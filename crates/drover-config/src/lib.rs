@@ -799,6 +799,24 @@ mod tests {
     }
 
     #[test]
+    fn depends_and_provides_are_checked() {
+        let base = "[app]\nname = \"a\"\n";
+        let ok = parse(&format!(
+            "{base}[depends]\nnode = \"node@24.1.0\"\n[provides]\npath = [\"bin\"]\nenv = {{ NODE_HOME = \"{{tree}}\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.depends["node"], "node@24.1.0");
+        assert_eq!(ok.runtime().provides.path, ["bin"]);
+        let e = parse(&format!("{base}[provides]\npath = [\"../bin\"]\n")).unwrap_err();
+        assert!(e.contains("key `provides.path`: `../bin`"), "{e}");
+        let e = parse(&format!("{base}[provides]\nenv = {{ \"A-B\" = \"x\" }}\n")).unwrap_err();
+        assert!(e.contains("provides.env.A-B"), "{e}");
+        let e = parse(&format!("{base}[depends]\n\"no.dots\" = \"x@1\"\n")).unwrap_err();
+        assert!(e.contains("key `depends.no.dots`"), "{e}");
+        assert_eq!(dep_variable("my-node"), "DROVER_DEP_MY_NODE");
+    }
+
+    #[test]
     fn fleet_keys_are_checked() {
         let base = "[app]\nname = \"a\"\n[process.web]\ncommand = \"x\"\n";
         let e = parse(&format!("{base}[ssh]\nparallel = 0\n")).unwrap_err();

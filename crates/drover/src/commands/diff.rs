@@ -97,10 +97,6 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         BTreeMap<String, String>,
         BTreeMap<String, String>,
     );
-    let describe = |id: &drover_store::Hash| match store.meta(id) {
-        Ok(m) => format!("{}@{} ({})", m.app, m.version, id.short()),
-        Err(_) => format!("{} (missing)", id.short()),
-    };
     let load = |n: u64| -> anyhow::Result<Loaded> {
         let g = dir.generation(n).ok_or_else(|| {
             output::hinted(
@@ -120,7 +116,7 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         let depends = m
             .depends
             .iter()
-            .map(|(n, id)| (n.clone(), describe(id)))
+            .map(|(n, id)| (n.clone(), super::describe_release(&store, id)))
             .collect();
         Ok((
             m.entries

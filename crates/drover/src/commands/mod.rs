@@ -89,6 +89,15 @@ pub fn open_store(root: &std::path::Path) -> anyhow::Result<drover_store::Store>
         .with_context(|| format!("cannot open the drover store under {}", root.display()))
 }
 
+/// A dependency as the CLI shows it: `node@24.1.0 (ab12cd34ef56)`, or its id and
+/// `(missing)` when the store lacks it.
+pub fn describe_release(store: &drover_store::Store, id: &drover_store::Hash) -> String {
+    match store.meta(id) {
+        Ok(m) => format!("{}@{} ({})", m.app, m.version, id.short()),
+        Err(_) => format!("{} (missing)", id.short()),
+    }
+}
+
 /// `node=node@24.1.0 (ab12cd34ef56)`, one per dependency, or `-`.
 pub fn depends_line(
     store: &drover_store::Store,
@@ -99,10 +108,7 @@ pub fn depends_line(
     }
     depends
         .iter()
-        .map(|(name, id)| match store.meta(id) {
-            Ok(m) => format!("{name}={}@{} ({})", m.app, m.version, id.short()),
-            Err(_) => format!("{name}={} (missing)", id.short()),
-        })
+        .map(|(name, id)| format!("{name}={}", describe_release(store, id)))
         .collect::<Vec<_>>()
         .join(", ")
 }
