@@ -25,7 +25,7 @@ impl Store {
         let mut out = BTreeMap::new();
         for (name, spec) in specs {
             let what = format!("{file}: key `depends.{name}`");
-            let id = self.resolve_dependency(spec).map_err(|e| match e {
+            let id = self.resolve_dependency(&what, spec).map_err(|e| match e {
                 Error::NotFound(_) | Error::Ambiguous { .. } => {
                     self.unknown_dependency(&what, spec, e)
                 }
@@ -41,13 +41,13 @@ impl Store {
 
     /// `app@version`, or a release id (whole or a prefix): never a bare app name, so a
     /// build pins what its config says, not whatever is newest.
-    fn resolve_dependency(&self, spec: &str) -> Result<Hash> {
+    fn resolve_dependency(&self, what: &str, spec: &str) -> Result<Hash> {
         let spec = spec.trim();
         let is_id = spec.len() >= 4 && spec.bytes().all(|b| b.is_ascii_hexdigit());
         if !spec.contains('@') && !is_id {
             return Err(Error::invalid_hinted(
-                format!("dependency `{spec}`"),
-                "names no version",
+                what,
+                format!("`{spec}` names no version"),
                 format!("write `{spec}@VERSION` (`drover releases` lists the versions)"),
             ));
         }
@@ -207,5 +207,82 @@ impl Store {
         path.push(SYSTEM_PATH.to_string());
         env.insert("PATH".into(), path.join(":"));
         Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{BuildInput, build};
+
+    /// Builds `app@1` of one file, providing `bin` and `HOME_OF_APP={tree}/x`.
+    fn release(store: &Store, dir: &std::path::Path, app: &str, deps: &[(&str, Hash)]) -> Hash {
+        let src = dir.join(app);
+        std::fs::create_dir_all(src.join("bin")).unwrap();
+        std::fs::write(src.join("bin/f"), app).unwrap();
+        let mut runtime = drover_config::Runtime::default();
+        runtime.provides.path = vec!["bin".into()];
+        runtime.provides.env = BTreeMap::from([
+            (format!("HOME_OF_{}", app.to_uppercase()), "{tree}/x".into()),
+            ("SHARED".into(), app.into()),
+        ]);
+        build(
+            store,
+            BuildInput {
+                dir: &src,
+                app,
+                version: Some("1"),
+                runtime,
+                depends: deps.iter().map(|(n, id)| (n.to_string(), *id)).collect(),
+                exclude: &[],
+                remember: false,
+            },
+        )
+        .unwrap()
+        .release
+    }
+
+    #[test]
+    fn the_closure_comes_dependencies_first_and_the_nearest_one_leads_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let rt = release(&store, tmp.path(), "rt", &[]);
+        let lib = release(&store, tmp.path(), "lib", &[("rt", rt)]);
+        let app = release(&store, tmp.path(), "app", &[("lib", lib), ("rt", rt)]);
+        assert_eq!(store.closure(&app).unwrap(), [rt, lib]);
+        assert!(store.closure(&rt).unwrap().is_empty());
+
+        let depends = store.manifest(&app).unwrap().depends;
+        let env = store.dependency_env(&depends).unwrap();
+        let tree = |id: &Hash| store.tree_path(id).display().to_string();
+        assert_eq!(
+            env["PATH"],
+            format!("{}/bin:{}/bin:{SYSTEM_PATH}", tree(&lib), tree(&rt))
+        );
+        assert_eq!(env["DROVER_DEP_LIB"], tree(&lib));
+        assert_eq!(env["DROVER_DEP_RT"], tree(&rt));
+        assert_eq!(env["HOME_OF_RT"], format!("{}/x", tree(&rt)));
+        // Both provide SHARED: the first in name order of the direct ones wins.
+        assert_eq!(env["SHARED"], "lib");
+
+        // Pinned by name@version, a dependency leading back to the app is a cycle.
+        let specs = BTreeMap::from([("lib".to_string(), "lib@1".to_string())]);
+        let err = store
+            .resolve_depends("rt", &specs, "drover.toml")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("key `depends.lib`: dependency cycle: rt -> lib -> rt"),
+            "{err}"
+        );
+        let specs = BTreeMap::from([("x".to_string(), "lib".to_string())]);
+        let err = store
+            .resolve_depends("a", &specs, "drover.toml")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("key `depends.x`: `lib` names no version"),
+            "{err}"
+        );
     }
 }
