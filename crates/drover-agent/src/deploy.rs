@@ -402,6 +402,11 @@ impl Agent {
             out.event(msg);
         }
         let tree = checked.path;
+        // Each dependency's tree materialised (and checked) before anything starts.
+        let deps = self
+            .store
+            .dependency_env(&manifest.depends)
+            .map_err(|e| fail(e.into()))?;
         let plan = self
             .prepare_proxy(&app, manifest.runtime.proxy.as_ref())
             .map_err(fail)?;
@@ -412,7 +417,7 @@ impl Agent {
         if run_hook && let Some(hook) = &manifest.runtime.hooks.release {
             out.event(format!("running release hook `{hook}`"));
             let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
-            let mut env = base_env(&self.tag, &app, g, manifest);
+            let mut env = base_env(&self.tag, &app, g, &deps);
             for (k, v) in self.secrets_of(g.secrets.as_deref()).map_err(fail)? {
                 env.insert(k, v.to_string());
             }
@@ -430,7 +435,7 @@ impl Agent {
             }
         }
 
-        let specs = self.specs(dir, g, manifest, &tree);
+        let specs = self.specs(dir, g, manifest, &tree, &deps);
         out.event(format!("starting {} instances", specs.len()));
         for (process, index, spec) in specs {
             match self.spawn_instance(&app, &process, index, g.generation, spec, false) {

@@ -83,6 +83,7 @@ impl Agent {
         g: &state::Generation,
         manifest: &Manifest,
         tree: &Path,
+        deps: &BTreeMap<String, String>,
     ) -> Vec<(String, u32, Arc<InstanceSpec>)> {
         let mut out = Vec::new();
         for (name, p) in &manifest.runtime.process {
@@ -93,7 +94,7 @@ impl Agent {
                 continue;
             }
             for index in 0..p.instances {
-                let mut env = base_env(&self.tag, &manifest.app, g, manifest);
+                let mut env = base_env(&self.tag, &manifest.app, g, deps);
                 env.insert(
                     proc::ENV_INSTANCE.into(),
                     format!("{}/{}/{name}/{index}", manifest.app, g.instance_gen()),
@@ -333,8 +334,9 @@ impl Agent {
         let id = release_of(app, &g)?;
         let manifest = self.store.trusted_manifest(&id)?;
         let tree = self.store.materialise(&id)?;
+        let deps = self.store.dependency_env(&manifest.depends)?;
         let mut started = Vec::new();
-        for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree) {
+        for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree, &deps) {
             let pid = self
                 .spawn_instance(app, &process, index, g.instance_gen(), spec, false)
                 .map_err(Error::io(format!("cannot start {process}.{index}")));
@@ -383,19 +385,21 @@ pub(crate) fn zero_values(env: &mut BTreeMap<String, String>) {
 }
 
 /// The environment every process of a generation sees (before `PORT` and instance tags).
+/// `deps` is what the release's dependencies give (`Store::dependency_env`: their `PATH`,
+/// `DROVER_DEP_*` and `[provides] env`); the generation's config overrides it.
 pub(crate) fn base_env(
     tag: &str,
     app: &str,
     g: &state::Generation,
-    manifest: &Manifest,
+    deps: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    let mut env = g.env.clone();
+    let mut env = deps.clone();
+    env.extend(g.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.insert(proc::ENV_ROOT.into(), tag.to_string());
     env.insert("DROVER_APP".into(), app.to_string());
     env.insert("DROVER_VERSION".into(), g.version.clone());
     env.insert("DROVER_RELEASE".into(), g.release.clone());
     env.insert("DROVER_GENERATION".into(), g.generation.to_string());
-    let _ = manifest;
     env
 }
 

@@ -17,7 +17,8 @@ pub const ENV_ROOT: &str = "DROVER_AGENT_ROOT";
 pub const ENV_INSTANCE: &str = "DROVER_INSTANCE";
 
 /// Spawns `sh -c command` in `dir` as the leader of a new process group, with exactly
-/// `env` (plus PATH/HOME/LANG from the agent) and output appended to `log`.
+/// `env` (plus HOME/LANG/TZ from the agent; PATH from `env`, else the system's) and output
+/// appended to `log`.
 pub fn spawn(
     command: &str,
     dir: &Path,
@@ -35,14 +36,13 @@ pub fn spawn(
         .stdout(out)
         .stderr(err)
         .process_group(0);
-    for key in ["PATH", "HOME", "LANG", "TZ"] {
+    for key in ["HOME", "LANG", "TZ"] {
         if let Some(v) = std::env::var_os(key) {
             c.env(key, v);
         }
     }
-    if std::env::var_os("PATH").is_none() {
-        c.env("PATH", "/usr/local/bin:/usr/bin:/bin");
-    }
+    // Never the agent's own PATH: `env` has the release's (its dependencies' first).
+    c.env("PATH", drover_store::SYSTEM_PATH);
     c.envs(env);
     c.spawn()
 }

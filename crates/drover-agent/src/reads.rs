@@ -106,7 +106,27 @@ impl Agent {
         } else {
             "running"
         };
+        let depends = g
+            .as_ref()
+            .and_then(|g| g.release.parse::<drover_store::Hash>().ok())
+            .and_then(|id| self.store.manifest(&id).ok())
+            .map(|m| {
+                m.depends
+                    .iter()
+                    .map(|(name, id)| {
+                        let meta = self.store.meta(id).ok();
+                        drover_wire::DependencyStatus {
+                            name: name.clone(),
+                            app: meta.as_ref().map(|m| m.app.clone()).unwrap_or_default(),
+                            version: meta.map(|m| m.version).unwrap_or_default(),
+                            release: id.to_hex(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(AppStatus {
+            depends,
             app: app.to_string(),
             generation: current,
             from: g.as_ref().and_then(|g| g.from),
@@ -227,7 +247,8 @@ impl Agent {
     pub(crate) fn run_spec(&self, app: &str) -> Result<RunSpec> {
         let (_, g, manifest) = self.live_generation(app)?;
         let tree = self.store.materialise(&release_of(app, &g)?)?;
-        let mut env = base_env(&self.tag, app, &g, &manifest);
+        let deps = self.store.dependency_env(&manifest.depends)?;
+        let mut env = base_env(&self.tag, app, &g, &deps);
         env.remove(proc::ENV_ROOT);
         // Over the 0600 socket to the CLI, which puts them in the task's environment.
         for (k, v) in self.secrets_of(g.secrets.as_deref())? {

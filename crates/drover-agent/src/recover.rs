@@ -64,7 +64,17 @@ impl Agent {
                 );
                 continue;
             };
-            let specs = self.specs(&dir, &g, &manifest, &tree);
+            let deps = match self.store.dependency_env(&manifest.depends) {
+                Ok(deps) => deps,
+                Err(e) => {
+                    eprintln!(
+                        "drover agent: generation {} of {app}: {e}; leaving it stopped",
+                        g.generation
+                    );
+                    continue;
+                }
+            };
+            let specs = self.specs(&dir, &g, &manifest, &tree, &deps);
             let stopped = dir.stopped();
             for (process, index, spec) in specs {
                 let tag = format!("{app}/{}/{process}/{index}", g.instance_gen());

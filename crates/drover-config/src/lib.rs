@@ -38,6 +38,13 @@ pub struct Config {
     pub config: ConfigSchema,
     #[serde(default)]
     pub hooks: Hooks,
+    /// `[depends] NAME = "app@version"` (or a release id): releases this one runs with,
+    /// resolved at build time and pinned by id in the manifest.
+    #[serde(default)]
+    pub depends: BTreeMap<String, String>,
+    /// `[provides]`: what the releases that depend on this one get.
+    #[serde(default)]
+    pub provides: Provides,
     #[serde(default)]
     pub environments: BTreeMap<String, Environment>,
     #[serde(default)]
@@ -64,6 +71,69 @@ pub struct Runtime {
     #[serde(default)]
     pub config: ConfigSchema,
     pub hooks: Hooks,
+    #[serde(default, skip_serializing_if = "Provides::is_empty")]
+    pub provides: Provides,
+}
+
+/// `[provides]` of a release: what each release depending on it gets. `path` entries
+/// (directories relative to the release's tree) go first on their `PATH`; in an `env`
+/// value, every `{tree}` is replaced by the release's materialised tree, the rest is kept
+/// as written.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provides {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// What `{tree}` in a `[provides] env` value stands for.
+pub const TREE_PLACEHOLDER: &str = "{tree}";
+
+impl Provides {
+    pub fn is_empty(&self) -> bool {
+        self.path.is_empty() && self.env.is_empty()
+    }
+
+    /// Each `path` entry a relative path inside the tree, each `env` name a valid one.
+    pub fn check(&self) -> Result<(), (String, Option<String>)> {
+        for p in &self.path {
+            let path = Path::new(p);
+            if p.is_empty()
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err((
+                    format!("key `provides.path`: `{p}` must be a directory inside the release"),
+                    Some("write it relative to the release's top, e.g. \"bin\"".into()),
+                ));
+            }
+        }
+        for k in self.env.keys() {
+            if !valid_env_name(k) {
+                return Err((
+                    format!("key `provides.env.{k}`: `{k}` is not a valid variable name"),
+                    None,
+                ));
+            }
+        }
+        check_env_values(&self.env, |k| format!("key `provides.env.{k}`"))
+    }
+}
+
+/// The variable a dependency's tree is named by: `DROVER_DEP_` and the name upper-cased,
+/// `-` as `_`.
+pub fn dep_variable(name: &str) -> String {
+    format!("DROVER_DEP_{}", name.to_ascii_uppercase().replace('-', "_"))
+}
+
+fn valid_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The most instances one process may ask for (`[process.NAME] instances`).
@@ -156,6 +226,7 @@ impl Config {
             env: self.env.clone(),
             config: self.config.clone(),
             hooks: self.hooks.clone(),
+            provides: self.provides.clone(),
         }
     }
 }
@@ -515,6 +586,25 @@ impl Config {
             }
         }
         self.runtime().check_bounds()?;
+        self.provides.check()?;
+        for (name, spec) in &self.depends {
+            if !valid_name(name) {
+                return Err((
+                    format!("key `depends.{name}`: `{name}` is not a valid dependency name"),
+                    Some(
+                        "use letters, digits, `-` and `_`, starting with a letter or digit".into(),
+                    ),
+                ));
+            }
+            if spec.trim().is_empty() {
+                return Err((
+                    format!("key `depends.{name}` is empty"),
+                    Some(format!(
+                        "write `{name} = \"{name}@VERSION\"` or a release id"
+                    )),
+                ));
+            }
+        }
         if let Some(h) = &self.health {
             match (&h.path, &h.command) {
                 (None, None) => {
@@ -710,6 +800,24 @@ mod tests {
             Some(h) => format!("{e}\nhint: {h}"),
             None => e.to_string(),
         })
+    }
+
+    #[test]
+    fn depends_and_provides_are_checked() {
+        let base = "[app]\nname = \"a\"\n";
+        let ok = parse(&format!(
+            "{base}[depends]\nnode = \"node@24.1.0\"\n[provides]\npath = [\"bin\"]\nenv = {{ NODE_HOME = \"{{tree}}\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.depends["node"], "node@24.1.0");
+        assert_eq!(ok.runtime().provides.path, ["bin"]);
+        let e = parse(&format!("{base}[provides]\npath = [\"../bin\"]\n")).unwrap_err();
+        assert!(e.contains("key `provides.path`: `../bin`"), "{e}");
+        let e = parse(&format!("{base}[provides]\nenv = {{ \"A-B\" = \"x\" }}\n")).unwrap_err();
+        assert!(e.contains("provides.env.A-B"), "{e}");
+        let e = parse(&format!("{base}[depends]\n\"no.dots\" = \"x@1\"\n")).unwrap_err();
+        assert!(e.contains("key `depends.no.dots`"), "{e}");
+        assert_eq!(dep_variable("my-node"), "DROVER_DEP_MY_NODE");
     }
 
     #[test]

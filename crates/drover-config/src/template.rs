@@ -37,6 +37,16 @@ GREETING = "hello, world"
 # [hooks]
 # release = "./migrate"   # runs once per deploy, before any traffic moves
 
+# Releases this one runs with (e.g. a runtime made by `drover import`), pinned at build
+# time. Each one's [provides] path comes first on PATH; its tree is in $DROVER_DEP_NODE.
+# [depends]
+# node = "node@24.11.0"   # NAME@VERSION or a release id, from this machine's store
+
+# What releases that depend on this one get.
+# [provides]
+# path = ["bin"]                          # directories of this release, first on their PATH
+# env = { NODE_HOME = "{tree}" }          # {tree}: this release's tree on the host
+
 # Config for `drover deploy -e production`. With hosts, that deploys to them over ssh
 # (set each up once with `drover host setup -e production`).
 # [environments.production]

@@ -493,13 +493,40 @@ pub fn current_generation<L: HostLink>(s: &L, app: &str) -> Result<Option<u64>, 
         .and_then(|a| a.generation))
 }
 
-/// Sends release `id` to a host over its serve session; returns what was sent.
+/// Sends release `id` to a host over its serve session, after each release it depends on
+/// (`Store::closure`, dependencies first: the host stores a release only with its
+/// dependencies), each only when the host lacks it (then just its offer travels); returns
+/// what was sent, the dependencies' chunks and bytes counted in.
 pub fn transfer<L: HostLink>(
     store: &drover_store::Store,
     id: &drover_store::Hash,
     encoded: &drover_store::transfer::Encoded,
     s: &L,
     mut progress: impl FnMut(u64, u64),
+) -> Result<drover_store::transfer::Sent, HostError> {
+    let closure = store
+        .closure(id)
+        .map_err(|e| HostError::new(format!("{}: transfer failed here: {e}", s.name())))?;
+    let (mut chunks, mut bytes, mut deltas) = (0, 0, 0);
+    for dep in &closure {
+        let sent = transfer_one(store, dep, encoded, s, &mut progress)?;
+        chunks += sent.chunks_sent;
+        bytes += sent.bytes_sent;
+        deltas += sent.chunks_delta;
+    }
+    let mut sent = transfer_one(store, id, encoded, s, &mut progress)?;
+    sent.chunks_sent += chunks;
+    sent.bytes_sent += bytes;
+    sent.chunks_delta += deltas;
+    Ok(sent)
+}
+
+fn transfer_one<L: HostLink>(
+    store: &drover_store::Store,
+    id: &drover_store::Hash,
+    encoded: &drover_store::transfer::Encoded,
+    s: &L,
+    progress: &mut impl FnMut(u64, u64),
 ) -> Result<drover_store::transfer::Sent, HostError> {
     s.with_serve(|sv| {
         // Held from the op's line to the transfer's end: no keep-alive comes between.

@@ -23,6 +23,8 @@ pub struct BuildInput<'a> {
     /// `None` derives a version from the content, so the same tree keeps the same id.
     pub version: Option<&'a str>,
     pub runtime: drover_config::Runtime,
+    /// The resolved `[depends]` (`Store::resolve_depends`), pinned in the manifest.
+    pub depends: std::collections::BTreeMap<String, Hash>,
     /// Top-level names to leave out (besides `.git`, always left out).
     pub exclude: &'a [String],
     /// Remember the directory's files for its next build (see `Seen`): for a directory that
@@ -316,6 +318,7 @@ pub fn build(store: &Store, input: BuildInput<'_>) -> Result<Built> {
         app: input.app.to_string(),
         version,
         runtime: input.runtime,
+        depends: input.depends,
         entries,
     };
     let what = format!("release of {}", input.dir.display());

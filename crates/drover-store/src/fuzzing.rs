@@ -230,6 +230,7 @@ pub fn seed_release(store: &Store, scratch: &Path, app: &str, version: u32) -> H
             app,
             version: Some(&v),
             runtime,
+            depends: Default::default(),
             exclude: &[],
             remember: false,
         },

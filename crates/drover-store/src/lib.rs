@@ -7,6 +7,7 @@
 pub mod build;
 pub mod chunk;
 mod content;
+mod deps;
 mod error;
 pub mod failpoint;
 #[doc(hidden)]
@@ -22,6 +23,7 @@ mod store;
 pub mod transfer;
 
 pub use build::{BuildInput, Built, build};
+pub use deps::SYSTEM_PATH;
 pub use error::{Error, IoContext, Result};
 pub use hash::Hash;
 pub use keys::{Keyring, PublicKey, ReleaseSignature};

@@ -1,7 +1,7 @@
 //! The release manifest: every directory, file and symlink of a release plus how to run it.
 //! Its canonical JSON bytes are hashed into the release id; `validate` refuses escaping paths.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,10 @@ pub struct Manifest {
     pub app: String,
     pub version: String,
     pub runtime: drover_config::Runtime,
+    /// The releases this one runs with, by the name its config gives each (`[depends]`),
+    /// pinned by id: part of the bytes hashed, so a changed dependency is another release.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends: BTreeMap<String, Hash>,
     /// Sorted by path (bytewise); a directory comes before what it holds.
     pub entries: Vec<Entry>,
 }
@@ -191,6 +195,14 @@ impl Manifest {
         }
         if !drover_config::valid_version(&self.version) {
             return bad(format!("`{}` is not a valid version", self.version));
+        }
+        for name in self.depends.keys() {
+            if !drover_config::valid_name(name) {
+                return bad(format!("`{name}` is not a valid dependency name"));
+            }
+        }
+        if let Err((m, _)) = self.runtime.provides.check() {
+            return bad(m);
         }
         let mut dirs: HashSet<&str> = HashSet::new();
         let mut prev: Option<&str> = None;
@@ -448,6 +460,7 @@ mod tests {
             app: "hello".into(),
             version: "1".into(),
             runtime: Default::default(),
+            depends: Default::default(),
             entries,
         }
     }

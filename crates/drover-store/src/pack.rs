@@ -4,10 +4,12 @@
 //! its signature, one record per chunk (32-byte hash + stored object), and an end record
 //! holding the chunk count and the BLAKE3 of every byte before it. Unpacking checks all of it
 //! in a staging directory and adds nothing to the store unless the whole archive is good.
+//! A release that depends on others is packed after them, each as such an archive, in one
+//! file: dependencies first, each unpacked (all or nothing) before the next.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 
 use crate::chunk;
@@ -77,8 +79,25 @@ impl<W: Write> PackWriter<W> {
     }
 }
 
-/// Writes a release, its signature and every chunk it needs (each verified) to `out`.
-pub fn pack(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
+/// Writes a release's dependencies (`Store::closure`, each before what depends on it), then
+/// the release: each its manifest, signature and every chunk it needs (each verified).
+pub fn pack(store: &Store, id: &Hash, mut out: impl Write) -> Result<PackStats> {
+    let dependencies = store.closure(id)?;
+    let mut chunks = 0;
+    let mut chunk_bytes = 0;
+    for dep in &dependencies {
+        let s = pack_one(store, dep, &mut out)?;
+        chunks += s.chunks;
+        chunk_bytes += s.chunk_bytes;
+    }
+    let mut stats = pack_one(store, id, &mut out)?;
+    stats.chunks += chunks;
+    stats.chunk_bytes += chunk_bytes;
+    stats.dependencies = dependencies;
+    Ok(stats)
+}
+
+fn pack_one(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
     let manifest_bytes = store.manifest_bytes(id)?;
     let manifest = store.manifest(id)?;
     let sig = store.signature(id)?;
@@ -102,14 +121,18 @@ pub fn pack(store: &Store, id: &Hash, out: impl Write) -> Result<PackStats> {
         release: *id,
         chunks: chunks.len(),
         chunk_bytes: bytes,
+        dependencies: Vec::new(),
     })
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct PackStats {
     pub release: Hash,
+    /// Chunks and their bytes, of the release and its dependencies.
     pub chunks: usize,
     pub chunk_bytes: u64,
+    /// The releases packed before it, which it runs with.
+    pub dependencies: Vec<Hash>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -123,6 +146,8 @@ pub struct Unpacked {
     /// Damaged objects of the store (chunks, the manifest or signature) replaced by the
     /// archive's good ones.
     pub repaired: usize,
+    /// The releases unpacked before it from the same file, which it runs with.
+    pub dependencies: Vec<Unpacked>,
 }
 
 /// The largest release `unpack` accepts by default: the sum of its file sizes.
@@ -156,11 +181,76 @@ pub fn unpack(
     opts: UnpackOptions,
 ) -> Result<Unpacked> {
     let _lock = store.lock_shared()?;
-    let staging = store.tmp_path("unpack");
-    fs::create_dir(&staging).at(&staging)?;
-    let result = unpack_staged(store, input, what, opts, &staging);
-    remove_tree(&staging);
+    let mut input = std::io::BufReader::new(input);
+    // Every archive in the file is read and checked before any of them is stored.
+    let mut checked: Vec<Checked> = Vec::new();
+    let result = (|| {
+        loop {
+            let staging = store.tmp_path("unpack");
+            fs::create_dir(&staging).at(&staging)?;
+            let c = unpack_staged(store, &mut input, what, opts, &staging);
+            match c {
+                Ok(c) => checked.push(c),
+                Err(e) => {
+                    remove_tree(&staging);
+                    return Err(e);
+                }
+            }
+            // Another archive follows: this one was a dependency of what comes after.
+            let rest = input.fill_buf().at(std::path::Path::new(what))?;
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(MAGIC.len());
+            if rest[..n] != MAGIC[..n] {
+                return Err(Error::invalid(what, "trailing data after the end record"));
+            }
+        }
+        // Each release's dependencies come before it in the file, or are here already.
+        let mut before: HashSet<Hash> = HashSet::new();
+        for c in &checked {
+            for (name, dep) in &c.manifest.depends {
+                if !before.contains(dep) && !store.has_release(dep) {
+                    return Err(Error::invalid_hinted(
+                        format!(
+                            "{what}: release {}@{} ({})",
+                            c.manifest.app,
+                            c.manifest.version,
+                            c.id.short()
+                        ),
+                        format!(
+                            "its dependency `{name}` ({}) is neither in the archive nor in the store",
+                            dep.short()
+                        ),
+                        "pack the release with this drover (it carries the dependencies), or unpack the dependency first",
+                    ));
+                }
+            }
+            before.insert(c.id);
+        }
+        crate::failpoint::hit("unpack.checked");
+        let mut done = Vec::new();
+        for c in &checked {
+            done.push(commit_checked(store, c, opts)?);
+        }
+        let mut last = done.pop().expect("at least one archive was read");
+        last.dependencies = done;
+        Ok(last)
+    })();
+    for c in &checked {
+        remove_tree(&c.staging);
+    }
     result
+}
+
+/// One archive of a file, read and checked, its new chunks in `staging`.
+struct Checked {
+    id: Hash,
+    manifest: Manifest,
+    sig: ReleaseSignature,
+    staged: HashSet<Hash>,
+    repaired: usize,
+    staging: PathBuf,
 }
 
 struct Reader<R: Read> {
@@ -224,7 +314,7 @@ fn unpack_staged(
     what: &str,
     opts: UnpackOptions,
     staging: &std::path::Path,
-) -> Result<Unpacked> {
+) -> Result<Checked> {
     let mut r = Reader {
         input,
         hasher: blake3::Hasher::new(),
@@ -343,10 +433,6 @@ fn unpack_staged(
             }
         }
     }
-    let mut rest = [0u8; 1];
-    if r.input.read(&mut rest).at(std::path::Path::new(what))? != 0 {
-        return Err(Error::invalid(what, "trailing data after the end record"));
-    }
     // Chunks the archive left out must be in the store, and good.
     for h in &needed {
         if lens.contains_key(h) {
@@ -374,20 +460,41 @@ fn unpack_staged(
     }
     check_contents(store, &manifest, &lens, &staged, staging)
         .map_err(|m| Error::invalid(&sig_what, m))?;
-    crate::failpoint::hit("unpack.checked");
+    Ok(Checked {
+        id,
+        manifest,
+        sig,
+        staged,
+        repaired,
+        staging: staging.to_path_buf(),
+    })
+}
 
+/// Adds one checked archive's release (and its new or repaired chunks) to the store.
+fn commit_checked(store: &Store, c: &Checked, opts: UnpackOptions) -> Result<Unpacked> {
+    let Checked {
+        id,
+        manifest,
+        sig,
+        staged,
+        staging,
+        ..
+    } = c;
+    let (id, staging) = (*id, staging.as_path());
+    let mut repaired = c.repaired;
     let had = store.release_intact(&id);
     if had && staged.is_empty() {
         return Ok(Unpacked {
             release: id,
-            app: manifest.app,
-            version: manifest.version,
+            app: manifest.app.clone(),
+            version: manifest.version.clone(),
             added: false,
             new_chunks: 0,
             repaired: 0,
+            dependencies: Vec::new(),
         });
     }
-    for h in &staged {
+    for h in staged {
         store.adopt_chunk_file(h, &staging.join(h.to_hex()))?;
         crate::failpoint::hit("unpack.chunk_adopted");
     }
@@ -398,18 +505,19 @@ fn unpack_staged(
         // A damaged manifest or signature is replaced; a missing one is the release added.
         repaired += usize::from(store.has_release(&id));
         added = !store.has_release(&id);
-        store.commit_release_with(&manifest, &sig, opts.allow_untrusted)?;
+        store.commit_release_with(manifest, sig, opts.allow_untrusted)?;
     } else {
         // Repaired chunks are durable before this returns, as a commit's are.
         store.sync()?;
     }
     Ok(Unpacked {
         release: id,
-        app: manifest.app,
-        version: manifest.version,
+        app: manifest.app.clone(),
+        version: manifest.version.clone(),
         added,
         new_chunks,
         repaired,
+        dependencies: Vec::new(),
     })
 }
 

@@ -33,6 +33,9 @@ pub struct ReleaseMeta {
     pub signer: String,
     pub files: usize,
     pub bytes: u64,
+    /// The releases it runs with (`[depends]`), by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub depends: std::collections::BTreeMap<String, Hash>,
 }
 
 /// A held store lock: shared for writers (build, unpack), exclusive for `gc`.
@@ -322,6 +325,24 @@ impl Store {
             }
         }
         let what = format!("release {}", id.short());
+        // A release is stored only with everything it runs with.
+        for (name, dep) in &manifest.depends {
+            if !self.has_release(dep) {
+                return Err(Error::invalid_hinted(
+                    format!(
+                        "release {}@{} ({})",
+                        manifest.app,
+                        manifest.version,
+                        id.short()
+                    ),
+                    format!(
+                        "its dependency `{name}` ({}) is not in the store",
+                        dep.short()
+                    ),
+                    "store the dependency first: `drover unpack` its archive, or deploy with `drover deploy -e`, which sends it",
+                ));
+            }
+        }
         let signer = if allow_untrusted {
             sig.check(&id, &what)?
         } else {
@@ -335,6 +356,7 @@ impl Store {
             signer: signer.to_string(),
             files: manifest.file_count(),
             bytes: manifest.bytes(),
+            depends: manifest.depends.clone(),
         };
         let sig_bytes = sig.to_bytes();
         let meta_bytes = serde_json::to_vec_pretty(&meta).expect("meta serialises");
@@ -454,6 +476,7 @@ impl Store {
                     signer: String::new(),
                     files: m.file_count(),
                     bytes: m.bytes(),
+                    depends: m.depends.clone(),
                 })
             }
         }
@@ -924,8 +947,13 @@ impl Store {
     /// Re-hashes objects; returns every problem found. `only` limits it to one release.
     pub fn verify(&self, only: Option<&Hash>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
+        // One release is checked with everything it runs with.
         let ids = match only {
-            Some(id) => vec![*id],
+            Some(id) => {
+                let mut ids = self.closure(id).unwrap_or_default();
+                ids.push(*id);
+                ids
+            }
             None => self.release_ids()?,
         };
         let mut trees: Vec<(Hash, Manifest)> = Vec::new();
@@ -945,6 +973,14 @@ impl Store {
                     continue;
                 }
             };
+            for (name, dep) in &manifest.depends {
+                if !self.has_release(dep) {
+                    report.problems.push(Problem::new(
+                        &format!("release {id}"),
+                        format!("its dependency `{name}` ({dep}) is not in the store"),
+                    ));
+                }
+            }
             match self.signature(id).and_then(|s| s.check(id, "signature")) {
                 Ok(_) => {}
                 Err(e) => report
@@ -1327,11 +1363,22 @@ impl Store {
         let _lock = self.lock_exclusive()?;
         let mut report = GcReport::default();
         let mut per_app: HashMap<String, usize> = HashMap::new();
-        let mut kept = Vec::new();
-        for r in self.releases()? {
+        let releases = self.releases()?;
+        let mut keeping: HashSet<Hash> = HashSet::new();
+        for r in &releases {
             let n = per_app.entry(r.app.clone()).or_default();
             *n += 1;
             if *n <= keep || roots.contains(&r.release) {
+                keeping.insert(r.release);
+            }
+        }
+        // What a kept release runs with is kept with it, however old.
+        for id in keeping.clone() {
+            keeping.extend(self.closure(&id)?);
+        }
+        let mut kept = Vec::new();
+        for r in releases {
+            if keeping.contains(&r.release) {
                 kept.push(r.release);
             } else {
                 // The manifest goes first: once it is gone the release no longer exists.

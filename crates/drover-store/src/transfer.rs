@@ -796,6 +796,7 @@ mod tests {
                 app: "app",
                 version: Some(version),
                 runtime: Default::default(),
+                depends: Default::default(),
                 exclude: &[],
                 remember: false,
             },

@@ -133,6 +133,7 @@ mod tests {
             from: Some(3),
             version: Some("1.0.0".into()),
             release: Some("581cee4493ab".into()),
+            depends: Vec::new(),
             state: "running".into(),
             instances: vec![InstanceStatus {
                 process: "web".into(),

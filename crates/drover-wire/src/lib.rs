@@ -301,6 +301,18 @@ pub struct AppStatus {
     pub proxy: Option<ProxyStatus>,
     #[serde(default)]
     pub canary: Option<CanaryStatus>,
+    /// The releases the live release runs with (`[depends]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends: Vec<DependencyStatus>,
+}
+
+/// One dependency of a live release: the name its config gives it, and the release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DependencyStatus {
+    pub name: String,
+    pub app: String,
+    pub version: String,
+    pub release: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -26,6 +26,9 @@ pub enum Command {
     Init(crate::commands::init::InitArgs),
     /// Build the app in DIR into a signed release in the local store.
     Build(crate::commands::build::BuildArgs),
+    /// Make a release of an upstream build (a runtime's tarball or a directory), for
+    /// releases to run with through `[depends]`.
+    Import(crate::commands::import::ImportArgs),
     /// List stored releases.
     Releases(crate::commands::releases::ReleasesArgs),
     /// Re-hash every object (or one release's) and name any that is bad.

@@ -56,6 +56,12 @@ pub fn build_app(store: &Store, dir: &Path, version: Option<&str>) -> anyhow::Re
         ));
     }
     let config = Config::load_dir(dir)?;
+    // Refused before anything runs or is stored: an unknown, untrusted or cyclic dependency.
+    let depends = store.resolve_depends(
+        &config.app.name,
+        &config.depends,
+        &dir.join(drover_config::FILE_NAME).display().to_string(),
+    )?;
     let version = version
         .map(str::to_string)
         .or_else(|| config.app.version.clone())
@@ -110,6 +116,7 @@ pub fn build_app(store: &Store, dir: &Path, version: Option<&str>) -> anyhow::Re
                 app: &config.app.name,
                 version: version.as_deref(),
                 runtime: config.runtime(),
+                depends,
                 exclude: &config.build.exclude,
                 remember: config.build.command.is_none(),
             },

@@ -31,6 +31,11 @@ struct Diff {
     secrets_added: Vec<String>,
     secrets_removed: Vec<String>,
     secrets_changed: Vec<String>,
+    /// Dependencies (`[depends]`) by name.
+    depends_added: Vec<String>,
+    depends_removed: Vec<String>,
+    /// `name: app@version (id) -> app@version (id)`.
+    depends_changed: Vec<String>,
 }
 
 fn changes(
@@ -90,6 +95,7 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         BTreeMap<String, Entry>,
         BTreeMap<String, String>,
         BTreeMap<String, String>,
+        BTreeMap<String, String>,
     );
     let load = |n: u64| -> anyhow::Result<Loaded> {
         let g = dir.generation(n).ok_or_else(|| {
@@ -107,6 +113,11 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
             .transpose()?
             .map(|f| f.secrets)
             .unwrap_or_default();
+        let depends = m
+            .depends
+            .iter()
+            .map(|(n, id)| (n.clone(), super::describe_release(&store, id)))
+            .collect();
         Ok((
             m.entries
                 .into_iter()
@@ -114,10 +125,11 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
                 .collect(),
             g.env,
             secrets,
+            depends,
         ))
     };
-    let (fa, ea, sa) = load(args.from)?;
-    let (fb, eb, sb) = load(args.to)?;
+    let (fa, ea, sa, da) = load(args.from)?;
+    let (fb, eb, sb, db) = load(args.to)?;
     let mut d = Diff::default();
     for (p, e) in &fb {
         match fa.get(p) {
@@ -133,6 +145,12 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         .collect();
     (d.env_added, d.env_removed, d.env_changed) = changes(&ea, &eb);
     (d.secrets_added, d.secrets_removed, d.secrets_changed) = changes(&sa, &sb);
+    let changed;
+    (d.depends_added, d.depends_removed, changed) = changes(&da, &db);
+    d.depends_changed = changed
+        .into_iter()
+        .map(|n| format!("{n}: {} -> {}", da[&n], db[&n]))
+        .collect();
     if args.json {
         return output::json(&d);
     }
@@ -162,6 +180,15 @@ pub fn run(root: &Path, args: DiffArgs) -> anyhow::Result<()> {
         for k in list {
             println!("{mark} secret {k} (value redacted)");
         }
+    }
+    for n in &d.depends_added {
+        println!("+ depends {n} = {}", db[n]);
+    }
+    for n in &d.depends_removed {
+        println!("- depends {n} = {}", da[n]);
+    }
+    for c in &d.depends_changed {
+        println!("~ depends {c}");
     }
     Ok(())
 }

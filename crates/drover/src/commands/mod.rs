@@ -10,6 +10,7 @@ pub mod diff;
 pub mod gc;
 pub mod history;
 pub mod host;
+pub mod import;
 pub mod init;
 pub mod keys;
 pub mod lock;
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => init::run(a),
         Command::Build(a) => build::run(&root, a),
+        Command::Import(a) => import::run(&root, a),
         Command::Releases(a) => releases::run(&root, a),
         Command::Verify(a) => verify::run(&root, a),
         Command::Checkout(a) => checkout::run(&root, a),
@@ -90,4 +92,28 @@ pub fn open_store(root: &std::path::Path) -> anyhow::Result<drover_store::Store>
     use anyhow::Context;
     drover_store::Store::open(root)
         .with_context(|| format!("cannot open the drover store under {}", root.display()))
+}
+
+/// A dependency as the CLI shows it: `node@24.1.0 (ab12cd34ef56)`, or its id and
+/// `(missing)` when the store lacks it.
+pub fn describe_release(store: &drover_store::Store, id: &drover_store::Hash) -> String {
+    match store.meta(id) {
+        Ok(m) => format!("{}@{} ({})", m.app, m.version, id.short()),
+        Err(_) => format!("{} (missing)", id.short()),
+    }
+}
+
+/// `node=node@24.1.0 (ab12cd34ef56)`, one per dependency, or `-`.
+pub fn depends_line(
+    store: &drover_store::Store,
+    depends: &std::collections::BTreeMap<String, drover_store::Hash>,
+) -> String {
+    if depends.is_empty() {
+        return "-".into();
+    }
+    depends
+        .iter()
+        .map(|(name, id)| format!("{name}={}", describe_release(store, id)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

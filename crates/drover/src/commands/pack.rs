@@ -85,8 +85,13 @@ pub fn run_pack(root: &Path, args: PackArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", args.output.display()))?;
         stats
     };
+    let with = match stats.dependencies.len() {
+        0 => String::new(),
+        1 => " with 1 dependency".to_string(),
+        n => format!(" with {n} dependencies"),
+    };
     eprintln!(
-        "packed release {} ({} chunks, {})",
+        "packed release {}{with} ({} chunks, {})",
         stats.release.short(),
         stats.chunks,
         output::bytes(stats.chunk_bytes)
@@ -130,6 +135,13 @@ pub fn run_unpack(root: &Path, args: UnpackArgs) -> anyhow::Result<()> {
         } else {
             "already had"
         };
+        for d in &unpacked.dependencies {
+            let what = if d.added { "imported" } else { "already had" };
+            eprintln!(
+                "{what} dependency {}@{} ({} new chunks)",
+                d.app, d.version, d.new_chunks
+            );
+        }
         let repaired = match unpacked.repaired {
             0 => String::new(),
             n => format!(", {n} damaged objects replaced"),

@@ -35,17 +35,18 @@ pub fn run(root: &Path, args: ReleasesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<16} {:<12} {:>7} {:>10}",
+        "{:<20} {:<16} {:<12} {:>7} {:>10}  DEPENDS",
         "APP", "VERSION", "RELEASE", "FILES", "SIZE"
     );
     for r in releases {
         println!(
-            "{:<20} {:<16} {:<12} {:>7} {:>10}",
+            "{:<20} {:<16} {:<12} {:>7} {:>10}  {}",
             r.app,
             r.version,
             r.release.short(),
             r.files,
-            output::bytes(r.bytes)
+            output::bytes(r.bytes),
+            super::depends_line(&store, &r.depends)
         );
     }
     Ok(())

@@ -30,11 +30,13 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
     cmd.args(&args.command[1..])
         .current_dir(&spec.dir)
         .env_clear();
-    for key in ["PATH", "HOME", "LANG", "TERM", "TZ"] {
+    for key in ["HOME", "LANG", "TERM", "TZ"] {
         if let Some(v) = std::env::var_os(key) {
             cmd.env(key, v);
         }
     }
+    // The app's PATH (its dependencies' entries, then the system's), never the caller's.
+    cmd.env("PATH", drover_store::SYSTEM_PATH);
     cmd.envs(&spec.env);
     let status = cmd
         .status()

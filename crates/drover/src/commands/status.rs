@@ -51,6 +51,15 @@ pub fn print_status(a: &AppStatus) {
         "{}  generation {generation}  {version} ({release})  {}",
         a.app, a.state
     );
+    for d in &a.depends {
+        println!(
+            "  depends: {} = {}@{} ({})",
+            d.name,
+            d.app,
+            d.version,
+            &d.release[..12.min(d.release.len())]
+        );
+    }
     if let Some(c) = &a.canary {
         println!(
             "  canary: generation {} ({}) takes {}% of clients",

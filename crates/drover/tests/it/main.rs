@@ -8,4 +8,5 @@ mod fleet;
 mod hosts;
 mod link;
 mod proxy;
+mod runtimes;
 mod store;

@@ -683,6 +683,7 @@ fn hostile_archive(path: &Path, ring: &Keyring, entries: Vec<Entry>, chunks: &[(
         app: "evil".into(),
         version: "1".into(),
         runtime: Default::default(),
+        depends: Default::default(),
         entries,
     };
     let bytes = m.to_bytes();
@@ -852,6 +853,7 @@ fn unpack_refuses_hostile_archives_and_adds_nothing() {
         app: "evil".into(),
         version: "1".into(),
         runtime: Default::default(),
+        depends: Default::default(),
         entries: vec![file_entry("ok.txt", &data)],
     };
     w.record(TAG_MANIFEST, &m.to_bytes()).unwrap();
@@ -1294,6 +1296,7 @@ fn unpack_refuses_files_their_chunks_do_not_make_and_verify_finds_them() {
             app: "evil".into(),
             version: name.to_string(),
             runtime: Default::default(),
+            depends: Default::default(),
             entries: vec![entry.clone()],
         };
         store
