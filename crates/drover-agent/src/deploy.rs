@@ -211,7 +211,9 @@ impl Agent {
         let tree = self.store.materialise_checked(&id)?.path;
         out.event(format!("running release hook `{hook}`"));
         let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
-        let mut env = base_env(&self.tag, &app, &g, &manifest);
+        // Each dependency's tree materialised (and checked) before the hook starts.
+        let deps = self.store.dependency_env(&manifest.depends)?;
+        let mut env = base_env(&self.tag, &app, &g, &deps);
         for (k, v) in self.secrets_of(g.secrets.as_deref())? {
             env.insert(k, v.to_string());
         }

@@ -167,6 +167,13 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &["drover releases", "drover releases web --json"],
     ),
     (
+        "import",
+        &[
+            "drover import node-v24.11.0-linux-x64.tar.xz --name node --version 24.11.0",
+            "drover import /opt/python3.12 --name python --version 3.12.8 --provides-env PYTHONHOME={tree}",
+        ],
+    ),
+    (
         "verify",
         &[
             "drover verify",

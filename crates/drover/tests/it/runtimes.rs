@@ -431,13 +431,9 @@ fn a_second_app_on_a_runtime_the_host_has_is_sent_without_the_runtime() {
         let built = cx.build(dir, &[]);
         let store = drover_store::Store::open(&cx.root).unwrap();
         let target = Target::require(dir, "prod").unwrap();
-        let plan = DeployPlan {
-            release: built["release"].as_str().unwrap().parse().unwrap(),
-            app: app.into(),
-            version: "1".into(),
-            secrets: None,
-            keep_partial: false,
-        };
+        let id: drover_store::Hash = built["release"].as_str().unwrap().parse().unwrap();
+        let plan = DeployPlan::of(id, &store.manifest(&id).unwrap(), None);
+        assert_eq!(plan.app, app);
         let link = InProcess::new("h1", &host.root, Duration::from_secs(3));
         let conn = Connected::of(&target.env.hosts, vec![Ok(link)]);
         let done =
