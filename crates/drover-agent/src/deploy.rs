@@ -271,7 +271,17 @@ impl Agent {
             });
         }
         let full = read_generation(&dir, app, target.generation)?;
-        let manifest = self.store.trusted_manifest(&release_of(app, &full)?)?;
+        let manifest = match self.store.trusted_manifest(&release_of(app, &full)?) {
+            Err(drover_store::Error::NotFound(_)) => {
+                return Err(Error::ReleaseCollected {
+                    app: app.to_string(),
+                    generation: full.generation,
+                    version: full.version.clone(),
+                    release: full.release[..12.min(full.release.len())].to_string(),
+                });
+            }
+            r => r?,
+        };
         out.event(format!(
             "rolling back {app} to generation {} ({}@{})",
             target.generation, app, target.version

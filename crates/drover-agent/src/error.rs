@@ -15,6 +15,16 @@ pub enum Error {
     NotDeployed { app: String },
     #[error("app `{app}` has no generation {generation}")]
     UnknownGeneration { app: String, generation: u64 },
+    /// A generation whose release gc removed (it was outside `--keep`).
+    #[error(
+        "generation {generation} of `{app}` ran {version} ({release}), whose release gc has removed from this host's store"
+    )]
+    ReleaseCollected {
+        app: String,
+        generation: u64,
+        version: String,
+        release: String,
+    },
     #[error("app `{app}` has no earlier live generation to roll back to")]
     NoEarlierGeneration { app: String },
     #[error("generation {generation} is already the live generation of `{app}`")]
@@ -163,6 +173,9 @@ impl Error {
         };
         match self {
             Error::UnknownApp { .. } => Some("`drover status` lists the apps this host runs".into()),
+            Error::ReleaseCollected { app, version, .. } => Some(format!(
+                "bring it back: `drover unpack` an archive of it (`drover pack {app}@{version}` where it is stored), or build that version again and deploy it; `drover gc --keep N` keeps the releases of each app's N newest generations"
+            )),
             Error::NotDeployed { .. } => Some("deploy it first: `drover deploy DIR`".into()),
             Error::UnknownGeneration { app, .. } | Error::NoEarlierGeneration { app } => {
                 history(app)

@@ -146,6 +146,9 @@ pub struct Agent {
     inherited: Mutex<HashMap<u16, std::net::TcpListener>>,
     /// The client connections being served.
     conns: Mutex<Conns>,
+    /// After a deploy, collect what each app's `gc_keep` newest generations do not need
+    /// (0: never).
+    gc_keep: usize,
 }
 
 /// Runs `f` on a new thread, or here and now when no thread can be started (a pids or
@@ -183,6 +186,28 @@ pub struct Options {
     /// Take over from a running agent (an upgrade): its listening sockets are handed over,
     /// so no connection to an app's public port is refused.
     pub replace: bool,
+    /// After each deploy, gc what no app's `gc_keep` newest generations need (0: never).
+    pub gc_keep: usize,
+}
+
+/// The releases gc must keep: those of each app's live generation and of its `keep` newest
+/// generations.
+pub fn gc_roots(root: &Path, keep: usize) -> std::collections::HashSet<drover_store::Hash> {
+    let mut roots = std::collections::HashSet::new();
+    for app in apps(root) {
+        let dir = AppDir::new(root, &app);
+        let current = dir.current();
+        let gens = dir.generations();
+        let n = gens.len();
+        for (k, g) in gens.into_iter().enumerate() {
+            if (k + keep >= n || Some(g.generation) == current)
+                && let Ok(id) = g.release.parse()
+            {
+                roots.insert(id);
+            }
+        }
+    }
+    roots
 }
 
 /// Streams progress lines to the client while a request runs.

@@ -131,6 +131,7 @@ impl Agent {
             conns: Mutex::new(Conns::default()),
             identity: drover_config::secrets::Identity::load_or_create(&host_key_path(&root))
                 .map_err(std::io::Error::other)?,
+            gc_keep: opts.gc_keep,
         });
         agent.recover();
         if let Some(addr) = opts.metrics {
@@ -212,9 +213,17 @@ impl Agent {
             _ => return,
         };
         let _ = stream.set_read_timeout(None);
+        let mut deployed = None;
         let result = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Handover) => return self.hand_over(&mut stream),
-            Ok(req) => self.handle(req, &mut stream, &mut reader),
+            Ok(req) => {
+                let deploy = matches!(req, Request::Deploy { .. });
+                let r = self.handle(req, &mut stream, &mut reader);
+                if deploy && let Ok(v) = &r {
+                    deployed = v.get("app").and_then(|a| a.as_str()).map(str::to_string);
+                }
+                r
+            }
             Err(e) => Err(Error::BadRequest(e.to_string())),
         };
         let reply = match result {
@@ -222,6 +231,43 @@ impl Agent {
             Err(e) => Reply::Error(WireError::from(&e)),
         };
         let _ = drover_wire::write_line(&mut stream, &Line::Reply(reply));
+        drop(stream);
+        // The client has its answer: what the deploy left behind is collected now.
+        if let Some(app) = deployed {
+            self.collect_after_deploy(&app);
+        }
+    }
+
+    /// Runs gc when `app` has a release stored that gc would remove, keeping
+    /// the releases of every app's `gc_keep` newest generations (and what they depend on);
+    /// transfers' small packs are merged on the way.
+    fn collect_after_deploy(&self, app: &str) {
+        if self.gc_keep == 0 {
+            return;
+        }
+        let roots = crate::gc_roots(&self.root, self.gc_keep);
+        let Ok(releases) = self.store.releases() else {
+            return;
+        };
+        // Newest first, as gc counts them: past the newest `gc_keep`, one that no kept
+        // generation points to is one gc would remove.
+        let spare = releases
+            .iter()
+            .filter(|r| r.app == app)
+            .skip(self.gc_keep)
+            .any(|r| !roots.contains(&r.release));
+        if !spare {
+            return;
+        }
+        match self.store.gc(self.gc_keep, &roots) {
+            Ok(r) if !r.releases_removed.is_empty() => eprintln!(
+                "drover agent: gc after deploying {app}: removed {} releases, freed {} bytes",
+                r.releases_removed.len(),
+                r.bytes_freed
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("drover agent: gc after deploying {app} failed: {e}"),
+        }
     }
 
     fn handle(

@@ -193,6 +193,26 @@ pub fn logs(
     all_ok(results).map(|_| ())
 }
 
+/// `drover gc --keep KEEP [--dry-run]` on every host: what each said it removed (or would).
+pub fn gc(target: &Target, keep: usize, dry_run: bool) -> anyhow::Result<Vec<HostResult<String>>> {
+    let keep = keep.to_string();
+    let mut args = vec!["gc", "--keep", keep.as_str()];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    Ok(target
+        .each(None, |s| {
+            let out = s.run(&args, b"")?;
+            // What gc says goes to stderr (the list of a dry run to stdout): both, as said.
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            Ok(text.lines().collect::<Vec<_>>().join("; "))
+        })?
+        .into_iter()
+        .map(|(h, r)| HostResult::of(&h, r))
+        .collect())
+}
+
 /// Who holds the environment's lock on each host (`None`: free).
 pub fn lock_status(target: &Target) -> anyhow::Result<Vec<HostResult<Option<LockHolder>>>> {
     Ok(target

@@ -1359,9 +1359,23 @@ impl Store {
 
     /// Removes every release that is neither among the newest `keep` of its app nor in
     /// `roots`, then every chunk, cache file and tree no kept release needs.
-    pub fn gc(&self, keep: usize, roots: &HashSet<Hash>) -> Result<GcReport> {
-        let _lock = self.lock_exclusive()?;
-        let mut report = GcReport::default();
+    /// The releases `gc(keep, roots)` would remove, newest first (nothing is removed).
+    pub fn gc_would_remove(&self, keep: usize, roots: &HashSet<Hash>) -> Result<Vec<ReleaseMeta>> {
+        let _lock = self.lock_shared()?;
+        let (keeping, releases) = self.gc_keeping(keep, roots)?;
+        Ok(releases
+            .into_iter()
+            .filter(|r| !keeping.contains(&r.release))
+            .collect())
+    }
+
+    /// What gc keeps: each app's `keep` newest releases, the `roots`, and everything those
+    /// depend on; with every stored release, newest first.
+    fn gc_keeping(
+        &self,
+        keep: usize,
+        roots: &HashSet<Hash>,
+    ) -> Result<(HashSet<Hash>, Vec<ReleaseMeta>)> {
         let mut per_app: HashMap<String, usize> = HashMap::new();
         let releases = self.releases()?;
         let mut keeping: HashSet<Hash> = HashSet::new();
@@ -1376,6 +1390,13 @@ impl Store {
         for id in keeping.clone() {
             keeping.extend(self.closure(&id)?);
         }
+        Ok((keeping, releases))
+    }
+
+    pub fn gc(&self, keep: usize, roots: &HashSet<Hash>) -> Result<GcReport> {
+        let _lock = self.lock_exclusive()?;
+        let mut report = GcReport::default();
+        let (keeping, releases) = self.gc_keeping(keep, roots)?;
         let mut kept = Vec::new();
         for r in releases {
             if keeping.contains(&r.release) {

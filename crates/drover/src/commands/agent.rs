@@ -16,6 +16,10 @@ pub struct AgentArgs {
     /// sockets over, finishes its in-flight requests and exits; the apps keep running.
     #[arg(long)]
     pub replace: bool,
+    /// After each deploy, remove the releases no app's N newest generations need (their
+    /// dependencies stay too) and merge transfers' small packs; 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub gc_keep: usize,
 }
 
 pub fn run(root: &Path, args: AgentArgs) -> anyhow::Result<()> {
@@ -24,6 +28,7 @@ pub fn run(root: &Path, args: AgentArgs) -> anyhow::Result<()> {
         drover_agent::Options {
             metrics: args.metrics,
             replace: args.replace,
+            gc_keep: args.gc_keep,
         },
     )
     .map_err(|e| {

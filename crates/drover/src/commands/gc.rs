@@ -1,6 +1,5 @@
 //! `drover gc`: free what no kept release needs.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use clap::Args;
@@ -10,30 +9,46 @@ use crate::output;
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// How many of each app's newest releases to keep.
-    #[arg(long, default_value_t = 5)]
+    /// Keep the releases of each app's N newest generations (and its live one, and each
+    /// app's N newest stored releases), with everything they depend on; a rollback can go
+    /// back N generations.
+    #[arg(long, value_name = "N", default_value_t = 5)]
     pub keep: usize,
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// On every host of this environment (over ssh) instead of this machine.
+    #[command(flatten)]
+    pub fleet: crate::cli::EnvArgs,
     #[command(flatten)]
     pub json: JsonFlag,
 }
 
 pub fn run(root: &Path, args: GcArgs) -> anyhow::Result<()> {
     let store = super::open_store(root)?;
-    // Every release a kept generation points to is a root: the newest `keep` generations
-    // of each app and its live one.
-    let mut roots = HashSet::new();
-    for app in drover_agent::apps(root) {
-        let dir = drover_agent::AppDir::new(root, &app);
-        let current = dir.current();
-        let gens = dir.generations();
-        let n = gens.len();
-        for (k, g) in gens.into_iter().enumerate() {
-            if (k + args.keep >= n || Some(g.generation) == current)
-                && let Ok(id) = g.release.parse()
-            {
-                roots.insert(id);
-            }
+    if let Some(target) = args.fleet.target()? {
+        return gc_fleet(target, args.keep, args.dry_run, args.json.json);
+    }
+    let roots = drover_agent::gc_roots(root, args.keep);
+    if args.dry_run {
+        let gone = store.gc_would_remove(args.keep, &roots)?;
+        if args.json.json {
+            return output::json(&gone);
         }
+        for r in &gone {
+            println!(
+                "would remove {}@{} ({})",
+                r.app,
+                r.version,
+                r.release.short()
+            );
+        }
+        eprintln!(
+            "{} releases would go (--keep {}); nothing was removed",
+            gone.len(),
+            args.keep
+        );
+        return Ok(());
     }
     let report = store.gc(args.keep, &roots)?;
     if args.json.json {
@@ -50,4 +65,26 @@ pub fn run(root: &Path, args: GcArgs) -> anyhow::Result<()> {
         output::bytes(report.bytes_freed)
     );
     Ok(())
+}
+
+/// `gc` on every host of the environment: each host's report, by host.
+fn gc_fleet(
+    target: drover_fleet::Target,
+    keep: usize,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let results = drover_fleet::ops::gc(&target, keep, dry_run)?;
+    if json {
+        output::json(&results)?;
+    } else {
+        for r in &results {
+            match (&r.result, &r.error) {
+                (Some(v), _) => println!("  {}  {}", r.host, v.trim()),
+                (_, Some(e)) => println!("  {}  FAILED: {e}", r.host),
+                _ => {}
+            }
+        }
+    }
+    drover_fleet::ops::failed(&results)
 }

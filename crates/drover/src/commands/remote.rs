@@ -53,6 +53,13 @@ pub enum RemoteCommand {
     },
     /// Print this host's age public key.
     HostKey,
+    /// `drover gc` on this host.
+    Gc {
+        #[arg(long)]
+        keep: usize,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print this host's audit log (JSON lines), only ENV's entries with --env.
     AuditRead {
         #[arg(long = "env")]
@@ -124,6 +131,18 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
             }
         }
         RemoteCommand::HostKey => println!("{}", super::secrets::host(root)?.public()),
+        RemoteCommand::Gc { keep, dry_run } => super::gc::run(
+            root,
+            super::gc::GcArgs {
+                keep,
+                dry_run,
+                fleet: crate::cli::EnvArgs {
+                    environment: None,
+                    dir: ".".into(),
+                },
+                json: crate::cli::JsonFlag { json: false },
+            },
+        )?,
         RemoteCommand::StartAgent { replace } => {
             if replace && client::is_running(root) {
                 client::start_agent(root, true)?

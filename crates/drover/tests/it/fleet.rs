@@ -562,6 +562,15 @@ fn a_lock_held_with_a_message_holds_deploys_off_and_a_deploy_can_wait_for_it() {
     assert_eq!(serving(&fleet, 0).as_deref(), Some("1.0"));
     let st = env_ok(&cx, &dir, &["lock", "status"]);
     assert!(st.stdout.contains("free"), "{}", st.stdout);
+
+    // gc on every host of the environment.
+    let run = env_ok(&cx, &dir, &["gc", "--keep", "1", "--dry-run"]);
+    assert!(
+        run.stdout
+            .contains("h1  0 releases would go (--keep 1); nothing was removed"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod config;
 mod fleet;
 mod hosts;
 mod link;
+mod ops;
 mod proxy;
 mod runtimes;
 mod store;
