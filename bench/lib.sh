@@ -99,7 +99,7 @@ kill_leftovers() {
     else
         log "cleanup: no app processes left under $ROOT"
     fi
-    if [[ "$KEEP" == 1 ]]; then
+    if [[ "${KEEP:-0}" == 1 ]]; then
         log "kept $WORK"
     else
         rm -rf "$WORK"
