@@ -17,6 +17,8 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
 command -v man >/dev/null || need_pkgs+=(man-db)
 command -v setpriv >/dev/null || need_pkgs+=(util-linux)
+# The agent's systemd unit is checked with systemd-analyze.
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 if ((${#need_pkgs[@]})); then
     apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
 fi

@@ -291,6 +291,10 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     ),
     ("host key", &["drover host key"]),
     (
+        "host unit",
+        &["drover host unit > /etc/systemd/system/drover-agent.service"],
+    ),
+    (
         "host setup",
         &[
             "drover host setup web1 web2 deploy@db1:2222",

@@ -27,6 +27,7 @@ mod client;
 mod commands;
 mod output;
 mod progress;
+mod service;
 mod settings;
 
 use std::process::ExitCode;

@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 
 use crate::output::hinted;
 
+/// The root as root, unless told otherwise.
+pub const SYSTEM_ROOT: &str = "/var/lib/drover";
+
 /// Where this host's drover state lives.
 pub fn resolve_root(flag: Option<PathBuf>) -> PathBuf {
     if let Some(root) = flag {
         return root;
     }
     if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/drover");
+        return PathBuf::from(SYSTEM_ROOT);
     }
     let data = std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())

@@ -22,12 +22,26 @@ pub enum HostCommand {
     /// Install this drover on hosts over ssh, start their agents, and make them trust this
     /// machine's release-signing key. Reports hosts that ran another drover version.
     Setup(SetupArgs),
+    /// Print the systemd unit that runs this root's agent (`host setup` installs it on
+    /// hosts where systemd runs).
+    Unit {
+        /// The drover binary the unit runs (default: this one).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn run(root: &Path, args: HostArgs) -> anyhow::Result<()> {
     match args.command {
         HostCommand::Key => println!("{}", super::secrets::host(root)?.public()),
         HostCommand::Setup(a) => return setup(root, a),
+        HostCommand::Unit { binary } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => std::env::current_exe()?,
+            };
+            print!("{}", crate::service::unit(root, &binary));
+        }
     }
     Ok(())
 }

@@ -144,9 +144,17 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
             },
         )?,
         RemoteCommand::StartAgent { replace } => {
+            // Where systemd runs (and we are root), the agent is its service: restarted
+            // when it dies and started at boot.
+            let binary = root.join("bin/drover");
+            let binary = if binary.is_file() {
+                binary
+            } else {
+                std::env::current_exe()?
+            };
             if replace && client::is_running(root) {
                 client::start_agent(root, true)?
-            } else {
+            } else if !crate::service::install(root, &binary)? {
                 client::ensure_agent(root)?
             }
         }

@@ -82,3 +82,93 @@ fn the_agent_collects_after_a_deploy_what_its_gc_keep_does_not_need() {
     assert_eq!(cx.app_status("hello")["version"], "3");
     cx.drover(&["verify"]).success();
 }
+
+#[test]
+fn the_agents_systemd_unit_verifies_and_the_shipped_one_is_what_host_unit_prints() {
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/drover-agent.service");
+    let cx = TestContext::new();
+    let printed = cx
+        .drover(&[
+            "--root",
+            "/var/lib/drover",
+            "host",
+            "unit",
+            "--binary",
+            "/var/lib/drover/bin/drover",
+        ])
+        .success()
+        .stdout;
+    assert_eq!(
+        std::fs::read_to_string(&shipped).unwrap(),
+        printed,
+        "dist/drover-agent.service is stale"
+    );
+    assert!(printed.contains("KillMode=process") && printed.contains("Restart=always"));
+
+    // A unit for a root of this test, its binary in place: systemd finds nothing wrong.
+    std::fs::create_dir_all(cx.root.join("bin")).unwrap();
+    let binary = cx.root.join("bin/drover");
+    std::fs::copy(crate::common::drover_bin(), &binary).unwrap();
+    let unit = cx.path("drover-agent-test.service");
+    let text = cx
+        .drover(&["host", "unit", "--binary", binary.to_str().unwrap()])
+        .success()
+        .stdout;
+    std::fs::write(&unit, &text).unwrap();
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(path)
+            .output()
+            .expect("systemd-analyze (Debian's systemd package)")
+    };
+    let out = verify(&unit);
+    assert!(out.status.success(), "{out:?}");
+    // And it would: a unit whose binary is not there fails.
+    let broken = cx.path("drover-agent-broken.service");
+    std::fs::write(
+        &broken,
+        text.replace(binary.to_str().unwrap(), "/nonexistent/drover"),
+    )
+    .unwrap();
+    assert!(!verify(&broken).status.success());
+}
+
+#[test]
+fn an_agent_started_after_it_and_every_app_were_killed_brings_every_app_back() {
+    let cx = TestContext::new();
+    let mut agent = cx.start_agent();
+    for (name, version) in [("one", "1"), ("two", "7")] {
+        let dir = cx.hello_app(name, version, "");
+        let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+        std::fs::write(
+            dir.join("drover.toml"),
+            toml.replace("name = \"hello\"", &format!("name = \"{name}\"")),
+        )
+        .unwrap();
+        cx.drover(&["deploy", dir.to_str().unwrap()]).success();
+    }
+    // As after a power cut: the agent and every app process gone at once.
+    agent.kill9();
+    crate::common::kill_tagged(&cx.root);
+    crate::common::wait_for(
+        "every app process gone",
+        std::time::Duration::from_secs(10),
+        || crate::common::tagged_processes(&cx.root).is_empty(),
+    );
+    let _agent = cx.start_agent();
+    for (name, version) in [("one", "1"), ("two", "7")] {
+        crate::common::wait_for(
+            &format!("{name} to serve again"),
+            std::time::Duration::from_secs(20),
+            || {
+                let st = cx.app_status(name);
+                cx.live_ports(name).into_iter().any(|p| {
+                    crate::common::http_get(p, "/")
+                        .is_ok_and(|(code, body)| code == 200 && body.contains(version))
+                }) && st["state"] != "stopped"
+            },
+        );
+    }
+}
