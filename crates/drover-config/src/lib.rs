@@ -64,6 +64,10 @@ pub struct Runtime {
     #[serde(default)]
     pub config: ConfigSchema,
     pub hooks: Hooks,
+    /// `[app] user`: the user the app's processes and hooks run as (left out of the
+    /// manifest when unset, so releases that do not set it keep their ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The most instances one process may ask for (`[process.NAME] instances`).
@@ -123,6 +127,22 @@ impl Runtime {
     /// The bounds on values that the types do not give: ports, instance counts, config
     /// value sizes. Messages name the key; the caller names the file or release.
     pub fn check_bounds(&self) -> Result<(), (String, Option<String>)> {
+        let own = self
+            .process
+            .iter()
+            .filter_map(|(name, p)| Some((format!("process.{name}.user"), p.user.as_deref()?)));
+        let app = self.user.as_deref().map(|u| ("app.user".to_string(), u));
+        for (key, user) in app.into_iter().chain(own) {
+            if !valid_user_name(user) {
+                return Err((
+                    format!("key `{key}` is {user:?}: not a user name"),
+                    Some(
+                        "name a user of the host (letters, digits, `_`, `-`, `.`), or \"root\""
+                            .into(),
+                    ),
+                ));
+            }
+        }
         for (name, p) in &self.process {
             if p.instances == 0 || p.instances > MAX_INSTANCES {
                 return Err((
@@ -147,6 +167,17 @@ impl Runtime {
     }
 }
 
+/// A user name as `useradd` takes it: 1 to 32 letters, digits, `_`, `-` or `.`, not
+/// starting with `-` (nothing a command line or a passwd line could read otherwise).
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 impl Config {
     pub fn runtime(&self) -> Runtime {
         Runtime {
@@ -156,6 +187,7 @@ impl Config {
             env: self.env.clone(),
             config: self.config.clone(),
             hooks: self.hooks.clone(),
+            user: self.app.user.clone(),
         }
     }
 }
@@ -166,6 +198,9 @@ pub struct AppSection {
     pub name: String,
     #[serde(default)]
     pub version: Option<String>,
+    /// The user the app runs as (a user name, or "root").
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -193,6 +228,10 @@ pub struct Process {
     /// How long a graceful stop waits after SIGTERM before SIGKILL.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Seconds,
+    /// The user this process runs as, instead of `[app] user` (left out of the manifest
+    /// when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 fn one() -> u32 {
