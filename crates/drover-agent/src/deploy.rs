@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use drover_store::Manifest;
 
-use crate::instances::{base_env, last_lines, run_to_end, zero_values};
+use crate::instances::{base_env, last_lines, own_dir, run_to_end, zero_values};
 use crate::layers::Layers;
 use crate::routes::ProxyPlan;
 use crate::{
@@ -155,6 +155,8 @@ impl Agent {
             }
         }
         g.env = self.check_config(&manifest, &g)?.0;
+        // Every user it names exists here, before anything is written or started.
+        self.users(&manifest)?;
         dir.create()
             .map_err(Error::io(format!("cannot create the state of `{app}`")))?;
         dir.write_generation(&g)
@@ -349,11 +351,19 @@ impl Agent {
             out.event(format!("running release hook `{hook}`"));
             let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
             let mut env = base_env(&self.tag, &app, g, manifest);
+            let user = self.users(manifest).map_err(fail)?.app;
+            let place = self.place(dir, user.as_ref(), &format!("{}-release", g.generation));
+            own_dir(&place.data, user.as_ref(), false)
+                .and_then(|()| own_dir(&place.tmp, user.as_ref(), true))
+                .map_err(|e| fail(Error::io("cannot make the release hook's directories")(e)))?;
+            env.insert("DROVER_DATA".into(), place.data.display().to_string());
+            env.insert("TMPDIR".into(), place.tmp.display().to_string());
             for (k, v) in self.secrets_of(g.secrets.as_deref()).map_err(fail)? {
                 env.insert(k, v.to_string());
             }
-            let ran = run_to_end(hook, &tree, &env, &log);
+            let ran = run_to_end(hook, &tree, &env, &log, &place.confine);
             zero_values(&mut env);
+            let _ = std::fs::remove_dir_all(&place.tmp);
             match ran {
                 Ok(true) => {}
                 Ok(false) => {
@@ -366,7 +376,7 @@ impl Agent {
             }
         }
 
-        let specs = self.specs(dir, g, manifest, &tree);
+        let specs = self.specs(dir, g, manifest, &tree).map_err(fail)?;
         out.event(format!("starting {} instances", specs.len()));
         for (process, index, spec) in specs {
             match self.spawn_instance(&app, &process, index, g.generation, spec, false) {

@@ -4,6 +4,7 @@
 //! Apps run in their own process groups with output going straight to log files, so they
 //! outlive the agent; a restarted agent finds them again through their environment tag.
 
+pub mod confine;
 mod deploy;
 mod error;
 mod handover;
@@ -114,6 +115,15 @@ struct InstanceSpec {
     release: String,
     /// The generation's secrets file, encrypted; decrypted at each start, in memory only.
     secrets: Option<String>,
+    /// The store read-only, the user, what it may write (`confine`).
+    confine: confine::Confine,
+    /// What a status says of that confinement.
+    protection: String,
+    /// `$DROVER_DATA`, owned by the app's user.
+    data: PathBuf,
+    data_owner: Option<confine::AppUser>,
+    /// `$TMPDIR`, made anew at each start, removed when the instance stops.
+    tmp: PathBuf,
 }
 
 /// What the proxy routes to for an instance listening on `port`.
@@ -146,6 +156,8 @@ pub struct Agent {
     inherited: Mutex<HashMap<u16, std::net::TcpListener>>,
     /// The client connections being served.
     conns: Mutex<Conns>,
+    /// How the apps' processes can be confined here.
+    powers: confine::Powers,
 }
 
 /// Runs `f` on a new thread, or here and now when no thread can be started (a pids or

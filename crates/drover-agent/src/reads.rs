@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use drover_wire::{AppStatus, CanaryStatus, InstanceStatus, Line, ProxyStatus, RunSpec};
 
-use crate::instances::base_env;
+use crate::instances::{base_env, own_dir};
 use crate::{Agent, AppDir, Phase, Result, apps, proc, release_of, to_json};
 
 /// A generation as one history line, shorter than the protocol's limit: one written before
@@ -85,6 +85,7 @@ impl Agent {
                         healthy: i.healthy && i.phase == Phase::Running,
                         restarts: i.restarts,
                         serving: serving.contains(&i.pid),
+                        protection: i.spec.protection.clone(),
                         state: match i.phase {
                             Phase::Running => "running".into(),
                             Phase::Backoff(_) => "restarting".into(),
@@ -225,10 +226,20 @@ impl Agent {
     }
 
     pub(crate) fn run_spec(&self, app: &str) -> Result<RunSpec> {
-        let (_, g, manifest) = self.live_generation(app)?;
+        let (dir, g, manifest) = self.live_generation(app)?;
         let tree = self.store.materialise(&release_of(app, &g)?)?;
+        let user = self.users(&manifest)?.app;
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let place = self.place(&dir, user.as_ref(), &format!("run-{nonce}"));
+        own_dir(&place.data, user.as_ref(), false)
+            .and_then(|()| own_dir(&place.tmp, user.as_ref(), true))
+            .map_err(crate::Error::io("cannot make the run's directories"))?;
         let mut env = base_env(&self.tag, app, &g, &manifest);
         env.remove(proc::ENV_ROOT);
+        env.insert("DROVER_DATA".into(), place.data.display().to_string());
+        env.insert("TMPDIR".into(), place.tmp.display().to_string());
         // Over the 0600 socket to the CLI, which puts them in the task's environment.
         for (k, v) in self.secrets_of(g.secrets.as_deref())? {
             env.insert(k, v.to_string());
@@ -237,6 +248,8 @@ impl Agent {
             dir: tree.display().to_string(),
             env,
             generation: g.generation,
+            confine: place.confine,
+            tmp: Some(place.tmp.display().to_string()),
         })
     }
 }

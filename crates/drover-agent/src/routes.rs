@@ -246,6 +246,11 @@ mod tests {
             stop_timeout: Duration::ZERO,
             release: "r".into(),
             secrets: None,
+            confine: Default::default(),
+            protection: String::new(),
+            data: PathBuf::new(),
+            data_owner: None,
+            tmp: PathBuf::new(),
         });
         Instance {
             healthy,
