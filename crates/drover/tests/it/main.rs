@@ -3,6 +3,7 @@
 mod agent;
 mod common;
 mod config;
+mod confine;
 mod fleet;
 mod hosts;
 mod link;
