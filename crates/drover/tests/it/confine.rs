@@ -326,3 +326,64 @@ fn an_unknown_user_is_refused_at_deploy_naming_its_key() {
     );
     assert!(!cx.root.join("apps/probe").exists());
 }
+
+#[test]
+fn an_unprivileged_agent_runs_apps_as_itself_protected_by_mode_bits() {
+    use crate::common::{NOBODY, kill_tagged, to_run, unprivileged};
+    use std::os::unix::fs::PermissionsExt;
+    let cx = TestContext::new();
+    let v1 = probe_app(&cx, "v1", "1", "", "");
+    let as_root = probe_app(&cx, "v2", "2", "user = \"root\"", "");
+    fs::create_dir(&cx.root).unwrap();
+    fs::set_permissions(&cx.root, fs::Permissions::from_mode(0o700)).unwrap();
+    if is_root() {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{NOBODY}:{NOBODY}"))
+            .arg(cx.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    struct Stop<'a>(&'a TestContext);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            if let Ok(pid) = fs::read_to_string(self.0.root.join("agent.pid")) {
+                let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            }
+            kill_tagged(&self.0.root);
+        }
+    }
+    let _stop = Stop(&cx);
+    let drover = |args: &[&str]| to_run(unprivileged(&cx).args(args).output().unwrap());
+    drover(&["up", v1.to_str().unwrap()]).success();
+    let me = rustix::process::geteuid().as_raw();
+    let uid = if is_root() { NOBODY } else { me };
+    let r = report(&cx, "web.0");
+    assert_eq!(line(&r, "uid"), format!("uid: {uid}"), "{r}");
+    // No write bit anywhere in the tree: its own user cannot write it either.
+    refused(&r, "tree", &["Permission denied"]);
+    refused(&r, "file", &["Permission denied"]);
+    assert_eq!(line(&r, "data"), "data: wrote", "{r}");
+    assert_eq!(line(&r, "tmp"), "tmp: wrote", "{r}");
+    let all = drover(&["status", "--json"]).success().json();
+    let protection = all[0]["instances"][0]["protection"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(protection.starts_with("mode bits, user "), "{all}");
+    if is_root() {
+        assert_eq!(protection, "mode bits, user nobody");
+    }
+    // It cannot run an app as another user: refused before anything changes.
+    let run = drover(&["deploy", as_root.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("`app.user`") && run.stderr.contains("`root`"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+    let all = drover(&["status", "--json"]).success().json();
+    assert_eq!(all[0]["generation"], 1, "{all}");
+    drover(&["verify"]).success();
+}
