@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use drover_store::Manifest;
 
-use crate::instances::{base_env, last_lines, own_dir, run_to_end, zero_values};
+use crate::instances::{base_env, last_lines, run_to_end, zero_values};
 use crate::layers::Layers;
 use crate::routes::ProxyPlan;
 use crate::{
@@ -353,11 +353,10 @@ impl Agent {
             let mut env = base_env(&self.tag, &app, g, manifest);
             let user = self.users(manifest).map_err(fail)?.app;
             let place = self.place(dir, user.as_ref(), &format!("{}-release", g.generation));
-            own_dir(&place.data, user.as_ref(), false)
-                .and_then(|()| own_dir(&place.tmp, user.as_ref(), true))
+            place
+                .make_dirs(user.as_ref())
                 .map_err(|e| fail(Error::io("cannot make the release hook's directories")(e)))?;
-            env.insert("DROVER_DATA".into(), place.data.display().to_string());
-            env.insert("TMPDIR".into(), place.tmp.display().to_string());
+            place.put_env(&mut env);
             for (k, v) in self.secrets_of(g.secrets.as_deref()).map_err(fail)? {
                 env.insert(k, v.to_string());
             }

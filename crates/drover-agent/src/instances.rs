@@ -24,11 +24,28 @@ pub(crate) struct Users {
     pub(crate) process: BTreeMap<String, Option<AppUser>>,
 }
 
-/// Where a process runs and writes, and how it is confined.
+/// Where a process writes, and how it is confined.
 pub(crate) struct Place {
+    /// The store read-only, the user, what it may write (`confine`).
     pub(crate) confine: Confine,
+    /// `$DROVER_DATA`, the app's user's.
     pub(crate) data: std::path::PathBuf,
+    /// `$TMPDIR`, the process's user's: made anew at each start, removed when it stops.
     pub(crate) tmp: std::path::PathBuf,
+}
+
+impl Place {
+    /// `$DROVER_DATA` and `$TMPDIR` in a process's environment.
+    pub(crate) fn put_env(&self, env: &mut BTreeMap<String, String>) {
+        env.insert("DROVER_DATA".into(), self.data.display().to_string());
+        env.insert("TMPDIR".into(), self.tmp.display().to_string());
+    }
+
+    /// Makes the data directory (if missing) for `data_owner`, and the tmp directory anew.
+    pub(crate) fn make_dirs(&self, data_owner: Option<&AppUser>) -> std::io::Result<()> {
+        own_dir(&self.data, data_owner, false)?;
+        own_dir(&self.tmp, self.confine.user.as_ref(), true)
+    }
 }
 
 impl Agent {
@@ -56,9 +73,14 @@ impl Agent {
         for (k, v) in &secrets {
             env.insert(k.clone(), v.to_string());
         }
-        own_dir(&spec.data, spec.data_owner.as_ref(), false)?;
-        own_dir(&spec.tmp, spec.confine.user.as_ref(), true)?;
-        let child = proc::spawn(&spec.command, &spec.dir, &env, &spec.log, &spec.confine);
+        spec.place.make_dirs(spec.data_owner.as_ref())?;
+        let child = proc::spawn(
+            &spec.command,
+            &spec.dir,
+            &env,
+            &spec.log,
+            &spec.place.confine,
+        );
         zero_values(&mut env);
         child
     }
@@ -82,7 +104,7 @@ impl Agent {
                 i.phase = Phase::Stopping;
                 t.push((i.pid, i.spec.stop_timeout));
                 b.extend(i.backend.clone());
-                tmp.push(i.spec.tmp.clone());
+                tmp.push(i.spec.place.tmp.clone());
             }
             (t, b, tmp)
         };
@@ -189,8 +211,7 @@ impl Agent {
                     user.as_ref(),
                     &format!("{}-{name}-{index}", g.instance_gen()),
                 );
-                env.insert("DROVER_DATA".into(), place.data.display().to_string());
-                env.insert("TMPDIR".into(), place.tmp.display().to_string());
+                place.put_env(&mut env);
                 out.push((
                     name.clone(),
                     index,
@@ -212,10 +233,8 @@ impl Agent {
                         release: g.release[..12.min(g.release.len())].to_string(),
                         secrets: g.secrets.clone(),
                         protection: confine::protection(&place.confine, &self.powers.own_user),
-                        confine: place.confine,
-                        data: place.data,
+                        place,
                         data_owner: users.app.clone(),
-                        tmp: place.tmp,
                     }),
                 ));
             }
@@ -316,7 +335,7 @@ impl Agent {
                             env.insert("PORT".into(), p.to_string());
                         }
                         let cmd = h.command.as_deref().unwrap_or("true");
-                        match run_to_end(cmd, &spec.dir, &env, &spec.log, &spec.confine) {
+                        match run_to_end(cmd, &spec.dir, &env, &spec.log, &spec.place.confine) {
                             Ok(true) => Ok(()),
                             Ok(false) => Err(format!("health command `{cmd}` failed")),
                             Err(e) => Err(format!("health command `{cmd}`: {e}")),
@@ -513,7 +532,7 @@ pub(crate) fn run_to_end(
 
 /// Makes `path` a 0700 directory of `owner` (None: the agent's user); `fresh`: empty,
 /// whatever was there before.
-pub(crate) fn own_dir(path: &Path, owner: Option<&AppUser>, fresh: bool) -> std::io::Result<()> {
+fn own_dir(path: &Path, owner: Option<&AppUser>, fresh: bool) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let at = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     if fresh {

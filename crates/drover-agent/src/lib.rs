@@ -115,15 +115,12 @@ struct InstanceSpec {
     release: String,
     /// The generation's secrets file, encrypted; decrypted at each start, in memory only.
     secrets: Option<String>,
-    /// The store read-only, the user, what it may write (`confine`).
-    confine: confine::Confine,
+    /// How it is confined, and where it writes.
+    place: instances::Place,
     /// What a status says of that confinement.
     protection: String,
-    /// `$DROVER_DATA`, owned by the app's user.
-    data: PathBuf,
+    /// The user `$DROVER_DATA` is made for (the app's).
     data_owner: Option<confine::AppUser>,
-    /// `$TMPDIR`, made anew at each start, removed when the instance stops.
-    tmp: PathBuf,
 }
 
 /// What the proxy routes to for an instance listening on `port`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use drover_wire::{AppStatus, CanaryStatus, InstanceStatus, Line, ProxyStatus, RunSpec};
 
-use crate::instances::{base_env, own_dir};
+use crate::instances::base_env;
 use crate::{Agent, AppDir, Phase, Result, apps, proc, release_of, to_json};
 
 /// A generation as one history line, shorter than the protocol's limit: one written before
@@ -233,13 +233,12 @@ impl Agent {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let place = self.place(&dir, user.as_ref(), &format!("run-{nonce}"));
-        own_dir(&place.data, user.as_ref(), false)
-            .and_then(|()| own_dir(&place.tmp, user.as_ref(), true))
+        place
+            .make_dirs(user.as_ref())
             .map_err(crate::Error::io("cannot make the run's directories"))?;
         let mut env = base_env(&self.tag, app, &g, &manifest);
         env.remove(proc::ENV_ROOT);
-        env.insert("DROVER_DATA".into(), place.data.display().to_string());
-        env.insert("TMPDIR".into(), place.tmp.display().to_string());
+        place.put_env(&mut env);
         // Over the 0600 socket to the CLI, which puts them in the task's environment.
         for (k, v) in self.secrets_of(g.secrets.as_deref())? {
             env.insert(k, v.to_string());

@@ -147,7 +147,7 @@ impl Agent {
         let apps = self.lock();
         let used: Vec<&std::path::Path> = apps
             .values()
-            .flat_map(|rt| rt.instances.iter().map(|i| i.spec.tmp.as_path()))
+            .flat_map(|rt| rt.instances.iter().map(|i| i.spec.place.tmp.as_path()))
             .collect();
         for e in rd.flatten() {
             let path = e.path();

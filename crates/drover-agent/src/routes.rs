@@ -246,11 +246,13 @@ mod tests {
             stop_timeout: Duration::ZERO,
             release: "r".into(),
             secrets: None,
-            confine: Default::default(),
+            place: crate::instances::Place {
+                confine: Default::default(),
+                data: PathBuf::new(),
+                tmp: PathBuf::new(),
+            },
             protection: String::new(),
-            data: PathBuf::new(),
             data_owner: None,
-            tmp: PathBuf::new(),
         });
         Instance {
             healthy,
