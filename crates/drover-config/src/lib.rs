@@ -782,6 +782,33 @@ mod tests {
     }
 
     #[test]
+    fn user_keys_name_users_and_stay_out_of_the_manifest_unset() {
+        let base = "[app]\nname = \"a\"\n";
+        let c = parse(&format!(
+            "{base}user = \"www-data\"\n[process.web]\ncommand = \"x\"\nuser = \"root\"\n[process.w]\ncommand = \"y\"\n"
+        ))
+        .unwrap();
+        let rt = c.runtime();
+        assert_eq!(rt.user.as_deref(), Some("www-data"));
+        assert_eq!(rt.process["web"].user.as_deref(), Some("root"));
+        assert_eq!(rt.process["w"].user, None);
+        let e = parse(&format!(
+            "{base}[process.web]\ncommand = \"x\"\nuser = \"a b\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("`process.web.user`") && e.contains("\"a b\""),
+            "{e}"
+        );
+        let e = parse(&format!("{base}user = \"-x\"\n")).unwrap_err();
+        assert!(e.contains("`app.user`") && e.contains("hint:"), "{e}");
+        // Unset, neither key is in the runtime a manifest carries (release ids stay).
+        let plain = parse(&format!("{base}[process.web]\ncommand = \"x\"\n")).unwrap();
+        let json = toml::to_string(&plain.runtime()).unwrap();
+        assert!(!json.contains("user"), "{json}");
+    }
+
+    #[test]
     fn minimal() {
         let c = parse("[app]\nname = \"hello\"\n").unwrap();
         assert_eq!(c.app.name, "hello");
