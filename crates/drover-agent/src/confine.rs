@@ -1,6 +1,7 @@
 //! How an app process is confined: started from a thread of its own that enters a private
-//! mount namespace where the store is read-only, changes into the release tree and takes on
-//! the app's user; and the users themselves (`drover-app`, made with `useradd`).
+//! mount namespace where the store is read-only (and, for a root process, the drover root
+//! shows nothing but its tree, `$DROVER_DATA` and `$TMPDIR`), changes into the tree and
+//! takes on the app's user; and the users themselves (`drover-app`, made with `useradd`).
 //!
 //! The thread changes only its own namespace, working directory and credentials (each is
 //! per thread in Linux), and ends once the process is spawned, which inherits all three:
@@ -103,11 +104,10 @@ fn enter(dir: &Path, how: &Confine) -> io::Result<()> {
             let store = Path::new(store);
             bind_read_only(store, store)
                 .map_err(at(format!("cannot mount {} read-only", store.display())))?;
-            if let Some(user) = how.user.as_ref().filter(|u| u.uid != 0) {
-                let mut targets = vec![(dir.to_path_buf(), true)];
-                targets.extend(how.writable.iter().map(|w| (PathBuf::from(w), false)));
-                reveal(&targets, user)?;
-            }
+            let root = store.parent().unwrap_or(store);
+            let mut targets = vec![(dir.to_path_buf(), true)];
+            targets.extend(how.writable.iter().map(|w| (PathBuf::from(w), false)));
+            reveal(root, &targets, how.user.as_ref())?;
         }
         // The working directory (and credentials) of this thread alone.
         None => unshare(rustix::thread::UnshareFlags::FS)
@@ -172,28 +172,38 @@ fn bind_read_only(source: &Path, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes each target reachable by `user` whatever the modes of the directories above it
-/// (a 0700 root, as `drover` makes them): the highest directory on its way that `user`
-/// cannot search is covered, in this namespace, by an empty tmpfs in which only the
-/// targets are bound back (a tree read-only). The app sees nothing else under it.
-fn reveal(targets: &[(PathBuf, bool)], user: &AppUser) -> io::Result<()> {
+/// Covers directories, in this namespace, by empty read-only tmpfs mounts in which only the
+/// targets are bound back (a tree read-only): the process sees nothing else under them.
+/// For root, the drover root is covered (its keys, the agent's socket, other apps' state,
+/// which no mode bit keeps from root). For another user, the highest directory on each
+/// target's way that the user cannot search (the 0700 root, a 0700 temp directory above
+/// it) is covered, so that the targets are reachable by their paths whatever those modes.
+fn reveal(root: &Path, targets: &[(PathBuf, bool)], user: Option<&AppUser>) -> io::Result<()> {
     let mut plan: Vec<(PathBuf, &Path, bool, OwnedFd)> = Vec::new();
     for (target, read_only) in targets {
-        if let Some(top) = blocked_above(target, user)? {
-            // Opened before any tmpfs covers its way.
-            let fd = rustix::fs::open(
-                target,
-                rustix::fs::OFlags::PATH
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open {}: {e}", target.display()))
-            })?;
-            plan.push((top, target, *read_only, fd));
-        }
+        let top = match user.filter(|u| u.uid != 0) {
+            Some(u) => blocked_above(target, u)?,
+            None => Some(root.to_path_buf()),
+        };
+        let Some(top) = top else { continue };
+        // Opened before any tmpfs covers its way.
+        let fd = rustix::fs::open(
+            target,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", target.display())))?;
+        plan.push((top, target, *read_only, fd));
     }
+    let cover = |top: &Path| {
+        let top = top.display().to_string();
+        move |e: rustix::io::Errno| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("cannot cover {top}: {e}"),
+            )
+        }
+    };
     let mut covered: Vec<&Path> = Vec::new();
     for (top, _, _, _) in &plan {
         if !covered.contains(&top.as_path()) {
@@ -204,9 +214,7 @@ fn reveal(targets: &[(PathBuf, bool)], user: &AppUser) -> io::Result<()> {
                 MountFlags::NOSUID | MountFlags::NODEV,
                 c"mode=0711",
             )
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot cover {}: {e}", top.display()))
-            })?;
+            .map_err(cover(top))?;
             covered.push(top);
         }
     }
@@ -224,6 +232,15 @@ fn reveal(targets: &[(PathBuf, bool)], user: &AppUser) -> io::Result<()> {
         bound.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot bind {}: {e}", target.display()))
         })?;
+    }
+    // Nothing can be made in a cover itself.
+    for top in covered {
+        rustix::mount::mount_remount(
+            top,
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+            "",
+        )
+        .map_err(cover(top))?;
     }
     Ok(())
 }

@@ -23,7 +23,9 @@ try() { if ( eval "$2" ) 2>"$TMPDIR/err"; then echo "$1: wrote"; else echo "$1: 
   try file 'echo x >> ./probe.sh'
   try store 'echo x > "$STORE/planted"'
   try cache 'for f in "$STORE"/files/*; do echo x >> "$f" || exit 1; done'
-  try remount 'mount -o remount,rw,bind "$STORE"'
+  try remount 'mount -o remount,rw,bind "$(pwd)"'
+  try keys 'cat "$STORE/../keys/signing.key" > /dev/null'
+  try socket 'ls "$STORE/../agent.sock"'
   try data 'echo "$name" >> "$DROVER_DATA/runs"'
   try tmp 'echo x > "$TMPDIR/mark"'
 } > "$DROVER_DATA/report-$name.part"
@@ -133,13 +135,21 @@ fn a_root_app_cannot_write_its_tree_or_the_store() {
     refused(&r, "tree", &["Read-only file system"]);
     refused(&r, "file", &["Read-only file system"]);
     refused(&r, "store", &["Read-only file system"]);
-    refused(&r, "cache", &["Read-only file system"]);
-    // Nor can it remount the store writable.
+    // The store's shared cache is out of its sight.
+    refused(
+        &r,
+        "cache",
+        &["Read-only file system", "Directory nonexistent"],
+    );
+    // Nor can it remount its tree writable.
     refused(
         &r,
         "remount",
         &["ermission denied", "must be superuser", "not permitted"],
     );
+    // The rest of the drover root is out of its sight: the keys, the agent's socket.
+    refused(&r, "keys", &["No such file"]);
+    refused(&r, "socket", &["No such file"]);
     assert_eq!(line(&r, "data"), "data: wrote", "{r}");
     let pid = pids(&cx)[0];
     assert_eq!(uid_of_pid(pid), 0);
@@ -293,7 +303,12 @@ fn a_release_hook_and_drover_run_are_confined_too() {
     for r in [report(&cx, "hook2"), report(&cx, "run2")] {
         assert_eq!(line(&r, "uid"), "uid: 0", "{r}");
         refused(&r, "file", &["Read-only file system"]);
-        refused(&r, "cache", &["Read-only file system"]);
+        refused(
+            &r,
+            "cache",
+            &["Read-only file system", "Directory nonexistent"],
+        );
+        refused(&r, "keys", &["No such file"]);
     }
     let after = cache(&cx);
     assert!(
