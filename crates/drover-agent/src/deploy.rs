@@ -185,9 +185,10 @@ impl Agent {
             }
         }
         g.env = self.check_config(manifest, &g)?.0;
+        // Every user it names exists here, before anything is written or started.
+        self.users(manifest)?;
         Ok((dir, g))
     }
-
     /// The release hook of `query`, run as a deploy with `layers` would run it, its output
     /// sent line by line; no generation is made (a fleet deploy runs it once, then deploys
     /// with the hook skipped).
@@ -214,11 +215,25 @@ impl Agent {
         // Each dependency's tree materialised (and checked) before the hook starts.
         let deps = self.store.dependency_env(&manifest.depends)?;
         let mut env = base_env(&self.tag, &app, &g, &deps);
+        let user = self.users(&manifest)?.app;
+        let place = self.place(
+            &dir,
+            user.as_ref(),
+            &format!("{}-release", g.generation),
+            &deps,
+        );
+        place
+            .make_dirs(user.as_ref())
+            .map_err(Error::io("cannot make the release hook's directories"))?;
+        place.put_env(&mut env);
         for (k, v) in self.secrets_of(g.secrets.as_deref())? {
             env.insert(k, v.to_string());
         }
-        let ran = run_streaming(&hook, &tree, &env, &log, |line| out.log(line));
+        let ran = run_streaming(&hook, &tree, &env, &log, &place.confine, |line| {
+            out.log(line)
+        });
         zero_values(&mut env);
+        let _ = std::fs::remove_dir_all(&place.tmp);
         match ran {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::HookFailed {
@@ -430,11 +445,23 @@ impl Agent {
             out.event(format!("running release hook `{hook}`"));
             let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
             let mut env = base_env(&self.tag, &app, g, &deps);
+            let user = self.users(manifest).map_err(fail)?.app;
+            let place = self.place(
+                dir,
+                user.as_ref(),
+                &format!("{}-release", g.generation),
+                &deps,
+            );
+            place
+                .make_dirs(user.as_ref())
+                .map_err(|e| fail(Error::io("cannot make the release hook's directories")(e)))?;
+            place.put_env(&mut env);
             for (k, v) in self.secrets_of(g.secrets.as_deref()).map_err(fail)? {
                 env.insert(k, v.to_string());
             }
-            let ran = run_to_end(hook, &tree, &env, &log);
+            let ran = run_to_end(hook, &tree, &env, &log, &place.confine);
             zero_values(&mut env);
+            let _ = std::fs::remove_dir_all(&place.tmp);
             match ran {
                 Ok(true) => {}
                 Ok(false) => {
@@ -447,7 +474,7 @@ impl Agent {
             }
         }
 
-        let specs = self.specs(dir, g, manifest, &tree, &deps);
+        let specs = self.specs(dir, g, manifest, &tree, &deps).map_err(fail)?;
         out.event(format!("starting {} instances", specs.len()));
         for (process, index, spec) in specs {
             match self.spawn_instance(&app, &process, index, g.generation, spec, false) {

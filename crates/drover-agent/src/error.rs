@@ -46,6 +46,27 @@ pub enum Error {
         /// The release's processes, for the hint.
         processes: Vec<String>,
     },
+    /// `[app] user` or `[process.NAME] user` names no user of this host.
+    #[error(
+        "release {app}@{version}: key `{key}` names user `{user}`, which this host does not have"
+    )]
+    UnknownUser {
+        app: String,
+        version: String,
+        key: String,
+        user: String,
+    },
+    /// A user to run as, given to an agent that cannot switch users.
+    #[error(
+        "release {app}@{version}: key `{key}` names user `{user}`, but this agent runs as `{agent_user}` and cannot switch users"
+    )]
+    CannotSwitchUser {
+        app: String,
+        version: String,
+        key: String,
+        user: String,
+        agent_user: String,
+    },
 
     #[error("`{app}` has no canary in progress")]
     NoCanary { app: String },
@@ -183,6 +204,13 @@ impl Error {
             Error::UnknownProcess { processes, .. } => {
                 Some(format!("its processes: {}", processes.join(", ")))
             }
+            Error::UnknownUser { user, .. } => Some(format!(
+                "create it on the host (`useradd --system {user}`), or remove the key to run as {}",
+                crate::confine::DEFAULT_USER
+            )),
+            Error::CannotSwitchUser { .. } => Some(
+                "run the agent as root to run apps as other users, or remove the key".into(),
+            ),
             Error::CanaryInProgress { app, .. } => Some(format!(
                 "finish it first: `drover promote {app}` or `drover abort {app}`"
             )),
@@ -307,6 +335,19 @@ mod tests {
                 version: "1.0".into(),
                 process: "wrk".into(),
                 processes: vec!["web".into(), "worker".into()],
+            },
+            Error::UnknownUser {
+                app: app(),
+                version: "1.0".into(),
+                key: "process.web.user".into(),
+                user: "nosuch".into(),
+            },
+            Error::CannotSwitchUser {
+                app: app(),
+                version: "1.0".into(),
+                key: "app.user".into(),
+                user: "root".into(),
+                agent_user: "nobody".into(),
             },
             Error::NoCanary { app: app() },
             Error::CanaryInProgress {

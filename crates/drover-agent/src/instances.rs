@@ -11,10 +11,42 @@ use drover_proxy::Backend;
 use drover_store::Manifest;
 use rustix::process::Signal;
 
+use crate::confine::{self, AppUser, Confine};
 use crate::{
     Agent, AppDir, Error, Instance, InstanceSpec, Out, Phase, Result, proc, read_generation,
     release_of, spawn_or_run, state,
 };
+
+/// The users of a release's processes: the app's (`[app] user`, which owns its data) and
+/// each process's (`[process.NAME] user`, else the app's). None: the agent's own.
+pub(crate) struct Users {
+    pub(crate) app: Option<AppUser>,
+    pub(crate) process: BTreeMap<String, Option<AppUser>>,
+}
+
+/// Where a process writes, and how it is confined.
+pub(crate) struct Place {
+    /// The store read-only, the user, what it may write (`confine`).
+    pub(crate) confine: Confine,
+    /// `$DROVER_DATA`, the app's user's.
+    pub(crate) data: std::path::PathBuf,
+    /// `$TMPDIR`, the process's user's: made anew at each start, removed when it stops.
+    pub(crate) tmp: std::path::PathBuf,
+}
+
+impl Place {
+    /// `$DROVER_DATA` and `$TMPDIR` in a process's environment.
+    pub(crate) fn put_env(&self, env: &mut BTreeMap<String, String>) {
+        env.insert("DROVER_DATA".into(), self.data.display().to_string());
+        env.insert("TMPDIR".into(), self.tmp.display().to_string());
+    }
+
+    /// Makes the data directory (if missing) for `data_owner`, and the tmp directory anew.
+    pub(crate) fn make_dirs(&self, data_owner: Option<&AppUser>) -> std::io::Result<()> {
+        own_dir(&self.data, data_owner, false)?;
+        own_dir(&self.tmp, self.confine.user.as_ref(), true)
+    }
+}
 
 impl Agent {
     pub(crate) fn secrets_of(
@@ -41,7 +73,14 @@ impl Agent {
         for (k, v) in &secrets {
             env.insert(k.clone(), v.to_string());
         }
-        let child = proc::spawn(&spec.command, &spec.dir, &env, &spec.log);
+        spec.place.make_dirs(spec.data_owner.as_ref())?;
+        let child = proc::spawn(
+            &spec.command,
+            &spec.dir,
+            &env,
+            &spec.log,
+            &spec.place.confine,
+        );
         zero_values(&mut env);
         child
     }
@@ -54,18 +93,20 @@ impl Agent {
         pids: &[u32],
         drain: Duration,
     ) -> Option<std::thread::JoinHandle<()>> {
-        let (targets, backends) = {
+        let (targets, backends, tmp) = {
             let mut apps = self.lock();
             let rt = apps.get_mut(app)?;
             let mut t: Vec<(u32, Duration)> = Vec::new();
             let mut b: Vec<Arc<Backend>> = Vec::new();
+            let mut tmp = Vec::new();
             for i in rt.instances.iter_mut().filter(|i| pids.contains(&i.pid)) {
                 i.supervised = false;
                 i.phase = Phase::Stopping;
                 t.push((i.pid, i.spec.stop_timeout));
                 b.extend(i.backend.clone());
+                tmp.push(i.spec.place.tmp.clone());
             }
-            (t, b)
+            (t, b, tmp)
         };
         self.refresh_routes(app);
         let proxy = self.proxy(app);
@@ -74,7 +115,84 @@ impl Agent {
                 p.drain(&backends, drain);
             }
             stop_groups(&targets);
+            for t in tmp {
+                let _ = std::fs::remove_dir_all(t);
+            }
         })
+    }
+
+    /// The user a process runs as, from the value of its user key (None: the agent's own).
+    fn user_of(
+        &self,
+        manifest: &Manifest,
+        key: &str,
+        name: Option<&str>,
+    ) -> Result<Option<AppUser>> {
+        if !self.powers.switch_users {
+            return match name {
+                Some(user) if user != self.powers.own_user => Err(Error::CannotSwitchUser {
+                    app: manifest.app.clone(),
+                    version: manifest.version.clone(),
+                    key: key.to_string(),
+                    user: user.to_string(),
+                    agent_user: self.powers.own_user.clone(),
+                }),
+                _ => Ok(None),
+            };
+        }
+        let user = name.unwrap_or(confine::DEFAULT_USER);
+        let found = if user == confine::DEFAULT_USER {
+            confine::ensure_default_user().map(Some)
+        } else {
+            confine::lookup(user)
+        };
+        found
+            .map_err(Error::io(format!("cannot look up user `{user}`")))?
+            .map(Some)
+            .ok_or_else(|| Error::UnknownUser {
+                app: manifest.app.clone(),
+                version: manifest.version.clone(),
+                key: key.to_string(),
+                user: user.to_string(),
+            })
+    }
+
+    /// Every user a release runs as, each looked up (an unknown one is an error naming its
+    /// key): checked before a deploy writes anything, and again at each start.
+    pub(crate) fn users(&self, manifest: &Manifest) -> Result<Users> {
+        let app = self.user_of(manifest, "app.user", manifest.runtime.user.as_deref())?;
+        let mut process = BTreeMap::new();
+        for (name, p) in &manifest.runtime.process {
+            let user = match &p.user {
+                Some(u) => self.user_of(manifest, &format!("process.{name}.user"), Some(u))?,
+                None => app.clone(),
+            };
+            process.insert(name.clone(), user);
+        }
+        Ok(Users { app, process })
+    }
+
+    /// A process of `dir`'s app run as `user`, with its `$TMPDIR` named `tmp`.
+    /// Where a process of the app runs and writes, and how it is confined; `deps` (what
+    /// `Store::dependency_env` gave) names the dependency trees it reads too.
+    pub(crate) fn place(
+        &self,
+        dir: &AppDir,
+        user: Option<&AppUser>,
+        tmp: &str,
+        deps: &BTreeMap<String, String>,
+    ) -> Place {
+        let data = dir.data_dir();
+        let tmp = dir.tmp_dir().join(tmp);
+        let trees: Vec<&Path> = deps
+            .iter()
+            .filter(|(k, _)| k.starts_with(drover_config::DEP_VARIABLE_PREFIX))
+            .map(|(_, v)| Path::new(v.as_str()))
+            .collect();
+        let confine = self
+            .powers
+            .confine(&self.root.join("store"), user, &[&data, &tmp], &trees);
+        Place { confine, data, tmp }
     }
 
     pub(crate) fn specs(
@@ -84,7 +202,8 @@ impl Agent {
         manifest: &Manifest,
         tree: &Path,
         deps: &BTreeMap<String, String>,
-    ) -> Vec<(String, u32, Arc<InstanceSpec>)> {
+    ) -> Result<Vec<(String, u32, Arc<InstanceSpec>)>> {
+        let users = self.users(manifest)?;
         let mut out = Vec::new();
         for (name, p) in &manifest.runtime.process {
             if g.processes
@@ -100,6 +219,14 @@ impl Agent {
                     format!("{}/{}/{name}/{index}", manifest.app, g.instance_gen()),
                 );
                 env.insert("DROVER_PROCESS".into(), format!("{name}.{index}"));
+                let user = users.process.get(name).cloned().flatten();
+                let place = self.place(
+                    dir,
+                    user.as_ref(),
+                    &format!("{}-{name}-{index}", g.instance_gen()),
+                    deps,
+                );
+                place.put_env(&mut env);
                 out.push((
                     name.clone(),
                     index,
@@ -120,11 +247,14 @@ impl Agent {
                         stop_timeout: p.stop_timeout.0,
                         release: g.release[..12.min(g.release.len())].to_string(),
                         secrets: g.secrets.clone(),
+                        protection: confine::protection(&place.confine, &self.powers.own_user),
+                        place,
+                        data_owner: users.app.clone(),
                     }),
                 ));
             }
         }
-        out
+        Ok(out)
     }
 
     /// Spawns one instance and registers it; returns its pid.
@@ -220,7 +350,7 @@ impl Agent {
                             env.insert("PORT".into(), p.to_string());
                         }
                         let cmd = h.command.as_deref().unwrap_or("true");
-                        match run_to_end(cmd, &spec.dir, &env, &spec.log) {
+                        match run_to_end(cmd, &spec.dir, &env, &spec.log, &spec.place.confine) {
                             Ok(true) => Ok(()),
                             Ok(false) => Err(format!("health command `{cmd}` failed")),
                             Err(e) => Err(format!("health command `{cmd}`: {e}")),
@@ -336,7 +466,7 @@ impl Agent {
         let tree = self.store.materialise(&id)?;
         let deps = self.store.dependency_env(&manifest.depends)?;
         let mut started = Vec::new();
-        for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree, &deps) {
+        for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree, &deps)? {
             let pid = self
                 .spawn_instance(app, &process, index, g.instance_gen(), spec, false)
                 .map_err(Error::io(format!("cannot start {process}.{index}")));
@@ -409,11 +539,12 @@ pub(crate) fn run_to_end(
     dir: &Path,
     env: &BTreeMap<String, String>,
     log: &Path,
+    how: &Confine,
 ) -> std::io::Result<bool> {
     let mut env = env.clone();
     env.remove(proc::ENV_ROOT);
     env.remove(proc::ENV_INSTANCE);
-    let mut child = proc::spawn(cmd, dir, &env, log)?;
+    let mut child = proc::spawn(cmd, dir, &env, log, how)?;
     Ok(child.wait()?.success())
 }
 
@@ -423,12 +554,13 @@ pub(crate) fn run_streaming(
     dir: &Path,
     env: &BTreeMap<String, String>,
     log: &Path,
+    how: &Confine,
     mut on_line: impl FnMut(&str),
 ) -> std::io::Result<bool> {
     use std::io::{BufRead, Seek};
     let from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     std::thread::scope(|s| {
-        let run = s.spawn(|| run_to_end(cmd, dir, env, log));
+        let run = s.spawn(|| run_to_end(cmd, dir, env, log, how));
         let mut reader: Option<std::io::BufReader<std::fs::File>> = None;
         let mut partial = String::new();
         loop {
@@ -461,6 +593,44 @@ pub(crate) fn run_streaming(
             std::thread::sleep(Duration::from_millis(20));
         }
     })
+}
+
+/// Makes `path` a 0700 directory of `owner` (None: the agent's user); `fresh`: empty,
+/// whatever was there before.
+fn own_dir(path: &Path, owner: Option<&AppUser>, fresh: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let at = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    if fresh {
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(at(e)),
+            _ => {}
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(at)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(at(e)),
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(at)?;
+    if !meta.is_dir() {
+        return Err(at(std::io::Error::other("not a directory")));
+    }
+    if let Some(u) = owner
+        && (meta.uid() != u.uid || meta.gid() != u.gid)
+    {
+        rustix::fs::chown(
+            path,
+            Some(rustix::fs::Uid::from_raw(u.uid)),
+            Some(rustix::fs::Gid::from_raw(u.gid)),
+        )
+        .map_err(|e| at(e.into()))?;
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(at)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn last_lines(name: &str, log: &Path) -> Vec<String> {

@@ -4,6 +4,7 @@
 //! Apps run in their own process groups with output going straight to log files, so they
 //! outlive the agent; a restarted agent finds them again through their environment tag.
 
+pub mod confine;
 mod deploy;
 mod error;
 mod handover;
@@ -114,6 +115,12 @@ struct InstanceSpec {
     release: String,
     /// The generation's secrets file, encrypted; decrypted at each start, in memory only.
     secrets: Option<String>,
+    /// How it is confined, and where it writes.
+    place: instances::Place,
+    /// What a status says of that confinement.
+    protection: String,
+    /// The user `$DROVER_DATA` is made for (the app's).
+    data_owner: Option<confine::AppUser>,
 }
 
 /// What the proxy routes to for an instance listening on `port`.
@@ -149,6 +156,8 @@ pub struct Agent {
     /// After a deploy, collect what each app's `gc_keep` newest generations do not need
     /// (0: never).
     gc_keep: usize,
+    /// How the apps' processes can be confined here.
+    powers: confine::Powers,
 }
 
 /// Runs `f` on a new thread, or here and now when no thread can be started (a pids or

@@ -12,25 +12,27 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
+use crate::confine::Confine;
+
 /// Environment variables that tag every instance so a restarted agent can find it.
 pub const ENV_ROOT: &str = "DROVER_AGENT_ROOT";
 pub const ENV_INSTANCE: &str = "DROVER_INSTANCE";
 
 /// Spawns `sh -c command` in `dir` as the leader of a new process group, with exactly
 /// `env` (plus HOME/LANG/TZ from the agent; PATH from `env`, else the system's) and output
-/// appended to `log`.
+/// appended to `log`, confined as `how` says (`confine::spawn`).
 pub fn spawn(
     command: &str,
     dir: &Path,
     env: &BTreeMap<String, String>,
     log: &Path,
+    how: &Confine,
 ) -> std::io::Result<Child> {
     let out = OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(exec_simple(command))
-        .current_dir(dir)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(out)
@@ -44,7 +46,7 @@ pub fn spawn(
     // Never the agent's own PATH: `env` has the release's (its dependencies' first).
     c.env("PATH", drover_store::SYSTEM_PATH);
     c.envs(env);
-    c.spawn()
+    crate::confine::spawn(&mut c, dir, how)
 }
 
 /// A simple command (no shell syntax) is run with `exec`, so the app itself is the process

@@ -85,6 +85,7 @@ impl Agent {
                         healthy: i.healthy && i.phase == Phase::Running,
                         restarts: i.restarts,
                         serving: serving.contains(&i.pid),
+                        protection: i.spec.protection.clone(),
                         state: match i.phase {
                             Phase::Running => "running".into(),
                             Phase::Backoff(_) => "restarting".into(),
@@ -245,11 +246,20 @@ impl Agent {
     }
 
     pub(crate) fn run_spec(&self, app: &str) -> Result<RunSpec> {
-        let (_, g, manifest) = self.live_generation(app)?;
+        let (dir, g, manifest) = self.live_generation(app)?;
         let tree = self.store.materialise(&release_of(app, &g)?)?;
+        let user = self.users(&manifest)?.app;
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let deps = self.store.dependency_env(&manifest.depends)?;
+        let place = self.place(&dir, user.as_ref(), &format!("run-{nonce}"), &deps);
+        place
+            .make_dirs(user.as_ref())
+            .map_err(crate::Error::io("cannot make the run's directories"))?;
         let mut env = base_env(&self.tag, app, &g, &deps);
         env.remove(proc::ENV_ROOT);
+        place.put_env(&mut env);
         // Over the 0600 socket to the CLI, which puts them in the task's environment.
         for (k, v) in self.secrets_of(g.secrets.as_deref())? {
             env.insert(k, v.to_string());
@@ -258,6 +268,8 @@ impl Agent {
             dir: tree.display().to_string(),
             env,
             generation: g.generation,
+            confine: place.confine,
+            tmp: Some(place.tmp.display().to_string()),
         })
     }
 }

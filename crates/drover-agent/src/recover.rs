@@ -74,7 +74,14 @@ impl Agent {
                     continue;
                 }
             };
-            let specs = self.specs(&dir, &g, &manifest, &tree, &deps);
+            let specs = match self.specs(&dir, &g, &manifest, &tree, &deps) {
+                Ok(specs) => specs,
+                Err(e) => {
+                    eprintln!("drover agent: {app}: {e}; leaving it stopped");
+                    strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+                    continue;
+                }
+            };
             let stopped = dir.stopped();
             for (process, index, spec) in specs {
                 let tag = format!("{app}/{}/{process}/{index}", g.instance_gen());
@@ -135,6 +142,29 @@ impl Agent {
                 strays.len()
             );
             stop_groups(&strays);
+        }
+        for app in apps(&self.root) {
+            self.sweep_tmp(&AppDir::new(&self.root, &app));
+        }
+    }
+
+    /// Removes the `$TMPDIR`s no instance of the app uses (those of instances stopped while
+    /// no agent ran); a `drover run`'s own stays until that run ends.
+    fn sweep_tmp(&self, dir: &AppDir) {
+        let Ok(rd) = std::fs::read_dir(dir.tmp_dir()) else {
+            return;
+        };
+        let apps = self.lock();
+        let used: Vec<&std::path::Path> = apps
+            .values()
+            .flat_map(|rt| rt.instances.iter().map(|i| i.spec.place.tmp.as_path()))
+            .collect();
+        for e in rd.flatten() {
+            let path = e.path();
+            let run = e.file_name().to_string_lossy().starts_with("run-");
+            if !run && !used.contains(&path.as_path()) {
+                let _ = std::fs::remove_dir_all(&path);
+            }
         }
     }
 }

@@ -246,6 +246,13 @@ mod tests {
             stop_timeout: Duration::ZERO,
             release: "r".into(),
             secrets: None,
+            place: crate::instances::Place {
+                confine: Default::default(),
+                data: PathBuf::new(),
+                tmp: PathBuf::new(),
+            },
+            protection: String::new(),
+            data_owner: None,
         });
         Instance {
             healthy,

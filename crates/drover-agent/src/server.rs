@@ -120,7 +120,23 @@ impl Agent {
         let pid_path = root.join("agent.pid");
         fs::write(&pid_path, std::process::id().to_string()).map_err(at(&pid_path))?;
         let store = Store::open(&root).map_err(std::io::Error::other)?;
+        let powers = crate::confine::Powers::of_this_process();
+        if powers.switch_users
+            && let Err(e) = crate::confine::ensure_default_user()
+        {
+            eprintln!("drover agent: {e}");
+        }
+        eprintln!(
+            "drover agent: apps run {}",
+            match (powers.namespaces, powers.switch_users) {
+                (true, _) => "with the store read-only in a mount namespace of their own",
+                (false, true) =>
+                    "without a mount namespace (unavailable): the trees' mode bits protect them",
+                (false, false) => "as this agent's user: the trees' mode bits protect them",
+            }
+        );
         let agent = Arc::new(Agent {
+            powers,
             tag: root.display().to_string(),
             root: root.clone(),
             store,

@@ -100,6 +100,16 @@ impl AppDir {
         self.dir.join("logs")
     }
 
+    /// `$DROVER_DATA`: what the app keeps across deploys and rollbacks.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The processes' `$TMPDIR`s, one each, made anew at each start.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
     pub fn create(&self) -> std::io::Result<()> {
         fs::create_dir_all(self.dir.join("gens"))?;
         fs::create_dir_all(self.logs_dir())

@@ -71,6 +71,10 @@ pub struct Runtime {
     #[serde(default)]
     pub config: ConfigSchema,
     pub hooks: Hooks,
+    /// `[app] user`: the user the app's processes and hooks run as (left out of the
+    /// manifest when unset, so releases that do not set it keep their ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Provides::is_empty")]
     pub provides: Provides,
 }
@@ -127,8 +131,14 @@ impl Provides {
 /// The variable a dependency's tree is named by: `DROVER_DEP_` and the name upper-cased,
 /// `-` as `_`.
 pub fn dep_variable(name: &str) -> String {
-    format!("DROVER_DEP_{}", name.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "{DEP_VARIABLE_PREFIX}{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
 }
+
+/// What every dependency's tree variable starts with.
+pub const DEP_VARIABLE_PREFIX: &str = "DROVER_DEP_";
 
 fn valid_env_name(s: &str) -> bool {
     !s.is_empty()
@@ -193,6 +203,22 @@ impl Runtime {
     /// The bounds on values that the types do not give: ports, instance counts, config
     /// value sizes. Messages name the key; the caller names the file or release.
     pub fn check_bounds(&self) -> Result<(), (String, Option<String>)> {
+        let own = self
+            .process
+            .iter()
+            .filter_map(|(name, p)| Some((format!("process.{name}.user"), p.user.as_deref()?)));
+        let app = self.user.as_deref().map(|u| ("app.user".to_string(), u));
+        for (key, user) in app.into_iter().chain(own) {
+            if !valid_user_name(user) {
+                return Err((
+                    format!("key `{key}` is {user:?}: not a user name"),
+                    Some(
+                        "name a user of the host (letters, digits, `_`, `-`, `.`), or \"root\""
+                            .into(),
+                    ),
+                ));
+            }
+        }
         for (name, p) in &self.process {
             if p.instances == 0 || p.instances > MAX_INSTANCES {
                 return Err((
@@ -217,6 +243,17 @@ impl Runtime {
     }
 }
 
+/// A user name as `useradd` takes it: 1 to 32 letters, digits, `_`, `-` or `.`, not
+/// starting with `-` (nothing a command line or a passwd line could read otherwise).
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 impl Config {
     pub fn runtime(&self) -> Runtime {
         Runtime {
@@ -227,6 +264,7 @@ impl Config {
             config: self.config.clone(),
             hooks: self.hooks.clone(),
             provides: self.provides.clone(),
+            user: self.app.user.clone(),
         }
     }
 }
@@ -237,6 +275,9 @@ pub struct AppSection {
     pub name: String,
     #[serde(default)]
     pub version: Option<String>,
+    /// The user the app runs as (a user name, or "root").
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -264,6 +305,10 @@ pub struct Process {
     /// How long a graceful stop waits after SIGTERM before SIGKILL.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Seconds,
+    /// The user this process runs as, instead of `[app] user` (left out of the manifest
+    /// when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 fn one() -> u32 {
@@ -852,6 +897,33 @@ mod tests {
             ok.environments["p"].strategy.batches(2),
             vec![vec![0], vec![1]]
         );
+    }
+
+    #[test]
+    fn user_keys_name_users_and_stay_out_of_the_manifest_unset() {
+        let base = "[app]\nname = \"a\"\n";
+        let c = parse(&format!(
+            "{base}user = \"www-data\"\n[process.web]\ncommand = \"x\"\nuser = \"root\"\n[process.w]\ncommand = \"y\"\n"
+        ))
+        .unwrap();
+        let rt = c.runtime();
+        assert_eq!(rt.user.as_deref(), Some("www-data"));
+        assert_eq!(rt.process["web"].user.as_deref(), Some("root"));
+        assert_eq!(rt.process["w"].user, None);
+        let e = parse(&format!(
+            "{base}[process.web]\ncommand = \"x\"\nuser = \"a b\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("`process.web.user`") && e.contains("\"a b\""),
+            "{e}"
+        );
+        let e = parse(&format!("{base}user = \"-x\"\n")).unwrap_err();
+        assert!(e.contains("`app.user`") && e.contains("hint:"), "{e}");
+        // Unset, neither key is in the runtime a manifest carries (release ids stay).
+        let plain = parse(&format!("{base}[process.web]\ncommand = \"x\"\n")).unwrap();
+        let json = toml::to_string(&plain.runtime()).unwrap();
+        assert!(!json.contains("user"), "{json}");
     }
 
     #[test]

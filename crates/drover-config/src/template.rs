@@ -11,6 +11,8 @@ const TEMPLATE: &str = r#"# drover.toml — how drover builds and runs this app.
 [app]
 name = "hello"            # letters, digits, - and _
 # version = "1.0.0"       # optional; else `git describe`, else derived from the content
+# user = "www-data"       # who its processes run as (default drover-app); never able to
+#                         # write the release: it writes to $DROVER_DATA and $TMPDIR
 
 [build]
 # command = "make dist"   # runs with `sh -c` in a scratch copy of this directory, never here
@@ -23,6 +25,7 @@ command = "./server"      # run with `sh -c`; config comes from the environment
 http = true               # gets a free port in $PORT and is health-checked through it
 instances = 1
 # stop_timeout = "10s"    # SIGTERM, then SIGKILL after this long
+# user = "root"           # this process's user, instead of [app] user
 
 [health]
 path = "/up"              # GET through $PORT must answer 2xx (or: command = "./check")

@@ -145,6 +145,7 @@ mod tests {
                 restarts: 0,
                 state: "running".into(),
                 serving: true,
+                protection: "read-only store, user drover-app".into(),
             }],
             proxy: Some(ProxyStatus {
                 port: 8080,
@@ -256,6 +257,8 @@ mod tests {
                     dir: "/var/lib/drover/store/trees/581cee".into(),
                     env: BTreeMap::from([("PORT".into(), "40001".into())]),
                     generation: 4,
+                    confine: Default::default(),
+                    tmp: None,
                 })
                 .unwrap()),
             ),

@@ -357,6 +357,10 @@ pub struct InstanceStatus {
     /// Receiving traffic from the proxy.
     #[serde(default)]
     pub serving: bool,
+    /// What keeps the process from changing releases, and the user it runs as:
+    /// "read-only store, user drover-app", or "mode bits, user NAME".
+    #[serde(default)]
+    pub protection: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -455,6 +459,42 @@ pub struct RunSpec {
     pub dir: String,
     pub env: BTreeMap<String, String>,
     pub generation: u64,
+    /// How the command is confined, as the app's processes are.
+    #[serde(default)]
+    pub confine: Confine,
+    /// A temporary directory made for this run (its `$TMPDIR`), removed after it.
+    #[serde(default)]
+    pub tmp: Option<String>,
+}
+
+/// How an app process is confined. The default confines nothing (an unprivileged agent:
+/// the process runs as the agent's user, and the trees' mode bits protect them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Confine {
+    /// Mounted read-only in the process's own mount namespace (the store).
+    #[serde(default)]
+    pub read_only: Option<String>,
+    /// The user the process runs as (None: the spawner's).
+    #[serde(default)]
+    pub user: Option<AppUser>,
+    /// The directories the process may write, reachable in its view whatever the modes
+    /// of the directories above them.
+    #[serde(default)]
+    pub writable: Vec<String>,
+    /// Other trees the process reads (its dependencies'), reachable read-only in its view.
+    #[serde(default)]
+    pub visible: Vec<String>,
+}
+
+/// A user of the host as a process takes it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// One request to `drover remote serve` (a fleet action's session on a host), a JSON line.

@@ -27,9 +27,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
         |_| {},
     )?;
     let mut cmd = Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .current_dir(&spec.dir)
-        .env_clear();
+    cmd.args(&args.command[1..]).env_clear();
     for key in ["HOME", "LANG", "TERM", "TZ"] {
         if let Some(v) = std::env::var_os(key) {
             cmd.env(key, v);
@@ -38,9 +36,20 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
     // The app's PATH (its dependencies' entries, then the system's), never the caller's.
     cmd.env("PATH", drover_store::SYSTEM_PATH);
     cmd.envs(&spec.env);
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run `{}` for {}", args.command[0], args.app))?;
+    // Confined as the app's processes are (a mount namespace and another user need root,
+    // as the agent that asked for them is).
+    let confine = if rustix::process::geteuid().is_root() {
+        spec.confine
+    } else {
+        Default::default()
+    };
+    let status = drover_agent::confine::spawn(&mut cmd, Path::new(&spec.dir), &confine)
+        .and_then(|mut child| child.wait());
+    if let Some(tmp) = &spec.tmp {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    let status =
+        status.with_context(|| format!("cannot run `{}` for {}", args.command[0], args.app))?;
     match status.code() {
         Some(0) => Ok(()),
         Some(c) => Err(ExitWith(c.clamp(1, 255) as u8).into()),

@@ -88,8 +88,13 @@ pub fn print_status(a: &AppStatus) {
         let pid = i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let port = i.port.map(|p| format!("port {p}")).unwrap_or_default();
         let health = if i.healthy { "healthy" } else { "unhealthy" };
+        let protection = if i.protection.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", i.protection)
+        };
         println!(
-            "  {}.{}  gen {}  pid {pid}  {port}  {}  {health}  restarts {}{}",
+            "  {}.{}  gen {}  pid {pid}  {port}  {}  {health}  restarts {}{}{protection}",
             i.process,
             i.index,
             i.generation,

@@ -337,14 +337,14 @@ fn kill_9_of_the_agent_during_a_deploy_leaves_exactly_one_generation() {
 fn release_hook_runs_once_before_the_switch_and_its_failure_aborts() {
     let cx = TestContext::new();
     let _agent = cx.start_agent();
-    let marker = cx.path("migrations.log");
-    let hook = |cmd: &str| {
-        format!(
-            "[hooks]\nrelease = \"{cmd}\"\n[env]\nMARKER = \"{}\"\n",
-            marker.display()
-        )
-    };
-    let v1 = cx.hello_app("v1", "1", &hook("echo migrated-$DROVER_VERSION >> $MARKER"));
+    // Where an app may write: its $DROVER_DATA.
+    let marker = cx.root.join("apps/hello/data/migrations.log");
+    let hook = |cmd: &str| format!("[hooks]\nrelease = \"{cmd}\"\n");
+    let v1 = cx.hello_app(
+        "v1",
+        "1",
+        &hook("echo migrated-$DROVER_VERSION >> $DROVER_DATA/migrations.log"),
+    );
     cx.drover(&["deploy", v1.to_str().unwrap()]).success();
     assert_eq!(fs::read_to_string(&marker).unwrap(), "migrated-1\n");
     let v2 = cx.hello_app("v2", "2", &hook("echo failing; exit 1"));

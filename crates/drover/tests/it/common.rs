@@ -133,6 +133,16 @@ pub fn to_run(out: Output) -> Run {
 
 /// Waits until `cond` holds, polling; panics with `what` after `timeout`.
 #[track_caller]
+/// `user = "root"` for an `[app]` table when the tests run as root (an app's hook that
+/// writes into a test's own 0700 directory must run as its owner), else nothing.
+pub fn as_test_user() -> &'static str {
+    if rustix::process::geteuid().is_root() {
+        "user = \"root\"\n"
+    } else {
+        ""
+    }
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {

@@ -304,7 +304,12 @@ fn in_process_the_release_hook_runs_once_for_the_fleet_before_any_switch() {
     };
     let with_hook = |version: &str, hooks: &str| {
         let dir = app(&cx, 3, version, None);
-        let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+        let toml = std::fs::read_to_string(dir.join("drover.toml"))
+            .unwrap()
+            .replace(
+                "name = \"hello\"\n",
+                &format!("name = \"hello\"\n{}", crate::common::as_test_user()),
+            );
         std::fs::write(dir.join("drover.toml"), format!("{toml}\n{hooks}")).unwrap();
         dir
     };

@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod common;
 mod config;
+mod confine;
 mod fleet;
 mod hosts;
 mod link;

@@ -345,7 +345,11 @@ fn gc_keeps_every_dependency_of_what_it_keeps_and_pack_carries_them() {
     // Its release hook finds rt's `greet` on its PATH too.
     let hook_out = cx.path("hook.out");
     let toml = format!(
-        "{ON_RT}\n[hooks]\nrelease = \"greet > {}\"\n",
+        "{}\n[hooks]\nrelease = \"greet > {}\"\n",
+        ON_RT.replace(
+            "version = \"1\"\n",
+            &format!("version = \"1\"\n{}", crate::common::as_test_user())
+        ),
         hook_out.display()
     );
     let dir = cx.app("tool", &toml, &[]);

@@ -1711,9 +1711,18 @@ fn links_under(dir: &Path, prefix: &str, out: &mut Vec<(String, std::path::PathB
 fn a_python_virtualenv_builds_runs_from_its_tree_and_travels() {
     let cx = TestContext::new();
     cx.drover(&["keys"]).success();
+    // Run by a root agent as root: the venv links an interpreter of this machine's, which
+    // may live where no other user reaches (pyenv's, under /root).
+    let user = if rustix::process::geteuid().is_root() {
+        "user = \"root\"\n"
+    } else {
+        ""
+    };
     let app = cx.app(
         "pyapp",
-        "[app]\nname = \"pyapp\"\nversion = \"1\"\n\n[process.web]\ncommand = \"exec venv/bin/python -m web\"\nhttp = true\n\n[health]\npath = \"/up\"\ntimeout = \"10s\"\n",
+        &format!(
+            "[app]\nname = \"pyapp\"\nversion = \"1\"\n{user}\n[process.web]\ncommand = \"exec venv/bin/python -m web\"\nhttp = true\n\n[health]\npath = \"/up\"\ntimeout = \"10s\"\n"
+        ),
         &[],
     );
     python_venv(&app.join("venv"));
