@@ -397,6 +397,17 @@ pub fn ensure_default_user() -> io::Result<AppUser> {
     )))
 }
 
+/// A system tool, found on the system's PATH whatever the agent's own PATH is (an agent
+/// may be started with a PATH of its own).
+fn system_command(name: &str) -> Command {
+    let mut c = Command::new(name);
+    c.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,15 +462,4 @@ mod tests {
             "mode bits, user nobody"
         );
     }
-}
-
-/// A system tool, found on the system's PATH whatever the agent's own PATH is (an agent
-/// may be started with a PATH of its own).
-fn system_command(name: &str) -> Command {
-    let mut c = Command::new(name);
-    c.env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
-    c
 }
