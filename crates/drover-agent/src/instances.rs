@@ -96,13 +96,13 @@ impl Agent {
         let (targets, backends, tmp) = {
             let mut apps = self.lock();
             let rt = apps.get_mut(app)?;
-            let mut t: Vec<(u32, Duration)> = Vec::new();
+            let mut t: Vec<(u32, Duration, Signal)> = Vec::new();
             let mut b: Vec<Arc<Backend>> = Vec::new();
             let mut tmp = Vec::new();
             for i in rt.instances.iter_mut().filter(|i| pids.contains(&i.pid)) {
                 i.supervised = false;
                 i.phase = Phase::Stopping;
-                t.push((i.pid, i.spec.stop_timeout));
+                t.push((i.pid, i.spec.stop_timeout, i.spec.stop_signal));
                 b.extend(i.backend.clone());
                 tmp.push(i.spec.place.tmp.clone());
             }
@@ -245,6 +245,7 @@ impl Agent {
                             .logs_dir()
                             .join(format!("{}-{name}-{index}.log", g.instance_gen())),
                         stop_timeout: p.stop_timeout.0,
+                        stop_signal: stop_signal(p.stop_signal),
                         release: g.release[..12.min(g.release.len())].to_string(),
                         secrets: g.secrets.clone(),
                         protection: confine::protection(&place.confine, &self.powers.own_user),
@@ -640,13 +641,27 @@ pub(crate) fn last_lines(name: &str, log: &Path) -> Vec<String> {
         .collect()
 }
 
-/// SIGTERM each group, wait up to its timeout, then SIGKILL what is left.
-pub(crate) fn stop_groups(targets: &[(u32, Duration)]) {
-    for (pgid, _) in targets {
-        proc::signal_group(*pgid, Signal::TERM);
+/// The signal a process's `stop_signal` names.
+pub(crate) fn stop_signal(s: Option<drover_config::StopSignal>) -> Signal {
+    use drover_config::StopSignal as S;
+    match s {
+        None | Some(S::Term) => Signal::TERM,
+        Some(S::Int) => Signal::INT,
+        Some(S::Quit) => Signal::QUIT,
+        Some(S::Hup) => Signal::HUP,
+        Some(S::Usr1) => Signal::USR1,
+        Some(S::Usr2) => Signal::USR2,
+        Some(S::Winch) => Signal::WINCH,
+    }
+}
+
+/// Sends each group its stop signal, waits up to its timeout, then SIGKILLs what is left.
+pub(crate) fn stop_groups(targets: &[(u32, Duration, Signal)]) {
+    for (pgid, _, signal) in targets {
+        proc::signal_group(*pgid, *signal);
     }
     let start = Instant::now();
-    for (pgid, timeout) in targets {
+    for (pgid, timeout, _) in targets {
         while proc::group_alive(*pgid) && start.elapsed() < *timeout {
             std::thread::sleep(Duration::from_millis(20));
         }

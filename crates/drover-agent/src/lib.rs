@@ -111,6 +111,8 @@ struct InstanceSpec {
     health_path: Option<String>,
     log: PathBuf,
     stop_timeout: Duration,
+    /// What asks it to stop (SIGTERM unless the process says otherwise).
+    stop_signal: rustix::process::Signal,
     /// The release's short id: the proxy's metrics key.
     release: String,
     /// The generation's secrets file, encrypted; decrypted at each start, in memory only.

@@ -17,7 +17,9 @@ impl Agent {
             let app = f.instance.split('/').next().unwrap_or("").to_string();
             by_app.entry(app).or_default().push(f);
         }
-        let mut strays: Vec<(u32, Duration)> = Vec::new();
+        // Stray processes, each stopped as an unknown one is: TERM, then KILL after 10 s.
+        let mut strays: Vec<(u32, Duration, rustix::process::Signal)> = Vec::new();
+        let stray = |pid: u32| (pid, Duration::from_secs(10), rustix::process::Signal::TERM);
         for app in apps(&self.root) {
             let dir = AppDir::new(&self.root, &app);
             dir.sweep_staged();
@@ -44,7 +46,7 @@ impl Agent {
             }
             let mut procs = by_app.remove(&app).unwrap_or_default();
             let Some(g) = current.and_then(|c| dir.generation(c)) else {
-                strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+                strays.extend(procs.iter().map(|f| stray(f.pid)));
                 continue;
             };
             let manifest = g
@@ -78,7 +80,7 @@ impl Agent {
                 Ok(specs) => specs,
                 Err(e) => {
                     eprintln!("drover agent: {app}: {e}; leaving it stopped");
-                    strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+                    strays.extend(procs.iter().map(|f| stray(f.pid)));
                     continue;
                 }
             };
@@ -118,7 +120,7 @@ impl Agent {
                     _ => {}
                 }
             }
-            strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+            strays.extend(procs.iter().map(|f| stray(f.pid)));
             if let Some(p) = &manifest.runtime.proxy {
                 match self
                     .prepare_proxy(&app, Some(p))
@@ -134,7 +136,7 @@ impl Agent {
                 "drover agent: stopping {} processes of unknown app {app}",
                 procs.len()
             );
-            strays.extend(procs.iter().map(|f| (f.pid, Duration::from_secs(10))));
+            strays.extend(procs.iter().map(|f| stray(f.pid)));
         }
         if !strays.is_empty() {
             eprintln!(

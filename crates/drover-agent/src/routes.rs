@@ -244,6 +244,7 @@ mod tests {
             health_path: None,
             log: PathBuf::new(),
             stop_timeout: Duration::ZERO,
+            stop_signal: rustix::process::Signal::TERM,
             release: "r".into(),
             secrets: None,
             place: crate::instances::Place {

@@ -302,13 +302,36 @@ pub struct Process {
     pub http: bool,
     #[serde(default = "one")]
     pub instances: u32,
-    /// How long a graceful stop waits after SIGTERM before SIGKILL.
+    /// How long a graceful stop waits after `stop_signal` before SIGKILL.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Seconds,
     /// The user this process runs as, instead of `[app] user` (left out of the manifest
     /// when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The signal that asks the process to stop (default TERM): a worker that finishes its
+    /// job on, say, USR1 gets USR1, then `stop_timeout` to exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<StopSignal>,
+}
+
+/// The signals a process may be asked to stop with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum StopSignal {
+    #[serde(rename = "TERM", alias = "SIGTERM")]
+    Term,
+    #[serde(rename = "INT", alias = "SIGINT")]
+    Int,
+    #[serde(rename = "QUIT", alias = "SIGQUIT")]
+    Quit,
+    #[serde(rename = "HUP", alias = "SIGHUP")]
+    Hup,
+    #[serde(rename = "USR1", alias = "SIGUSR1")]
+    Usr1,
+    #[serde(rename = "USR2", alias = "SIGUSR2")]
+    Usr2,
+    #[serde(rename = "WINCH", alias = "SIGWINCH")]
+    Winch,
 }
 
 fn one() -> u32 {

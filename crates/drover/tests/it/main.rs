@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `drover` binary against real files, processes and archives.
 
 mod agent;
+mod apps;
 mod cli;
 mod common;
 mod config;

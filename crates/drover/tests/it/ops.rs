@@ -172,3 +172,52 @@ fn an_agent_started_after_it_and_every_app_were_killed_brings_every_app_back() {
         );
     }
 }
+
+#[test]
+fn a_worker_is_stopped_with_its_own_signal_and_given_its_own_time() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    // Each writes where an app may: its $DROVER_DATA.
+    let marks = cx.root.join("apps/hello/data");
+    // A worker that finishes its job on USR1 (taking a second), and one that ignores TERM
+    // and is killed once its stop_timeout is over.
+    let dir = cx.hello_app(
+        "app",
+        "1",
+        "[process.worker]\ncommand = \"sh -c 'trap \\\"sleep 1; echo finished > $DROVER_DATA/worker; exit 0\\\" USR1; while :; do sleep 0.1; done'\"\nstop_signal = \"USR1\"\nstop_timeout = \"10s\"\n\n\
+         [process.stubborn]\ncommand = \"sh -c 'trap \\\"echo term >> $DROVER_DATA/stubborn\\\" TERM; while :; do sleep 0.1; done'\"\nstop_timeout = \"1s\"\n",
+    );
+    cx.drover(&["deploy", dir.to_str().unwrap()]).success();
+    let pids = cx.pids("hello");
+    assert_eq!(pids.len(), 3, "{}", cx.status());
+    cx.drover(&["stop", "hello"]).success();
+    crate::common::wait_for(
+        "every instance to stop",
+        std::time::Duration::from_secs(20),
+        || {
+            pids.iter()
+                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        },
+    );
+    // The worker was asked with USR1 and finished its job.
+    assert_eq!(
+        std::fs::read_to_string(marks.join("worker")).unwrap(),
+        "finished\n"
+    );
+    // The stubborn one got TERM (and was killed after its second).
+    assert!(
+        std::fs::read_to_string(marks.join("stubborn"))
+            .unwrap()
+            .contains("term")
+    );
+
+    // A signal drover does not know is refused at build, naming the key.
+    let bad = cx.hello_app(
+        "bad",
+        "1",
+        "[process.worker]\ncommand = \"true\"\nstop_signal = \"KILL\"\n",
+    );
+    let run = cx.drover(&["build", bad.to_str().unwrap()]).failure();
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("stop_signal"), "{}", run.stderr);
+}
