@@ -300,9 +300,40 @@ fn namespaces_available() -> bool {
     })
 }
 
+/// How long a user found stays known without asking the name services again (a deploy
+/// asks for its users several times; a changed user is seen within this).
+const USER_CACHE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A user of this host by name (`getent passwd`, so every name service counts), with its
-/// groups (`id -G`); None when there is no such user.
+/// groups (`id -G`); None when there is no such user. A user found is remembered for
+/// `USER_CACHE`.
 pub fn lookup(name: &str) -> io::Result<Option<AppUser>> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static FOUND: Mutex<Option<HashMap<String, (AppUser, std::time::Instant)>>> = Mutex::new(None);
+    let cached = |name: &str| {
+        let found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+        found
+            .as_ref()
+            .and_then(|m| m.get(name))
+            .filter(|(_, at)| at.elapsed() < USER_CACHE)
+            .map(|(u, _)| u.clone())
+    };
+    if let Some(u) = cached(name) {
+        return Ok(Some(u));
+    }
+    let found = lookup_now(name)?;
+    if let Some(u) = &found {
+        FOUND
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .insert(name.to_string(), (u.clone(), std::time::Instant::now()));
+    }
+    Ok(found)
+}
+
+fn lookup_now(name: &str) -> io::Result<Option<AppUser>> {
     if !drover_config::valid_user_name(name) {
         return Ok(None);
     }

@@ -172,7 +172,6 @@ impl Agent {
         Ok(Users { app, process })
     }
 
-    /// A process of `dir`'s app run as `user`, with its `$TMPDIR` named `tmp`.
     /// Where a process of the app runs and writes, and how it is confined; `deps` (what
     /// `Store::dependency_env` gave) names the dependency trees it reads too.
     pub(crate) fn place(
