@@ -275,6 +275,9 @@ impl Agent {
         if !spare {
             return;
         }
+        // This connection's thread, which ends after it, gives way to everything else: the
+        // apps, and the other requests (a switch on this host, or a neighbour's).
+        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
         match self.store.gc(self.gc_keep, &roots) {
             Ok(r) if !r.releases_removed.is_empty() => eprintln!(
                 "drover agent: gc after deploying {app}: removed {} releases, freed {} bytes",
