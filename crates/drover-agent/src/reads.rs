@@ -85,6 +85,7 @@ impl Agent {
                         healthy: i.healthy && i.phase == Phase::Running,
                         restarts: i.restarts,
                         serving: serving.contains(&i.pid),
+                        started: proc::started_at(i.started),
                         protection: i.spec.protection.clone(),
                         state: match i.phase {
                             Phase::Running => "running".into(),

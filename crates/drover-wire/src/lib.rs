@@ -357,6 +357,9 @@ pub struct InstanceStatus {
     /// Receiving traffic from the proxy.
     #[serde(default)]
     pub serving: bool,
+    /// When it started (Unix seconds).
+    #[serde(default)]
+    pub started: Option<u64>,
     /// What keeps the process from changing releases, and the user it runs as:
     /// "read-only store, user drover-app", or "mode bits, user NAME".
     #[serde(default)]

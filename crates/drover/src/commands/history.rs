@@ -30,18 +30,21 @@ pub fn run_history(root: &Path, args: HistoryArgs) -> anyhow::Result<()> {
         Some(a) => a,
         None => super::deploy::only_app(root)?,
     };
-    let gens: Vec<GenerationInfo> = client::call_list(root, &Request::History { app }, |_| {})?;
+    let mut gens: Vec<GenerationInfo> = client::call_list(root, &Request::History { app }, |_| {})?;
+    // Newest first, in the table and in --json alike.
+    gens.reverse();
     if args.json.json {
         return output::json(&gens);
     }
     println!(
-        "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} REASON",
-        "GEN", "OUTCOME", "VERSION", "RELEASE", "KIND", "WHO"
+        "{:>4}  {:<20} {:<10} {:<14} {:<12} {:<10} {:<20} REASON",
+        "GEN", "TIME", "OUTCOME", "VERSION", "RELEASE", "KIND", "WHO"
     );
-    for g in gens.iter().rev() {
+    for g in &gens {
         println!(
-            "{:>4}  {:<10} {:<14} {:<12} {:<10} {:<20} {}",
+            "{:>4}  {:<20} {:<10} {:<14} {:<12} {:<10} {:<20} {}",
             g.generation,
+            fmt_utc(g.created),
             g.outcome,
             g.version,
             &g.release[..12.min(g.release.len())],

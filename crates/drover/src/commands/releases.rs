@@ -35,15 +35,16 @@ pub fn run(root: &Path, args: ReleasesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<16} {:<12} {:>7} {:>10}  DEPENDS",
-        "APP", "VERSION", "RELEASE", "FILES", "SIZE"
+        "{:<20} {:<16} {:<12} {:<20} {:>7} {:>10}  DEPENDS",
+        "APP", "VERSION", "RELEASE", "STORED", "FILES", "SIZE"
     );
     for r in releases {
         println!(
-            "{:<20} {:<16} {:<12} {:>7} {:>10}  {}",
+            "{:<20} {:<16} {:<12} {:<20} {:>7} {:>10}  {}",
             r.app,
             r.version,
             r.release.short(),
+            super::history::fmt_utc(r.stored_at),
             r.files,
             output::bytes(r.bytes),
             super::depends_line(&store, &r.depends)

@@ -30,13 +30,40 @@ pub fn run_status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
     if apps.is_empty() {
         eprintln!("no apps on this host yet: `drover deploy DIR` or `drover up DIR`");
     }
+    let store = super::open_store(root).ok();
     for a in &apps {
-        print_status(a);
+        print_status_with(a, store.as_ref());
     }
     Ok(())
 }
 
 pub fn print_status(a: &AppStatus) {
+    print_status_with(a, None);
+}
+
+/// `n THING` or `n THINGs`.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+/// How long since `since` (Unix seconds): `45s`, `12m`, `3h`, `2d`.
+fn age(since: u64) -> String {
+    let s = drover_agent::now().saturating_sub(since);
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// An app as a person reads it. With `store` (this host's), each release the proxy counted
+/// is named by its version, and one gc has removed is left out.
+pub fn print_status_with(a: &AppStatus, store: Option<&drover_store::Store>) {
     let version = a.version.as_deref().unwrap_or("-");
     let release = a
         .release
@@ -47,9 +74,23 @@ pub fn print_status(a: &AppStatus) {
         .generation
         .map(|g| g.to_string())
         .unwrap_or_else(|| "-".into());
+    let live = a
+        .instances
+        .iter()
+        .filter(|i| Some(i.generation) == a.generation || a.generation.is_none())
+        .count();
+    // Where it answers: the proxy's fixed port, else the live instance's own (which moves
+    // with every deploy).
+    let url = match (&a.proxy, a.instances.iter().find_map(|i| i.port)) {
+        (Some(p), _) => format!("  http://127.0.0.1:{}/", p.port),
+        (None, Some(port)) => format!("  http://127.0.0.1:{port}/ (moves with each deploy)"),
+        (None, None) => String::new(),
+    };
     println!(
-        "{}  generation {generation}  {version} ({release})  {}",
-        a.app, a.state
+        "{}  generation {generation}  {version} ({release})  {}  {}{url}",
+        a.app,
+        a.state,
+        count(live, "instance")
     );
     for d in &a.depends {
         println!(
@@ -70,10 +111,19 @@ pub fn print_status(a: &AppStatus) {
         let paused = if p.paused { "  PAUSED" } else { "" };
         println!("  proxy: port {}{paused}", p.port);
         for r in &p.releases {
+            let named = match store {
+                None => Some(r.release.clone()),
+                Some(st) => st
+                    .resolve(&r.release)
+                    .ok()
+                    .and_then(|id| st.meta(&id).ok())
+                    .map(|m| format!("{} ({})", m.version, r.release)),
+            };
+            // A release gc removed: nothing of it runs any more.
+            let Some(named) = named else { continue };
             println!(
-                "    {}  {} requests  2xx {}  4xx {}  5xx {}  open {}  p50 {}ms  p90 {}ms  p99 {}ms",
-                r.release,
-                r.requests,
+                "    {named}  {}  2xx {}  4xx {}  5xx {}  open {}  p50 {}ms  p90 {}ms  p99 {}ms",
+                count(r.requests as usize, "request"),
                 r.responses_2xx,
                 r.responses_4xx,
                 r.responses_5xx,
@@ -84,21 +134,32 @@ pub fn print_status(a: &AppStatus) {
             );
         }
     }
+    if a.instances.is_empty() {
+        return;
+    }
+    println!(
+        "  {:<14} {:>4} {:>8} {:>6}  {:<10} {:<9} {:>6} {:>8}  PROTECTION",
+        "INSTANCE", "GEN", "PID", "PORT", "STATE", "HEALTH", "UP", "RESTARTS"
+    );
     for i in &a.instances {
         let pid = i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        let port = i.port.map(|p| format!("port {p}")).unwrap_or_default();
+        let port = i.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let health = if i.healthy { "healthy" } else { "unhealthy" };
+        let up = i.started.map(age).unwrap_or_else(|| "-".into());
         let protection = if i.protection.is_empty() {
             String::new()
         } else {
-            format!("  ({})", i.protection)
+            format!("({})", i.protection)
         };
         println!(
-            "  {}.{}  gen {}  pid {pid}  {port}  {}  {health}  restarts {}{}{protection}",
-            i.process,
-            i.index,
+            "  {:<14} {:>4} {:>8} {:>6}  {:<10} {:<9} {:>6} {:>8}  {protection}{}",
+            format!("{}.{}", i.process, i.index),
             i.generation,
+            pid,
+            port,
             i.state,
+            health,
+            up,
             i.restarts,
             if i.serving { "  serving" } else { "" }
         );

@@ -221,3 +221,54 @@ fn a_worker_is_stopped_with_its_own_signal_and_given_its_own_time() {
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("stop_signal"), "{}", run.stderr);
 }
+
+#[test]
+fn status_history_and_releases_read_at_a_glance() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent_with(&["--gc-keep", "0"]);
+    let port = crate::common::free_port();
+    for v in ["1", "2"] {
+        let dir = cx.hello_app("app", v, &format!("[proxy]\nport = {port}\n"));
+        cx.drover(&["deploy", dir.to_str().unwrap()]).success();
+        crate::common::http_get(port, "/").unwrap();
+    }
+    let st = cx.drover(&["status"]).success().stdout;
+    // The app's line: its URL and its instances counted in words.
+    assert!(
+        st.contains(&format!("1 instance  http://127.0.0.1:{port}/")),
+        "{st}"
+    );
+    // A header over the instances, with an uptime each.
+    assert!(
+        st.contains("INSTANCE") && st.contains("UP") && st.contains("RESTARTS"),
+        "{st}"
+    );
+    let row = st
+        .lines()
+        .find(|l| l.trim_start().starts_with("web.0"))
+        .unwrap();
+    assert!(row.contains('s') && row.contains("healthy"), "{row}");
+    // The proxy's releases by version beside their ids; one gc removed is not shown.
+    let counted = |st: &str, v: &str| {
+        st.lines()
+            .any(|l| l.trim_start().starts_with(&format!("{v} (")) && l.contains("1 request"))
+    };
+    assert!(counted(&st, "1") && counted(&st, "2"), "{st}");
+    cx.drover(&["gc", "--keep", "1"]).success();
+    let st = cx.drover(&["status"]).success().stdout;
+    assert!(
+        !st.lines().any(|l| l.trim_start().starts_with("1 (")),
+        "{st}"
+    );
+
+    // history: a time column, and --json in the table's order (newest first).
+    let h = cx.drover(&["history", "hello"]).success().stdout;
+    assert!(h.lines().next().unwrap().contains("TIME"), "{h}");
+    assert!(h.contains("Z "), "{h}");
+    let j = cx.drover(&["history", "hello", "--json"]).success().json();
+    assert_eq!(j[0]["generation"], 2, "{j}");
+    assert_eq!(j[1]["generation"], 1, "{j}");
+    // releases: when each was stored.
+    let r = cx.drover(&["releases"]).success().stdout;
+    assert!(r.lines().next().unwrap().contains("STORED"), "{r}");
+}
