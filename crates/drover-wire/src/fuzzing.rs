@@ -146,6 +146,7 @@ mod tests {
                 state: "running".into(),
                 serving: true,
                 protection: "read-only store, user drover-app".into(),
+                started: Some(1_764_670_000),
             }],
             proxy: Some(ProxyStatus {
                 port: 8080,
