@@ -30,9 +30,8 @@ pub fn run_history(root: &Path, args: HistoryArgs) -> anyhow::Result<()> {
         Some(a) => a,
         None => super::deploy::only_app(root)?,
     };
-    let mut gens: Vec<GenerationInfo> = client::call_list(root, &Request::History { app }, |_| {})?;
-    // Newest first, in the table and in --json alike.
-    gens.reverse();
+    let gens: Vec<GenerationInfo> = client::call_list(root, &Request::History { app }, |_| {})?;
+    // Oldest first, the newest at the bottom, in the table and in --json alike.
     if args.json.json {
         return output::json(&gens);
     }

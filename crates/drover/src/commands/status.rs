@@ -138,7 +138,7 @@ pub fn print_status_with(a: &AppStatus, store: Option<&drover_store::Store>) {
         return;
     }
     println!(
-        "  {:<14} {:>4} {:>8} {:>6}  {:<10} {:<9} {:>6} {:>8}  PROTECTION",
+        "  {:<14} {:>4} {:>8} {:>6}  {:<10} {:<9} {:>6} {:>11}  PROTECTION",
         "INSTANCE", "GEN", "PID", "PORT", "STATE", "HEALTH", "UP", "RESTARTS"
     );
     for i in &a.instances {
@@ -152,7 +152,7 @@ pub fn print_status_with(a: &AppStatus, store: Option<&drover_store::Store>) {
             format!("({})", i.protection)
         };
         println!(
-            "  {:<14} {:>4} {:>8} {:>6}  {:<10} {:<9} {:>6} {:>8}  {protection}{}",
+            "  {:<14} {:>4} {:>8} {:>6}  {:<10} {:<9} {:>6} {:>11}  {protection}{}",
             format!("{}.{}", i.process, i.index),
             i.generation,
             pid,
@@ -160,7 +160,7 @@ pub fn print_status_with(a: &AppStatus, store: Option<&drover_store::Store>) {
             i.state,
             health,
             up,
-            i.restarts,
+            count(i.restarts as usize, "restart"),
             if i.serving { "  serving" } else { "" }
         );
     }

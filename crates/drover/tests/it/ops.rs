@@ -261,13 +261,18 @@ fn status_history_and_releases_read_at_a_glance() {
         "{st}"
     );
 
-    // history: a time column, and --json in the table's order (newest first).
+    // history: a time column, and --json in the table's order (oldest first).
     let h = cx.drover(&["history", "hello"]).success().stdout;
     assert!(h.lines().next().unwrap().contains("TIME"), "{h}");
-    assert!(h.contains("Z "), "{h}");
+    let rows: Vec<&str> = h.lines().skip(1).collect();
+    assert!(
+        rows[0].trim_start().starts_with("1 ") && rows[1].trim_start().starts_with("2 "),
+        "{h}"
+    );
+    assert!(rows[0].contains("Z "), "{h}");
     let j = cx.drover(&["history", "hello", "--json"]).success().json();
-    assert_eq!(j[0]["generation"], 2, "{j}");
-    assert_eq!(j[1]["generation"], 1, "{j}");
+    assert_eq!(j[0]["generation"], 1, "{j}");
+    assert_eq!(j[1]["generation"], 2, "{j}");
     // releases: when each was stored.
     let r = cx.drover(&["releases"]).success().stdout;
     assert!(r.lines().next().unwrap().contains("STORED"), "{r}");
