@@ -209,7 +209,7 @@ impl Agent {
         let (dir, g) = self.next_generation(&id, &manifest, who, None, layers)?;
         dir.create()
             .map_err(Error::io(format!("cannot create the state of `{app}`")))?;
-        let tree = self.store.materialise_checked(&id)?.path;
+        let tree = self.store.materialise_manifest(&id, &manifest)?.path;
         out.event(format!("running release hook `{hook}`"));
         let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
         // Each dependency's tree materialised (and checked) before the hook starts.
@@ -407,7 +407,7 @@ impl Agent {
         let id = release_of(&app, g)?;
         let checked = self
             .store
-            .materialise_checked(&id)
+            .materialise_manifest(&id, manifest)
             .map_err(|e| fail(e.into()))?;
         if !checked.rebuilt.is_empty() {
             let damage: Vec<String> = checked

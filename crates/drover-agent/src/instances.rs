@@ -463,7 +463,7 @@ impl Agent {
         let g = read_generation(&dir, app, current)?;
         let id = release_of(app, &g)?;
         let manifest = self.store.trusted_manifest(&id)?;
-        let tree = self.store.materialise(&id)?;
+        let tree = self.store.materialise_manifest(&id, &manifest)?.path;
         let deps = self.store.dependency_env(&manifest.depends)?;
         let mut started = Vec::new();
         for (process, index, spec) in self.specs(&dir, &g, &manifest, &tree, &deps)? {

@@ -248,7 +248,10 @@ impl Agent {
 
     pub(crate) fn run_spec(&self, app: &str) -> Result<RunSpec> {
         let (dir, g, manifest) = self.live_generation(app)?;
-        let tree = self.store.materialise(&release_of(app, &g)?)?;
+        let tree = self
+            .store
+            .materialise_manifest(&release_of(app, &g)?, &manifest)?
+            .path;
         let user = self.users(&manifest)?.app;
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -189,7 +189,7 @@ impl Store {
                     continue;
                 }
                 let manifest = self.trusted_manifest(&id)?;
-                let tree = self.materialise(&id)?;
+                let tree = self.materialise_manifest(&id, &manifest)?.path;
                 let tree = tree.display().to_string();
                 env.entry(drover_config::dep_variable(&name))
                     .or_insert_with(|| tree.clone());

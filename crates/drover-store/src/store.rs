@@ -640,17 +640,22 @@ impl Store {
     /// bit, no other entry, each file a link to its stamped cache file or re-hashed), and
     /// replaced by one rebuilt from verified chunks when it fails.
     pub fn materialise_checked(&self, id: &Hash) -> Result<Materialised> {
+        self.materialise_manifest(id, &self.manifest(id)?)
+    }
+
+    /// `materialise_checked` of release `id` whose manifest the caller has read already
+    /// (a deploy has, to check its signature): it is not read again.
+    pub fn materialise_manifest(&self, id: &Hash, manifest: &Manifest) -> Result<Materialised> {
         let dest = self.tree_path(id);
         let _lock = self.lock_shared()?;
-        let manifest = self.manifest(id)?;
         if fs::symlink_metadata(&dest).is_err() {
-            let tree = self.write_new_tree(id, &manifest)?;
+            let tree = self.write_new_tree(id, manifest)?;
             return Ok(Materialised {
                 path: self.place(tree, false)?,
                 rebuilt: Vec::new(),
             });
         }
-        let problems = self.check_tree(&manifest, &dest, &|_, cache, hash, size| match is_stamped(
+        let problems = self.check_tree(manifest, &dest, &|_, cache, hash, size| match is_stamped(
             cache, hash, size,
         ) {
             true => Trust::Good,
@@ -666,7 +671,7 @@ impl Store {
                 rebuilt: problems,
             });
         }
-        let tree = self.write_new_tree(id, &manifest)?;
+        let tree = self.write_new_tree(id, manifest)?;
         Ok(Materialised {
             path: self.place(tree, true)?,
             rebuilt: problems,

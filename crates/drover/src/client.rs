@@ -134,9 +134,7 @@ pub fn print_events(line: &Line) {
     }
 }
 
-pub fn is_running(root: &Path) -> bool {
-    call::<serde::de::IgnoredAny>(root, &Request::Ping, |_| {}).is_ok()
-}
+pub use drover_fleet::host::agent_answers as is_running;
 
 /// Starts `drover agent` in the background (its own session, output to ROOT/agent.log)
 /// unless one answers already; waits until it does.
