@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use drover_store::Manifest;
 
-use crate::instances::{base_env, last_lines, run_streaming, run_to_end, zero_values};
+use crate::instances::{base_env, last_lines, run_streaming, zero_values};
 use crate::layers::Layers;
 use crate::routes::ProxyPlan;
 use crate::{
@@ -210,17 +210,34 @@ impl Agent {
         dir.create()
             .map_err(Error::io(format!("cannot create the state of `{app}`")))?;
         let tree = self.store.materialise_manifest(&id, &manifest)?.path;
-        out.event(format!("running release hook `{hook}`"));
-        let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
         // Each dependency's tree materialised (and checked) before the hook starts.
         let deps = self.store.dependency_env(&manifest.depends)?;
-        let mut env = base_env(&self.tag, &app, &g, &deps);
-        let user = self.users(&manifest)?.app;
+        self.run_release_hook(&dir, &g, &manifest, &hook, &tree, &deps, out)
+    }
+
+    /// Runs `hook` for generation `g` in its tree, as the app's user, confined, with its
+    /// config, dependencies and secrets; its output goes to the generation's release log
+    /// and, line by line, to the client.
+    #[allow(clippy::too_many_arguments)]
+    fn run_release_hook(
+        &self,
+        dir: &AppDir,
+        g: &state::Generation,
+        manifest: &Manifest,
+        hook: &str,
+        tree: &std::path::Path,
+        deps: &BTreeMap<String, String>,
+        out: &mut Out,
+    ) -> Result<()> {
+        out.event(format!("running release hook `{hook}`"));
+        let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
+        let mut env = base_env(&self.tag, &manifest.app, g, deps);
+        let user = self.users(manifest)?.app;
         let place = self.place(
-            &dir,
+            dir,
             user.as_ref(),
             &format!("{}-release", g.generation),
-            &deps,
+            deps,
         );
         place
             .make_dirs(user.as_ref())
@@ -229,15 +246,13 @@ impl Agent {
         for (k, v) in self.secrets_of(g.secrets.as_deref())? {
             env.insert(k, v.to_string());
         }
-        let ran = run_streaming(&hook, &tree, &env, &log, &place.confine, |line| {
-            out.log(line)
-        });
+        let ran = run_streaming(hook, tree, &env, &log, &place.confine, |line| out.log(line));
         zero_values(&mut env);
         let _ = std::fs::remove_dir_all(&place.tmp);
         match ran {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::HookFailed {
-                hook,
+                hook: hook.to_string(),
                 details: last_lines("release", &log),
             }),
             Err(e) => Err(Error::io("cannot run release hook")(e)),
@@ -442,36 +457,8 @@ impl Agent {
         }
 
         if run_hook && let Some(hook) = &manifest.runtime.hooks.release {
-            out.event(format!("running release hook `{hook}`"));
-            let log = dir.logs_dir().join(format!("{}-release.log", g.generation));
-            let mut env = base_env(&self.tag, &app, g, &deps);
-            let user = self.users(manifest).map_err(fail)?.app;
-            let place = self.place(
-                dir,
-                user.as_ref(),
-                &format!("{}-release", g.generation),
-                &deps,
-            );
-            place
-                .make_dirs(user.as_ref())
-                .map_err(|e| fail(Error::io("cannot make the release hook's directories")(e)))?;
-            place.put_env(&mut env);
-            for (k, v) in self.secrets_of(g.secrets.as_deref()).map_err(fail)? {
-                env.insert(k, v.to_string());
-            }
-            let ran = run_to_end(hook, &tree, &env, &log, &place.confine);
-            zero_values(&mut env);
-            let _ = std::fs::remove_dir_all(&place.tmp);
-            match ran {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(fail(Error::HookFailed {
-                        hook: hook.clone(),
-                        details: last_lines("release", &log),
-                    }));
-                }
-                Err(e) => return Err(fail(Error::io("cannot run release hook")(e))),
-            }
+            self.run_release_hook(dir, g, manifest, hook, &tree, &deps, out)
+                .map_err(fail)?;
         }
 
         let specs = self.specs(dir, g, manifest, &tree, &deps).map_err(fail)?;
