@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::store::Store;
 
+/// How long a dependency's tree, once checked, is taken as checked (`dependency_tree`).
+const DEP_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The `PATH` every app process ends with, after its dependencies' entries.
 pub const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -168,6 +171,26 @@ impl Store {
         Ok(())
     }
 
+    /// A dependency's tree, materialised: checked in place (and rebuilt when damaged) at
+    /// most once per `DEP_RECHECK` by this process. A runtime shared by many deploys is not
+    /// walked again at each of them; `verify` checks it whenever it runs.
+    fn dependency_tree(&self, id: &Hash, manifest: &crate::Manifest) -> Result<std::path::PathBuf> {
+        let fresh = |checked: &std::collections::HashMap<Hash, std::time::Instant>| {
+            checked.get(id).is_some_and(|at| at.elapsed() < DEP_RECHECK)
+        };
+        let tree = self.tree_path(id);
+        let known = fresh(&self.deps_checked.lock().unwrap_or_else(|e| e.into_inner()));
+        if known && std::fs::symlink_metadata(&tree).is_ok_and(|m| m.is_dir()) {
+            return Ok(tree);
+        }
+        let tree = self.materialise_manifest(id, manifest)?.path;
+        self.deps_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*id, std::time::Instant::now());
+        Ok(tree)
+    }
+
     /// What a release's processes get from its dependencies, each materialised (checked)
     /// and its signature checked against the trusted keys: `PATH` (the `[provides] path`
     /// entries of the direct dependencies in name order, then of theirs, then
@@ -189,7 +212,7 @@ impl Store {
                     continue;
                 }
                 let manifest = self.trusted_manifest(&id)?;
-                let tree = self.materialise_manifest(&id, &manifest)?.path;
+                let tree = self.dependency_tree(&id, &manifest)?;
                 let tree = tree.display().to_string();
                 env.entry(drover_config::dep_variable(&name))
                     .or_insert_with(|| tree.clone());

@@ -46,6 +46,8 @@ pub struct Store {
     dir: PathBuf,
     keys: Keyring,
     packs: Arc<Packs>,
+    /// When each dependency's tree was last checked by this process (`dependency_env`).
+    pub(crate) deps_checked: Arc<std::sync::Mutex<HashMap<Hash, std::time::Instant>>>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -80,6 +82,7 @@ impl Store {
             packs: Arc::new(Packs::new(dir.join("objects/packs"))),
             dir,
             keys: Keyring::new(root),
+            deps_checked: Default::default(),
         })
     }
 
