@@ -1,6 +1,6 @@
 //! Everyday operations: gc that keeps rollback targets and says what it does.
 
-use crate::common::TestContext;
+use crate::common::{TestContext, http_get};
 
 fn versions(cx: &TestContext) -> Vec<String> {
     let list = cx.drover(&["releases", "hello", "--json"]).success().json();
@@ -248,6 +248,13 @@ fn status_history_and_releases_read_at_a_glance() {
         .find(|l| l.trim_start().starts_with("web.0"))
         .unwrap();
     assert!(row.contains('s') && row.contains("healthy"), "{row}");
+    // Its UP column: seconds (or minutes) since it started.
+    assert!(
+        row.split_whitespace().any(|w| w.len() > 1
+            && w.ends_with(['s', 'm'])
+            && w[..w.len() - 1].chars().all(|c| c.is_ascii_digit())),
+        "no uptime in {row}"
+    );
     // The proxy's releases by version beside their ids; one gc removed is not shown.
     let counted = |st: &str, v: &str| {
         st.lines()
@@ -276,4 +283,157 @@ fn status_history_and_releases_read_at_a_glance() {
     // releases: when each was stored.
     let r = cx.drover(&["releases"]).success().stdout;
     assert!(r.lines().next().unwrap().contains("STORED"), "{r}");
+}
+
+/// As a normal user (nobody when the tests run as root), with an agent of its own: a Node
+/// app on a runtime release, its hook, gc, a rollback past gc, stop signals and status.
+#[test]
+fn as_a_normal_user_a_node_app_on_a_runtime_release_is_deployed_collected_and_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = crate::runtimes::system_node();
+    let cx = TestContext::new();
+    // A runtime: the system's node beside a tool of its own.
+    let rt = cx.path("rt");
+    std::fs::create_dir_all(rt.join("bin")).unwrap();
+    std::fs::write(rt.join("bin/greet"), "#!/bin/sh\necho greet from rt\n").unwrap();
+    std::fs::set_permissions(rt.join("bin/greet"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = |v: &str| {
+        cx.app(
+            &format!("node{v}"),
+            &format!(
+                "[app]\nname = \"nodeapp\"\nversion = \"{v}\"\n\n[depends]\nrt = \"rt@1\"\n\n\
+                 [process.web]\ncommand = \"{node} server.js\"\nhttp = true\n\n\
+                 [process.worker]\ncommand = \"sh -c 'trap \\\"echo done > $DROVER_DATA/worker; exit 0\\\" USR1; while :; do sleep 0.1; done'\"\nstop_signal = \"USR1\"\n\n\
+                 [health]\npath = \"/\"\ntimeout = \"20s\"\n\n\
+                 [hooks]\nrelease = \"greet > $DROVER_DATA/hook-{v}\"\n",
+                node = node.display()
+            ),
+            &[(
+                "server.js",
+                &format!(
+                    "require('http').createServer((q, r) => r.end('node ' + process.version + ' v{v}\\n')).listen(process.env.PORT, '127.0.0.1');\n"
+                ),
+            )],
+        )
+    };
+    let (v1, v2) = (app("1"), app("2"));
+    std::fs::create_dir(&cx.root).unwrap();
+    std::fs::set_permissions(&cx.root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        let status = std::process::Command::new("chown")
+            .arg("-R")
+            .arg(format!("{n}:{n}", n = crate::common::NOBODY))
+            .arg(cx.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let drover = |args: &[&str]| {
+        crate::common::to_run(
+            crate::common::unprivileged(&cx)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let mut agent = crate::common::unprivileged(&cx)
+        .args(["agent", "--gc-keep", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop<'a>(&'a TestContext, &'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.1.kill();
+            let _ = self.1.wait();
+            crate::common::kill_tagged(&self.0.root);
+        }
+    }
+    let _stop = Stop(&cx, &mut agent);
+    crate::common::wait_for("the agent", std::time::Duration::from_secs(20), || {
+        drover(&["status", "--json"]).status.success()
+    });
+    drover(&[
+        "import",
+        rt.to_str().unwrap(),
+        "--name",
+        "rt",
+        "--version",
+        "1",
+    ])
+    .success();
+    for v in [&v1, &v2] {
+        drover(&["deploy", v.to_str().unwrap()]).success();
+    }
+    let all = drover(&["status", "--json"]).success().json();
+    let st = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == "nodeapp")
+        .unwrap();
+    let web = st["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["process"] == "web")
+        .unwrap();
+    let (code, body) = http_get(web["port"].as_u64().unwrap() as u16, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.starts_with("node v") && body.ends_with(" v2\n"),
+        "{body}"
+    );
+    // Its own user, protected by the trees' mode bits; the hook found the runtime's tool.
+    assert!(
+        web["protection"]
+            .as_str()
+            .unwrap()
+            .starts_with("mode bits, user "),
+        "{web}"
+    );
+    assert!(web["started"].as_u64().is_some(), "{web}");
+    let data = cx.root.join("apps/nodeapp/data");
+    assert_eq!(
+        std::fs::read_to_string(data.join("hook-2")).unwrap(),
+        "greet from rt\n"
+    );
+    let text = drover(&["status"]).success().stdout;
+    assert!(
+        text.contains("2 instances") && text.contains("INSTANCE"),
+        "{text}"
+    );
+
+    // gc keeps what the newest generation needs (the runtime too), and a rollback past it
+    // says gc removed the release.
+    drover(&["gc", "--keep", "1"]).success();
+    let rel = drover(&["releases", "--json"]).success().json();
+    let names: Vec<String> = rel
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}@{}",
+                r["app"].as_str().unwrap(),
+                r["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        names.contains(&"rt@1".into()) && names.contains(&"nodeapp@2".into()),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"nodeapp@1".into()), "{names:?}");
+    let run = drover(&["rollback", "nodeapp", "--to", "1"]).failure();
+    assert!(run.stderr.contains("gc has removed"), "{}", run.stderr);
+
+    // Stopped: the worker is asked with its own signal.
+    drover(&["stop", "nodeapp"]).success();
+    crate::common::wait_for(
+        "the worker's USR1",
+        std::time::Duration::from_secs(20),
+        || std::fs::read_to_string(data.join("worker")).is_ok_and(|t| t == "done\n"),
+    );
 }

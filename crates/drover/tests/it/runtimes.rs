@@ -11,7 +11,7 @@ use drover_fleet::{Connected, DeployPlan, InProcess, Target};
 use crate::common::{TestContext, http_get, noise, release_ids, wait_for};
 
 /// The system's Node (Debian's: v18 or v20), installed when missing and we are root.
-fn system_node() -> PathBuf {
+pub fn system_node() -> PathBuf {
     let find = || {
         let out = Command::new("sh")
             .args(["-c", "command -v node"])
