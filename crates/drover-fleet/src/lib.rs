@@ -12,6 +12,7 @@ pub mod host;
 pub mod link;
 pub mod ops;
 pub mod relay;
+pub mod run;
 pub mod ssh;
 
 use std::collections::BTreeMap;
@@ -168,6 +169,18 @@ impl Target {
                 format!("add `hosts = [\"web1\", ...]` to [environments.{name}]"),
             )
         })
+    }
+
+    /// The same environment narrowed to `hosts` (a subset of its own, in their order).
+    pub fn only(&self, hosts: &[String]) -> Target {
+        let mut env = self.env.clone();
+        env.hosts.retain(|h| hosts.contains(h));
+        Target {
+            config: self.config.clone(),
+            name: self.name.clone(),
+            env,
+            settings: self.settings.clone(),
+        }
     }
 
     /// Connects to every host (at most `[ssh] parallel` at once), and starts each one's

@@ -343,8 +343,13 @@ impl Session {
 
     /// An `ssh` command running `remote` over the master connection.
     pub fn command(&self, remote: &str) -> Command {
+        self.command_with_terminal(remote, false)
+    }
+
+    /// Like `command`; with `tty`, the remote command gets a terminal (`ssh -t`).
+    pub fn command_with_terminal(&self, remote: &str, tty: bool) -> Command {
         let mut cmd = base_command(&self.spec, &self.settings, &self.ctl);
-        cmd.args(["-o", "ControlMaster=no", "-T"])
+        cmd.args(["-o", "ControlMaster=no", if tty { "-t" } else { "-T" }])
             .arg(&self.spec.host)
             .arg("--")
             .arg(remote);

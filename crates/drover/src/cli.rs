@@ -264,6 +264,9 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &[
             "drover run web -- ./manage.py migrate",
             "drover run web -- env",
+            "drover run web -e prod -t -- bin/console      # a terminal on the first host",
+            "drover run web -e prod --all -- uptime         # every host, lines prefixed",
+            "drover run web -e prod --role db -- ./manage.py dbshell",
         ],
     ),
     (

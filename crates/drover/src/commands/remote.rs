@@ -65,6 +65,12 @@ pub enum RemoteCommand {
         #[arg(long = "env")]
         environment: Option<String>,
     },
+    /// `drover run APP -e ENV -- CMD` on this host: CMD in the app's live generation.
+    Run {
+        app: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Not on a host: the controller's ssh runs this as its ProxyCommand. Connects to
     /// HOST:PORT and relays the connection to stdin/stdout, sending and acknowledging at once.
     Relay {
@@ -117,6 +123,7 @@ pub fn run(root: &Path, args: RemoteArgs) -> anyhow::Result<()> {
             Box::new(std::io::stdout()),
             timeout.map(|s| std::time::Duration::from_secs(s.max(1))),
         )?,
+        RemoteCommand::Run { app, command } => crate::commands::run::local(root, &app, &command)?,
         RemoteCommand::Relay {
             host,
             port,

@@ -45,6 +45,12 @@ fn fleet_app(
     dir
 }
 
+/// Adds `text` at the end of the app directory's drover.toml.
+fn append_config(dir: &Path, text: &str) {
+    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
+    std::fs::write(dir.join("drover.toml"), toml + text).unwrap();
+}
+
 /// `drover CMD -e prod --dir DIR --json`, successful.
 fn env_json(cx: &TestContext, dir: &Path, cmd: &str) -> serde_json::Value {
     env_ok(cx, dir, &[cmd, "--json"]).json()
@@ -680,14 +686,12 @@ fn roles_choose_each_hosts_processes_and_config_layer() {
     let fleet = Fleet::new(2);
     let cx = TestContext::new();
     let dir = fleet_app(&cx, &fleet, "1.0", "{ kind = \"all-at-once\" }", "./hello");
-    let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
-    std::fs::write(
-        dir.join("drover.toml"),
-        toml + "\n[process.worker]\ncommand = \"sh -c 'echo working as $ROLE_NAME; exec sleep 600'\"\n\n\
+    append_config(
+        &dir,
+        "\n[process.worker]\ncommand = \"sh -c 'echo working as $ROLE_NAME; exec sleep 600'\"\n\n\
                 [environments.prod.roles.web]\nhosts = [\"h1\"]\nprocesses = [\"web\"]\nenv = { ROLE_NAME = \"web\" }\n\n\
                 [environments.prod.roles.jobs]\nhosts = [\"h2\"]\nprocesses = [\"worker\"]\nenv = { ROLE_NAME = \"jobs\" }\n",
-    )
-    .unwrap();
+    );
     setup(&cx, &dir);
     deploy(&cx, &dir).success();
     let status = env_json(&cx, &dir, "status");
@@ -1039,4 +1043,115 @@ fn a_deployer_killed_once_it_confirmed_leaves_that_host_on_the_new_generation() 
 #[test]
 fn a_serve_session_killed_with_the_confirm_unpassed_returns_its_host_to_the_old_generation() {
     killed_at_the_confirm("serve.confirm-received", true, "1.0");
+}
+
+/// `drover run APP -e prod ARGS… -- CMD` in the app directory: its output and exit.
+fn run_on(cx: &TestContext, dir: &Path, args: &[&str], input: &[u8]) -> crate::common::Run {
+    use std::io::Write;
+    let mut child = cx
+        .command()
+        .args(["run", "hello", "-e", "prod", "--dir", dir.to_str().unwrap()])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    crate::common::to_run(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn run_goes_to_the_first_host_a_named_one_a_role_or_all_and_gives_a_terminal_with_t() {
+    let fleet = Fleet::new(2);
+    let cx = TestContext::new();
+    let dir = fleet_app(&cx, &fleet, "1.0", "{ kind = \"all-at-once\" }", "./hello");
+    append_config(&dir, "\n[environments.prod.roles.db]\nhosts = [\"h2\"]\n");
+    setup(&cx, &dir);
+    deploy(&cx, &dir).success();
+    let data = |i: usize| format!("data {}", fleet.hosts[i].root.display());
+    let show = ["--", "sh", "-c", "echo \"data $DROVER_DATA\""];
+
+    // By default the first host, its output as it is, and the command's exit status.
+    let run = run_on(&cx, &dir, &show, b"").success();
+    assert!(run.stdout.starts_with(&data(0)), "{}", run.stdout);
+    assert!(!run.stdout.contains(&data(1)), "{}", run.stdout);
+    let run = run_on(&cx, &dir, &["--", "sh", "-c", "exit 7"], b"");
+    assert_eq!(run.status.code(), Some(7), "{}", run.stderr);
+
+    // A named host, with this process's stdin.
+    let run = run_on(
+        &cx,
+        &dir,
+        &["--host", "h2", "--", "cat"],
+        b"rows from stdin\n",
+    )
+    .success();
+    assert_eq!(run.stdout, "rows from stdin\n");
+
+    // Every host, or a role's: each line prefixed by its host.
+    let mut show_all = vec!["--all"];
+    show_all.extend(show);
+    let run = run_on(&cx, &dir, &show_all, b"").success();
+    for i in 0..2 {
+        let want = format!("h{} | {}", i + 1, data(i));
+        assert!(run.stdout.contains(&want), "{want} in {}", run.stdout);
+    }
+    let mut show_db = vec!["--role", "db"];
+    show_db.extend(show);
+    let run = run_on(&cx, &dir, &show_db, b"").success();
+    assert!(run.stdout.starts_with(&data(1)), "{}", run.stdout);
+    assert!(!run.stdout.contains(&data(0)), "{}", run.stdout);
+
+    // One host failing fails the run, naming it, with its exit status.
+    let fail_on_h2 = format!(
+        "case \"$DROVER_DATA\" in {}*) echo broken >&2; exit 4;; esac; echo fine",
+        fleet.hosts[1].root.display()
+    );
+    let run = run_on(&cx, &dir, &["--all", "--", "sh", "-c", &fail_on_h2], b"");
+    assert_eq!(run.status.code(), Some(4), "{}", run.stderr);
+    assert!(run.stdout.contains("h1 | fine"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("h2 | broken") && run.stderr.contains("failed on 1 of 2 hosts: h2"),
+        "{}",
+        run.stderr
+    );
+
+    // Wrong names are refused, naming what the environment has.
+    let run = run_on(&cx, &dir, &["--host", "h9", "--", "true"], b"").failure();
+    assert!(
+        run.stderr.contains("h9") && run.stderr.contains("h1, h2"),
+        "{}",
+        run.stderr
+    );
+    let run = run_on(&cx, &dir, &["--role", "cache", "--", "true"], b"").failure();
+    assert!(
+        run.stderr.contains("cache") && run.stderr.contains("db"),
+        "{}",
+        run.stderr
+    );
+    let run = run_on(&cx, &dir, &["--all", "-t", "--", "true"], b"").failure();
+    assert!(run.stderr.contains("--host HOST"), "{}", run.stderr);
+
+    // -t: the command on the host has a terminal (this end's is one `script` makes).
+    let on_terminal = |tty: bool| {
+        let line = format!(
+            "{} run hello -e prod --dir {}{} -- tty",
+            crate::common::drover_bin().display(),
+            dir.display(),
+            if tty { " -t" } else { "" }
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("DROVER_ROOT", cx.path("root"))
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let with = on_terminal(true);
+    assert!(with.contains("/dev/pts/"), "{with}");
+    let without = on_terminal(false);
+    assert!(without.contains("not a tty"), "{without}");
 }
