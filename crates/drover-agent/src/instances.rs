@@ -545,7 +545,10 @@ pub(crate) fn run_to_end(
     env.remove(proc::ENV_ROOT);
     env.remove(proc::ENV_INSTANCE);
     let mut child = proc::spawn(cmd, dir, &env, log, how)?;
-    Ok(child.wait()?.success())
+    let status = child.wait()?;
+    // All it wrote is in its log before anyone reads the log for it.
+    crate::logs::flushed(child.id(), Duration::from_secs(2));
+    Ok(status.success())
 }
 
 /// `run_to_end`, each line of output passed to `on_line` as it is written.
@@ -577,14 +580,14 @@ pub(crate) fn run_streaming(
                     partial.push_str(&String::from_utf8_lossy(&buf));
                     buf.clear();
                     if partial.ends_with('\n') {
-                        on_line(partial.trim_end_matches('\n'));
+                        on_line(drover_wire::time::split_stamp(partial.trim_end_matches('\n')).1);
                         partial.clear();
                     }
                 }
             }
             if finished {
                 if !partial.is_empty() {
-                    on_line(&partial);
+                    on_line(drover_wire::time::split_stamp(&partial).1);
                 }
                 return run
                     .join()

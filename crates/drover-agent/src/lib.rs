@@ -10,6 +10,7 @@ mod error;
 mod handover;
 mod instances;
 mod layers;
+pub mod logs;
 mod monitor;
 mod proc;
 mod reads;

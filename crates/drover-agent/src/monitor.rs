@@ -118,6 +118,7 @@ impl Agent {
                 last_probe = Instant::now();
                 self.probe_all();
                 self.rotate_logs();
+                crate::logs::reap();
             }
         }
     }

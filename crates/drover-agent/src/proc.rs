@@ -2,7 +2,7 @@
 //! `/proc` after an agent restart, signal whole groups, and probe health.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -28,15 +28,14 @@ pub fn spawn(
     log: &Path,
     how: &Confine,
 ) -> std::io::Result<Child> {
-    let out = OpenOptions::new().create(true).append(true).open(log)?;
-    let err = out.try_clone()?;
+    let mut sink = crate::logs::Sink::open(log)?;
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(exec_simple(command))
         .env_clear()
         .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
+        .stdout(std::mem::replace(&mut sink.out, Stdio::null()))
+        .stderr(std::mem::replace(&mut sink.err, Stdio::null()))
         .process_group(0);
     for key in ["HOME", "LANG", "TZ"] {
         if let Some(v) = std::env::var_os(key) {
@@ -46,7 +45,19 @@ pub fn spawn(
     // Never the agent's own PATH: `env` has the release's (its dependencies' first).
     c.env("PATH", drover_store::SYSTEM_PATH);
     c.envs(env);
-    crate::confine::spawn(&mut c, dir, how)
+    let child = crate::confine::spawn(&mut c, dir, how);
+    // The pipe's write end now belongs to the child alone: the writer ends when it does.
+    drop(c);
+    match child {
+        Ok(child) => {
+            sink.started(child.id());
+            Ok(child)
+        }
+        Err(e) => {
+            sink.abandon();
+            Err(e)
+        }
+    }
 }
 
 /// A simple command (no shell syntax) is run with `exec`, so the app itself is the process

@@ -1,11 +1,9 @@
 //! What the agent answers without changing anything: status, history lines, logs (followed
 //! or not) and the live generation's run spec.
 
-use std::fs::{self, File};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use drover_wire::{AppStatus, CanaryStatus, InstanceStatus, Line, ProxyStatus, RunSpec};
 
@@ -154,96 +152,49 @@ impl Agent {
         })
     }
 
+    /// The app's last `lines` lines per process (with `filter.since`: of every log of the
+    /// app), then with `follow` whatever it writes next, to `stream`.
     pub(crate) fn logs(
         &self,
         app: &str,
         lines: usize,
         follow: bool,
+        filter: &crate::logs::Filter,
         stream: &mut UnixStream,
     ) -> Result<serde_json::Value> {
         let dir = self.app_dir(app)?;
-        let current = dir.current();
-        let files: Vec<(String, PathBuf)> = match current.and_then(|c| dir.generation(c)) {
-            Some(g) => {
-                let manifest = self.store.manifest(&release_of(app, &g)?)?;
-                let mut v = Vec::new();
-                let hook = dir.logs_dir().join(format!("{}-release.log", g.generation));
-                if hook.exists() {
-                    v.push(("release".to_string(), hook));
-                }
-                for (name, p) in &manifest.runtime.process {
-                    for i in 0..p.instances {
-                        v.push((
-                            format!("{name}.{i}"),
-                            dir.logs_dir()
-                                .join(format!("{}-{name}-{i}.log", g.instance_gen())),
-                        ));
-                    }
-                }
-                v
-            }
-            None => Vec::new(),
-        };
-        let mut offsets = Vec::new();
-        for (name, path) in &files {
-            for l in proc::tail(path, lines) {
-                let _ = drover_wire::write_line(
-                    stream,
-                    &Line::Log {
-                        log: format!("{name} | {l}"),
-                    },
-                );
-            }
-            offsets.push(fs::metadata(path).map(|m| m.len()).unwrap_or(0));
-        }
-        if !follow {
-            return Ok(serde_json::json!({"files": files.len()}));
-        }
-        stream.set_nonblocking(true).ok();
-        let mut partial: Vec<String> = vec![String::new(); files.len()];
-        loop {
-            // The client closing its end is the only way out of a follow.
-            let mut probe = [0u8; 1];
-            match std::io::Read::read(stream, &mut probe) {
-                Ok(0) => return Ok(serde_json::Value::Null),
-                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                    return Ok(serde_json::Value::Null);
-                }
-                _ => {}
-            }
-            for (k, (name, path)) in files.iter().enumerate() {
-                let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                if len < offsets[k] {
-                    offsets[k] = 0; // rotated
-                }
-                if len > offsets[k]
-                    && let Ok(mut f) = File::open(path)
-                {
-                    use std::io::{Read, Seek};
-                    let _ = f.seek(std::io::SeekFrom::Start(offsets[k]));
-                    let mut buf = Vec::new();
-                    let _ = f.take(len - offsets[k]).read_to_end(&mut buf);
-                    offsets[k] = len;
-                    partial[k].push_str(&String::from_utf8_lossy(&buf));
-                    while let Some(pos) = partial[k].find('\n') {
-                        let l: String = partial[k].drain(..=pos).collect();
-                        stream.set_nonblocking(false).ok();
-                        if drover_wire::write_line(
-                            stream,
-                            &Line::Log {
-                                log: format!("{name} | {}", l.trim_end()),
-                            },
-                        )
-                        .is_err()
-                        {
-                            return Ok(serde_json::Value::Null);
+        let files: Vec<(String, PathBuf)> = if filter.since.is_some() {
+            crate::logs::every_log(&dir.logs_dir())
+        } else {
+            match dir.current().and_then(|c| dir.generation(c)) {
+                Some(g) => {
+                    let manifest = self.store.manifest(&release_of(app, &g)?)?;
+                    let mut names = vec![format!("{}-release.log", g.generation)];
+                    for (name, p) in &manifest.runtime.process {
+                        for i in 0..p.instances {
+                            names.push(format!("{}-{name}-{i}.log", g.instance_gen()));
                         }
-                        stream.set_nonblocking(true).ok();
                     }
+                    names
+                        .into_iter()
+                        .filter_map(|n| {
+                            let who = crate::logs::owner(&n)?;
+                            Some((who, dir.logs_dir().join(n)))
+                        })
+                        .filter(|(_, p)| p.exists())
+                        .collect()
                 }
+                None => Vec::new(),
             }
-            std::thread::sleep(Duration::from_millis(100));
+        };
+        for l in crate::logs::tail(&files, lines, filter) {
+            let _ = drover_wire::write_line(stream, &Line::Log { log: l.show() });
         }
+        if follow {
+            crate::logs::follow(&dir.logs_dir(), filter, stream);
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::json!({"files": files.len()}))
     }
 
     pub(crate) fn run_spec(&self, app: &str) -> Result<RunSpec> {

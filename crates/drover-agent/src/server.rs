@@ -402,7 +402,19 @@ impl Agent {
                 self.start_app(&app, &who, &mut out)?;
                 self.status_of(&app).map(to_json)
             }
-            Request::Logs { app, lines, follow } => self.logs(&app, lines, follow, out.stream),
+            Request::Logs {
+                app,
+                lines,
+                follow,
+                since,
+                grep,
+            } => self.logs(
+                &app,
+                lines,
+                follow,
+                &crate::logs::Filter { since, grep },
+                out.stream,
+            ),
             Request::RunSpec { app } => self.run_spec(&app).map(to_json),
         }
     }

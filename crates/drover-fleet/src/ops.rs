@@ -171,24 +171,16 @@ pub fn history(
     Ok((merged.into_iter().map(|(_, e)| e).collect(), errors))
 }
 
-/// The app's last `lines` lines on every host at once, each to `on_line` with its host;
-/// with `follow`, until interrupted.
+/// A `Request::Logs` on every host at once, each line to `on_line` with its host; with
+/// `follow`, until interrupted.
 pub fn logs(
     target: &Target,
-    app: &str,
-    lines: usize,
-    follow: bool,
+    req: &Request,
     on_line: impl Fn(&str, &str) + Sync,
 ) -> anyhow::Result<()> {
-    let req = Request::Logs {
-        app: app.to_string(),
-        lines,
-        follow,
-    };
     // Every host at once: with --follow, none of them ends.
     let results = target.each(Some(target.env.hosts.len()), |s| {
-        agent_call::<serde::de::IgnoredAny>(s, &req, None, |line| on_line(&s.name, line))
-            .map(|_| ())
+        agent_call::<serde::de::IgnoredAny>(s, req, None, |line| on_line(&s.name, line)).map(|_| ())
     })?;
     all_ok(results).map(|_| ())
 }

@@ -210,6 +210,8 @@ mod tests {
                     app: "hello".into(),
                     lines: 100,
                     follow: true,
+                    since: Some(1_764_697_801_123),
+                    grep: Some("GET /".into()),
                 }),
             ),
             ("request-status", j(&Request::Status { app: None })),

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod time;
 
 /// The largest line either side accepts.
 pub const MAX_LINE: usize = 1 << 20;
@@ -121,11 +122,17 @@ pub enum Request {
         app: String,
         who: String,
     },
-    /// The last `lines` lines of the app's current instances; `follow` keeps streaming.
+    /// The last `lines` lines of the app's current instances (with `since`, of every log
+    /// of the app, from that time: ms since the epoch), only those containing `grep`;
+    /// `follow` keeps streaming what any of the app's processes writes next.
     Logs {
         app: String,
         lines: usize,
         follow: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grep: Option<String>,
     },
     /// Where and how to run a one-off task in the current generation's environment.
     RunSpec {

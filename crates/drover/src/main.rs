@@ -33,6 +33,17 @@ mod settings;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A log writer the agent started (`drover_agent::logs`), before any parsing.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(drover_agent::logs::WRITER_ARG.as_ref()) {
+        let Some(log) = args.next() else {
+            return ExitCode::from(2);
+        };
+        return match drover_agent::logs::write_stamped(log.as_ref(), std::io::stdin().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     let cli = cli::parse();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

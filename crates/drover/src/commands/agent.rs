@@ -23,6 +23,9 @@ pub struct AgentArgs {
 }
 
 pub fn run(root: &Path, args: AgentArgs) -> anyhow::Result<()> {
+    // Apps' output goes through this very binary as their log writer (its running file,
+    // even once an upgrade has replaced it on disk).
+    drover_agent::logs::set_writer("/proc/self/exe".into());
     drover_agent::Agent::run(
         root,
         drover_agent::Options {

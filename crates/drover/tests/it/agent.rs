@@ -532,7 +532,8 @@ fn many_apps_side_by_side_and_logs_follow() {
     let line = rx
         .recv_timeout(Duration::from_secs(15))
         .expect("a followed log line");
-    assert!(line.starts_with("web.0 | "), "{line}");
+    let (at, rest) = drover_wire::time::split_stamp(&line);
+    assert!(at.is_some() && rest.starts_with("g1 web.0 | "), "{line}");
     let _ = child.kill();
     let _ = child.wait();
 }

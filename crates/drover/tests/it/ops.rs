@@ -437,3 +437,145 @@ fn as_a_normal_user_a_node_app_on_a_runtime_release_is_deployed_collected_and_re
         || std::fs::read_to_string(data.join("worker")).is_ok_and(|t| t == "done\n"),
     );
 }
+
+/// The lines of a running `drover logs -f`, as they come.
+struct Follow {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    taken: Vec<usize>,
+}
+
+impl Follow {
+    fn start(cx: &TestContext, args: &[&str]) -> Follow {
+        let mut child = cx
+            .command()
+            .arg("logs")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Follow {
+            child,
+            lines,
+            seen: Vec::new(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 20 s) for a line containing `text` that no call returned before (in
+    /// whatever order the lines came); returns it.
+    fn until(&mut self, text: &str) -> String {
+        if let Some(k) =
+            (0..self.seen.len()).find(|k| !self.taken.contains(k) && self.seen[*k].contains(text))
+        {
+            self.taken.push(k);
+            return self.seen[k].clone();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(text) {
+                        self.taken.push(self.seen.len() - 1);
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no line with `{text}` in {:#?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn logs_follow_the_app_across_deploys_rollbacks_and_restarts_stamped_since_and_grep() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let talker = "[process.talker]\ncommand = \"sh -c 'echo hello from $DROVER_VERSION; trap \\\"echo bye from $DROVER_VERSION; exit 0\\\" TERM; while :; do sleep 0.1; done'\"\n";
+    let v1 = cx.hello_app("v1", "1", talker);
+    let v2 = cx.hello_app("v2", "2", talker);
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+    let mut follow = Follow::start(&cx, &["hello", "-f", "-n", "1", "--grep", "from"]);
+    // Every line carries the time it was written, then its generation and process.
+    let first = follow.until("hello from 1");
+    let (at, rest) = drover_wire::time::split_stamp(&first);
+    let now = drover_wire::time::now_ms();
+    assert!(at.is_some_and(|t| t <= now && t + 120_000 > now), "{first}");
+    assert_eq!(rest, "g1 talker.0 | hello from 1");
+
+    // A deploy: the old instance's last words and the new one's first, in one stream.
+    cx.drover(&["deploy", v2.to_str().unwrap()]).success();
+    follow.until("g1 talker.0 | bye from 1");
+    follow.until("g2 talker.0 | hello from 2");
+    let before_rollback = drover_wire::time::now_ms();
+    // A rollback, then a restart after a crash: still the same stream.
+    cx.drover(&["rollback", "hello"]).success();
+    let back = follow.until("hello from 1");
+    assert!(back.contains(" g3 talker.0 | "), "{back}");
+    let pid = cx.app_status("hello")["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["process"] == "talker")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", "--", &format!("-{pid}")])
+        .status();
+    follow.until("hello from 1");
+    // --grep held all along: the web process's lines never came.
+    assert!(
+        follow.seen.iter().all(|l| l.contains("from")),
+        "{:#?}",
+        follow.seen
+    );
+    drop(follow);
+
+    // --since: every generation's lines from then on, and nothing before.
+    let since = drover_wire::time::stamp(before_rollback);
+    let run = cx
+        .drover(&["logs", "hello", "--since", &since, "--grep", "from"])
+        .success();
+    assert!(
+        run.stdout.contains("g2 talker.0 | bye from 2"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("hello from 2"), "{}", run.stdout);
+    assert_eq!(run.stdout.matches("g3 talker.0 | hello from 1").count(), 2);
+    let run = cx
+        .drover(&["logs", "hello", "--since", "1h", "--grep", "bye"])
+        .success();
+    let byes: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(byes.len(), 2, "{}", run.stdout);
+    assert!(byes[0].ends_with("bye from 1") && byes[1].ends_with("bye from 2"));
+
+    // A --since drover cannot read is refused, saying what it takes.
+    let run = cx
+        .drover(&["logs", "hello", "--since", "yesterday"])
+        .failure();
+    assert!(
+        run.stderr.contains("--since") && run.stderr.contains("10m"),
+        "{}",
+        run.stderr
+    );
+}
