@@ -102,6 +102,15 @@ impl Instance {
             spec,
         }
     }
+
+    /// Its next probe in `after` (at the latest in a year: an `Instant` cannot go on for
+    /// ever, and adding to one must not panic).
+    fn probe_in(&mut self, after: Duration) {
+        let now = Instant::now();
+        self.next_probe = now
+            .checked_add(after.min(drover_config::Seconds::MAX))
+            .unwrap_or(now);
+    }
 }
 
 /// Everything needed to (re)start one instance.
@@ -129,17 +138,6 @@ struct InstanceSpec {
     protection: String,
     /// The user `$DROVER_DATA` is made for (the app's).
     data_owner: Option<confine::AppUser>,
-}
-
-impl Instance {
-    /// Its next probe in `after`, at the latest a year from now (an `Instant` cannot go on
-    /// for ever).
-    fn probe_in(&mut self, after: Duration) {
-        let now = Instant::now();
-        self.next_probe = now
-            .checked_add(after)
-            .unwrap_or(now + drover_config::Seconds::MAX);
-    }
 }
 
 /// What the proxy routes to for an instance listening on `port`.

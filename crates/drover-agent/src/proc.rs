@@ -363,7 +363,7 @@ fn descendants(pid: u32) -> Vec<u32> {
             let ppid = fs::read_to_string(format!("/proc/{p}/stat"))
                 .ok()
                 .and_then(|stat| {
-                    let after = &stat[stat.rfind(')')? + 2..];
+                    let after = stat.get(stat.rfind(')')? + 2..)?;
                     after.split_whitespace().nth(1)?.parse::<u32>().ok()
                 });
             if let Some(ppid) = ppid {
