@@ -128,11 +128,15 @@ pub enum Error {
         status: String,
         details: Vec<String>,
     },
-    /// The health gate: not every instance passed the health check in time.
+    /// The health gate: not every instance passed the health check in time. `details`: each
+    /// one's probes in short, its last answer, whether it still runs, its last log lines.
     #[error("health check did not pass within {}", drover_config::Seconds(*timeout))]
     Unhealthy {
         timeout: Duration,
         details: Vec<String>,
+        /// Where an instance listens instead of `$PORT`, when that is why (else the hint
+        /// is to give it longer).
+        port_hint: Option<String>,
     },
     /// A switch to a new generation that failed before it went live: the old one serves on.
     #[error("deploy of {app}@{version} (generation {generation}) failed: {cause}")]
@@ -231,10 +235,12 @@ impl Error {
             Error::Bounds { hint, .. } => hint.clone(),
             Error::Secrets(e) => e.hint(),
             Error::Store(e) => e.hint(),
-            Error::Unhealthy { .. } => Some(
-                "if the app needs longer to start, raise `[health] timeout` in its drover.toml"
-                    .into(),
-            ),
+            Error::Unhealthy { port_hint, .. } => port_hint.clone().or_else(|| {
+                Some(
+                    "if the app needs longer to start, raise `[health] timeout` in its drover.toml"
+                        .into(),
+                )
+            }),
             Error::DeployFailed { cause, .. } | Error::StartFailed { cause, .. } => cause.hint(),
             Error::BadRequest(_) => {
                 Some("the CLI and the agent may be different drover versions".into())
@@ -397,6 +403,12 @@ mod tests {
             Error::Unhealthy {
                 timeout: Duration::from_secs(5),
                 details: details(),
+                port_hint: None,
+            },
+            Error::Unhealthy {
+                timeout: Duration::from_secs(5),
+                details: details(),
+                port_hint: Some("web.0 listens on no TCP port, not on $PORT (41234)".into()),
             },
             deploy_failed(Error::NoProxy { app: app() }),
             Error::StartFailed {
@@ -431,6 +443,7 @@ mod tests {
                 "last lines of web.0:".into(),
                 "  web | listening".into(),
             ],
+            port_hint: None,
         });
         let wire = WireError::from(&e);
         assert_eq!(

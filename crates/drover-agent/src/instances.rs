@@ -12,6 +12,8 @@ use drover_store::Manifest;
 use rustix::process::Signal;
 
 use crate::confine::{self, AppUser, Confine};
+use crate::health::{self, History};
+use crate::proc::ProbeFailure;
 use crate::{
     Agent, AppDir, Error, Instance, InstanceSpec, Out, Phase, Result, proc, read_generation,
     release_of, spawn_or_run, state,
@@ -240,6 +242,10 @@ impl Agent {
                             .health
                             .as_ref()
                             .and_then(|h| h.path.clone()),
+                        health_interval: manifest.runtime.health.as_ref().map_or(
+                            drover_config::DEFAULT_HEALTH_INTERVAL,
+                            drover_config::Health::interval,
+                        ),
                         log: dir
                             .logs_dir()
                             .join(format!("{}-{name}-{index}.log", g.instance_gen())),
@@ -290,7 +296,10 @@ impl Agent {
         Ok(pid)
     }
 
-    /// Waits until every instance in `pids` passes the health check, or explains why not.
+    /// Waits until every instance in `pids` passes the health check, or explains why not:
+    /// each one's probes in short, its last answer, whether it still runs, its last log
+    /// lines, and where it listens when that is not `$PORT`. It probes fast (from every
+    /// 1 ms up to every 20 ms): most apps are up within milliseconds.
     pub(crate) fn wait_healthy(
         &self,
         app: &str,
@@ -302,10 +311,14 @@ impl Agent {
         let timeout = health
             .map(|h| h.timeout.0)
             .unwrap_or(Duration::from_secs(30));
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut pending: Vec<u32> = pids.to_vec();
         let mut last_answer: HashMap<u32, String> = HashMap::new();
-        let settle = Instant::now() + Duration::from_millis(300);
+        let mut history: HashMap<u32, History> = HashMap::new();
+        let settle = start + Duration::from_millis(300);
+        // The probe goes to `$PORT` (an HTTP GET or a connect), not through a command.
+        let by_port = health.is_none_or(|h| h.command.is_none());
         let mut poll = Duration::from_micros(500);
         loop {
             let snapshot: Vec<Probe> = {
@@ -329,7 +342,13 @@ impl Agent {
             };
             for (pid, name, port, exited, spec) in snapshot {
                 if let Some(status) = exited {
-                    let mut details = vec![format!("last lines of {name}:")];
+                    let mut details: Vec<String> = history
+                        .get(&pid)
+                        .and_then(History::summary)
+                        .map(|h| format!("{name}: {h}"))
+                        .into_iter()
+                        .collect();
+                    details.push(format!("last lines of {name}:"));
                     details.extend(last_lines(&name, &spec.log));
                     return Err(Error::Exited {
                         instance: name,
@@ -352,8 +371,14 @@ impl Agent {
                         let cmd = h.command.as_deref().unwrap_or("true");
                         match run_to_end(cmd, &spec.dir, &env, &spec.log, &spec.place.confine) {
                             Ok(true) => Ok(()),
-                            Ok(false) => Err(format!("health command `{cmd}` failed")),
-                            Err(e) => Err(format!("health command `{cmd}`: {e}")),
+                            Ok(false) => Err(ProbeFailure::new(
+                                "command failed",
+                                format!("health command `{cmd}` failed"),
+                            )),
+                            Err(e) => Err(ProbeFailure::new(
+                                "command did not run",
+                                format!("health command `{cmd}`: {e}"),
+                            )),
                         }
                     }
                     (_, Some(port)) => proc::probe_tcp(port, Duration::from_millis(500)),
@@ -361,7 +386,8 @@ impl Agent {
                         if Instant::now() >= settle {
                             Ok(())
                         } else {
-                            Err("starting".into())
+                            // Nothing to probe: it is healthy if it is still there then.
+                            continue;
                         }
                     }
                 };
@@ -375,9 +401,15 @@ impl Agent {
                             .and_then(|rt| rt.instances.iter_mut().find(|i| i.pid == pid))
                         {
                             i.healthy = true;
+                            // From now on the monitor probes it, once per interval.
+                            i.probe_in(i.spec.health_interval);
                         }
                     }
                     Err(answer) => {
+                        history
+                            .entry(pid)
+                            .or_insert_with(|| History::new(start))
+                            .record(&answer.kind, Instant::now());
                         last_answer.insert(pid, format!("{name}: {answer}"));
                     }
                 }
@@ -387,20 +419,42 @@ impl Agent {
             }
             if Instant::now() >= deadline {
                 let mut details = Vec::new();
-                let apps = self.lock();
-                for pid in &pending {
-                    if let Some(a) = last_answer.get(pid) {
-                        details.push(format!("last health answer: {a}"));
-                    }
-                    if let Some(i) = apps
-                        .get(app)
-                        .and_then(|rt| rt.instances.iter().find(|i| i.pid == *pid))
+                let mut listeners = Vec::new();
+                {
+                    let mut apps = self.lock();
+                    let instances = apps.get_mut(app).map(|rt| &mut rt.instances);
+                    for i in instances
+                        .into_iter()
+                        .flatten()
+                        .filter(|i| pending.contains(&i.pid))
                     {
-                        details.push(format!("last lines of {}.{}:", i.process, i.index));
-                        details.extend(last_lines(&i.process, &i.spec.log));
+                        let name = format!("{}.{}", i.process, i.index);
+                        if let Some(h) = history.get(&i.pid).and_then(History::summary) {
+                            details.push(format!("{name}: {h}"));
+                        }
+                        if let Some(a) = last_answer.get(&i.pid) {
+                            details.push(format!("last health answer: {a}"));
+                        }
+                        details.push(match i.child.as_mut().map(|c| c.try_wait()) {
+                            Some(Ok(Some(status))) => format!("{name} has exited ({status})"),
+                            _ => format!("{name} (pid {}) is still running", i.pid),
+                        });
+                        details.push(format!("last lines of {name}:"));
+                        details.extend(last_lines(&name, &i.spec.log));
+                        if by_port && let Some(port) = i.port {
+                            listeners.push((name, i.pid, port));
+                        }
                     }
                 }
-                return Err(Error::Unhealthy { timeout, details });
+                // Read from /proc with the lock released.
+                let port_hint = listeners.into_iter().find_map(|(name, pid, port)| {
+                    health::port_hint(&name, port, &proc::listening(pid))
+                });
+                return Err(Error::Unhealthy {
+                    timeout,
+                    details,
+                    port_hint,
+                });
             }
             // Probe often at first (most apps are up within milliseconds), then back off.
             poll = (poll * 2).min(Duration::from_millis(20));

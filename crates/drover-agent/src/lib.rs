@@ -8,6 +8,7 @@ pub mod confine;
 mod deploy;
 mod error;
 mod handover;
+mod health;
 mod instances;
 mod layers;
 pub mod logs;
@@ -32,7 +33,7 @@ use drover_wire::{Event, Line};
 
 pub use error::Error;
 use error::Result;
-use monitor::FIRST_BACKOFF;
+use monitor::{FIRST_BACKOFF, FIRST_PROBE};
 use routes::ProxyConf;
 use server::Conns;
 pub use state::{AppDir, append_audit, apps, now, read_audit};
@@ -61,6 +62,8 @@ struct Instance {
     /// Blue-green: kept running, out of traffic, until then.
     warm_until: Option<Instant>,
     probe_failures: u32,
+    /// When the monitor probes it next (once per `[health] interval` while it is healthy).
+    next_probe: Instant,
     phase: Phase,
     backoff: Duration,
     last_start: Instant,
@@ -68,8 +71,8 @@ struct Instance {
 }
 
 impl Instance {
-    /// A just-started (or just-found) instance: not yet healthy, not supervised, no child
-    /// handle.
+    /// A just-started (or just-found) instance: not yet healthy (probed soon), not
+    /// supervised, no child handle.
     fn running(
         spec: Arc<InstanceSpec>,
         process: &str,
@@ -93,11 +96,21 @@ impl Instance {
             backend: port.map(|p| backend_for(&spec, p)),
             warm_until: None,
             probe_failures: 0,
+            next_probe: Instant::now() + FIRST_PROBE,
             phase: Phase::Running,
             backoff: FIRST_BACKOFF,
             last_start: Instant::now(),
             spec,
         }
+    }
+
+    /// Its next probe in `after` (at the latest in a year: an `Instant` cannot go on for
+    /// ever, and adding to one must not panic).
+    fn probe_in(&mut self, after: Duration) {
+        let now = Instant::now();
+        self.next_probe = now
+            .checked_add(after.min(drover_config::Seconds::MAX))
+            .unwrap_or(now);
     }
 }
 
@@ -110,6 +123,8 @@ struct InstanceSpec {
     http: bool,
     /// The HTTP path the monitor keeps probing (None: a TCP connect).
     health_path: Option<String>,
+    /// How often the monitor probes it while it is healthy (`[health] interval`).
+    health_interval: Duration,
     log: PathBuf,
     stop_timeout: Duration,
     /// What asks it to stop (SIGTERM unless the process says otherwise).

@@ -1,5 +1,6 @@
 //! The monitor thread: restarts supervised instances that die (with a backoff), retires warm
-//! instances whose time is up, refreshes health and rotates logs.
+//! instances whose time is up, probes each live instance once per `[health] interval` and
+//! rotates logs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,15 @@ pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// An instance that ran longer than this before it died is restarted after `FIRST_BACKOFF`
 /// again.
 const STABLE_RUN: Duration = Duration::from_secs(30);
+/// The first probe of an instance out of traffic (restarted, or after three failed probes)
+/// comes this soon; each failure doubles the wait, up to `[health] interval`.
+pub(crate) const FIRST_PROBE: Duration = Duration::from_millis(500);
+/// Three failed probes in a row take an instance out of traffic.
+const FAILURES_OUT: u32 = 3;
 
 impl Agent {
     pub(crate) fn monitor(&self) {
-        let mut last_probe = Instant::now();
+        let mut last_rotate = Instant::now();
         loop {
             std::thread::sleep(Duration::from_millis(100));
             let mut respawn: Vec<(String, usize)> = Vec::new();
@@ -96,6 +102,7 @@ impl Agent {
                             i.phase = Phase::Running;
                             i.last_start = Instant::now();
                             i.probe_failures = 0;
+                            i.probe_in(FIRST_PROBE);
                             i.backend = i.port.map(|p| backend_for(&i.spec, p));
                             changed.push(app.clone());
                         }
@@ -114,16 +121,16 @@ impl Agent {
             for app in changed {
                 self.refresh_routes(&app);
             }
-            if last_probe.elapsed() >= Duration::from_millis(500) {
-                last_probe = Instant::now();
-                self.probe_all();
+            self.probe_due();
+            if last_rotate.elapsed() >= Duration::from_millis(500) {
+                last_rotate = Instant::now();
                 self.rotate_logs();
                 crate::logs::reap();
             }
         }
     }
 
-    /// Copy-truncates instance logs grown past the limit (on the probe cadence, not the
+    /// Copy-truncates instance logs grown past the limit (every 500 ms, not at the
     /// monitor's 100 ms tick: a stat per log is not free).
     fn rotate_logs(&self) {
         let logs: Vec<PathBuf> = self
@@ -138,15 +145,19 @@ impl Agent {
         }
     }
 
-    /// Refreshes `healthy` of the live instances.
-    fn probe_all(&self) {
+    /// Probes the live instances whose probe is due, refreshing `healthy`; each one's next
+    /// probe is `probe_delay` away. An app that logs its requests logs one line per interval.
+    fn probe_due(&self) {
+        let now = Instant::now();
         let targets: Vec<(String, u32, Option<u16>, Option<String>)> = {
             let apps = self.lock();
             apps.iter()
                 .flat_map(|(app, rt)| {
                     rt.instances
                         .iter()
-                        .filter(|i| i.supervised && i.phase == Phase::Running)
+                        .filter(|i| {
+                            i.supervised && i.phase == Phase::Running && i.next_probe <= now
+                        })
                         .map(|i| (app.clone(), i.pid, i.port, i.spec.health_path.clone()))
                         .collect::<Vec<_>>()
                 })
@@ -167,11 +178,15 @@ impl Agent {
                     .and_then(|rt| rt.instances.iter_mut().find(|i| i.pid == pid))
                 {
                     Some(i) => {
-                        // Three failed probes in a row take an instance out of traffic.
                         i.probe_failures = if healthy { 0 } else { i.probe_failures + 1 };
-                        let now = healthy || (i.healthy && i.probe_failures < 3);
+                        let now = healthy || (i.healthy && i.probe_failures < FAILURES_OUT);
                         let flipped = now != i.healthy;
                         i.healthy = now;
+                        i.probe_in(probe_delay(
+                            i.spec.health_interval,
+                            i.healthy,
+                            i.probe_failures,
+                        ));
                         flipped
                     }
                     None => false,
@@ -182,6 +197,19 @@ impl Agent {
             }
         }
     }
+}
+
+/// The wait before an instance's next probe, after one that left it `healthy` (in
+/// traffic) or not, with `failures` failed probes in a row: `interval` while it is in
+/// traffic; out of it, `FIRST_PROBE` doubled by each failure, up to `interval`, so a
+/// recovered instance is back soon and a broken one is probed as sparsely as a good one.
+fn probe_delay(interval: Duration, healthy: bool, failures: u32) -> Duration {
+    if healthy {
+        return interval;
+    }
+    FIRST_PROBE
+        .saturating_mul(1u32 << failures.min(16))
+        .min(interval)
 }
 
 /// The restart of a supervised instance that died after running for `ran_for`, when the
@@ -222,6 +250,28 @@ mod tests {
         }
         assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
         assert_eq!(next, MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_healthy_instance_is_probed_once_per_interval_and_one_out_of_traffic_sooner() {
+        let interval = Duration::from_secs(10);
+        // In traffic, even after one or two failures: the interval.
+        for failures in [0, 1, 2] {
+            assert_eq!(probe_delay(interval, true, failures), interval);
+        }
+        // Out of traffic: from FIRST_PROBE, doubling, never beyond the interval.
+        let delays: Vec<u128> = (0..8)
+            .map(|f| probe_delay(interval, false, f).as_millis())
+            .collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]
+        );
+        assert_eq!(probe_delay(interval, false, u32::MAX), interval);
+        // An interval shorter than FIRST_PROBE holds for every instance.
+        let short = Duration::from_millis(200);
+        assert_eq!(probe_delay(short, false, 0), short);
+        assert_eq!(probe_delay(short, true, 0), short);
     }
 
     #[test]

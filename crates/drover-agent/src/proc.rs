@@ -249,21 +249,56 @@ pub fn scan(root: &str) -> Vec<Found> {
     out
 }
 
+/// A failed health probe: what it got in full (`Display`) and in a word or two (`kind`, e.g.
+/// "connection refused", "HTTP 503"), by which a failed health check groups its probes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeFailure {
+    pub kind: String,
+    pub detail: String,
+}
+
+impl ProbeFailure {
+    pub fn new(kind: impl Into<String>, detail: impl Into<String>) -> ProbeFailure {
+        ProbeFailure {
+            kind: kind.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// An I/O error at `step` (connect, send, read): its kind in words, as the kernel
+    /// reports it ("connection refused", "timed out").
+    fn io(step: &str, e: std::io::Error) -> ProbeFailure {
+        use std::io::ErrorKind;
+        let kind = match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => "timed out".to_string(),
+            other => other.to_string(),
+        };
+        ProbeFailure::new(kind, format!("{step}: {e}"))
+    }
+}
+
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// The outcome of one HTTP health probe.
-pub fn probe_http(port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
+pub fn probe_http(port: u16, path: &str, timeout: Duration) -> Result<u16, ProbeFailure> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| ProbeFailure::io("connect", e))?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: drover-health\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| ProbeFailure::io("send", e))?;
     let mut buf = [0u8; 512];
     let mut got = Vec::new();
     while !got.contains(&b'\n') && got.len() < 512 {
-        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        let n = s.read(&mut buf).map_err(|e| ProbeFailure::io("read", e))?;
         if n == 0 {
             break;
         }
@@ -275,20 +310,136 @@ pub fn probe_http(port: u16, path: &str, timeout: Duration) -> Result<u16, Strin
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+        .ok_or_else(|| {
+            ProbeFailure::new(
+                "not an HTTP answer",
+                format!("not an HTTP answer: {line:?}"),
+            )
+        })?;
     if (200..300).contains(&code) {
         Ok(code)
     } else {
-        Err(format!("GET {path} answered {line}"))
+        Err(ProbeFailure::new(
+            format!("HTTP {code}"),
+            format!("GET {path} answered {line}"),
+        ))
     }
 }
 
 /// Can something connect to the port?
-pub fn probe_tcp(port: u16, timeout: Duration) -> Result<(), String> {
+pub fn probe_tcp(port: u16, timeout: Duration) -> Result<(), ProbeFailure> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     TcpStream::connect_timeout(&addr, timeout)
         .map(|_| ())
-        .map_err(|e| format!("connect to port {port}: {e}"))
+        .map_err(|e| ProbeFailure::io(&format!("connect to port {port}"), e))
+}
+
+/// The TCP addresses `pid` and its descendants listen on (Linux: their sockets' inodes,
+/// from `/proc/PID/fd`, found among the LISTEN entries of `/proc/PID/net/tcp` and `tcp6`).
+/// Empty when nothing listens, or when `/proc` cannot be read.
+pub fn listening(pid: u32) -> Vec<std::net::SocketAddr> {
+    let mut inodes = std::collections::HashSet::new();
+    for p in descendants(pid) {
+        let Ok(rd) = fs::read_dir(format!("/proc/{p}/fd")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if let Some(inode) = fs::read_link(e.path())
+                .ok()
+                .and_then(|l| socket_inode(&l.to_string_lossy()))
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            out.extend(listeners(&text, &inodes));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `pid` and every process below it (by parent pid, from `/proc/*/stat`).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let ppid = fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after = stat.get(stat.rfind(')')? + 2..)?;
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if let Some(ppid) = ppid {
+                parent_of.push((p, ppid));
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut k = 0;
+    while k < out.len() {
+        let parent = out[k];
+        for (p, pp) in &parent_of {
+            if *pp == parent && !out.contains(p) {
+                out.push(*p);
+            }
+        }
+        k += 1;
+    }
+    out
+}
+
+/// The inode of a descriptor's link `socket:[INODE]`.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The local addresses of the LISTEN (state 0A) entries of a `/proc/net/tcp` or `tcp6`
+/// table whose inode is one of `inodes`.
+fn listeners(table: &str, inodes: &std::collections::HashSet<u64>) -> Vec<std::net::SocketAddr> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = f.get(9)?.parse().ok()?;
+            if *f.get(3)? != "0A" || !inodes.contains(&inode) {
+                return None;
+            }
+            let (ip, port) = f.get(1)?.split_once(':')?;
+            Some(std::net::SocketAddr::new(
+                kernel_ip(ip)?,
+                u16::from_str_radix(port, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// An address as the kernel prints it in `/proc/net/tcp*`: 32-bit words in hex, each in
+/// the host's byte order.
+fn kernel_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let words: Vec<u32> = (0..hex.len() / 8)
+        .map(|k| u32::from_str_radix(hex.get(8 * k..8 * k + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    match (hex.len(), bytes.len()) {
+        (8, 4) => Some(<[u8; 4]>::try_from(bytes).ok()?.into()),
+        (32, 16) => {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            Some(v6.to_ipv4_mapped().map_or(v6.into(), Into::into))
+        }
+        _ => None,
+    }
 }
 
 /// The last `n` lines of a file.
@@ -314,6 +465,43 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    #[test]
+    fn listening_addresses_are_read_from_the_kernels_tables() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:1F41 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4243 1 0000000000000000 100 0 0 10 0
+";
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0BB8 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5151 1 0000000000000000 100 0 0 10 0
+   1: 00000000000000000000000001000000:0BB9 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5152 1 0000000000000000 100 0 0 10 0
+";
+        // Ours: 4242 (listening), 4243 (connected, not listening), 5151 and 5152; not 99.
+        let ours = [4242, 4243, 5151, 5152].into_iter().collect();
+        if cfg!(target_endian = "little") {
+            let got: Vec<SocketAddr> = super::listeners(tcp, &ours);
+            assert_eq!(got, ["127.0.0.1:8000".parse().unwrap()]);
+            let got: Vec<SocketAddr> = super::listeners(tcp6, &ours);
+            assert_eq!(
+                got,
+                ["[::]:3000".parse().unwrap(), "[::1]:3001".parse().unwrap()]
+            );
+        }
+        assert_eq!(super::socket_inode("socket:[4242]"), Some(4242));
+        assert_eq!(super::socket_inode("pipe:[4242]"), None);
+    }
+
+    #[test]
+    fn a_process_is_found_listening_where_it_listens() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = l.local_addr().unwrap();
+        assert!(super::listening(std::process::id()).contains(&at));
+        drop(l);
+        assert!(!super::listening(std::process::id()).contains(&at));
+    }
+
     #[test]
     fn instance_ports_are_distinct_free_and_outside_the_ephemeral_range() {
         let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

@@ -91,24 +91,24 @@ impl Agent {
                 match (pos, stopped) {
                     (Some(p), false) => {
                         let f = procs.remove(p);
+                        let interval = spec.health_interval;
+                        let mut adopted = Instance {
+                            // Adopted: not our child, and it was serving already.
+                            healthy: true,
+                            supervised: true,
+                            ..Instance::running(
+                                spec,
+                                &process,
+                                index,
+                                g.instance_gen(),
+                                f.pid,
+                                f.started,
+                                f.port,
+                            )
+                        };
+                        adopted.probe_in(interval);
                         let mut apps = self.lock();
-                        apps.entry(app.clone())
-                            .or_default()
-                            .instances
-                            .push(Instance {
-                                // Adopted: not our child, and it was serving already.
-                                healthy: true,
-                                supervised: true,
-                                ..Instance::running(
-                                    spec,
-                                    &process,
-                                    index,
-                                    g.instance_gen(),
-                                    f.pid,
-                                    f.started,
-                                    f.port,
-                                )
-                            });
+                        apps.entry(app.clone()).or_default().instances.push(adopted);
                     }
                     (None, false) => {
                         if let Err(e) =

@@ -242,6 +242,7 @@ mod tests {
             env: BTreeMap::new(),
             http: true,
             health_path: None,
+            health_interval: Duration::from_secs(10),
             log: PathBuf::new(),
             stop_timeout: Duration::ZERO,
             stop_signal: rustix::process::Signal::TERM,

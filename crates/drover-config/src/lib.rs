@@ -230,6 +230,17 @@ impl Runtime {
                 ));
             }
         }
+        if let Some(Seconds(interval)) = self.health.as_ref().and_then(|h| h.interval)
+            && interval.is_zero()
+        {
+            return Err((
+                "key `health.interval` is 0: live instances would be probed without a pause".into(),
+                Some(
+                    "use a duration such as \"10s\" (how often each live instance is probed)"
+                        .into(),
+                ),
+            ));
+        }
         if let Some(proxy) = &self.proxy
             && proxy.port == 0
         {
@@ -353,6 +364,21 @@ pub struct Health {
     pub command: Option<String>,
     #[serde(default = "default_health_timeout")]
     pub timeout: Seconds,
+    /// How often a live instance is probed once it passed its health check (default
+    /// `DEFAULT_HEALTH_INTERVAL`; left out of the manifest when unset, so releases that do
+    /// not set it keep their ids). The health check itself probes as fast as it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Seconds>,
+}
+
+/// How often a live instance is probed when `[health] interval` is not set.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Health {
+    /// `[health] interval`, or its default.
+    pub fn interval(&self) -> Duration {
+        self.interval.map_or(DEFAULT_HEALTH_INTERVAL, |s| s.0)
+    }
 }
 
 fn default_health_timeout() -> Seconds {
@@ -1035,6 +1061,33 @@ mod tests {
         assert!(web.http);
         assert_eq!(web.instances, 1);
         assert_eq!(c.health.unwrap().timeout, Seconds(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn health_interval_is_a_positive_duration_left_out_of_the_manifest_when_unset() {
+        let base = "[app]\nname = \"x\"\n[process.web]\ncommand = \"a\"\nhttp = true\n[health]\npath = \"/up\"\n";
+        let h = parse(base).unwrap().health.unwrap();
+        assert_eq!(h.interval(), DEFAULT_HEALTH_INTERVAL);
+        let json = toml::to_string(&h).unwrap();
+        assert!(!json.contains("interval"), "{json}");
+        let h = parse(&format!("{base}interval = \"250ms\"\n"))
+            .unwrap()
+            .health
+            .unwrap();
+        assert_eq!(h.interval(), Duration::from_millis(250));
+        let e = parse(&format!("{base}interval = \"0s\"\n")).unwrap_err();
+        assert!(
+            e.contains("app/drover.toml") && e.contains("key `health.interval` is 0"),
+            "{e}"
+        );
+        assert!(e.contains("\nhint: use a duration such as \"10s\""), "{e}");
+        let e = parse(&format!("{base}interval = \"often\"\n")).unwrap_err();
+        assert!(
+            e.contains("app/drover.toml")
+                && e.contains("interval = \"often\"")
+                && e.contains("`often` is not a duration"),
+            "{e}"
+        );
     }
 
     #[test]

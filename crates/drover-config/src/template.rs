@@ -29,7 +29,9 @@ instances = 1
 
 [health]
 path = "/up"              # GET through $PORT must answer 2xx (or: command = "./check")
-timeout = "30s"
+timeout = "30s"           # how long a new instance may take to pass it (probed fast)
+# interval = "10s"        # then how often each live instance is probed again; three
+#                         # failures in a row take it out of traffic
 
 # [proxy]
 # port = 8080             # the app's public port on each host

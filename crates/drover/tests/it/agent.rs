@@ -470,12 +470,14 @@ fn a_process_that_exits_at_start_up_fails_the_deploy_at_once() {
         "it waited for the health timeout"
     );
     assert!(
-        run.stderr.contains("exited during start-up"),
+        run.stderr
+            .contains("web.0 exited during start-up (exit status: 2)"),
         "{}",
         run.stderr
     );
     assert!(
-        run.stderr.contains("cannot open database"),
+        run.stderr.contains("last lines of web.0:")
+            && run.stderr.contains("web.0 | cannot open database"),
         "{}",
         run.stderr
     );

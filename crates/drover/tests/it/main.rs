@@ -7,6 +7,7 @@ mod common;
 mod config;
 mod confine;
 mod fleet;
+mod health;
 mod hosts;
 mod link;
 mod ops;
