@@ -349,6 +349,8 @@ impl Agent {
                         .into_iter()
                         .collect();
                     details.push(format!("last lines of {name}:"));
+                    // What it wrote before it exited is in its log once its writer ends.
+                    crate::logs::flushed(pid, Duration::from_secs(1));
                     details.extend(last_lines(&name, &spec.log));
                     return Err(Error::Exited {
                         instance: name,
@@ -690,10 +692,11 @@ fn own_dir(path: &Path, owner: Option<&AppUser>, fresh: bool) -> std::io::Result
     Ok(())
 }
 
+/// The last lines of `log`, without their stamps, for an error's details.
 pub(crate) fn last_lines(name: &str, log: &Path) -> Vec<String> {
     proc::tail(log, 10)
         .into_iter()
-        .map(|l| format!("  {name} | {l}"))
+        .map(|l| format!("  {name} | {}", drover_wire::time::split_stamp(&l).1))
         .collect()
 }
 
