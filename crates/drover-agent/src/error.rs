@@ -89,6 +89,8 @@ pub enum Error {
 
     #[error("`{app}` has no proxy")]
     NoProxy { app: String },
+    #[error("cannot serve `{app}` on port {port}: {why}")]
+    PortClaimed { app: String, port: u16, why: String },
     #[error("cannot bind port {port} for the proxy of `{app}`: {err}")]
     PortInUse {
         app: String,
@@ -220,6 +222,10 @@ impl Error {
             )),
             Error::Locked { .. } => Some("wait for it to finish, then try again".into()),
             Error::NoProxy { .. } => Some("set `[proxy] port` in its drover.toml".into()),
+            Error::PortClaimed { .. } => Some(
+                "apps share a port only by distinct `[proxy] hosts` (or `path_prefix`): change them, or `[proxy] port`"
+                    .into(),
+            ),
             Error::PortInUse { .. } => {
                 Some("another program or app uses that port: change `[proxy] port`".into())
             }
@@ -368,6 +374,11 @@ mod tests {
                 since: 0,
             },
             Error::NoProxy { app: app() },
+            Error::PortClaimed {
+                app: app(),
+                port: 443,
+                why: "a.test is claimed by app `other`".into(),
+            },
             Error::PortInUse {
                 app: app(),
                 port: 8080,

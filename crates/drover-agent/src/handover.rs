@@ -20,6 +20,9 @@ const MAX_FDS: usize = 64;
 
 /// The old agent's side: one message, the port list as JSON, the sockets as rights.
 pub fn send(stream: &mut UnixStream, proxies: &[ProxyHandle]) -> std::io::Result<()> {
+    // A port that apps share by host name goes over once.
+    let mut seen = std::collections::HashSet::new();
+    let proxies: Vec<&ProxyHandle> = proxies.iter().filter(|p| seen.insert(p.port)).collect();
     let proxies = &proxies[..proxies.len().min(MAX_FDS)];
     let msg = Handover {
         ports: proxies.iter().map(|p| p.port).collect(),

@@ -169,6 +169,10 @@ pub struct Agent {
     identity: drover_config::secrets::Identity,
     /// Listening sockets handed over by the agent this one replaced, by port.
     inherited: Mutex<HashMap<u16, std::net::TcpListener>>,
+    /// The ports apps share by host name, each with the apps behind it.
+    fronts: Mutex<HashMap<u16, drover_proxy::FrontHandle>>,
+    /// Set until recovery has put every app behind its shared port.
+    recovering: std::sync::atomic::AtomicBool,
     /// The client connections being served.
     conns: Mutex<Conns>,
     /// After a deploy, collect what each app's `gc_keep` newest generations do not need

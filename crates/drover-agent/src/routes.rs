@@ -19,6 +19,8 @@ pub(crate) struct ProxyConf {
     idle_timeout: Option<Duration>,
     body_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    /// The host names (and path prefix) it claims of a shared port; none: its port alone.
+    claim: drover_proxy::Claim,
 }
 
 impl ProxyConf {
@@ -31,6 +33,11 @@ impl ProxyConf {
             idle_timeout: cfg.idle_timeout.map(|s| s.0),
             body_timeout: cfg.body_timeout.map(|s| s.0),
             max_connections: cfg.max_connections.map(|n| n.get()),
+            claim: drover_proxy::Claim {
+                hosts: cfg.hosts.clone(),
+                path_prefix: cfg.path_prefix.clone(),
+                default: cfg.default,
+            },
         }
     }
 
@@ -57,6 +64,9 @@ pub(crate) enum ProxyPlan {
     /// A new proxy on this listener (newly bound, or the live proxy's own socket when only
     /// its settings change) takes over from the app's proxy.
     Serve(std::net::TcpListener, ProxyConf),
+    /// Behind the port that apps share by host name (this listener opens it when no app
+    /// is behind it yet).
+    Attach(Option<std::net::TcpListener>, ProxyConf),
     /// No `[proxy]` any more: the app's proxy stops.
     Remove,
 }
@@ -103,17 +113,60 @@ impl Agent {
             });
         };
         let want = ProxyConf::of(cfg);
-        if let Some(p) = &current {
-            if self.lock().get(app).and_then(|rt| rt.proxy_conf.as_ref()) == Some(&want) {
-                return Ok(ProxyPlan::Keep);
+        if current.is_some()
+            && self.lock().get(app).and_then(|rt| rt.proxy_conf.as_ref()) == Some(&want)
+        {
+            return Ok(ProxyPlan::Keep);
+        }
+        let claimed = |why: String| Error::PortClaimed {
+            app: app.to_string(),
+            port: want.port,
+            why,
+        };
+        let front = self.front(want.port);
+        let others: Vec<String> = front
+            .iter()
+            .flat_map(|f| f.apps())
+            .map(|(a, _)| a)
+            .filter(|a| a != app)
+            .collect();
+        if !want.claim.hosts.is_empty() {
+            if let Some(f) = &front {
+                return match f.conflict(app, &want.claim) {
+                    Some(why) => Err(claimed(why)),
+                    None => Ok(ProxyPlan::Attach(None, want)),
+                };
             }
-            if p.port == want.port {
-                // Other settings, same port: a new proxy takes over the same socket.
-                let listener = p.listener().try_clone().map_err(Error::io(format!(
-                    "cannot take over the socket of the proxy of `{app}`"
-                )))?;
-                return Ok(ProxyPlan::Serve(listener, want));
+            let alone = self
+                .proxies_now()
+                .into_iter()
+                .find(|(a, p)| a != app && p.port == want.port && !p.shared());
+            if let Some((other, _)) = alone {
+                return Err(claimed(format!(
+                    "app `{other}` holds it alone (it names no `[proxy] hosts`)"
+                )));
             }
+        } else if !others.is_empty() {
+            return Err(claimed(format!(
+                "apps {} share it by host name: name `[proxy] hosts` for `{app}` too",
+                others.join(", ")
+            )));
+        }
+        // Other settings on the port this app serves now (alone, or the last behind a shared
+        // one): a new proxy takes over the same socket, not bound again.
+        let own = current
+            .as_ref()
+            .filter(|p| p.port == want.port)
+            .map(|p| p.listener().try_clone());
+        if let Some(l) = own {
+            let l = l.map_err(Error::io(format!(
+                "cannot take over the socket of the proxy of `{app}`"
+            )))?;
+            return Ok(if want.claim.hosts.is_empty() {
+                ProxyPlan::Serve(l, want)
+            } else {
+                ProxyPlan::Attach(Some(l), want)
+            });
         }
         let inherited = self
             .inherited
@@ -129,7 +182,37 @@ impl Agent {
             port: want.port,
             err,
         })?;
-        Ok(ProxyPlan::Serve(listener, want))
+        Ok(if want.claim.hosts.is_empty() {
+            ProxyPlan::Serve(listener, want)
+        } else {
+            ProxyPlan::Attach(Some(listener), want)
+        })
+    }
+
+    /// Starts accepting on every shared port (after recovery has put each app behind its).
+    pub(crate) fn start_fronts(&self) {
+        self.recovering
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let fronts: Vec<drover_proxy::FrontHandle> = self
+            .fronts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for f in fronts {
+            f.start();
+        }
+    }
+
+    /// The shared port `port`, if apps are behind it.
+    fn front(&self, port: u16) -> Option<drover_proxy::FrontHandle> {
+        self.fronts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&port)
+            .filter(|f| !f.apps().is_empty())
+            .cloned()
     }
 
     /// Puts a prepared proxy in place: the app's public port and settings become the ones
@@ -150,6 +233,45 @@ impl Agent {
                     )))?;
                 (Some(handle), Some(conf))
             }
+            ProxyPlan::Attach(listener, conf) => {
+                let cannot = || format!("cannot start the proxy of `{app}` on port {}", conf.port);
+                let front = match (self.front(conf.port), listener) {
+                    (Some(f), _) => f,
+                    (None, Some(l)) => {
+                        let f = self
+                            .runtime()
+                            .and_then(|rt| rt.shared_front(l, conf.settings()))
+                            .map_err(Error::io(cannot()))?;
+                        self.fronts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(conf.port, f.clone());
+                        f
+                    }
+                    (None, None) => {
+                        return Err(Error::io(cannot())(std::io::Error::other(
+                            "the port's listener has gone",
+                        )));
+                    }
+                };
+                let handle = front
+                    .attach(
+                        app,
+                        conf.claim.clone(),
+                        conf.settings(),
+                        self.routes_for(app),
+                    )
+                    .map_err(|why| Error::PortClaimed {
+                        app: app.to_string(),
+                        port: conf.port,
+                        why,
+                    })?;
+                // A recovering agent starts its shared ports once every app is behind them.
+                if !self.recovering.load(std::sync::atomic::Ordering::SeqCst) {
+                    front.start();
+                }
+                (Some(handle), Some(conf))
+            }
         };
         let old = {
             let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
@@ -166,8 +288,14 @@ impl Agent {
                 }
                 old.set_routes(self.routes_for(app));
             }
+            // Behind the same shared port, the new one has taken its place already.
             old.shutdown();
         }
+        // A shared port with no app left behind it has stopped: its socket goes.
+        self.fronts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, f| !f.apps().is_empty());
         Ok(())
     }
 

@@ -144,12 +144,15 @@ impl Agent {
             proxy_rt: std::sync::OnceLock::new(),
             proxies: Arc::new(Mutex::new(HashMap::new())),
             inherited: Mutex::new(inherited),
+            fronts: Mutex::default(),
+            recovering: std::sync::atomic::AtomicBool::new(true),
             conns: Mutex::new(Conns::default()),
             identity: drover_config::secrets::Identity::load_or_create(&host_key_path(&root))
                 .map_err(std::io::Error::other)?,
             gc_keep: opts.gc_keep,
         });
         agent.recover();
+        agent.start_fronts();
         if let Some(addr) = opts.metrics {
             let listener = std::net::TcpListener::bind(addr)?;
             agent
@@ -432,7 +435,7 @@ impl Agent {
             proxies.len()
         );
         for p in &proxies {
-            p.shutdown();
+            p.stop_accepting();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while proxies.iter().any(|p| !p.closed() || p.inflight() > 0) && Instant::now() < deadline {

@@ -249,9 +249,55 @@ impl Runtime {
                 Some("the proxy holds this port for the app's whole life: pick a fixed one".into()),
             ));
         }
+        if let Some(proxy) = &self.proxy {
+            check_proxy_hosts(proxy)?;
+        }
         check_env_values(&self.env, |k| format!("key `env.{k}`"))?;
         check_env_total(&self.env)
     }
+}
+
+/// `[proxy] hosts`, `path_prefix` and `default`: valid names, each once; a prefix and
+/// `default` only beside hosts.
+fn check_proxy_hosts(proxy: &Proxy) -> Result<(), (String, Option<String>)> {
+    let mut seen = std::collections::BTreeSet::new();
+    for h in &proxy.hosts {
+        if !valid_host_name(h) {
+            return Err((
+                format!("key `proxy.hosts` has {h:?}: not a host name"),
+                Some(
+                    "write lowercase names such as \"app.example.com\" or \"*.example.com\", without scheme, port or path"
+                        .into(),
+                ),
+            ));
+        }
+        if !seen.insert(h) {
+            return Err((format!("key `proxy.hosts` names {h:?} twice"), None));
+        }
+    }
+    if let Some(p) = &proxy.path_prefix
+        && (!p.starts_with('/')
+            || p.len() < 2
+            || p.ends_with('/')
+            || p.contains(['?', '#', ' ', '%']))
+    {
+        return Err((
+            format!("key `proxy.path_prefix` is {p:?}: not a path prefix"),
+            Some("write a path such as \"/api\" (a leading `/`, no trailing one)".into()),
+        ));
+    }
+    if proxy.hosts.is_empty() && (proxy.path_prefix.is_some() || proxy.default) {
+        let key = if proxy.default {
+            "default"
+        } else {
+            "path_prefix"
+        };
+        return Err((
+            format!("key `proxy.{key}` needs `proxy.hosts`"),
+            Some("an app without hosts has its port to itself: name the hosts it answers".into()),
+        ));
+    }
+    Ok(())
 }
 
 /// A user name as `useradd` takes it: 1 to 32 letters, digits, `_`, `-` or `.`, not
@@ -427,6 +473,35 @@ pub struct Proxy {
     /// may use); one more closes the longest idle one, or gets 503 if all are busy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<std::num::NonZeroUsize>,
+    /// Host names the app answers on `port` (`app.example.com`, `*.example.com`): apps that
+    /// name hosts share the port, each request going to the app that claims its Host.
+    /// Without hosts, the app holds the port alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// With `hosts`: only requests whose path is this prefix or under it (`/api`: `/api`
+    /// and `/api/...`), the longest prefix winning among the apps of one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// With `hosts`: this app also gets requests for a host no app on the port claims
+    /// (without one such app, they get 404).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+}
+
+/// A host name as `[proxy] hosts` takes it: lowercase DNS labels (letters, digits, `-`),
+/// dot-separated, at most 253 bytes, optionally under one leading `*.` wildcard label.
+pub fn valid_host_name(name: &str) -> bool {
+    let bare = name.strip_prefix("*.").unwrap_or(name);
+    !bare.is_empty()
+        && name.len() <= 253
+        && bare.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// A duration that must be more than zero.
@@ -1137,6 +1212,36 @@ mod tests {
         let err = parse("[app]\nname = \"x\"\n[health]\ntimeout = \"3 weeks\"\npath = \"/\"\n")
             .unwrap_err();
         assert!(err.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn proxy_hosts_are_names_each_once_and_a_prefix_is_a_path() {
+        let base = "[app]\nname = \"x\"\n[process.web]\ncommand = \"a\"\nhttp = true\n[proxy]\nport = 443\n";
+        parse(&format!(
+            "{base}hosts = [\"app.example.com\", \"*.example.org\"]\npath_prefix = \"/api\"\ndefault = true\n"
+        ))
+        .unwrap();
+        for (extra, key) in [
+            ("hosts = [\"https://app.example.com\"]\n", "proxy.hosts"),
+            ("hosts = [\"App.example.com\"]\n", "proxy.hosts"),
+            ("hosts = [\"a.example.com\", \"a.example.com\"]\n", "twice"),
+            (
+                "hosts = [\"a.example.com\"]\npath_prefix = \"api\"\n",
+                "proxy.path_prefix",
+            ),
+            (
+                "hosts = [\"a.example.com\"]\npath_prefix = \"/api/\"\n",
+                "proxy.path_prefix",
+            ),
+            ("path_prefix = \"/api\"\n", "needs `proxy.hosts`"),
+            ("default = true\n", "needs `proxy.hosts`"),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(
+                e.contains(key) && e.contains("app/drover.toml"),
+                "{extra}: {e}"
+            );
+        }
     }
 
     #[test]

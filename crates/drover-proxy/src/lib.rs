@@ -1,5 +1,5 @@
-//! The built-in HTTP reverse proxy: one listener per app on its public port, routing to the
-//! app's healthy instances, with switches that never refuse or fail a request, canary
+//! The built-in HTTP reverse proxy: a listener per public port (`front.rs`), held by one app
+//! alone or shared by apps that claim host names, routing to each app's healthy instances, with switches that never refuse or fail a request, canary
 //! splits sticky per client, pause/resume, and per-release metrics.
 //!
 //! The agent (sync, threads) drives it through `ProxyHandle`, whose methods never block on
@@ -7,6 +7,7 @@
 
 mod conn;
 mod fds;
+mod front;
 mod metrics;
 mod pool;
 
@@ -26,6 +27,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+pub use front::Claim;
 pub use metrics::{ReleaseMetrics, Snapshot};
 
 type PBody = BoxBody<Bytes, hyper::Error>;
@@ -114,19 +116,12 @@ struct Shared {
     app: String,
     routes: RwLock<Arc<Routes>>,
     paused: AtomicBool,
-    /// Set once a shutdown has closed every connection.
-    closed: AtomicBool,
     resume: tokio::sync::Notify,
     queued: AtomicUsize,
     rr: AtomicUsize,
     split_counter: AtomicU64,
     metrics: metrics::Registry,
     settings: Settings,
-    /// Open client connections.
-    conns: Arc<conn::Registry>,
-    max_connections: usize,
-    /// The answer to a connection over `max_connections`.
-    refusal: Bytes,
     fds: Arc<fds::Budget>,
 }
 
@@ -134,10 +129,87 @@ struct Shared {
 #[derive(Clone)]
 pub struct ProxyHandle {
     shared: Arc<Shared>,
+    front: Arc<front::Front>,
     pub port: u16,
-    stop: Arc<tokio::sync::Notify>,
+    /// The app holds its port alone (no hosts).
+    alone: bool,
     /// A duplicate of the listening socket, to hand over to a replacing agent.
     listener: Arc<std::net::TcpListener>,
+}
+
+/// What starts a front's accept loop.
+type Starter = Box<dyn FnOnce() + Send>;
+
+/// The agent's side of a port shared by apps that claim host names.
+#[derive(Clone)]
+pub struct FrontHandle {
+    front: Arc<front::Front>,
+    pub port: u16,
+    listener: Arc<std::net::TcpListener>,
+    /// Starts accepting, the first time it is called.
+    start: Arc<Mutex<Option<Starter>>>,
+}
+
+impl FrontHandle {
+    /// Puts `app` behind this port with `claim` (replacing what the app had here: its
+    /// requests in flight finish as they were routed). A claim overlapping another app's
+    /// changes nothing and says which app holds it.
+    pub fn attach(
+        &self,
+        app: &str,
+        claim: Claim,
+        settings: Settings,
+        routes: Routes,
+    ) -> Result<ProxyHandle, String> {
+        let shared = Arc::new(Shared::new(app, settings, routes, self.front.fds.clone()));
+        self.front.attach(claim, shared.clone())?;
+        Ok(ProxyHandle {
+            shared,
+            front: self.front.clone(),
+            port: self.port,
+            alone: false,
+            listener: self.listener.clone(),
+        })
+    }
+
+    /// Starts accepting connections (once; later calls do nothing). Until then they wait
+    /// in the listen backlog: an agent taking a port over puts every app behind it first.
+    pub fn start(&self) {
+        let start = self.start.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(start) = start {
+            start();
+        }
+    }
+
+    /// Would `app` claiming `claim` here overlap another app? The reason, naming it.
+    pub fn conflict(&self, app: &str, claim: &Claim) -> Option<String> {
+        front::conflict(&self.front.table(), app, claim)
+    }
+
+    /// The apps behind the port and what each claims.
+    pub fn apps(&self) -> Vec<(String, Claim)> {
+        self.front
+            .table()
+            .claims
+            .iter()
+            .map(|(c, a)| (a.app.clone(), c.clone()))
+            .collect()
+    }
+
+    /// The listening socket (a duplicate), for a handover.
+    pub fn listener(&self) -> &std::net::TcpListener {
+        &self.listener
+    }
+
+    /// Stops accepting; connections in flight finish.
+    pub fn shutdown(&self) {
+        self.front.stop.notify_one();
+    }
+
+    /// True once `shutdown` has finished every connection.
+    pub fn closed(&self) -> bool {
+        self.front.closed()
+    }
 }
 
 /// The proxies' runtime, one per agent: a few worker threads, each running its own
@@ -233,7 +305,7 @@ impl Runtime {
         &self.workers.handles[0]
     }
 
-    /// Starts serving `app` on an already-bound listener (kept across switches).
+    /// Starts serving `app` alone on an already-bound listener (kept across switches).
     /// `routes` are in place before the first connection is accepted.
     pub fn serve(
         &self,
@@ -242,6 +314,38 @@ impl Runtime {
         settings: Settings,
         routes: Routes,
     ) -> std::io::Result<ProxyHandle> {
+        let refused = format!("`{app}`");
+        let front = self.front(listener, settings.clone(), &refused)?;
+        let shared = Arc::new(Shared::new(app, settings, routes, self.fds.clone()));
+        let _ = front.front.attach(Claim::default(), shared.clone());
+        front.start();
+        Ok(ProxyHandle {
+            shared,
+            front: front.front,
+            port: front.port,
+            alone: true,
+            listener: front.listener,
+        })
+    }
+
+    /// A port that apps claiming host names share (`FrontHandle::attach`), on an
+    /// already-bound listener, accepting from `FrontHandle::start`; its connection limits
+    /// are `settings`'.
+    pub fn shared_front(
+        &self,
+        listener: std::net::TcpListener,
+        settings: Settings,
+    ) -> std::io::Result<FrontHandle> {
+        let port = listener.local_addr()?.port();
+        self.front(listener, settings, &format!("port {port}"))
+    }
+
+    fn front(
+        &self,
+        listener: std::net::TcpListener,
+        settings: Settings,
+        refused: &str,
+    ) -> std::io::Result<FrontHandle> {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let max_connections = settings
@@ -250,57 +354,54 @@ impl Runtime {
             .max(1);
         let refusal = {
             let body = format!(
-                "too many connections to `{app}` (`[proxy] max_connections` is {max_connections})\n"
+                "too many connections to {refused} (`[proxy] max_connections` is {max_connections})\n"
             );
             Bytes::from(format!(
                 "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             ))
         };
-
-        let shared = Arc::new(Shared {
-            app: app.to_string(),
-            routes: RwLock::new(Arc::new(routes)),
-            paused: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            resume: tokio::sync::Notify::new(),
-            queued: AtomicUsize::new(0),
-            rr: AtomicUsize::new(0),
-            split_counter: AtomicU64::new(0),
-            metrics: metrics::Registry::default(),
-            settings,
+        let front = Arc::new(front::Front {
+            port,
+            table: RwLock::default(),
             conns: Arc::default(),
             max_connections,
             refusal,
             fds: self.fds.clone(),
+            settings,
+            closed: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
         });
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let handle = ProxyHandle {
-            shared: shared.clone(),
-            port,
-            stop: stop.clone(),
-            listener: Arc::new(listener.try_clone()?),
-        };
         let workers = self.workers.clone();
+        let accepting = front.clone();
+        let main = self.main().clone();
+        let dup = Arc::new(listener.try_clone()?);
+        let start = move || {
+            main.spawn(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("drover proxy: cannot serve port {port}: {e}");
+                        return;
+                    }
+                };
+                accept_loop(listener, accepting, workers).await;
+            });
+        };
+        let handle = FrontHandle {
+            front: front.clone(),
+            port,
+            listener: dup,
+            start: Arc::new(Mutex::new(Some(Box::new(start)))),
+        };
         self.main().spawn(async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("drover proxy: cannot serve port {port}: {e}");
-                    return;
-                }
-            };
-            accept_loop(listener, shared, stop, workers).await;
-        });
-        let swept = handle.shared.clone();
-        self.main().spawn(async move {
-            let s = &swept.settings;
+            let s = &front.settings;
             let mut tick =
                 tokio::time::interval(conn::sweep_interval(s.idle_timeout, s.header_timeout));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !swept.closed.load(Ordering::SeqCst) {
+            while !front.closed() {
                 tick.tick().await;
-                swept
+                front
                     .conns
                     .sweep(Instant::now(), s.idle_timeout, s.header_timeout);
             }
@@ -400,9 +501,24 @@ impl ProxyHandle {
         self.shared.metrics.snapshot()
     }
 
-    /// Stops accepting; this proxy's copy of the listener closes.
+    /// Takes the app off its port: an app holding the port alone stops accepting there (its
+    /// copy of the listener closes); one of several is taken from behind the port, which
+    /// stops once no app is left behind it. Connections in flight finish.
     pub fn shutdown(&self) {
-        self.stop.notify_one();
+        if self.alone || self.front.detach(&self.shared) {
+            self.front.stop.notify_one();
+        }
+    }
+
+    /// Stops accepting on the app's port, whoever else is behind it (a handover: the
+    /// replacing agent accepts there now).
+    pub fn stop_accepting(&self) {
+        self.front.stop.notify_one();
+    }
+
+    /// The app shares its port with others (it claims host names).
+    pub fn shared(&self) -> bool {
+        !self.alone
     }
 
     /// The listening socket (a duplicate), for a handover.
@@ -410,9 +526,15 @@ impl ProxyHandle {
         &self.listener
     }
 
-    /// True once `shutdown` has finished every connection.
+    /// True once `shutdown` has finished every connection (for an app of a shared port:
+    /// once it is no longer behind the port, or the port has closed).
     pub fn closed(&self) -> bool {
-        self.shared.closed.load(Ordering::SeqCst)
+        self.front.closed()
+            || !self
+                .front
+                .table()
+                .apps()
+                .any(|a| Arc::ptr_eq(a, &self.shared))
     }
 
     /// Requests in flight to any backend.
@@ -443,10 +565,10 @@ impl ProxyHandle {
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    stop: Arc<tokio::sync::Notify>,
+    shared: Arc<front::Front>,
     workers: Arc<Workers>,
 ) {
+    let stop = &shared.stop;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Idle and stalled connections are closed by the registry (conn.rs), not by hyper's
     // header timer: that one also cuts a keep-alive connection idle for `header_timeout`, and
@@ -529,7 +651,7 @@ async fn accept_loop(
                 // Boxed: the request's future is large, and moving it inline costs more
                 // than one allocation.
                 Box::pin(async move {
-                    let resp = handle(shared, req, peer).await;
+                    let resp = route(shared, req, peer).await;
                     Ok::<_, Infallible>(resp.map(|body| conn::Finished {
                         body,
                         _active: active,
@@ -553,6 +675,37 @@ async fn accept_loop(
     tokio::time::sleep(Duration::from_millis(250)).await;
     let _ = tokio::time::timeout(shared.settings.request_timeout, graceful.shutdown()).await;
     shared.closed.store(true, Ordering::SeqCst);
+}
+
+/// The app behind `front` that `req` is for (by its Host, or its authority, and path),
+/// then `handle`; none: 404.
+async fn route(
+    front: Arc<front::Front>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<PBody> {
+    let app = {
+        let table = front.table();
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+        match table.pick(host, req.uri().path()) {
+            Some(app) => app.clone(),
+            None => {
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "no app on port {} answers host `{}`",
+                        front.port,
+                        host.unwrap_or("")
+                    ),
+                );
+            }
+        }
+    };
+    handle(app, req, peer).await
 }
 
 /// 10 ms, doubling up to 1 s.
@@ -609,9 +762,23 @@ fn bucket(shared: &Shared, req: &Request<Incoming>) -> (u8, bool) {
 }
 
 impl Shared {
-    /// Frees descriptors: the longest idle client connection, and idle backend connections.
-    fn make_room(&self) {
-        self.conns.close_longest_idle(Instant::now());
+    fn new(app: &str, settings: Settings, routes: Routes, fds: Arc<fds::Budget>) -> Shared {
+        Shared {
+            app: app.to_string(),
+            routes: RwLock::new(Arc::new(routes)),
+            paused: AtomicBool::new(false),
+            resume: tokio::sync::Notify::new(),
+            queued: AtomicUsize::new(0),
+            rr: AtomicUsize::new(0),
+            split_counter: AtomicU64::new(0),
+            metrics: metrics::Registry::default(),
+            settings,
+            fds,
+        }
+    }
+
+    /// Frees descriptors: idle backend connections.
+    fn drop_idle(&self) {
         let r = self
             .routes
             .read()
@@ -1115,8 +1282,18 @@ impl Body for Tracked {
 pub type Proxies = HashMap<String, ProxyHandle>;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An app with no routes, for tests of what picks it.
+    pub(crate) fn shared(name: &str) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            name,
+            Settings::default(),
+            Routes::default(),
+            Arc::new(fds::Budget::new(1024)),
+        ))
+    }
 
     fn proxy_threads() -> usize {
         std::fs::read_dir("/proc/self/task")

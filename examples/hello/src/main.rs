@@ -102,7 +102,10 @@ fn serve(stream: TcpStream) {
                 let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
                 ("200 OK", format!("{greeting} (version {version}, pid {})\n", std::process::id()))
             }
-            _ => ("404 Not Found", "not found\n".to_string()),
+            _ => {
+                let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
+                ("404 Not Found", format!("{path}: not found ({greeting})\n"))
+            }
         };
         let response = format!(
             "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-app-version: {version}\r\n\r\n{text}",

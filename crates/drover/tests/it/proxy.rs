@@ -86,14 +86,27 @@ impl Load {
 
 /// Keep-alive and fresh connections, GET and POST with bodies, until `stop`.
 fn load(port: u16, stop: Arc<AtomicBool>, stats: Arc<Load>, keep_alive: bool, post: bool) {
+    load_host(port, "t", "version ", stop, stats, keep_alive, post)
+}
+
+/// `load` with requests for `host`, whose GETs must answer with `expect` in the body.
+fn load_host(
+    port: u16,
+    host: &str,
+    expect: &str,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Load>,
+    keep_alive: bool,
+    post: bool,
+) {
     let body = "x".repeat(3000);
     let req = if post {
         format!(
-            "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
     } else {
-        "GET / HTTP/1.1\r\nHost: t\r\n\r\n".to_string()
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut conn: Option<BufReader<TcpStream>> = None;
@@ -114,7 +127,12 @@ fn load(port: u16, stop: Arc<AtomicBool>, stats: Arc<Load>, keep_alive: bool, po
         let c = conn.as_mut().unwrap();
         match exchange(c, &req) {
             Ok((200, _, b))
-                if b.contains("version ") && (!post || b.contains("got 3000 bytes")) =>
+                if b.contains("version ")
+                    && if post {
+                        b.contains("got 3000 bytes")
+                    } else {
+                        b.contains(expect)
+                    } =>
             {
                 stats.ok.fetch_add(1, Ordering::Relaxed);
             }
@@ -514,6 +532,25 @@ fn prometheus_metrics_per_release() {
     );
 }
 
+/// `drover agent --replace`, once `old` has handed over and exited and the new one answers.
+fn replace_agent(cx: &TestContext, old: &mut AgentHandle) -> std::process::Child {
+    let log = std::fs::File::create(cx.path("agent2.log")).unwrap();
+    let new = cx
+        .command()
+        .args(["agent", "--replace"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("the old agent to exit", Duration::from_secs(30), || {
+        matches!(old.child.try_wait(), Ok(Some(_)))
+    });
+    wait_for("the new agent to answer", Duration::from_secs(10), || {
+        cx.drover(&["status", "--json"]).status.success()
+    });
+    new
+}
+
 #[test]
 fn replacing_the_agent_under_load_refuses_no_connection() {
     let cx = TestContext::new();
@@ -537,20 +574,7 @@ fn replacing_the_agent_under_load_refuses_no_connection() {
         stats.ok.load(Ordering::Relaxed) > 50
     });
     // The new agent takes the sockets over; the old one drains and exits by itself.
-    let log = std::fs::File::create(cx.path("agent2.log")).unwrap();
-    let mut new = cx
-        .command()
-        .args(["agent", "--replace"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for("the old agent to exit", Duration::from_secs(30), || {
-        matches!(old.child.try_wait(), Ok(Some(_)))
-    });
-    wait_for("the new agent to answer", Duration::from_secs(10), || {
-        cx.drover(&["status", "--json"]).status.success()
-    });
+    let mut new = replace_agent(&cx, &mut old);
     let before = stats.ok.load(Ordering::Relaxed);
     wait_for(
         "traffic through the new agent",
@@ -853,4 +877,184 @@ fn connect_and_bad_host_headers_are_answered_by_the_proxy_itself() {
     assert!(none.starts_with("HTTP/1.1 400 "), "{none:?}");
     // None of them reached the app: its release counted no request.
     assert_eq!(forwarded(), before);
+}
+
+/// App `name` with the proxy on `port`, claiming what `claim` says (toml lines of `[proxy]`),
+/// greeting with its name.
+fn claiming(cx: &TestContext, name: &str, version: &str, port: u16, claim: &str) -> PathBuf {
+    let d = proxied(
+        cx,
+        &format!("{name}-{version}"),
+        version,
+        port,
+        &format!("drain_timeout = \"5s\"\n{claim}\n[env]\nGREETING = \"hi from {name}\"\n"),
+    );
+    let toml = std::fs::read_to_string(d.join("drover.toml"))
+        .unwrap()
+        .replace("name = \"hello\"", &format!("name = \"{name}\""));
+    std::fs::write(d.join("drover.toml"), toml).unwrap();
+    d
+}
+
+/// GET `path` with `Host: host` on a new connection: (status, body).
+fn get_host(port: u16, host: &str, path: &str) -> (u16, String) {
+    let mut c = connect(port).unwrap();
+    let (code, _, body) = exchange(
+        &mut c,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    (code, body)
+}
+
+#[test]
+fn apps_share_a_port_by_host_name_with_zero_failed_requests_across_deploys_rollbacks_and_an_agent_replace()
+ {
+    let cx = TestContext::new();
+    let mut agent = cx.start_agent();
+    let port = free_port();
+    let shop = |v: &str| {
+        claiming(
+            &cx,
+            "shop",
+            v,
+            port,
+            "hosts = [\"shop.test\", \"www.shop.test\"]\ndefault = true",
+        )
+    };
+    let blog = |v: &str| {
+        claiming(
+            &cx,
+            "blog",
+            v,
+            port,
+            "hosts = [\"blog.test\", \"*.blog.test\"]",
+        )
+    };
+    let (shop1, shop2, blog1, blog2) = (shop("1"), shop("2"), blog("1"), blog("2"));
+    cx.drover(&["deploy", shop1.to_str().unwrap()]).success();
+    cx.drover(&["deploy", blog1.to_str().unwrap()]).success();
+
+    // Each host its app, a wildcard's names too, and the default for the rest.
+    assert!(get_host(port, "shop.test", "/").1.contains("hi from shop"));
+    assert!(
+        get_host(port, "WWW.shop.test:80", "/")
+            .1
+            .contains("hi from shop")
+    );
+    assert!(get_host(port, "blog.test", "/").1.contains("hi from blog"));
+    assert!(
+        get_host(port, "me.blog.test", "/")
+            .1
+            .contains("hi from blog")
+    );
+    assert!(get_host(port, "other.test", "/").1.contains("hi from shop"));
+    // A path prefix of one host goes to the app that claims it.
+    let api = claiming(
+        &cx,
+        "api",
+        "1",
+        port,
+        "hosts = [\"blog.test\"]\npath_prefix = \"/api\"",
+    );
+    cx.drover(&["deploy", api.to_str().unwrap()]).success();
+    assert!(
+        get_host(port, "blog.test", "/api/posts")
+            .1
+            .contains("hi from api")
+    );
+    assert!(
+        get_host(port, "blog.test", "/apiary")
+            .1
+            .contains("hi from blog")
+    );
+
+    // Claims that overlap, and an app wanting the port alone, are refused naming the holder;
+    // what serves is untouched.
+    let dup = claiming(&cx, "dup", "1", port, "hosts = [\"www.shop.test\"]");
+    let run = cx.drover(&["deploy", dup.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr
+            .contains("www.shop.test is claimed by app `shop`")
+            && run.stderr.contains("hint:"),
+        "{}",
+        run.stderr
+    );
+    let solo = claiming(&cx, "solo", "1", port, "");
+    let run = cx.drover(&["deploy", solo.to_str().unwrap()]).failure();
+    assert!(
+        run.stderr.contains("share it by host name") && run.stderr.contains("shop"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        get_host(port, "www.shop.test", "/")
+            .1
+            .contains("hi from shop")
+    );
+
+    // Load on both hosts, kept-alive and new connections, across deploys and rollbacks of
+    // both apps, and an agent replaced.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Load::default());
+    let mut workers = Vec::new();
+    for (host, expect) in [
+        ("shop.test", "hi from shop"),
+        ("x.blog.test", "hi from blog"),
+    ] {
+        for (keep_alive, post) in [(true, false), (false, false), (true, true)] {
+            let (stop, stats) = (stop.clone(), stats.clone());
+            workers.push(std::thread::spawn(move || {
+                load_host(port, host, expect, stop, stats, keep_alive, post)
+            }));
+        }
+    }
+    wait_for("load to flow", Duration::from_secs(10), || {
+        stats.ok.load(Ordering::Relaxed) > 50
+    });
+    for k in 0..6 {
+        let (app, to) = if k % 2 == 0 {
+            ("shop", &shop2)
+        } else {
+            ("blog", &blog2)
+        };
+        cx.drover(&["deploy", to.to_str().unwrap()]).success();
+        if k >= 4 {
+            cx.drover(&["rollback", app]).success();
+        }
+    }
+    let mut new = replace_agent(&cx, &mut agent);
+    cx.drover(&["deploy", blog1.to_str().unwrap()]).success();
+    let after = stats.ok.load(Ordering::Relaxed);
+    wait_for(
+        "traffic after the switches",
+        Duration::from_secs(10),
+        || stats.ok.load(Ordering::Relaxed) > after + 100,
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        stats.failed.load(Ordering::Relaxed),
+        0,
+        "failed requests: {:?}",
+        stats.errors.lock().unwrap()
+    );
+    // Every app still behind the port, as claimed.
+    assert!(
+        get_host(port, "blog.test", "/api/x")
+            .1
+            .contains("hi from api")
+    );
+    assert!(get_host(port, "blog.test", "/").1.contains("version 1"));
+    // With no default left, a host nobody claims gets 404.
+    let shop_plain = claiming(&cx, "shop", "3", port, "hosts = [\"shop.test\"]");
+    cx.drover(&["deploy", shop_plain.to_str().unwrap()])
+        .success();
+    let (code, body) = get_host(port, "nobody.test", "/");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("nobody.test"), "{body}");
+    let _ = new.kill();
+    let _ = new.wait();
 }
