@@ -101,26 +101,38 @@ pub fn check(host: &str, platform: &Platform, path: &str, needs: &Needs) -> Resu
                 "host {host} is {}{kernel}; {path} is built for {}",
                 platform.machine, needs.machine
             ),
-            hint: format!(
-                "pass --binary PATH with a drover built for {} (e.g. `cargo zigbuild --release -p drover --target {}-unknown-linux-gnu.2.17`)",
-                platform.machine,
-                canonical_machine(&platform.machine)
-            ),
+            hint: match canonical_machine(&platform.machine).as_str() {
+                m @ ("x86_64" | "aarch64") => format!(
+                    "pass --binary PATH with a drover built for {m}: `DROVER_ARCH={m} bash dist/build-release.sh` builds target/{m}-unknown-linux-gnu/release/drover"
+                ),
+                _ => format!(
+                    "pass --binary PATH with a drover built for {}",
+                    platform.machine
+                ),
+            },
         });
     }
-    let rebuild = "build with `bash dist/build-release.sh` (glibc 2.17 and later) and pass --binary target/x86_64-unknown-linux-gnu/release/drover";
+    let m = &needs.machine;
+    let arch = if m == "x86_64" {
+        String::new()
+    } else {
+        format!("DROVER_ARCH={m} ")
+    };
+    let rebuild = format!(
+        "build with `{arch}bash dist/build-release.sh` (runs on glibc 2.17 and later) and pass --binary target/{m}-unknown-linux-gnu/release/drover"
+    );
     match (&needs.libc, &platform.libc) {
         (Libc::Static, _) => Ok(()),
         (Libc::Glibc(Some(need)), HostLibc::Glibc(has)) if need > has => Err(Mismatch {
             message: format!("host {host} has glibc {has}; {path} needs glibc {need}"),
-            hint: rebuild.into(),
+            hint: rebuild.clone(),
         }),
         (Libc::Glibc(_), HostLibc::Glibc(_)) | (Libc::Musl, HostLibc::Musl) => Ok(()),
         (need, has) => Err(Mismatch {
             message: format!("host {host} has {has}; {path} needs {need}"),
             hint: match has {
                 HostLibc::Musl => "pass --binary PATH with a static (musl) build of drover".into(),
-                _ => rebuild.into(),
+                _ => rebuild,
             },
         }),
     }
@@ -191,7 +203,10 @@ mod tests {
             e.message,
             "host web-3 is aarch64 (Linux); /x/drover is built for x86_64"
         );
-        assert!(e.hint.contains("--binary PATH"), "{}", e.hint);
+        assert_eq!(
+            e.hint,
+            "pass --binary PATH with a drover built for aarch64: `DROVER_ARCH=aarch64 bash dist/build-release.sh` builds target/aarch64-unknown-linux-gnu/release/drover"
+        );
         let arm_build = Needs {
             machine: "aarch64".into(),
             libc: Libc::Glibc(Some(Version(2, 17))),
