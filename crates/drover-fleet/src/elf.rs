@@ -300,35 +300,27 @@ impl<'a> Elf<'a> {
         Ok(&self.file[at as usize..end as usize])
     }
 
-    fn array<const N: usize>(&self, at: u64) -> Result<[u8; N], ElfError> {
-        Ok(self.bytes(at, N as u64)?.try_into().expect("N bytes"))
+    /// The `len`-byte unsigned number at `base + off`, in the file's byte order.
+    fn uint(&self, base: u64, off: u64, len: u64) -> Result<u64, ElfError> {
+        let b = self.bytes(base.saturating_add(off), len)?;
+        let big_end_first = |n: u64, d: &u8| (n << 8) | u64::from(*d);
+        Ok(if self.little {
+            b.iter().rev().fold(0, big_end_first)
+        } else {
+            b.iter().fold(0, big_end_first)
+        })
     }
 
     fn u16(&self, base: u64, off: u64) -> Result<u16, ElfError> {
-        let b = self.array(base.saturating_add(off))?;
-        Ok(if self.little {
-            u16::from_le_bytes(b)
-        } else {
-            u16::from_be_bytes(b)
-        })
+        Ok(self.uint(base, off, 2)? as u16)
     }
 
     fn u32(&self, base: u64, off: u64) -> Result<u32, ElfError> {
-        let b = self.array(base.saturating_add(off))?;
-        Ok(if self.little {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        })
+        Ok(self.uint(base, off, 4)? as u32)
     }
 
     fn u64(&self, base: u64, off: u64) -> Result<u64, ElfError> {
-        let b = self.array(base.saturating_add(off))?;
-        Ok(if self.little {
-            u64::from_le_bytes(b)
-        } else {
-            u64::from_be_bytes(b)
-        })
+        self.uint(base, off, 8)
     }
 }
 
@@ -484,6 +476,19 @@ mod tests {
             g[at] = 0xff;
             let _ = needs(&g);
         }
+    }
+
+    #[test]
+    fn both_byte_orders() {
+        let mut f = elf64(62, None, &[]);
+        let little = Elf::new(&f).unwrap();
+        assert_eq!(little.u16(18, 0), Ok(62));
+        assert_eq!(little.u64(32, 0), Ok(64));
+        f[5] = 2;
+        f.swap(18, 19);
+        let big = Elf::new(&f).unwrap();
+        assert_eq!(big.u16(18, 0), Ok(62));
+        assert_eq!(big.u32(16, 4), Ok(0x0100_0000));
     }
 
     #[test]
