@@ -1155,4 +1155,18 @@ fn setup_copies_nothing_to_a_host_whose_machine_or_glibc_cannot_run_the_binary()
     let run = setup(&["--binary", &copy]).success();
     assert!(run.stdout.contains("already up to date"), "{}", run.stdout);
     assert!(!run.stderr.contains("note:"), "{}", run.stderr);
+    // Another build that fits: installed and running there, and the note says deploys from
+    // this drover will refuse it.
+    let mut bytes = ours.clone();
+    bytes.extend_from_slice(b"\0another build");
+    let other = write_elf("drover-other", bytes.clone());
+    let run = setup(&["--binary", &other]).success();
+    assert!(run.stdout.contains("replaced drover"), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains(&format!("note: the hosts run {other} (build ")),
+        "{}",
+        run.stderr
+    );
+    assert!(std::fs::read(&installed).unwrap() == bytes);
 }
