@@ -7,10 +7,12 @@
 //! host's agent with the same JSON-lines protocol as the local socket, all in one
 //! `drover remote serve` session per host.
 
+pub mod elf;
 pub mod error;
 pub mod host;
 pub mod link;
 pub mod ops;
+pub mod platform;
 pub mod relay;
 pub mod run;
 pub mod ssh;
@@ -100,7 +102,7 @@ pub fn build_id() -> String {
             return id.to_string();
         }
         let id = std::fs::read(&exe)
-            .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
+            .map(|b| build_id_of(&b))
             .unwrap_or_else(|_| "unknown".into());
         if !key.is_empty() {
             let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
@@ -387,9 +389,26 @@ pub fn hello(s: &Session) -> Result<Hello, HostError> {
     Ok(hello)
 }
 
+/// The build id of a drover binary's bytes, as [`build_id`] gives this one's.
+pub fn build_id_of(binary: &[u8]) -> String {
+    blake3::hash(binary).to_hex()[..16].to_string()
+}
+
 pub fn check_version(host: &str, hello: &Hello) -> Result<(), HostError> {
+    check_build(host, hello, &build_id())
+}
+
+/// That `host` runs the drover of build `expect` (this one's, or the one `host setup`
+/// installed there) and its agent.
+pub fn check_build(host: &str, hello: &Hello, expect: &str) -> Result<(), HostError> {
     let ours = build_id();
-    if hello.version != VERSION || hello.build != ours {
+    if expect != ours && hello.build != expect {
+        return Err(HostError::new(format!(
+            "{}: runs drover {} (build {}), not the build {expect} installed there",
+            host, hello.version, hello.build
+        )));
+    }
+    if expect == ours && (hello.version != VERSION || hello.build != ours) {
         return Err(HostError::new(format!(
             "{}: runs drover {} (build {}), this is drover {} (build {ours})",
             host, hello.version, hello.build, VERSION

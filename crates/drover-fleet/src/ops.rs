@@ -254,9 +254,53 @@ pub struct SetupReport {
     pub host_key: String,
 }
 
-/// Installs this drover on `hosts` (unless the same build runs there, or with `force`),
-/// starts their agents (replacing one under a new binary) and makes them trust the signing
-/// key `key` under `key_name`.
+/// The binary `host setup` copies: its bytes, its build id and what it needs of a host.
+pub struct SetupBinary {
+    pub path: std::path::PathBuf,
+    pub bytes: Vec<u8>,
+    pub build: String,
+    pub needs: crate::elf::Needs,
+}
+
+impl SetupBinary {
+    /// The binary at `path` (default: this one); a missing file or one that is not a Linux
+    /// ELF executable is an error naming it.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<SetupBinary> {
+        let (path, ours) = match path {
+            Some(p) => (p.to_path_buf(), false),
+            None => (std::env::current_exe()?, true),
+        };
+        // Bad input: exits as a bad flag does.
+        let input = |e| crate::error::kinded(crate::error::Exit::Input, e);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            input(anyhow::anyhow!(
+                "cannot read the binary {}: {e}",
+                path.display()
+            ))
+        })?;
+        let needs = crate::elf::needs(&bytes).map_err(|e| {
+            input(crate::hinted(
+                format!("{} is {e}", path.display()),
+                "--binary takes a drover executable built for Linux",
+            ))
+        })?;
+        let build = if ours {
+            crate::build_id()
+        } else {
+            crate::build_id_of(&bytes)
+        };
+        Ok(SetupBinary {
+            path,
+            bytes,
+            build,
+            needs,
+        })
+    }
+}
+
+/// Installs `binary` on `hosts` (unless the same build runs there, or with `force`) once the
+/// host's machine and C library are known to run it, starts their agents (replacing one
+/// under a new binary) and makes them trust the signing key `key` under `key_name`.
 pub fn setup(
     hosts: &[String],
     settings: &SshSettings,
@@ -264,9 +308,9 @@ pub fn setup(
     key: &str,
     key_name: &str,
     force: bool,
+    binary: &SetupBinary,
 ) -> anyhow::Result<Vec<HostResult<SetupReport>>> {
-    let exe = std::fs::read(std::env::current_exe()?)?;
-    let ours = crate::build_id();
+    let ours = &binary.build;
     let conn = Connected::open(hosts, settings, parallel)?;
     let outcomes = par(&conn.sessions, parallel, |_, s| {
         (|| {
@@ -274,9 +318,21 @@ pub fn setup(
             let before = crate::hello(s).ok();
             let same = before
                 .as_ref()
-                .is_some_and(|h| h.build == ours && h.version == crate::VERSION);
+                .is_some_and(|h| &h.build == ours && h.version == crate::VERSION);
             if !same || force {
-                let out = s.run_raw(&s.install_command(), &exe)?;
+                let out = s.run_raw(crate::platform::PROBE, b"")?;
+                if !out.status.success() {
+                    return Err(s.failed(&out));
+                }
+                let platform = crate::platform::parse_probe(&String::from_utf8_lossy(&out.stdout));
+                crate::platform::check(
+                    &s.name,
+                    &platform,
+                    &binary.path.display().to_string(),
+                    &binary.needs,
+                )
+                .map_err(|m| HostError::new(m.message).with_hint(m.hint))?;
+                let out = s.run_raw(&s.install_command(), &binary.bytes)?;
                 if !out.status.success() {
                     return Err(s.failed(&out));
                 }
@@ -294,7 +350,7 @@ pub fn setup(
                 b"",
             )?;
             let after = crate::hello(s)?;
-            crate::check_version(&s.name, &after)?;
+            crate::check_build(&s.name, &after, ours)?;
             let out = s.run(&["host-key"], b"")?;
             Ok(SetupReport {
                 installed: !same || force,

@@ -302,6 +302,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &[
             "drover host setup web1 web2 deploy@db1:2222",
             "drover host setup -e prod --force",
+            "drover host setup arm1 --binary target/aarch64-unknown-linux-gnu/release/drover",
         ],
     ),
     (

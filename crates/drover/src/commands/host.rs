@@ -55,6 +55,10 @@ pub struct SetupArgs {
     /// Reinstall drover even where the same build runs.
     #[arg(long)]
     pub force: bool,
+    /// The drover binary to install (default: this one), e.g. a build for the hosts'
+    /// architecture. Checked against each host's machine and C library before it is copied.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -80,6 +84,7 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
             (args.hosts.clone(), settings, parallel)
         }
     };
+    let binary = drover_fleet::ops::SetupBinary::load(args.binary.as_deref())?;
     let store = super::open_store(root)?;
     let key = store.keys().public_key()?.to_string();
     let key_name = format!(
@@ -89,8 +94,9 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect::<String>()
     );
-    let results =
-        drover_fleet::ops::setup(&hosts, &settings, parallel, &key, &key_name, args.force)?;
+    let results = drover_fleet::ops::setup(
+        &hosts, &settings, parallel, &key, &key_name, args.force, &binary,
+    )?;
     if args.json.json {
         output::json(&results)?;
     } else {
@@ -111,6 +117,15 @@ pub fn setup(root: &Path, args: SetupArgs) -> anyhow::Result<()> {
                 _ => {}
             }
         }
+    }
+    if binary.build != drover_fleet::build_id() && results.iter().any(|r| r.result.is_some()) {
+        eprintln!(
+            "note: the hosts run {} (build {}), not this drover (build {}): a deploy refuses \
+             hosts that run another build than its own",
+            binary.path.display(),
+            binary.build,
+            drover_fleet::build_id()
+        );
     }
     drover_fleet::ops::failed(&results)
 }

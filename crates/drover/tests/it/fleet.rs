@@ -1155,3 +1155,133 @@ fn run_goes_to_the_first_host_a_named_one_a_role_or_all_and_gives_a_terminal_wit
     let without = on_terminal(false);
     assert!(without.contains("not a tty"), "{without}");
 }
+
+#[test]
+fn setup_copies_nothing_to_a_host_whose_machine_or_glibc_cannot_run_the_binary() {
+    use drover_fleet::elf::craft::elf64;
+    let fleet = Fleet::new(1);
+    let cx = TestContext::new();
+    let dir = cx.path("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("drover.toml"),
+        format!(
+            "[app]\nname = \"x\"\nversion = \"1\"\n\n[process.main]\ncommand = \"true\"\n\n\
+             [ssh]\nconfig = \"{}\"\ntimeout = \"3s\"\n",
+            fleet.ssh_config.display()
+        ),
+    )
+    .unwrap();
+    let dir_str = dir.to_str().unwrap();
+    let installed = fleet.hosts[0].root.join("bin/drover");
+    let setup = |extra: &[&str]| {
+        let mut args = vec!["host", "setup", "h1", "--dir", dir_str];
+        args.extend_from_slice(extra);
+        cx.drover(&args)
+    };
+    let write_elf = |name: &str, bytes: Vec<u8>| {
+        let path = cx.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let arm = write_elf(
+        "drover-aarch64",
+        elf64(183, Some("/lib/ld-linux-aarch64.so.1"), &["GLIBC_2.17"]),
+    );
+    let new_glibc = write_elf(
+        "drover-glibc-2.99",
+        elf64(
+            62,
+            Some("/lib64/ld-linux-x86-64.so.2"),
+            &["GLIBC_2.17", "GLIBC_2.99"],
+        ),
+    );
+    let getconf = std::process::Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+        .unwrap();
+    let host_glibc = String::from_utf8(getconf.stdout).unwrap();
+    let host_glibc = host_glibc.trim().trim_start_matches("glibc ");
+
+    // Another machine: refused before anything is copied, naming both and the fix.
+    let run = setup(&["--binary", &arm]).failure();
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains(&format!(
+            "host h1 is x86_64 (Linux); {arm} is built for aarch64"
+        )),
+        "{all}"
+    );
+    assert!(
+        run.stderr
+            .contains("hint: pass --binary PATH with a drover built for x86_64"),
+        "{}",
+        run.stderr
+    );
+    assert!(!installed.exists(), "nothing was copied to h1");
+
+    // A binary that needs a newer glibc than the host's.
+    let run = setup(&["--binary", &new_glibc]).failure();
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains(&format!(
+            "host h1 has glibc {host_glibc}; {new_glibc} needs glibc 2.99"
+        )),
+        "{all}"
+    );
+    assert!(
+        run.stderr.contains("dist/build-release.sh"),
+        "{}",
+        run.stderr
+    );
+    assert!(!installed.exists(), "nothing was copied to h1");
+
+    // A file that is not a binary, or is not there, is named.
+    let script = write_elf("not-elf", b"#!/bin/sh\necho hi\n".to_vec());
+    let run = setup(&["--binary", &script]).failure();
+    assert!(
+        run.stderr
+            .contains(&format!("{script} is not an ELF executable")),
+        "{}",
+        run.stderr
+    );
+    let missing = cx.path("missing").to_str().unwrap().to_string();
+    let run = setup(&["--binary", &missing]).failure();
+    assert!(
+        run.stderr
+            .contains(&format!("cannot read the binary {missing}")),
+        "{}",
+        run.stderr
+    );
+    assert!(!installed.exists(), "nothing was copied to h1");
+
+    // This drover fits: installed as ever; then a misfit leaves it as it was, even forced.
+    let run = setup(&[]).success();
+    assert!(run.stdout.contains("installed drover"), "{}", run.stdout);
+    let ours = std::fs::read(crate::common::drover_bin()).unwrap();
+    assert!(std::fs::read(&installed).unwrap() == ours);
+    setup(&["--force", "--binary", &arm]).failure();
+    assert!(
+        std::fs::read(&installed).unwrap() == ours,
+        "h1 keeps its drover"
+    );
+    // `--binary` naming a copy of this drover: the same build, already there.
+    let copy = write_elf("drover-copy", ours.clone());
+    let run = setup(&["--binary", &copy]).success();
+    assert!(run.stdout.contains("already up to date"), "{}", run.stdout);
+    assert!(!run.stderr.contains("note:"), "{}", run.stderr);
+    // Another build that fits: installed and running there, and the note says deploys from
+    // this drover will refuse it.
+    let mut bytes = ours.clone();
+    bytes.extend_from_slice(b"\0another build");
+    let other = write_elf("drover-other", bytes.clone());
+    let run = setup(&["--binary", &other]).success();
+    assert!(run.stdout.contains("replaced drover"), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains(&format!("note: the hosts run {other} (build ")),
+        "{}",
+        run.stderr
+    );
+    assert!(std::fs::read(&installed).unwrap() == bytes);
+}
