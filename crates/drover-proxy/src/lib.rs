@@ -9,6 +9,7 @@ mod conn;
 mod fds;
 mod metrics;
 mod pool;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
