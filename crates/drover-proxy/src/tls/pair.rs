@@ -95,10 +95,7 @@ impl TlsError {
     /// The likely fix, if there is one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            TlsError::Missing { .. } => Some(
-                "check the path; the certificate and the key are read again when they appear"
-                    .into(),
-            ),
+            TlsError::Missing { .. } => Some("check the path".into()),
             TlsError::Unreadable { err, .. } if err.kind() == io::ErrorKind::PermissionDenied => {
                 Some("the agent reads it as its own user: check the file's owner and mode".into())
             }
@@ -121,7 +118,7 @@ impl TlsError {
             )),
             TlsError::BadKey { .. } => Some("use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key".into()),
             TlsError::KeyMismatch { cert, key } => Some(format!(
-                "replace both files together (the key first); `openssl x509 -noout -pubkey -in {}` and `openssl pkey -pubout -in {}` print the same key when they match",
+                "replace both files together, each by a rename; `openssl x509 -noout -pubkey -in {}` and `openssl pkey -pubout -in {}` print the same key when they match",
                 cert.display(),
                 key.display()
             )),
