@@ -16,6 +16,8 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 # Apps nobody here wrote: Flask and gunicorn vendored with pip; man pages rendered by man.
 python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
 command -v man >/dev/null || need_pkgs+=(man-db)
+# The proxy's TLS tests make their certificates with the openssl command.
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 # The agent's systemd unit is checked with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)

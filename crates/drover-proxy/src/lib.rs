@@ -10,6 +10,7 @@ mod fds;
 mod front;
 mod metrics;
 mod pool;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
