@@ -462,7 +462,10 @@ impl Agent {
         }
 
         let specs = self.specs(dir, g, manifest, &tree, &deps).map_err(fail)?;
-        out.event(format!("starting {} instances", specs.len()));
+        out.event(match specs.len() {
+            1 => "starting 1 instance".to_string(),
+            n => format!("starting {n} instances"),
+        });
         for (process, index, spec) in specs {
             match self.spawn_instance(&app, &process, index, g.generation, spec, false) {
                 Ok(pid) => attempt.started.borrow_mut().push(pid),
