@@ -55,8 +55,8 @@ struct DirectoryCheck {
     new_order: String,
 }
 
-/// An ACME account on one directory. Blocking; safe to share between threads (orders
-/// run one at a time). Never call it from inside an async runtime.
+/// An ACME account on one directory. Blocking, and safe to share between threads; never
+/// call it from inside an async runtime (it runs its own).
 pub struct Client {
     config: AcmeConfig,
     account_path: PathBuf,
@@ -76,7 +76,7 @@ impl Client {
                 cause: "an ACME directory is an https:// URL".into(),
             });
         }
-        let http = http::client(config.ca.as_deref())?;
+        let http = http::client(&url, config.ca.as_deref())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -294,7 +294,7 @@ async fn why_invalid(order: &mut Order, names: &str) -> AcmeError {
 async fn check_directory(http: &Http, url: &str) -> Result<(), AcmeError> {
     let (status, body) = http::get(http, url)
         .await
-        .map_err(|e| acme_error(url, "answer", e))?;
+        .map_err(|e| acme_error(url, "serve its directory", e))?;
     let invalid = |cause: String| AcmeError::InvalidDirectory {
         url: url.to_string(),
         cause,

@@ -23,11 +23,12 @@ pub(crate) type Http = HyperClient<HttpsConnector<HttpConnector>, BodyWrapper<By
 /// How long a TCP connect to the ACME server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An HTTPS client trusting the certificates in `ca`, or the platform's roots without one.
-pub(crate) fn client(ca: Option<&Path>) -> Result<Http, AcmeError> {
+/// An HTTPS client for the directory at `url`, trusting the certificates in `ca`, or the
+/// platform's roots without one.
+pub(crate) fn client(url: &str, ca: Option<&Path>) -> Result<Http, AcmeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let internal = |cause: String| AcmeError::Internal {
-        url: String::new(),
+        url: url.to_string(),
         cause,
     };
     let builder = match ca {
@@ -47,7 +48,11 @@ pub(crate) fn client(ca: Option<&Path>) -> Result<Http, AcmeError> {
     http.enforce_http(false);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let connector = builder.https_only().enable_http1().wrap_connector(http);
-    Ok(HyperClient::builder(TokioExecutor::new()).build(connector))
+    // No connection outlives its request: between two calls nothing drives the runtime, so
+    // a pooled connection the server closed meanwhile would fail the next request.
+    Ok(HyperClient::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector))
 }
 
 /// Every certificate in the PEM file at `path`, as trust roots.

@@ -62,7 +62,10 @@ struct Pebble {
     url: String,
     /// The CA certificate of pebble's own HTTPS certificate, for `[proxy.acme] ca`.
     ca: PathBuf,
+    listen: u16,
     management: u16,
+    /// challtestsrv's DNS address, for pebble's `-dnsserver`.
+    dns: String,
     /// Where pebble sends HTTP-01 validations.
     http_port: u16,
 }
@@ -177,11 +180,13 @@ impl Pebble {
             children: Vec::new(),
             url: format!("https://127.0.0.1:{listen}/dir"),
             ca: d.join("ca.pem"),
+            listen,
             management,
             http_port,
+            dns: format!("127.0.0.1:{dns}"),
             dir,
         };
-        let dns_addr = format!("127.0.0.1:{dns}");
+        let dns_addr = pebble.dns.clone();
         pebble.children.push(
             Command::new("pebble-challtestsrv")
                 .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
@@ -193,22 +198,37 @@ impl Pebble {
                 .spawn()
                 .expect("start pebble-challtestsrv"),
         );
-        pebble.children.push(
+        pebble.spawn();
+        // challtestsrv's DNS listens on UDP: its management port opens after it.
+        wait_for("challtestsrv listening", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", dns_management)).is_ok()
+        });
+        pebble
+    }
+
+    /// Starts pebble (the last of `children`) and waits until it listens.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("pebble.log"))
+            .unwrap();
+        self.children.push(
             Command::new("pebble")
                 .arg("-config")
-                .arg(pebble.dir.path().join("pebble.json"))
-                .args(["-dnsserver", &dns_addr])
+                .arg(self.dir.path().join("pebble.json"))
+                .args(["-dnsserver", &self.dns])
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 // Every order validates anew.
                 .env("PEBBLE_AUTHZREUSE", "0")
-                .stdout(log("pebble.out"))
-                .stderr(log("pebble.log"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
                 .spawn()
                 .expect("start pebble"),
         );
         for (what, port) in [
-            ("pebble's directory", listen),
-            ("pebble's management", management),
+            ("pebble's directory", self.listen),
+            ("pebble's management", self.management),
         ] {
             wait_for(
                 &format!("{what} listening"),
@@ -216,11 +236,14 @@ impl Pebble {
                 || TcpStream::connect(("127.0.0.1", port)).is_ok(),
             );
         }
-        // challtestsrv's DNS listens on UDP: its management port opens after it.
-        wait_for("challtestsrv listening", Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", dns_management)).is_ok()
-        });
-        pebble
+    }
+
+    /// Restarts pebble, which forgets every account and order.
+    fn restart(&mut self) {
+        let mut old = self.children.pop().unwrap();
+        old.kill().unwrap();
+        old.wait().unwrap();
+        self.spawn();
     }
 
     fn config(&self) -> AcmeConfig {
@@ -474,4 +497,27 @@ fn a_closed_port_is_an_unreachable_directory() {
     assert!(err.to_string().contains("refused"), "{err}");
     assert!(err.hint().unwrap().contains("[proxy.acme] directory"));
     assert!(!state.path().join("account.json").exists());
+}
+
+#[test]
+fn an_account_the_server_forgot_is_made_anew() {
+    let mut pebble = Pebble::start();
+    let map = ChallengeMap::new();
+    let _responder = Responder::start(pebble.http_port, map.clone());
+    let state = tempfile::tempdir().unwrap();
+    let client = Client::new(pebble.config(), state.path()).unwrap();
+    let account = state.path().join("account.json");
+    let before = std::fs::read(&account).unwrap();
+    let id = client.account_id();
+
+    pebble.restart();
+    let domains = vec!["again.app.test".to_string()];
+    client
+        .order(&domains, &map, ORDER_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\npebble's log:\n{}", pebble.log()));
+    assert_ne!(client.account_id(), id);
+    assert_ne!(std::fs::read(&account).unwrap(), before);
+    // The new account is the one kept.
+    let again = Client::new(pebble.config(), state.path()).unwrap();
+    assert_eq!(again.account_id(), client.account_id());
 }
