@@ -41,11 +41,23 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
+    openssl_stdin(dir, args, "")
+}
+
+/// Runs `openssl ARGS` in `dir` with `input` on its stdin: its stdout.
+fn openssl_stdin(dir: &Path, args: &[&str], input: &str) -> String {
+    let mut child = Command::new("openssl")
         .args(args)
         .current_dir(dir)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run openssl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
@@ -389,25 +401,6 @@ fn orders_a_certificate_from_pebble_and_keeps_the_account() {
         .order(&domains[..1], &map, ORDER_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\npebble's log:\n{}", pebble.log()));
     assert_ne!(renewed.key_pem, issued.key_pem);
-}
-
-fn openssl_stdin(dir: &Path, args: &[&str], input: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}");
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
