@@ -358,3 +358,29 @@ async fn create_account(
     write_private(path, &json)?;
     Ok(account)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_shared_between_the_agents_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Client>();
+        shared::<crate::ChallengeMap>();
+    }
+
+    #[test]
+    fn a_plain_http_directory_is_refused_before_any_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AcmeConfig {
+            directory: "http://127.0.0.1:1/dir".into(),
+            email: None,
+            ca: None,
+        };
+        let err = Client::new(config, dir.path()).err().expect("an error");
+        assert!(matches!(err, AcmeError::InvalidDirectory { .. }), "{err}");
+        assert!(err.to_string().contains("http://127.0.0.1:1/dir"), "{err}");
+        assert!(!dir.path().join(ACCOUNT_FILE).exists());
+    }
+}

@@ -354,7 +354,7 @@ fn orders_a_certificate_from_pebble_and_keeps_the_account() {
     assert!(issued.not_before < issued.not_after);
     assert!(!issued.renew_due(SystemTime::now()));
 
-    // The chain: a leaf for both names, signed by the next certificate.
+    // The chain: a leaf for both names, signed by the next certificate ...
     let chain = split_chain(&issued.cert_pem);
     assert!(
         chain.len() >= 2,
@@ -367,16 +367,28 @@ fn orders_a_certificate_from_pebble_and_keeps_the_account() {
     let text = openssl(d, &["x509", "-noout", "-text", "-in", "leaf.pem"]);
     assert!(text.contains("DNS:app.test"), "{text}");
     assert!(text.contains("DNS:www.app.test"), "{text}");
-    openssl(
-        d,
-        &[
-            "verify",
-            "-partial_chain",
-            "-CAfile",
-            "issuers.pem",
-            "leaf.pem",
-        ],
+    // ... up to pebble's root, served at its management port.
+    let root = Command::new("curl")
+        .args(["-sSf", "--cacert"])
+        .arg(&pebble.ca)
+        .arg(format!("https://127.0.0.1:{}/roots/0", pebble.management))
+        .output()
+        .expect("run curl");
+    assert!(
+        root.status.success(),
+        "{}",
+        String::from_utf8_lossy(&root.stderr)
     );
+    std::fs::write(d.join("root.pem"), &root.stdout).unwrap();
+    let verify = [
+        "verify",
+        "-CAfile",
+        "root.pem",
+        "-untrusted",
+        "issuers.pem",
+        "leaf.pem",
+    ];
+    openssl(d, &verify);
     // The key is the leaf's.
     let key_pub = openssl_stdin(d, &["pkey", "-pubout"], &issued.key_pem);
     let cert_pub = openssl(d, &["x509", "-noout", "-pubkey", "-in", "leaf.pem"]);
