@@ -51,6 +51,18 @@ impl ProxyConf {
         }
     }
 
+    /// Its hosts, and how its TLS stands (`acme`: what the app's ACME renewer last said).
+    pub(crate) fn describe(&self, acme: Option<String>) -> (Vec<String>, Option<String>) {
+        let tls = self.tls.as_ref().map(|t| match t {
+            drover_config::Tls::Files { cert, .. } => format!("certificate {}", cert.display()),
+            drover_config::Tls::Acme(_) => format!(
+                "ACME: {}",
+                acme.unwrap_or_else(|| "ordering a certificate".into())
+            ),
+        });
+        (self.claim.hosts.clone(), tls)
+    }
+
     fn settings(&self) -> drover_proxy::Settings {
         let d = drover_proxy::Settings::default();
         drover_proxy::Settings {
@@ -276,6 +288,16 @@ impl Agent {
             });
         }
         Ok(())
+    }
+
+    /// What the app's ACME renewer last said.
+    pub(crate) fn acme_status(&self, app: &str) -> Option<String> {
+        self.acme
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .map(|s| s.status.clone())
+            .filter(|s| !s.is_empty())
     }
 
     /// Starts accepting on every shared port (after recovery has put each app behind its).

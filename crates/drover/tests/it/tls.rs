@@ -373,3 +373,134 @@ fn bad_certificates_are_refused_naming_the_file_and_what_serves_is_untouched() {
     let st = cx.app_status("shop");
     assert_eq!(st["generation"], 1, "{st}");
 }
+
+#[path = "../../../drover-acme/tests/support/pebble.rs"]
+mod pebble;
+
+/// pebble's root, which signs what it issues: what clients of the app must trust.
+fn pebble_root(p: &pebble::Pebble, to: &Path) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&p.ca)
+        .arg(format!("https://127.0.0.1:{}/roots/0", p.management))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(to, out.stdout).unwrap();
+}
+
+/// App `name` on TLS `port` for `hosts`, its certificates from the ACME `directory`.
+fn acme_app(
+    cx: &TestContext,
+    name: &str,
+    (port, http_port): (u16, u16),
+    hosts: &[&str],
+    directory: &str,
+    ca: &Path,
+) -> PathBuf {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    let d = cx.hello_app(
+        name,
+        "1",
+        &format!(
+            "[proxy]\nport = {port}\nhttp_port = {http_port}\nhosts = [{}]\ntls = \"acme\"\n\n\
+             [proxy.acme]\ndirectory = {directory:?}\nemail = \"ops@shop.test\"\nca = {:?}\n\n\
+             [env]\nGREETING = \"hi from {name}\"\n",
+            hosts.join(", "),
+            ca.display().to_string(),
+        ),
+    );
+    let toml = std::fs::read_to_string(d.join("drover.toml"))
+        .unwrap()
+        .replace("name = \"hello\"", &format!("name = \"{name}\""));
+    std::fs::write(d.join("drover.toml"), toml).unwrap();
+    d
+}
+
+#[test]
+fn acme_certificates_are_ordered_from_pebble_served_renewed_and_a_bad_directory_is_reported() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let http_port = free_port();
+    // pebble fetches the HTTP-01 answer from the app's plain-HTTP port, and issues
+    // certificates valid 30 s: renewed 10 s before they end.
+    let p = pebble::Pebble::start_with(http_port, Some(30));
+    let root = cx.path("pebble-root.pem");
+    pebble_root(&p, &root);
+    let port = free_port();
+    let shop = acme_app(
+        &cx,
+        "shop",
+        (port, http_port),
+        &["shop.test", "www.shop.test"],
+        &p.url,
+        &p.ca,
+    );
+    cx.drover(&["deploy", shop.to_str().unwrap()]).success();
+    wait_for(
+        "a certificate from pebble to be served",
+        Duration::from_secs(60),
+        || {
+            curl(&root, "www.shop.test", port, "/", &[])
+                .1
+                .contains("hi from shop")
+        },
+    );
+    let issued = served_serial(port, "shop.test");
+    // Kept under the root, unreadable to others.
+    let key = cx.root.join("acme/certs/shop.test.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "{key:?} is {mode:o}");
+    let st = cx.drover(&["status", "shop"]).success().stdout;
+    assert!(
+        st.contains("tls: ACME: certificate valid until") && st.contains("https://shop.test:"),
+        "{st}"
+    );
+
+    // Renewed ahead of its end, and served to the next handshakes.
+    wait_for(
+        "the renewed certificate to be served",
+        Duration::from_secs(60),
+        || {
+            let now = served_serial(port, "shop.test");
+            !now.is_empty() && now != issued
+        },
+    );
+    assert!(
+        curl(&root, "shop.test", port, "/", &[])
+            .1
+            .contains("hi from shop")
+    );
+
+    // A directory nobody answers: the app is deployed, its status says why it has no
+    // certificate and that the order is tried again; the shop still serves.
+    let blog = acme_app(
+        &cx,
+        "blog",
+        (port, http_port),
+        &["blog.test"],
+        "https://127.0.0.1:9/dir",
+        &p.ca,
+    );
+    cx.drover(&["deploy", blog.to_str().unwrap()]).success();
+    wait_for(
+        "the failed order in status",
+        Duration::from_secs(30),
+        || {
+            let st = cx.drover(&["status", "blog"]).stdout;
+            st.contains("ordering a certificate failed")
+                && st.contains("127.0.0.1:9")
+                && st.contains("trying again")
+        },
+    );
+    assert!(
+        curl(&root, "shop.test", port, "/", &[])
+            .1
+            .contains("hi from shop")
+    );
+}
