@@ -533,7 +533,7 @@ fn prometheus_metrics_per_release() {
 }
 
 /// `drover agent --replace`, once `old` has handed over and exited and the new one answers.
-fn replace_agent(cx: &TestContext, old: &mut AgentHandle) -> std::process::Child {
+pub(crate) fn replace_agent(cx: &TestContext, old: &mut AgentHandle) -> std::process::Child {
     let log = std::fs::File::create(cx.path("agent2.log")).unwrap();
     let new = cx
         .command()

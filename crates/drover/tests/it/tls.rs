@@ -155,7 +155,7 @@ fn tls_load(
 fn apps_on_one_tls_port_by_sni_with_h2_upgrades_redirects_and_replaced_certificates_fail_no_request()
  {
     let cx = TestContext::new();
-    let _agent = cx.start_agent();
+    let mut agent = cx.start_agent();
     let ca_dir = cx.path("ca");
     std::fs::create_dir_all(&ca_dir).unwrap();
     let ca = Ca::new(&ca_dir);
@@ -299,6 +299,9 @@ fn apps_on_one_tls_port_by_sni_with_h2_upgrades_redirects_and_replaced_certifica
         cx.drover(&["deploy", dir.to_str().unwrap()]).success();
         cx.drover(&["rollback", app]).success();
     }
+    // A replacing agent takes the TLS port and its plain one over, and serves the same
+    // certificates.
+    let mut replaced = crate::proxy::replace_agent(&cx, &mut agent);
     // The shop's certificate files are replaced (a renewal): the next handshakes get it.
     let before = served_serial(port, "shop.test");
     let renewed = ca.issue(
@@ -329,6 +332,8 @@ fn apps_on_one_tls_port_by_sni_with_h2_upgrades_redirects_and_replaced_certifica
         "failed requests: {:?}",
         tally.errors.lock().unwrap()
     );
+    let _ = replaced.kill();
+    let _ = replaced.wait();
 }
 
 #[test]
@@ -496,6 +501,25 @@ fn acme_certificates_are_ordered_from_pebble_served_renewed_and_a_bad_directory_
             st.contains("ordering a certificate failed")
                 && st.contains("127.0.0.1:9")
                 && st.contains("trying again")
+        },
+    );
+    // A URL that answers, but not as an ACME directory, is named as such.
+    let roots = format!("https://127.0.0.1:{}/roots/0", p.management);
+    let wiki = acme_app(
+        &cx,
+        "wiki",
+        (port, http_port),
+        &["wiki.test"],
+        &roots,
+        &p.ca,
+    );
+    cx.drover(&["deploy", wiki.to_str().unwrap()]).success();
+    wait_for(
+        "the invalid directory in status",
+        Duration::from_secs(30),
+        || {
+            let st = cx.drover(&["status", "wiki"]).stdout;
+            st.contains("is not an ACME directory") && st.contains("/roots/0")
         },
     );
     assert!(
