@@ -528,3 +528,68 @@ fn acme_certificates_are_ordered_from_pebble_served_renewed_and_a_bad_directory_
             .contains("hi from shop")
     );
 }
+
+#[test]
+fn a_canary_and_a_pause_behind_a_shared_tls_port_fail_no_request() {
+    let cx = TestContext::new();
+    let _agent = cx.start_agent();
+    let ca_dir = cx.path("ca");
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    let ca = Ca::new(&ca_dir);
+    let (cert, key) = ca.issue("shop", &["shop.test"], KeyKind::Pkcs8);
+    let ports = (free_port(), free_port());
+    let v1 = tls_app(&cx, "shop", "1", ports, &["shop.test"], (&cert, &key));
+    let v2 = tls_app(&cx, "shop", "2", ports, &["shop.test"], (&cert, &key));
+    cx.drover(&["deploy", v1.to_str().unwrap()]).success();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let workers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|http1| {
+            let (ca, stop, tally) = (ca.cert.clone(), stop.clone(), tally.clone());
+            std::thread::spawn(move || {
+                tls_load(ca, "shop.test", ports.0, "hi from shop", http1, stop, tally)
+            })
+        })
+        .collect();
+    wait_for("load to flow", Duration::from_secs(20), || {
+        tally.ok.load(Ordering::Relaxed) > 100
+    });
+    // A canary takes its share of new clients through the TLS port, then is promoted.
+    cx.drover(&["deploy", "--canary", "50", v2.to_str().unwrap()])
+        .success();
+    wait_for("the canary to answer", Duration::from_secs(20), || {
+        (0..10).any(|_| {
+            curl(&ca.cert, "shop.test", ports.0, "/", &[])
+                .1
+                .contains("version 2")
+        })
+    });
+    cx.drover(&["promote", "shop"]).success();
+    // A pause holds a request until resume, on the same port.
+    cx.drover(&["pause", "shop"]).success();
+    let held = {
+        let ca = ca.cert.clone();
+        std::thread::spawn(move || curl(&ca, "shop.test", ports.0, "/", &[]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!held.is_finished(), "a request went through while paused");
+    cx.drover(&["resume", "shop"]).success();
+    let (ok, out) = held.join().unwrap();
+    assert!(ok && out.contains("version 2"), "{out}");
+    let after = tally.ok.load(Ordering::Relaxed);
+    wait_for("traffic after", Duration::from_secs(20), || {
+        tally.ok.load(Ordering::Relaxed) > after + 100
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        tally.failed.load(Ordering::Relaxed),
+        0,
+        "failed requests: {:?}",
+        tally.errors.lock().unwrap()
+    );
+}
