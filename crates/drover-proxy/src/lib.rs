@@ -170,7 +170,9 @@ impl FrontHandle {
         settings: Settings,
         routes: Routes,
     ) -> Result<ProxyHandle, String> {
-        let shared = Arc::new(Shared::new(app, settings, routes, self.front.fds.clone()));
+        let mut shared = Shared::new(app, settings, routes, self.front.fds.clone());
+        shared.metrics = metrics::Registry::with_hosts(&claim.hosts);
+        let shared = Arc::new(shared);
         self.front.attach(claim, shared.clone())?;
         Ok(ProxyHandle {
             shared,
@@ -869,7 +871,18 @@ async fn route(
             }
         }
     };
-    handle(app, req, peer, https).await
+    // Counted by host name for an app that claims names (no work for an app alone).
+    let host_name = host.filter(|_| app.metrics.counts_hosts()).map(|h| {
+        front::strip_port(h)
+            .trim_end_matches('.')
+            .to_ascii_lowercase()
+    });
+    let counted = app.clone();
+    let resp = handle(app, req, peer, https).await;
+    if let Some(h) = &host_name {
+        counted.metrics.count_host(h, resp.status().as_u16());
+    }
+    resp
 }
 
 /// 308 to the same URL over https on `port`.

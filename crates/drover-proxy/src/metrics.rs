@@ -87,9 +87,47 @@ pub type Snapshot = drover_wire::ReleaseTraffic;
 #[derive(Default)]
 pub struct Registry {
     by_release: Mutex<BTreeMap<String, Arc<ReleaseMetrics>>>,
+    /// Responses by class (2xx..5xx) for each host name the app claims (a shared port).
+    by_host: Vec<(String, [AtomicU64; 4])>,
 }
 
 impl Registry {
+    /// A registry that also counts the responses of each of `hosts`.
+    pub fn with_hosts(hosts: &[String]) -> Registry {
+        Registry {
+            by_release: Mutex::default(),
+            by_host: hosts
+                .iter()
+                .map(|h| (h.clone(), Default::default()))
+                .collect(),
+        }
+    }
+
+    /// Does it count responses by host name?
+    pub fn counts_hosts(&self) -> bool {
+        !self.by_host.is_empty()
+    }
+
+    /// Counts a response to a request for `host` (a name the app claims, as claimed: a
+    /// wildcard's names count under the wildcard); other names are not counted.
+    pub fn count_host(&self, host: &str, status: u16) {
+        let class = match status {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        };
+        let wildcard = host.split_once('.').map(|(_, parent)| parent);
+        let hit = self.by_host.iter().find(|(h, _)| h == host).or_else(|| {
+            self.by_host
+                .iter()
+                .find(|(h, _)| h.strip_prefix("*.").is_some_and(|p| Some(p) == wildcard))
+        });
+        if let Some((_, c)) = hit {
+            c[class].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn release(&self, release: &str) -> Arc<ReleaseMetrics> {
         let mut map = self.by_release.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(release.to_string()).or_default().clone()
@@ -128,7 +166,8 @@ pub fn prometheus<'a>(apps: impl Iterator<Item = (&'a str, &'a Registry)>) -> St
         "# HELP drover_proxy_requests_total Requests proxied, by app, release and status class.\n",
     );
     out.push_str("# TYPE drover_proxy_requests_total counter\n");
-    let apps: Vec<(&str, PerRelease)> = apps.map(|(a, r)| (a, r.each())).collect();
+    let hosts: Vec<(&str, &Registry)> = apps.collect();
+    let apps: Vec<(&str, PerRelease)> = hosts.iter().map(|(a, r)| (*a, r.each())).collect();
     for (app, releases) in &apps {
         for (rel, m) in releases {
             for (class, c) in [
@@ -140,6 +179,20 @@ pub fn prometheus<'a>(apps: impl Iterator<Item = (&'a str, &'a Registry)>) -> St
                 let _ = writeln!(
                     out,
                     "drover_proxy_requests_total{{app=\"{app}\",release=\"{rel}\",class=\"{class}\"}} {}",
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+    out.push_str(
+        "# HELP drover_proxy_host_requests_total Responses by app, host name it claims and status class.\n# TYPE drover_proxy_host_requests_total counter\n",
+    );
+    for (app, registry) in &hosts {
+        for (host, counts) in &registry.by_host {
+            for (class, c) in ["2xx", "3xx", "4xx", "5xx"].iter().zip(counts) {
+                let _ = writeln!(
+                    out,
+                    "drover_proxy_host_requests_total{{app=\"{app}\",host=\"{host}\",class=\"{class}\"}} {}",
                     c.load(Ordering::Relaxed)
                 );
             }
@@ -188,6 +241,25 @@ pub fn prometheus<'a>(apps: impl Iterator<Item = (&'a str, &'a Registry)>) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_counted_by_the_host_names_claimed() {
+        let r = Registry::with_hosts(&["shop.test".into(), "*.blog.test".into()]);
+        r.count_host("shop.test", 200);
+        r.count_host("shop.test", 404);
+        r.count_host("me.blog.test", 502);
+        r.count_host("other.test", 200);
+        let text = prometheus([("shop", &r)].into_iter());
+        for line in [
+            "drover_proxy_host_requests_total{app=\"shop\",host=\"shop.test\",class=\"2xx\"} 1",
+            "drover_proxy_host_requests_total{app=\"shop\",host=\"shop.test\",class=\"4xx\"} 1",
+            "drover_proxy_host_requests_total{app=\"shop\",host=\"*.blog.test\",class=\"5xx\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("other.test"), "{text}");
+        assert!(!Registry::default().counts_hosts());
+    }
 
     #[test]
     fn quantiles_and_text() {

@@ -911,7 +911,8 @@ fn get_host(port: u16, host: &str, path: &str) -> (u16, String) {
 fn apps_share_a_port_by_host_name_with_zero_failed_requests_across_deploys_rollbacks_and_an_agent_replace()
  {
     let cx = TestContext::new();
-    let mut agent = cx.start_agent();
+    let mport = free_port();
+    let mut agent = cx.start_agent_with(&["--metrics", &format!("127.0.0.1:{mport}")]);
     let port = free_port();
     let shop = |v: &str| {
         claiming(
@@ -992,6 +993,19 @@ fn apps_share_a_port_by_host_name_with_zero_failed_requests_across_deploys_rollb
             .1
             .contains("hi from shop")
     );
+    // Metrics per app and host name it claims.
+    let (_, text) = http_get(mport, "/metrics").unwrap();
+    for line in [
+        "{app=\"shop\",host=\"www.shop.test\",class=\"2xx\"} 2",
+        "{app=\"blog\",host=\"*.blog.test\",class=\"2xx\"} 1",
+        "{app=\"blog\",host=\"blog.test\",class=\"4xx\"} 1",
+        "{app=\"api\",host=\"blog.test\",class=\"4xx\"} 1",
+    ] {
+        assert!(
+            text.contains(&format!("drover_proxy_host_requests_total{line}")),
+            "{line} in {text}"
+        );
+    }
 
     // Load on both hosts, kept-alive and new connections, across deploys and rollbacks of
     // both apps, and an agent replaced.
