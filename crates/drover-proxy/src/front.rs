@@ -173,7 +173,30 @@ impl Front {
             .collect();
         claims.push((claim, app));
         *t = Arc::new(Table::of(claims));
+        drop(t);
+        self.prune_certificates();
         Ok(())
+    }
+
+    /// Stops serving (and watching) the certificates of hosts no app claims any more. A port
+    /// held by one app alone keeps its certificate, whatever name it was filed under.
+    fn prune_certificates(&self) {
+        let Some(tls) = &self.tls else {
+            return;
+        };
+        let table = self.table();
+        if table.only.is_some() {
+            return;
+        }
+        let mut watch = tls.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = watch
+            .hosts()
+            .filter(|h| !table.hosts.contains_key(*h))
+            .map(str::to_string)
+            .collect();
+        for h in gone {
+            watch.remove(&h);
+        }
     }
 
     /// Takes `app` (this very one) from behind the port: true when no app is left.
@@ -187,6 +210,8 @@ impl Front {
             .collect();
         let empty = claims.is_empty();
         *t = Arc::new(Table::of(claims));
+        drop(t);
+        self.prune_certificates();
         empty
     }
 

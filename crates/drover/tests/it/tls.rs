@@ -332,6 +332,20 @@ fn apps_on_one_tls_port_by_sni_with_h2_upgrades_redirects_and_replaced_certifica
         "failed requests: {:?}",
         tally.errors.lock().unwrap()
     );
+    // A host the app no longer claims loses its certificate too: no handshake for it.
+    let shop3 = tls_app(
+        &cx,
+        "shop",
+        "3",
+        ports,
+        &["shop.test"],
+        (&shop_cert, &shop_key),
+    );
+    cx.drover(&["deploy", shop3.to_str().unwrap()]).success();
+    let (ok, out) = curl(&ca.cert, "www.shop.test", port, "/", &[]);
+    assert!(!ok, "{out}");
+    let (ok, out) = curl(&ca.cert, "shop.test", port, "/", &[]);
+    assert!(ok && out.contains("version 3"), "{out}");
     let _ = replaced.kill();
     let _ = replaced.wait();
 }
