@@ -18,6 +18,8 @@ python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
 command -v man >/dev/null || need_pkgs+=(man-db)
 # The proxy's TLS tests make their certificates with the openssl command.
 command -v openssl >/dev/null || need_pkgs+=(openssl)
+# ACME is tested against Let's Encrypt's test server and its DNS, from Debian's package.
+command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null || need_pkgs+=(pebble)
 command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 # The agent's systemd unit is checked with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)

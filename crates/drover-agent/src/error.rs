@@ -91,6 +91,12 @@ pub enum Error {
     NoProxy { app: String },
     #[error("cannot serve `{app}` on port {port}: {why}")]
     PortClaimed { app: String, port: u16, why: String },
+    #[error("`{app}`: {message}")]
+    Certificate {
+        app: String,
+        message: String,
+        hint: Option<String>,
+    },
     #[error("cannot bind port {port} for the proxy of `{app}`: {err}")]
     PortInUse {
         app: String,
@@ -222,6 +228,7 @@ impl Error {
             )),
             Error::Locked { .. } => Some("wait for it to finish, then try again".into()),
             Error::NoProxy { .. } => Some("set `[proxy] port` in its drover.toml".into()),
+            Error::Certificate { hint, .. } => hint.clone(),
             Error::PortClaimed { .. } => Some(
                 "apps share a port only by distinct `[proxy] hosts` (or `path_prefix`): change them, or `[proxy] port`"
                     .into(),
@@ -378,6 +385,11 @@ mod tests {
                 app: app(),
                 port: 443,
                 why: "a.test is claimed by app `other`".into(),
+            },
+            Error::Certificate {
+                app: app(),
+                message: "/etc/ssl/a.pem: the certificate has expired".into(),
+                hint: Some("renew it".into()),
             },
             Error::PortInUse {
                 app: app(),

@@ -20,16 +20,20 @@ const MAX_FDS: usize = 64;
 
 /// The old agent's side: one message, the port list as JSON, the sockets as rights.
 pub fn send(stream: &mut UnixStream, proxies: &[ProxyHandle]) -> std::io::Result<()> {
-    // A port that apps share by host name goes over once.
+    // Every port of every app (a TLS one and its plain-HTTP one), a shared one once.
     let mut seen = std::collections::HashSet::new();
-    let proxies: Vec<&ProxyHandle> = proxies.iter().filter(|p| seen.insert(p.port)).collect();
-    let proxies = &proxies[..proxies.len().min(MAX_FDS)];
+    let listeners: Vec<(u16, &TcpListener)> = proxies
+        .iter()
+        .flat_map(|p| p.listeners())
+        .filter(|(port, _)| seen.insert(*port))
+        .collect();
+    let listeners = &listeners[..listeners.len().min(MAX_FDS)];
     let msg = Handover {
-        ports: proxies.iter().map(|p| p.port).collect(),
+        ports: listeners.iter().map(|(port, _)| *port).collect(),
     };
     let mut line = serde_json::to_vec(&msg).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    let fds: Vec<_> = proxies.iter().map(|p| p.listener().as_fd()).collect();
+    let fds: Vec<_> = listeners.iter().map(|(_, l)| l.as_fd()).collect();
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {

@@ -4,6 +4,7 @@
 //! Apps run in their own process groups with output going straight to log files, so they
 //! outlive the agent; a restarted agent finds them again through their environment tag.
 
+mod acme;
 pub mod confine;
 mod deploy;
 mod error;
@@ -158,6 +159,13 @@ struct AppRt {
     proxy_conf: Option<ProxyConf>,
 }
 
+impl Agent {
+    /// This agent, weakly (for a thread that must not keep it alive).
+    pub(crate) fn weak(&self) -> std::sync::Weak<Agent> {
+        self.me.get().cloned().unwrap_or_default()
+    }
+}
+
 pub struct Agent {
     root: PathBuf,
     tag: String,
@@ -173,6 +181,12 @@ pub struct Agent {
     fronts: Mutex<HashMap<u16, drover_proxy::FrontHandle>>,
     /// Set until recovery has put every app behind its shared port.
     recovering: std::sync::atomic::AtomicBool,
+    /// Pending ACME HTTP-01 answers, served on every plain port.
+    challenges: drover_acme::ChallengeMap,
+    /// Each app's ACME certificate, as `status` tells it.
+    acme: Mutex<HashMap<String, acme::AcmeState>>,
+    /// This agent, for the threads it starts (set once it is in its `Arc`).
+    me: std::sync::OnceLock<std::sync::Weak<Agent>>,
     /// The client connections being served.
     conns: Mutex<Conns>,
     /// After a deploy, collect what each app's `gc_keep` newest generations do not need

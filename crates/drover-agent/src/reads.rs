@@ -134,10 +134,18 @@ impl Agent {
             release: g.as_ref().map(|g| g.release.clone()),
             state: state.into(),
             instances,
-            proxy: proxy.map(|p| ProxyStatus {
-                port: p.port,
-                paused: p.paused(),
-                releases: p.metrics(),
+            proxy: proxy.map(|p| {
+                let (hosts, tls) = rt
+                    .and_then(|rt| rt.proxy_conf.as_ref())
+                    .map(|c| c.describe(self.acme_status(app)))
+                    .unwrap_or_default();
+                ProxyStatus {
+                    port: p.port,
+                    paused: p.paused(),
+                    releases: p.metrics(),
+                    hosts,
+                    tls,
+                }
             }),
             canary: rt
                 .and_then(|rt| rt.canary)

@@ -21,6 +21,11 @@ pub(crate) struct ProxyConf {
     max_connections: Option<usize>,
     /// The host names (and path prefix) it claims of a shared port; none: its port alone.
     claim: drover_proxy::Claim,
+    /// TLS on `port`, with plain HTTP on `http_port` (redirecting to https, or not).
+    tls: Option<drover_config::Tls>,
+    http_port: u16,
+    redirect: bool,
+    acme: Option<drover_config::Acme>,
 }
 
 impl ProxyConf {
@@ -37,8 +42,25 @@ impl ProxyConf {
                 hosts: cfg.hosts.clone(),
                 path_prefix: cfg.path_prefix.clone(),
                 default: cfg.default,
+                redirect: None,
             },
+            tls: cfg.tls.clone(),
+            http_port: cfg.http_port(),
+            redirect: cfg.redirects(),
+            acme: cfg.acme.clone(),
         }
+    }
+
+    /// Its hosts, and how its TLS stands (`acme`: what the app's ACME renewer last said).
+    pub(crate) fn describe(&self, acme: Option<String>) -> (Vec<String>, Option<String>) {
+        let tls = self.tls.as_ref().map(|t| match t {
+            drover_config::Tls::Files { cert, .. } => format!("certificate {}", cert.display()),
+            drover_config::Tls::Acme(_) => format!(
+                "ACME: {}",
+                acme.unwrap_or_else(|| "ordering a certificate".into())
+            ),
+        });
+        (self.claim.hosts.clone(), tls)
     }
 
     fn settings(&self) -> drover_proxy::Settings {
@@ -64,9 +86,13 @@ pub(crate) enum ProxyPlan {
     /// A new proxy on this listener (newly bound, or the live proxy's own socket when only
     /// its settings change) takes over from the app's proxy.
     Serve(std::net::TcpListener, ProxyConf),
-    /// Behind the port that apps share by host name (this listener opens it when no app
-    /// is behind it yet).
-    Attach(Option<std::net::TcpListener>, ProxyConf),
+    /// Behind the port that apps share by host name or that speaks TLS (a listener opens
+    /// it when no app is behind it yet), and with TLS behind its plain-HTTP port too.
+    Attach {
+        main: Option<std::net::TcpListener>,
+        http: Option<std::net::TcpListener>,
+        conf: ProxyConf,
+    },
     /// No `[proxy]` any more: the app's proxy stops.
     Remove,
 }
@@ -88,6 +114,8 @@ impl Agent {
             return Ok(rt);
         }
         let rt = drover_proxy::Runtime::new()?;
+        let answers = self.challenges.clone();
+        rt.set_challenges(Arc::new(move |token| answers.get(token)));
         Ok(self.proxy_rt.get_or_init(|| rt))
     }
 
@@ -118,75 +146,158 @@ impl Agent {
         {
             return Ok(ProxyPlan::Keep);
         }
-        let claimed = |why: String| Error::PortClaimed {
-            app: app.to_string(),
-            port: want.port,
-            why,
-        };
-        let front = self.front(want.port);
-        let others: Vec<String> = front
-            .iter()
-            .flat_map(|f| f.apps())
-            .map(|(a, _)| a)
-            .filter(|a| a != app)
-            .collect();
-        if !want.claim.hosts.is_empty() {
-            if let Some(f) = &front {
-                return match f.conflict(app, &want.claim) {
-                    Some(why) => Err(claimed(why)),
-                    None => Ok(ProxyPlan::Attach(None, want)),
-                };
-            }
-            let alone = self
-                .proxies_now()
-                .into_iter()
-                .find(|(a, p)| a != app && p.port == want.port && !p.shared());
-            if let Some((other, _)) = alone {
-                return Err(claimed(format!(
-                    "app `{other}` holds it alone (it names no `[proxy] hosts`)"
-                )));
-            }
-        } else if !others.is_empty() {
-            return Err(claimed(format!(
-                "apps {} share it by host name: name `[proxy] hosts` for `{app}` too",
-                others.join(", ")
-            )));
-        }
-        // Other settings on the port this app serves now (alone, or the last behind a shared
-        // one): a new proxy takes over the same socket, not bound again.
-        let own = current
-            .as_ref()
-            .filter(|p| p.port == want.port)
-            .map(|p| p.listener().try_clone());
-        if let Some(l) = own {
-            let l = l.map_err(Error::io(format!(
-                "cannot take over the socket of the proxy of `{app}`"
-            )))?;
-            return Ok(if want.claim.hosts.is_empty() {
-                ProxyPlan::Serve(l, want)
-            } else {
-                ProxyPlan::Attach(Some(l), want)
+        if !want.claim.hosts.is_empty() || want.tls.is_some() {
+            self.check_certificates(app, &want)?;
+            let main = self.port_for(app, want.port, &want.claim, want.tls.is_some(), &current)?;
+            let http = match want.tls {
+                Some(_) => self.port_for(app, want.http_port, &want.claim, false, &current)?,
+                None => None,
+            };
+            return Ok(ProxyPlan::Attach {
+                main,
+                http,
+                conf: want,
             });
         }
+        if let Some(f) = self.front(want.port) {
+            let others = f.apps_besides(app);
+            if !others.is_empty() {
+                return Err(Error::PortClaimed {
+                    app: app.to_string(),
+                    port: want.port,
+                    why: format!(
+                        "apps {} share it by host name: name `[proxy] hosts` for `{app}` too",
+                        others.join(", ")
+                    ),
+                });
+            }
+        }
+        let listener = match self.own_listener(app, want.port, &current)? {
+            Some(l) => l,
+            None => self.bind(app, want.port)?,
+        };
+        Ok(ProxyPlan::Serve(listener, want))
+    }
+
+    /// What app `app` needs to be behind the shared `port` with `claim` (`tls`: a TLS port):
+    /// nothing when the port is open already, else its listener (the app's own, one handed
+    /// over, or newly bound). A claim another app holds, a port of the other kind or one
+    /// another app holds alone is refused, naming that app.
+    fn port_for(
+        &self,
+        app: &str,
+        port: u16,
+        claim: &drover_proxy::Claim,
+        tls: bool,
+        current: &Option<ProxyHandle>,
+    ) -> Result<Option<std::net::TcpListener>> {
+        let claimed = |why: String| Error::PortClaimed {
+            app: app.to_string(),
+            port,
+            why,
+        };
+        if let Some(f) = self.front(port) {
+            let others = f.apps_besides(app);
+            if f.is_tls() != tls && !others.is_empty() {
+                return Err(claimed(format!(
+                    "it serves {} for apps {}",
+                    if f.is_tls() { "TLS" } else { "plain HTTP" },
+                    others.join(", ")
+                )));
+            }
+            if f.is_tls() == tls {
+                return match f.conflict(app, claim) {
+                    Some(why) => Err(claimed(why)),
+                    None => Ok(None),
+                };
+            }
+        }
+        let alone = self.proxies_now().into_iter().find(|(a, p)| {
+            a != app && !p.shared() && p.listeners().iter().any(|(n, _)| *n == port)
+        });
+        if let Some((other, _)) = alone {
+            return Err(claimed(format!(
+                "app `{other}` holds it alone (it names no `[proxy] hosts`)"
+            )));
+        }
+        Ok(Some(match self.own_listener(app, port, current)? {
+            Some(l) => l,
+            None => self.bind(app, port)?,
+        }))
+    }
+
+    /// The app's own socket of `port`, when its proxy serves there now: a new proxy takes it
+    /// over, it is not bound again.
+    fn own_listener(
+        &self,
+        app: &str,
+        port: u16,
+        current: &Option<ProxyHandle>,
+    ) -> Result<Option<std::net::TcpListener>> {
+        let Some(p) = current else {
+            return Ok(None);
+        };
+        match p.listeners().into_iter().find(|(n, _)| *n == port) {
+            Some((_, l)) => l.try_clone().map(Some).map_err(Error::io(format!(
+                "cannot take over the socket of the proxy of `{app}`"
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// `port`'s socket: handed over by the agent this one replaced, or bound now.
+    fn bind(&self, app: &str, port: u16) -> Result<std::net::TcpListener> {
         let inherited = self
             .inherited
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&want.port);
-        let listener = match inherited {
+            .remove(&port);
+        match inherited {
             Some(l) => Ok(l),
-            None => std::net::TcpListener::bind(("0.0.0.0", want.port)),
+            None => std::net::TcpListener::bind(("0.0.0.0", port)),
         }
         .map_err(|err| Error::PortInUse {
             app: app.to_string(),
-            port: want.port,
+            port,
             err,
-        })?;
-        Ok(if want.claim.hosts.is_empty() {
-            ProxyPlan::Serve(listener, want)
-        } else {
-            ProxyPlan::Attach(Some(listener), want)
         })
+    }
+
+    /// `[proxy] tls = { cert, key }`: the pair loads, is valid now and covers every host.
+    fn check_certificates(&self, app: &str, want: &ProxyConf) -> Result<()> {
+        let Some(drover_config::Tls::Files { cert, key }) = &want.tls else {
+            return Ok(());
+        };
+        let bad = |e: drover_proxy::tls::TlsError| Error::Certificate {
+            app: app.to_string(),
+            hint: e.hint(),
+            message: e.to_string(),
+        };
+        let pair = drover_proxy::tls::load_pair(cert, key).map_err(bad)?;
+        if let Some(h) = want.claim.hosts.iter().find(|h| !pair.covers(h)) {
+            return Err(Error::Certificate {
+                app: app.to_string(),
+                message: format!(
+                    "{}: the certificate does not cover {h} (it names {})",
+                    cert.display(),
+                    pair.names.join(", ")
+                ),
+                hint: Some(
+                    "give a certificate whose names include every host in `[proxy] hosts`".into(),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// What the app's ACME renewer last said.
+    pub(crate) fn acme_status(&self, app: &str) -> Option<String> {
+        self.acme
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .map(|s| s.status.clone())
+            .filter(|s| !s.is_empty())
     }
 
     /// Starts accepting on every shared port (after recovery has put each app behind its).
@@ -203,6 +314,81 @@ impl Agent {
         for f in fronts {
             f.start();
         }
+    }
+
+    /// The shared port `port`: open already, or opened on `listener`.
+    fn open_front(
+        &self,
+        app: &str,
+        port: u16,
+        listener: Option<std::net::TcpListener>,
+        conf: &ProxyConf,
+        tls: bool,
+    ) -> Result<drover_proxy::FrontHandle> {
+        let cannot = || format!("cannot start the proxy of `{app}` on port {port}");
+        if let Some(f) = self.front(port).filter(|f| f.is_tls() == tls) {
+            return Ok(f);
+        }
+        let Some(l) = listener else {
+            return Err(Error::io(cannot())(std::io::Error::other(
+                "the port's listener has gone",
+            )));
+        };
+        let f = self
+            .runtime()
+            .and_then(|rt| rt.shared_front(l, conf.settings(), tls))
+            .map_err(Error::io(cannot()))?;
+        self.fronts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port, f.clone());
+        Ok(f)
+    }
+
+    /// The certificates of the app's hosts on its TLS port: its files (watched), or those
+    /// ordered by ACME (once they are issued; meanwhile the app serves plain HTTP only).
+    fn serve_certificates(
+        &self,
+        app: &str,
+        front: &drover_proxy::FrontHandle,
+        plain: &drover_proxy::FrontHandle,
+        conf: &ProxyConf,
+    ) -> Result<()> {
+        let (cert, key) = match &conf.tls {
+            Some(drover_config::Tls::Files { cert, key }) => (cert.clone(), key.clone()),
+            Some(drover_config::Tls::Acme(_)) => {
+                crate::acme::serve(
+                    self,
+                    app,
+                    front,
+                    plain,
+                    conf.claim.hosts.clone(),
+                    conf.acme.clone(),
+                );
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        let bad = |e: drover_proxy::tls::TlsError| Error::Certificate {
+            app: app.to_string(),
+            hint: e.hint(),
+            message: e.to_string(),
+        };
+        if conf.claim.hosts.is_empty() {
+            // The port alone: its certificate answers every name.
+            let pair = drover_proxy::tls::load_pair(&cert, &key).map_err(bad)?;
+            let name = pair.names.first().cloned().unwrap_or_default();
+            front
+                .watch_certificate(&name, &cert, &key, true)
+                .map_err(bad)?;
+            return Ok(());
+        }
+        for (k, h) in conf.claim.hosts.iter().enumerate() {
+            front
+                .watch_certificate(h, &cert, &key, k == 0 && conf.claim.default)
+                .map_err(bad)?;
+        }
+        Ok(())
     }
 
     /// The shared port `port`, if apps are behind it.
@@ -233,42 +419,42 @@ impl Agent {
                     )))?;
                 (Some(handle), Some(conf))
             }
-            ProxyPlan::Attach(listener, conf) => {
-                let cannot = || format!("cannot start the proxy of `{app}` on port {}", conf.port);
-                let front = match (self.front(conf.port), listener) {
-                    (Some(f), _) => f,
-                    (None, Some(l)) => {
-                        let f = self
-                            .runtime()
-                            .and_then(|rt| rt.shared_front(l, conf.settings()))
-                            .map_err(Error::io(cannot()))?;
-                        self.fronts
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(conf.port, f.clone());
-                        f
-                    }
-                    (None, None) => {
-                        return Err(Error::io(cannot())(std::io::Error::other(
-                            "the port's listener has gone",
-                        )));
+            ProxyPlan::Attach { main, http, conf } => {
+                let tls = conf.tls.is_some();
+                let front = self.open_front(app, conf.port, main, &conf, tls)?;
+                let claimed = |port: u16| {
+                    move |why: String| Error::PortClaimed {
+                        app: app.to_string(),
+                        port,
+                        why,
                     }
                 };
-                let handle = front
+                let mut handle = front
                     .attach(
                         app,
                         conf.claim.clone(),
                         conf.settings(),
                         self.routes_for(app),
                     )
-                    .map_err(|why| Error::PortClaimed {
-                        app: app.to_string(),
-                        port: conf.port,
-                        why,
-                    })?;
+                    .map_err(claimed(conf.port))?;
+                let mut opened = vec![front.clone()];
+                if tls {
+                    let plain = self.open_front(app, conf.http_port, http, &conf, false)?;
+                    let claim = drover_proxy::Claim {
+                        redirect: conf.redirect.then_some(conf.port),
+                        ..conf.claim.clone()
+                    };
+                    plain
+                        .attach_also(&mut handle, claim)
+                        .map_err(claimed(conf.http_port))?;
+                    opened.push(plain.clone());
+                    self.serve_certificates(app, &front, &plain, &conf)?;
+                }
                 // A recovering agent starts its shared ports once every app is behind them.
                 if !self.recovering.load(std::sync::atomic::Ordering::SeqCst) {
-                    front.start();
+                    for f in opened {
+                        f.start();
+                    }
                 }
                 (Some(handle), Some(conf))
             }

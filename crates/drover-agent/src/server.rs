@@ -146,11 +146,15 @@ impl Agent {
             inherited: Mutex::new(inherited),
             fronts: Mutex::default(),
             recovering: std::sync::atomic::AtomicBool::new(true),
+            challenges: drover_acme::ChallengeMap::new(),
+            acme: Mutex::default(),
+            me: std::sync::OnceLock::new(),
             conns: Mutex::new(Conns::default()),
             identity: drover_config::secrets::Identity::load_or_create(&host_key_path(&root))
                 .map_err(std::io::Error::other)?,
             gc_keep: opts.gc_keep,
         });
+        let _ = agent.me.set(Arc::downgrade(&agent));
         agent.recover();
         agent.start_fronts();
         if let Some(addr) = opts.metrics {

@@ -286,6 +286,49 @@ fn check_proxy_hosts(proxy: &Proxy) -> Result<(), (String, Option<String>)> {
             Some("write a path such as \"/api\" (a leading `/`, no trailing one)".into()),
         ));
     }
+    match (&proxy.tls, &proxy.acme) {
+        (Some(Tls::Acme(_)), None) => {
+            return Err((
+                "key `proxy.tls` is \"acme\" but there is no [proxy.acme]".into(),
+                Some("add [proxy.acme] with directory = \"https://...\" (and email)".into()),
+            ));
+        }
+        (Some(Tls::Acme(_)), Some(_)) if proxy.hosts.is_empty() => {
+            return Err((
+                "key `proxy.tls` is \"acme\" but `proxy.hosts` is empty".into(),
+                Some("name the hosts to order certificates for".into()),
+            ));
+        }
+        (Some(Tls::Acme(_)), Some(a))
+            if !(a.directory.starts_with("https://") || a.directory.starts_with("http://")) =>
+        {
+            return Err((
+                format!("key `proxy.acme.directory` is {:?}: not a URL", a.directory),
+                Some("write the directory's https:// URL".into()),
+            ));
+        }
+        (None, _) if proxy.http_port.is_some() || proxy.redirect_http.is_some() => {
+            let key = if proxy.http_port.is_some() {
+                "http_port"
+            } else {
+                "redirect_http"
+            };
+            return Err((
+                format!("key `proxy.{key}` needs `proxy.tls`"),
+                Some("without TLS, `proxy.port` is the plain-HTTP port".into()),
+            ));
+        }
+        _ => {}
+    }
+    if proxy.tls.is_some() && proxy.http_port() == proxy.port {
+        return Err((
+            format!(
+                "key `proxy.http_port` is {}, the same as `proxy.port`",
+                proxy.http_port()
+            ),
+            Some("TLS and plain HTTP need two ports (443 and 80, say)".into()),
+        ));
+    }
     if proxy.hosts.is_empty() && (proxy.path_prefix.is_some() || proxy.default) {
         let key = if proxy.default {
             "default"
@@ -486,6 +529,91 @@ pub struct Proxy {
     /// (without one such app, they get 404).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub default: bool,
+    /// TLS on `port`: `{ cert = "PATH", key = "PATH" }` (PEM files on the host, watched and
+    /// reloaded) or `"acme"` (ordered from `[proxy.acme]`). Plain HTTP then goes to
+    /// `http_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    /// With `tls`: the plain-HTTP port (default 80), which answers 308 to https (but the
+    /// ACME challenges) unless `redirect_http = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<bool>,
+    /// With `tls = "acme"`: where certificates are ordered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<Acme>,
+}
+
+/// `[proxy] tls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Tls {
+    /// A certificate chain and its key, PEM files on the host.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `"acme"`: certificates ordered for the app's hosts.
+    Acme(AcmeMode),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcmeMode {
+    Acme,
+}
+
+impl<'de> Deserialize<'de> for Tls {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Files {
+            cert: PathBuf,
+            key: PathBuf,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Str(String),
+            Files(Files),
+        }
+        let what = "write `tls = { cert = \"PATH\", key = \"PATH\" }` (PEM files on the host) or `tls = \"acme\"`";
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("not a TLS setting: {what}")))?
+        {
+            Raw::Str(s) if s == "acme" => Ok(Tls::Acme(AcmeMode::Acme)),
+            Raw::Str(s) => Err(serde::de::Error::custom(format!(
+                "`{s}` is not a TLS setting: {what}"
+            ))),
+            Raw::Files(f) => Ok(Tls::Files {
+                cert: f.cert,
+                key: f.key,
+            }),
+        }
+    }
+}
+
+/// `[proxy.acme]`: an ACME directory (Let's Encrypt's, or a private one).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// The directory URL, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// PEM roots to trust for the directory's own TLS (a private ACME server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Proxy {
+    /// The plain-HTTP port beside a TLS one.
+    pub fn http_port(&self) -> u16 {
+        self.http_port.unwrap_or(80)
+    }
+
+    /// Does the plain-HTTP port answer 308 to https?
+    pub fn redirects(&self) -> bool {
+        self.redirect_http.unwrap_or(true)
+    }
 }
 
 /// A host name as `[proxy] hosts` takes it: lowercase DNS labels (letters, digits, `-`),
@@ -1221,6 +1349,18 @@ mod tests {
             "{base}hosts = [\"app.example.com\", \"*.example.org\"]\npath_prefix = \"/api\"\ndefault = true\n"
         ))
         .unwrap();
+        let c = parse(&format!(
+            "{base}hosts = [\"a.test\"]\ntls = \"acme\"\nhttp_port = 8080\n[proxy.acme]\ndirectory = \"https://acme.test/dir\"\n"
+        ))
+        .unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!(p.tls, Some(Tls::Acme(AcmeMode::Acme)));
+        assert_eq!((p.http_port(), p.redirects()), (8080, true));
+        let c = parse(&format!(
+            "{base}tls = {{ cert = \"c.pem\", key = \"k.pem\" }}\n"
+        ))
+        .unwrap();
+        assert!(matches!(c.proxy.unwrap().tls, Some(Tls::Files { .. })));
         for (extra, key) in [
             ("hosts = [\"https://app.example.com\"]\n", "proxy.hosts"),
             ("hosts = [\"App.example.com\"]\n", "proxy.hosts"),
@@ -1235,6 +1375,18 @@ mod tests {
             ),
             ("path_prefix = \"/api\"\n", "needs `proxy.hosts`"),
             ("default = true\n", "needs `proxy.hosts`"),
+            ("tls = \"acem\"\n", "not a TLS setting"),
+            ("tls = { cert = \"c.pem\" }\n", "not a TLS setting"),
+            ("hosts = [\"a.test\"]\ntls = \"acme\"\n", "no [proxy.acme]"),
+            ("http_port = 8080\n", "needs `proxy.tls`"),
+            (
+                "tls = { cert = \"c\", key = \"k\" }\nhttp_port = 443\n",
+                "the same as `proxy.port`",
+            ),
+            (
+                "hosts = [\"a.test\"]\ntls = \"acme\"\n[proxy.acme]\ndirectory = \"acme.test\"\n",
+                "proxy.acme.directory",
+            ),
         ] {
             let e = parse(&format!("{base}{extra}")).unwrap_err();
             assert!(

@@ -23,8 +23,9 @@ pub struct Conn {
     requests: AtomicU64,
     /// Requests whose response has not been sent whole.
     active: AtomicUsize,
-    /// Began with the HTTP/2 preface: its reads without a request are frames, not a head.
-    h2: AtomicBool,
+    /// Began with the HTTP/2 preface (or chose `h2` by ALPN): its reads without a request
+    /// are frames, not a head.
+    pub(crate) h2: AtomicBool,
     /// Told when the registry closes this connection.
     pub close: tokio::sync::Notify,
 }

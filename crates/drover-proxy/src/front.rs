@@ -19,6 +19,9 @@ pub struct Claim {
     pub path_prefix: Option<String>,
     /// Also the requests for hosts nobody claims.
     pub default: bool,
+    /// Answer with a 308 to https on this port instead (a plain-HTTP port beside a TLS
+    /// one), except for ACME's HTTP-01 challenges.
+    pub redirect: Option<u16>,
 }
 
 impl Claim {
@@ -37,17 +40,20 @@ impl Claim {
     }
 }
 
+/// An app behind a port, and the port its requests are redirected to instead (if any).
+pub(crate) type Routed = (Arc<Shared>, Option<u16>);
+
 /// The apps claiming one host name: each with its path prefix, the longest first.
-type ByPrefix = Vec<(Option<String>, Arc<Shared>)>;
+type ByPrefix = Vec<(Option<String>, Routed)>;
 
 /// The apps of a port, as requests are routed.
 #[derive(Default)]
 pub(crate) struct Table {
     /// The app holding the port alone.
-    only: Option<Arc<Shared>>,
+    only: Option<Routed>,
     /// Host name (or `*.suffix`) to its apps, longest prefix first.
     hosts: HashMap<String, ByPrefix>,
-    default: Option<Arc<Shared>>,
+    default: Option<Routed>,
     /// Every app with its claim, as attached.
     pub(crate) claims: Vec<(Claim, Arc<Shared>)>,
 }
@@ -56,17 +62,18 @@ impl Table {
     fn of(claims: Vec<(Claim, Arc<Shared>)>) -> Table {
         let mut t = Table::default();
         for (claim, app) in &claims {
+            let routed = (app.clone(), claim.redirect);
             if claim.hosts.is_empty() {
-                t.only = Some(app.clone());
+                t.only = Some(routed);
                 continue;
             }
             for h in &claim.hosts {
                 let v = t.hosts.entry(h.clone()).or_default();
-                v.push((claim.path_prefix.clone(), app.clone()));
+                v.push((claim.path_prefix.clone(), routed.clone()));
                 v.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_ref().map_or(0, String::len)));
             }
             if claim.default {
-                t.default = Some(app.clone());
+                t.default = Some(routed);
             }
         }
         t.claims = claims;
@@ -74,7 +81,7 @@ impl Table {
     }
 
     /// The app for a request to `host` (as sent: any case, maybe with a port) and `path`.
-    pub(crate) fn pick(&self, host: Option<&str>, path: &str) -> Option<&Arc<Shared>> {
+    pub(crate) fn pick(&self, host: Option<&str>, path: &str) -> Option<&Routed> {
         if let Some(only) = &self.only {
             return Some(only);
         }
@@ -97,14 +104,14 @@ impl Table {
 }
 
 /// The first of `apps` (longest prefix first) whose prefix `path` is under.
-fn under<'a>(apps: &'a [(Option<String>, Arc<Shared>)], path: &str) -> Option<&'a Arc<Shared>> {
+fn under<'a>(apps: &'a [(Option<String>, Routed)], path: &str) -> Option<&'a Routed> {
     apps.iter()
         .find(|(p, _)| p.as_deref().is_none_or(|p| under_prefix(path, p)))
         .map(|(_, a)| a)
 }
 
 /// `host` of `host[:port]` (a bracketed IPv6 literal kept whole).
-fn strip_port(h: &str) -> &str {
+pub(crate) fn strip_port(h: &str) -> &str {
     if h.starts_with('[') {
         return h.find(']').map_or(h, |i| &h[..=i]);
     }
@@ -134,6 +141,16 @@ pub(crate) struct Front {
     /// Set once a shutdown has closed every connection.
     pub(crate) closed: AtomicBool,
     pub(crate) stop: tokio::sync::Notify,
+    /// A TLS port: its handshakes and the certificates of its hosts.
+    pub(crate) tls: Option<FrontTls>,
+    /// The answers to ACME HTTP-01 challenges (on a plain port).
+    pub(crate) challenges: Arc<std::sync::OnceLock<crate::Challenges>>,
+}
+
+pub(crate) struct FrontTls {
+    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
+    pub(crate) watch: std::sync::Mutex<crate::tls::Watch>,
+    pub(crate) certs: Arc<crate::tls::Certs>,
 }
 
 impl Front {
@@ -207,6 +224,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path_prefix: prefix.map(str::to_string),
             default,
+            redirect: None,
         }
     }
 
@@ -221,7 +239,7 @@ mod tests {
             (claim(&["shop.test"], Some("/api"), false), app("api")),
             (claim(&["*.blog.test"], None, false), app("blog")),
         ]);
-        let pick = |h: Option<&str>, p: &str| t.pick(h, p).map(|a| a.app.clone());
+        let pick = |h: Option<&str>, p: &str| t.pick(h, p).map(|a| a.0.app.clone());
         assert_eq!(pick(Some("shop.test"), "/").as_deref(), Some("shop"));
         assert_eq!(pick(Some("SHOP.test:8443"), "/api").as_deref(), Some("api"));
         assert_eq!(pick(Some("shop.test"), "/api/x?y").as_deref(), Some("api"));
@@ -240,7 +258,7 @@ mod tests {
         let no_default = Table::of(vec![(claim(&["a.test"], None, false), app("a"))]);
         assert!(no_default.pick(Some("b.test"), "/").is_none());
         let alone = Table::of(vec![(Claim::default(), app("solo"))]);
-        assert_eq!(alone.pick(Some("any"), "/").unwrap().app, "solo");
+        assert_eq!(alone.pick(Some("any"), "/").unwrap().0.app, "solo");
     }
 
     #[test]

@@ -136,7 +136,15 @@ pub struct ProxyHandle {
     alone: bool,
     /// A duplicate of the listening socket, to hand over to a replacing agent.
     listener: Arc<std::net::TcpListener>,
+    /// Other ports the app is behind as well (the plain-HTTP port beside a TLS one).
+    also: Vec<FrontHandle>,
 }
+
+/// The answer to an ACME HTTP-01 challenge token (its key authorization), if one is pending.
+pub type Challenges = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Where ACME's HTTP-01 challenges are fetched (RFC 8555, 8.3).
+const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 
 /// What starts a front's accept loop.
 type Starter = Box<dyn FnOnce() + Send>;
@@ -170,7 +178,54 @@ impl FrontHandle {
             port: self.port,
             alone: false,
             listener: self.listener.clone(),
+            also: Vec::new(),
         })
+    }
+
+    /// Puts the app of `handle` behind this port as well, with `claim` (its routes, pause
+    /// and metrics are the same ones); `handle.shutdown` takes it from here too.
+    pub fn attach_also(&self, handle: &mut ProxyHandle, claim: Claim) -> Result<(), String> {
+        self.front.attach(claim, handle.shared.clone())?;
+        handle.also.retain(|f| f.port != self.port);
+        handle.also.push(self.clone());
+        Ok(())
+    }
+
+    /// A TLS port?
+    pub fn is_tls(&self) -> bool {
+        self.front.tls.is_some()
+    }
+
+    /// Serves `cert` and `key` (PEM files, watched and reloaded when they change) for
+    /// `host` on this TLS port; with `default`, also to clients that name no host or one
+    /// nobody has. A pair that does not load, or does not cover `host`, changes nothing.
+    pub fn watch_certificate(
+        &self,
+        host: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        default: bool,
+    ) -> Result<tls::Pair, tls::TlsError> {
+        let Some(t) = &self.front.tls else {
+            return Err(tls::TlsError::NoCertificate { path: cert.into() });
+        };
+        let pair = t
+            .watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(host, cert, key)?;
+        if default {
+            t.certs.set_default(Some(host));
+        }
+        Ok(pair)
+    }
+
+    /// The hosts this TLS port has a certificate for.
+    pub fn certificate_hosts(&self) -> Vec<String> {
+        self.front
+            .tls
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.certs.hosts())
     }
 
     /// Starts accepting connections (once; later calls do nothing). Until then they wait
@@ -194,6 +249,15 @@ impl FrontHandle {
             .claims
             .iter()
             .map(|(c, a)| (a.app.clone(), c.clone()))
+            .collect()
+    }
+
+    /// The apps behind the port but `app`.
+    pub fn apps_besides(&self, app: &str) -> Vec<String> {
+        self.apps()
+            .into_iter()
+            .map(|(a, _)| a)
+            .filter(|a| a != app)
             .collect()
     }
 
@@ -221,6 +285,8 @@ pub struct Runtime {
     workers: Arc<Workers>,
     /// The descriptors all of this runtime's sockets may use together.
     fds: Arc<fds::Budget>,
+    /// The ACME challenges every plain port answers.
+    challenges: Arc<std::sync::OnceLock<Challenges>>,
     /// Dropped with the runtime: each worker then ends, with its tasks.
     _stop: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -297,6 +363,7 @@ impl Runtime {
         Ok(Runtime {
             workers: Arc::new(Workers { handles, open }),
             fds: Arc::new(fds::Budget::from_rlimit()),
+            challenges: Arc::default(),
             _stop: stop,
         })
     }
@@ -316,7 +383,7 @@ impl Runtime {
         routes: Routes,
     ) -> std::io::Result<ProxyHandle> {
         let refused = format!("`{app}`");
-        let front = self.front(listener, settings.clone(), &refused)?;
+        let front = self.front(listener, settings.clone(), &refused, false)?;
         let shared = Arc::new(Shared::new(app, settings, routes, self.fds.clone()));
         let _ = front.front.attach(Claim::default(), shared.clone());
         front.start();
@@ -326,19 +393,28 @@ impl Runtime {
             port: front.port,
             alone: true,
             listener: front.listener,
+            also: Vec::new(),
         })
     }
 
     /// A port that apps claiming host names share (`FrontHandle::attach`), on an
     /// already-bound listener, accepting from `FrontHandle::start`; its connection limits
     /// are `settings`'.
+    /// With `tls`, the port speaks TLS (HTTP/2 or HTTP/1.1 by ALPN), with the certificates
+    /// given by `FrontHandle::watch_certificate`.
     pub fn shared_front(
         &self,
         listener: std::net::TcpListener,
         settings: Settings,
+        tls: bool,
     ) -> std::io::Result<FrontHandle> {
         let port = listener.local_addr()?.port();
-        self.front(listener, settings, &format!("port {port}"))
+        self.front(listener, settings, &format!("port {port}"), tls)
+    }
+
+    /// What every plain port answers to ACME's HTTP-01 challenges (set once).
+    pub fn set_challenges(&self, answers: Challenges) {
+        let _ = self.challenges.set(answers);
     }
 
     fn front(
@@ -346,7 +422,20 @@ impl Runtime {
         listener: std::net::TcpListener,
         settings: Settings,
         refused: &str,
+        tls: bool,
     ) -> std::io::Result<FrontHandle> {
+        let tls = if tls {
+            let certs = Arc::new(tls::Certs::new());
+            let config = tls::server_config(certs.clone(), false)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Some(front::FrontTls {
+                acceptor: tokio_rustls::TlsAcceptor::from(config),
+                watch: Mutex::new(tls::Watch::new(certs.clone())),
+                certs,
+            })
+        } else {
+            None
+        };
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let max_connections = settings
@@ -372,6 +461,8 @@ impl Runtime {
             settings,
             closed: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
+            tls,
+            challenges: self.challenges.clone(),
         });
         let workers = self.workers.clone();
         let accepting = front.clone();
@@ -400,11 +491,31 @@ impl Runtime {
             let mut tick =
                 tokio::time::interval(conn::sweep_interval(s.idle_timeout, s.header_timeout));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut polled = Instant::now();
             while !front.closed() {
                 tick.tick().await;
                 front
                     .conns
                     .sweep(Instant::now(), s.idle_timeout, s.header_timeout);
+                // Certificate files replaced: served to the next handshake (once a second).
+                if let Some(t) = &front.tls
+                    && polled.elapsed() >= Duration::from_secs(1)
+                {
+                    polled = Instant::now();
+                    let reloads = t.watch.lock().unwrap_or_else(|e| e.into_inner()).poll();
+                    for r in reloads {
+                        match r.result {
+                            Ok(_) => eprintln!(
+                                "drover proxy: port {}: reloaded the certificate of {}",
+                                front.port, r.host
+                            ),
+                            Err(e) => eprintln!(
+                                "drover proxy: port {}: kept the certificate of {}: {e}",
+                                front.port, r.host
+                            ),
+                        }
+                    }
+                }
             }
         });
         Ok(handle)
@@ -509,12 +620,27 @@ impl ProxyHandle {
         if self.alone || self.front.detach(&self.shared) {
             self.front.stop.notify_one();
         }
+        for f in &self.also {
+            if f.front.detach(&self.shared) {
+                f.front.stop.notify_one();
+            }
+        }
     }
 
-    /// Stops accepting on the app's port, whoever else is behind it (a handover: the
+    /// Stops accepting on the app's ports, whoever else is behind them (a handover: the
     /// replacing agent accepts there now).
     pub fn stop_accepting(&self) {
         self.front.stop.notify_one();
+        for f in &self.also {
+            f.front.stop.notify_one();
+        }
+    }
+
+    /// Every port the app is behind, with its listening socket (a duplicate): for a handover.
+    pub fn listeners(&self) -> Vec<(u16, &std::net::TcpListener)> {
+        let mut v = vec![(self.port, &*self.listener)];
+        v.extend(self.also.iter().map(|f| (f.port, &*f.listener)));
+        v
     }
 
     /// The app shares its port with others (it claims host names).
@@ -644,6 +770,10 @@ async fn accept_loop(
                 return;
             };
             let io = conn::client_io(stream, conn.clone(), fd);
+            let handshake = svc_shared.tls.as_ref().map(|t| t.acceptor.clone());
+            let https = handshake.is_some();
+            // The handshake is bounded like a request head.
+            let handshake_timeout = svc_shared.settings.header_timeout;
             let svc_conn = conn.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let shared = svc_shared.clone();
@@ -652,20 +782,40 @@ async fn accept_loop(
                 // Boxed: the request's future is large, and moving it inline costs more
                 // than one allocation.
                 Box::pin(async move {
-                    let resp = route(shared, req, peer).await;
+                    let resp = route(shared, req, peer, https).await;
                     Ok::<_, Infallible>(resp.map(|body| conn::Finished {
                         body,
                         _active: active,
                     }))
                 })
             });
-            let served = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                .into_owned();
             // Closed by the registry: idle too long, a stalled head, or room for another.
-            tokio::select! {
-                _ = watcher.watch(served) => {}
-                _ = conn.close.notified() => {}
+            match handshake {
+                None => {
+                    let served = builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .into_owned();
+                    tokio::select! {
+                        _ = watcher.watch(served) => {}
+                        _ = conn.close.notified() => {}
+                    }
+                }
+                Some(acceptor) => {
+                    let Ok((tls, alpn, _)) = tls::accept(&acceptor, io, handshake_timeout).await
+                    else {
+                        return;
+                    };
+                    if alpn.as_deref() == Some(b"h2") {
+                        conn.h2.store(true, Ordering::Relaxed);
+                    }
+                    let served = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .into_owned();
+                    tokio::select! {
+                        _ = watcher.watch(served) => {}
+                        _ = conn.close.notified() => {}
+                    }
+                }
             }
         });
     }
@@ -684,16 +834,29 @@ async fn route(
     front: Arc<front::Front>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    https: bool,
 ) -> Response<PBody> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+    let path = req.uri().path();
+    if !https
+        && let Some(token) = path.strip_prefix(CHALLENGE_PATH)
+        && let Some(answer) = front.challenges.get().and_then(|c| c(token))
+    {
+        let mut r = plain(StatusCode::OK, "");
+        *r.body_mut() = Full::new(Bytes::from(answer))
+            .map_err(|n| match n {})
+            .boxed();
+        return r;
+    }
     let app = {
         let table = front.table();
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
-        match table.pick(host, req.uri().path()) {
-            Some(app) => app.clone(),
+        match table.pick(host, path) {
+            Some((_, Some(port))) => return to_https(host, &req, *port),
+            Some((app, None)) => app.clone(),
             None => {
                 return plain(
                     StatusCode::NOT_FOUND,
@@ -706,7 +869,25 @@ async fn route(
             }
         }
     };
-    handle(app, req, peer).await
+    handle(app, req, peer, https).await
+}
+
+/// 308 to the same URL over https on `port`.
+fn to_https(host: Option<&str>, req: &Request<Incoming>, port: u16) -> Response<PBody> {
+    let name = host.map_or("", |h| front::strip_port(h));
+    let target = match port {
+        443 => format!("https://{name}"),
+        p => format!("https://{name}:{p}"),
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut r = plain(
+        StatusCode::PERMANENT_REDIRECT,
+        "this site is served over https",
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{target}{pq}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 /// 10 ms, doubling up to 1 s.
@@ -824,6 +1005,7 @@ async fn handle(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    https: bool,
 ) -> Response<PBody> {
     let started = Instant::now();
     if let Some(answer) = refuse_malformed(&req) {
@@ -936,9 +1118,10 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         parts.headers.insert("x-forwarded-for", v);
     }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
     if let Some(h) = host {
         parts.headers.insert("x-forwarded-host", h);
     }

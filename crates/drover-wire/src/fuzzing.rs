@@ -151,6 +151,8 @@ mod tests {
             proxy: Some(ProxyStatus {
                 port: 8080,
                 paused: false,
+                hosts: vec!["app.example.com".into()],
+                tls: Some("ACME: certificate valid until 2027-03-02 17:50:01Z".into()),
                 releases: vec![ReleaseTraffic {
                     release: "581cee4493ab".into(),
                     requests: 1200,

@@ -327,6 +327,13 @@ pub struct ProxyStatus {
     pub port: u16,
     pub paused: bool,
     pub releases: Vec<ReleaseTraffic>,
+    /// The host names it claims of a shared port (none: the port is its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// With TLS: where its certificates come from and how they stand (an ACME order's
+    /// failure and when it is tried again, too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 /// The proxy's counters for one release.

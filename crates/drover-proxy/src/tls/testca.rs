@@ -137,4 +137,57 @@ impl Ca {
         ]);
         (cert, key)
     }
+
+    // Used by the drover crate's end-to-end tests, which include this file.
+    #[allow(dead_code)]
+    /// A leaf for `names` valid only from `start` to `end` (`YYYYMMDDHHMMSSZ`, e.g. long
+    /// past): `NAME.pem` and `NAME.key`, signed with `openssl ca`.
+    pub fn issue_dated(
+        &self,
+        name: &str,
+        names: &[&str],
+        start: &str,
+        end: &str,
+    ) -> (PathBuf, PathBuf) {
+        let (_, key) = self.issue(name, names, KeyKind::Pkcs8);
+        let cert = self.dir.join(format!("{name}.pem"));
+        let csr = self.dir.join(format!("{name}.csr"));
+        let db = self.dir.join(format!("{name}.db"));
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(db.join("index.txt"), "").unwrap();
+        std::fs::write(db.join("serial"), "1000\n").unwrap();
+        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        let cnf = db.join("ca.cnf");
+        std::fs::write(
+            &cnf,
+            format!(
+                "[ca]\ndefault_ca=d\n[d]\ndatabase={db}/index.txt\nnew_certs_dir={db}\nserial={db}/serial\n\
+                 default_md=sha256\npolicy=p\nx509_extensions=v3\nunique_subject=no\n[p]\ncommonName=supplied\n\
+                 [v3]\nsubjectAltName={}\nbasicConstraints=CA:FALSE\n",
+                san.join(","),
+                db = db.display()
+            ),
+        )
+        .unwrap();
+        openssl(&[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            s(&cnf),
+            "-cert",
+            s(&self.cert),
+            "-keyfile",
+            s(&self.key),
+            "-in",
+            s(&csr),
+            "-out",
+            s(&cert),
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+        ]);
+        (cert, key)
+    }
 }

@@ -82,6 +82,25 @@ pub fn print_status_with(a: &AppStatus, store: Option<&drover_store::Store>) {
     // Where it answers: the proxy's fixed port, else the live instance's own (which moves
     // with every deploy).
     let url = match (&a.proxy, a.instances.iter().find_map(|i| i.port)) {
+        (Some(p), _) if !p.hosts.is_empty() => {
+            let (scheme, usual) = if p.tls.is_some() {
+                ("https", 443)
+            } else {
+                ("http", 80)
+            };
+            let port = if p.port == usual {
+                String::new()
+            } else {
+                format!(":{}", p.port)
+            };
+            let urls: Vec<String> = p
+                .hosts
+                .iter()
+                .map(|h| format!("{scheme}://{h}{port}/"))
+                .collect();
+            format!("  {}", urls.join(" "))
+        }
+        (Some(p), _) if p.tls.is_some() => format!("  https://127.0.0.1:{}/", p.port),
         (Some(p), _) => format!("  http://127.0.0.1:{}/", p.port),
         (None, Some(port)) => format!("  http://127.0.0.1:{port}/ (moves with each deploy)"),
         (None, None) => String::new(),
@@ -110,6 +129,9 @@ pub fn print_status_with(a: &AppStatus, store: Option<&drover_store::Store>) {
     if let Some(p) = &a.proxy {
         let paused = if p.paused { "  PAUSED" } else { "" };
         println!("  proxy: port {}{paused}", p.port);
+        if let Some(tls) = &p.tls {
+            println!("  tls: {tls}");
+        }
         for r in &p.releases {
             let named = match store {
                 None => Some(r.release.clone()),

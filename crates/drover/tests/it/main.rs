@@ -14,3 +14,4 @@ mod ops;
 mod proxy;
 mod runtimes;
 mod store;
+mod tls;
