@@ -273,6 +273,7 @@ if [[ "$DO_TLS" == 1 ]]; then
         ssl_certificate $TLSD/cert.pem;
         ssl_certificate_key $TLSD/key.pem;
         keepalive_timeout 900s;
+        client_header_timeout 900s;
         keepalive_requests 100000000;
         location / {
             proxy_pass http://backend;
@@ -380,6 +381,7 @@ hosts = ["bench.test"]
 tls = {{ cert = "{tlsd}/cert.pem", key = "{tlsd}/key.pem" }}
 http_port = {http_port}
 idle_timeout = "900s"
+header_timeout = "900s"
 max_connections = {int(idle) + 2000}
 """
 open(path, "w").write(s)
@@ -1356,7 +1358,8 @@ A CA and a P-256 certificate for \`bench.test\` made with the openssl CLI ($OPEN
 \`bench.test\` resolves to 127.0.0.1. nginx: \`$NGINX_LISTEN_TLS\` with that certificate,
 \`proxy_pass\` to backend A with upstream keepalive. drover: a second app, \`tlshello\` (its own
 instance of the same hello), with \`[proxy] hosts = ["bench.test"]\`, \`tls = {{ cert, key }}\` and an
-\`http_port\`. wrk speaks HTTP/1.1 over TLS (no ALPN), with SNI from the URL's host. {len(tr)} round(s),
+\`http_port\`. For the idle connections, both wait 900 s for a request (nginx: \`keepalive_timeout\`,
+\`client_header_timeout\`; drover: \`idle_timeout\`, \`header_timeout\`). wrk speaks HTTP/1.1 over TLS (no ALPN), with SNI from the URL's host. {len(tr)} round(s),
 order alternating; values are the median of the rounds; each run \`-d${TLS_DURATION}s\` after a ${WARMUP} s warm-up.
 """)
     if not sup:
