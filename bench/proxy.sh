@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark: drover's built-in HTTP reverse proxy against nginx, plus errors and switch time
-# during deploys under load.
+# Benchmark: drover's built-in HTTP reverse proxy against nginx and HAProxy, TLS termination
+# against nginx, plus errors and switch time during deploys under load.
 #
 #   bash bench/proxy.sh
 #
-# Runs as root (installs wrk and nginx with apt-get when they are missing).
+# Runs as root (installs wrk, nginx and haproxy with apt-get when they are missing).
 #
 # Environment:
 #   BENCH_DURATION  seconds of each measured wrk run in part 1 (default 15)
@@ -17,9 +17,16 @@
 #                   set to "-" to print only)
 #   BENCH_KEEP      set to 1 to keep the temp dir (agent.log, nginx error.log, wrk outputs)
 #   BENCH_QUIET_MAX seconds to wait, in all, for other processes to go quiet before the part-1
-#                   runs (default 300); the CPU others used is reported anyway
+#                   and part-4 runs (default 120); the CPU others used is reported anyway
 #   BENCH_PERF      0 to skip the perf profile (default: on when `perf` works)
 #   BENCH_STRACE    0 to skip the strace of one deploy (default: on when `strace` exists)
+#   BENCH_TLS       0 to skip part 4, TLS termination (default 1)
+#   BENCH_TLS_DURATION  seconds of each measured wrk run in part 4 (default 10)
+#   BENCH_TLS_ROUNDS    rounds of part 4's wrk runs, nginx/drover order alternating (default 2)
+#   BENCH_IDLE_CONNS    idle TLS connections held open against each proxy in part 4 (default
+#                   10000; the fd limit, `ulimit -Hn`, must exceed it)
+#   BENCH_BODY      bytes of the hello's response body for `/`, the same for every target
+#                   (GREETING is padded to it; default 100)
 #
 # What it does, in one run:
 #   0. cargo build --release -p drover and examples/hello (the drover binary is copied into
@@ -27,15 +34,18 @@
 #      (mktemp -d), fresh free ports; `drover agent` in the background; hello v1 and v2
 #      stored once with `drover build --version N --json`; v1 deployed (one `web` instance,
 #      [proxy] port = a fresh port)
-#   1. throughput / latency, `wrk -t2 -c50 -d15s --latency http://127.0.0.1:PORT/` after a
-#      3 s warm-up run of the same command, against:
+#   1. throughput / latency, `wrk -t2 -c64 -d15s --latency http://127.0.0.1:PORT/` after a
+#      3 s warm-up run of the same command (100-byte bodies: GREETING is padded), against:
 #        - hello started directly by this script (PORT=P ./hello): backend A, no proxy
 #        - drover's own hello instance, directly (its port from `drover status --json`):
 #          backend B, no proxy
 #        - nginx (minimal nginx.conf in the temp dir, upstream keepalive 64) -> backend A
+#        - HAProxy (minimal haproxy.cfg in the temp dir: nbthread 2, mode http,
+#          option http-keep-alive, http-reuse always) -> backend A
 #        - drover's proxy -> backend B (its own instance of the same hello binary)
-#      CPU time of wrk, of the proxy (nginx workers / the agent's drover-proxy threads) and
-#      of the backend is read from /proc before and after every measured run.
+#      The three proxies' order rotates per round. CPU time of wrk, of the proxy (nginx
+#      workers / haproxy's process / the agent's drover-proxy threads) and of the backend is
+#      read from /proc before and after every measured run.
 #   2. errors during switches: `wrk -t2 -c20 -d120s --latency` against drover's proxy, while
 #      100 `drover deploy RELEASE_ID` alternate v2/v1 back to back; wrk is stopped with
 #      SIGINT (it prints its summary) when they are done. Reports wrk's non-2xx/3xx and
@@ -55,9 +65,20 @@
 #   3b. (strace available) one more deploy with the agent under `strace -f -ttt -T`: the
 #      syscalls the agent makes between sending "web.0 is healthy" and "generation N is
 #      live" (the route swap itself is in memory, between the two)
-#   4. writes bench/results/proxy.md
-# On exit (trap): wrk, the switch client and nginx (by pid) are stopped, the directly started
-# hello is killed by pid, `drover stop hello`, the agent is killed, and any process still
+#   4. TLS termination (BENCH_TLS=1): a CA and a certificate for bench.test made with the
+#      openssl CLI; nginx (`listen P ssl http2`, or `ssl` + `http2 on` from 1.25.1) -> backend
+#      A with upstream keepalive, and drover's proxy with `tls = { cert, key }` for a second
+#      app, tlshello (its own instance; skipped, saying so, when `drover build` rejects the
+#      `tls` key). bench.test resolves to 127.0.0.1 (a line added to /etc/hosts when it does
+#      not, removed on exit): (a) `wrk -t2 -c64 --latency https://bench.test:P/`, (b) new TLS
+#      connections per second, the same with `-H "Connection: close"`, (c) a python3 asyncio
+#      client opens BENCH_IDLE_CONNS TLS connections to each proxy, completes the handshakes
+#      and holds them idle; the proxy's RSS (nginx: the sum over its workers; drover: the
+#      agent) is read before and after.
+#   5. writes bench/results/proxy.md
+# On exit (trap): wrk, the switch client, nginx and haproxy (by pid) are stopped, the directly
+# started hello is killed by pid, `drover stop hello` (and tlshello), the agent is killed, the
+# /etc/hosts line is removed (by exact match) if this run added it, and any process still
 # tagged with this root (DROVER_AGENT_ROOT=<root>) is killed and reported.
 set -euo pipefail
 
@@ -69,25 +90,41 @@ SWITCHES="${BENCH_SWITCHES:-100}"
 SWITCH_RUNS="${BENCH_SWITCH_RUNS:-20}"
 RESULTS="${BENCH_RESULTS:-$REPO/bench/results/proxy.md}"
 KEEP="${BENCH_KEEP:-0}"
-QUIET_MAX="${BENCH_QUIET_MAX:-300}"
+QUIET_MAX="${BENCH_QUIET_MAX:-120}"
 DO_PERF="${BENCH_PERF:-1}"
 DO_STRACE="${BENCH_STRACE:-1}"
+DO_TLS="${BENCH_TLS:-1}"
+TLS_DURATION="${BENCH_TLS_DURATION:-10}"
+TLS_ROUNDS="${BENCH_TLS_ROUNDS:-2}"
+IDLE_CONNS="${BENCH_IDLE_CONNS:-10000}"
+BODY="${BENCH_BODY:-100}"
 SCRIPT_START=$(date +%s.%N)
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 if [[ $(id -u) != 0 ]]; then
-    log "run as root (it installs wrk and nginx when missing)"; exit 1
+    log "run as root (it installs wrk, nginx and haproxy when missing)"; exit 1
 fi
 
 # ---- tools -------------------------------------------------------------------------
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
-    log "installing wrk and nginx"
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+    log "installing wrk, nginx and haproxy"
     apt-get update >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx haproxy >/dev/null
 fi
 NGINX_BIN=$(command -v nginx)
 WRK_BIN=$(command -v wrk)
+HAPROXY_BIN=$(command -v haproxy)
+if [[ "$DO_TLS" == 1 ]] && ! command -v openssl >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y openssl >/dev/null
+fi
+# The idle TLS connections need file descriptors in the client, nginx's workers and the
+# agent: the soft limit is raised to the hard one for everything started from here.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [[ "$DO_TLS" == 1 ]] && (( $(ulimit -n) < IDLE_CONNS + 1000 )); then
+    log "the fd limit ($(ulimit -n)) is too low for $IDLE_CONNS idle connections; set BENCH_IDLE_CONNS"
+    exit 1
+fi
 
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
@@ -107,7 +144,11 @@ cp "$REPO/examples/hello/target/release/hello" "$WORK/hello"
 AGENT_PID=""
 NGINX_PID=""
 HELLO_PID=""
+HAPROXY_PID=""
 BENCH_PID=""
+HOSTS_LINE="127.0.0.1 bench.test"
+HOSTS_ADDED=0
+NGINX_LISTEN_TLS=""
 
 
 # Live children of $1 (nginx workers of our master).
@@ -149,10 +190,19 @@ cleanup() {
         # shellcheck disable=SC2086
         [[ -n "${workers// /}" ]] && kill -KILL $workers 2>/dev/null
     fi
+    stop_pid "$HAPROXY_PID"
     stop_pid "$HELLO_PID"
     if [[ -n "$AGENT_PID" ]] && kill -0 "$AGENT_PID" 2>/dev/null; then
         timeout 20 "$DROVER" --root "$ROOT" stop hello >/dev/null 2>&1
+        timeout 20 "$DROVER" --root "$ROOT" stop tlshello >/dev/null 2>&1
         stop_pid "$AGENT_PID"
+    fi
+    if [[ "$HOSTS_ADDED" == 1 ]]; then
+        # in place (the file may be a bind mount): every line but ours, by exact match
+        local kept
+        kept=$(grep -vxF "$HOSTS_LINE" /etc/hosts)
+        printf '%s\n' "$kept" >/etc/hosts
+        log "removed \"$HOSTS_LINE\" from /etc/hosts"
     fi
     kill_leftovers
     exit "$rc"
@@ -169,14 +219,69 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
-read -r BACKEND_PORT NGINX_PORT PROXY_PORT < <(free_ports 3)
-log "ports: backend A $BACKEND_PORT, nginx $NGINX_PORT, drover proxy $PROXY_PORT"
+read -r BACKEND_PORT NGINX_PORT PROXY_PORT HAPROXY_PORT NGINX_TLS_PORT TLS_PORT TLS_HTTP_PORT \
+    < <(free_ports 7)
+log "ports: backend A $BACKEND_PORT, nginx $NGINX_PORT, drover proxy $PROXY_PORT, haproxy $HAPROXY_PORT"
+[[ "$DO_TLS" == 1 ]] && log "TLS ports: nginx $NGINX_TLS_PORT, drover $TLS_PORT (http_port $TLS_HTTP_PORT)"
+
+# The body of `/` is "GREETING (version 1, pid NNNNN)\n": GREETING is padded so that the
+# body is BODY bytes for every target (with 5-digit pids; a byte more or less with others).
+# Backend A says version 1 too, like drover's instances.
+GREETING=$(python3 -c "import sys; n = int(sys.argv[1]) - len(' (version 1, pid 12345)\n'); print('hello' + '-' * max(0, n - 5))" "$BODY")
+export GREETING
 
 # ---- backend A: hello started directly ----------------------------------------------
 mkdir -p "$WORK/direct"
-(cd "$WORK/direct" && PORT="$BACKEND_PORT" DROVER_VERSION=direct exec "$WORK/hello") \
+(cd "$WORK/direct" && PORT="$BACKEND_PORT" DROVER_VERSION=1 exec "$WORK/hello") \
     >"$WORK/direct/hello.log" 2>&1 &
 HELLO_PID=$!
+
+# ---- TLS material (part 4): a CA and a certificate for bench.test ----------------------
+TLSD="$WORK/tls"
+if [[ "$DO_TLS" == 1 ]]; then
+    mkdir -p "$TLSD"
+    (
+        cd "$TLSD"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj "/CN=drover bench CA" -keyout ca-key.pem -out ca.pem
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/CN=bench.test" -keyout key.pem -out req.pem
+        printf 'subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext.cnf
+        openssl x509 -req -in req.pem -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+            -extfile ext.cnf -out cert.pem
+    ) >"$WORK/openssl.log" 2>&1 || { log "openssl failed:"; cat "$WORK/openssl.log" >&2; exit 1; }
+    # wrk takes the TLS server name (SNI) and the address from the URL: bench.test must resolve
+    if ! getent hosts bench.test >/dev/null; then
+        printf '%s\n' "$HOSTS_LINE" >>/etc/hosts
+        HOSTS_ADDED=1
+        log "added \"$HOSTS_LINE\" to /etc/hosts (removed on exit)"
+    fi
+fi
+NGINX_TLS_SERVER=""
+if [[ "$DO_TLS" == 1 ]]; then
+    # `http2 on;` exists from nginx 1.25.1; before it, http2 is a parameter of listen
+    NGINX_VNUM=$("$NGINX_BIN" -v 2>&1 | sed -n 's#.*nginx/\([0-9.]*\).*#\1#p')
+    if printf '%s\n1.25.1\n' "$NGINX_VNUM" | sort -V -C && [[ "$NGINX_VNUM" != 1.25.1 ]]; then
+        NGINX_LISTEN_TLS="listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;"
+    else
+        NGINX_LISTEN_TLS="listen 127.0.0.1:$NGINX_TLS_PORT ssl; http2 on;"
+    fi
+    NGINX_TLS_SERVER="
+    server {
+        $NGINX_LISTEN_TLS
+        server_name bench.test;
+        ssl_certificate $TLSD/cert.pem;
+        ssl_certificate_key $TLSD/key.pem;
+        keepalive_timeout 900s;
+        client_header_timeout 900s;
+        keepalive_requests 100000000;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+fi
 
 # ---- nginx -> backend A --------------------------------------------------------------
 NG="$WORK/nginx"
@@ -186,9 +291,10 @@ cat >"$NG/nginx.conf" <<EOF
 daemon off;
 user root;
 worker_processes auto;
+worker_rlimit_nofile $(ulimit -n);
 pid $NG/nginx.pid;
 error_log $NG/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections $(( $(ulimit -n) - 100 )); }
 http {
     access_log off;
     client_body_temp_path $NG/tmp/body;
@@ -207,12 +313,38 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
-    }
+    }$NGINX_TLS_SERVER
 }
 EOF
 "$NGINX_BIN" -t -q -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log"
 "$NGINX_BIN" -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" >"$NG/stdout.log" 2>&1 &
 NGINX_PID=$!
+
+# ---- haproxy -> backend A --------------------------------------------------------------
+HA="$WORK/haproxy"
+mkdir -p "$HA"
+cat >"$HA/haproxy.cfg" <<EOF
+# minimal reverse proxy for the benchmark
+global
+    nbthread 2
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 60s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 75s
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend hello
+backend hello
+    server a 127.0.0.1:$BACKEND_PORT
+EOF
+"$HAPROXY_BIN" -c -q -f "$HA/haproxy.cfg"
+"$HAPROXY_BIN" -db -f "$HA/haproxy.cfg" >"$HA/haproxy.log" 2>&1 &
+HAPROXY_PID=$!
 
 # ---- the agent and the app ------------------------------------------------------------
 make_app() {  # dir
@@ -229,11 +361,32 @@ instances = 1
 [health]
 path = "/up"
 timeout = "10s"
+[env]
+GREETING = "$GREETING"
 [proxy]
 port = $PROXY_PORT
 EOF
 }
 make_app "$WORK/apps/hello"
+# part 4: a second app behind drover's TLS listener (its own instance of the same binary)
+if [[ "$DO_TLS" == 1 ]]; then
+    make_app "$WORK/apps/tlshello"
+    python3 - "$WORK/apps/tlshello/drover.toml" "$TLS_PORT" "$TLSD" "$TLS_HTTP_PORT" "$IDLE_CONNS" <<'PY'
+import sys
+path, port, tlsd, http_port, idle = sys.argv[1:6]
+s = open(path).read().replace('name = "hello"', 'name = "tlshello"')
+s = s[:s.index("[proxy]")] + f"""[proxy]
+port = {port}
+hosts = ["bench.test"]
+tls = {{ cert = "{tlsd}/cert.pem", key = "{tlsd}/key.pem" }}
+http_port = {http_port}
+idle_timeout = "900s"
+header_timeout = "900s"
+max_connections = {int(idle) + 2000}
+"""
+open(path, "w").write(s)
+PY
+fi
 
 start_agent
 
@@ -261,6 +414,7 @@ wait_http() {  # port name log pid
 }
 wait_http "$BACKEND_PORT" "hello (backend A)" "$WORK/direct/hello.log" "$HELLO_PID"
 wait_http "$NGINX_PORT" "nginx" "$NG/error.log" "$NGINX_PID"
+wait_http "$HAPROXY_PORT" "haproxy" "$HA/haproxy.log" "$HAPROXY_PID"
 
 # ---- the measurements (python3 drives wrk, drover and the switch client) ----------------
 cat >"$WORK/client.py" <<'PY'
@@ -307,6 +461,8 @@ import json, os, re, signal, statistics, subprocess, sys, time
 agent_pid, hello_pid, nginx_pid = int(agent_pid), int(hello_pid), int(nginx_pid)
 DUR, WARM, ROUNDS = int(os.environ["B_DURATION"]), int(os.environ["B_WARMUP"]), int(os.environ["B_ROUNDS"])
 SWITCHES, SWITCH_RUNS = int(os.environ["B_SWITCHES"]), int(os.environ["B_SWITCH_RUNS"])
+haproxy_pid, haproxy_port = int(os.environ["B_HAPROXY_PID"]), os.environ["B_HAPROXY_PORT"]
+CONNS = 64  # wrk -c in parts 1 and 4
 TICK = os.sysconf("SC_CLK_TCK")
 mono = time.monotonic_ns
 out = {}
@@ -461,16 +617,21 @@ def wait_quiet():
             log(f"   waiting for other processes to go quiet ({QUIET_LEFT[0]:.0f} s left)")
     return waited
 
-def measure(name, port, proxy_kind, backend_pids):
-    url = f"http://127.0.0.1:{port}/"
+def measure(name, port, proxy_kind, backend_pids, url=None, extra=(), dur=None, part="1"):
+    url = url or f"http://127.0.0.1:{port}/"
+    dur = dur or DUR
+    extra = list(extra)
     waited = wait_quiet()
-    log(f"1. {name}: warm-up {WARM} s, then wrk -t2 -c50 -d{DUR}s --latency {url}")
-    run_wrk(["-t2", "-c50", f"-d{WARM}s", url], WARM + 30)
+    log(f"{part}. {name}: warm-up {WARM} s, then wrk -t2 -c{CONNS} -d{dur}s --latency {' '.join(extra)} {url}")
+    run_wrk(["-t2", f"-c{CONNS}", f"-d{WARM}s", *extra, url], WARM + 30)
     time.sleep(0.5)
     def snap():
         d = {"wrk": None}
         if proxy_kind == "nginx":
             d["proxy"] = sum(ticks(f"/proc/{w}/stat") for w in kids(nginx_pid))
+            d["agent_other"] = 0
+        elif proxy_kind == "haproxy":  # one process, nbthread 2
+            d["proxy"] = ticks(f"/proc/{haproxy_pid}/stat")
             d["agent_other"] = 0
         elif proxy_kind == "drover":
             d["proxy"], d["agent_other"] = agent_threads()
@@ -481,12 +642,12 @@ def measure(name, port, proxy_kind, backend_pids):
         return d
     s0 = snap()
     t0 = time.monotonic()
-    p = subprocess.Popen([wrk, "-t2", "-c50", f"-d{DUR}s", "--latency", url],
+    p = subprocess.Popen([wrk, "-t2", f"-c{CONNS}", f"-d{dur}s", "--latency", *extra, url],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     children.append(p)
     # wrk's own CPU: sampled just before it exits (it is our child: read it while alive)
     wrk_ticks = 0
-    deadline = time.monotonic() + DUR + 30
+    deadline = time.monotonic() + dur + 30
     while p.poll() is None and time.monotonic() < deadline:
         v = ticks(f"/proc/{p.pid}/stat")
         wrk_ticks = max(wrk_ticks, v)
@@ -541,12 +702,14 @@ rounds = []
 for k in range(ROUNDS):
     order = [("direct_a", backend_port, "none", [hello_pid]),
              ("direct_b", b_port, "none", b_pids)]
-    pair = [("nginx", nginx_port, "nginx", [hello_pid]),
-            ("drover", proxy_port, "drover", b_pids)]
+    proxies = [("nginx", nginx_port, "nginx", [hello_pid]),
+               ("haproxy", haproxy_port, "haproxy", [hello_pid]),
+               ("drover", proxy_port, "drover", b_pids)]
     if k % 2 == 1:
-        order.reverse(); pair.reverse()
+        order.reverse()
+    proxies = proxies[k % 3:] + proxies[:k % 3]  # each proxy first in one round of three
     res = {}
-    for name, port, kind, bp in order + pair:
+    for name, port, kind, bp in order + proxies:
         res[name] = measure(f"round {k + 1}/{ROUNDS} {name}", port, kind, bp)
     rounds.append(res)
 out["rounds"] = rounds
@@ -566,8 +729,8 @@ def perf_profile(name, port, proxy_comm):
     data = os.path.join(work, f"perf-{name}.data")
     url = f"http://127.0.0.1:{port}/"
     wait_quiet()
-    log(f"1b. perf: {name}, wrk -t2 -c50 -d12s {url} with perf record -a -F {PERF_HZ} for {PERF_SECS} s")
-    w = subprocess.Popen([wrk, "-t2", "-c50", "-d12s", "--latency", url], stdout=subprocess.PIPE,
+    log(f"1b. perf: {name}, wrk -t2 -c{CONNS} -d12s {url} with perf record -a -F {PERF_HZ} for {PERF_SECS} s")
+    w = subprocess.Popen([wrk, "-t2", f"-c{CONNS}", "-d12s", "--latency", url], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     children.append(w)
     time.sleep(2.0)
@@ -796,14 +959,159 @@ if os.environ.get("B_STRACE", "1") != "0" and have("strace", "-V"):
             "fsyncs": len(fs), "fsync_us": sum(b["dur"] for b in fs) * 1e6,
             "calls": between[:40],
         }
+
+# ---- 4. TLS termination -------------------------------------------------------------------
+def rss_kib(pids):
+    n = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
+
+def idle_conns(name, port, rss_pids_fn, n):
+    """Opens n TLS connections (handshakes done) to port, holds them idle; RSS before/after."""
+    wait_quiet()
+    time.sleep(1.0)
+    before = rss_kib(rss_pids_fn())
+    log(f"4c. {name}: {n} idle TLS connections to 127.0.0.1:{port} (RSS before {before / 1024:.1f} MiB)")
+    p = subprocess.Popen([sys.executable, os.path.join(work, "idle.py"), str(port),
+                          os.environ["B_CA"], str(n)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children.append(p)
+    try:
+        t0 = time.monotonic()
+        line = p.stdout.readline().strip()  # "ready OPEN FAILED FIRST_ERROR"
+        secs = time.monotonic() - t0
+        f = line.split(" ", 3)
+        if len(f) < 3 or f[0] != "ready":
+            err = p.stderr.read() if p.poll() is not None else ""
+            raise SystemExit(f"idle client against {name}: {line!r} {err[-2000:]}")
+        opened, failed = int(f[1]), int(f[2])
+        time.sleep(3.0)  # let the proxy settle (its side of the last handshakes)
+        during = rss_kib(rss_pids_fn())
+        # still open? each connection answered one request at the end, over the same socket
+        p.stdin.write("check\n"); p.stdin.flush()
+        alive = int(p.stdout.readline().split()[1])
+    finally:
+        if p.poll() is None:
+            p.stdin.close()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill(); p.wait()
+        children.remove(p)
+    r = {"conns": n, "opened": opened, "failed": failed, "first_error": f[3] if len(f) > 3 else "",
+         "open_secs": secs, "rss_before_kib": before, "rss_after_kib": during,
+         "alive_after": alive,
+         "kib_per_conn": (during - before) / opened if opened else float("nan")}
+    log(f"    opened {opened} (failed {failed}) in {secs:.1f} s; RSS {before / 1024:.1f} -> "
+        f"{during / 1024:.1f} MiB = {r['kib_per_conn']:.1f} KiB per connection; {alive} answered after")
+    return r
+
+if os.environ.get("B_TLS", "1") == "1":
+    tls_port, nginx_tls_port = os.environ["B_TLS_PORT"], os.environ["B_NGINX_TLS_PORT"]
+    tls_dur, tls_rounds = int(os.environ["B_TLS_DURATION"]), int(os.environ["B_TLS_ROUNDS"])
+    tls = {"drover_supported": False, "drover_skip_reason": "", "rounds": []}
+    # drover's TLS listener: a second app whose [proxy] names tls = { cert, key }
+    p = subprocess.run([drover, "--root", root, "build", os.environ["B_TLS_APP"], "--version", "1",
+                        "--json"], capture_output=True, text=True, timeout=120)
+    tls_b_pids = []
+    if p.returncode == 0:
+        drover_cmd("deploy", json.loads(p.stdout)["release"])
+        so, _, _, _ = drover_cmd("status", "tlshello", "--json")
+        s = json.loads(so); s = s[0] if isinstance(s, list) else s
+        tls_b_pids = [s["instances"][0]["pid"]] + kids(s["instances"][0]["pid"])
+        tls["drover_supported"] = True
+    elif re.search(r"unknown field `(tls|http_port)`|`tls`|\btls\b(?![/\w.])", p.stderr):
+        # a build without the TLS listener: serde names the first of its keys it does not know
+        lines = [l.strip() for l in p.stderr.splitlines() if l.strip()]
+        tls["drover_skip_reason"] = next((l for l in lines if "unknown field" in l), lines[0] if lines else "")
+        print("drover: TLS not supported by this build, skipped", file=sys.stderr, flush=True)
+    else:
+        raise SystemExit(f"drover build of the TLS app failed:\n{p.stderr}")
+    targets = [("nginx", nginx_tls_port, "nginx", [hello_pid])]
+    if tls["drover_supported"]:
+        targets.append(("drover", tls_port, "drover", tls_b_pids))
+    for k in range(tls_rounds):
+        order = targets if k % 2 == 0 else targets[::-1]
+        res = {}
+        for name, port, kind, bp in order:
+            url = f"https://bench.test:{port}/"
+            res[name] = {
+                "keepalive": measure(f"round {k + 1}/{tls_rounds} {name} keep-alive", port, kind, bp,
+                                     url=url, dur=tls_dur, part="4a"),
+                "close": measure(f"round {k + 1}/{tls_rounds} {name} new connections", port, kind, bp,
+                                 url=url, extra=["-H", "Connection: close"], dur=tls_dur, part="4b"),
+            }
+        tls["rounds"].append(res)
+    n_idle = int(os.environ["B_IDLE_CONNS"])
+    tls["idle"] = {"nginx": idle_conns("nginx", nginx_tls_port, lambda: kids(nginx_pid), n_idle)}
+    if tls["drover_supported"]:
+        tls["idle"]["drover"] = idle_conns("drover", tls_port, lambda: [agent_pid], n_idle)
+    out["tls"] = tls
 print(json.dumps(out, indent=1))
+PY
+
+# part 4c: the idle TLS client. Opens N connections (at most 200 handshakes at once),
+# prints "ready OPEN FAILED [FIRST_ERROR]", holds them idle; on "check" sends one GET / on
+# each and prints "alive N" (how many answered); exits when stdin closes.
+cat >"$WORK/idle.py" <<'PY'
+import asyncio, resource, ssl, sys
+port, ca, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+ctx = ssl.create_default_context(cafile=ca)
+async def main():
+    sem = asyncio.Semaphore(200)
+    conns, errors = [], []
+    async def one():
+        async with sem:
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection(
+                    "127.0.0.1", port, ssl=ctx, server_hostname="bench.test"), 30)
+                conns.append((r, w))
+            except Exception as e:
+                errors.append(repr(e))
+    await asyncio.gather(*(one() for _ in range(n)))
+    print(f"ready {len(conns)} {len(errors)} {errors[0][:200] if errors else ''}", flush=True)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        if line.strip() == "check":
+            async def ask(r, w):
+                try:
+                    w.write(b"GET /up HTTP/1.1\r\nHost: bench.test\r\n\r\n")
+                    await w.drain()
+                    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+                    return head.startswith(b"HTTP/1.1 200")
+                except Exception:
+                    return False
+            sem2 = asyncio.Semaphore(500)
+            async def bounded(r, w):
+                async with sem2:
+                    return await ask(r, w)
+            ok = await asyncio.gather(*(bounded(r, w) for r, w in conns))
+            print(f"alive {sum(ok)}", flush=True)
+    for _, w in conns:
+        w.transport.abort()
+asyncio.run(main())
 PY
 
 log "running the measurements"
 set +e
 B_DURATION="$DURATION" B_WARMUP="$WARMUP" B_ROUNDS="$ROUNDS" B_SWITCHES="$SWITCHES" \
 B_SWITCH_RUNS="$SWITCH_RUNS" B_QUIET_MAX="$QUIET_MAX" B_PERF="$DO_PERF" B_STRACE="$DO_STRACE" \
-    setsid timeout 1200 python3 "$WORK/bench.py" "$DROVER" "$ROOT" "$WORK" "$WRK_BIN" \
+B_HAPROXY_PID="$HAPROXY_PID" B_HAPROXY_PORT="$HAPROXY_PORT" B_TLS="$DO_TLS" B_TLS_PORT="$TLS_PORT" \
+B_NGINX_TLS_PORT="$NGINX_TLS_PORT" B_TLS_DURATION="$TLS_DURATION" B_TLS_ROUNDS="$TLS_ROUNDS" \
+B_IDLE_CONNS="$IDLE_CONNS" B_CA="$TLSD/ca.pem" B_TLS_APP="$WORK/apps/tlshello" \
+    setsid timeout 1800 python3 "$WORK/bench.py" "$DROVER" "$ROOT" "$WORK" "$WRK_BIN" \
     "$AGENT_PID" "$HELLO_PID" "$NGINX_PID" "$BACKEND_PORT" "$NGINX_PORT" "$PROXY_PORT" \
     >"$WORK/results.json" &
 BENCH_PID=$!
@@ -822,6 +1130,9 @@ RAM_GB=$(awk '/MemTotal/ {printf "%.1f", $2/1048576}' /proc/meminfo)
 SCRIPT_SECS=$(python3 -c "import time; print(round(time.time() - $SCRIPT_START))")
 NGINX_VER=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
 WRK_VER=$(dpkg-query -W -f='${Version}' wrk 2>/dev/null || echo "?")
+HAPROXY_VER=$(dpkg-query -W -f='${Version}' haproxy 2>/dev/null || "$HAPROXY_BIN" -v | head -1)
+OPENSSL_VER=$(openssl version 2>/dev/null | cut -d' ' -f1-2 || echo "?")
+BODY_LEN=$(curl -fsS --noproxy '*' "http://127.0.0.1:$BACKEND_PORT/" | wc -c)
 
 REPORT=$(python3 - "$WORK/results.json" <<PY
 import json, statistics, sys
@@ -830,6 +1141,7 @@ rounds = r["rounds"]
 names = [("direct_a", "hello directly (backend A, no proxy)"),
          ("direct_b", "drover's hello instance directly (backend B, no proxy)"),
          ("nginx", "**nginx** → backend A"),
+         ("haproxy", "**HAProxy** → backend A"),
          ("drover", "**drover proxy** → backend B")]
 mean = lambda xs: statistics.median(xs)  # the median of the rounds
 def agg(name, key):
@@ -837,23 +1149,28 @@ def agg(name, key):
 ok = lambda c: "yes" if c else "**no**"
 f0 = lambda x: f"{x:,.0f}"
 f3 = lambda x: f"{x:.3f}"
-print(f"""# drover's built-in proxy vs nginx: throughput, latency, switches under load
+print(f"""# drover's built-in proxy vs nginx and HAProxy: throughput, latency, switches under load, TLS
 
 - Date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
 - Machine: $CPU, **$(nproc) CPUs shared by wrk, the proxy and the backend** (and python /
   drover CLI in parts 2-3); ${RAM_GB} GiB RAM; $(uname -sr)
-- drover: release build of commit $REV$DIRTY; nginx $NGINX_VER; wrk $WRK_VER
+- drover: release build of commit $REV$DIRTY; nginx $NGINX_VER; HAProxy $HAPROXY_VER (Debian);
+  wrk $WRK_VER; $OPENSSL_VER
 - Reproduce: \`bash bench/proxy.sh\` (as root; about $SCRIPT_SECS s)
 - Backend: examples/hello (release build; std-only, thread per connection, HTTP/1.1
-  keep-alive). nginx fronts a hello started by the script (backend A); drover's proxy fronts
+  keep-alive), answering \`/\` with a $BODY_LEN-byte body (GREETING padded; the same for every target).
+  nginx and HAProxy front a hello started by the script (backend A); drover's proxy fronts
   drover's own instance of the same binary (backend B); both are measured directly too.
+- nginx: \`worker_processes auto\` (2), upstream \`keepalive 64\`; HAProxy: \`nbthread 2\`,
+  \`mode http\`, \`option http-keep-alive\`, \`http-reuse always\`.
 
 ## 1. Throughput and latency
 
-Each row: \`wrk -t2 -c50 -d${DURATION}s --latency http://127.0.0.1:PORT/\` after a ${WARMUP} s warm-up run of
-the same command; $ROUNDS round(s) (odd rounds: direct A, direct B, nginx, drover; even rounds in the
-reverse order), values are the median of the rounds. CPU columns: % of one core over the measured run
-(from /proc: wrk's process, nginx's workers or the agent's \`drover-proxy\` runtime threads,
+Each row: \`wrk -t2 -c64 -d${DURATION}s --latency http://127.0.0.1:PORT/\` after a ${WARMUP} s warm-up run of
+the same command; $ROUNDS round(s) (direct A, direct B, in reverse order in even rounds, then the three
+proxies, rotated per round: nginx, HAProxy, drover; HAProxy, drover, nginx; drover, nginx, HAProxy),
+values are the median of the rounds. CPU columns: % of one core over the measured run
+(from /proc: wrk's process, nginx's workers, haproxy's process or the agent's \`drover-proxy\` runtime threads,
 and the backend process; "others" is the rest of the machine's busy time: other people's builds
 and tests on this shared machine, the agent's other threads, the benchmark itself); the machine
 has 200 %. "µs/req" columns: CPU time of the proxy / the backend per request (less sensitive
@@ -863,12 +1180,12 @@ in all) for a quiet second.
 | Target | req/s | p50 | p99 | max | CPU wrk | CPU proxy | CPU backend | CPU others | proxy µs/req | backend µs/req |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|""")
 def upr(key, what):
-    if what == "proxy" and key not in ("nginx", "drover"):
+    if what == "proxy" and key not in ("nginx", "haproxy", "drover"):
         return "–"
     return f"{mean([rd[key]['us_per_req'][what] for rd in rounds]):.1f}"
 for key, label in names:
     cpu = lambda c: mean([rd[key]["cpu"][c] for rd in rounds])
-    proxy_cpu = f"{cpu('proxy'):.0f} %" if key in ("nginx", "drover") else "–"
+    proxy_cpu = f"{cpu('proxy'):.0f} %" if key in ("nginx", "haproxy", "drover") else "–"
     print(f"| {label} | {f0(agg(key, 'rps'))} | {f3(agg(key, 'p50'))} ms | {f3(agg(key, 'p99'))} ms | "
           f"{agg(key, 'max'):.2f} ms | {cpu('wrk'):.0f} % | {proxy_cpu} | {cpu('backend'):.0f} % | {cpu('other'):.0f} % | "
           f"{upr(key, 'proxy')} | {upr(key, 'backend')} |")
@@ -877,13 +1194,23 @@ ratios = [rd["drover"]["rps"] / rd["nginx"]["rps"] for rd in rounds]
 cpu_ratio = mean([rd["drover"]["us_per_req"]["proxy"] for rd in rounds]) / mean([rd["nginx"]["us_per_req"]["proxy"] for rd in rounds])
 dp99 = agg("drover", "p99") - agg("nginx", "p99")
 dp50 = agg("drover", "p50") - agg("nginx", "p50")
+hratio = agg("drover", "rps") / agg("haproxy", "rps")
+hratios = [rd["drover"]["rps"] / rd["haproxy"]["rps"] for rd in rounds]
+hcpu_ratio = mean([rd["drover"]["us_per_req"]["proxy"] for rd in rounds]) / mean([rd["haproxy"]["us_per_req"]["proxy"] for rd in rounds])
+hdp99 = agg("drover", "p99") - agg("haproxy", "p99")
+p99_top = max(agg("nginx", "p99"), agg("haproxy", "p99"))
+p99_low = min(agg("nginx", "p99"), agg("haproxy", "p99"))
 print(f"""
 | Comparison | value | goal | met |
 |---|---:|---|---|
 | throughput drover / nginx (medians) | **{ratio:.3f}** (per round: {', '.join(f"{x:.3f}" for x in ratios)}) | ≥ 0.90 | {ok(ratio >= 0.90)} |
 | p99 drover − nginx | **{dp99:+.3f} ms** | ≤ 1 ms | {ok(dp99 <= 1.0)} |
+| throughput drover / HAProxy (medians) | **{hratio:.3f}** (per round: {', '.join(f"{x:.3f}" for x in hratios)}) | ≥ 1.0 | {ok(hratio >= 1.0)} |
+| p99 drover − HAProxy | **{hdp99:+.3f} ms** | | |
+| p99 drover vs nginx's and HAProxy's | {agg("drover", "p99"):.3f} ms vs {agg("nginx", "p99"):.3f} / {agg("haproxy", "p99"):.3f} ms | no higher than either | {ok(agg("drover", "p99") <= p99_low)} |
 | p50 drover − nginx (context) | {dp50:+.3f} ms | | |
 | proxy CPU per request, drover / nginx (context) | {cpu_ratio:.2f} | | |
+| proxy CPU per request, drover / HAProxy (context) | {hcpu_ratio:.2f} | | |
 
 Per round:
 
@@ -895,6 +1222,7 @@ for k, rd in enumerate(rounds):
         errs = x["non2xx"] + sum(x["sock"].values())
         print(f"| {k + 1} | {key} | {f0(x['rps'])} | {f3(x['p50'])} | {f3(x['p75'])} | {f3(x['p90'])} | {f3(x['p99'])} | {errs} |")
     print(f"| {k + 1} | drover / nginx | {rd['drover']['rps'] / rd['nginx']['rps']:.3f} | | | | {rd['drover']['p99'] - rd['nginx']['p99']:+.3f} | |")
+    print(f"| {k + 1} | drover / HAProxy | {rd['drover']['rps'] / rd['haproxy']['rps']:.3f} | | | | {rd['drover']['p99'] - rd['haproxy']['p99']:+.3f} | |")
 
 s = r["switch_load"]
 w = s["wrk"]
@@ -990,7 +1318,7 @@ pf = r.get("perf")
 if pf:
     print("""## Where the CPU goes (perf)
 
-One more run each: \`wrk -t2 -c50 -d12s\` against nginx and against drover's proxy, with
+One more run each: \`wrk -t2 -c64 -d12s\` against nginx and against drover's proxy, with
 \`perf record -a -F 999\` for 8 s of it (cpu-clock sampling, whole machine). CPU time per proxied
 request in µs = samples / 999 Hz / (wrk's req/s × 8 s); "kernel" includes the loopback TCP
 stack work done in that process's syscalls (a send on loopback also runs the receiver's TCP
@@ -1013,6 +1341,67 @@ Hottest symbols of {name} (µs per request):
             sym = t["sym"].replace("|", chr(92) + "|")
             print(f"| {us:.2f} | {t['dso']} | \`{sym}\` |")
     print()
+
+x = r.get("tls")
+if x is None:
+    print("## 4. TLS termination\n\nSkipped (BENCH_TLS=0).\n")
+else:
+    sup = x["drover_supported"]
+    tr = x["rounds"]
+    tnames = ["nginx"] + (["drover"] if sup else [])
+    tagg = lambda name, m, key: statistics.median([rd[name][m].get(key, float("nan")) for rd in tr])
+    tcpu = lambda name, m, c: statistics.median([rd[name][m]["cpu"][c] for rd in tr])
+    tupr = lambda name, m: statistics.median([rd[name][m]["us_per_req"]["proxy"] for rd in tr])
+    print(f"""## 4. TLS termination
+
+A CA and a P-256 certificate for \`bench.test\` made with the openssl CLI ($OPENSSL_VER);
+\`bench.test\` resolves to 127.0.0.1. nginx: \`$NGINX_LISTEN_TLS\` with that certificate,
+\`proxy_pass\` to backend A with upstream keepalive. drover: a second app, \`tlshello\` (its own
+instance of the same hello), with \`[proxy] hosts = ["bench.test"]\`, \`tls = {{ cert, key }}\` and an
+\`http_port\`. For the idle connections, both wait 900 s for a request (nginx: \`keepalive_timeout\`,
+\`client_header_timeout\`; drover: \`idle_timeout\`, \`header_timeout\`). wrk speaks HTTP/1.1 over TLS (no ALPN), with SNI from the URL's host. {len(tr)} round(s),
+order alternating; values are the median of the rounds; each run \`-d${TLS_DURATION}s\` after a ${WARMUP} s warm-up.
+""")
+    if not sup:
+        why = x["drover_skip_reason"].replace("|", chr(92) + "|").replace(chr(96), "'")
+        print(f"""**drover: TLS not supported by this build, skipped**: \`drover build\` of the app refused the
+TLS listener's keys (\`tls\`, \`http_port\`) in \`[proxy]\`: "{why}". Only nginx's figures are measured.
+""")
+    print("""| Target | measure | req/s | p50 | p99 | max | CPU proxy | CPU others | proxy µs/req | errors |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|""")
+    for name in tnames:
+        for m, what in (("keepalive", "(a) keep-alive requests"), ("close", "(b) new TLS connections (Connection: close)")):
+            errs = statistics.median([rd[name][m]["non2xx"] + sum(rd[name][m]["sock"].values()) for rd in tr])
+            print(f"| {name} | {what} | {f0(tagg(name, m, 'rps'))} | {f3(tagg(name, m, 'p50'))} ms | {f3(tagg(name, m, 'p99'))} ms | "
+                  f"{tagg(name, m, 'max'):.2f} ms | {tcpu(name, m, 'proxy'):.0f} % | {tcpu(name, m, 'other'):.0f} % | {tupr(name, m):.1f} | {errs:.0f} |")
+    idle = x["idle"]
+    print("""
+(c) Idle TLS connections: a python3 asyncio client (its own process, at most 200 handshakes at
+once) opens the connections, completes each handshake and holds them idle; the proxy's RSS is
+read before and 3 s after the last one (nginx: the sum over its workers; drover: the whole agent
+process). Afterwards each connection sends one \`GET /up\`: "answered" says how many were still open.
+
+| Target | connections opened (failed) | open time | RSS before | RSS with them | per connection | answered after |
+|---|---:|---:|---:|---:|---:|---:|""")
+    for name in tnames:
+        i = idle[name]
+        print(f"| {name} | {i['opened']:,} ({i['failed']}) | {i['open_secs']:.1f} s | {i['rss_before_kib'] / 1024:.1f} MiB | "
+              f"{i['rss_after_kib'] / 1024:.1f} MiB | {i['kib_per_conn']:.1f} KiB | {i['alive_after']:,} |")
+    if any(idle[n]["failed"] for n in tnames):
+        print("\nFirst failure: " + "; ".join(f"{n}: {idle[n]['first_error']}" for n in tnames if idle[n]["failed"]))
+    print()
+    if sup:
+        kr = tagg("drover", "keepalive", "rps") / tagg("nginx", "keepalive", "rps")
+        kp = tagg("drover", "keepalive", "p99") - tagg("nginx", "keepalive", "p99")
+        hr = tagg("drover", "close", "rps") / tagg("nginx", "close", "rps")
+        mr = idle["drover"]["kib_per_conn"] / idle["nginx"]["kib_per_conn"]
+        print(f"""| Comparison | value | goal | met |
+|---|---:|---|---|
+| (a) keep-alive req/s, drover / nginx | **{kr:.3f}** | ≥ 0.90 | {ok(kr >= 0.90)} |
+| (a) keep-alive p99, drover − nginx | **{kp:+.3f} ms** | ≤ 0 | {ok(kp <= 0)} |
+| (b) new TLS connections/s, drover / nginx | **{hr:.3f}** | ≥ 0.90 | {ok(hr >= 0.90)} |
+| (c) memory per idle TLS connection, drover / nginx (context) | {mr:.2f} | | |
+""")
 PY
 )
 
@@ -1020,8 +1409,11 @@ RAW=$(python3 - "$WORK/results.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print("## Raw wrk output (round 1)\n")
-for k in ("direct_a", "direct_b", "nginx", "drover"):
+for k in ("direct_a", "direct_b", "nginx", "haproxy", "drover"):
     print(f"{k}:\n```\n{r['rounds'][0][k]['raw'].rstrip()}\n```")
+for k, v in ((r.get("tls") or {}).get("rounds") or [{}])[0].items():
+    for m in ("keepalive", "close"):
+        print(f"TLS {k} {m} (part 4):\n```\n{v[m]['raw'].rstrip()}\n```")
 print(f"during the switches (part 2):\n```\n{r['switch_load']['wrk']['raw'].rstrip()}\n```")
 PY
 )
