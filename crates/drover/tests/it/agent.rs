@@ -489,11 +489,7 @@ fn many_apps_side_by_side_and_logs_follow() {
     let cx = TestContext::new();
     let _agent = cx.start_agent();
     for name in ["alpha", "beta", "gamma"] {
-        let d = cx.hello_app(name, "1", "");
-        let toml = fs::read_to_string(d.join("drover.toml"))
-            .unwrap()
-            .replace("name = \"hello\"", &format!("name = \"{name}\""));
-        fs::write(d.join("drover.toml"), toml).unwrap();
+        let d = cx.named_app(name, name, "1", "");
         cx.drover(&["deploy", d.to_str().unwrap()]).success();
     }
     let all = cx.status();

@@ -295,6 +295,18 @@ impl TestContext {
         d
     }
 
+    /// `hello_app`, its app named `name` instead of `hello`.
+    pub fn named_app(&self, dir: &str, name: &str, version: &str, extra: &str) -> PathBuf {
+        let d = self.hello_app(dir, version, extra);
+        let toml = fs::read_to_string(d.join("drover.toml")).unwrap().replacen(
+            "name = \"hello\"",
+            &format!("name = \"{name}\""),
+            1,
+        );
+        fs::write(d.join("drover.toml"), toml).unwrap();
+        d
+    }
+
     pub fn status(&self) -> serde_json::Value {
         self.drover(&["status", "--json"]).success().json()
     }

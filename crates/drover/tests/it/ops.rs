@@ -140,13 +140,7 @@ fn an_agent_started_after_it_and_every_app_were_killed_brings_every_app_back() {
     let cx = TestContext::new();
     let mut agent = cx.start_agent();
     for (name, version) in [("one", "1"), ("two", "7")] {
-        let dir = cx.hello_app(name, version, "");
-        let toml = std::fs::read_to_string(dir.join("drover.toml")).unwrap();
-        std::fs::write(
-            dir.join("drover.toml"),
-            toml.replace("name = \"hello\"", &format!("name = \"{name}\"")),
-        )
-        .unwrap();
+        let dir = cx.named_app(name, name, version, "");
         cx.drover(&["deploy", dir.to_str().unwrap()]).success();
     }
     // As after a power cut: the agent and every app process gone at once.

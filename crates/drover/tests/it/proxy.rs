@@ -67,15 +67,36 @@ fn connect(port: u16) -> std::io::Result<BufReader<TcpStream>> {
 }
 
 #[derive(Default)]
-struct Load {
-    ok: AtomicU64,
+pub(crate) struct Load {
+    pub ok: AtomicU64,
     failed: AtomicU64,
     closed_idle: AtomicU64,
     errors: std::sync::Mutex<Vec<String>>,
 }
 
 impl Load {
-    fn fail(&self, e: String) {
+    /// Waits (up to `within`) until `n` more requests than now have succeeded.
+    pub(crate) fn more(&self, what: &str, n: u64, within: Duration) {
+        let from = self.ok.load(Ordering::Relaxed);
+        wait_for(what, within, || self.ok.load(Ordering::Relaxed) > from + n);
+    }
+
+    /// Stops the load, waits for its workers, and fails the test if any request failed.
+    #[track_caller]
+    pub(crate) fn finish(&self, stop: &AtomicBool, workers: Vec<std::thread::JoinHandle<()>>) {
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(
+            self.failed.load(Ordering::Relaxed),
+            0,
+            "failed requests: {:?}",
+            self.errors.lock().unwrap()
+        );
+    }
+
+    pub(crate) fn fail(&self, e: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut v = self.errors.lock().unwrap();
         if v.len() < 20 {
@@ -189,22 +210,8 @@ fn zero_failed_requests_under_load_across_20_deploys_and_rollbacks() {
         }
     }
     // Some more traffic after the last switch, then stop.
-    let after = stats.ok.load(Ordering::Relaxed);
-    wait_for(
-        "traffic after the switches",
-        Duration::from_secs(10),
-        || stats.ok.load(Ordering::Relaxed) > after + 50,
-    );
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    let errors = stats.errors.lock().unwrap().clone();
-    assert_eq!(
-        stats.failed.load(Ordering::Relaxed),
-        0,
-        "failed requests: {errors:?}"
-    );
+    stats.more("traffic after the switches", 50, Duration::from_secs(10));
+    stats.finish(&stop, workers);
     assert!(
         stats.ok.load(Ordering::Relaxed) > 500,
         "too little load: {}",
@@ -575,22 +582,12 @@ fn replacing_the_agent_under_load_refuses_no_connection() {
     });
     // The new agent takes the sockets over; the old one drains and exits by itself.
     let mut new = replace_agent(&cx, &mut old);
-    let before = stats.ok.load(Ordering::Relaxed);
-    wait_for(
+    stats.more(
         "traffic through the new agent",
+        100,
         Duration::from_secs(10),
-        || stats.ok.load(Ordering::Relaxed) > before + 100,
     );
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    assert_eq!(
-        stats.failed.load(Ordering::Relaxed),
-        0,
-        "{:?}",
-        stats.errors.lock().unwrap()
-    );
+    stats.finish(&stop, workers);
     let after: Vec<u64> = cx.pids("hello");
     assert_eq!(after, pids, "the apps kept running through the upgrade");
     // The new agent now serves deploys and owns the port.
@@ -882,18 +879,15 @@ fn connect_and_bad_host_headers_are_answered_by_the_proxy_itself() {
 /// App `name` with the proxy on `port`, claiming what `claim` says (toml lines of `[proxy]`),
 /// greeting with its name.
 fn claiming(cx: &TestContext, name: &str, version: &str, port: u16, claim: &str) -> PathBuf {
-    let d = proxied(
-        cx,
+    cx.named_app(
         &format!("{name}-{version}"),
+        name,
         version,
-        port,
-        &format!("drain_timeout = \"5s\"\n{claim}\n[env]\nGREETING = \"hi from {name}\"\n"),
-    );
-    let toml = std::fs::read_to_string(d.join("drover.toml"))
-        .unwrap()
-        .replace("name = \"hello\"", &format!("name = \"{name}\""));
-    std::fs::write(d.join("drover.toml"), toml).unwrap();
-    d
+        &format!(
+            "[proxy]\nport = {port}\nheader_timeout = \"1s\"\ndrain_timeout = \"5s\"\n{claim}\n\
+             [env]\nGREETING = \"hi from {name}\"\n"
+        ),
+    )
 }
 
 /// GET `path` with `Host: host` on a new connection: (status, body).
@@ -1039,22 +1033,8 @@ fn apps_share_a_port_by_host_name_with_zero_failed_requests_across_deploys_rollb
     }
     let mut new = replace_agent(&cx, &mut agent);
     cx.drover(&["deploy", blog1.to_str().unwrap()]).success();
-    let after = stats.ok.load(Ordering::Relaxed);
-    wait_for(
-        "traffic after the switches",
-        Duration::from_secs(10),
-        || stats.ok.load(Ordering::Relaxed) > after + 100,
-    );
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    assert_eq!(
-        stats.failed.load(Ordering::Relaxed),
-        0,
-        "failed requests: {:?}",
-        stats.errors.lock().unwrap()
-    );
+    stats.more("traffic after the switches", 100, Duration::from_secs(10));
+    stats.finish(&stop, workers);
     // Every app still behind the port, as claimed.
     assert!(
         get_host(port, "blog.test", "/api/x")

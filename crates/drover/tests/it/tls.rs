@@ -7,10 +7,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::{TestContext, free_port, wait_for};
+use crate::proxy::Load;
 
 #[path = "../../../drover-proxy/src/tls/testca.rs"]
 #[allow(dead_code)]
@@ -18,32 +19,44 @@ mod testca;
 
 use testca::{Ca, KeyKind};
 
-/// App `name` behind TLS `port` (plain HTTP on `http_port`) for `hosts`, with this pair.
+/// App `name` behind TLS `port` (plain HTTP on `http_port`) for `hosts`, with `tls` (the
+/// value of `[proxy] tls`) and `extra` toml after `[proxy]`, greeting with its name.
+fn front_app(
+    cx: &TestContext,
+    (name, version): (&str, &str),
+    (port, http_port): (u16, u16),
+    hosts: &[&str],
+    tls: &str,
+    extra: &str,
+) -> PathBuf {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    cx.named_app(
+        &format!("{name}-{version}"),
+        name,
+        version,
+        &format!(
+            "[proxy]\nport = {port}\nhttp_port = {http_port}\ndrain_timeout = \"5s\"\n\
+             hosts = [{}]\ntls = {tls}\n\n{extra}[env]\nGREETING = \"hi from {name}\"\n",
+            hosts.join(", "),
+        ),
+    )
+}
+
+/// App `name` behind TLS `port` for `hosts`, with this certificate and key.
 fn tls_app(
     cx: &TestContext,
     name: &str,
     version: &str,
-    (port, http_port): (u16, u16),
+    ports: (u16, u16),
     hosts: &[&str],
     (cert, key): (&Path, &Path),
 ) -> PathBuf {
-    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-    let d = cx.hello_app(
-        &format!("{name}-{version}"),
-        version,
-        &format!(
-            "[proxy]\nport = {port}\nhttp_port = {http_port}\ndrain_timeout = \"5s\"\n\
-             hosts = [{}]\ntls = {{ cert = {:?}, key = {:?} }}\n\n[env]\nGREETING = \"hi from {name}\"\n",
-            hosts.join(", "),
-            cert.display().to_string(),
-            key.display().to_string(),
-        ),
+    let tls = format!(
+        "{{ cert = {:?}, key = {:?} }}",
+        cert.display().to_string(),
+        key.display().to_string()
     );
-    let toml = std::fs::read_to_string(d.join("drover.toml"))
-        .unwrap()
-        .replace("name = \"hello\"", &format!("name = \"{name}\""));
-    std::fs::write(d.join("drover.toml"), toml).unwrap();
-    d
+    front_app(cx, (name, version), ports, hosts, &tls, "")
 }
 
 /// `curl` to `https://HOST:PORT/PATH` (resolved to 127.0.0.1, trusting `ca`) with `args`:
@@ -110,13 +123,6 @@ fn served_serial(port: u16, host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    errors: std::sync::Mutex<Vec<String>>,
-}
-
 /// Until `stop`: batches of 20 GETs for `host` on one kept-alive TLS connection each (a
 /// new connection, and handshake, per batch), each answer checked for `expect`.
 fn tls_load(
@@ -126,7 +132,7 @@ fn tls_load(
     expect: &'static str,
     http1: bool,
     stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
+    tally: Arc<Load>,
 ) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -140,13 +146,8 @@ fn tls_load(
         if ok && answers == 20 && codes == 20 {
             tally.ok.fetch_add(20, Ordering::Relaxed);
         } else {
-            tally
-                .failed
-                .fetch_add(20 - answers.min(20), Ordering::Relaxed);
-            let mut e = tally.errors.lock().unwrap();
-            if e.len() < 10 {
-                e.push(out.chars().take(600).collect());
-            }
+            // A batch that ended in an error counts as failed even when every answer came.
+            tally.fail(out.chars().take(600).collect());
         }
     }
 }
@@ -276,7 +277,7 @@ fn apps_on_one_tls_port_by_sni_with_h2_upgrades_redirects_and_replaced_certifica
     // Load on both hosts (HTTP/2 and HTTP/1.1, new TLS connections all the time) across
     // deploys and rollbacks of both apps and a replaced certificate.
     let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Load::default());
     let mut workers = Vec::new();
     for (host, expect) in [("shop.test", "hi from shop"), ("blog.test", "hi from blog")] {
         for http1 in [false, true] {
@@ -286,15 +287,7 @@ fn apps_on_one_tls_port_by_sni_with_h2_upgrades_redirects_and_replaced_certifica
             }));
         }
     }
-    let flowing = Instant::now() + Duration::from_secs(30);
-    while tally.ok.load(Ordering::Relaxed) <= 100 {
-        assert!(
-            Instant::now() < flowing,
-            "no load flowing: {:?}",
-            tally.errors.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tally.more("load to flow", 100, Duration::from_secs(30));
     for (app, dir) in [("shop", &shop2), ("blog", &blog2)] {
         cx.drover(&["deploy", dir.to_str().unwrap()]).success();
         cx.drover(&["rollback", app]).success();
@@ -316,22 +309,8 @@ fn apps_on_one_tls_port_by_sni_with_h2_upgrades_redirects_and_replaced_certifica
         Duration::from_secs(20),
         || served_serial(port, "shop.test") != before,
     );
-    let after = tally.ok.load(Ordering::Relaxed);
-    wait_for(
-        "traffic after the switches",
-        Duration::from_secs(20),
-        || tally.ok.load(Ordering::Relaxed) > after + 100,
-    );
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    assert_eq!(
-        tally.failed.load(Ordering::Relaxed),
-        0,
-        "failed requests: {:?}",
-        tally.errors.lock().unwrap()
-    );
+    tally.more("traffic after the switches", 100, Duration::from_secs(20));
+    tally.finish(&stop, workers);
     // A host the app no longer claims loses its certificate too: no handshake for it.
     let shop3 = tls_app(
         &cx,
@@ -416,28 +395,16 @@ fn pebble_root(p: &pebble::Pebble, to: &Path) {
 fn acme_app(
     cx: &TestContext,
     name: &str,
-    (port, http_port): (u16, u16),
+    ports: (u16, u16),
     hosts: &[&str],
     directory: &str,
     ca: &Path,
 ) -> PathBuf {
-    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-    let d = cx.hello_app(
-        name,
-        "1",
-        &format!(
-            "[proxy]\nport = {port}\nhttp_port = {http_port}\nhosts = [{}]\ntls = \"acme\"\n\n\
-             [proxy.acme]\ndirectory = {directory:?}\nemail = \"ops@shop.test\"\nca = {:?}\n\n\
-             [env]\nGREETING = \"hi from {name}\"\n",
-            hosts.join(", "),
-            ca.display().to_string(),
-        ),
+    let acme = format!(
+        "[proxy.acme]\ndirectory = {directory:?}\nemail = \"ops@shop.test\"\nca = {:?}\n\n",
+        ca.display().to_string()
     );
-    let toml = std::fs::read_to_string(d.join("drover.toml"))
-        .unwrap()
-        .replace("name = \"hello\"", &format!("name = \"{name}\""));
-    std::fs::write(d.join("drover.toml"), toml).unwrap();
-    d
+    front_app(cx, (name, "1"), ports, hosts, "\"acme\"", &acme)
 }
 
 #[test]
@@ -557,7 +524,7 @@ fn a_canary_and_a_pause_behind_a_shared_tls_port_fail_no_request() {
     cx.drover(&["deploy", v1.to_str().unwrap()]).success();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Load::default());
     let workers: Vec<_> = [false, true]
         .into_iter()
         .map(|http1| {
@@ -592,18 +559,6 @@ fn a_canary_and_a_pause_behind_a_shared_tls_port_fail_no_request() {
     cx.drover(&["resume", "shop"]).success();
     let (ok, out) = held.join().unwrap();
     assert!(ok && out.contains("version 2"), "{out}");
-    let after = tally.ok.load(Ordering::Relaxed);
-    wait_for("traffic after", Duration::from_secs(20), || {
-        tally.ok.load(Ordering::Relaxed) > after + 100
-    });
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    assert_eq!(
-        tally.failed.load(Ordering::Relaxed),
-        0,
-        "failed requests: {:?}",
-        tally.errors.lock().unwrap()
-    );
+    tally.more("traffic after", 100, Duration::from_secs(20));
+    tally.finish(&stop, workers);
 }
