@@ -286,6 +286,12 @@ fn as_a_normal_user_a_node_app_on_a_runtime_release_is_deployed_collected_and_re
     use std::os::unix::fs::PermissionsExt;
     let node = crate::runtimes::system_node();
     let cx = TestContext::new();
+    // Its certificate for the shared TLS port, from a CA made here.
+    let ca_dir = cx.path("ca");
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    let ca = crate::tls::testca::Ca::new(&ca_dir);
+    let (cert, key) = ca.issue("node", &["node.test"], crate::tls::testca::KeyKind::Pkcs8);
+    let (port, http_port) = (crate::common::free_port(), crate::common::free_port());
     // A runtime: the system's node beside a tool of its own.
     let rt = cx.path("rt");
     std::fs::create_dir_all(rt.join("bin")).unwrap();
@@ -299,13 +305,17 @@ fn as_a_normal_user_a_node_app_on_a_runtime_release_is_deployed_collected_and_re
                  [process.web]\ncommand = \"{node} server.js\"\nhttp = true\n\n\
                  [process.worker]\ncommand = \"sh -c 'trap \\\"echo done > $DROVER_DATA/worker; exit 0\\\" USR1; while :; do sleep 0.1; done'\"\nstop_signal = \"USR1\"\n\n\
                  [health]\npath = \"/\"\ntimeout = \"20s\"\n\n\
-                 [hooks]\nrelease = \"greet > $DROVER_DATA/hook-{v}\"\n",
-                node = node.display()
+                 [hooks]\nrelease = \"greet > $DROVER_DATA/hook-{v}\"\n\n\
+                 [proxy]\nport = {port}\nhttp_port = {http_port}\nhosts = [\"node.test\"]\n\
+                 tls = {{ cert = {cert:?}, key = {key:?} }}\n",
+                node = node.display(),
+                cert = cert.display().to_string(),
+                key = key.display().to_string(),
             ),
             &[(
                 "server.js",
                 &format!(
-                    "require('http').createServer((q, r) => r.end('node ' + process.version + ' v{v}\\n')).listen(process.env.PORT, '127.0.0.1');\n"
+                    "require('http').createServer((q, r) => r.end('node ' + process.version + ' v{v}\\n')).listen(process.env.PORT, '127.0.0.1', () => console.log('listening on ' + process.env.PORT));\n"
                 ),
             )],
         )
@@ -398,6 +408,37 @@ fn as_a_normal_user_a_node_app_on_a_runtime_release_is_deployed_collected_and_re
         text.contains("2 instances") && text.contains("INSTANCE"),
         "{text}"
     );
+    // Behind a shared TLS port of an agent that is not root: by host name, over HTTP/2.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_version}",
+            "--cacert",
+        ])
+        .arg(&ca.cert)
+        .arg("--resolve")
+        .arg(format!("node.test:{port}:127.0.0.1"))
+        .arg(format!("https://node.test:{port}/"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" v2\n") && text.ends_with('2'), "{text}");
+    // Its log lines, stamped, found by text and time across both generations.
+    let logs = drover(&["logs", "nodeapp", "--since", "1h", "--grep", "listening"])
+        .success()
+        .stdout;
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines.len(), 2, "{logs}");
+    for (line, g) in lines.iter().zip(["g1", "g2"]) {
+        let (at, rest) = drover_wire::time::split_stamp(line);
+        assert!(
+            at.is_some() && rest.starts_with(&format!("{g} web.0 | listening on ")),
+            "{logs}"
+        );
+    }
 
     // gc keeps what the newest generation needs (the runtime too), and a rollback past it
     // says gc removed the release.

@@ -15,7 +15,7 @@ use crate::proxy::Load;
 
 #[path = "../../../drover-proxy/src/tls/testca.rs"]
 #[allow(dead_code)]
-mod testca;
+pub(crate) mod testca;
 
 use testca::{Ca, KeyKind};
 
