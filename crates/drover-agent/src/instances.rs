@@ -82,6 +82,7 @@ impl Agent {
             &env,
             &spec.log,
             &spec.place.confine,
+            true,
         );
         zero_values(&mut env);
         child
@@ -371,7 +372,7 @@ impl Agent {
                             env.insert("PORT".into(), p.to_string());
                         }
                         let cmd = h.command.as_deref().unwrap_or("true");
-                        match run_to_end(cmd, &spec.dir, &env, &spec.log, &spec.place.confine) {
+                        match run_to_end(cmd, &spec.dir, &env, &spec.log, &spec.place.confine, false) {
                             Ok(true) => Ok(()),
                             Ok(false) => Err(ProbeFailure::new(
                                 "command failed",
@@ -589,18 +590,20 @@ pub(crate) fn base_env(
     env
 }
 
-/// Runs a command to completion with output appended to `log`; true when it exits 0.
+/// Runs a command to completion with output appended to `log` (`stamped`: each line with
+/// its time); true when it exits 0.
 pub(crate) fn run_to_end(
     cmd: &str,
     dir: &Path,
     env: &BTreeMap<String, String>,
     log: &Path,
     how: &Confine,
+    stamped: bool,
 ) -> std::io::Result<bool> {
     let mut env = env.clone();
     env.remove(proc::ENV_ROOT);
     env.remove(proc::ENV_INSTANCE);
-    let mut child = proc::spawn(cmd, dir, &env, log, how)?;
+    let mut child = proc::spawn(cmd, dir, &env, log, how, stamped)?;
     let status = child.wait()?;
     // All it wrote is in its log before anyone reads the log for it.
     crate::logs::flushed(child.id(), Duration::from_secs(2));
@@ -619,7 +622,7 @@ pub(crate) fn run_streaming(
     use std::io::{BufRead, Seek};
     let from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     std::thread::scope(|s| {
-        let run = s.spawn(|| run_to_end(cmd, dir, env, log, how));
+        let run = s.spawn(|| run_to_end(cmd, dir, env, log, how, true));
         let mut reader: Option<std::io::BufReader<std::fs::File>> = None;
         let mut partial = String::new();
         loop {

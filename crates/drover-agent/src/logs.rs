@@ -74,8 +74,11 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    pub(crate) fn open(log: &Path) -> std::io::Result<Sink> {
-        let Some(program) = WRITER.get() else {
+    /// With `stamped`, through a writer (when the embedding binary set one); without, into
+    /// the file itself (a health command, run every few milliseconds during a health gate:
+    /// no process per run for a stamp nobody reads).
+    pub(crate) fn open(log: &Path, stamped: bool) -> std::io::Result<Sink> {
+        let Some(program) = WRITER.get().filter(|_| stamped) else {
             let out = OpenOptions::new().create(true).append(true).open(log)?;
             let err = out.try_clone()?;
             return Ok(Sink {

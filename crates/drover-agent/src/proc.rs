@@ -20,15 +20,17 @@ pub const ENV_INSTANCE: &str = "DROVER_INSTANCE";
 
 /// Spawns `sh -c command` in `dir` as the leader of a new process group, with exactly
 /// `env` (plus HOME/LANG/TZ from the agent; PATH from `env`, else the system's) and output
-/// appended to `log`, confined as `how` says (`confine::spawn`).
+/// appended to `log` (each line `stamped` with its time, or as it is), confined as `how`
+/// says (`confine::spawn`).
 pub fn spawn(
     command: &str,
     dir: &Path,
     env: &BTreeMap<String, String>,
     log: &Path,
     how: &Confine,
+    stamped: bool,
 ) -> std::io::Result<Child> {
-    let mut sink = crate::logs::Sink::open(log)?;
+    let mut sink = crate::logs::Sink::open(log, stamped)?;
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(exec_simple(command))
