@@ -372,7 +372,14 @@ impl Agent {
                             env.insert("PORT".into(), p.to_string());
                         }
                         let cmd = h.command.as_deref().unwrap_or("true");
-                        match run_to_end(cmd, &spec.dir, &env, &spec.log, &spec.place.confine, false) {
+                        match run_to_end(
+                            cmd,
+                            &spec.dir,
+                            &env,
+                            &spec.log,
+                            &spec.place.confine,
+                            false,
+                        ) {
                             Ok(true) => Ok(()),
                             Ok(false) => Err(ProbeFailure::new(
                                 "command failed",

@@ -40,8 +40,10 @@ impl Claim {
     }
 }
 
-/// An app behind a port, and the port its requests are redirected to instead (if any).
-pub(crate) type Routed = (Arc<Shared>, Option<u16>);
+/// An app behind a port, the port its requests are redirected to instead (if any), and
+/// which of its claimed host names took the request (its index in `Claim::hosts`: the
+/// counter its response goes to; none for the port alone or the default).
+pub(crate) type Routed = (Arc<Shared>, Option<u16>, Option<usize>);
 
 /// The apps claiming one host name: each with its path prefix, the longest first.
 type ByPrefix = Vec<(Option<String>, Routed)>;
@@ -62,19 +64,24 @@ impl Table {
     fn of(claims: Vec<(Claim, Arc<Shared>)>) -> Table {
         let mut t = Table::default();
         for (claim, app) in &claims {
-            let routed = (app.clone(), claim.redirect);
+            let routed = (app.clone(), claim.redirect, None);
             if claim.hosts.is_empty() {
                 t.only = Some(routed);
                 continue;
             }
-            for h in &claim.hosts {
+            for (k, h) in claim.hosts.iter().enumerate() {
                 let v = t.hosts.entry(h.clone()).or_default();
-                v.push((claim.path_prefix.clone(), routed.clone()));
-                v.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_ref().map_or(0, String::len)));
+                v.push((
+                    claim.path_prefix.clone(),
+                    (app.clone(), claim.redirect, Some(k)),
+                ));
             }
             if claim.default {
                 t.default = Some(routed);
             }
+        }
+        for v in t.hosts.values_mut() {
+            v.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_ref().map_or(0, String::len)));
         }
         t.claims = claims;
         t
@@ -173,18 +180,18 @@ impl Front {
             .collect();
         claims.push((claim, app));
         *t = Arc::new(Table::of(claims));
-        drop(t);
-        self.prune_certificates();
+        self.prune_certificates(&t);
         Ok(())
     }
 
     /// Stops serving (and watching) the certificates of hosts no app claims any more. A port
     /// held by one app alone keeps its certificate, whatever name it was filed under.
-    fn prune_certificates(&self) {
+    /// Called with the table just put in place, under its write lock: a concurrent
+    /// attach cannot prune by a table older than its own.
+    fn prune_certificates(&self, table: &Table) {
         let Some(tls) = &self.tls else {
             return;
         };
-        let table = self.table();
         if table.only.is_some() {
             return;
         }
@@ -210,8 +217,7 @@ impl Front {
             .collect();
         let empty = claims.is_empty();
         *t = Arc::new(Table::of(claims));
-        drop(t);
-        self.prune_certificates();
+        self.prune_certificates(&t);
         empty
     }
 

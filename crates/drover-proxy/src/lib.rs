@@ -170,9 +170,13 @@ impl FrontHandle {
         settings: Settings,
         routes: Routes,
     ) -> Result<ProxyHandle, String> {
-        let mut shared = Shared::new(app, settings, routes, self.front.fds.clone());
-        shared.metrics = metrics::Registry::with_hosts(&claim.hosts);
-        let shared = Arc::new(shared);
+        let shared = Arc::new(Shared::new(
+            app,
+            settings,
+            routes,
+            self.front.fds.clone(),
+            &claim.hosts,
+        ));
         self.front.attach(claim, shared.clone())?;
         Ok(ProxyHandle {
             shared,
@@ -386,7 +390,7 @@ impl Runtime {
     ) -> std::io::Result<ProxyHandle> {
         let refused = format!("`{app}`");
         let front = self.front(listener, settings.clone(), &refused, false)?;
-        let shared = Arc::new(Shared::new(app, settings, routes, self.fds.clone()));
+        let shared = Arc::new(Shared::new(app, settings, routes, self.fds.clone(), &[]));
         let _ = front.front.attach(Claim::default(), shared.clone());
         front.start();
         Ok(ProxyHandle {
@@ -857,8 +861,8 @@ async fn route(
     let app = {
         let table = front.table();
         match table.pick(host, path) {
-            Some((_, Some(port))) => return to_https(host, &req, *port),
-            Some((app, None)) => app.clone(),
+            Some((_, Some(port), _)) => return to_https(host, &req, *port),
+            Some((app, None, counter)) => (app.clone(), *counter),
             None => {
                 return plain(
                     StatusCode::NOT_FOUND,
@@ -871,23 +875,22 @@ async fn route(
             }
         }
     };
-    // Counted by host name for an app that claims names (no work for an app alone).
-    let host_name = host.filter(|_| app.metrics.counts_hosts()).map(|h| {
-        front::strip_port(h)
-            .trim_end_matches('.')
-            .to_ascii_lowercase()
-    });
-    let counted = app.clone();
+    let (app, counter) = app;
+    // Counted under the host name that took it (no work for an app alone on its port).
+    let Some(k) = counter else {
+        return handle(app, req, peer, https).await;
+    };
+    let metrics = app.clone();
     let resp = handle(app, req, peer, https).await;
-    if let Some(h) = &host_name {
-        counted.metrics.count_host(h, resp.status().as_u16());
-    }
+    metrics.metrics.count_host(k, resp.status().as_u16());
     resp
 }
 
 /// 308 to the same URL over https on `port`.
 fn to_https(host: Option<&str>, req: &Request<Incoming>, port: u16) -> Response<PBody> {
-    let name = host.map_or("", |h| front::strip_port(h));
+    let Some(name) = host.map(front::strip_port).filter(|n| !n.is_empty()) else {
+        return plain(StatusCode::BAD_REQUEST, "no host to redirect to over https");
+    };
     let target = match port {
         443 => format!("https://{name}"),
         p => format!("https://{name}:{p}"),
@@ -957,7 +960,15 @@ fn bucket(shared: &Shared, req: &Request<Incoming>) -> (u8, bool) {
 }
 
 impl Shared {
-    fn new(app: &str, settings: Settings, routes: Routes, fds: Arc<fds::Budget>) -> Shared {
+    /// An app's side of its proxy; with `hosts` (those it claims), counting its responses by
+    /// host name.
+    fn new(
+        app: &str,
+        settings: Settings,
+        routes: Routes,
+        fds: Arc<fds::Budget>,
+        hosts: &[String],
+    ) -> Shared {
         Shared {
             app: app.to_string(),
             routes: RwLock::new(Arc::new(routes)),
@@ -966,7 +977,7 @@ impl Shared {
             queued: AtomicUsize::new(0),
             rr: AtomicUsize::new(0),
             split_counter: AtomicU64::new(0),
-            metrics: metrics::Registry::default(),
+            metrics: metrics::Registry::with_hosts(hosts),
             settings,
             fds,
         }
@@ -1489,6 +1500,7 @@ pub(crate) mod tests {
             Settings::default(),
             Routes::default(),
             Arc::new(fds::Budget::new(1024)),
+            &[],
         ))
     }
 
