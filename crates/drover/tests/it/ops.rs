@@ -576,7 +576,14 @@ fn logs_follow_the_app_across_deploys_rollbacks_and_restarts_stamped_since_and_g
     let _ = std::process::Command::new("kill")
         .args(["-9", "--", &format!("-{pid}")])
         .status();
-    follow.until("hello from 1");
+    let restarted = follow.until("hello from 1");
+    // The restarted instance's own first line, written after the rollback's.
+    let stamp_of = |l: &str| drover_wire::time::split_stamp(l).0.unwrap();
+    assert!(restarted.contains(" g3 talker.0 | "), "{restarted}");
+    assert!(
+        stamp_of(&restarted) > stamp_of(&back),
+        "{back} then {restarted}"
+    );
     // --grep held all along: the web process's lines never came.
     assert!(
         follow.seen.iter().all(|l| l.contains("from")),
@@ -584,6 +591,16 @@ fn logs_follow_the_app_across_deploys_rollbacks_and_restarts_stamped_since_and_g
         follow.seen
     );
     drop(follow);
+    // ...though the web instances did write while it followed (their start lines).
+    let unfiltered = cx
+        .drover(&["logs", "hello", "--since", "1h"])
+        .success()
+        .stdout;
+    assert!(
+        unfiltered.contains("g2 web.0 | hello: listening")
+            && unfiltered.contains("g3 web.0 | hello: listening"),
+        "{unfiltered}"
+    );
 
     // --since: every generation's lines from then on, and nothing before.
     let since = drover_wire::time::stamp(before_rollback);
