@@ -13,4 +13,4 @@ mod store;
 pub use challenge::{CHALLENGE_PATH, ChallengeMap, Challenges};
 pub use client::{AcmeConfig, Client};
 pub use error::AcmeError;
-pub use store::{Issued, Store, renew_due};
+pub use store::{Issued, Store, renew_at, renew_due};

@@ -50,6 +50,11 @@ impl Issued {
     pub fn renew_due(&self, now: SystemTime) -> bool {
         renew_due(self.not_before, self.not_after, now)
     }
+
+    /// When it becomes due for renewal (see [`renew_at`]).
+    pub fn renew_at(&self) -> SystemTime {
+        renew_at(self.not_before, self.not_after)
+    }
 }
 
 /// The leaf's (first certificate's) notBefore and notAfter in a PEM chain.
@@ -71,15 +76,17 @@ fn validity(cert_pem: &str) -> Result<(SystemTime, SystemTime), String> {
 /// at the latest 30 days before `not_after`: a 90-day certificate at 30 days left, a 6-day
 /// one at 2, a year-long one at 30.
 pub fn renew_due(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> bool {
+    now > renew_at(not_before, not_after)
+}
+
+/// The time from which [`renew_due`] holds: a third of the lifetime (at most 30 days) before
+/// `not_after`; for a certificate that ends before it begins, always (the epoch).
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     const AT_MOST: Duration = Duration::from_secs(30 * 24 * 3600);
-    // A certificate that ends before it begins is good for nothing.
-    let Ok(lifetime) = not_after.duration_since(not_before) else {
-        return true;
-    };
-    let Ok(left) = not_after.duration_since(now) else {
-        return true;
-    };
-    left < (lifetime / 3).min(AT_MOST)
+    match not_after.duration_since(not_before) {
+        Ok(lifetime) => not_after - (lifetime / 3).min(AT_MOST),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
 }
 
 /// Issued certificates under `DIR/certs`, by name (e.g. the app's or the first domain).

@@ -118,20 +118,19 @@ impl Renewer {
                 return;
             };
             let now = SystemTime::now();
-            let due = match store.load(&name) {
-                Ok(Some(issued)) if !issued.renew_due(now) => {
-                    drop(agent);
-                    // Asleep until it is due (looked at again at least hourly).
-                    let wait = renew_at(&issued)
-                        .duration_since(now)
-                        .unwrap_or_default()
-                        .clamp(Duration::from_millis(500), Duration::from_secs(3600));
-                    self.sleep(wait);
-                    continue;
-                }
-                _ => true,
-            };
-            debug_assert!(due);
+            if let Ok(Some(issued)) = store.load(&name)
+                && !issued.renew_due(now)
+            {
+                drop(agent);
+                // Asleep until it is due (looked at again at least hourly).
+                let wait = issued
+                    .renew_at()
+                    .duration_since(now)
+                    .unwrap_or_default()
+                    .clamp(Duration::from_millis(500), Duration::from_secs(3600));
+                self.sleep(wait);
+                continue;
+            }
             let result = drover_acme::Client::new(
                 drover_acme::AcmeConfig {
                     directory: self.cfg.directory.clone(),
@@ -193,15 +192,4 @@ impl Renewer {
             );
         }
     }
-}
-
-/// When `issued` becomes due for renewal: a third of its lifetime (at most 30 days) before
-/// it ends.
-fn renew_at(issued: &drover_acme::Issued) -> SystemTime {
-    let life = issued
-        .not_after
-        .duration_since(issued.not_before)
-        .unwrap_or_default();
-    let ahead = (life / 3).min(Duration::from_secs(30 * 86_400));
-    issued.not_after - ahead
 }
