@@ -35,12 +35,12 @@ pub(crate) fn serve(
     hosts: Vec<String>,
     cfg: Option<drover_config::Acme>,
 ) {
-    let Some(cfg) = cfg else {
+    // drover.toml refuses `tls = "acme"` without hosts or [proxy.acme]; nothing to order.
+    let (Some(cfg), Some(name)) = (cfg, hosts.first().cloned()) else {
         return;
     };
     let dir = agent.root.join("acme");
     let store = drover_acme::Store::new(&dir);
-    let name = hosts[0].clone();
     if let Ok(Some(issued)) = store.load(&name) {
         if let Ok((cert, key)) = store.paths(&name) {
             for h in &hosts {
@@ -111,7 +111,9 @@ impl Renewer {
 
     fn run(self) {
         let store = drover_acme::Store::new(&self.dir);
-        let name = self.hosts[0].clone();
+        let Some(name) = self.hosts.first().cloned() else {
+            return;
+        };
         let mut retry = FIRST_RETRY;
         loop {
             let Some(agent) = self.current() else {

@@ -233,6 +233,13 @@ impl Error {
                 "apps share a port only by distinct `[proxy] hosts` (or `path_prefix`): change them, or `[proxy] port`"
                     .into(),
             ),
+            Error::PortInUse { port, err, .. }
+                if err.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Some(format!(
+                    "port {port} is below 1024, which only root (or CAP_NET_BIND_SERVICE) may bind: run the agent as root, or pick a port from 1024 up"
+                ))
+            }
             Error::PortInUse { .. } => {
                 Some("another program or app uses that port: change `[proxy] port`".into())
             }
